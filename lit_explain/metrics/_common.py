@@ -1,0 +1,251 @@
+"""Shared plumbing for the metrics: input layouts, option checks, model calls, regions.
+
+Inputs come in three layouts and are handled as ``(N, C, *S)`` with one or two spatial
+dimensions: tabular ``(N, F)`` is seen as ``(N, 1, F)``, sequences ``(N, C, L)`` and
+images ``(N, C, H, W)`` as they are. A *region* is a block of ``region_shape`` positions
+in the spatial dimensions that covers every channel; the grid of regions is padded
+symmetrically (half before, the rest after, as iNNvestigate and Quantus do) when the
+spatial size is not a multiple of the region size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "RegionGrid",
+    "as_nc",
+    "check_choice",
+    "eval_mode",
+    "forward_scores",
+    "make_generator",
+    "reduce_channels",
+]
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ``ValueError`` naming the parameter, the bad value and the valid choices."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def as_nc(x: Tensor) -> Tensor:
+    """View ``(N, F)``, ``(N, C, L)`` or ``(N, C, H, W)`` as ``(N, C, *S)``."""
+    if x.dim() == 2:
+        return x.unsqueeze(1)
+    if x.dim() in (3, 4):
+        return x
+    raise ValueError(
+        f"inputs must be tabular (N, F), sequences (N, C, L) or images (N, C, H, W); "
+        f"got shape {tuple(x.shape)}"
+    )
+
+
+def match_attributions(attributions: Tensor, x_nc: Tensor) -> Tensor:
+    """Bring attributions to ``(N, C', *S)`` with ``C'`` equal to 1 or to x's channels.
+
+    Accepted: the shape of x, x's shape with one channel, or x's shape without the channel
+    axis (``(N, H, W)`` for images, ``(N, L)`` for sequences).
+    """
+    n, _, *spatial = x_nc.shape
+    a = attributions.to(device=x_nc.device)
+    if a.dim() == x_nc.dim() - 1 and list(a.shape[1:]) == spatial:
+        a = a.unsqueeze(1)
+    elif a.dim() == x_nc.dim() - 1 and x_nc.shape[1] == 1:
+        a = a.unsqueeze(1)
+    if a.dim() != x_nc.dim() or a.shape[0] != n or list(a.shape[2:]) != spatial:
+        raise ValueError(
+            f"attributions of shape {tuple(attributions.shape)} do not match inputs of shape "
+            f"{tuple(x_nc.shape)} (channels squeezed for tabular data)"
+        )
+    if a.shape[1] not in (1, x_nc.shape[1]):
+        raise ValueError(
+            f"attributions have {a.shape[1]} channels, inputs {x_nc.shape[1]}; use 1 or the same"
+        )
+    return a
+
+
+def reduce_channels(a: Tensor, how: str) -> Tensor:
+    """Reduce ``(N, C, *S)`` to ``(N, 1, *S)`` by ``"sum"``, ``"mean"`` or ``"max"``."""
+    if how == "sum":
+        return a.sum(1, keepdim=True)
+    if how == "mean":
+        return a.mean(1, keepdim=True)
+    return a.amax(1, keepdim=True)
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator of the metric's own, on ``device``: the global RNG is never touched."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+@contextlib.contextmanager
+def eval_mode(model: Callable[[Tensor], Tensor], enabled: bool = True) -> Iterator[None]:
+    """Put every submodule in eval mode, restore each module's own flag afterwards."""
+    if not enabled or not isinstance(model, torch.nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def forward_scores(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor | None,
+    softmax: bool,
+) -> tuple[Tensor, Tensor]:
+    """Score of the target class for each row of ``x``; returns ``(scores, target)``.
+
+    A model with one output per sample (``(N,)`` or ``(N, 1)``) is scored by that output
+    and ``target`` is ignored. Otherwise ``target=None`` selects the predicted class.
+    """
+    out = model(x)
+    if out.dim() == 1 or (out.dim() == 2 and out.shape[1] == 1):
+        out = out.reshape(-1)
+        return out.double(), torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
+    out = out.reshape(out.shape[0], -1)
+    if target is None:
+        target = out.argmax(1)
+    if softmax:
+        out = out.softmax(1)
+    return out.gather(1, target.view(-1, 1)).squeeze(1).double(), target
+
+
+def normalize_target(target: Tensor | int | None, n: int, device: torch.device) -> Tensor | None:
+    """``None``, an int or one class per sample → ``None`` or a long tensor of shape ``(n,)``."""
+    if target is None:
+        return None
+    t = torch.as_tensor(target, device=device).long().reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries for {n} samples")
+    return t
+
+
+def as_tuple(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    """An int or a sequence of ``dims`` positive ints as a tuple."""
+    try:
+        shape = (value,) * dims if isinstance(value, int) else tuple(int(v) for v in value)
+    except TypeError:
+        shape = ()
+    if len(shape) != dims or any(v < 1 for v in shape):
+        raise ValueError(f"{name}={value!r} must be a positive int or {dims} positive ints")
+    return shape
+
+
+@dataclass(frozen=True)
+class RegionGrid:
+    """A grid of ``region_shape`` blocks over a spatial shape, padded symmetrically.
+
+    Padding per dimension is ``(-size) % region``; ``pad // 2`` goes before and the rest
+    after (iNNvestigate's and Quantus's split), so border regions may be partial.
+    """
+
+    spatial: tuple[int, ...]
+    region: tuple[int, ...]
+
+    @property
+    def padding(self) -> tuple[tuple[int, int], ...]:
+        pads = [(-s) % r for s, r in zip(self.spatial, self.region, strict=True)]
+        return tuple((p // 2, p - p // 2) for p in pads)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / r) for s, r in zip(self.spatial, self.region, strict=True))
+
+    @property
+    def n_regions(self) -> int:
+        return math.prod(self.grid)
+
+    def pad(self, t: Tensor, mode: str = "constant", value: float = 0.0) -> Tensor:
+        """Pad the spatial dims of ``(N, C, *S)`` (``mode`` as in ``torch.nn.functional.pad``)."""
+        flat = [p for pair in reversed(self.padding) for p in pair]
+        if not any(flat):
+            return t
+        if mode == "constant":
+            return F.pad(t, flat, mode="constant", value=value)
+        return F.pad(t, flat, mode=mode)
+
+    def crop(self, t: Tensor) -> Tensor:
+        """Undo :meth:`pad`."""
+        index = [slice(None), slice(None)]
+        for (before, _), s in zip(self.padding, self.spatial, strict=True):
+            index.append(slice(before, before + s))
+        return t[tuple(index)]
+
+    def to_blocks(self, padded: Tensor) -> Tensor:
+        """``(N, C, *padded S)`` → ``(N, C, n_regions, *region)`` in row-major region order."""
+        n, c = padded.shape[:2]
+        if len(self.grid) == 1:
+            return padded.reshape(n, c, self.grid[0], self.region[0])
+        (gh, gw), (rh, rw) = self.grid, self.region
+        b = padded.reshape(n, c, gh, rh, gw, rw).permute(0, 1, 2, 4, 3, 5)
+        return b.reshape(n, c, gh * gw, rh, rw)
+
+    def from_blocks(self, blocks: Tensor) -> Tensor:
+        """Inverse of :meth:`to_blocks`, cropped back to the unpadded spatial shape."""
+        n, c = blocks.shape[:2]
+        if len(self.grid) == 1:
+            return self.crop(blocks.reshape(n, c, -1))
+        (gh, gw), (rh, rw) = self.grid, self.region
+        b = blocks.reshape(n, c, gh, gw, rh, rw).permute(0, 1, 2, 4, 3, 5)
+        return self.crop(b.reshape(n, c, gh * rh, gw * rw))
+
+    def pixel_region(self, device: torch.device) -> Tensor:
+        """Region id of every (unpadded) spatial position, flattened row-major: ``(prod S,)``."""
+        ids = torch.arange(self.n_regions, device=device).reshape(1, 1, self.n_regions)
+        ones = (1,) * len(self.region)
+        blocks = ids.reshape(1, 1, self.n_regions, *ones).expand(1, 1, self.n_regions, *self.region)
+        return self.from_blocks(blocks).reshape(-1)
+
+    def region_scores(
+        self, a: Tensor, region_reduce: str = "sum", pad_mode: str = "constant"
+    ) -> Tensor:
+        """Aggregate a one-channel map ``(N, 1, *S)`` per region: ``(N, n_regions)``.
+
+        The map is padded with ``pad_mode`` (zeros by default, so a partial border region
+        sums only its real positions) and reduced by ``"sum"``, ``"mean"`` or ``"max"``.
+        """
+        blocks = self.to_blocks(self.pad(a, pad_mode)).flatten(3).squeeze(1)
+        if region_reduce == "sum":
+            return blocks.sum(-1)
+        if region_reduce == "mean":
+            return blocks.mean(-1)
+        return blocks.amax(-1)
+
+
+def gaussian_blur(x_nc: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of the spatial dims of ``(N, C, *S)`` (replicate padding)."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, device=x_nc.device, dtype=x_nc.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x_nc.shape[1]
+    out = x_nc
+    for dim in range(2, x_nc.dim()):
+        shape = [1] * (x_nc.dim() - 2)
+        shape[dim - 2] = k.numel()
+        weight = k.reshape(1, 1, *shape).expand(c, 1, *shape)
+        pad = [0, 0] * (x_nc.dim() - 2)
+        pad[2 * (x_nc.dim() - 1 - dim)] = radius
+        pad[2 * (x_nc.dim() - 1 - dim) + 1] = radius
+        out = F.pad(out, pad, mode="replicate")
+        conv = F.conv1d if x_nc.dim() == 3 else F.conv2d
+        out = conv(out, weight, groups=c)
+    return out

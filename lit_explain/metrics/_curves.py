@@ -1,0 +1,272 @@
+"""Replacement values and batched perturbation curves shared by the perturbation metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from ._common import (
+    RegionGrid,
+    as_nc,
+    as_tuple,
+    check_choice,
+    eval_mode,
+    forward_scores,
+    gaussian_blur,
+    make_generator,
+    match_attributions,
+    normalize_target,
+    reduce_channels,
+)
+
+PERTURBATIONS = ("zeros", "mean", "gaussian", "invert", "blur")
+ORDERS = ("morf", "lerf", "random")
+REDUCTIONS = ("sum", "mean", "max")
+
+Perturbation = str | float | Callable[[Tensor], Tensor]
+
+
+def check_perturbation(name: str, value: object) -> None:
+    """Accept a known name, a number (a constant baseline) or a callable."""
+    if isinstance(value, str):
+        check_choice(name, value, PERTURBATIONS)
+    elif not (isinstance(value, int | float) or callable(value)):
+        raise ValueError(
+            f"{name}={value!r} is not valid; choose one of {list(PERTURBATIONS)}, "
+            "a number or a callable"
+        )
+
+
+def check_value_range(value_range: Sequence[float] | None) -> tuple[float, float] | None:
+    if value_range is None:
+        return None
+    lo, hi = (float(v) for v in value_range)
+    if not lo < hi:
+        raise ValueError(f"value_range={tuple(value_range)!r} must be (min, max) with min < max")
+    return lo, hi
+
+
+def replacement_values(
+    x_nc: Tensor,
+    grid: RegionGrid,
+    perturbation: Perturbation,
+    generator: torch.Generator,
+    noise_std: float,
+    blur_sigma: float,
+    value_range: tuple[float, float] | None,
+) -> Tensor:
+    """What every position of ``x_nc`` ``(N, C, *S)`` becomes once its region is perturbed.
+
+    ``"zeros"``: 0. ``"mean"``: the sample's per-channel mean. ``"gaussian"``: a draw from
+    N(0, ``noise_std``) (iNNvestigate's choice). ``"invert"``: ``lo + hi - x`` within
+    ``value_range``, ``-x`` without one. ``"blur"``: a Gaussian blur of the input with
+    ``blur_sigma``. A number: that constant. A callable gets the input cut into regions,
+    ``(N, C, n_regions, *region_shape)`` (replicate-padded), and returns values that
+    broadcast to that shape (``lambda b: b.mean((-2, -1), keepdim=True)`` is a region mean).
+    The result is clipped to ``value_range`` when given.
+    """
+    if isinstance(perturbation, int | float) and not isinstance(perturbation, bool):
+        out = torch.full_like(x_nc, float(perturbation))
+    elif perturbation == "zeros":
+        out = torch.zeros_like(x_nc)
+    elif perturbation == "mean":
+        dims = tuple(range(2, x_nc.dim()))
+        out = x_nc.mean(dims, keepdim=True).expand_as(x_nc)
+    elif perturbation == "gaussian":
+        noise = torch.randn(x_nc.shape, generator=generator, device=x_nc.device)
+        out = noise.to(x_nc.dtype) * noise_std
+    elif perturbation == "invert":
+        out = (value_range[0] + value_range[1] - x_nc) if value_range else -x_nc
+    elif perturbation == "blur":
+        out = gaussian_blur(x_nc, blur_sigma)
+    else:
+        blocks = grid.to_blocks(grid.pad(x_nc, "replicate"))
+        out = grid.from_blocks(torch.broadcast_to(perturbation(blocks), blocks.shape))
+    if value_range is not None:
+        out = out.clamp(*value_range)
+    return out
+
+
+def region_ranks(scores: Tensor, order: str, generator: torch.Generator) -> Tensor:
+    """Rank of every region, ``(N, R)``: 0 is perturbed first.
+
+    ``"morf"``: highest score first; ``"lerf"``: lowest first; ties go to the region that
+    comes first in row-major order. ``"random"``: a random permutation per sample.
+    """
+    if order == "random":
+        keys = torch.rand(scores.shape, generator=generator, device=scores.device)
+        perm = keys.argsort(1)
+    else:
+        perm = scores.sort(dim=1, descending=order == "morf", stable=True).indices
+    ranks = torch.empty_like(perm)
+    positions = torch.arange(perm.shape[1], device=perm.device).expand_as(perm)
+    return ranks.scatter_(1, perm, positions)
+
+
+@torch.no_grad()
+def perturbation_curves(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    source: Tensor,
+    replacement: Tensor,
+    pixel_rank: Tensor,
+    counts: Tensor,
+    target: Tensor | None,
+    softmax: bool,
+    batch_size: int,
+) -> Tensor:
+    """Model scores while more and more regions switch from ``source`` to ``replacement``.
+
+    ``pixel_rank`` ``(N, P)`` is the rank of each position's region and ``counts`` ``(K,)``
+    the number of regions switched at each point; returns ``(N, K)`` scores of ``target``.
+    Inputs are built ``batch_size`` at a time, so memory stays bounded.
+    """
+    n, k = x.shape[0], counts.numel()
+    shape = source.shape[1:]
+    total = n * k
+    out = torch.empty(total, dtype=torch.float64, device=x.device)
+    for start in range(0, total, batch_size):
+        idx = torch.arange(start, min(start + batch_size, total), device=x.device)
+        i, step = idx // k, idx % k
+        mask = (pixel_rank[i] < counts[step].unsqueeze(1)).view(-1, 1, *shape[1:])
+        xb = torch.where(mask, replacement[i], source[i]).reshape(-1, *x.shape[1:])
+        out[idx], _ = forward_scores(model, xb, None if target is None else target[i], softmax)
+    return out.view(n, k)
+
+
+class RegionCurveMetric(Metric):
+    """Base of the perturbation-curve metrics: options, generator, ordering, model calls."""
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        region_shape: int | Sequence[int],
+        steps: int,
+        softmax: bool,
+        channel_reduce: str,
+        region_reduce: str,
+        absolute: bool,
+        noise_std: float,
+        blur_sigma: float,
+        value_range: Sequence[float] | None,
+        batch_size: int,
+        seed: int,
+        use_eval_mode: bool,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not callable(model):
+            raise ValueError(f"model={model!r} is not valid; pass a callable returning logits")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps={steps!r} is not valid; use a positive int")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is not valid; use a positive int")
+        check_choice("channel_reduce", channel_reduce, REDUCTIONS)
+        check_choice("region_reduce", region_reduce, REDUCTIONS)
+        if isinstance(region_shape, int):
+            as_tuple(region_shape, 1, "region_shape")
+        else:
+            as_tuple(region_shape, len(region_shape), "region_shape")
+        self.model = model
+        self.region_shape = region_shape
+        self.steps = steps
+        self.softmax = softmax
+        self.channel_reduce = channel_reduce
+        self.region_reduce = region_reduce
+        self.absolute = absolute
+        self.noise_std = float(noise_std)
+        self.blur_sigma = float(blur_sigma)
+        self.value_range = check_value_range(value_range)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.use_eval_mode = use_eval_mode
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The metric's own generator, seeded from ``seed`` on first use after a reset."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = make_generator(self.seed, device)
+        return self._generator
+
+    def reset(self) -> None:
+        """Reset the states and re-seed, so every epoch sees the same random draws."""
+        super().reset()
+        self._generator = None
+
+    def _prepare(
+        self, x: Tensor, attributions: Tensor, target: Tensor | int | None
+    ) -> tuple[Tensor, RegionGrid, Tensor, Tensor | None]:
+        """``(x_nc, grid, region scores (N, R), target)`` with the target resolved."""
+        x_nc = as_nc(x)
+        grid = RegionGrid(
+            tuple(x_nc.shape[2:]), as_tuple(self.region_shape, x_nc.dim() - 2, "region_shape")
+        )
+        a = match_attributions(attributions.detach(), x_nc).to(x_nc.dtype)
+        if self.absolute:
+            a = a.abs()
+        scores = grid.region_scores(reduce_channels(a, self.channel_reduce), self.region_reduce)
+        target = normalize_target(target, x.shape[0], x.device)
+        if target is None:
+            with torch.no_grad(), eval_mode(self.model, self.use_eval_mode):
+                target = torch.cat(
+                    [
+                        forward_scores(self.model, x[s : s + self.batch_size], None, False)[1]
+                        for s in range(0, x.shape[0], self.batch_size)
+                    ]
+                )
+        return x_nc, grid, scores, target
+
+    @torch.no_grad()
+    def _scores(self, x: Tensor, target: Tensor | None) -> Tensor:
+        """Target scores of the unperturbed inputs, ``batch_size`` at a time."""
+        with eval_mode(self.model, self.use_eval_mode):
+            return torch.cat(
+                [
+                    forward_scores(
+                        self.model,
+                        x[s : s + self.batch_size],
+                        None if target is None else target[s : s + self.batch_size],
+                        self.softmax,
+                    )[0]
+                    for s in range(0, x.shape[0], self.batch_size)
+                ]
+            )
+
+    def _replacement(self, x_nc: Tensor, grid: RegionGrid, perturbation: Perturbation) -> Tensor:
+        return replacement_values(
+            x_nc,
+            grid,
+            perturbation,
+            self.generator(x_nc.device),
+            self.noise_std,
+            self.blur_sigma,
+            self.value_range,
+        )
+
+    def _curves(
+        self,
+        x: Tensor,
+        source: Tensor,
+        replacement: Tensor,
+        pixel_rank: Tensor,
+        counts: Tensor,
+        target: Tensor | None,
+    ) -> Tensor:
+        with eval_mode(self.model, self.use_eval_mode):
+            return perturbation_curves(
+                self.model,
+                x,
+                source.detach(),
+                replacement.detach(),
+                pixel_rank,
+                counts,
+                target,
+                self.softmax,
+                self.batch_size,
+            )

@@ -1,0 +1,280 @@
+"""Perturbation curves: region perturbation / pixel flipping (AOPC) and insertion/deletion.
+
+All curves are computed the same way: the attribution map is reduced over channels and
+summed per region of a grid (see :class:`~lit_explain.metrics._common.RegionGrid`), the
+regions are ranked, and the model is evaluated on the input with the first ``k`` regions
+replaced, for every step ``k`` at once, ``batch_size`` inputs at a time under
+``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._common import check_choice
+from ._curves import (
+    ORDERS,
+    Perturbation,
+    RegionCurveMetric,
+    check_perturbation,
+    region_ranks,
+)
+
+__all__ = ["InsertionDeletion", "PixelFlipping", "RegionPerturbation"]
+
+
+class RegionPerturbation(RegionCurveMetric):
+    r"""Region perturbation and its area over the perturbation curve (AOPC).
+
+    Samek, Binder, Montavon, Lapuschkin, Müller, "Evaluating the visualization of what a
+    deep neural network has learned", IEEE TNNLS 28(11), 2017.
+
+    What it measures: how fast the model's score for the explained class falls when the
+    regions an explanation calls most relevant are destroyed first. With
+    :math:`x^{(0)} = x` and :math:`x^{(k)}` the input with the ``k * regions_per_step``
+    top-ranked regions replaced, the curve is :math:`f(x^{(k)})` for ``k = 0..steps`` and
+
+    .. math:: \mathrm{AOPC} = \frac{1}{L+1} \sum_{k=0}^{L}
+              \big\langle f(x^{(0)}) - f(x^{(k)}) \big\rangle_{p(x)}.
+
+    ``higher_is_better = True`` for the default ``order="morf"`` (most relevant first): a
+    faithful map makes the score collapse early. With ``order="lerf"`` (least relevant
+    first) **lower** is better; ``order="random"`` gives the baseline to compare with.
+
+    Parameters
+    ----------
+    model
+        Any callable mapping a batch of inputs to logits ``(N, classes)``; a single output
+        per sample (``(N,)`` or ``(N, 1)``) is used as the score directly. Put into eval mode
+        during the calls (each module's own flag is restored after) unless
+        ``use_eval_mode=False``.
+    region_shape
+        Region size in the spatial dims (int for all dims, or one per dim): ``(h, w)`` for
+        images, ``(l,)`` for sequences, features for tabular data. Regions cover all
+        channels. When the size is not a multiple, the grid is zero-padded half before,
+        half after, and border regions are partial.
+    steps
+        Number of perturbation steps ``L``; the curve has ``steps + 1`` points.
+    regions_per_step
+        Regions replaced per step; ``steps * regions_per_step`` must not exceed the number
+        of regions.
+    order
+        ``"morf"``, ``"lerf"`` or ``"random"`` (a seeded permutation per sample).
+    perturbation
+        ``"zeros"``, ``"mean"`` (the sample's channel means), ``"gaussian"`` (N(0,
+        ``noise_std``) values), ``"invert"``, ``"blur"`` (Gaussian blur, ``blur_sigma``), a
+        number, or a callable on the regions (see :func:`replacement_values`).
+    value_range
+        ``(min, max)`` to clip replacement values to (and the range ``"invert"`` reflects in).
+    softmax
+        Score the softmax probability instead of the logit.
+    channel_reduce, region_reduce
+        How the map becomes one number per region: over channels, then over the region
+        (``"sum"``, ``"mean"`` or ``"max"``).
+    absolute
+        Rank by ``|attribution|``.
+    batch_size
+        Model inputs per forward call (bounds memory).
+    seed
+        Seed of the metric's own generator (random order, Gaussian noise); re-seeded on
+        :meth:`reset`, the global RNG is never used.
+
+    Examples
+    --------
+    >>> m = RegionPerturbation(model, region_shape=(4, 4), steps=20)  # doctest: +SKIP
+    >>> m.update(x, R)  # target None: the predicted class            # doctest: +SKIP
+    >>> m.compute(), m.curve()                                        # doctest: +SKIP
+    """
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        region_shape: int | Sequence[int] = 8,
+        steps: int = 100,
+        regions_per_step: int = 1,
+        order: str = "morf",
+        perturbation: Perturbation = "zeros",
+        value_range: Sequence[float] | None = None,
+        softmax: bool = False,
+        channel_reduce: str = "sum",
+        region_reduce: str = "sum",
+        absolute: bool = False,
+        noise_std: float = 0.3,
+        blur_sigma: float = 2.0,
+        batch_size: int = 256,
+        seed: int = 0,
+        use_eval_mode: bool = True,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(
+            model, region_shape, steps, softmax, channel_reduce, region_reduce, absolute,
+            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode, **kwargs,
+        )  # fmt: skip
+        check_choice("order", order, ORDERS)
+        check_perturbation("perturbation", perturbation)
+        if not isinstance(regions_per_step, int) or regions_per_step < 1:
+            raise ValueError(f"regions_per_step={regions_per_step!r} is not valid; use an int >= 1")
+        self.order = order
+        self.perturbation = perturbation
+        self.regions_per_step = regions_per_step
+        zeros = torch.zeros(steps + 1, dtype=torch.float64)
+        self.add_state("curve_sum", default=zeros, dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def sample_curves(
+        self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
+    ) -> Tensor:
+        """Per-sample curves ``(N, steps + 1)`` without touching the states."""
+        x_nc, grid, scores, target = self._prepare(x, attributions, target)
+        if self.steps * self.regions_per_step > grid.n_regions:
+            raise ValueError(
+                f"steps={self.steps} x regions_per_step={self.regions_per_step} exceeds the "
+                f"{grid.n_regions} regions of region_shape={self.region_shape!r} on inputs of "
+                f"shape {tuple(x.shape)}"
+            )
+        generator = self.generator(x.device)
+        pixel_rank = region_ranks(scores, self.order, generator)[:, grid.pixel_region(x.device)]
+        counts = torch.arange(self.steps + 1, device=x.device) * self.regions_per_step
+        replacement = self._replacement(x_nc, grid, self.perturbation)
+        return self._curves(x, x_nc, replacement, pixel_rank, counts, target)
+
+    def update(self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None) -> None:
+        """Add the curves of a batch; ``target=None`` explains the predicted class."""
+        curves = self.sample_curves(x, attributions, target)
+        self.curve_sum += curves.sum(0).to(self.curve_sum)
+        self.count += curves.shape[0]
+
+    def curve(self) -> Tensor:
+        """Mean perturbation curve ``(steps + 1,)``, for plotting (index = step)."""
+        return self.curve_sum / self.count.clamp_min(1)
+
+    def compute(self) -> Tensor:
+        """AOPC of the mean curve (equal to the mean of the per-sample AOPCs)."""
+        c = self.curve()
+        return (c[0] - c).mean()
+
+
+class PixelFlipping(RegionPerturbation):
+    """Pixel flipping: region perturbation with single-position regions.
+
+    Bach, Binder, Montavon, Klauschen, Müller, Samek, "On pixel-wise explanations for
+    non-linear classifier decisions by layer-wise relevance propagation", PLOS ONE 10(7),
+    2015.
+
+    What it measures: the score drop (AOPC) as single pixels (all channels at one position;
+    single features for tabular data) are flipped in the order of the map.
+    ``higher_is_better = True`` for ``order="morf"``; lower is better for ``"lerf"``. All
+    other options are those of :class:`RegionPerturbation`, with ``region_shape=1``.
+    """
+
+    def __init__(self, model: Callable[[Tensor], Tensor], **kwargs: object) -> None:
+        if "region_shape" in kwargs:
+            raise ValueError("region_shape is fixed to 1 in PixelFlipping; use RegionPerturbation")
+        super().__init__(model, region_shape=1, **kwargs)
+
+
+class InsertionDeletion(RegionCurveMetric):
+    """Insertion and deletion AUCs.
+
+    Petsiuk, Das, Saenko, "RISE: Randomized input sampling for explanation of black-box
+    models", BMVC 2018.
+
+    What it measures: *deletion* replaces regions of the input, most relevant first, by
+    ``deletion_baseline`` (zeros) and takes the area under the score curve — a faithful map
+    makes it small (**lower is better**). *Insertion* starts from ``insertion_baseline``
+    (a blurred copy) and puts the most relevant regions back first — a faithful map makes
+    the area large (**higher is better**). Curves have ``steps + 1`` points over the
+    fraction of regions changed, from 0 to 1 (``ceil(R / steps)`` regions per step), and
+    the AUC is the trapezoid rule over that fraction. Scores are softmax probabilities by
+    default, as in the paper.
+
+    ``higher_is_better = None`` because the two numbers point in opposite directions;
+    :meth:`compute` returns ``{"insertion_auc": ↑, "deletion_auc": ↓}``.
+
+    Options are those of :class:`RegionPerturbation`; the default ``region_shape=1``
+    perturbs single positions.
+    """
+
+    higher_is_better = None
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        region_shape: int | Sequence[int] = 1,
+        steps: int = 100,
+        insertion_baseline: Perturbation = "blur",
+        deletion_baseline: Perturbation = "zeros",
+        value_range: Sequence[float] | None = None,
+        softmax: bool = True,
+        channel_reduce: str = "sum",
+        region_reduce: str = "sum",
+        absolute: bool = False,
+        noise_std: float = 0.3,
+        blur_sigma: float = 5.0,
+        batch_size: int = 256,
+        seed: int = 0,
+        use_eval_mode: bool = True,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(
+            model, region_shape, steps, softmax, channel_reduce, region_reduce, absolute,
+            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode, **kwargs,
+        )  # fmt: skip
+        check_perturbation("insertion_baseline", insertion_baseline)
+        check_perturbation("deletion_baseline", deletion_baseline)
+        self.insertion_baseline = insertion_baseline
+        self.deletion_baseline = deletion_baseline
+        zeros = torch.zeros(steps + 1, dtype=torch.float64)
+        self.add_state("insertion_sum", default=zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("deletion_sum", default=zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("fraction_sum", default=zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def sample_curves(
+        self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
+    ) -> dict[str, Tensor]:
+        """Per-sample ``{"insertion", "deletion"}`` curves ``(N, steps + 1)`` and ``"fraction"``."""
+        x_nc, grid, scores, target = self._prepare(x, attributions, target)
+        n_regions = grid.n_regions
+        per_step = -(-n_regions // self.steps)
+        counts = (torch.arange(self.steps + 1, device=x.device) * per_step).clamp_max(n_regions)
+        pixel_rank = region_ranks(scores, "morf", self.generator(x.device))
+        pixel_rank = pixel_rank[:, grid.pixel_region(x.device)]
+        deleted = self._replacement(x_nc, grid, self.deletion_baseline)
+        blurred = self._replacement(x_nc, grid, self.insertion_baseline)
+        return {
+            "deletion": self._curves(x, x_nc, deleted, pixel_rank, counts, target),
+            "insertion": self._curves(x, blurred, x_nc, pixel_rank, counts, target),
+            "fraction": counts.double() / n_regions,
+        }
+
+    def update(self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None) -> None:
+        """Add the curves of a batch; ``target=None`` explains the predicted class."""
+        c = self.sample_curves(x, attributions, target)
+        n = c["deletion"].shape[0]
+        self.insertion_sum += c["insertion"].sum(0).to(self.insertion_sum)
+        self.deletion_sum += c["deletion"].sum(0).to(self.deletion_sum)
+        self.fraction_sum += (c["fraction"] * n).to(self.fraction_sum)
+        self.count += n
+
+    def curves(self) -> dict[str, Tensor]:
+        """Mean ``{"insertion", "deletion", "fraction"}`` curves ``(steps + 1,)`` for plotting."""
+        n = self.count.clamp_min(1)
+        return {
+            "insertion": self.insertion_sum / n,
+            "deletion": self.deletion_sum / n,
+            "fraction": self.fraction_sum / n,
+        }
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"insertion_auc", "deletion_auc"}``: trapezoid areas of the mean curves."""
+        c = self.curves()
+        return {
+            "insertion_auc": torch.trapezoid(c["insertion"], c["fraction"]),
+            "deletion_auc": torch.trapezoid(c["deletion"], c["fraction"]),
+        }

@@ -1,0 +1,37 @@
+"""lit_explain: iNNvestigate's analyzers for PyTorch, computed while a model trains.
+
+The engine (:mod:`lit_explain.analyzers`) needs only torch; the Lightning callback
+(:class:`ExplainCallback`) is imported on first use.
+"""
+
+from .analyzers import (
+    Analyzer,
+    NotAnalyzableModelError,
+    analyzers,
+    create_analyzer,
+    model_wo_softmax,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analyzer",
+    "ExplainCallback",
+    "NotAnalyzableModelError",
+    "analyzers",
+    "create_analyzer",
+    "model_wo_softmax",
+]
+
+
+def __getattr__(name: str):
+    # Lightning-dependent and optional parts load lazily, so that the engine stays torch-only.
+    if name == "ExplainCallback":
+        from .callbacks import ExplainCallback
+
+        return ExplainCallback
+    if name in ("metrics", "viz", "patterns"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'lit_explain' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""DeepLIFT (placeholder while written)."""

@@ -1,0 +1,137 @@
+"""FaithfulnessCorrelation, Sparseness, Complexity, AttributionDrift, the registry."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_cnn
+
+import lit_explain.metrics as lm
+from lit_explain.metrics import (
+    AttributionDrift,
+    Complexity,
+    FaithfulnessCorrelation,
+    Sparseness,
+    create_metric,
+)
+from lit_explain.metrics.drift import average_ranks, spearman, topk_intersection
+
+
+def test_faithfulness_correlation_is_one_for_the_exact_linear_map(linear_setup):
+    # Removing a subset S drops the logit by exactly sum_S w_i x_i = sum_S a_i.
+    model, x, _, exact, random_map = linear_setup
+    m = FaithfulnessCorrelation(model, n_subsets=20, subset_size=8)
+    m.update(x, exact)
+    torch.testing.assert_close(m.compute(), torch.tensor(1.0, dtype=torch.float64))
+    r = FaithfulnessCorrelation(model, n_subsets=20, subset_size=8)
+    r.update(x, random_map)
+    assert r.compute() < 0.5
+
+
+def test_faithfulness_correlation_is_seeded_and_batch_size_free():
+    model, x, a = tiny_cnn(), torch.rand(4, 3, 8, 8), torch.randn(4, 1, 8, 8)
+    values = []
+    for batch_size in (3, 500):
+        m = FaithfulnessCorrelation(model, n_subsets=10, subset_size=0.2, batch_size=batch_size)
+        m.update(x, a)
+        values.append(m.compute())
+    torch.testing.assert_close(values[0], values[1])
+    with pytest.raises(ValueError, match="subset_size"):
+        FaithfulnessCorrelation(model, subset_size=1.5)
+
+
+def test_gini_of_one_hot_constant_and_hand_example():
+    n = 100
+    one_hot = torch.zeros(2, n)
+    one_hot[:, 7] = -3.0
+    s = Sparseness()
+    s.update(one_hot)
+    torch.testing.assert_close(s.compute(), torch.tensor((n - 1) / n, dtype=torch.float64))
+    c = Sparseness()
+    c.update(torch.full((3, 4, 5), 2.0))
+    c.update(torch.zeros(1, 4, 5))  # all-zero maps count as constant
+    assert c.compute() == 0
+    h = Sparseness()
+    h.update(torch.tensor([[0.0, 1.0, 0.0, 1.0]]))  # sum (2i - n - 1) a_(i) / (n sum a) = 4/8
+    torch.testing.assert_close(h.compute(), torch.tensor(0.5, dtype=torch.float64))
+
+
+def test_complexity_entropy_of_one_hot_and_constant_maps():
+    one_hot = torch.zeros(1, 3, 4, 4)
+    one_hot[0, 1, 2, 2] = 5.0
+    m = Complexity()
+    m.update(one_hot)
+    assert m.compute() == 0
+    const = Complexity()
+    const.update(torch.ones(2, 3, 4, 4))
+    torch.testing.assert_close(const.compute(), torch.tensor(math.log(48), dtype=torch.float64))
+    norm = Complexity(normalized=True)
+    norm.update(-torch.ones(2, 48))
+    torch.testing.assert_close(norm.compute(), torch.tensor(1.0, dtype=torch.float64))
+    assert Complexity.higher_is_better is False and Sparseness.higher_is_better is True
+
+
+def test_identical_maps_have_no_drift():
+    maps = torch.randn(5, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    d = AttributionDrift(top_k=0.1)
+    d.update(maps, maps.clone())
+    for value in d.compute().values():
+        torch.testing.assert_close(value, torch.tensor(1.0, dtype=torch.float64))
+    assert set(d.per_sample()) == {"spearman", "topk_intersection", "ssim"}
+    assert d.per_sample()["ssim"].shape == (5,)
+
+
+def test_drift_hand_examples():
+    assert average_ranks(torch.tensor([[3.0, 1.0, 2.0, 2.0]])).tolist() == [[3.0, 0.0, 1.5, 1.5]]
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    torch.testing.assert_close(spearman(a, -a), torch.tensor([-1.0], dtype=torch.float64))
+    torch.testing.assert_close(spearman(a, a**3), torch.tensor([1.0], dtype=torch.float64))
+    b = torch.tensor([[4.0, 0.0, 3.0, 0.0]])  # top-2 of |a|: {2, 3}; of |b|: {0, 2}
+    assert topk_intersection(a, b, 2).tolist() == [0.5]
+    # Scale does not count, structure does.
+    img = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    d = AttributionDrift()
+    d.update(img, 10 * img)
+    torch.testing.assert_close(d.compute()["ssim"], torch.tensor(1.0, dtype=torch.float64))
+    other = AttributionDrift()
+    other.update(img, torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(2)))
+    assert other.compute()["ssim"] < 0.5 and abs(other.compute()["spearman"]) < 0.3
+
+
+def test_drift_on_tabular_maps_has_no_ssim_and_merges_like_ddp():
+    g = torch.Generator().manual_seed(0)
+    ref, cur = torch.randn(6, 20, generator=g), torch.randn(6, 20, generator=g)
+    whole = AttributionDrift(top_k=5)
+    whole.update(ref, cur)
+    assert set(whole.compute()) == {"spearman", "topk_intersection"}
+    parts = [AttributionDrift(top_k=5), AttributionDrift(top_k=5)]
+    parts[0].update(ref[:2], cur[:2])
+    parts[1].update(ref[2:], cur[2:])
+    merged = AttributionDrift(top_k=5)
+    for name in merged._reductions:
+        a, b = getattr(parts[0], name), getattr(parts[1], name)
+        setattr(merged, name, a + b)  # sums add, "cat" lists concatenate
+    merged._update_count = 1
+    for key, value in whole.compute().items():
+        torch.testing.assert_close(merged.compute()[key], value)
+    torch.testing.assert_close(merged.per_sample()["spearman"], whole.per_sample()["spearman"])
+
+
+def test_registry_and_create_metric(linear_setup):
+    model = linear_setup[0]
+    assert set(lm.metrics) == {
+        "pixel_flipping",
+        "region_perturbation",
+        "insertion_deletion",
+        "faithfulness_correlation",
+        "sparseness",
+        "complexity",
+        "attribution_drift",
+    }
+    assert isinstance(create_metric("pixel_flipping", model, steps=3), lm.PixelFlipping)
+    assert isinstance(create_metric("sparseness"), Sparseness)
+    with pytest.raises(KeyError, match="attribution_drift"):
+        create_metric("pixelflipping")
+    for cls in lm.metrics.values():
+        assert cls.full_state_update is False
+        assert "higher_is_better" in cls.__doc__ or "lower is better" in cls.__doc__.lower()

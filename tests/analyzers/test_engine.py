@@ -1,0 +1,204 @@
+"""The engine's promises: no side effects, neuron selection, clear errors, any grad mode."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lit_explain as lx
+from lit_explain.demo.models import ResNetStyle
+
+STATELESS = ["gradient", "input_t_gradient", "deconvnet", "guided_backprop",
+             "integrated_gradients", "smoothgrad", "deep_lift"]
+
+
+def trained_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    model = ResNetStyle(in_channels=2, num_classes=5, width=4)
+    model.train()
+    model.layers[1].eval()  # mixed train/eval flags must come back as they were
+    model.fc.weight.requires_grad_(False)  # and so must requires_grad flags
+    loss = model(torch.randn(4, 2, 16, 16)).sum()
+    loss.backward()  # parameters carry a .grad that must stay untouched
+    return model
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": copy.deepcopy(model.state_dict()),
+        "grads": {n: None if p.grad is None else p.grad.clone()
+                  for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+                  for m in model.modules()],
+    }
+
+
+def assert_same(before: dict, after: dict) -> None:
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), key
+    for name, grad in before["grads"].items():
+        assert (grad is None) == (after["grads"][name] is None), name
+        if grad is not None:
+            assert torch.equal(grad, after["grads"][name]), name
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["training"] == after["training"]
+    assert before["hooks"] == after["hooks"]
+
+
+@pytest.mark.parametrize("name", STATELESS)
+def test_analysis_leaves_the_model_exactly_as_it_was(name):
+    model = trained_resnet()
+    before = snapshot(model)
+    kwargs = {"steps": 4} if name == "integrated_gradients" else {}
+    kwargs = {"augment_by_n": 4} if name == "smoothgrad" else kwargs
+    result = lx.create_analyzer(name, model, **kwargs).analyze(torch.randn(3, 2, 16, 16))
+    assert torch.isfinite(result).all()
+    assert_same(before, snapshot(model))
+
+
+def test_hooks_and_flags_are_restored_when_the_analysis_raises():
+    class Failing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.GELU())
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    model = Failing().train()
+    before = snapshot(model)
+    with pytest.raises(lx.NotAnalyzableModelError):
+        lx.create_analyzer("guided_backprop", model).analyze(torch.randn(2, 3))
+    assert_same(before, snapshot(model))
+    assert not torch.overrides._get_current_function_mode_stack()  # the mode is gone too
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("name", ["gradient", "guided_backprop", "deep_lift"])
+def test_works_under_no_grad_and_inference_mode(context, name):
+    model = trained_resnet()
+    x = torch.randn(2, 2, 16, 16)
+    expected = lx.create_analyzer(name, model).analyze(x)
+    with context():
+        inside = x.clone()  # an inference tensor under inference_mode
+        result = lx.create_analyzer(name, model).analyze(inside)
+    torch.testing.assert_close(result, expected)
+
+
+def test_result_has_the_input_shape_dtype_and_device():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).double()
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    result = lx.create_analyzer("gradient", model).analyze(x)
+    assert result.shape == x.shape and result.dtype == x.dtype and result.device == x.device
+
+
+def test_neuron_selection_modes():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3, bias=False)
+    x = torch.randn(5, 4)
+    weight = model.weight.detach()
+    top = model(x).argmax(1)
+    by_max = lx.create_analyzer("gradient", model).analyze(x)
+    torch.testing.assert_close(by_max, weight[top])
+    indexed = lx.create_analyzer("gradient", model, neuron_selection_mode="index")
+    torch.testing.assert_close(indexed.analyze(x, 2), weight[[2] * 5])
+    per_sample = [0, 1, 2, 1, 0]
+    torch.testing.assert_close(indexed.analyze(x, per_sample), weight[per_sample])
+    torch.testing.assert_close(indexed.analyze(x, torch.tensor(per_sample)), weight[per_sample])
+    every = lx.create_analyzer("gradient", model, neuron_selection_mode="all").analyze(x)
+    torch.testing.assert_close(every, weight.sum(0).expand(5, 4))
+
+
+def test_outputs_with_more_than_two_dimensions_are_flattened_per_sample():
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 2, 3, padding=1, bias=False)  # output (N, 2, 4, 4): 32 "neurons"
+    x = torch.randn(2, 1, 4, 4)
+    result = lx.create_analyzer("gradient", model, neuron_selection_mode="index").analyze(x, 5)
+    point = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model(point).flatten(1)[:, 5].sum(), point)
+    torch.testing.assert_close(result, expected)
+
+
+def test_unknown_analyzer_name_lists_the_valid_ones():
+    with pytest.raises(KeyError) as error:
+        lx.create_analyzer("lrp.epsilonn", nn.Linear(2, 2))
+    for name in ("gradient", "smoothgrad", "deep_lift", "integrated_gradients"):
+        assert name in str(error.value)
+
+
+def test_unknown_and_invalid_parameters_are_named():
+    model = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match=r"stepz.*accepts.*steps"):
+        lx.create_analyzer("integrated_gradients", model, stepz=3)
+    with pytest.raises(ValueError, match=r"steps=0.*integer >= 1"):
+        lx.create_analyzer("integrated_gradients", model, steps=0)
+    with pytest.raises(ValueError, match=r"postprocess='log'.*None, 'abs', 'square'"):
+        lx.create_analyzer("gradient", model, postprocess="log")
+    with pytest.raises(ValueError, match=r"neuron_selection_mode='top'.*max_activation"):
+        lx.create_analyzer("gradient", model, neuron_selection_mode="top")
+    with pytest.raises(ValueError, match="noise_scale=-1"):
+        lx.create_analyzer("smoothgrad", model, noise_scale=-1)
+
+
+def test_neuron_selection_errors():
+    model = nn.Linear(2, 3)
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="only used with neuron_selection_mode='index'"):
+        lx.create_analyzer("gradient", model).analyze(x, 1)
+    indexed = lx.create_analyzer("gradient", model, neuron_selection_mode="index")
+    with pytest.raises(ValueError, match="needs neuron_selection"):
+        indexed.analyze(x)
+    with pytest.raises(ValueError, match="3 indices for 4 samples"):
+        indexed.analyze(x, [0, 1, 2])
+    with pytest.raises(ValueError, match=r"out of range.*0\.\.2"):
+        indexed.analyze(x, 3)
+
+
+def test_model_wo_softmax():
+    inner = nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1))
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), inner)
+    with pytest.raises(ValueError, match="model_wo_softmax"):
+        lx.create_analyzer("gradient", model)
+    stripped = lx.model_wo_softmax(model)
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(stripped(x).softmax(1), model(x))
+    assert stripped[0] is model[0] and stripped[2][0] is inner[0]  # same weights, no copies
+    assert isinstance(lx.model_wo_softmax(nn.Softmax(dim=1)), nn.Identity)
+    assert lx.model_wo_softmax(stripped) is stripped
+    lx.create_analyzer("gradient", stripped)  # accepted now
+    lx.create_analyzer("input", model)  # input and random do not need logits
+
+
+def test_random_is_seeded_and_uses_its_own_generator():
+    model, x = nn.Linear(3, 2), torch.zeros(4, 3)
+    state = torch.get_rng_state()
+    first = lx.create_analyzer("random", model, stddev=2.0, seed=3).analyze(x)
+    again = lx.create_analyzer("random", model, stddev=2.0, seed=3).analyze(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(first, again)
+    assert 1.0 < float(first.std()) < 3.5
+
+
+def test_every_registered_name_is_an_analyzer_class():
+    for name, cls in lx.analyzers.items():
+        assert issubclass(cls, lx.Analyzer) and cls.name == name
+        assert cls.__doc__, f"{name} has no docstring"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", STATELESS)
+def test_cuda_result_matches_cpu(name):
+    model = trained_resnet().eval()
+    x = torch.randn(2, 2, 16, 16)
+    kwargs = {"steps": 4} if name == "integrated_gradients" else {}
+    kwargs = {"augment_by_n": 4} if name == "smoothgrad" else kwargs
+    expected = lx.create_analyzer(name, model, **kwargs).analyze(x)
+    result = lx.create_analyzer(name, model.cuda(), **kwargs).analyze(x.cuda())
+    assert result.device.type == "cuda"
+    torch.testing.assert_close(result.cpu(), expected, atol=1e-4, rtol=1e-3)

@@ -173,7 +173,8 @@ class RegionCurveMetric(Metric):
             as_tuple(region_shape, 1, "region_shape")
         else:
             as_tuple(region_shape, len(region_shape), "region_shape")
-        self.model = model
+        # Kept out of the module tree: metric.to()/.train()/state_dict() leave the model alone.
+        self.__dict__["model"] = model
         self.region_shape = region_shape
         self.steps = steps
         self.softmax = softmax

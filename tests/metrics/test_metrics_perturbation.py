@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import SumModel, tiny_cnn
+from metrics_helpers import SumModel, tiny_cnn
 from torch import nn
 
 from lit_explain.metrics import InsertionDeletion, PixelFlipping, RegionPerturbation

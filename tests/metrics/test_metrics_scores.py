@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_cnn
+from metrics_helpers import tiny_cnn
 
 import lit_explain.metrics as lm
 from lit_explain.metrics import (

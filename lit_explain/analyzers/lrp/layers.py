@@ -1,0 +1,141 @@
+"""The layers LRP rules are written for, in one affine form: ``y = layer(x, W, b)``.
+
+A rule never asks which layer it is in. It evaluates the layer with modified inputs and
+parameters (``layer.run(x', W', b')``) and reads ``layer.input``, ``layer.weight`` and
+``layer.bias``. Two adaptors give every supported call that form:
+
+- :class:`KernelLayer`: ``F.linear``, ``conv1d/2d/3d`` and ``conv_transpose1d/2d/3d``
+  with whatever stride, padding, dilation, groups and output padding the call used.
+- :class:`BatchNormLayer`: ``F.batch_norm`` in eval mode is the elementwise affine map
+  ``y = a ⊙ x + c`` with ``a = γ / sqrt(var + eps)`` and ``c = β − a·mean``. Rules see
+  ``a`` as the weight and ``c`` as the bias. Nothing is merged into a neighbouring layer
+  and no parameter is written: ``a`` and ``c`` are computed afresh at every call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..operations import OperationCall
+
+_TRANSPOSED = {torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d}
+
+
+class AffineLayer:
+    """One affine call ``y = layer(x, W, b)``, linear in ``x`` for fixed ``W``.
+
+    Attributes
+    ----------
+    input:
+        The call's input ``x`` (differentiable: relevance flows back to it).
+    weight, bias:
+        The parameters as the call used them (``bias`` may be ``None``).
+    call:
+        The operation call this layer wraps.
+    """
+
+    input: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    call: OperationCall
+
+    def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The layer evaluated on ``x`` with ``weight`` and ``bias`` in place of its own."""
+        raise NotImplementedError
+
+    def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
+        """``bias`` (default: the layer's own) shaped to broadcast against the output."""
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The layer with its own parameters on input ``x``."""
+        return self.run(x, self.weight, self.bias)
+
+    def run_many(self, x: Tensor, weights: list[Tensor]) -> list[Tensor]:
+        """``[run(x, w) for w in weights]`` without bias; one call where the layer allows."""
+        return [self.run(x, w) for w in weights]
+
+
+def _argument(call: OperationCall, index: int, name: str) -> object:
+    if len(call.args) > index:
+        return call.args[index]
+    return call.kwargs.get(name)
+
+
+class KernelLayer(AffineLayer):
+    """A linear, convolution or transposed convolution call in affine form."""
+
+    _NAMES = ("input", "weight", "bias")
+
+    def __init__(self, call: OperationCall) -> None:
+        self.call = call
+        self.input, self.weight, self.bias = (
+            _argument(call, i, name) for i, name in enumerate(self._NAMES))
+        self._rest = call.args[3:]
+        self._options = {k: v for k, v in call.kwargs.items() if k not in self._NAMES}
+        self._linear = call.func is F.linear
+        self._transposed = call.func in _TRANSPOSED
+        # conv(input, weight, bias, stride, padding, dilation, groups) and
+        # conv_transpose(input, weight, bias, stride, padding, output_padding, groups, ...)
+        groups = self._rest[3] if len(self._rest) > 3 else self._options.get("groups", 1)
+        self._groups = 1 if self._linear else int(groups)
+
+    def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.call.func(x, weight, bias, *self._rest, **self._options)
+
+    def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
+        bias = self.bias if bias is None else bias
+        if bias is None:
+            return 0.0
+        if self._linear:
+            return bias
+        return bias.reshape(-1, *[1] * (self.weight.dim() - 2))
+
+    def run_many(self, x: Tensor, weights: list[Tensor]) -> list[Tensor]:
+        # One call with the weights stacked along the output channels: one pass over x,
+        # one transposed pass in the backward. Grouped convolutions keep separate calls.
+        if len(weights) == 1 or self._groups != 1:
+            return super().run_many(x, weights)
+        weight_axis = 1 if self._transposed else 0
+        output_axis = -1 if self._linear else (1 if x.dim() == self.weight.dim() else 0)
+        stacked = self.run(x, torch.cat(weights, dim=weight_axis))
+        return list(stacked.split([w.shape[weight_axis] for w in weights], dim=output_axis))
+
+
+class BatchNormLayer(AffineLayer):
+    """``F.batch_norm`` as ``y = a ⊙ x + c``, per channel (axis 1).
+
+    In eval mode the running statistics are used. Where the call uses batch statistics
+    (``track_running_stats=False``) they are computed from the input and held constant,
+    like the running ones: relevance does not flow through the statistics.
+    """
+
+    def __init__(self, call: OperationCall) -> None:
+        self.call = call
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                 "momentum", "eps")
+        x, mean, var, gamma, beta, training, _, eps = (
+            _argument(call, i, name) for i, name in enumerate(names))
+        eps = 1e-5 if eps is None else eps
+        if training or mean is None or var is None:
+            dims = [d for d in range(x.dim()) if d != 1]
+            mean = x.detach().mean(dim=dims)
+            var = x.detach().var(dim=dims, unbiased=False)
+        scale = torch.rsqrt(var.to(x.dtype) + eps)
+        if gamma is not None:
+            scale = scale * gamma
+        shift = -mean.to(x.dtype) * scale
+        if beta is not None:
+            shift = shift + beta
+        self.input, self.weight, self.bias = x, scale.detach(), shift.detach()
+        self._shape = (-1, *[1] * max(x.dim() - 2, 0))
+
+    def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        out = x * weight.reshape(self._shape)
+        return out if bias is None else out + bias.reshape(self._shape)
+
+    def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
+        bias = self.bias if bias is None else bias
+        return 0.0 if bias is None else bias.reshape(self._shape)

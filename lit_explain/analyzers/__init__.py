@@ -4,7 +4,7 @@
 ``analyzers`` maps every name to its class.
 """
 
-from . import deep_lift, gradient, guided, lrp  # noqa: F401  (registers the analyzers)
+from . import deep_lift, gradient, guided, lrp, pattern  # noqa: F401  (registers the analyzers)
 from .base import NEURON_SELECTION_MODES, Analyzer, analysis_context
 from .errors import NotAnalyzableModelError
 from .registry import analyzers, create_analyzer, register

@@ -1,0 +1,297 @@
+"""PatternComputer: stream a model's layer statistics and turn them into patterns.
+
+The statistics are collected by forward hooks on every Linear, Conv1d and Conv2d, with no
+gradient and without touching the model's output; they are sums and counts
+(:class:`~lit_explain.patterns.statistics.LayerStatistics`), so batches, epochs, processes
+and DDP ranks merge by addition. The pattern is derived from them at :meth:`compute`.
+
+The mask of the ``"relu"`` types is read from the layer's real output (bias included). When
+that output goes straight into a BatchNorm, the BatchNorm's output is read instead: the value
+the following ReLU sees, as if the BatchNorm were folded into the kernel layer (iNNvestigate
+1.x likewise searched forward to the next activation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..analyzers.validation import check_choice
+from .layers import batch_sums, is_batch_norm, kernel_layers, pre_activation, row_size
+from .statistics import PATTERN_TYPES, LayerStatistics, neuron_mask
+
+
+class _Pending:
+    """A kernel layer's batch waiting one step for a BatchNorm that may read its output."""
+
+    __slots__ = ("path", "module", "x", "y", "mask")
+
+    def __init__(self, path: str, module: nn.Module, x: Tensor, y: Tensor,
+                 mask: Tensor | None) -> None:
+        self.path, self.module, self.x, self.y, self.mask = path, module, x, y, mask
+
+
+class CollectionHandle:
+    """Returned by :meth:`PatternComputer.attach`; :meth:`remove` detaches the hooks."""
+
+    def __init__(self, computer: PatternComputer, handles: list) -> None:
+        self._computer = computer
+        self._handles = handles
+
+    def remove(self) -> None:
+        """Finish the last pending layer and remove every hook (idempotent)."""
+        self._computer._flush()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class PatternComputer:
+    """Fit PatternNet/PatternAttribution patterns from a stream of batches.
+
+    Implements the signal estimators of Kindermans et al. 2018, "Learning how to explain
+    neural networks: PatternNet and PatternAttribution" (ICLR), with iNNvestigate 1.x's
+    names (``innvestigate.tools.PatternComputer``).
+
+    Parameters
+    ----------
+    model:
+        The model whose kernel layers (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``) get
+        patterns; convolutions are fit over their input patches.
+    pattern_type:
+        ``"linear"`` (every row counts), ``"relu"`` = ``"relu.positive"`` (rows where the
+        layer's output is positive: the paper's two-component estimator, the right one for
+        ReLU networks) or ``"relu.negative"`` (rows where it is ≤ 0).
+
+    Notes
+    -----
+    ``E[y]`` is taken over the same masked rows as ``E[x]`` and ``E[xy]``, as in the
+    paper's estimator; iNNvestigate 1.x averaged ``y`` over all rows for the relu types.
+    Under DDP, :meth:`compute` sums the statistics of all ranks with
+    ``torch.distributed.all_reduce`` (every rank must call it); the local state is unchanged.
+
+    Examples
+    --------
+    >>> pc = PatternComputer(model, pattern_type="relu")
+    >>> patterns = pc.fit(train_loader)               # or: pc.update(x) per batch
+    >>> an = create_analyzer("pattern.attribution", model, patterns=patterns)
+    """
+
+    def __init__(self, model: nn.Module, pattern_type: str = "relu") -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_choice("pattern_type", pattern_type, PATTERN_TYPES)
+        self.model = model
+        self.pattern_type = pattern_type
+        self.layers = kernel_layers(model)
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__} has no kernel layer (nn.Linear, "
+                             f"nn.Conv1d, nn.Conv2d): there is nothing to fit patterns for")
+        self.statistics: dict[str, LayerStatistics] = {
+            path: LayerStatistics.zeros(m.weight.shape[0], row_size(m), m.weight.device)
+            for path, m in self.layers.items()}
+        self._pending: dict[int, _Pending] = {}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(pattern_type={self.pattern_type!r}, "
+                f"layers={len(self.layers)})")
+
+    # Collecting ---------------------------------------------------------------------------
+
+    def attach(self) -> CollectionHandle:
+        """Hook the model: every forward pass until ``handle.remove()`` adds statistics.
+
+        The model's mode and output are untouched, so this is what a training loop uses to
+        collect from the forward passes it runs anyway.
+        """
+        handles = [module.register_forward_hook(
+            lambda m, args, out, path=path: self._on_kernel(path, m, args, out))
+            for path, module in self.layers.items()]
+        if self.pattern_type != "linear":
+            handles += [module.register_forward_hook(self._on_batch_norm)
+                        for module in self.model.modules() if is_batch_norm(module)]
+        return CollectionHandle(self, handles)
+
+    @contextmanager
+    def collecting(self) -> Iterator[PatternComputer]:
+        """Context manager form of :meth:`attach`."""
+        handle = self.attach()
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def update(self, x: Tensor) -> Tensor:
+        """Add the statistics of one batch; returns the model's (unchanged) output.
+
+        The forward runs in eval mode (the model as it is analyzed) without gradients; the
+        train/eval flags are restored afterwards.
+        """
+        training = {module: module.training for module in self.model.modules()}
+        try:
+            self.model.eval()
+            with torch.no_grad(), self.collecting():
+                return self.model(x)
+        finally:
+            for module, flag in training.items():
+                module.training = flag
+
+    def fit(self, dataloader: Iterable[Any], max_batches: int | None = None,
+            progress: bool = True) -> dict[str, Tensor]:
+        """One pass over ``dataloader`` (adding to the current state), then :meth:`compute`.
+
+        Parameters
+        ----------
+        dataloader:
+            Batches: a tensor, or a tuple/list/dict whose first element is the input.
+        max_batches:
+            Stop after this many batches (``None``: the whole loader).
+        progress:
+            Show a tqdm progress bar.
+        """
+        from tqdm.auto import tqdm
+
+        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
+            raise ValueError(f"max_batches={max_batches!r} is not valid; expected an integer "
+                             f">= 1 or None")
+        try:
+            total = len(dataloader)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        if max_batches is not None:
+            total = max_batches if total is None else min(total, max_batches)
+        device = next(iter(self.model.parameters())).device
+        bar = tqdm(dataloader, total=total, desc="fitting patterns", disable=not progress,
+                   leave=False)
+        for index, batch in enumerate(bar):
+            if max_batches is not None and index >= max_batches:
+                break
+            self.update(_first_input(batch).to(device))
+        bar.close()
+        return self.compute()
+
+    # Hooks ----------------------------------------------------------------------------------
+
+    def _on_kernel(self, path: str, module: nn.Module, args: tuple, output: Tensor) -> None:
+        self._flush()
+        with torch.no_grad():
+            y = pre_activation(module, output)
+            mask = neuron_mask(self.pattern_type, output.detach())
+        self._pending[id(output)] = _Pending(path, module, args[0], y, mask)
+        if self.pattern_type == "linear":
+            self._flush()
+
+    def _on_batch_norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        pending = self._pending.get(id(args[0]))
+        if pending is not None and output.shape == args[0].shape:
+            with torch.no_grad():
+                pending.mask = neuron_mask(self.pattern_type, output.detach())
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = list(self._pending.values()), {}
+        for entry in pending:
+            with torch.no_grad(), _no_autocast(entry.y):
+                sums = batch_sums(entry.module, entry.x, entry.y, entry.mask)
+                stats = self.statistics[entry.path] = self.statistics[entry.path].to(
+                    entry.y.device)
+                stats.add_batch_(*sums)
+
+    # Patterns and state -------------------------------------------------------------------
+
+    def compute(self, sync: bool = True) -> dict[str, Tensor]:
+        """The patterns: module path → tensor shaped like that module's weight.
+
+        Layers that saw no data are left out. With ``sync`` and an initialized process group,
+        the statistics of all ranks are summed first (a collective: call it on every rank).
+        """
+        statistics = self.synced_statistics() if sync else self.statistics
+        if all(int(s.rows) == 0 for s in statistics.values()):
+            raise RuntimeError("PatternComputer has no statistics yet: call update(x) or "
+                               "fit(dataloader) first")
+        return {path: statistics[path].pattern(module.weight)
+                for path, module in self.layers.items() if int(statistics[path].rows) > 0}
+
+    def synced_statistics(self) -> dict[str, LayerStatistics]:
+        """The statistics summed over all DDP ranks (the local ones without a process group).
+
+        One ``all_reduce`` of one flat buffer; the local state is not changed.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.statistics
+        paths = sorted(self.statistics)
+        device = self.statistics[paths[0]].count.device
+        tensors = [t for p in paths for _, t in self.statistics[p].tensors()]
+        with torch.inference_mode(False), torch.no_grad():
+            flat = torch.cat([t.reshape(-1).to(device) for t in tensors])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            pieces = iter(flat.split([t.numel() for t in tensors]))
+            return {p: LayerStatistics(**{name: next(pieces).view_as(t).to(t.device)
+                                          for name, t in self.statistics[p].tensors()})
+                    for p in paths}
+
+    def reset(self) -> None:
+        """Forget all statistics (the hooks, if attached, stay)."""
+        self._pending = {}
+        with torch.inference_mode(False):
+            for stats in self.statistics.values():
+                stats.zero_()
+
+    def merge(self, other: PatternComputer | Mapping[str, Any]) -> PatternComputer:
+        """Add another computer's statistics (or its :meth:`state_dict`) into this one."""
+        state = other.state_dict() if isinstance(other, PatternComputer) else other
+        statistics = self._check_state(state)
+        with torch.inference_mode(False):
+            for path, stats in statistics.items():
+                self.statistics[path].add_(stats)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state as plain types and tensors (``torch.load(weights_only=True)`` safe)."""
+        return {"pattern_type": self.pattern_type,
+                "statistics": {path: {name: t.detach().clone() for name, t in s.tensors()}
+                               for path, s in self.statistics.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the statistics by those of :meth:`state_dict`."""
+        statistics = self._check_state(state)
+        with torch.inference_mode(False):
+            for path, stats in statistics.items():
+                self.statistics[path].zero_().add_(stats)
+
+    def _check_state(self, state: Mapping[str, Any]) -> dict[str, LayerStatistics]:
+        if state.get("pattern_type") != self.pattern_type:
+            raise ValueError(f"statistics of pattern_type={state.get('pattern_type')!r} cannot "
+                             f"be combined with pattern_type={self.pattern_type!r}")
+        layers = state.get("statistics", {})
+        if set(layers) != set(self.layers):
+            raise ValueError(f"statistics for layers {sorted(layers)} do not match this "
+                             f"model's kernel layers {sorted(self.layers)}")
+        return {path: LayerStatistics(**layers[path]) for path in self.layers}
+
+
+def _first_input(batch: Any) -> Tensor:
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        return _first_input(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        return _first_input(batch[0])
+    raise TypeError(f"cannot find the input tensor in a batch of type {type(batch).__name__}; "
+                    f"give batches as a tensor or a tuple/list/dict whose first item is it")
+
+
+@contextmanager
+def _no_autocast(tensor: Tensor) -> Iterator[None]:
+    """Statistics in full precision even when the forward runs under autocast."""
+    device_type = tensor.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            yield
+    else:
+        yield

@@ -214,6 +214,10 @@ class PatternComputer:
         if all(int(s.rows) == 0 for s in statistics.values()):
             raise RuntimeError("PatternComputer has no statistics yet: call update(x) or "
                                "fit(dataloader) first")
+        return self.patterns_from(statistics)
+
+    def patterns_from(self, statistics: Mapping[str, LayerStatistics]) -> dict[str, Tensor]:
+        """The patterns of given statistics with the current weights (layers with data)."""
         return {path: statistics[path].pattern(module.weight)
                 for path, module in self.layers.items() if int(statistics[path].rows) > 0}
 

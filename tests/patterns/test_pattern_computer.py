@@ -1,0 +1,201 @@
+"""PatternComputer: the estimator of Kindermans et al. 2018 and its sum/count state."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pattern_helpers import cosine, linear_toy, small_cnn
+from torch import nn
+
+from lit_explain.patterns import PATTERN_TYPES, PatternComputer
+
+
+def hand_pattern(x, w, b, mask_of_output):
+    """The paper's estimator written out for one Linear layer, neuron by neuron."""
+    y = x @ w.t()
+    mask = mask_of_output(y + b).double()
+    patterns = []
+    for j in range(w.shape[0]):
+        m, n = mask[:, j:j + 1], mask[:, j].sum()
+        ex, ey, exy = (x * m).sum(0) / n, (y[:, j:j + 1] * m).sum() / n, \
+            (x * y[:, j:j + 1] * m).sum(0) / n
+        cov = exy - ex * ey
+        patterns.append(cov / (w[j] @ cov))
+    return torch.stack(patterns)
+
+
+def test_linear_pattern_recovers_the_signal_direction():
+    x, y, a_s, model = linear_toy()
+    pattern = PatternComputer(model, "linear").fit([x], progress=False)[""]
+    assert pattern.shape == model.weight.shape
+    assert cosine(pattern, a_s) >= 0.99
+    torch.testing.assert_close(pattern[0], a_s, atol=0.05, rtol=0.05)
+    # the weight itself points elsewhere: it must cancel the distractor
+    assert cosine(model.weight, a_s) < 0.9
+
+
+@pytest.mark.parametrize("pattern_type, mask_of_output", [
+    ("linear", lambda out: torch.ones_like(out, dtype=torch.bool)),
+    ("relu", lambda out: out > 0),
+    ("relu.positive", lambda out: out > 0),
+    ("relu.negative", lambda out: out <= 0),
+])
+def test_masks_follow_the_real_output(pattern_type, mask_of_output):
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 4)
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([0.5, -0.5, 0.0, 1.0]))
+    x = torch.randn(500, 6).double()
+    expected = hand_pattern(x, layer.weight.detach().double(), layer.bias.detach().double(),
+                            mask_of_output)
+    pattern = PatternComputer(layer, pattern_type).fit([x.float()], progress=False)[""]
+    torch.testing.assert_close(pattern.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_statistics_equal_the_patch_sums():
+    """Conv statistics run over samples and positions, patches as rows (groups, padding)."""
+    model = small_cnn().eval()
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.3, 0.3)
+    x = torch.randn(5, 2, 6, 6)
+    computer = PatternComputer(model, "relu")
+    computer.update(x)
+
+    conv1, conv2 = model[0], model[3]
+    with torch.no_grad():
+        out1 = conv1(x)
+        hidden = F.relu(bn(out1))
+        out2 = conv2(hidden)
+
+    def expected(conv, inputs, output, gate):
+        padded = F.pad(inputs, conv._reversed_padding_repeated_twice,
+                       mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
+        patches = F.unfold(padded, conv.kernel_size).transpose(1, 2).double()  # (N, L, C k)
+        y = (output - conv.bias[:, None, None]).flatten(2).transpose(1, 2).double()  # (N, L, O)
+        mask = (gate.flatten(2).transpose(1, 2) > 0).double()
+        per_group = conv.out_channels // conv.groups
+        size = patches.shape[-1] // conv.groups
+        sum_x, sum_xy = [], []
+        for j in range(conv.out_channels):
+            g = j // per_group
+            rows = patches[..., g * size:(g + 1) * size]
+            sum_x.append((rows * mask[..., j:j + 1]).sum((0, 1)))
+            sum_xy.append((rows * (y * mask)[..., j:j + 1]).sum((0, 1)))
+        return mask.sum((0, 1)), torch.stack(sum_x), (y * mask).sum((0, 1)), torch.stack(sum_xy)
+
+    # conv1 feeds a BatchNorm: its mask is the BatchNorm's output, what the ReLU sees
+    for path, conv, inputs, output, gate in [("0", conv1, x, out1, bn(out1)),
+                                             ("3", conv2, hidden, out2, out2)]:
+        stats = computer.statistics[path]
+        count, sum_x, sum_y, sum_xy = expected(conv, inputs, output, gate)
+        assert int(stats.rows) == 5 * 36
+        torch.testing.assert_close(stats.count, count)
+        torch.testing.assert_close(stats.sum_x, sum_x, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(stats.sum_y, sum_y, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(stats.sum_xy, sum_xy, rtol=1e-5, atol=1e-4)
+
+
+def test_conv1d_matches_the_same_conv2d():
+    torch.manual_seed(0)
+    conv1d = nn.Conv1d(3, 5, 3, stride=2, padding=1, dilation=1)
+    conv2d = nn.Conv2d(3, 5, (1, 3), stride=(1, 2), padding=(0, 1))
+    with torch.no_grad():
+        conv2d.weight.copy_(conv1d.weight[:, :, None])
+        conv2d.bias.copy_(conv1d.bias)
+    x = torch.randn(7, 3, 11)
+    p1 = PatternComputer(conv1d).fit([x], progress=False)[""]
+    p2 = PatternComputer(conv2d).fit([x[:, :, None]], progress=False)[""]
+    torch.testing.assert_close(p1, p2[:, :, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern_type", PATTERN_TYPES)
+def test_streaming_in_chunks_equals_one_batch(pattern_type):
+    model = small_cnn()
+    x = torch.randn(24, 2, 6, 6)
+    whole = PatternComputer(model, pattern_type)
+    whole.update(x)
+    streamed = PatternComputer(model, pattern_type)
+    for chunk in x.split(5):
+        streamed.update(chunk)
+    for path, stats in whole.statistics.items():
+        for name, tensor in stats.tensors():
+            torch.testing.assert_close(getattr(streamed.statistics[path], name), tensor,
+                                       rtol=1e-5, atol=1e-4)
+    for path, pattern in whole.compute().items():
+        torch.testing.assert_close(streamed.compute()[path], pattern, rtol=1e-4, atol=1e-5)
+
+
+def test_merged_halves_equal_the_whole():
+    model = small_cnn()
+    x = torch.randn(20, 2, 6, 6)
+    whole, first, second = (PatternComputer(model) for _ in range(3))
+    whole.update(x)
+    first.update(x[:11])
+    second.update(x[11:])
+    merged = PatternComputer(model).merge(first).merge(second.state_dict())
+    for path, pattern in whole.compute().items():
+        torch.testing.assert_close(merged.compute()[path], pattern, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(merged.statistics[path].sum_xy,
+                                   whole.statistics[path].sum_xy, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="pattern_type"):
+        PatternComputer(model, "linear").merge(first)
+
+
+def test_state_round_trips_through_a_weights_only_checkpoint():
+    model = small_cnn()
+    computer = PatternComputer(model, "relu.negative")
+    computer.update(torch.randn(9, 2, 6, 6))
+    buffer = io.BytesIO()
+    torch.save(computer.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    restored = PatternComputer(model, "relu.negative")
+    restored.load_state_dict(state)
+    for path, pattern in computer.compute().items():
+        torch.testing.assert_close(restored.compute()[path], pattern)
+    computer.reset()
+    with pytest.raises(RuntimeError, match="no statistics"):
+        computer.compute()
+    with pytest.raises(ValueError, match="do not match"):
+        PatternComputer(nn.Linear(3, 2), "relu.negative").load_state_dict(state)
+
+
+def test_update_leaves_the_model_as_it_was():
+    model = small_cnn().train()
+    model[1].momentum = 0.5
+    x = torch.randn(6, 2, 6, 6)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    model.train()
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    output = PatternComputer(model).update(x)
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    assert all(module.training for module in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    for name, b in model.named_buffers():
+        torch.testing.assert_close(b, buffers[name], rtol=0, atol=0)
+
+
+def test_fit_reads_tuples_and_stops_after_max_batches():
+    model = small_cnn()
+    batches = [(torch.randn(4, 2, 6, 6), torch.zeros(4)) for _ in range(5)]
+    computer = PatternComputer(model)
+    computer.fit(batches, max_batches=2, progress=False)
+    assert int(computer.statistics["7"].rows) == 8
+    with pytest.raises(ValueError, match="max_batches"):
+        computer.fit(batches, max_batches=0)
+
+
+def test_bad_configuration_fails_at_construction():
+    with pytest.raises(ValueError, match=r"pattern_type='relu\.both'.*'relu\.negative'"):
+        PatternComputer(nn.Linear(2, 2), "relu.both")
+    with pytest.raises(ValueError, match="no kernel layer"):
+        PatternComputer(nn.Sequential(nn.ReLU()))

@@ -1,0 +1,139 @@
+"""pattern.net and pattern.attribution: definitions, identities and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pattern_helpers import linear_toy
+from torch import nn
+
+import lit_explain as lx
+from lit_explain.demo.models import ResNetStyle
+from lit_explain.patterns import PatternComputer
+
+
+def test_patternnet_estimates_the_signal_on_the_linear_toy():
+    x, y, a_s, model = linear_toy()
+    patterns = PatternComputer(model, "linear").fit([x], progress=False)
+    signal = lx.create_analyzer("pattern.net", model, patterns=patterns).analyze(x[:16])
+    # the backward starts from the output's value y and multiplies by the pattern
+    torch.testing.assert_close(signal, y[:16, None] * patterns[""][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(signal, y[:16, None] * a_s, rtol=0.05, atol=0.05)
+
+
+def test_patternattribution_is_weight_times_pattern_and_conserves_the_output():
+    x, y, _, model = linear_toy()
+    patterns = PatternComputer(model, "linear").fit([x], progress=False)
+    relevance = lx.create_analyzer("pattern.attribution", model,
+                                   patterns=patterns).analyze(x[:16])
+    torch.testing.assert_close(relevance, y[:16, None] * model.weight[0] * patterns[""][0])
+    torch.testing.assert_close(relevance.sum(1), y[:16], rtol=1e-4, atol=1e-4)  # wᵀa = 1
+
+
+def relu_net() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 5))
+
+
+def test_with_the_weights_as_patterns_patternnet_is_the_value_seeded_gradient():
+    model = relu_net()
+    x = torch.randn(6, 1, 6, 6)
+    patterns = {path: m.weight.detach() for path, m in model.named_modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear))}
+    result = lx.create_analyzer("pattern.net", model, patterns=patterns).analyze(x)
+    inputs = x.clone().requires_grad_(True)
+    logits = model(inputs)
+    seed = torch.zeros_like(logits).scatter(1, logits.argmax(1, keepdim=True),
+                                            logits.max(1, keepdim=True).values)
+    (expected,) = torch.autograd.grad(logits, inputs, seed.detach())
+    torch.testing.assert_close(result, expected)
+    ones = {path: torch.ones_like(p) for path, p in patterns.items()}
+    attribution = lx.create_analyzer("pattern.attribution", model, patterns=ones).analyze(x)
+    torch.testing.assert_close(attribution, expected)
+
+
+@pytest.mark.parametrize("name", ["pattern.net", "pattern.attribution"])
+def test_batchnorm_acts_as_if_folded_into_the_conv_before_it(name):
+    """Conv→BN→ReLU and the conv with the BatchNorm folded in give the same analysis."""
+    torch.manual_seed(2)
+    conv, bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.uniform_(0.3, 2.0)
+        bn.bias.uniform_(-0.3, 0.3)
+    head = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 4))
+    model = nn.Sequential(conv, bn, *head).eval()
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    folded_conv = nn.Conv2d(2, 3, 3, padding=1)
+    with torch.no_grad():
+        folded_conv.weight.copy_(conv.weight * scale[:, None, None, None])
+        folded_conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+    folded = nn.Sequential(folded_conv, *head).eval()
+
+    data = torch.randn(64, 2, 4, 4)
+    x = data[:5]
+    torch.testing.assert_close(model(x), folded(x))
+    results = []
+    for network in (model, folded):
+        patterns = PatternComputer(network, "relu").fit([data], progress=False)
+        results.append(lx.create_analyzer(name, network, patterns=patterns).analyze(x))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pattern.net", "pattern.attribution"])
+def test_resnet_with_batchnorm_residual_adds_and_average_pooling(name):
+    model = ResNetStyle(in_channels=1, num_classes=4, width=4).eval()
+    data = torch.randn(16, 1, 8, 8)
+    analyzer = lx.create_analyzer(name, model)
+    analyzer.fit([data], progress=False)
+    result = analyzer.analyze(data[:3])
+    assert result.shape == (3, 1, 8, 8)
+    assert torch.isfinite(result).all() and result.abs().sum() > 0
+
+
+def test_reverse_project_bottleneck_layers_scales_each_map_to_one():
+    model = relu_net()
+    x = torch.randn(4, 1, 6, 6)
+    patterns = PatternComputer(model).fit([torch.randn(32, 1, 6, 6)], progress=False)
+    plain = lx.create_analyzer("pattern.net", model, patterns=patterns).analyze(x)
+    projected = lx.create_analyzer("pattern.net", model, patterns=patterns,
+                                   reverse_project_bottleneck_layers=True).analyze(x)
+    peak = plain.flatten(1).abs().amax(1)
+    torch.testing.assert_close(projected, plain / peak[:, None, None, None])
+
+
+def test_missing_patterns_are_a_clear_error():
+    model = relu_net()
+    x = torch.randn(2, 1, 6, 6)
+    with pytest.raises(ValueError, match="pattern.net needs patterns"):
+        lx.create_analyzer("pattern.net", model).analyze(x)
+    patterns = PatternComputer(model).fit([x], progress=False)
+    del patterns["3"]
+    with pytest.raises(ValueError, match=r"module '3' \(Conv2d\) is a kernel layer without"):
+        lx.create_analyzer("pattern.attribution", model, patterns=patterns).analyze(x)
+    with pytest.raises(ValueError, match="not a module with a weight"):
+        lx.create_analyzer("pattern.net", model, patterns={"net.0": torch.zeros(1)})
+    with pytest.raises(ValueError, match="has shape"):
+        lx.create_analyzer("pattern.net", model, patterns={"0": torch.zeros(3)})
+
+
+def test_non_relu_activations_are_refused():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    patterns = PatternComputer(model).fit([torch.randn(8, 3)], progress=False)
+    with pytest.raises(lx.NotAnalyzableModelError, match="tanh"):
+        lx.create_analyzer("pattern.net", model, patterns=patterns).analyze(torch.randn(2, 3))
+
+
+def test_analysis_changes_nothing_in_the_model():
+    model = relu_net().train()
+    patterns = PatternComputer(model).fit([torch.randn(8, 1, 6, 6)], progress=False)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    with torch.no_grad():
+        lx.create_analyzer("pattern.attribution", model,
+                           patterns=patterns).analyze(torch.randn(2, 1, 6, 6))
+    assert model.training and all(p.grad is None and p.requires_grad
+                                  for p in model.parameters())
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, before[name])

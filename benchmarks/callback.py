@@ -1,0 +1,163 @@
+"""Epoch time with and without ``ExplainCallback``, on the digits demo and the ResNet example.
+
+    python benchmarks/callback.py [--epochs 5] [--repeats 2] [--only digits-default ...]
+    python benchmarks/callback_memory.py      # RSS over 30 epochs (memory stays flat)
+
+An epoch is timed from ``on_train_epoch_start`` to ``on_train_epoch_end``, which in
+Lightning 2 comes after the epoch's validation run, so it covers training, validation and
+the callback's analysis and image logging. Each setting runs ``repeats`` times, alternating
+runs with and without the callback (so that drifting machine load hits both alike); each
+run has one warm-up epoch, then ``epochs`` timed ones. Reported: the median epoch over all
+timed epochs, the overhead ``with / without - 1``, and the time spent inside the callback's
+own hooks per epoch (a direct measure, insensitive to load noise). Both runs log to
+TensorBoard, as a user would. Target from the issue: ≤ 10 % on the digits demo at default
+settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+import lit_explain as lx
+from lit_explain.demo import DigitsClassifier, DigitsDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_YAML_ANALYZERS = ["gradient", "input_t_gradient", "guided_backprop",
+                         "integrated_gradients", "deep_lift"]
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` (not a package)."""
+    path = ROOT / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch, validation included."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+class TimedExplainCallback(lx.ExplainCallback):
+    """``ExplainCallback`` that also records the seconds spent in its validation hooks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hook_seconds: list[float] = []  # one entry per epoch
+        self._epoch_seconds = 0.0
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        super().on_validation_batch_end(*args, **kwargs)
+        self._epoch_seconds += time.perf_counter() - start
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = time.perf_counter()
+        super().on_validation_epoch_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self.hook_seconds.append(self._epoch_seconds + time.perf_counter() - start)
+        self._epoch_seconds = 0.0
+
+
+def digits_setting(analyzers: list[str] | None) -> Callable[[bool], tuple[L.LightningModule,
+                                                                          L.LightningDataModule,
+                                                                          Callback | None]]:
+    def make(explain: bool):
+        callback = None
+        if explain:
+            callback = TimedExplainCallback() if analyzers is None else TimedExplainCallback(
+                analyzers=analyzers)
+        return DigitsClassifier(), DigitsDataModule(), callback
+    return make
+
+
+def resnet_setting(explain: bool):
+    example = load_example("resnet_synthetic")
+    callback = TimedExplainCallback(analyzers=example.ANALYZERS) if explain else None
+    return example.QuadrantClassifier(), example.BlobDataModule(), callback
+
+
+SETTINGS = {
+    "digits-default": ("digits demo, ExplainCallback() defaults (gradient, 8 samples)",
+                       digits_setting(None)),
+    "digits-yaml": ("digits demo, configs/digits.yaml's 5 analyzers, 8 samples",
+                    digits_setting(DIGITS_YAML_ANALYZERS)),
+    "resnet": ("ResNet example (BatchNorm, 3×32×32), its 6 analyzers, 8 samples",
+               resnet_setting),
+}
+
+
+def run_once(make, explain: bool, epochs: int, root: str) -> tuple[list[float], list[float]]:
+    """Timed epochs (after one warm-up) and the callback's hook seconds per timed epoch."""
+    L.seed_everything(0, verbose=False)
+    model, data, callback = make(explain)
+    timer = EpochTimer()
+    callbacks = [timer] + ([callback] if callback is not None else [])
+    trainer = L.Trainer(max_epochs=epochs + 1, accelerator="cpu", devices=1,
+                        logger=TensorBoardLogger(root, name="bench"), callbacks=callbacks,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, data)
+    hooks = callback.hook_seconds[1:] if callback is not None else []
+    return timer.times[1:], hooks
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per setting and arm")
+    parser.add_argument("--only", nargs="*", choices=sorted(SETTINGS), default=None)
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for key in args.only or SETTINGS:
+            description, make = SETTINGS[key]
+            without, with_, hooks = [], [], []
+            for _ in range(args.repeats):
+                without += run_once(make, False, args.epochs, root)[0]
+                times, seconds = run_once(make, True, args.epochs, root)
+                with_ += times
+                hooks += seconds
+            base, explained = statistics.median(without), statistics.median(with_)
+            hook = statistics.median(hooks)
+            rows.append((key, description, base, explained, explained / base - 1, hook,
+                         hook / base))
+    print(f"\nmedian epoch over {args.repeats}×{args.epochs} timed epochs per arm "
+          f"(after a warm-up epoch each run)\n")
+    print("| setting | without (s) | with (s) | overhead | in callback hooks (s) "
+          "| hooks / epoch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for key, _, base, explained, overhead, hook, share in rows:
+        print(f"| {key} | {base:.3f} | {explained:.3f} | {overhead:+.1%} | {hook:.3f} "
+              f"| {share:.1%} |")
+    print()
+    for key, description, *_ in rows:
+        print(f"{key}: {description}")
+
+
+if __name__ == "__main__":
+    main()

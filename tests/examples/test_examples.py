@@ -1,0 +1,60 @@
+"""Each script in ``examples/`` runs end to end on a tiny budget and logs its explanations."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TINY = ["--max-epochs", "2", "--limit-train-batches", "2", "--limit-val-batches", "1"]
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (``examples/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # LightningModules defined there must be importable
+    spec.loader.exec_module(module)
+    return module
+
+
+def logged_images(log_dir: str) -> dict[str, list]:
+    """Tag -> the image events (``encoded_image_string``, ``width``, ``height``, ``step``)."""
+    (event_file,) = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
+    events = EventAccumulator(event_file, size_guidance={"images": 0})
+    events.Reload()
+    return {tag: events.Images(tag) for tag in events.Tags()["images"]}
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("name", ["digits_demo", "resnet_synthetic", "tabular_mlp"])
+def test_example_logs_one_grid_per_analyzer_and_epoch(name, tmp_path, capsys):
+    example = load_example(name)
+    extra = ["--every-n-epochs", "1"] if name == "tabular_mlp" else []
+    extra += ["--num-train", "128"] if name == "resnet_synthetic" else []
+    log_dir = example.main([*TINY, *extra, "--num-samples", "3", "--save-dir", str(tmp_path)])
+
+    assert Path(log_dir).is_relative_to(tmp_path)
+    assert log_dir in capsys.readouterr().out  # the script says where to look
+    images = logged_images(log_dir)
+    assert set(images) == {f"explain/{a}" for a in example.ANALYZERS} | {"explain/all"}
+    for tag, events in images.items():
+        assert [e.step for e in events] == [2, 4], tag  # once per epoch, at the global step
+        for event in events:
+            assert png_size(event.encoded_image_string) == (event.width, event.height)
+    # the overview holds a column per analyzer, so it is wider than any single one
+    width_all = images["explain/all"][0].width
+    assert all(images[f"explain/{a}"][0].width < width_all for a in example.ANALYZERS)

@@ -1,0 +1,237 @@
+"""``PatternCallback``: fit PatternNet/PatternAttribution patterns from the batches a Trainer
+runs anyway, with no extra pass over the data.
+
+Two sources (Kindermans et al. 2018 fit their patterns offline, after training):
+
+* ``source="train"`` hooks the training forward passes: a whole epoch of data for free, but
+  the statistics mix the slightly different weights of the epoch's steps, and the network is
+  in train mode (dropout active, BatchNorm on batch statistics).
+* ``source="val"`` hooks the validation forward passes: fewer samples, but exact for the
+  weights being explained, in eval mode, as an offline fit on the validation set would be.
+
+:class:`PatternCollector` does the work and is what :class:`~lit_explain.ExplainCallback`
+reuses for its pattern analyzers; :class:`PatternCallback` is a thin Lightning wrapper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from typing_extensions import override
+
+from ..analyzers.validation import check_choice, check_positive_int
+from ..patterns import PATTERN_TYPES, CollectionHandle, PatternComputer
+
+SOURCES = ("train", "val")
+
+
+class PatternCollector:
+    """Collect pattern statistics during ``fit``/``validate`` and refresh the patterns.
+
+    Parameters
+    ----------
+    pattern_type:
+        ``"linear"``, ``"relu"`` (= ``"relu.positive"``) or ``"relu.negative"``.
+    source:
+        ``"train"`` (training forward passes) or ``"val"`` (validation forward passes).
+    every_n_batches:
+        Collect from every n-th batch of the source only, to bound the cost.
+    module:
+        Dotted path of the submodule to fit (``""``: the LightningModule itself). Pattern
+        keys are module paths relative to it: give analyzers that same module.
+
+    The driver calls :meth:`batch_start`/:meth:`batch_end` around each batch,
+    :meth:`epoch_start` when its source's epoch starts, and :meth:`refresh` (a collective
+    under DDP: on every rank) to turn the statistics gathered so far into ``patterns``.
+    """
+
+    def __init__(self, pattern_type: str = "relu", source: str = "train",
+                 every_n_batches: int = 1, module: str = "") -> None:
+        check_choice("pattern_type", pattern_type, PATTERN_TYPES)
+        check_choice("source", source, SOURCES)
+        check_positive_int("every_n_batches", every_n_batches)
+        if not isinstance(module, str):
+            raise TypeError(f"module must be a dotted submodule path (str), got {module!r}")
+        self.pattern_type = pattern_type
+        self.source = source
+        self.every_n_batches = every_n_batches
+        self.module = module
+        self.computer: PatternComputer | None = None
+        self.patterns: dict[str, Tensor] = {}
+        self.refreshed_at: tuple[int, int] | None = None  # (epoch, global step)
+        self._handle: CollectionHandle | None = None
+
+    def target(self, pl_module: nn.Module) -> nn.Module:
+        """The module whose kernel layers get patterns."""
+        try:
+            return pl_module.get_submodule(self.module) if self.module else pl_module
+        except AttributeError as error:
+            raise ValueError(f"module={self.module!r} is not a submodule of "
+                             f"{type(pl_module).__name__}") from error
+
+    def setup(self, pl_module: nn.Module) -> None:
+        """Create the computer for ``pl_module`` (fails early for a model without kernels)."""
+        target = self.target(pl_module)
+        if self.computer is None or self.computer.model is not target:
+            self.computer = PatternComputer(target, self.pattern_type)
+
+    def batch_start(self, trainer: L.Trainer, pl_module: nn.Module, stage: str,
+                    batch_idx: int) -> None:
+        """Hook the model for this batch if it belongs to the source and is sampled."""
+        self.batch_end()
+        if stage != self.source or trainer.sanity_checking or batch_idx % self.every_n_batches:
+            return
+        self.setup(pl_module)
+        self._handle = self.computer.attach()
+
+    def batch_end(self) -> None:
+        """Remove the hooks (idempotent)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def epoch_start(self, trainer: L.Trainer, stage: str) -> None:
+        """Start a new window of statistics when the source's epoch starts."""
+        if stage == self.source and not trainer.sanity_checking and self.computer is not None:
+            self.computer.reset()
+
+    def refresh(self, trainer: L.Trainer) -> dict[str, Tensor] | None:
+        """Sum the statistics over ranks and recompute ``patterns`` (``None``: no data yet).
+
+        A collective under DDP: call it on every rank, at the same point.
+        """
+        self.batch_end()
+        if self.computer is None:
+            return None
+        statistics = self.computer.synced_statistics()
+        if all(int(s.rows) == 0 for s in statistics.values()):
+            return None
+        self.patterns = self.computer.patterns_from(statistics)
+        self.refreshed_at = (trainer.current_epoch, trainer.global_step)
+        return self.patterns
+
+    def state_dict(self) -> dict[str, Any]:
+        """Patterns and settings: tensors and plain types only."""
+        return {"pattern_type": self.pattern_type, "source": self.source,
+                "patterns": {path: p.detach().cpu().clone() for path, p in self.patterns.items()},
+                "refreshed_at": None if self.refreshed_at is None else list(self.refreshed_at)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; missing keys keep their defaults."""
+        if state.get("pattern_type", self.pattern_type) != self.pattern_type:
+            return  # patterns of another type are not ours to resume
+        self.patterns = dict(state.get("patterns") or {})
+        refreshed = state.get("refreshed_at")
+        self.refreshed_at = None if refreshed is None else tuple(refreshed)
+
+
+class PatternCallback(Callback):
+    """Fit PatternNet/PatternAttribution patterns while the model trains.
+
+    Statistics come from the forward passes the Trainer already runs (see the module
+    docstring for the two sources); they are summed over DDP ranks and turned into patterns
+    once per epoch of the source. ``callback.patterns`` then feeds
+    ``create_analyzer("pattern.attribution", pl_module, patterns=callback.patterns)``.
+    The patterns (not the statistics of an unfinished epoch) are kept in the checkpoint.
+
+    Parameters
+    ----------
+    pattern_type:
+        ``"linear"``, ``"relu"`` (default, the paper's choice for ReLU networks),
+        ``"relu.positive"`` or ``"relu.negative"``.
+    source:
+        ``"train"``: every training epoch's forward passes (much data; weights move within
+        the epoch; dropout and batch statistics active). ``"val"``: each validation run's
+        forward passes (exact for the weights being explained).
+    every_n_batches:
+        Collect from every n-th batch only (1: all), to bound the cost.
+    module:
+        Dotted path of the submodule to fit; ``""`` fits the LightningModule itself.
+
+    Notes
+    -----
+    Training is unchanged: the hooks read the forward's inputs and outputs without gradient
+    and return nothing. Statistics accumulate in float64 on the model's device, out of
+    autocast.
+    """
+
+    def __init__(self, pattern_type: str = "relu", source: str = "train",
+                 every_n_batches: int = 1, module: str = "") -> None:
+        super().__init__()
+        self.collector = PatternCollector(pattern_type, source, every_n_batches, module)
+
+    @property
+    def patterns(self) -> dict[str, Tensor]:
+        """Module path → pattern, from the last refresh (empty before the first)."""
+        return self.collector.patterns
+
+    @property
+    @override
+    def state_key(self) -> str:
+        c = self.collector
+        return self._generate_state_key(pattern_type=c.pattern_type, source=c.source,
+                                        module=c.module)
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.collector.setup(pl_module)
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.collector.epoch_start(trainer, "train")
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        self.collector.batch_start(trainer, pl_module, "train", batch_idx)
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.collector.batch_end()
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.collector.source == "train":
+            self.collector.refresh(trainer)
+
+    @override
+    def on_validation_epoch_start(self, trainer: L.Trainer,
+                                  pl_module: L.LightningModule) -> None:
+        self.collector.epoch_start(trainer, "val")
+
+    @override
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                  batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.collector.batch_start(trainer, pl_module, "val", batch_idx)
+
+    @override
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        self.collector.batch_end()
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.collector.source == "val" and not trainer.sanity_checking:
+            self.collector.refresh(trainer)
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        self.collector.batch_end()
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.collector.batch_end()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.collector.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.collector.load_state_dict(state_dict)

@@ -1,0 +1,57 @@
+"""Send images and scalars to every logger a Trainer has: TensorBoard, W&B, or PNG files.
+
+TensorBoard gets ``add_image`` (CHW uint8); W&B gets ``wandb.Image`` lists with captions
+(uint8 HWC: W&B casts to uint8 without rescaling); any other logger, or none, gets PNG files
+under its log directory and the scalars through ``log_metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+
+from ..viz.png import write_png
+
+
+def _is_wandb(logger: Logger) -> bool:
+    return type(logger).__name__ == "WandbLogger"
+
+
+def image_directory(logger: Logger | None, default_root: str) -> str:
+    """Where PNG files go for a logger that cannot take images (or for no logger)."""
+    base = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or default_root
+    return os.path.join(base, "explain")
+
+
+def log_images(loggers: Sequence[Logger], tag: str, images: Sequence[np.ndarray], step: int,
+               captions: Sequence[str] | None = None, default_root: str = ".") -> None:
+    """Log uint8 HWC RGB ``images`` under ``tag`` at ``step`` to each logger.
+
+    With no logger at all the images are written as PNG files under ``default_root``.
+    """
+    for logger in loggers or [None]:
+        if isinstance(logger, TensorBoardLogger):
+            for index, image in enumerate(images):
+                name = tag if len(images) == 1 else f"{tag}/{index}"
+                logger.experiment.add_image(name, image, step, dataformats="HWC")
+        elif logger is not None and _is_wandb(logger):
+            logger.log_image(key=tag, images=list(images), step=step,
+                             caption=list(captions) if captions else None)
+        else:
+            directory = image_directory(logger, default_root)
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+            for index, image in enumerate(images):
+                suffix = "" if len(images) == 1 else f"_{index}"
+                path = os.path.join(directory, f"{safe}{suffix}_step{step:06d}.png")
+                os.makedirs(directory, exist_ok=True)
+                write_png(path, image)
+
+
+def log_scalars(loggers: Sequence[Logger], values: dict[str, float], step: int) -> None:
+    """Log scalar ``values`` to every logger through ``log_metrics``."""
+    for logger in loggers:
+        logger.log_metrics(values, step=step)

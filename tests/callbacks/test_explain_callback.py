@@ -1,0 +1,147 @@
+"""ExplainCallback in real Trainer runs on the digits demo: what it logs and what it promises."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import lit_explain as lx
+from lit_explain.demo import DigitsClassifier, DigitsDataModule
+
+
+def make_trainer(tmp_path, callbacks=(), logger=False, **kwargs) -> L.Trainer:
+    options = dict(max_epochs=2, limit_train_batches=4, limit_val_batches=2,
+                   enable_progress_bar=False, enable_model_summary=False,
+                   enable_checkpointing=False, default_root_dir=str(tmp_path),
+                   accelerator="cpu", devices=1, deterministic=True)
+    options.update(kwargs)
+    return L.Trainer(callbacks=list(callbacks), logger=logger, **options)
+
+
+def train(tmp_path, callbacks=(), logger=False, **kwargs) -> tuple[DigitsClassifier, L.Trainer]:
+    L.seed_everything(0, verbose=False)
+    model = DigitsClassifier(channels=4)
+    trainer = make_trainer(tmp_path, callbacks, logger, **kwargs)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    return model, trainer
+
+
+def image_tags(log_dir: str) -> dict[str, int]:
+    (event_file,) = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
+    events = EventAccumulator(event_file, size_guidance={"images": 0})
+    events.Reload()
+    return {tag: len(events.Images(tag)) for tag in events.Tags()["images"]}
+
+
+def test_logs_a_heatmap_grid_per_analyzer_to_tensorboard_each_epoch(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    callback = lx.ExplainCallback(analyzers=["gradient", "guided_backprop"], num_samples=4)
+    train(tmp_path, [callback], logger)
+    tags = image_tags(logger.log_dir)
+    assert tags == {"explain/gradient": 2, "explain/guided_backprop": 2, "explain/all": 2}
+    assert callback.probe_inputs.shape == (4, 1, 8, 8)
+    assert callback.probe_targets.shape == (4,)
+
+
+def test_training_is_unchanged_by_the_callback(tmp_path):
+    plain, _ = train(tmp_path / "plain", accumulate_grad_batches=2, val_check_interval=2)
+    rng_after_plain = torch.get_rng_state()
+    callback = lx.ExplainCallback(analyzers={"smoothgrad": {"augment_by_n": 4}, "random": {},
+                                             "deep_lift": {}}, num_samples=3)
+    explained, _ = train(tmp_path / "explained", [callback], accumulate_grad_batches=2,
+                         val_check_interval=2)
+    assert torch.equal(torch.get_rng_state(), rng_after_plain)
+    for (name, a), (_, b) in zip(plain.state_dict().items(), explained.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_works_in_trainer_validate_under_inference_mode(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    model = DigitsClassifier(channels=4)
+    trainer = make_trainer(tmp_path, [callback], CSVLogger(str(tmp_path)))
+    trainer.validate(model, DigitsDataModule(batch_size=32))
+    pngs = glob.glob(os.path.join(str(tmp_path), "**", "explain", "*.png"), recursive=True)
+    assert len(pngs) == 2  # explain/gradient and explain/all, as PNG files for the CSV logger
+
+
+def test_skips_the_sanity_check(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    train(tmp_path, [callback], num_sanity_val_steps=2, max_epochs=1, limit_val_batches=0)
+    assert callback.probe_inputs is None  # sanity batches are never used as probe samples
+
+
+def test_bad_configuration_fails_at_construction():
+    with pytest.raises(KeyError, match="integrated_gradients"):
+        lx.ExplainCallback(analyzers=["integrated_gradient"])
+    with pytest.raises(TypeError, match="steps"):
+        lx.ExplainCallback(analyzers={"integrated_gradients": {"stepz": 3}})
+    with pytest.raises(ValueError, match=r"on_error='ignore'.*'warn', 'raise'"):
+        lx.ExplainCallback(on_error="ignore")
+    with pytest.raises(ValueError, match="num_samples=0"):
+        lx.ExplainCallback(num_samples=0)
+
+
+def test_bad_analyzer_parameter_value_fails_at_setup_before_training(tmp_path):
+    callback = lx.ExplainCallback(analyzers={"integrated_gradients": {"steps": 0}})
+    model = DigitsClassifier(channels=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="steps=0"):
+        make_trainer(tmp_path, [callback]).fit(model, DigitsDataModule())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+class Broken(lx.Analyzer):
+    """Always fails, to test the callback's error policy."""
+
+    def _analyze(self, x, neuron_selection):
+        raise RuntimeError("broken on purpose")
+
+
+@pytest.fixture
+def broken_analyzer():
+    lx.analyzers["test.broken"] = Broken
+    Broken.name = "test.broken"
+    yield
+    del lx.analyzers["test.broken"]
+
+
+def test_a_failing_analyzer_warns_once_and_training_finishes(tmp_path, broken_analyzer):
+    callback = lx.ExplainCallback(analyzers=["test.broken", "gradient"], num_samples=2)
+    with pytest.warns(UserWarning, match="test.broken.*broken on purpose") as record:
+        _, trainer = train(tmp_path, [callback], max_epochs=3)
+    assert trainer.current_epoch == 3
+    assert sum("broken on purpose" in str(w.message) for w in record) == 1
+
+
+def test_on_error_raise_stops_training(tmp_path, broken_analyzer):
+    callback = lx.ExplainCallback(analyzers=["test.broken"], on_error="raise")
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        train(tmp_path, [callback])
+
+
+def test_checkpoint_state_is_tensors_and_resumes_with_weights_only(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=3)
+    _, trainer = train(tmp_path, [callback], max_epochs=1)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    state = checkpoint["callbacks"][callback.state_key]
+    assert torch.equal(state["probe_inputs"], callback.probe_inputs)
+    resumed = lx.ExplainCallback(analyzers=["gradient"], num_samples=3)
+    model = DigitsClassifier(channels=4)
+    make_trainer(tmp_path, [resumed], max_epochs=2).fit(model, DigitsDataModule(batch_size=32),
+                                                         ckpt_path=path)
+    assert torch.equal(resumed.probe_inputs, callback.probe_inputs)
+
+
+def test_two_callbacks_have_distinct_state_keys():
+    first = lx.ExplainCallback(analyzers=["gradient"])
+    second = lx.ExplainCallback(analyzers=["deep_lift"])
+    assert first.state_key != second.state_key

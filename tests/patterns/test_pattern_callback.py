@@ -67,7 +67,7 @@ def test_val_source_equals_an_offline_fit_with_the_final_weights():
 
 def test_train_source_with_fixed_weights_equals_an_offline_fit_on_the_training_data():
     model = Tiny(learning_rate=0.0)
-    callback = PatternCallback(pattern_type="linear", source="train")
+    callback = PatternCallback(pattern_type="linear", source="train", every_n_batches=1)
     fit(model, [callback])
     offline = PatternComputer(model, "linear").fit(loaders()[0], progress=False)
     for path, pattern in offline.items():  # one epoch's window: reset at each epoch start
@@ -87,7 +87,8 @@ def test_every_n_batches_samples_the_training_batches():
 def test_training_is_unchanged_by_the_callback():
     plain, watched = Tiny(), Tiny()
     fit(plain, [])
-    fit(watched, [PatternCallback(source="train"), PatternCallback(source="val")])
+    fit(watched, [PatternCallback(source="train", every_n_batches=1),
+                  PatternCallback(source="val")])
     for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
@@ -110,6 +111,7 @@ def test_patterns_are_kept_in_a_weights_only_checkpoint(tmp_path):
 
 def test_collector_for_a_submodule_uses_its_own_paths():
     collector = PatternCollector(module="net")
+    assert collector.every_n_batches == 10 and PatternCollector(source="val").every_n_batches == 1
     model = Tiny()
     collector.setup(model)
     assert set(collector.computer.layers) == {"0", "3", "5"}

@@ -1,0 +1,129 @@
+"""Patterns fit during training: their quality and what collecting them costs.
+
+Run: ``python benchmarks/patterns.py`` (CPU, about a minute; ``--help`` for options).
+
+1. **Quality.** The digits demo trains with ``PatternCallback(source="train")`` and
+   ``PatternCallback(source="val")``; after the last epoch, an exact offline fit
+   (``PatternComputer(model).fit(train set)``, eval mode, final weights) is the reference.
+   Per kernel layer: the cosine between the flattened patterns, and the mean over neurons
+   of the per-neuron cosine.
+2. **Overhead.** The time of one training step (forward, backward, Adam) on the demo model
+   and data, plain and with the statistics collected (hooks attached, sums added), for
+   several ``every_n_batches``. Steps alternate between the variants and the median is
+   reported, so that load from other processes hits all variants alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from lit_explain.callbacks.patterns import PatternCallback
+from lit_explain.demo import DigitsClassifier, DigitsDataModule
+from lit_explain.patterns import PatternComputer
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Whole-layer cosine and mean per-neuron cosine."""
+    whole = F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+    neurons = F.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1)
+    return whole, neurons.mean().item()
+
+
+def quality(epochs: int, pattern_type: str, every_n_batches: int) -> None:
+    L.seed_everything(0, verbose=False)
+    data, model = DigitsDataModule(), DigitsClassifier()
+    train_cb = PatternCallback(pattern_type, source="train", every_n_batches=every_n_batches)
+    val_cb = PatternCallback(pattern_type, source="val")
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[train_cb, val_cb], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, data)
+    metrics = {k: round(v.item(), 3) for k, v in trainer.callback_metrics.items()}
+    exact = PatternComputer(model, pattern_type).fit(
+        DataLoader(data.train_set, batch_size=256), progress=False)
+    print(f"\n## Quality: {epochs} epochs, pattern_type={pattern_type!r}, train source "
+          f"every_n_batches={every_n_batches} (final {metrics})\n")
+    print("reference: exact offline fit on the training set with the final weights\n")
+    print("| layer | weight | train: cosine | train: mean neuron cosine "
+          "| val: cosine | val: mean neuron cosine |")
+    print("|---|---|---|---|---|---|")
+    for path, pattern in exact.items():
+        t, tn = cosines(train_cb.patterns[path], pattern)
+        v, vn = cosines(val_cb.patterns[path], pattern)
+        shape = "×".join(map(str, pattern.shape))
+        print(f"| {path} | {shape} | {t:.4f} | {tn:.4f} | {v:.4f} | {vn:.4f} |")
+
+
+def overhead(steps: int, pattern_type: str, every: list[int], threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    data = DigitsDataModule(batch_size=64)
+    data.setup()
+    batches = [b for b in DataLoader(data.train_set, batch_size=64, shuffle=True,
+                                     drop_last=True)]
+    variants: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer, PatternComputer | None,
+                              int]] = {}
+    for n in [0, *every]:
+        model = DigitsClassifier().net
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        computer = PatternComputer(model, pattern_type) if n else None
+        variants["plain" if n == 0 else f"every_n_batches={n}"] = (model, optimizer, computer, n)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+
+    def step(model, optimizer, computer, n, index, x, y) -> float:
+        start = time.perf_counter()
+        handle = computer.attach() if computer is not None and index % n == 0 else None
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if handle is not None:
+            handle.remove()
+        return time.perf_counter() - start
+
+    for index in range(steps + 20):
+        x, y = batches[index % len(batches)]
+        for name, (model, optimizer, computer, n) in variants.items():
+            elapsed = step(model, optimizer, computer, n, index, x, y)
+            if index >= 20:  # warm-up
+                times[name].append(elapsed)
+    # per-step cost over whole cycles of every_n_batches: mean of the median per phase
+    plain = statistics.median(times["plain"])
+    print(f"\n## Overhead: training step of the digits CNN, batch 64, CPU, {threads} thread(s), "
+          f"{steps} steps per variant, pattern_type={pattern_type!r}\n")
+    print("| variant | median step (ms) | mean step (ms) | overhead (mean) |")
+    print("|---|---|---|---|")
+    plain_mean = statistics.fmean(sorted(times["plain"])[:int(0.9 * steps)])
+    for name, values in times.items():
+        trimmed = sorted(values)[:int(0.9 * steps)]  # drop the slowest 10%: other processes
+        mean = statistics.fmean(trimmed)
+        print(f"| {name} | {statistics.median(values) * 1e3:.3f} | {mean * 1e3:.3f} | "
+              f"{mean / plain_mean - 1:+.1%} |")
+    del plain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--pattern-type", default="relu")
+    parser.add_argument("--train-every", type=int, default=1,
+                        help="every_n_batches of the train source in the quality run")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, nargs="+", default=[1, 4, 10])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-quality", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_quality:
+        quality(args.epochs, args.pattern_type, args.train_every)
+    overhead(args.steps, args.pattern_type, args.every, args.threads)
+
+
+if __name__ == "__main__":
+    main()

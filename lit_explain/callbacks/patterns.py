@@ -182,7 +182,7 @@ class PatternCallback(Callback):
     def state_key(self) -> str:
         c = self.collector
         return self._generate_state_key(pattern_type=c.pattern_type, source=c.source,
-                                        module=c.module)
+                                        every_n_batches=c.every_n_batches, module=c.module)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -61,20 +61,19 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
     masked_y = y * mask
     if isinstance(module, nn.Linear):
         rows = x.detach().reshape(-1, x.shape[-1]).float()
-        mask = mask.reshape(len(rows), -1).float()
-        masked_y = masked_y.reshape(len(rows), -1).float()
-        product = torch.cat([mask, masked_y], dim=1).t() @ rows  # (2 out, D)
-        out = mask.shape[1]
-        return len(rows), mask.sum(0), product[:out], masked_y.sum(0), product[out:]
+        both = torch.cat([mask.reshape(len(rows), -1), masked_y.reshape(len(rows), -1)],
+                         dim=1).float()  # (M, 2 out)
+        out = both.shape[1] // 2
+        product, sums = both.t() @ rows, both.sum(dim=0)
+        return len(rows), sums[:out], product[:out], sums[out:], product[out:]
     spatial = module.weight.dim() - 2
     if x.dim() == spatial + 1:  # unbatched input
         x, mask, masked_y = x.unsqueeze(0), mask.unsqueeze(0), masked_y.unsqueeze(0)
-    x, mask, masked_y = x.detach().float(), mask.float(), masked_y.float()
-    positions = mask[0, 0].numel()
     groups, out = module.groups, module.weight.shape[0]
     # output gradients [mask, mask·y], interleaved per group so that groups stay aligned
     both = torch.stack([mask.unflatten(1, (groups, -1)), masked_y.unflatten(1, (groups, -1))],
-                       dim=2).flatten(1, 3)
+                       dim=2).flatten(1, 3).float()
+    x = x.detach().float()
     if module.padding_mode == "zeros" and not isinstance(module.padding, str):
         padding = module.padding
     else:
@@ -82,8 +81,8 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
         x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), 0
     weight_grad = nn_grad.conv1d_weight if spatial == 1 else nn_grad.conv2d_weight
     product = weight_grad(x, (2 * out, *module.weight.shape[1:]), both, module.stride,
-                          padding, module.dilation, groups)
-    product = product.reshape(groups, 2, out // groups, -1)
-    sum_x, sum_xy = product[:, 0].reshape(out, -1), product[:, 1].reshape(out, -1)
-    dims = [0, *range(2, mask.dim())]
-    return len(x) * positions, mask.sum(dims), sum_x, masked_y.sum(dims), sum_xy
+                          padding, module.dilation, groups).reshape(groups, 2, out // groups, -1)
+    sums = both.sum(dim=[0, *range(2, both.dim())]).reshape(groups, 2, out // groups)
+    rows = len(x) * both[0, 0].numel()
+    return (rows, sums[:, 0].reshape(out), product[:, 0].reshape(out, -1),
+            sums[:, 1].reshape(out), product[:, 1].reshape(out, -1))

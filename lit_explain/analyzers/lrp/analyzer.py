@@ -1,7 +1,8 @@
 """Layer-wise relevance propagation (Bach et al. 2015) as one forward and one backward pass.
 
 The backward pass starts from the selected output's value and carries relevance as the
-gradient, so the map at the input is the relevance itself. Per operation kind:
+gradient (see :class:`~.rules.Flow`), so the map at the input is the relevance itself.
+Per operation kind:
 
 - kernel layers (linear, convolution, transposed convolution): the rule chosen by
   ``rule=``/``input_layer_rule=``/``until_layer_*`` (see :mod:`.presets`);
@@ -44,13 +45,14 @@ from .rules import (
     AlphaBetaRule,
     EpsilonRule,
     FlatRule,
+    Flow,
+    RelativeFlow,
     Rule,
     WSquareRule,
     ZPlusFastRule,
     ZPlusRule,
     ZRule,
     safe_reciprocal,
-    times_input,
 )
 
 PASSTHROUGH = frozenset({MAX_POOL, STRUCTURE})
@@ -72,7 +74,7 @@ def z_rule_operation(call: OperationCall) -> Tensor:
     """The z-rule on an operation linear in its inputs: ``R_x = x ⊙ Jᵀ (R_y / y)``."""
     if not call.inputs:
         return call.run()
-    args, kwargs = map_differentiable(times_input, (call.args, call.kwargs))
+    args, kwargs = map_differentiable(lambda t: scale_gradient(t, t), (call.args, call.kwargs))
     y = call.run(*args, **kwargs)
     return scale_gradient(y, safe_reciprocal(y.detach()))
 
@@ -119,23 +121,36 @@ class LRP(Analyzer):
         self.rules = RuleMap(rule, input_layer_rule, until_layer_idx, until_layer_rule)
         self.bn_layer_rule = ZRule() if bn_layer_rule is None else to_rule(
             bn_layer_rule, "bn_layer_rule")
+        # Relevance per unit of input where every rule allows it: cheaper, same result.
+        proportional = all(r.proportional for r in [*self.rules.rules(), self.bn_layer_rule])
+        self.flow = RelativeFlow() if proportional else Flow()
 
     def _kernel(self, call: OperationCall) -> Tensor:
         layer = KernelLayer(call)
         if not _has_differentiable_input(call, layer.input):
             return call.run()
-        return self.rules(call)(layer)
+        return self.rules(call)(layer, self.flow)
 
     def _batch_norm(self, call: OperationCall) -> Tensor:
         layer = BatchNormLayer(call)
         if not _has_differentiable_input(call, layer.input):
             return call.run()
-        return self.bn_layer_rule(layer)
+        return self.bn_layer_rule(layer, self.flow)
+
+    def _seed(self, logits: Tensor, indices: Tensor | None) -> Tensor:
+        seed = super()._seed(logits, indices)  # the relevance R: the selected logit's value
+        return seed * safe_reciprocal(logits.detach()) if self.flow.relative else seed
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
-        handlers = {KERNEL: self._kernel, BATCH_NORM: self._batch_norm, RELU: pass_relevance,
-                    LINEAR: z_rule_operation}
-        return self._backward(x, self.selector(neuron_selection), handlers, PASSTHROUGH)
+        handlers = {KERNEL: self._kernel, BATCH_NORM: self._batch_norm}
+        if self.flow.relative:
+            # Per unit of input, the z-rule of ReLU, pooling, adds and sums is their gradient.
+            passthrough = PASSTHROUGH | {RELU, LINEAR}
+        else:
+            handlers.update({RELU: pass_relevance, LINEAR: z_rule_operation})
+            passthrough = PASSTHROUGH
+        relevance = self._backward(x, self.selector(neuron_selection), handlers, passthrough)
+        return x * relevance if self.flow.relative else relevance
 
 
 class _FixedRuleLRP(LRP):

@@ -32,6 +32,8 @@ class AffineLayer:
         The call's input ``x`` (differentiable: relevance flows back to it).
     weight, bias:
         The parameters as the call used them (``bias`` may be ``None``).
+    channel_shape:
+        The shape that makes a per-output-channel vector broadcast against the output.
     call:
         The operation call this layer wraps.
     """
@@ -39,23 +41,39 @@ class AffineLayer:
     input: Tensor
     weight: Tensor
     bias: Tensor | None
+    channel_shape: tuple[int, ...]
     call: OperationCall
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The layer evaluated on ``x`` with ``weight`` and ``bias`` in place of its own."""
         raise NotImplementedError
 
-    def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
-        """``bias`` (default: the layer's own) shaped to broadcast against the output."""
-        raise NotImplementedError
-
     def __call__(self, x: Tensor) -> Tensor:
         """The layer with its own parameters on input ``x``."""
         return self.run(x, self.weight, self.bias)
 
-    def run_many(self, x: Tensor, weights: list[Tensor]) -> list[Tensor]:
-        """``[run(x, w) for w in weights]`` without bias; one call where the layer allows."""
-        return [self.run(x, w) for w in weights]
+    def ordinary(self) -> Tensor:
+        """The call as the model made it, with its ordinary backward."""
+        return self.call.run()
+
+    def per_channel(self, vector: Tensor) -> Tensor:
+        """A per-output-channel vector (bias-like) shaped to broadcast against the output."""
+        return vector.reshape(self.channel_shape)
+
+    def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
+        """``bias`` (default: the layer's own) shaped to broadcast against the output."""
+        bias = self.bias if bias is None else bias
+        return 0.0 if bias is None else self.per_channel(bias)
+
+    @property
+    def stack_axis(self) -> int:
+        """The axis :meth:`run_stacked` adds, counted from the end."""
+        return -len(self.channel_shape) - 1
+
+    def run_stacked(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """``run(x, w)`` for each ``w`` (no bias), stacked on a new axis just before the
+        output channels (:attr:`stack_axis`)."""
+        return torch.stack([self.run(x, w) for w in weights], dim=self.stack_axis)
 
 
 def _argument(call: OperationCall, index: int, name: str) -> object:
@@ -75,33 +93,25 @@ class KernelLayer(AffineLayer):
             _argument(call, i, name) for i, name in enumerate(self._NAMES))
         self._rest = call.args[3:]
         self._options = {k: v for k, v in call.kwargs.items() if k not in self._NAMES}
-        self._linear = call.func is F.linear
         self._transposed = call.func in _TRANSPOSED
         # conv(input, weight, bias, stride, padding, dilation, groups) and
         # conv_transpose(input, weight, bias, stride, padding, output_padding, groups, ...)
         groups = self._rest[3] if len(self._rest) > 3 else self._options.get("groups", 1)
-        self._groups = 1 if self._linear else int(groups)
+        linear = call.func is F.linear
+        self._groups = 1 if linear else int(groups)
+        self.channel_shape = (-1,) if linear else (-1, *[1] * (self.weight.dim() - 2))
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.call.func(x, weight, bias, *self._rest, **self._options)
 
-    def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
-        bias = self.bias if bias is None else bias
-        if bias is None:
-            return 0.0
-        if self._linear:
-            return bias
-        return bias.reshape(-1, *[1] * (self.weight.dim() - 2))
-
-    def run_many(self, x: Tensor, weights: list[Tensor]) -> list[Tensor]:
-        # One call with the weights stacked along the output channels: one pass over x,
-        # one transposed pass in the backward. Grouped convolutions keep separate calls.
-        if len(weights) == 1 or self._groups != 1:
-            return super().run_many(x, weights)
-        weight_axis = 1 if self._transposed else 0
-        output_axis = -1 if self._linear else (1 if x.dim() == self.weight.dim() else 0)
-        stacked = self.run(x, torch.cat(weights, dim=weight_axis))
-        return list(stacked.split([w.shape[weight_axis] for w in weights], dim=output_axis))
+    def run_stacked(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        # One call with the weights concatenated along the output channels: x is read once
+        # forward and the backward is one transposed call. Not for grouped convolutions,
+        # whose output channels are ordered by group.
+        if self._groups != 1:
+            return super().run_stacked(x, weights)
+        out = self.run(x, torch.cat(weights, dim=1 if self._transposed else 0))
+        return out.unflatten(out.dim() + self.stack_axis + 1, (len(weights), -1))
 
 
 class BatchNormLayer(AffineLayer):
@@ -130,12 +140,13 @@ class BatchNormLayer(AffineLayer):
         if beta is not None:
             shift = shift + beta
         self.input, self.weight, self.bias = x, scale.detach(), shift.detach()
-        self._shape = (-1, *[1] * max(x.dim() - 2, 0))
+        self.channel_shape = (-1, *[1] * max(x.dim() - 2, 0))
+        self._batch_statistics = bool(training)
+
+    def ordinary(self) -> Tensor:
+        # With batch statistics the native call would differentiate through them.
+        return self(self.input) if self._batch_statistics else self.call.run()
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        out = x * weight.reshape(self._shape)
-        return out if bias is None else out + bias.reshape(self._shape)
-
-    def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
-        bias = self.bias if bias is None else bias
-        return 0.0 if bias is None else bias.reshape(self._shape)
+        out = x * self.per_channel(weight)
+        return out if bias is None else out + self.per_channel(bias)

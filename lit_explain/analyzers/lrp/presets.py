@@ -119,6 +119,12 @@ class RuleMap:
         self.until_layer_rule = (None if until_layer_rule is None
                                  else to_rule(until_layer_rule, "until_layer_rule"))
 
+    def rules(self) -> list[Rule]:
+        """Every rule this map can hand out."""
+        candidates = [self.single, self.input_layer_rule, self.until_layer_rule,
+                      *(self.per_layer or []), *(rule for _, rule in self.conditional or [])]
+        return [rule for rule in candidates if rule is not None]
+
     def __call__(self, call: OperationCall) -> Rule:
         index = call.layer_index
         if self.until_layer_rule is not None and self.until_layer_idx is not None \

@@ -1,23 +1,32 @@
 """LRP rules: how the relevance ``R_y`` at a layer's output reaches its input ``x``.
 
-Relevance travels as the gradient. A rule takes an :class:`~.layers.AffineLayer` and returns
-the layer's output ``y`` (the same forward value) with an autograd graph whose backward pass
-maps ``R_y`` to ``R_x``. Every rule below is a sum of terms
+Every rule here is a sum of terms
 
-    R_x = Σ_k  c_k · m_k ⊙ J_kᵀ (R_y / d_k),        J_k = ∂ layer(·, W_k, b_k) / ∂x,
+    R_x = Σ_k  c_k · m_k ⊙ J_kᵀ (R_y / d_k),        J_k = ∂ layer(·, W_k) / ∂x,
 
-with ``m_k`` a modified input (x, x⁺, 1, the bounds ...), ``W_k`` modified weights and
-``d_k`` a stabilised denominator. A term is evaluated as ``z_k = layer(gate(x, m_k), W_k)``:
-its forward value is the denominator's part and its backward is the ordinary (transposed)
-layer backward followed by ``⊙ m_k``. The z and ε rules are thus one ordinary forward and
-one ordinary backward plus elementwise work; nothing re-runs a layer inside the backward.
+with ``m_k`` a modified input (x, x⁺, x⁻, 1, the bounds), ``W_k`` modified weights and
+``d_k`` a stabilised denominator. ``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``, likewise for
+``W`` and ``b``.
 
-``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``, likewise ``W⁺``, ``W⁻``, ``b⁺``, ``b⁻``.
+A rule is written as a forward computation: it returns the layer's output ``y`` (the same
+value) with an autograd graph whose backward pass is the rule. A term is evaluated as
+``z_k = layer.run(m_k, W_k)``: forward it is the denominator's part, backward it is the
+layer's ordinary transposed pass. Nothing re-runs a layer inside the backward pass, and the
+z and ε rules add only elementwise work to one ordinary forward and backward.
+
+How relevance travels between layers is a :class:`Flow`: as itself (the gradient at a
+tensor ``t`` is ``R_t``), or per unit of the tensor (the gradient is ``R_t / t``). In the
+second form the ``⊙ x`` of one layer and the ``/ z`` of the layer below cancel, ReLU,
+pooling, residual adds and BatchNorm under the z-rule become their ordinary gradients, and
+LRP-z becomes Input × Gradient. Rules whose relevance is proportional to their input
+(``proportional = True``: z, ε, αβ, z⁺) work in both forms; the others (w², flat, z^B)
+need the first, and an analyzer using one of them runs in it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -29,32 +38,14 @@ from .layers import AffineLayer
 SAFE_EPSILON = 1e-7
 
 
-# Primitives: forward values stay, gradients are rewired. -------------------------------
-
-def times_input(x: Tensor) -> Tensor:
-    """``x`` whose backward multiplies the incoming gradient by ``x`` (``R_x = x ⊙ ...``)."""
-    return scale_gradient(x, x)
-
-
-def gate(x: Tensor, value: Tensor) -> Tensor:
-    """A tensor equal to ``value`` whose gradient reaches ``x`` multiplied by ``value``."""
-    value = value.detach()
-    return with_gradient(x, value, lambda grad: grad * value)
-
-
-def attach(value: Tensor, relevance: Tensor) -> Tensor:
-    """``value`` forward; backward through the graph of ``relevance`` (same shape)."""
-    return value.detach() + (relevance - relevance.detach())
-
-
 def safe(z: Tensor) -> Tensor:
-    """``z`` with its zeros replaced by :data:`SAFE_EPSILON` (iNNvestigate's safe divide)."""
+    """``z + (z == 0)·ε``: iNNvestigate's safe division, for denominators of either sign."""
     return z + (z == 0).to(z.dtype) * SAFE_EPSILON
 
 
 def safe_reciprocal(z: Tensor) -> Tensor:
     """``1 / safe(z)``."""
-    return 1.0 / safe(z)
+    return safe(z).reciprocal_()
 
 
 def non_negative(x: Tensor) -> bool:
@@ -62,31 +53,108 @@ def non_negative(x: Tensor) -> bool:
     return x.numel() == 0 or bool(x.detach().min() >= 0)
 
 
-# Rules ---------------------------------------------------------------------------------
+def gate(x: Tensor, value: Tensor, multiplier: Tensor) -> Tensor:
+    """A tensor equal to ``value`` whose gradient reaches ``x`` multiplied by ``multiplier``."""
+    multiplier = multiplier.detach()
+    return with_gradient(x, value.detach(), lambda grad: grad * multiplier)
+
+
+def redistribute(z: Tensor, value: Tensor, factor: Tensor | float,
+                 stack_axis: int | None = None) -> Tensor:
+    """``value`` forward; backward, the incoming gradient ``g`` enters ``z``'s graph as
+    ``g ⊙ factor``. With ``stack_axis``, ``z`` holds several terms stacked on that axis
+    (see :meth:`~.layers.AffineLayer.run_stacked`) and term ``k`` gets ``g ⊙ factor[k]``."""
+    if stack_axis is None:
+        return with_gradient(z, value, lambda grad: grad * factor)
+    return with_gradient(z, value, lambda grad: grad.unsqueeze(stack_axis) * factor)
+
+
+# How relevance travels --------------------------------------------------------------------
+
+class Flow:
+    """Relevance travels as itself: the gradient reaching a tensor ``t`` is ``R_t``."""
+
+    #: Whether the gradient is relevance per unit of the tensor, ``R_t / t``.
+    relative: ClassVar[bool] = False
+
+    def input(self, x: Tensor) -> Tensor:
+        """``x`` as the input of a term ``x ⊙ Jᵀ(...)``."""
+        return scale_gradient(x, x)
+
+    def part(self, x: Tensor, positive: bool) -> Tensor:
+        """``x⁺`` (or ``x⁻``) as the input of a term ``x⁺ ⊙ Jᵀ(...)``."""
+        value = x.detach().clamp(min=0) if positive else x.detach().clamp(max=0)
+        return gate(x, value, value)
+
+    def output(self, z: Tensor, y: Tensor, denominator: Tensor, stack_axis: int | None = None,
+               scale: Tensor | float | None = None) -> Tensor:
+        """``y`` forward; backward, ``R_y ⊙ scale / denominator`` enters ``z``.
+
+        ``denominator`` is stabilised (no zeros) and owned by the caller, which lets it be
+        overwritten: one elementwise pass makes the factor. With ``stack_axis``, ``z``,
+        ``denominator`` and ``scale`` hold one term per index of that axis.
+        """
+        factor = denominator.reciprocal_()
+        if scale is not None:
+            factor.mul_(scale)
+        return redistribute(z, y, factor, stack_axis)
+
+
+class RelativeFlow(Flow):
+    """Relevance travels per unit of the tensor: the gradient reaching ``t`` is ``R_t / t``.
+
+    At the model input the analyzer multiplies by ``x`` once. Only for rules whose
+    relevance is proportional to their input (``Rule.proportional``).
+    """
+
+    relative = True
+
+    def input(self, x: Tensor) -> Tensor:
+        return x  # (x ⊙ Jᵀ(...)) / x
+
+    def part(self, x: Tensor, positive: bool) -> Tensor:
+        detached = x.detach()
+        value = detached.clamp(min=0) if positive else detached.clamp(max=0)
+        mask = (detached > 0) if positive else (detached < 0)
+        return gate(x, value, mask.to(x.dtype))  # x⁺ / x
+
+    def output(self, z: Tensor, y: Tensor, denominator: Tensor, stack_axis: int | None = None,
+               scale: Tensor | float | None = None) -> Tensor:
+        value = y.detach() if stack_axis is None else y.detach().unsqueeze(stack_axis)
+        factor = torch.div(value, denominator, out=denominator)  # R_y = y ⊙ gradient
+        if scale is not None:
+            factor.mul_(scale)
+        return redistribute(z, y, factor, stack_axis)
+
+
+# Rules --------------------------------------------------------------------------------------
 
 class Rule:
-    """Base class: ``rule(layer)`` returns ``layer(layer.input)`` with the rule's backward."""
+    """Base class: ``rule(layer, flow)`` returns ``layer(layer.input)`` with the rule as its
+    backward pass. ``proportional``: the rule's relevance is ``x ⊙ (...)`` (works in
+    :class:`RelativeFlow`)."""
 
-    def __call__(self, layer: AffineLayer) -> Tensor:
+    proportional: ClassVar[bool] = False
+
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         raise NotImplementedError
 
 
 class _RescalingRule(Rule):
-    """The z-rule family: ``R_x = x ⊙ Jᵀ (R_y / stabilize(z))``, ``z = Wx (+ b)``.
+    """The z-rule family: ``R_x = x ⊙ Jᵀ (R_y / stabilized(z))``, ``z = Wx (+ b)``:
+    the layer's ordinary forward and backward, plus elementwise work."""
 
-    One ordinary forward and backward of the layer; ``⊙ x`` and ``/ stabilize(z)`` are the
-    only extra (elementwise) work.
-    """
-
+    proportional = True
     bias: bool
 
     def stabilize(self, z: Tensor) -> Tensor:
+        """The denominator for ``z``: a new tensor with no zeros."""
         raise NotImplementedError
 
-    def __call__(self, layer: AffineLayer) -> Tensor:
-        y = layer(times_input(layer.input))
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
+        y = layer(flow.input(layer.input))
         z = y.detach() if self.bias else y.detach() - layer.bias_term()
-        return scale_gradient(y, 1.0 / self.stabilize(z))
+        return flow.output(y, y, self.stabilize(z))
 
 
 @dataclass(frozen=True)
@@ -103,6 +171,11 @@ class ZRule(_RescalingRule):
     def stabilize(self, z: Tensor) -> Tensor:
         return safe(z)
 
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
+        if flow.relative and self.bias:  # R_y / z = gradient: the layer's own backward
+            return layer.ordinary()
+        return super().__call__(layer, flow)
+
 
 @dataclass(frozen=True)
 class EpsilonRule(_RescalingRule):
@@ -115,13 +188,15 @@ class EpsilonRule(_RescalingRule):
     bias: bool = True
 
     def stabilize(self, z: Tensor) -> Tensor:
-        return z + torch.where(z >= 0, self.epsilon, -self.epsilon)
+        if not self.epsilon:
+            return safe(z)
+        return torch.copysign(z.new_tensor(self.epsilon), z).add_(z)
 
 
 @dataclass(frozen=True)
 class WSquareRule(Rule):
     """w²-rule (Montavon et al. 2017, "Explaining Nonlinear Classification Decisions with
-    Deep Taylor Decomposition", Pattern Recognition): ``R_i = Σ_j w_ij² / Σ_i' w_i'j² R_j``.
+    Deep Taylor Decomposition", Pattern Recognition 65): ``R_i = Σ_j w_ij² / Σ_i' w_i'j² R_j``.
 
     For unbounded inputs; the result does not depend on ``x``. The bias is ignored.
     """
@@ -129,16 +204,17 @@ class WSquareRule(Rule):
     def modified_weight(self, weight: Tensor) -> Tensor:
         return weight.square()
 
-    def __call__(self, layer: AffineLayer) -> Tensor:
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x = layer.input
-        z = layer.run(gate(x, torch.ones_like(x)), self.modified_weight(layer.weight))
-        return attach(layer(x.detach()), z * safe_reciprocal(z.detach()))
+        ones = torch.ones_like(x)
+        z = layer.run(gate(x, ones, ones), self.modified_weight(layer.weight))
+        return flow.output(z, layer(x.detach()), safe(z.detach()))
 
 
 @dataclass(frozen=True)
 class FlatRule(WSquareRule):
     """Flat rule (Lapuschkin et al. 2019, "Unmasking Clever Hans Predictors and Assessing
-    What Machines Really Learn", Nature Communications): the w²-rule with all weights 1,
+    What Machines Really Learn", Nature Communications 10): the w²-rule with all weights 1,
     so that relevance spreads evenly over each output's receptive field."""
 
     def modified_weight(self, weight: Tensor) -> Tensor:
@@ -150,16 +226,17 @@ class AlphaBetaRule(Rule):
     """LRP-αβ (Bach et al. 2015; Montavon et al. 2019, "Layer-Wise Relevance Propagation:
     An Overview"), α − β = 1:
 
-        R_x = α · (xW)⁺-part ⊙ Jᵀ(R_y / z⁺) − β · (xW)⁻-part ⊙ Jᵀ(R_y / z⁻),
+        R_x = α Σ_j (positive part of x_i w_ij) / z⁺_j R_j − β Σ_j (negative part) / z⁻_j R_j
         z⁺ = x⁺W⁺ + x⁻W⁻ + b⁺,      z⁻ = x⁺W⁻ + x⁻W⁺ + b⁻.
 
     With ``bias=False`` the ``b⁺``/``b⁻`` terms are left out. iNNvestigate 2.x puts the whole
     bias ``b`` into both ``z⁺`` and ``z⁻``; this follows the papers (and Zennit) instead.
-    Cost: where ``x ≥ 0`` (after a ReLU) one call with ``[W⁺; W⁻]`` stacked along the
-    output channels gives ``z⁺`` and ``z⁻`` and the layer's output, and one transposed call
-    the backward; inputs of both signs take a second such call.
+    Cost: where ``x ≥ 0`` (after a ReLU) one call with ``[W⁺; W⁻]`` concatenated along the
+    output channels gives ``z⁺``, ``z⁻`` and so the output; its backward is one transposed
+    call. Inputs of both signs take a second such call; β = 0 takes ``W⁺`` only.
     """
 
+    proportional = True
     alpha: float = 2.0
     beta: float = 1.0
     bias: bool = True
@@ -171,30 +248,35 @@ class AlphaBetaRule(Rule):
         if self.beta < 0:
             raise ValueError(f"beta={self.beta!r} is not valid; expected a number >= 0")
 
-    def __call__(self, layer: AffineLayer) -> Tensor:
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x = layer.input
         plus, minus = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-        # (input part, its weights in z⁺, its weights in z⁻): x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺.
-        parts = [(x.detach().clamp(min=0), plus, minus)]
-        if not non_negative(x):
-            parts.append((x.detach().clamp(max=0), minus, plus))
-        activator = inhibitor = 0.0
-        for part, to_activator, to_inhibitor in parts:
-            if self.beta:
-                a, i = layer.run_many(gate(x, part), [to_activator, to_inhibitor])
-            else:  # the inhibitor is needed for the output value only
-                a, i = layer.run(gate(x, part), to_activator), layer.run(part, to_inhibitor)
-            activator, inhibitor = activator + a, inhibitor + i
-        y = activator.detach() + inhibitor.detach() + layer.bias_term()
-        bias_plus = bias_minus = 0.0
-        if self.bias and layer.bias is not None:
-            bias_plus = layer.bias_term(layer.bias.clamp(min=0))
-            bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        relevance = self.alpha * activator * safe_reciprocal(activator.detach() + bias_plus)
-        if self.beta:
-            relevance = relevance - self.beta * inhibitor * safe_reciprocal(
-                inhibitor.detach() + bias_minus)
-        return attach(y, relevance)
+        # (input part, its weights in z⁺, in z⁻): x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺.
+        if non_negative(x):
+            parts = [(flow.input(x), plus, minus)]
+        else:
+            parts = [(flow.part(x, True), plus, minus), (flow.part(x, False), minus, plus)]
+        bias = layer.bias if self.bias and layer.bias is not None else None
+        # z⁺ ≥ 0 and z⁻ ≤ 0: clamped away from 0 by ε, since where |z±| < ε every
+        # contribution is smaller still (iNNvestigate replaces exact zeros only).
+        if not self.beta:  # z⁺ only; the output value is the ordinary call's
+            z = sum(layer.run(part, to_plus) for part, to_plus, _ in parts)
+            z_plus = z.detach() if bias is None else z.detach() + layer.bias_term(bias.clamp(min=0))
+            return flow.output(z, layer(x.detach()), z_plus.clamp(min=SAFE_EPSILON),
+                               scale=None if self.alpha == 1 else self.alpha)
+        z = sum(layer.run_stacked(part, [to_plus, to_minus]) for part, to_plus, to_minus in parts)
+        axis = layer.stack_axis
+        z_plus, z_minus = z.detach().unbind(axis)
+        y = torch.add(z_plus, z_minus).add_(layer.bias_term())
+        denominators = torch.empty_like(z)
+        d_plus, d_minus = denominators.unbind(axis)
+        if bias is not None:
+            z_plus = torch.add(z_plus, layer.bias_term(bias.clamp(min=0)), out=d_plus)
+            z_minus = torch.add(z_minus, layer.bias_term(bias.clamp(max=0)), out=d_minus)
+        torch.clamp(z_plus, min=SAFE_EPSILON, out=d_plus)
+        torch.clamp(z_minus, max=-SAFE_EPSILON, out=d_minus)
+        scale = torch.tensor([self.alpha, -self.beta], dtype=z.dtype, device=z.device)
+        return flow.output(z, y, denominators, axis, scale.reshape(2, *[1] * (-axis - 1)))
 
 
 @dataclass(frozen=True)
@@ -213,10 +295,12 @@ class ZPlusFastRule(Rule):
     Takes ``x`` as it is: on inputs of both signs it differs from :class:`ZPlusRule`.
     """
 
-    def __call__(self, layer: AffineLayer) -> Tensor:
+    proportional = True
+
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x = layer.input
-        z = layer.run(times_input(x), layer.weight.clamp(min=0))
-        return attach(layer(x.detach()), z * safe_reciprocal(z.detach()))
+        z = layer.run(flow.input(x), layer.weight.clamp(min=0))
+        return flow.output(z, layer(x.detach()), safe(z.detach()))
 
 
 @dataclass(frozen=True)
@@ -228,13 +312,13 @@ class BoundedRule(Rule):
     low: float = -1.0
     high: float = 1.0
 
-    def __call__(self, layer: AffineLayer) -> Tensor:
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x, weight = layer.input, layer.weight
-        y = layer(times_input(x))
-        low = layer.run(gate(x, torch.full_like(x, self.low)), weight.clamp(min=0))
-        high = layer.run(gate(x, torch.full_like(x, self.high)), weight.clamp(max=0))
-        z = y - layer.bias_term() - low - high
-        return attach(y, z * safe_reciprocal(z.detach()))
+        low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
+        y = layer(flow.input(x))
+        z = (y - layer.bias_term() - layer.run(gate(x, low, low), weight.clamp(min=0))
+             - layer.run(gate(x, high, high), weight.clamp(max=0)))
+        return flow.output(z, y.detach(), safe(z.detach()))
 
 
 #: iNNvestigate's rule names (``LRP(rule="Epsilon")``) and the rules they stand for.

@@ -27,8 +27,8 @@ from ..patterns import PATTERN_TYPES, CollectionHandle, PatternComputer
 
 SOURCES = ("train", "val")
 #: ``every_n_batches`` by source when not given: a tenth of the training batches keeps the
-#: training-step overhead near 5% on the demo (benchmarks/patterns.py); validation is
-#: collected whole, so that its patterns are the exact fit.
+#: training-step overhead under 10% on the demo (7-9%, benchmarks/patterns.py); validation
+#: is collected whole, so that its patterns are the exact fit.
 DEFAULT_EVERY_N_BATCHES = {"train": 10, "val": 1}
 
 
@@ -155,8 +155,8 @@ class PatternCallback(Callback):
         forward passes (exact for the weights being explained).
     every_n_batches:
         Collect from every n-th batch only, to bound the cost. ``None``: every 10th training
-        batch (about 5% training-step overhead on the demo, where collecting from every
-        batch costs about +90% on CPU), every validation batch.
+        batch (7-9% training-step overhead on the demo, where collecting from every batch
+        costs +86-94% on CPU), every validation batch.
     module:
         Dotted path of the submodule to fit; ``""`` fits the LightningModule itself.
 

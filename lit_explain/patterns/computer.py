@@ -229,7 +229,8 @@ class PatternComputer:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return self.statistics
         paths = sorted(self.statistics)
-        device = self.statistics[paths[0]].count.device
+        # the model's device: a layer that never ran on this rank still has CPU statistics
+        device = next(iter(self.layers.values())).weight.device
         tensors = [t for p in paths for _, t in self.statistics[p].tensors()]
         with torch.inference_mode(False), torch.no_grad():
             flat = torch.cat([t.reshape(-1).to(device) for t in tensors])

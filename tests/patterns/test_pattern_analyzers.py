@@ -32,8 +32,10 @@ def test_patternattribution_is_weight_times_pattern_and_conserves_the_output():
 
 def relu_net() -> nn.Sequential:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 5))
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 4, 3, padding=1, groups=2, padding_mode="reflect"),
+                         nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4, 5))
 
 
 def test_with_the_weights_as_patterns_patternnet_is_the_value_seeded_gradient():

@@ -62,6 +62,11 @@ def _has_differentiable_input(call: OperationCall, layer_input: object) -> bool:
     return any(t is layer_input for t in call.inputs)
 
 
+def out_of_place(call: OperationCall) -> Tensor:
+    """The operation with its ordinary gradient, run out of place (``relu_``, ``+=``)."""
+    return call.run()
+
+
 def pass_relevance(call: OperationCall) -> Tensor:
     """ReLU: the forward value, with relevance passed through unchanged."""
     source = call.args[0] if call.args else call.kwargs["input"]
@@ -79,6 +84,7 @@ def z_rule_operation(call: OperationCall) -> Tensor:
     return scale_gradient(y, safe_reciprocal(y.detach()))
 
 
+@register("lrp")
 class LRP(Analyzer):
     """Layer-wise relevance propagation with a rule per layer (iNNvestigate's ``lrp``).
 
@@ -144,8 +150,10 @@ class LRP(Analyzer):
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
         handlers = {KERNEL: self._kernel, BATCH_NORM: self._batch_norm}
         if self.flow.relative:
-            # Per unit of input, the z-rule of ReLU, pooling, adds and sums is their gradient.
-            passthrough = PASSTHROUGH | {RELU, LINEAR}
+            # Per unit of input, the z-rule of ReLU, pooling, adds and sums is their gradient
+            # (run out of place: a rule's output may not be modified in place).
+            handlers.update({RELU: out_of_place, LINEAR: out_of_place})
+            passthrough = PASSTHROUGH
         else:
             handlers.update({RELU: pass_relevance, LINEAR: z_rule_operation})
             passthrough = PASSTHROUGH

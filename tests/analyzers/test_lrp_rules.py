@@ -1,0 +1,348 @@
+"""LRP rules against their explicit matrix form, conservation, layer coverage and errors.
+
+Float64 throughout. A layer is its matrix ``M`` (the layer applied to the standard basis)
+and bias ``b``; each rule's explicit form is in ``lrp_reference``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lrp_reference import (
+    alpha_beta_rule,
+    bounded_rule,
+    flat_rule,
+    w_square_rule,
+    z_plus_fast_rule,
+    z_rule,
+)
+from torch import nn
+from torch.func import functional_call
+
+import lit_explain as lx
+from lit_explain.analyzers.lrp import (
+    LRP,
+    AlphaBetaRule,
+    BoundedRule,
+    EpsilonRule,
+    FlatRule,
+    WSquareRule,
+    ZPlusFastRule,
+    ZPlusRule,
+    ZRule,
+)
+from lit_explain.analyzers.lrp.rules import Flow, RelativeFlow
+from lit_explain.demo.models import ResNetStyle
+
+RULES = [  # (rule, its explicit matrix form; "flat" needs the layer's connectivity)
+    (ZRule(), z_rule()),
+    (ZRule(bias=False), z_rule(bias=False)),
+    (EpsilonRule(0.1), z_rule(epsilon=0.1)),
+    (EpsilonRule(0.1, bias=False), z_rule(bias=False, epsilon=0.1)),
+    (WSquareRule(), w_square_rule),
+    (FlatRule(), "flat"),
+    (AlphaBetaRule(2, 1), alpha_beta_rule(2, 1)),
+    (AlphaBetaRule(2, 1, bias=False), alpha_beta_rule(2, 1, bias=False)),
+    (AlphaBetaRule(1, 0), alpha_beta_rule(1, 0)),
+    (AlphaBetaRule(3, 2), alpha_beta_rule(3, 2)),
+    (ZPlusRule(), alpha_beta_rule(1, 0, bias=False)),
+    (ZPlusFastRule(), z_plus_fast_rule),
+    (BoundedRule(-2.0, 3.0), bounded_rule(-2.0, 3.0)),
+]
+
+LAYERS = {
+    "linear": (lambda: nn.Linear(6, 4), (6,)),
+    "conv2d_stride_padding": (lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1), (2, 5, 5)),
+    "conv2d_dilation_groups": (lambda: nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2),
+                               (4, 4, 4)),
+    "conv1d": (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 7)),
+    "conv3d": (lambda: nn.Conv3d(1, 2, 2, padding=1), (1, 3, 3, 3)),
+    "conv_transpose2d": (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1), (2, 3, 3)),
+    "batch_norm2d": (lambda: nn.BatchNorm2d(3), (3, 2, 2)),
+}
+
+
+def make_layer(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
+    torch.manual_seed(seed)
+    factory, shape = LAYERS[name]
+    layer = factory().double().eval()
+    with torch.no_grad():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.weight.uniform_(-1.5, 1.5)
+        layer.bias.uniform_(-0.3, 0.3)
+    return layer, shape
+
+
+def matrix_form(layer: nn.Module, shape: tuple[int, ...]):
+    """(M, b, connected) of ``layer`` for one sample of ``shape``."""
+    n = torch.Size(shape).numel()
+    basis = torch.eye(n, dtype=torch.double).reshape(n, *shape)
+    if isinstance(layer, nn.BatchNorm2d):
+        scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+        shift = layer.bias - layer.running_mean * scale
+        per_channel = [v.detach()[:, None, None].expand(shape).reshape(-1)
+                       for v in (scale, shift)]
+        return torch.diag(per_channel[0]), per_channel[1], torch.eye(n, dtype=torch.bool)
+
+    def columns(weight):
+        params = {"weight": weight, "bias": torch.zeros_like(layer.bias)}
+        return functional_call(layer, params, (basis,)).reshape(n, -1).T.detach()
+
+    bias_only = functional_call(layer, {"weight": torch.zeros_like(layer.weight)}, (basis[:1],))
+    connected = columns(torch.ones_like(layer.weight)) != 0
+    return columns(layer.weight), bias_only.reshape(-1).detach(), connected
+
+
+def explicit_map(rule, layer, x):
+    M, b, connected = matrix_form(layer, tuple(x.shape[1:]))
+    rule = flat_rule(connected) if rule == "flat" else rule
+    y = layer(x).detach().reshape(len(x), -1)  # "all": every output's value is its relevance
+    return torch.stack([rule(x[i].reshape(-1), M, b, y[i]) for i in range(len(x))]
+                       ).reshape(x.shape)
+
+
+def lrp_map(rule, layer, x, flow):
+    if isinstance(layer, nn.BatchNorm2d):
+        analyzer = LRP(layer, "all", rule="Z", bn_layer_rule=rule)
+    else:
+        analyzer = LRP(layer, "all", rule=rule)
+    analyzer.flow = flow
+    return analyzer.analyze(x)
+
+
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+@pytest.mark.parametrize("rule_index", range(len(RULES)), ids=[type(r).__name__ + str(i)
+                                                            for i, (r, _) in enumerate(RULES)])
+def test_rule_matches_its_matrix_form(layer_name, rule_index):
+    rule, explicit = RULES[rule_index]
+    layer, shape = make_layer(layer_name, rule_index)
+    generator = torch.Generator().manual_seed(rule_index)
+    x = torch.rand(3, *shape, generator=generator, dtype=torch.double) * 2 - 1
+    flows = [Flow(), RelativeFlow()] if rule.proportional else [Flow()]
+    for inputs in (x, x.clamp(min=0)):  # both signs, and after a ReLU (the fast path)
+        if isinstance(rule, ZPlusFastRule) and inputs is x:
+            continue  # defined for non-negative inputs
+        expected = explicit_map(explicit, layer, inputs)
+        for flow in flows:
+            result = lrp_map(rule, layer, inputs, flow)
+            torch.testing.assert_close(result, expected, rtol=1e-9, atol=1e-12)
+
+
+def bias_free_net(average: bool) -> nn.Module:
+    torch.manual_seed(3)
+    pool = nn.AvgPool2d(2) if average else nn.MaxPool2d(2)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, bias=False), nn.ReLU(), pool,
+                        nn.Flatten(), nn.Linear(6, 8, bias=False), nn.ReLU(),
+                        nn.Linear(8, 3, bias=False))
+    with torch.no_grad():
+        net[-1].weight[0].abs_()  # one logit ≥ 0, for Deep Taylor
+    return net.double().eval()
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("lrp.z", {}), ("lrp.epsilon", {"epsilon": 1e-12}), ("lrp.alpha_1_beta_0", {}),
+    ("lrp.z_plus", {}), ("lrp.w_square", {}), ("lrp.flat", {}), ("deep_taylor", {}),
+])
+def test_relevance_is_conserved_where_the_rule_promises_it(name, kwargs):
+    """Bias-free ReLU nets: the input map sums to the explained logit. (w² and flat send
+    relevance to inactive units too, which an average pool of zeros cannot pass on, so
+    they are checked with max-pooling only.)"""
+    net = bias_free_net(average=name not in ("lrp.w_square", "lrp.flat"))
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.double)
+    relevance = lx.create_analyzer(name, net, **kwargs).analyze(x).sum(dim=(1, 2, 3))
+    logits = net(x).max(dim=1).values.detach()
+    if name == "deep_taylor":
+        logits = logits.clamp(min=0)
+    assert (logits != 0).any()
+    torch.testing.assert_close(relevance, logits, rtol=1e-7, atol=1e-12)
+
+
+def resnet_with_statistics() -> nn.Module:
+    torch.manual_seed(0)
+    model = ResNetStyle(width=8).double().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("flow", [Flow(), RelativeFlow()], ids=["relevance", "relative"])
+def test_lrp_z_is_input_times_gradient_on_a_resnet(flow):
+    """BatchNorm, F.relu, ``out += identity`` and adaptive pooling, no per-model code."""
+    model = resnet_with_statistics()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.double)
+    analyzer = lx.create_analyzer("lrp.z", model)
+    analyzer.flow = flow
+    expected = lx.create_analyzer("input_t_gradient", model).analyze(x)
+    torch.testing.assert_close(analyzer.analyze(x), expected, rtol=1e-8, atol=1e-14)
+
+
+class Zoo(nn.Module):
+    """Every supported layer kind, functional and in-place calls included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, stride=1, padding=2, dilation=2, groups=3)
+        self.bn = nn.BatchNorm2d(6)
+        self.pool = nn.AvgPool2d(2)
+        self.side = nn.Conv2d(6, 6, 1)
+        self.up = nn.ConvTranspose2d(12, 4, 2, stride=2)
+        self.gap = nn.AdaptiveAvgPool2d(2)
+        self.conv1d = nn.Conv1d(4, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(16, 8)
+        self.bn1d = nn.BatchNorm1d(8)
+        self.out = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        x = self.pool(x)
+        x = torch.cat([x, torch.relu(self.side(x))], dim=1)
+        x = F.max_pool2d(x, 2)
+        x = self.up(x).relu_()
+        x = self.gap(x).view(len(x), 4, 4)
+        x = x + self.conv1d(x)
+        x = torch.add(x, 0.1)
+        x = self.drop(x.flatten(1))
+        x = F.relu(self.bn1d(self.fc(x)), inplace=True)
+        return self.out(x.reshape(len(x), -1))
+
+
+def zoo() -> nn.Module:
+    torch.manual_seed(4)
+    model = Zoo().double().eval()
+    with torch.no_grad():
+        for bn in (model.bn, model.bn1d):
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
+                                  "lrp.sequential_preset_a", "lrp.z_plus", "lrp.z_plus_fast"])
+def test_both_flows_agree_on_every_layer_kind(name):
+    """Relevance carried as itself and per unit of input: two paths, one answer."""
+    model = zoo()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2),
+                    dtype=torch.double)
+    analyzer = lx.create_analyzer(name, model, neuron_selection_mode="all")
+    assert analyzer.flow.relative
+    relative = analyzer.analyze(x)
+    analyzer.flow = Flow()
+    torch.testing.assert_close(relative, analyzer.analyze(x), rtol=1e-7, atol=1e-12)
+    assert relative.abs().sum() > 0
+
+
+def test_lrp_z_is_input_times_gradient_on_every_layer_kind():
+    model = zoo()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(3),
+                    dtype=torch.double)
+    analyzer = lx.create_analyzer("lrp.z", model)
+    analyzer.flow = Flow()
+    expected = lx.create_analyzer("input_t_gradient", model).analyze(x)
+    torch.testing.assert_close(analyzer.analyze(x), expected, rtol=1e-8, atol=1e-14)
+
+
+def test_non_proportional_rules_run_with_relevance_as_itself():
+    model = zoo()
+    assert not lx.create_analyzer("lrp.sequential_preset_a_flat", model).flow.relative
+    assert not lx.create_analyzer("deep_taylor.bounded", model, low=-1, high=1).flow.relative
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5),
+                    dtype=torch.double)
+    assert torch.isfinite(lx.create_analyzer("lrp.flat", model).analyze(x)).all()
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return (self.q(x) * self.k(x)).sum(-1)
+
+
+@pytest.mark.parametrize("block, where", [
+    (nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)), "'1' (GELU)"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "'1' (Tanh)"),
+    (Attention(), "the model's own forward"),
+])
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.flat",
+                                  "deep_taylor"])
+def test_an_operation_without_a_rule_is_an_error_naming_it(block, where, name):
+    with pytest.raises(lx.NotAnalyzableModelError, match=where.replace("(", r"\(")
+                       .replace(")", r"\)")):
+        lx.create_analyzer(name, block).analyze(torch.randn(2, 4))
+
+
+def test_rule_specifications():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(3, 5)
+
+    def run(**kwargs):
+        return LRP(net, **kwargs).analyze(x)
+
+    z = run(rule="Z")
+    torch.testing.assert_close(run(rule=ZRule()), z)
+    torch.testing.assert_close(run(rule=ZRule), z)
+    torch.testing.assert_close(run(rule=["Z", ZRule(), "Z"]), z)
+    torch.testing.assert_close(run(rule=[(nn.Linear, "Z")]), z)
+    eps = run(rule=EpsilonRule(0.5))
+    torch.testing.assert_close(run(rule=[(lambda call: call.layer_index == 2, "Z"),
+                                         (lambda call: True, EpsilonRule(0.5))]),
+                               run(rule=[EpsilonRule(0.5), EpsilonRule(0.5), "Z"]))
+    assert not torch.allclose(eps, z)
+    torch.testing.assert_close(run(rule="Z", input_layer_rule=(-1, 1)),
+                               run(rule=[BoundedRule(-1.0, 1.0), "Z", "Z"]))
+    torch.testing.assert_close(run(rule="Z", until_layer_idx=1, until_layer_rule="Flat"),
+                               run(rule=["Flat", "Flat", "Z"]))
+    torch.testing.assert_close(
+        lx.create_analyzer("lrp.sequential_preset_b_flat_until_idx", net,
+                           until_layer_idx=1).analyze(x),
+        run(rule=["Flat", "Flat", EpsilonRule(0.1)]))
+
+
+def test_rule_specification_errors():
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="valid names"):
+        LRP(net, rule="Epsilonn")
+    with pytest.raises(ValueError, match="needs rule"):
+        lx.create_analyzer("lrp", net)
+    with pytest.raises(ValueError, match="alpha - beta must be 1"):
+        lx.create_analyzer("lrp.alpha_beta", net, alpha=2, beta=2)
+    with pytest.raises(ValueError, match="alpha or beta"):
+        lx.create_analyzer("lrp.alpha_beta", net)
+    with pytest.raises(ValueError, match="low="):
+        lx.create_analyzer("deep_taylor.bounded", net)
+    with pytest.raises(ValueError, match="epsilon"):
+        lx.create_analyzer("lrp.epsilon", net, epsilon=-1)
+    with pytest.raises(ValueError, match="1 rules, one per kernel layer"):
+        LRP(net, rule=["Z"]).analyze(torch.randn(1, 5))
+    with pytest.raises(lx.NotAnalyzableModelError, match="no rule condition holds"):
+        LRP(net, rule=[(nn.Conv2d, "Z")]).analyze(torch.randn(1, 5))
+
+
+def test_alpha_beta_infers_the_missing_parameter():
+    net = nn.Sequential(nn.Linear(5, 2))
+    assert lx.create_analyzer("lrp.alpha_beta", net, beta=1).rules.single == AlphaBetaRule(2, 1)
+    assert lx.create_analyzer("lrp.alpha_beta", net, alpha=1).rules.single == AlphaBetaRule(1, 0)
+
+
+def test_deep_taylor_explains_only_positive_outputs():
+    net = nn.Sequential(nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]))
+        net[0].bias.zero_()
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    analyzer = lx.create_analyzer("deep_taylor", net, neuron_selection_mode="index")
+    torch.testing.assert_close(analyzer.analyze(x, neuron_selection=0), x)
+    assert analyzer.analyze(x, neuron_selection=1).abs().sum() == 0

@@ -79,8 +79,9 @@ _PRODUCTS = {torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__, Tensor_.__im
              Tensor_.__itruediv__, torch.matmul, Tensor_.matmul, Tensor_.__matmul__, torch.bmm,
              torch.einsum, F.scaled_dot_product_attention, F.multi_head_attention_forward}
 
-# In-place operations and the out-of-place operation a handler runs instead. Handlers
-# return a new tensor; Python rebinds ``out += x`` and ``x = relu(x)`` to it.
+# In-place operations and the out-of-place operation run instead. Python rebinds
+# ``out += x`` and ``x = relu(x)`` to the new tensor; a bare ``x.add_(y)`` statement, whose
+# result is dropped, is not supported inside an analyzed forward.
 _OUT_OF_PLACE: dict[Callable, Callable] = {
     Tensor_.add_: torch.add, Tensor_.__iadd__: torch.add, Tensor_.sub_: torch.sub,
     Tensor_.__isub__: torch.sub, Tensor_.relu_: torch.relu, torch.relu_: torch.relu,
@@ -198,7 +199,9 @@ class OperationRules(TorchFunctionMode):
         kind = classify(func, args, kwargs)
         handler = self.handlers.get(kind)
         if handler is None:
-            output = func(*args, **kwargs)
+            # In place on a handler's output (a custom autograd node) is not allowed: run
+            # ``out += x`` out of place too; Python rebinds ``out`` to the result.
+            output = _OUT_OF_PLACE.get(func, func)(*args, **kwargs)
             if kind not in self.passthrough and any(
                     _differentiable(o) for o in tree_flatten(output)[0]):
                 raise NotAnalyzableModelError(

@@ -202,3 +202,16 @@ def test_cuda_result_matches_cpu(name):
     result = lx.create_analyzer(name, model.cuda(), **kwargs).analyze(x.cuda())
     assert result.device.type == "cuda"
     torch.testing.assert_close(result.cpu(), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_the_engine_imports_no_lightning():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, lit_explain as lx; "
+            "lx.create_analyzer('lrp.epsilon', torch.nn.Linear(2, 2)).analyze(torch.ones(1, 2)); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', "
+            "'pytorch_lightning', 'torchmetrics')))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "[]"

@@ -235,3 +235,32 @@ def test_deep_lift_on_a_resnet_sums_to_the_output_difference():
     result = lx.create_analyzer("deep_lift", model, neuron_selection_mode="all").analyze(x)
     expected = (model(x) - model(torch.zeros_like(x))).sum(1)
     torch.testing.assert_close(result.flatten(1).sum(1), expected, atol=1e-4, rtol=1e-4)
+
+
+class InPlaceResidual(nn.Module):
+    """``h += x`` on a kernel layer's output, a handler's output under LRP rules."""
+
+    def __init__(self, in_place: bool):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 3), nn.Linear(3, 2)
+        self.in_place = in_place
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if self.in_place:
+            h += x
+        else:
+            h = h + x
+        return self.fc2(F.relu(h))
+
+
+@pytest.mark.parametrize("name", ["gradient", "guided_backprop", "deep_lift", "lrp.epsilon",
+                                  "lrp.alpha_2_beta_1"])
+def test_in_place_add_on_a_rule_output_equals_the_out_of_place_add(name):
+    torch.manual_seed(0)
+    in_place = InPlaceResidual(in_place=True)
+    out_of_place = InPlaceResidual(in_place=False)
+    out_of_place.load_state_dict(in_place.state_dict())
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(lx.create_analyzer(name, in_place).analyze(x),
+                               lx.create_analyzer(name, out_of_place).analyze(x))

@@ -20,8 +20,6 @@ from torch import Tensor
 
 from ..operations import OperationCall
 
-_TRANSPOSED = {torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d}
-
 
 class AffineLayer:
     """One affine call ``y = layer(x, W, b)``, linear in ``x`` for fixed ``W``.
@@ -65,16 +63,6 @@ class AffineLayer:
         bias = self.bias if bias is None else bias
         return 0.0 if bias is None else self.per_channel(bias)
 
-    @property
-    def stack_axis(self) -> int:
-        """The axis :meth:`run_stacked` adds, counted from the end."""
-        return -len(self.channel_shape) - 1
-
-    def run_stacked(self, x: Tensor, weights: list[Tensor]) -> Tensor:
-        """``run(x, w)`` for each ``w`` (no bias), stacked on a new axis just before the
-        output channels (:attr:`stack_axis`)."""
-        return torch.stack([self.run(x, w) for w in weights], dim=self.stack_axis)
-
 
 def _argument(call: OperationCall, index: int, name: str) -> object:
     if len(call.args) > index:
@@ -93,25 +81,11 @@ class KernelLayer(AffineLayer):
             _argument(call, i, name) for i, name in enumerate(self._NAMES))
         self._rest = call.args[3:]
         self._options = {k: v for k, v in call.kwargs.items() if k not in self._NAMES}
-        self._transposed = call.func in _TRANSPOSED
-        # conv(input, weight, bias, stride, padding, dilation, groups) and
-        # conv_transpose(input, weight, bias, stride, padding, output_padding, groups, ...)
-        groups = self._rest[3] if len(self._rest) > 3 else self._options.get("groups", 1)
         linear = call.func is F.linear
-        self._groups = 1 if linear else int(groups)
         self.channel_shape = (-1,) if linear else (-1, *[1] * (self.weight.dim() - 2))
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.call.func(x, weight, bias, *self._rest, **self._options)
-
-    def run_stacked(self, x: Tensor, weights: list[Tensor]) -> Tensor:
-        # One call with the weights concatenated along the output channels: x is read once
-        # forward and the backward is one transposed call. Not for grouped convolutions,
-        # whose output channels are ordered by group.
-        if self._groups != 1:
-            return super().run_stacked(x, weights)
-        out = self.run(x, torch.cat(weights, dim=1 if self._transposed else 0))
-        return out.unflatten(out.dim() + self.stack_axis + 1, (len(weights), -1))
 
 
 class BatchNormLayer(AffineLayer):

@@ -59,14 +59,21 @@ def gate(x: Tensor, value: Tensor, multiplier: Tensor) -> Tensor:
     return with_gradient(x, value.detach(), lambda grad: grad * multiplier)
 
 
-def redistribute(z: Tensor, value: Tensor, factor: Tensor | float,
-                 stack_axis: int | None = None) -> Tensor:
-    """``value`` forward; backward, the incoming gradient ``g`` enters ``z``'s graph as
-    ``g ⊙ factor``. With ``stack_axis``, ``z`` holds several terms stacked on that axis
-    (see :meth:`~.layers.AffineLayer.run_stacked`) and term ``k`` gets ``g ⊙ factor[k]``."""
-    if stack_axis is None:
-        return with_gradient(z, value, lambda grad: grad * factor)
-    return with_gradient(z, value, lambda grad: grad.unsqueeze(stack_axis) * factor)
+class _Redistribute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value: Tensor, factors: list, *terms: Tensor) -> Tensor:
+        ctx.factors = factors
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return (None, None, *(grad * factor for factor in ctx.factors))
+
+
+def redistribute(terms: list[Tensor], value: Tensor, factors: list[Tensor | float]) -> Tensor:
+    """``value`` forward; backward, the incoming gradient ``g`` enters the graph of each
+    ``terms[k]`` as ``g ⊙ factors[k]``."""
+    return _Redistribute.apply(value.detach(), factors, *terms)
 
 
 # How relevance travels --------------------------------------------------------------------
@@ -86,18 +93,19 @@ class Flow:
         value = x.detach().clamp(min=0) if positive else x.detach().clamp(max=0)
         return gate(x, value, value)
 
-    def output(self, z: Tensor, y: Tensor, denominator: Tensor, stack_axis: int | None = None,
-               scale: Tensor | float | None = None) -> Tensor:
-        """``y`` forward; backward, ``R_y ⊙ scale / denominator`` enters ``z``.
+    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor, float]) -> Tensor:
+        """``y`` forward; backward, ``R_y ⊙ scale / denominator`` enters ``z`` for each term
+        ``(z, denominator, scale)``.
 
-        ``denominator`` is stabilised (no zeros) and owned by the caller, which lets it be
-        overwritten: one elementwise pass makes the factor. With ``stack_axis``, ``z``,
-        ``denominator`` and ``scale`` hold one term per index of that axis.
+        A denominator is stabilised (no zeros) and owned by the caller, which lets it be
+        overwritten: one elementwise pass makes the factor.
         """
+        factors = [self._factor(y, denominator, scale) for _, denominator, scale in terms]
+        return redistribute([z for z, _, _ in terms], y, factors)
+
+    def _factor(self, y: Tensor, denominator: Tensor, scale: float) -> Tensor:
         factor = denominator.reciprocal_()
-        if scale is not None:
-            factor.mul_(scale)
-        return redistribute(z, y, factor, stack_axis)
+        return factor if scale == 1 else factor.mul_(scale)
 
 
 class RelativeFlow(Flow):
@@ -118,13 +126,9 @@ class RelativeFlow(Flow):
         mask = (detached > 0) if positive else (detached < 0)
         return gate(x, value, mask.to(x.dtype))  # x⁺ / x
 
-    def output(self, z: Tensor, y: Tensor, denominator: Tensor, stack_axis: int | None = None,
-               scale: Tensor | float | None = None) -> Tensor:
-        value = y.detach() if stack_axis is None else y.detach().unsqueeze(stack_axis)
-        factor = torch.div(value, denominator, out=denominator)  # R_y = y ⊙ gradient
-        if scale is not None:
-            factor.mul_(scale)
-        return redistribute(z, y, factor, stack_axis)
+    def _factor(self, y: Tensor, denominator: Tensor, scale: float) -> Tensor:
+        factor = torch.div(y.detach(), denominator, out=denominator)  # R_y = y ⊙ gradient
+        return factor if scale == 1 else factor.mul_(scale)
 
 
 # Rules --------------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ class _RescalingRule(Rule):
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         y = layer(flow.input(layer.input))
         z = y.detach() if self.bias else y.detach() - layer.bias_term()
-        return flow.output(y, y, self.stabilize(z))
+        return flow.output(y, (y, self.stabilize(z), 1))
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ class WSquareRule(Rule):
         x = layer.input
         ones = torch.ones_like(x)
         z = layer.run(gate(x, ones, ones), self.modified_weight(layer.weight))
-        return flow.output(z, layer(x.detach()), safe(z.detach()))
+        return flow.output(layer(x.detach()), (z, safe(z.detach()), 1))
 
 
 @dataclass(frozen=True)
@@ -231,9 +235,10 @@ class AlphaBetaRule(Rule):
 
     With ``bias=False`` the ``b⁺``/``b⁻`` terms are left out. iNNvestigate 2.x puts the whole
     bias ``b`` into both ``z⁺`` and ``z⁻``; this follows the papers (and Zennit) instead.
-    Cost: where ``x ≥ 0`` (after a ReLU) one call with ``[W⁺; W⁻]`` concatenated along the
-    output channels gives ``z⁺``, ``z⁻`` and so the output; its backward is one transposed
-    call. Inputs of both signs take a second such call; β = 0 takes ``W⁺`` only.
+    Cost: where ``x ≥ 0`` (after a ReLU) the calls with ``W⁺`` and ``W⁻`` give ``z⁺``,
+    ``z⁻`` and so the output, and the backward is their two transposed calls; β = 0 needs
+    ``W⁺`` and the ordinary call forward, one transposed call backward. Inputs of both signs
+    (the first layer) take twice as many.
     """
 
     proportional = True
@@ -256,27 +261,22 @@ class AlphaBetaRule(Rule):
             parts = [(flow.input(x), plus, minus)]
         else:
             parts = [(flow.part(x, True), plus, minus), (flow.part(x, False), minus, plus)]
-        bias = layer.bias if self.bias and layer.bias is not None else None
-        # z⁺ ≥ 0 and z⁻ ≤ 0: clamped away from 0 by ε, since where |z±| < ε every
-        # contribution is smaller still (iNNvestigate replaces exact zeros only).
+        bias_plus = bias_minus = 0.0
+        if self.bias and layer.bias is not None:
+            bias_plus = layer.bias_term(layer.bias.clamp(min=0))
+            bias_minus = layer.bias_term(layer.bias.clamp(max=0))
+        z_plus = sum(layer.run(part, to_plus) for part, to_plus, _ in parts)
+        # z⁺ ≥ 0 and z⁻ ≤ 0 are kept ε away from 0: where |z±| < ε every contribution is
+        # smaller still (iNNvestigate replaces exact zeros only).
+        activator = (z_plus, torch.add(z_plus.detach(), bias_plus).clamp_(min=SAFE_EPSILON),
+                     self.alpha)
         if not self.beta:  # z⁺ only; the output value is the ordinary call's
-            z = sum(layer.run(part, to_plus) for part, to_plus, _ in parts)
-            z_plus = z.detach() if bias is None else z.detach() + layer.bias_term(bias.clamp(min=0))
-            return flow.output(z, layer(x.detach()), z_plus.clamp(min=SAFE_EPSILON),
-                               scale=None if self.alpha == 1 else self.alpha)
-        z = sum(layer.run_stacked(part, [to_plus, to_minus]) for part, to_plus, to_minus in parts)
-        axis = layer.stack_axis
-        z_plus, z_minus = z.detach().unbind(axis)
-        y = torch.add(z_plus, z_minus).add_(layer.bias_term())
-        denominators = torch.empty_like(z)
-        d_plus, d_minus = denominators.unbind(axis)
-        if bias is not None:
-            z_plus = torch.add(z_plus, layer.bias_term(bias.clamp(min=0)), out=d_plus)
-            z_minus = torch.add(z_minus, layer.bias_term(bias.clamp(max=0)), out=d_minus)
-        torch.clamp(z_plus, min=SAFE_EPSILON, out=d_plus)
-        torch.clamp(z_minus, max=-SAFE_EPSILON, out=d_minus)
-        scale = torch.tensor([self.alpha, -self.beta], dtype=z.dtype, device=z.device)
-        return flow.output(z, y, denominators, axis, scale.reshape(2, *[1] * (-axis - 1)))
+            return flow.output(layer(x.detach()), activator)
+        z_minus = sum(layer.run(part, to_minus) for part, _, to_minus in parts)
+        y = torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
+        inhibitor = (z_minus, torch.add(z_minus.detach(), bias_minus).clamp_(max=-SAFE_EPSILON),
+                     -self.beta)
+        return flow.output(y, activator, inhibitor)
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ class ZPlusFastRule(Rule):
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x = layer.input
         z = layer.run(flow.input(x), layer.weight.clamp(min=0))
-        return flow.output(z, layer(x.detach()), safe(z.detach()))
+        return flow.output(layer(x.detach()), (z, safe(z.detach()), 1))
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ class BoundedRule(Rule):
         y = layer(flow.input(x))
         z = (y - layer.bias_term() - layer.run(gate(x, low, low), weight.clamp(min=0))
              - layer.run(gate(x, high, high), weight.clamp(max=0)))
-        return flow.output(z, y.detach(), safe(z.detach()))
+        return flow.output(y.detach(), (z, safe(z.detach()), 1))
 
 
 #: iNNvestigate's rule names (``LRP(rule="Epsilon")``) and the rules they stand for.

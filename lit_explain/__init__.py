@@ -11,6 +11,7 @@ from .analyzers import (
     create_analyzer,
     model_wo_softmax,
 )
+from .patterns import PatternComputer
 
 __version__ = "0.1.0"
 
@@ -18,18 +19,22 @@ __all__ = [
     "Analyzer",
     "ExplainCallback",
     "NotAnalyzableModelError",
+    "PatternCallback",
+    "PatternComputer",
     "analyzers",
     "create_analyzer",
+    "metrics",
     "model_wo_softmax",
+    "viz",
 ]
 
 
 def __getattr__(name: str):
     # Lightning-dependent and optional parts load lazily, so that the engine stays torch-only.
-    if name == "ExplainCallback":
-        from .callbacks import ExplainCallback
+    if name in ("ExplainCallback", "PatternCallback"):
+        from . import callbacks
 
-        return ExplainCallback
+        return getattr(callbacks, name)
     if name in ("metrics", "viz", "patterns"):
         import importlib
 

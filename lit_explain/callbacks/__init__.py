@@ -1,5 +1,6 @@
-"""Lightning callbacks: explanations (and pattern statistics) computed during training."""
+"""Lightning callbacks: explanations and pattern statistics computed during training."""
 
 from .explain import ExplainCallback
+from .patterns import PatternCallback
 
-__all__ = ["ExplainCallback"]
+__all__ = ["ExplainCallback", "PatternCallback"]

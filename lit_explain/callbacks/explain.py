@@ -1,9 +1,9 @@
-"""``ExplainCallback``: explain fixed validation samples every epoch and log the pictures."""
+"""``ExplainCallback``: explain fixed validation samples every epoch and log what it finds."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -13,23 +13,17 @@ from torch import Tensor
 from typing_extensions import override
 
 from .. import viz
-from ..analyzers import Analyzer, analyzers, create_analyzer
+from ..analyzers import Analyzer, NotAnalyzableModelError, analyzers, create_analyzer
 from ..analyzers.registry import parameters_of
 from ..analyzers.validation import check_choice, check_positive_int
-from ..logging.images import log_images
+from ..logging.images import log_images, log_scalars
+from .evaluation import DriftTracker, MapMetrics, normalize_drift, normalize_metrics
+from .patterns import SOURCES, PatternCollector
+from .probe import SELECTIONS, ProbeCollector, pick
 
 ON_ERROR = ("warn", "raise")
-
-
-def _pick(batch: Any, key: int | str | None) -> Tensor | None:
-    """The part of a batch at ``key``: a tuple/list index or a dict key."""
-    if key is None:
-        return None
-    if isinstance(batch, Mapping):
-        return batch[key]
-    if isinstance(batch, Tensor):
-        return batch if key == 0 else None
-    return batch[key]
+NORMALIZATIONS = ("per_sample", "shared")
+T = TypeVar("T")
 
 
 def normalize_analyzers(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]
@@ -39,167 +33,314 @@ def normalize_analyzers(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]
     Raises ``KeyError`` for an unknown name and ``TypeError`` for an unknown keyword, listing
     the valid ones, so that a bad configuration fails before training starts.
     """
-    if isinstance(spec, str):
-        spec = [spec]
-    specs = dict(spec) if isinstance(spec, Mapping) else {name: {} for name in spec}
+    specs = {spec: {}} if isinstance(spec, str) else (
+        dict(spec) if isinstance(spec, Mapping) else {name: {} for name in spec})
     if not specs:
         raise ValueError("analyzers is empty; give at least one analyzer name")
     for name, kwargs in specs.items():
         if name not in analyzers:
             raise KeyError(f"unknown analyzer {name!r}; valid names: {sorted(analyzers)}")
-        unknown = sorted(set(kwargs or {}) - set(parameters_of(analyzers[name])))
+        accepted = parameters_of(analyzers[name])
+        unknown = sorted(set(kwargs or {}) - set(accepted))
         if unknown:
             raise TypeError(f"analyzer {name!r} got unknown parameter(s) {unknown}; "
-                            f"it accepts {sorted(parameters_of(analyzers[name]))}")
+                            f"it accepts {sorted(accepted)}")
     return {name: dict(kwargs or {}) for name, kwargs in specs.items()}
 
 
 class ExplainCallback(Callback):
-    """Explain a fixed set of validation samples at the end of every validation epoch.
+    """Explain fixed validation samples every epoch; log pictures, metrics and drift.
 
-    The first ``num_samples`` validation samples become the probe set (kept in the
-    checkpoint). Each ``every_n_epochs`` epochs, every analyzer explains them on the model's
-    device and a picture (one row per sample: the input, then one heatmap column per
-    analyzer, with true and predicted labels) goes to every logger of the Trainer under
-    ``explain/<analyzer>`` (one column) and ``explain/all`` (all columns).
+    The probe set (``num_samples`` validation samples, kept in the checkpoint) is taken from
+    the first validation epoch's batches. Every ``every_n_epochs`` epochs each analyzer
+    explains it on the model's device, and every logger of the Trainer gets:
+
+    - ``explain/all``: one row per sample — the input, then one heatmap per analyzer — with
+      true and predicted labels; ``explain/<analyzer>``: the same with one analyzer;
+    - ``explain/<analyzer>/<metric>``: each metric (plus ``explain/<analyzer>/<metric>_curve``,
+      a plot of the perturbation curve);
+    - ``explain/<analyzer>/drift_<previous|first>_<measure>``: how much the maps changed,
+      and ``explain/<analyzer>/drift``, a plot of it over the epochs.
+
+    TensorBoard and W&B get images; other loggers (or none) get PNG files under their log
+    directory. Pattern analyzers (``pattern.net``, ``pattern.attribution``) get patterns
+    fit from the batches the Trainer runs anyway (``pattern_source``), refreshed each epoch.
 
     Parameters
     ----------
     analyzers:
-        Analyzer names (see ``lit_explain.analyzers``), or ``{name: kwargs}``.
+        Analyzer names (``lit_explain.analyzers``), or ``{name: {parameter: value}}``.
     num_samples:
         Number of probe samples.
+    sample_selection:
+        ``"first"`` (the first validation samples) or ``"stratified"`` (round-robin over
+        the classes, drawn with ``seed``).
+    seed:
+        Seed of the probe selection.
     every_n_epochs:
         Explain every this many epochs.
+    metrics:
+        Metric names (``lit_explain.metrics.metrics``, e.g. ``"pixel_flipping"``,
+        ``"sparseness"``), or ``{name: {parameter: value}}``.
+    drift:
+        Compare each epoch's maps with the ``"previous"`` and/or ``"first"`` explained epoch
+        (``[]``: no drift).
     input_key, target_key:
         Where the input and the label sit in a batch: a tuple index or a dict key
         (``target_key=None``: no labels).
     analysis_batch_size:
         At most this many probe samples go through an analyzer at once.
+    normalization:
+        ``"per_sample"``: each heatmap uses its own range. ``"shared"``: each analyzer keeps
+        the range of its first explained epoch, so that changes of magnitude show.
+    cmap:
+        Colour map of the heatmaps (``lit_explain.viz.cmaps``; ``"seismic"``: red for, blue
+        against).
+    pattern_type, pattern_source:
+        For pattern analyzers: iNNvestigate's pattern type and where the statistics come
+        from, ``"train"`` (training forward passes) or ``"val"`` (validation forward passes,
+        exact for the weights explained); see ``docs/patterns.md``.
     on_error:
-        ``"warn"``: a failing analyzer or logger warns once, naming the cause, and training
-        goes on. ``"raise"``: it raises.
+        ``"warn"``: a failing analyzer, metric or logger, or a map with NaNs, warns once,
+        naming the cause, and training goes on. ``"raise"``: it raises.
 
     Notes
     -----
-    Training is unchanged: analyses take gradients with ``torch.autograd.grad`` in eval
-    mode with frozen parameters and restore every flag; their randomness uses their own
-    generators. The sanity check is skipped.
+    Training is unchanged: analyses run in eval mode with frozen parameters, take gradients
+    with ``torch.autograd.grad`` and restore every flag; their randomness uses their own
+    generators. Before the first training step (on the first sanity-check or training
+    batch) every analyzer is tried on one sample, so that a model an analyzer cannot handle
+    fails at once with :class:`~lit_explain.NotAnalyzableModelError`. Under DDP every rank
+    explains its own probe samples, metrics and drift are reduced across ranks, and rank
+    zero logs.
     """
 
     def __init__(self, analyzers: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("gradient",),
-                 num_samples: int = 8, every_n_epochs: int = 1, input_key: int | str = 0,
+                 num_samples: int = 8, sample_selection: str = "first", seed: int = 0,
+                 every_n_epochs: int = 1,
+                 metrics: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
+                 drift: Sequence[str] = ("previous", "first"), input_key: int | str = 0,
                  target_key: int | str | None = 1, analysis_batch_size: int = 64,
+                 normalization: str = "per_sample", cmap: str = "seismic",
+                 pattern_type: str = "relu", pattern_source: str = "train",
                  on_error: str = "warn") -> None:
         super().__init__()
         self.analyzer_specs = normalize_analyzers(analyzers)
-        check_positive_int("num_samples", num_samples)
-        check_positive_int("every_n_epochs", every_n_epochs)
-        check_positive_int("analysis_batch_size", analysis_batch_size)
+        self.metric_specs = normalize_metrics(metrics)
+        self.drift = DriftTracker(normalize_drift(drift))
+        for name, value in (("num_samples", num_samples), ("every_n_epochs", every_n_epochs),
+                            ("analysis_batch_size", analysis_batch_size)):
+            check_positive_int(name, value)
+        check_choice("sample_selection", sample_selection, SELECTIONS)
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        check_choice("cmap", cmap, sorted(viz.cmaps))
+        check_choice("pattern_source", pattern_source, SOURCES)
         check_choice("on_error", on_error, ON_ERROR)
-        self.num_samples = num_samples
+        self.probe = ProbeCollector(num_samples, sample_selection, seed)
         self.every_n_epochs = every_n_epochs
         self.input_key = input_key
         self.target_key = target_key
         self.analysis_batch_size = analysis_batch_size
+        self.normalization = normalization
+        self.cmap = cmap
         self.on_error = on_error
-        self.probe_inputs: Tensor | None = None
-        self.probe_targets: Tensor | None = None
+        uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
+        self.patterns = PatternCollector(pattern_type, pattern_source) if uses_patterns else None
+        self.shared_absmax: dict[str, float] = {}
         self._analyzers: dict[str, Analyzer] = {}
+        self._metrics: dict[str, MapMetrics] = {}
+        self._checked = False
         self._warned: set[str] = set()
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(analyzers=sorted(self.analyzer_specs),
-                                        num_samples=self.num_samples)
+                                        num_samples=self.probe.num_samples,
+                                        selection=self.probe.selection)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._analyzers = {name: create_analyzer(name, pl_module, **kwargs)
                            for name, kwargs in self.analyzer_specs.items()}
+        self._metrics = {name: MapMetrics(self.metric_specs, pl_module)
+                         for name in self._analyzers}
+        if self.patterns is not None:
+            self.patterns.setup(pl_module)
 
-    # Probe samples: the first validation samples seen, with no extra pass over the data.
+    # Before the first training step: can every analyzer handle this model?
+
+    def _check_analyzers(self, batch: Any) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        sample = pick(batch, self.input_key)[:1]
+        for name, analyzer in self._analyzers.items():
+            if not name.startswith("pattern."):
+                try:
+                    analyzer.analyze(sample)
+                except NotAnalyzableModelError as error:
+                    raise NotAnalyzableModelError(f"analyzer {name!r}: {error}") from error
+                except Exception as error:  # not a configuration error: the usual policy
+                    self._warn_or_raise(f"analyzer {name!r}", error)
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        self._check_analyzers(batch)
+        if self.patterns is not None:
+            self.patterns.batch_start(trainer, pl_module, "train", batch_idx)
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.patterns is not None:
+            self.patterns.batch_end()
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.patterns is not None:
+            self.patterns.epoch_start(trainer, "train")
+
+    # Validation: probe samples, pattern statistics, then the analysis.
+
+    @override
+    def on_validation_epoch_start(self, trainer: L.Trainer,
+                                  pl_module: L.LightningModule) -> None:
+        if self.patterns is not None:
+            self.patterns.epoch_start(trainer, "val")
+
+    @override
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                  batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking:
+            self._check_analyzers(batch)
+        elif self.patterns is not None:
+            self.patterns.batch_start(trainer, pl_module, "val", batch_idx)
 
     @override
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                 outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or dataloader_idx != 0 or self._probe_full():
+        if self.patterns is not None:
+            self.patterns.batch_end()
+        if trainer.sanity_checking or dataloader_idx != 0 or self.probe.ready:
             return
-        inputs = _pick(batch, self.input_key)
-        targets = _pick(batch, self.target_key)
-        missing = self.num_samples - (0 if self.probe_inputs is None else len(self.probe_inputs))
-        inputs = inputs[:missing].detach().cpu().clone()
-        self.probe_inputs = inputs if self.probe_inputs is None else torch.cat(
-            [self.probe_inputs, inputs])
-        if targets is not None:
-            targets = targets[:missing].detach().cpu().clone()
-            self.probe_targets = targets if self.probe_targets is None else torch.cat(
-                [self.probe_targets, targets])
-
-    def _probe_full(self) -> bool:
-        return self.probe_inputs is not None and len(self.probe_inputs) >= self.num_samples
-
-    # Analysis and logging.
+        self.probe.add(pick(batch, self.input_key), pick(batch, self.target_key))
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.probe_inputs is None:
+        if trainer.sanity_checking:
             return
-        if trainer.current_epoch % self.every_n_epochs != 0 or not trainer.is_global_zero:
+        self.probe.finish()
+        if self.patterns is not None:
+            self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
+        if not self.probe.ready or trainer.current_epoch % self.every_n_epochs != 0:
             return
-        inputs = self.probe_inputs.to(pl_module.device)
+        self._explain_and_log(trainer, pl_module)
+
+    def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        inputs = self.probe.inputs.to(pl_module.device)
+        targets = None if self.probe.targets is None else self.probe.targets.to(pl_module.device)
         with torch.inference_mode(False), torch.no_grad():
-            predictions = pl_module(inputs.clone()).reshape(len(inputs), -1).argmax(1).cpu()
-        maps = {}
+            predictions = pl_module(inputs.clone()).reshape(len(inputs), -1).argmax(1)
+        maps: dict[str, Tensor] = {}
+        scalars: dict[str, float] = {}
+        plots: dict[str, Tensor] = {}
         for name, analyzer in self._analyzers.items():
             result = self._guarded(f"analyzer {name!r}", lambda a=analyzer: self._explain(a))
-            if result is not None:
-                maps[name] = result
-        if not maps:
-            return
-        step = trainer.global_step
-        pictures = {f"explain/{name}": {name: m} for name, m in maps.items()}
-        pictures["explain/all"] = maps
-        for tag, chosen in pictures.items():
-            image = viz.to_uint8_hwc(viz.explanation_grid(self.probe_inputs, chosen,
-                                                  labels=self.probe_targets,
-                                                  predictions=predictions))
-            self._guarded("logging", lambda t=tag, i=image: log_images(
-                trainer.loggers, t, [i], step, default_root=trainer.default_root_dir))
+            if result is None:
+                continue
+            maps[name] = result.cpu()
+            measured = self._guarded(f"metrics of {name!r}", lambda n=name, r=result: (
+                self._metrics[n].evaluate(inputs, r, targets)))
+            if measured is not None:
+                values, curves = measured
+                scalars.update({f"explain/{name}/{key}": v for key, v in values.items()})
+                for metric, curve in curves.items():
+                    plots[f"explain/{name}/{metric}_curve"] = viz.line_plot(
+                        curve, title=f"{name}: {metric}", x_label="step", y_label="score")
+            drift = self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
+                self.drift.update(n, r, trainer.current_epoch)))
+            if drift:
+                scalars.update({f"explain/{name}/{key}": v for key, v in drift.items()})
+                plots[f"explain/{name}/drift"] = viz.line_plot(
+                    self.drift.curves(name), title=f"{name}: drift", x_label="explained epoch",
+                    y_label="similarity")
+        if trainer.is_global_zero and maps:
+            self._log(trainer, maps, scalars, plots, predictions.cpu())
 
     def _explain(self, analyzer: Analyzer) -> Tensor:
-        device = next(iter(analyzer.model.parameters()), torch.empty(0)).device
-        chunks = [analyzer.analyze(chunk.to(device)).cpu()
-                  for chunk in self.probe_inputs.split(self.analysis_batch_size)]
+        if analyzer.name.startswith("pattern."):
+            if not (self.patterns and self.patterns.patterns):
+                raise RuntimeError("no patterns yet: no statistics were collected")
+            analyzer.patterns = self.patterns.patterns
+        device = self.probe.inputs.device
+        for param in analyzer.model.parameters():
+            device = param.device
+            break
+        chunks = [analyzer.analyze(chunk.to(device))
+                  for chunk in self.probe.inputs.split(self.analysis_batch_size)]
         result = torch.cat(chunks)
         if not torch.isfinite(result).all():
             raise FloatingPointError("the attribution map contains NaN or infinite values")
         return result
 
-    def _guarded(self, what: str, action):
-        """Run ``action``; on failure warn once per cause (or raise with on_error='raise')."""
+    def _log(self, trainer: L.Trainer, maps: dict[str, Tensor], scalars: dict[str, float],
+             plots: dict[str, Tensor], predictions: Tensor) -> None:
+        step = trainer.global_step
+        if self.normalization == "shared":
+            for name, result in maps.items():
+                self.shared_absmax.setdefault(name, float(result.abs().max()) or 1.0)
+        pictures = {f"explain/{name}": {name: m} for name, m in maps.items()}
+        pictures["explain/all"] = maps
+        for tag, chosen in pictures.items():
+            image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
+                self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
+                cmap=self.cmap, absmax=self.shared_absmax or None))
+            if image is not None:
+                plots[tag] = image
+        for tag, image in plots.items():
+            self._guarded("logging", lambda t=tag, i=image: log_images(
+                trainer.loggers, t, [viz.to_uint8_hwc(i)], step,
+                captions=[f"{t}, epoch {trainer.current_epoch}"],
+                default_root=trainer.default_root_dir))
+        if scalars:
+            self._guarded("logging", lambda: log_scalars(trainer.loggers, scalars, step))
+
+    # Errors: warn once per cause, or raise.
+
+    def _guarded(self, what: str, action: Callable[[], T]) -> T | None:
         try:
             return action()
         except Exception as error:
-            if self.on_error == "raise":
-                raise
-            key = f"{what}: {type(error).__name__}"
-            if key not in self._warned:
-                self._warned.add(key)
-                rank_zero_warn(f"ExplainCallback: {what} failed and is skipped "
-                               f"({type(error).__name__}: {error}); training goes on. "
-                               f"Set on_error='raise' to stop instead.")
+            self._warn_or_raise(what, error)
             return None
+
+    def _warn_or_raise(self, what: str, error: Exception) -> None:
+        if self.on_error == "raise":
+            raise error
+        key = f"{what}: {type(error).__name__}"
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(f"ExplainCallback: {what} failed and is skipped "
+                           f"({type(error).__name__}: {error}); training goes on. "
+                           f"Set on_error='raise' to stop instead.")
 
     # Checkpoint state: tensors and plain types only.
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"probe_inputs": self.probe_inputs, "probe_targets": self.probe_targets}
+        state = {"probe": self.probe.state_dict(), "drift": self.drift.state_dict(),
+                 "shared_absmax": dict(self.shared_absmax)}
+        if self.patterns is not None:
+            state["patterns"] = self.patterns.state_dict()
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.probe_inputs = state_dict.get("probe_inputs")
-        self.probe_targets = state_dict.get("probe_targets")
+        self.probe.load_state_dict(state_dict.get("probe", {}))
+        self.drift.load_state_dict(state_dict.get("drift", {}))
+        self.shared_absmax = dict(state_dict.get("shared_absmax", {}))
+        if self.patterns is not None and "patterns" in state_dict:
+            self.patterns.load_state_dict(state_dict["patterns"])

@@ -40,7 +40,7 @@ def log_images(loggers: Sequence[Logger], tag: str, images: Sequence[np.ndarray]
                 logger.experiment.add_image(name, image, step, dataformats="HWC")
         elif logger is not None and _is_wandb(logger):
             logger.log_image(key=tag, images=list(images), step=step,
-                             caption=list(captions) if captions else None)
+                             caption=list(captions) if captions else [tag] * len(images))
         else:
             directory = image_directory(logger, default_root)
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)

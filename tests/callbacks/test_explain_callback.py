@@ -44,9 +44,11 @@ def test_logs_a_heatmap_grid_per_analyzer_to_tensorboard_each_epoch(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient", "guided_backprop"], num_samples=4)
     train(tmp_path, [callback], logger)
     tags = image_tags(logger.log_dir)
-    assert tags == {"explain/gradient": 2, "explain/guided_backprop": 2, "explain/all": 2}
-    assert callback.probe_inputs.shape == (4, 1, 8, 8)
-    assert callback.probe_targets.shape == (4,)
+    assert tags == {"explain/gradient": 2, "explain/guided_backprop": 2, "explain/all": 2,
+                    # drift plots exist from the second explained epoch on
+                    "explain/gradient/drift": 1, "explain/guided_backprop/drift": 1}
+    assert callback.probe.inputs.shape == (4, 1, 8, 8)
+    assert callback.probe.targets.shape == (4,)
 
 
 def test_training_is_unchanged_by_the_callback(tmp_path):
@@ -74,7 +76,7 @@ def test_works_in_trainer_validate_under_inference_mode(tmp_path):
 def test_skips_the_sanity_check(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
     train(tmp_path, [callback], num_sanity_val_steps=2, max_epochs=1, limit_val_batches=0)
-    assert callback.probe_inputs is None  # sanity batches are never used as probe samples
+    assert not callback.probe.ready  # sanity batches are never used as probe samples
 
 
 def test_bad_configuration_fails_at_construction():
@@ -133,12 +135,12 @@ def test_checkpoint_state_is_tensors_and_resumes_with_weights_only(tmp_path):
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)
     state = checkpoint["callbacks"][callback.state_key]
-    assert torch.equal(state["probe_inputs"], callback.probe_inputs)
+    assert torch.equal(state["probe"]["inputs"], callback.probe.inputs)
     resumed = lx.ExplainCallback(analyzers=["gradient"], num_samples=3)
     model = DigitsClassifier(channels=4)
     make_trainer(tmp_path, [resumed], max_epochs=2).fit(model, DigitsDataModule(batch_size=32),
                                                          ckpt_path=path)
-    assert torch.equal(resumed.probe_inputs, callback.probe_inputs)
+    assert torch.equal(resumed.probe.inputs, callback.probe.inputs)
 
 
 def test_two_callbacks_have_distinct_state_keys():

@@ -1,0 +1,175 @@
+"""What ExplainCallback logs beyond the pictures: metrics, drift, plots, other loggers."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_explain_callback import image_tags, make_trainer, train
+from torch import nn
+
+import lit_explain as lx
+from lit_explain.callbacks.probe import ProbeCollector
+from lit_explain.demo import DigitsClassifier, DigitsDataModule
+
+
+def scalar_series(log_dir: str) -> dict[str, list[float]]:
+    (event_file,) = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
+    events = EventAccumulator(event_file)
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_metrics_drift_and_their_plots_reach_tensorboard(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    callback = lx.ExplainCallback(
+        analyzers=["gradient"], num_samples=4,
+        metrics={"pixel_flipping": {"steps": 16}, "sparseness": {}})
+    train(tmp_path, [callback], logger, max_epochs=3)
+    scalars = scalar_series(logger.log_dir)
+    assert len(scalars["explain/gradient/pixel_flipping"]) == 3
+    assert all(0 <= g <= 1 for g in scalars["explain/gradient/sparseness"])
+    # drift exists from the second explained epoch on; against "first" at epoch 1 equals
+    # against "previous"
+    previous = scalars["explain/gradient/drift_previous_spearman"]
+    first = scalars["explain/gradient/drift_first_spearman"]
+    assert len(previous) == 2 and len(first) == 2
+    assert previous[0] == pytest.approx(first[0])
+    assert all(-1 <= value <= 1 for value in previous)
+    tags = image_tags(logger.log_dir)
+    assert tags["explain/gradient/pixel_flipping_curve"] == 3
+    assert tags["explain/gradient/drift"] == 2
+
+
+def test_identical_maps_have_no_drift(tmp_path):
+    # learning rate 0: the weights never change, so neither do the maps
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4)
+    L.seed_everything(0, verbose=False)
+    model = DigitsClassifier(channels=4, learning_rate=0.0)
+    make_trainer(tmp_path, [callback], max_epochs=3).fit(model, DigitsDataModule(batch_size=32))
+    assert callback.drift.history["gradient"]["drift_previous_spearman"] == pytest.approx(
+        [1.0, 1.0])
+    assert callback.drift.history["gradient"]["drift_first_topk_intersection"] == pytest.approx(
+        [1.0, 1.0])
+
+
+def stratified(batches, seed=0) -> ProbeCollector:
+    collector = ProbeCollector(6, "stratified", seed=seed)
+    for inputs, labels in batches:
+        collector.add(inputs, labels)
+    collector.finish()
+    return collector
+
+
+def test_stratified_probe_goes_round_robin_over_the_classes():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 0, 0, 1])
+    inputs = torch.arange(10.0)[:, None]
+    batches = [(inputs[:5], labels[:5]), (inputs[5:], labels[5:])]
+    collector = stratified(batches)
+    # rounds: (0, 1, 2), (0, 1), (0): three zeros, two ones, one two, sorted by label
+    assert collector.targets.tolist() == [0, 0, 0, 1, 1, 2]
+    assert torch.equal(labels[collector.inputs[:, 0].long()], collector.targets)
+    assert torch.equal(stratified(batches).inputs, collector.inputs)  # seeded
+    seeds = {tuple(stratified(batches, seed).inputs[:, 0].tolist()) for seed in range(8)}
+    assert len(seeds) > 1  # the seed does choose among the candidates
+
+
+def test_first_selection_keeps_the_first_samples():
+    collector = ProbeCollector(3)
+    collector.add(torch.arange(2.0)[:, None], torch.tensor([5, 6]))
+    collector.add(torch.arange(2.0, 4.0)[:, None], torch.tensor([7, 8]))
+    collector.finish()
+    assert collector.inputs[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert collector.targets.tolist() == [5, 6, 7]
+
+
+def test_a_logger_without_images_gets_png_files_and_scalars(tmp_path):
+    logger = CSVLogger(str(tmp_path), name="csv")
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2,
+                                  metrics=["complexity"])
+    train(tmp_path, [callback], logger, max_epochs=2)
+    pngs = sorted(os.path.basename(p) for p in glob.glob(
+        os.path.join(logger.log_dir, "explain", "*.png")))
+    assert "explain_all_step000004.png" in pngs and "explain_gradient_step000008.png" in pngs
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as handle:
+        assert "explain/gradient/complexity" in handle.readline()
+
+
+def test_wandb_offline_gets_uint8_images_with_captions(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), project="lit-explain-test")
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    train(tmp_path, [callback], logger, max_epochs=1)
+    wandb.finish()
+    media = glob.glob(os.path.join(str(tmp_path), "wandb", "*", "files", "media", "images",
+                                   "explain", "*.png"))
+    assert media, "no explanation image in the offline W&B run"
+
+
+def test_nan_maps_warn_once_and_training_finishes(tmp_path):
+    class NaNNet(DigitsClassifier):
+        def forward(self, x):
+            out = super().forward(x)
+            return out + (x.sum() * float("nan") if not self.training else 0.0)
+
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    model = NaNNet(channels=4)
+    with pytest.warns(UserWarning, match="NaN") as record:
+        make_trainer(tmp_path, [callback], max_epochs=2, num_sanity_val_steps=0).fit(
+            model, DigitsDataModule(batch_size=32))
+    assert sum("NaN or infinite" in str(w.message) for w in record) == 1
+
+
+def test_a_failing_logger_warns_and_training_finishes(tmp_path):
+    class BrokenLogger(CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            if any(key.startswith("explain/") for key in metrics):
+                raise OSError("disk full")
+            super().log_metrics(metrics, step)
+
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, metrics=["sparseness"])
+    with pytest.warns(UserWarning, match="logging failed.*disk full"):
+        _, trainer = train(tmp_path, [callback], BrokenLogger(str(tmp_path)), max_epochs=2)
+    assert trainer.current_epoch == 2
+
+
+def test_a_model_the_analyzer_cannot_handle_fails_before_the_first_training_step(tmp_path):
+    class Gelu(DigitsClassifier):
+        def __init__(self):
+            super().__init__(channels=4)
+            self.net[1] = nn.GELU()
+
+    model = Gelu()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    callback = lx.ExplainCallback(analyzers=["gradient", "guided_backprop"])
+    with pytest.raises(lx.NotAnalyzableModelError, match=r"guided_backprop.*gelu.*net\.1"):
+        make_trainer(tmp_path, [callback], num_sanity_val_steps=0).fit(
+            model, DigitsDataModule(batch_size=32))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("source", ["train", "val"])
+def test_pattern_analyzers_get_patterns_fit_during_training(tmp_path, source):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    callback = lx.ExplainCallback(analyzers=["pattern.attribution", "pattern.net"],
+                                  num_samples=2, pattern_source=source)
+    train(tmp_path, [callback], logger, max_epochs=2)
+    assert set(callback.patterns.patterns) == {"net.0", "net.2", "net.5", "net.9", "net.11"}
+    assert image_tags(logger.log_dir)["explain/pattern.attribution"] == 2
+    state = callback.state_dict()
+    assert torch.equal(state["patterns"]["patterns"]["net.0"], callback.patterns.patterns["net.0"])
+
+
+def test_shared_normalization_keeps_the_first_range(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, normalization="shared")
+    train(tmp_path, [callback], max_epochs=2)
+    assert set(callback.shared_absmax) == {"gradient"} and callback.shared_absmax["gradient"] > 0

@@ -1,0 +1,50 @@
+"""ExplainCallback under DDP with two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from test_explain_callback import image_tags
+from test_explain_callback_outputs import scalar_series
+
+import lit_explain as lx
+from lit_explain.demo import DigitsClassifier, DigitsDataModule
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_log_once_with_metrics_reduced_across_ranks(tmp_path):
+    L.seed_everything(0, verbose=False)
+    model = DigitsClassifier(channels=4)
+    data = DigitsDataModule(batch_size=16)
+    logger = TensorBoardLogger(str(tmp_path), name="ddp")
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2,
+                                  metrics=["sparseness"], drift=["previous"])
+    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=2,
+                        limit_train_batches=3, limit_val_batches=2, logger=logger,
+                        callbacks=[callback], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(model, data)  # returns: no deadlock
+
+    (log_dir,) = {os.path.dirname(p) for p in glob.glob(
+        os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
+    tags = image_tags(log_dir)
+    assert tags["explain/gradient"] == 2 and tags["explain/all"] == 2  # rank zero only
+
+    # each rank explains the first 2 samples of its shard (DistributedSampler without
+    # shuffling deals samples round-robin); the logged value is the mean over all four
+    data.setup("fit")
+    inputs = torch.stack([data.val_set[i][0] for i in (0, 2, 1, 3)])
+    maps = lx.create_analyzer("gradient", model.eval()).analyze(inputs)
+    sparseness = lx.metrics.Sparseness()
+    sparseness.update(maps)
+    logged = scalar_series(log_dir)["explain/gradient/sparseness"]
+    assert logged[-1] == pytest.approx(float(sparseness.compute()), rel=1e-4)
+    rank_zero_only = lx.metrics.Sparseness()
+    rank_zero_only.update(maps[:2])
+    assert logged[-1] != pytest.approx(float(rank_zero_only.compute()), rel=1e-4)

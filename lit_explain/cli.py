@@ -20,10 +20,10 @@ class ExplainCLI(LightningCLI):
         })
 
 
-def main(args: list[str] | None = None) -> ExplainCLI:
-    """Entry point of the ``lit-explain`` console script."""
-    return ExplainCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
-                      subclass_mode_data=True, args=args)
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lit-explain`` console script (``args``: instead of sys.argv)."""
+    ExplainCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+               subclass_mode_data=True, args=args)
 
 
 if __name__ == "__main__":

@@ -78,10 +78,15 @@ def line_plot(curves: Mapping[str, Tensor], title: str = "", x_label: str = "",
     if y_label:
         draw_text(image, y_label, 4, (top + bottom) // 2, BLACK, anchor="center", rotate=True)
 
-    for k, (label, curve) in enumerate(values.items()):
-        color = PALETTE[k % len(PALETTE)]
+    for k, curve in enumerate(values.values()):
         xs = to_x(torch.arange(len(curve), dtype=torch.float64))
-        polyline(image, xs, to_y(curve), color, width=2, clip=box)
+        polyline(image, xs, to_y(curve), PALETTE[k % len(PALETTE)], width=2, clip=box)
+    legend_w = max([text_width(label) for label in values] + [0]) + 14
+    if values:  # a white box under the legend keeps it readable over the curves
+        fill_rect(image, right - 10 - legend_w, top + 1, right - 1,
+                  top + 6 + len(values) * (GLYPH_HEIGHT + 3), WHITE)
+    for k, label in enumerate(values):
+        color = PALETTE[k % len(PALETTE)]
         y = top + 4 + k * (GLYPH_HEIGHT + 3)
         x = right - 6 - text_width(label) - 14
         fill_rect(image, x, y + GLYPH_HEIGHT // 2 - 1, x + 10, y + GLYPH_HEIGHT // 2 + 1, color)

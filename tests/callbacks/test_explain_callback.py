@@ -147,3 +147,12 @@ def test_two_callbacks_have_distinct_state_keys():
     first = lx.ExplainCallback(analyzers=["gradient"])
     second = lx.ExplainCallback(analyzers=["deep_lift"])
     assert first.state_key != second.state_key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_explains_on_the_cuda_device_the_model_trains_on(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon", "smoothgrad"],
+                                  num_samples=4, metrics=["pixel_flipping"])
+    model, _ = train(tmp_path, [callback], accelerator="cuda", deterministic=False)
+    assert next(model.parameters()).device.type == "cuda"
+    assert callback.drift.previous["gradient"].shape == (4, 1, 8, 8)

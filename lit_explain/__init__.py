@@ -8,7 +8,9 @@ from .analyzers import (
     Analyzer,
     NotAnalyzableModelError,
     analyzers,
+    conservation_report,
     create_analyzer,
+    load_analyzer,
     model_wo_softmax,
 )
 from .patterns import PatternComputer
@@ -22,7 +24,9 @@ __all__ = [
     "PatternCallback",
     "PatternComputer",
     "analyzers",
+    "conservation_report",
     "create_analyzer",
+    "load_analyzer",
     "metrics",
     "model_wo_softmax",
     "viz",

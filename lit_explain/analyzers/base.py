@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import ClassVar
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from .diagnostics import OUTPUT_KEY, ReverseOptions, ReverseRecorder, project
+from .embedding import is_token_input, token_input
 from .operations import Handler, OperationRules
 from .softmax import check_ends_without_softmax
 from .validation import check_choice
@@ -54,6 +59,12 @@ class Analyzer:
     neuron_selection_mode:
         ``"max_activation"`` explains each sample's largest output, ``"index"`` the output
         given to :meth:`analyze`, ``"all"`` all outputs at once (as iNNvestigate).
+    reverse_keep_tensors, reverse_check_finite, reverse_clip_values, \
+reverse_check_min_max_values, reverse_project_bottleneck_layers:
+        iNNvestigate's reverse-pass diagnostics (keyword only), for analyzers whose map is
+        one modified backward pass; see :class:`~.diagnostics.ReverseOptions`. Kept layer
+        relevances are in :attr:`reversed_tensors` after each :meth:`analyze`, min/max
+        values in :attr:`reversed_min_max`.
 
     Notes
     -----
@@ -61,6 +72,10 @@ class Analyzer:
     :func:`torch.autograd.grad` only, and restores every flag afterwards: no parameter,
     buffer, ``.grad``, ``requires_grad`` or train/eval flag changes. It works inside
     ``torch.no_grad()`` and ``torch.inference_mode()``.
+
+    Token models: an integer input (token ids) is analyzed from the output of the model's
+    input ``nn.Embedding``/``nn.EmbeddingBag`` and the map summed over the embedding axis,
+    so it has the input's shape (see :mod:`~.embedding`).
     """
 
     #: Registry name, set by :func:`register`.
@@ -70,7 +85,30 @@ class Analyzer:
     #: Whether the backward pass starts from the selected output's value (LRP family) or 1.
     seed_with_value: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation") -> None:
+    #: Constructor parameters that the fitted state replaces when an analyzer is saved.
+    fitted_parameters: ClassVar[frozenset[str]] = frozenset()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Analyzer:
+        # Remember the constructor's arguments (those given and the defaults), so that
+        # :meth:`save` can store what the analyzer was made with, however it was made.
+        self = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[2:]:  # not self, model
+            kind = inspect.signature(cls.__init__).parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(value)
+            elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                arguments[name] = value
+        self.init_arguments = arguments
+        return self
+
+    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation", *,
+                 reverse_keep_tensors: bool = False, reverse_check_finite: bool = False,
+                 reverse_clip_values: tuple[float, float] | None = None,
+                 reverse_check_min_max_values: bool = False,
+                 reverse_project_bottleneck_layers: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_choice("neuron_selection_mode", neuron_selection_mode, NEURON_SELECTION_MODES)
@@ -78,6 +116,15 @@ class Analyzer:
             check_ends_without_softmax(model)
         self.model = model
         self.neuron_selection_mode = neuron_selection_mode
+        self.reverse = ReverseOptions(reverse_keep_tensors, reverse_check_finite,
+                                      reverse_clip_values, reverse_check_min_max_values,
+                                      reverse_project_bottleneck_layers)
+        #: With ``reverse_keep_tensors``: module path → relevance at that layer's input, from
+        #: the last :meth:`analyze` (forward order).
+        self.reversed_tensors: dict[str, Tensor] = {}
+        #: With ``reverse_check_min_max_values``: module path → (min, max) of that relevance.
+        self.reversed_min_max: dict[str, tuple[float, float]] = {}
+        self._reversed_outputs: dict[str, Tensor] = {}
 
     def analyze(self, x: Tensor, neuron_selection: NeuronSelection = None) -> Tensor:
         """Explain the model's output for the batch ``x``.
@@ -98,12 +145,54 @@ class Analyzer:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         self._check_neuron_selection(neuron_selection, len(x))
-        with analysis_context(self.model):
+        self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}
+        with analysis_context(self.model), ExitStack() as stack:
             inputs = x.detach()
             if inputs.is_inference():
                 inputs = inputs.clone()
-            result = self._analyze(inputs, neuron_selection)
-        return result.detach().to(dtype=x.dtype)
+            if is_token_input(inputs):  # analyze from the embedding; one value per token
+                inputs = stack.enter_context(token_input(self.model, inputs))
+                result = self._analyze(inputs, neuron_selection).sum(dim=-1)
+            else:
+                result = self._analyze(inputs, neuron_selection)
+        if self.reverse.project_bottleneck_layers:
+            result = project(result)
+        if self.reverse.check_finite and not bool(torch.isfinite(result).all()):
+            raise FloatingPointError("the map at the model input is not finite")
+        return result.detach().to(dtype=inputs.dtype)
+
+    # iNNvestigate's training and saving interface ----------------------------------------
+
+    def fit(self, data: Tensor | Iterable[Any] | None = None, batch_size: int = 32,
+            max_batches: int | None = None, progress: bool = True,
+            disable_no_training_warning: bool = False) -> Analyzer:
+        """Train the analyzer on data (iNNvestigate's ``fit``); returns the analyzer.
+
+        Analyzers that need training (PatternNet, PatternAttribution) override this. For all
+        others it does nothing and warns that they need no training, unless
+        ``disable_no_training_warning=True``.
+        """
+        if not disable_no_training_warning:
+            warnings.warn(f"analyzer {self.name or type(self).__name__!r} needs no training; "
+                          f"fit() does nothing", UserWarning, stacklevel=2)
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the analyzer's name, parameters and fitted state to ``path`` (tensors and
+        plain types only; :func:`~lit_explain.load_analyzer` reads it back onto a model)."""
+        from .persistence import save_analyzer
+
+        save_analyzer(self, path)
+
+    def fitted_state(self) -> dict[str, Any]:
+        """The state learnt by :meth:`fit` (tensors and plain types); empty if none."""
+        return {}
+
+    def load_fitted_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`fitted_state` returned."""
+        if state:
+            raise ValueError(f"{self.name}: this analyzer has no fitted state, got "
+                             f"{sorted(state)}")
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
         raise NotImplementedError
@@ -160,15 +249,35 @@ class Analyzer:
 
     # One forward, one (possibly rule-modified) backward ---------------------------------
 
+    def _relevance_scale(self, tensor: Tensor) -> Tensor | None:
+        """``m`` with relevance at ``tensor`` = ``m ⊙ gradient`` (``None``: m = 1), for the
+        reverse-pass diagnostics; analyzers that carry relevance differently override it."""
+        return None
+
     def _backward(self, x: Tensor, select: Selector, handlers: dict[str, Handler] | None = None,
                   passthrough: frozenset[str] = frozenset()) -> Tensor:
         """Forward ``x`` (with the handlers' rules, if any) and return d(selected)/dx."""
         x = x.detach().requires_grad_(True)
+        recorder = self.reverse.recorder(self._relevance_scale)
+        if recorder is not None:  # observe every layer; nothing is inserted otherwise
+            handlers, passthrough = recorder.wrap(handlers, passthrough)
         if handlers is None:
             output = self.model(x)
         else:
             with OperationRules(self.model, handlers, passthrough, x).tracking_modules():
                 output = self.model(x)
         logits = output.reshape(len(x), -1)
-        (grad,) = torch.autograd.grad(logits, x, self._seed(logits, select(logits)))
+        seed = self._seed(logits, select(logits))
+        if recorder is not None:
+            logits = recorder.observe(logits, OUTPUT_KEY, recorder.on_model_output)
+        (grad,) = torch.autograd.grad(logits, x, seed)
+        if recorder is not None:
+            self._keep(recorder)
         return grad
+
+    def _keep(self, recorder: ReverseRecorder) -> None:
+        self.reversed_tensors.update(recorder.in_forward_order(recorder.inputs))
+        self.reversed_min_max.update(recorder.in_forward_order(recorder.min_max))
+        self._reversed_outputs.update(recorder.in_forward_order(recorder.outputs))
+        if OUTPUT_KEY in recorder.outputs:
+            self._reversed_outputs[OUTPUT_KEY] = recorder.outputs[OUTPUT_KEY]

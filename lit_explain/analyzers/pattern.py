@@ -95,16 +95,17 @@ class _PatternBased(Analyzer):
 
     seed_with_value = True
 
+    fitted_parameters = frozenset({"patterns"})
+
     def __init__(self, model: nn.Module, patterns: Mapping[str, Tensor] | None = None,
                  pattern_type: str = "relu", neuron_selection_mode: str = "max_activation",
-                 reverse_project_bottleneck_layers: bool = False) -> None:
+                 **reverse: Any) -> None:
         from ..patterns.statistics import PATTERN_TYPES
         from .validation import check_choice
 
-        super().__init__(model, neuron_selection_mode)
+        super().__init__(model, neuron_selection_mode, **reverse)
         check_choice("pattern_type", pattern_type, PATTERN_TYPES)
         self.pattern_type = pattern_type
-        self.reverse_project_bottleneck_layers = bool(reverse_project_bottleneck_layers)
         self._patterns: dict[str, Tensor] | None = None
         if patterns is not None:
             self.patterns = patterns
@@ -131,14 +132,48 @@ class _PatternBased(Analyzer):
                                  f"module's weight has shape {tuple(weight.shape)}")
         self._patterns = {path: pattern.detach() for path, pattern in patterns.items()}
 
-    def fit(self, dataloader: Iterable[Any], max_batches: int | None = None,
-            progress: bool = True) -> dict[str, Tensor]:
-        """Fit the patterns on ``dataloader`` with ``pattern_type`` (iNNvestigate's ``fit``)."""
-        from ..patterns import PatternComputer
+    def fit(self, data: Tensor | Iterable[Any] | None = None, batch_size: int = 32,
+            max_batches: int | None = None, progress: bool = True,
+            disable_no_training_warning: bool = False) -> _PatternBased:
+        """Fit the patterns with ``pattern_type`` (iNNvestigate 1.x's ``fit``); returns the
+        analyzer, so that ``create_analyzer(...).fit(loader).analyze(x)`` works.
 
+        Parameters
+        ----------
+        data:
+            A tensor of inputs (cut into batches of ``batch_size``) or an iterable of batches
+            (a ``DataLoader``; a batch is a tensor or a tuple/list/dict whose first item is
+            the input).
+        batch_size:
+            Batch size when ``data`` is a tensor.
+        max_batches:
+            Stop after this many batches (``None``: all).
+        progress:
+            Show a tqdm progress bar.
+        disable_no_training_warning:
+            Unused here (these analyzers do need training); accepted as by every analyzer.
+        """
+        from ..patterns import PatternComputer
+        from .validation import check_positive_int
+
+        if data is None:
+            raise ValueError(f"{self.name}.fit needs data: a tensor of inputs or a DataLoader")
+        if isinstance(data, Tensor):
+            check_positive_int("batch_size", batch_size)
+            data = data.split(batch_size)
         computer = PatternComputer(self.model, self.pattern_type)
-        self.patterns = computer.fit(dataloader, max_batches=max_batches, progress=progress)
-        return self.patterns
+        self.patterns = computer.fit(data, max_batches=max_batches, progress=progress)
+        return self
+
+    def fitted_state(self) -> dict[str, Any]:
+        return {} if self._patterns is None else {"patterns": dict(self._patterns)}
+
+    def load_fitted_state(self, state: Mapping[str, Any]) -> None:
+        unknown = sorted(set(state) - {"patterns"})
+        if unknown:
+            raise ValueError(f"{self.name}: unknown fitted state {unknown}; expected 'patterns'")
+        if "patterns" in state:
+            self.patterns = state["patterns"]
 
     def backward_weight(self, pattern: Tensor, weight: Tensor) -> Tensor:
         """The tensor that replaces ``weight`` in the backward pass."""
@@ -173,12 +208,7 @@ class _PatternBased(Analyzer):
                              f"analyzer.fit(dataloader) first")
         handlers: dict[str, Callable[[OperationCall], Tensor]] = {
             KERNEL: self._kernel, BATCH_NORM: self._batch_norm}
-        result = self._backward(x, self.selector(neuron_selection), handlers, PASSTHROUGH)
-        if self.reverse_project_bottleneck_layers:
-            peak = result.abs().reshape(len(result), -1).amax(dim=1)
-            result = result / peak.clamp(min=torch.finfo(result.dtype).tiny).reshape(
-                -1, *([1] * (result.dim() - 1)))
-        return result
+        return self._backward(x, self.selector(neuron_selection), handlers, PASSTHROUGH)
 
 
 _DOC_PARAMETERS = """
@@ -194,10 +224,12 @@ _DOC_PARAMETERS = """
     neuron_selection_mode:
         ``"max_activation"``, ``"index"`` or ``"all"``.
     reverse_project_bottleneck_layers:
-        Scale each sample's result so that its largest absolute value is 1. iNNvestigate 1.x
-        projected its bottleneck tensors to [-1, 1] (on by default there) against overflow in
-        deep networks; the direction is the same. Off here, so that PatternNet returns the
-        signal in the input's units (on the paper's linear toy: exactly ``a_s · y``).
+        Scale the signal at each layer's input, and each sample's result, so that its largest
+        absolute value is 1. iNNvestigate 1.x projected its bottleneck tensors to [-1, 1] (on
+        by default there) against overflow in deep networks; the direction is the same. Off
+        here, so that PatternNet returns the signal in the input's units (on the paper's
+        linear toy: exactly ``a_s · y``). The other ``reverse_*`` options (keyword only) are
+        those of every analyzer: :class:`~lit_explain.analyzers.diagnostics.ReverseOptions`.
 """
 
 

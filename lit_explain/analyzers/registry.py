@@ -30,9 +30,29 @@ def register(name: str) -> Callable[[A], A]:
 
 
 def parameters_of(cls: type[Analyzer]) -> dict[str, inspect.Parameter]:
-    """The keyword parameters an analyzer class accepts (besides ``model``)."""
-    signature = inspect.signature(cls.__init__)
-    return {name: p for name, p in signature.parameters.items() if name not in ("self", "model")}
+    """The keyword parameters an analyzer class accepts (besides ``model``).
+
+    An ``__init__`` ending in ``**kwargs`` forwards them to its base class: the keyword-only
+    parameters of the base's ``__init__`` (e.g. the ``reverse_*`` options of
+    :class:`Analyzer`) are accepted too, each with its type and default.
+    """
+    accepted: dict[str, inspect.Parameter] = {}
+    own = True
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None or klass is object:
+            continue
+        forwards = False
+        for name, p in inspect.signature(init).parameters.items():
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif name not in ("self", "model") and p.kind is not inspect.Parameter.VAR_POSITIONAL \
+                    and (own or p.kind is inspect.Parameter.KEYWORD_ONLY):
+                accepted.setdefault(name, p)
+        if not forwards:
+            break
+        own = False
+    return accepted
 
 
 def create_analyzer(name: str, model: nn.Module, **kwargs: Any) -> Analyzer:

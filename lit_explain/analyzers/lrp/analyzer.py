@@ -106,6 +106,10 @@ class LRP(Analyzer):
         Kernel layers ``0 .. until_layer_idx`` get ``until_layer_rule`` (before all others).
     bn_layer_rule:
         Rule of BatchNorm layers, seen as ``y = a ⊙ x + c``; ``None``: the z-rule.
+    **reverse:
+        iNNvestigate's reverse-pass diagnostics (``reverse_keep_tensors``, ...), keyword
+        only, taken by every LRP analyzer; see :class:`~..diagnostics.ReverseOptions` and
+        :func:`~..conservation.conservation_report`.
 
     Notes
     -----
@@ -119,8 +123,8 @@ class LRP(Analyzer):
                  rule: RuleSpec | Sequence[Any] | None = None,
                  input_layer_rule: RuleSpec | tuple[float, float] | None = None,
                  until_layer_idx: int | None = None, until_layer_rule: RuleSpec | None = None,
-                 bn_layer_rule: RuleSpec | None = None) -> None:
-        super().__init__(model, neuron_selection_mode)
+                 bn_layer_rule: RuleSpec | None = None, **reverse: Any) -> None:
+        super().__init__(model, neuron_selection_mode, **reverse)
         if rule is None:
             raise ValueError("lrp needs rule=: a rule name, a Rule, a list of them or a list "
                              "of (condition, rule) pairs")
@@ -142,6 +146,9 @@ class LRP(Analyzer):
         if not _has_differentiable_input(call, layer.input):
             return call.run()
         return self.bn_layer_rule(layer, self.flow)
+
+    def _relevance_scale(self, tensor: Tensor) -> Tensor | None:
+        return tensor if self.flow.relative else None  # relative flow: gradient = R_t / t
 
     def _seed(self, logits: Tensor, indices: Tensor | None) -> Tensor:
         seed = super()._seed(logits, indices)  # the relevance R: the selected logit's value
@@ -173,9 +180,10 @@ class _FixedRuleLRP(LRP):
     kernel_rule: ClassVar[Rule]
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None) -> None:
+                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
+                 **reverse: Any) -> None:
         super().__init__(model, neuron_selection_mode, rule=self.kernel_rule,
-                         input_layer_rule=input_layer_rule)
+                         input_layer_rule=input_layer_rule, **reverse)
 
 
 @register("lrp.z")
@@ -262,10 +270,11 @@ class LRPEpsilon(LRP):
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  epsilon: float = 1e-7, bias: bool = True,
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None) -> None:
+                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
+                 **reverse: Any) -> None:
         _check_epsilon(epsilon)
         super().__init__(model, neuron_selection_mode, rule=EpsilonRule(epsilon, bias),
-                         input_layer_rule=input_layer_rule)
+                         input_layer_rule=input_layer_rule, **reverse)
 
 
 @register("lrp.epsilon_IB")
@@ -274,10 +283,11 @@ class LRPEpsilonIgnoreBias(LRP):
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  epsilon: float = 1e-7,
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None) -> None:
+                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
+                 **reverse: Any) -> None:
         _check_epsilon(epsilon)
         super().__init__(model, neuron_selection_mode, rule=EpsilonRule(epsilon, bias=False),
-                         input_layer_rule=input_layer_rule)
+                         input_layer_rule=input_layer_rule, **reverse)
 
 
 @register("lrp.alpha_beta")
@@ -295,13 +305,14 @@ class LRPAlphaBeta(LRP):
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  alpha: float | None = None, beta: float | None = None, bias: bool = True,
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None) -> None:
+                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
+                 **reverse: Any) -> None:
         if alpha is None and beta is None:
             raise ValueError("lrp.alpha_beta needs alpha or beta (alpha - beta = 1)")
         alpha = float(beta) + 1.0 if alpha is None else float(alpha)
         beta = alpha - 1.0 if beta is None else float(beta)
         super().__init__(model, neuron_selection_mode, rule=AlphaBetaRule(alpha, beta, bias),
-                         input_layer_rule=input_layer_rule)
+                         input_layer_rule=input_layer_rule, **reverse)
 
 
 def _check_epsilon(epsilon: float) -> None:
@@ -314,11 +325,11 @@ class _SequentialPreset(LRP):
     flat_input: bool = False
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 epsilon: float = 0.1) -> None:
+                 epsilon: float = 0.1, **reverse: Any) -> None:
         _check_epsilon(epsilon)
         preset = sequential_preset(self.conv_rule, epsilon, self.flat_input)
         super().__init__(model, neuron_selection_mode, rule=preset.rules(),
-                         input_layer_rule=preset.input_layer)
+                         input_layer_rule=preset.input_layer, **reverse)
 
 
 @register("lrp.sequential_preset_a")
@@ -365,9 +376,10 @@ class LRPSequentialPresetBFlatUntilIdx(LRP):
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 epsilon: float = 0.1, until_layer_idx: int | None = None) -> None:
+                 epsilon: float = 0.1, until_layer_idx: int | None = None,
+                 **reverse: Any) -> None:
         _check_epsilon(epsilon)
         preset = sequential_preset(ALPHA_2_BETA_1, epsilon, flat_input=True)
         super().__init__(model, neuron_selection_mode, rule=preset.rules(),
                          input_layer_rule=preset.input_layer, until_layer_idx=until_layer_idx,
-                         until_layer_rule=FlatRule())
+                         until_layer_rule=FlatRule(), **reverse)

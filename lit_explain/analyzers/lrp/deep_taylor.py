@@ -10,6 +10,8 @@ pass starts from ``max(logit, 0)``, so a negative selected logit gives an all-ze
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from ..registry import register
@@ -21,9 +23,10 @@ from .rules import BoundedRule, WSquareRule, ZPlusRule
 class DeepTaylor(LRP):
     """Deep Taylor decomposition for ReLU networks with unbounded input (z⁺ everywhere)."""
 
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation") -> None:
+    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
+                 **reverse: Any) -> None:
         super().__init__(model, neuron_selection_mode, rule=ZPlusRule(),
-                         bn_layer_rule=WSquareRule())
+                         bn_layer_rule=WSquareRule(), **reverse)
 
     def _seed(self, logits: Tensor, indices: Tensor | None) -> Tensor:
         return super()._seed(logits.clamp(min=0), indices)
@@ -46,11 +49,11 @@ class BoundedDeepTaylor(DeepTaylor):
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 low: float | None = None, high: float | None = None) -> None:
+                 low: float | None = None, high: float | None = None, **reverse: Any) -> None:
         if low is None or high is None:
             raise ValueError("deep_taylor.bounded needs low= and high=, the input range")
         if not low < high:
             raise ValueError(f"low={low!r} must be smaller than high={high!r}")
         LRP.__init__(self, model, neuron_selection_mode, rule=ZPlusRule(),
                      input_layer_rule=BoundedRule(float(low), float(high)),
-                     bn_layer_rule=WSquareRule())
+                     bn_layer_rule=WSquareRule(), **reverse)

@@ -1,0 +1,252 @@
+"""Reverse-pass diagnostics: iNNvestigate's ``reverse_*`` options, as one mechanism.
+
+iNNvestigate's reverse analyzers take ``reverse_keep_tensors``, ``reverse_check_finite``,
+``reverse_clip_values``, ``reverse_check_min_max_values`` and
+``reverse_project_bottleneck_layers``. Here they are keyword arguments of every analyzer
+whose map is one modified backward pass (the LRP family, Deep Taylor, Deconvnet, Guided
+Backprop, Input×Gradient, PatternNet, PatternAttribution), and they all work the same way:
+the input and the output of every *layer* (each kernel call — linear, convolution,
+transposed convolution — and each BatchNorm) get an identity node whose backward pass sees
+the relevance flowing there. It can record it, check it, clip it or rescale it, keyed by the
+module path of the layer (``"features.3"``; a module called twice gets ``"features.3:1"``
+for its second call, a call in the model's own ``forward`` ``"<model>"``).
+
+"Relevance" is what the method sends backward, in the units of the map: for LRP and Deep
+Taylor the relevance itself (also when the analyzer carries it per unit of input, see
+:class:`~.lrp.rules.RelativeFlow`: the nodes convert), for the gradient family and the
+pattern analyzers the backward signal. With every option off (the default) nothing is
+inserted: the analysis is exactly what it is without this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .operations import (
+    ACTIVATION,
+    BATCH_NORM,
+    KERNEL,
+    LINEAR,
+    MAX_POOL,
+    PRODUCT,
+    RELU,
+    SOFTMAX,
+    STRUCTURE,
+    UNKNOWN,
+    Handler,
+    OperationCall,
+)
+
+#: The operation kinds whose input and output are observed: the layers.
+LAYER_KINDS = (KERNEL, BATCH_NORM)
+#: Every kind: a plain gradient (no rules) lets all of them pass.
+ALL_KINDS = frozenset({KERNEL, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE, ACTIVATION,
+                       SOFTMAX, PRODUCT, UNKNOWN})
+
+#: Where the relevance of the model output is recorded.
+OUTPUT_KEY = "<output>"
+
+RelevanceScale = Callable[[Tensor], Tensor | None]
+
+
+@dataclass(frozen=True)
+class ReverseOptions:
+    """The reverse-pass options of one analyzer (iNNvestigate's ``reverse_*`` parameters).
+
+    Attributes
+    ----------
+    keep_tensors:
+        Keep the relevance at every layer's input; after :meth:`Analyzer.analyze` it is in
+        ``analyzer.reversed_tensors`` (module path → tensor shaped like the layer's input).
+    check_finite:
+        Raise ``FloatingPointError`` naming the first layer (in the order of the backward
+        pass) whose output or input relevance is not finite.
+    clip_values:
+        ``(low, high)``: clip the relevance at every layer's input to this range.
+    check_min_max_values:
+        Record the smallest and largest relevance at every layer's input in
+        ``analyzer.reversed_min_max`` (module path → ``(min, max)``).
+    project_bottleneck_layers:
+        Rescale the relevance at every layer's input, and the final map, so that each
+        sample's largest absolute value is 1 (iNNvestigate projected to [-1, 1] against
+        overflow in deep networks). The backward passes here are positively homogeneous, so
+        this changes each sample's scale only, never the map's direction.
+    """
+
+    keep_tensors: bool = False
+    check_finite: bool = False
+    clip_values: tuple[float, float] | None = None
+    check_min_max_values: bool = False
+    project_bottleneck_layers: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("keep_tensors", "check_finite", "check_min_max_values",
+                     "project_bottleneck_layers"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"reverse_{name}={getattr(self, name)!r} is not valid; "
+                                 f"expected True or False")
+        clip = self.clip_values
+        if clip is not None:
+            valid = (isinstance(clip, (tuple, list)) and len(clip) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip)
+                and clip[0] < clip[1])
+            if not valid:
+                raise ValueError(f"reverse_clip_values={clip!r} is not valid; expected None or "
+                                 f"(low, high) with low < high")
+            object.__setattr__(self, "clip_values", (float(clip[0]), float(clip[1])))
+
+    @property
+    def active(self) -> bool:
+        """Whether any option is on (then layers get observing nodes)."""
+        return any(dataclasses.astuple(self))
+
+    def recorder(self, relevance_scale: RelevanceScale) -> ReverseRecorder | None:
+        """A recorder for one backward pass, or ``None`` when every option is off."""
+        return ReverseRecorder(self, relevance_scale) if self.active else None
+
+
+def project(relevance: Tensor) -> Tensor:
+    """Each sample scaled so that its largest absolute value is 1 (zero maps stay zero)."""
+    peak = relevance.detach().abs().reshape(len(relevance), -1).amax(dim=1)
+    peak = peak.clamp(min=torch.finfo(relevance.dtype).tiny)
+    return relevance / peak.reshape(-1, *([1] * (relevance.dim() - 1)))
+
+
+class _Observe(torch.autograd.Function):
+    """Identity forward (a copy, so that the model may modify it in place); backward, the
+    incoming gradient goes through ``backward``."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, backward: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.backward = backward
+        return tensor.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.backward(grad), None
+
+
+@dataclass
+class ReverseRecorder:
+    """What one backward pass observed (made by :meth:`ReverseOptions.recorder`).
+
+    Parameters
+    ----------
+    options:
+        What to do at each layer.
+    relevance_scale:
+        ``m(t)`` such that the relevance at a tensor ``t`` is ``m(t) ⊙ gradient``, or
+        ``None`` when the gradient is the relevance itself (the analyzer knows which).
+    """
+
+    options: ReverseOptions
+    relevance_scale: RelevanceScale
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Layer keys in the order of the forward pass.
+    order: list[str] = field(default_factory=list)
+    _calls: dict[str, int] = field(default_factory=dict)
+
+    def wrap(self, handlers: dict[str, Handler] | None, passthrough: frozenset[str]
+             ) -> tuple[dict[str, Handler], frozenset[str]]:
+        """The analyzer's handlers with every layer's input and output observed.
+
+        A plain gradient (``handlers=None``) lets every kind pass; a layer kind that passed
+        through with its ordinary gradient becomes a handler that runs it as it is.
+        """
+        if handlers is None:
+            handlers, passthrough = {}, ALL_KINDS
+        handlers = dict(handlers)
+        for kind in LAYER_KINDS:
+            handler = handlers.get(kind)
+            if handler is None and kind in passthrough:
+                handler = OperationCall.run
+            if handler is not None:
+                handlers[kind] = self._observing(handler)
+        return handlers, passthrough
+
+    def _observing(self, handler: Handler) -> Handler:
+        def observed(call: OperationCall) -> Tensor:
+            if not call.inputs:
+                return handler(call)
+            key = self._key(call)
+            source = call.inputs[0]
+            node = self.observe(source, key, self._on_input)
+            swap = lambda a: node if a is source else a  # noqa: E731
+            args = tuple(swap(a) for a in call.args)
+            kwargs = {k: swap(v) for k, v in call.kwargs.items()}
+            output = handler(dataclasses.replace(call, args=args, kwargs=kwargs))
+            return self.observe(output, key, self._on_output)
+
+        return observed
+
+    def _key(self, call: OperationCall) -> str:
+        path = call.module_path or "<model>"
+        count = self._calls.get(path, 0)
+        self._calls[path] = count + 1
+        key = path if count == 0 else f"{path}:{count}"
+        self.order.append(key)
+        return key
+
+    def in_forward_order(self, recorded: dict[str, object]) -> dict[str, object]:
+        """``recorded`` (filled during the backward pass) in the order of the forward pass."""
+        return {key: recorded[key] for key in self.order if key in recorded}
+
+    def observe(self, tensor: Tensor, key: str,
+                on_relevance: Callable[[str, Tensor], Tensor | None]) -> Tensor:
+        """``tensor`` forward; backward, ``on_relevance(key, relevance)`` sees the relevance
+        there and may return a replacement."""
+        scale = self.relevance_scale(tensor)
+        scale = None if scale is None else scale.detach()
+
+        def backward(grad: Tensor) -> Tensor:
+            relevance = grad if scale is None else grad * scale
+            changed = on_relevance(key, relevance)
+            if changed is None:
+                return grad
+            if scale is None:
+                return changed
+            nonzero = scale != 0
+            return torch.where(nonzero, changed / torch.where(nonzero, scale, 1), grad)
+
+        return _Observe.apply(tensor, backward)
+
+    def _check(self, key: str, relevance: Tensor, where: str) -> None:
+        if self.options.check_finite and not bool(torch.isfinite(relevance).all()):
+            bad = int((~torch.isfinite(relevance)).sum())
+            place = "the model output" if key == OUTPUT_KEY else f"the {where} of layer {key!r}"
+            raise FloatingPointError(
+                f"the relevance at {place} is not finite ({bad} of {relevance.numel()} values "
+                f"are NaN or infinite); the first place in the backward pass where it happens")
+
+    def _on_output(self, key: str, relevance: Tensor) -> None:
+        self._check(key, relevance, "output")
+        if self.options.keep_tensors:
+            self.outputs[key] = relevance.detach()
+
+    def _on_input(self, key: str, relevance: Tensor) -> Tensor | None:
+        self._check(key, relevance, "input")
+        options, changed = self.options, None
+        if options.clip_values is not None:
+            changed = relevance.clamp(*options.clip_values)
+        if options.project_bottleneck_layers:
+            changed = project(relevance if changed is None else changed)
+        final = relevance if changed is None else changed
+        if options.keep_tensors:
+            self.inputs[key] = final.detach()
+        if options.check_min_max_values:
+            low = float(final.min()) if final.numel() else math.nan
+            high = float(final.max()) if final.numel() else math.nan
+            self.min_max[key] = (low, high)
+        return changed
+
+    def on_model_output(self, key: str, relevance: Tensor) -> None:
+        """The relevance the backward pass starts from (recorded under :data:`OUTPUT_KEY`)."""
+        self._on_output(key, relevance)

@@ -1,0 +1,166 @@
+"""Token models: analyze from the output of the input embedding.
+
+A model whose input is integer token ids (text, categorical features) starts with an
+``nn.Embedding`` or ``nn.EmbeddingBag``; relevance cannot flow to an integer. As in
+iNNvestigate's sentiment example, the analysis starts at the embedding's output: the
+per-token vectors ``e`` (N, L, D) are the differentiable input, every analyzer explains the
+model as a function of them, and its map (N, L, D) is summed over the embedding axis into
+one value per token (N, L) — Σ_d of the gradient for ``gradient``, Σ_d e·gradient
+(the tokens' relevance) for Input×Gradient and LRP, the attribution of the embedded token
+for Integrated Gradients and DeepLIFT (whose reference is then a zero embedding).
+
+How: :func:`token_input` finds the first ``Embedding``/``EmbeddingBag`` the forward pass
+applies to the tokens, reads its per-token output, then, while the analysis runs, the model
+is called with ``e`` in place of the tokens: a forward pre-hook on the model hands the
+*tokens* to its ``forward`` (so masks and other token logic still see integers) and a
+forward hook on the embedding replaces its output by ``e``. An ``EmbeddingBag`` over a 2-D
+``(N, L)`` input is reduced from ``e`` as it reduces (``"sum"``, ``"mean"`` or ``"max"``,
+``per_sample_weights`` and ``padding_idx`` honoured), so each token keeps its own share.
+Batches of several stacked copies of ``e`` (Integrated Gradients' path, SmoothGrad's
+noise, DeepLIFT's reference) get the tokens repeated alike. Integer tensors never reach
+``requires_grad_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+
+
+def is_token_input(x: Tensor) -> bool:
+    """Whether ``x`` holds ids (integers or bools) rather than values."""
+    return not (x.is_floating_point() or x.is_complex())
+
+
+class _Found(Exception):
+    """Stops the search forward at the first embedding."""
+
+
+@dataclass
+class InputEmbedding:
+    """The model's input embedding, as found in one forward pass.
+
+    Attributes
+    ----------
+    path, module:
+        The embedding module and its path in the model.
+    vectors:
+        Its per-token output ``e`` for the tokens analyzed, ``tokens.shape + (D,)``.
+    reduce:
+        Maps ``e`` (any number of stacked copies) to the module's output.
+    """
+
+    path: str
+    module: nn.Module
+    vectors: Tensor
+    reduce: Callable[[Tensor, Tensor], Tensor]
+
+
+def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
+    """The first ``nn.Embedding``/``nn.EmbeddingBag`` the forward applies to ``tokens``."""
+    found: list[tuple[str, nn.Module, tuple, dict, Tensor]] = []
+
+    def hook(path: str) -> Callable:
+        def record(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
+            found.append((path, module, args, kwargs, output))
+            raise _Found
+
+        return record
+
+    handles = [m.register_forward_hook(hook(p), with_kwargs=True)
+               for p, m in model.named_modules() if isinstance(m, EMBEDDINGS) and m is not model]
+    try:
+        with torch.no_grad():
+            model(tokens)
+    except _Found:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found:
+        raise TypeError(f"the input has dtype {tokens.dtype} (token ids), but "
+                        f"{type(model).__name__}'s forward applies no nn.Embedding or "
+                        f"nn.EmbeddingBag to it; give a floating-point input, or a model that "
+                        f"embeds its tokens")
+    path, module, args, kwargs, output = found[0]
+    ids = args[0] if args else kwargs["input"]
+    if tuple(ids.shape) != tuple(tokens.shape):
+        raise ValueError(f"the first embedding, '{path}' ({type(module).__name__}), receives "
+                         f"ids of shape {tuple(ids.shape)}, not the input's "
+                         f"{tuple(tokens.shape)}; per-token maps need the embedding applied "
+                         f"to the input as it is")
+    if isinstance(module, nn.Embedding):
+        return InputEmbedding(path, module, output.detach(), lambda e, ids: e)
+    return _bag(path, module, ids, args, kwargs)
+
+
+def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,
+         kwargs: dict) -> InputEmbedding:
+    offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+    weights = args[2] if len(args) > 2 else kwargs.get("per_sample_weights")
+    if ids.dim() != 2 or offsets is not None:
+        raise ValueError(f"'{path}' (EmbeddingBag) gets a 1-D input with offsets; per-token "
+                         f"maps need a 2-D (N, L) input, one bag per row")
+    if bag.max_norm is not None:
+        raise ValueError(f"'{path}' (EmbeddingBag) renormalises with max_norm, which writes to "
+                         f"its weight; analyze a copy without max_norm")
+    vectors = F.embedding(ids, bag.weight.detach())
+    keep = torch.ones_like(ids, dtype=vectors.dtype)
+    if bag.padding_idx is not None:
+        keep = keep * (ids != bag.padding_idx).to(vectors.dtype)
+    if weights is not None:
+        keep = keep * weights.detach().to(vectors.dtype)
+    mode = bag.mode
+
+    def reduce(e: Tensor, ids: Tensor) -> Tensor:
+        copies = len(e) // len(keep)
+        mask = keep.repeat(copies, 1)[..., None]
+        if mode == "max":
+            return e.masked_fill(mask == 0, float("-inf")).amax(dim=1)
+        total = (e * mask).sum(dim=1)
+        if mode == "sum":
+            return total
+        count = (mask != 0).to(e.dtype).sum(dim=1).clamp(min=1)
+        return total / count
+
+    return InputEmbedding(path, bag, vectors, reduce)
+
+
+@contextmanager
+def token_input(model: nn.Module, tokens: Tensor) -> Iterator[Tensor]:
+    """While open, ``model(e)`` means ``model(tokens)`` with the input embedding's output
+    replaced by ``e`` (stacked copies allowed); yields the tokens' own vectors ``e``."""
+    embedding = find_input_embedding(model, tokens)
+    state: dict[str, Tensor | bool] = {}
+
+    def take_vectors(module: nn.Module, args: tuple) -> tuple:
+        (e,) = args
+        if not isinstance(e, Tensor) or not e.is_floating_point() or e.dim() != tokens.dim() + 1 \
+                or len(e) % len(tokens):
+            raise TypeError(f"during a token-model analysis the model is called with embedding "
+                            f"vectors shaped {tuple(tokens.shape)} + (D,), possibly stacked; got "
+                            f"{type(e).__name__} {tuple(getattr(e, 'shape', ()))}")
+        state["vectors"], state["used"] = e, False
+        copies = len(e) // len(tokens)
+        return (tokens.repeat(copies, *([1] * (tokens.dim() - 1))),)
+
+    def give_vectors(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        if state.get("used", True):
+            return None  # a second call of the same embedding in one forward: as it is
+        state["used"] = True
+        return embedding.reduce(state["vectors"], args[0] if args else None)
+
+    handles = [model.register_forward_pre_hook(take_vectors),
+               embedding.module.register_forward_hook(give_vectors)]
+    try:
+        yield embedding.vectors
+    finally:
+        for handle in handles:
+            handle.remove()

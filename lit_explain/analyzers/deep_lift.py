@@ -48,12 +48,16 @@ def _vector_jacobian(call: OperationCall, source: Tensor, grad: Tensor) -> Tenso
     return result
 
 
+def _differences(tensor: Tensor) -> Tensor:
+    """x-half minus reference half of a ``[x; x₀]`` batch."""
+    value, reference = tensor.detach().chunk(2)
+    return value - reference
+
+
 def rescale_rule(call: OperationCall) -> Tensor:
     """Elementwise non-linearity: multiplier Δy/Δx on the input half, zero on the reference."""
-    source = call.args[0]
-    output = call.run()
-    delta_in = source.detach().chunk(2)[0] - source.detach().chunk(2)[1]
-    delta_out = output.detach().chunk(2)[0] - output.detach().chunk(2)[1]
+    source, output = call.args[0], call.run()
+    delta_in, delta_out = _differences(source), _differences(output)
     tiny = delta_in.abs() < DELTA_EPSILON
 
     def backward(grad: Tensor) -> Tensor:
@@ -72,10 +76,8 @@ def max_pool_rule(call: OperationCall) -> Tensor:
     """Max-pooling: g·Δy goes to the winner for x where the output grew and to the winner
     for x₀ where it shrank (a winner whose Δx has Δy's sign and is at least as large),
     then is divided by Δx."""
-    source = call.args[0]
-    output = call.run()
-    delta_in = source.detach().chunk(2)[0] - source.detach().chunk(2)[1]
-    delta_out = output.detach().chunk(2)[0] - output.detach().chunk(2)[1]
+    source, output = call.args[0], call.run()
+    delta_in, delta_out = _differences(source), _differences(output)
     tiny = delta_in.abs() < DELTA_EPSILON
 
     def backward(grad: Tensor) -> Tensor:

@@ -76,11 +76,14 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
 
     handles = [m.register_forward_hook(hook(p), with_kwargs=True)
                for p, m in model.named_modules() if isinstance(m, EMBEDDINGS) and m is not model]
+    failure: Exception | None = None
     try:
         with torch.no_grad():
             model(tokens)
     except _Found:
         pass
+    except Exception as error:  # e.g. a linear layer fed integers: say why below
+        failure = error
     finally:
         for handle in handles:
             handle.remove()
@@ -88,7 +91,7 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
         raise TypeError(f"the input has dtype {tokens.dtype} (token ids), but "
                         f"{type(model).__name__}'s forward applies no nn.Embedding or "
                         f"nn.EmbeddingBag to it; give a floating-point input, or a model that "
-                        f"embeds its tokens")
+                        f"embeds its tokens") from failure
     path, module, args, kwargs, output = found[0]
     ids = args[0] if args else kwargs["input"]
     if tuple(ids.shape) != tuple(tokens.shape):

@@ -1,0 +1,90 @@
+"""The conservation report: output, input and what biases and stabilisers absorbed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lit_explain as lx
+from lit_explain.demo.models import ResNetStyle
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(),
+                         nn.Linear(8, 4)).double()
+
+
+def test_the_last_layer_absorbs_exactly_its_bias():
+    # LRP-z at the top layer: R_i = x_i w_ki / z_k · z_k, so Σ_i R_i = z_k − b_k.
+    model = mlp()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    report = lx.conservation_report(lx.create_analyzer("lrp.z", model), x)
+    logits = model(x).detach()
+    top = logits.argmax(1)
+    torch.testing.assert_close(report.output, logits.amax(1))
+    torch.testing.assert_close(report.layers["4"].output, logits.amax(1))
+    torch.testing.assert_close(report.layers["4"].absorbed, model[4].bias.detach()[top])
+
+
+def test_keep_tensors_layer_sums_equal_the_report():
+    model = mlp()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    analyzer = lx.create_analyzer("lrp.epsilon", model, epsilon=0.1, reverse_keep_tensors=True)
+    result = analyzer.analyze(x)
+    report = lx.conservation_report(analyzer, x)
+
+    assert list(report.layers) == list(analyzer.reversed_tensors) == ["0", "2", "4"]
+    for path, relevance in analyzer.reversed_tensors.items():
+        torch.testing.assert_close(report.layers[path].input, relevance.flatten(1).sum(1))
+    torch.testing.assert_close(report.input, result.sum(1))
+    torch.testing.assert_close(report.map, result)
+    # layer by layer, the losses add up to the whole; and ε loses relevance here
+    torch.testing.assert_close(sum(layer.absorbed for layer in report.layers.values()),
+                               report.absorbed)
+    assert bool((report.absorbed.abs() > 1e-6).any())
+
+
+def test_a_conserving_rule_absorbs_nothing():
+    model = mlp()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    report = lx.conservation_report(lx.create_analyzer("lrp.z_IB", model), x)
+    torch.testing.assert_close(report.absorbed, torch.zeros(5, dtype=torch.float64))
+    torch.testing.assert_close(report.input, model(x).detach().amax(1))
+
+
+def test_the_report_leaves_the_analyzer_options_as_they_were():
+    analyzer = lx.create_analyzer("lrp.z", mlp())
+    lx.conservation_report(analyzer, torch.randn(2, 6, dtype=torch.float64))
+    assert analyzer.reverse.keep_tensors is False
+
+
+def test_deep_taylor_starts_from_the_positive_part_and_all_mode_from_the_sum():
+    model = mlp()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    logits = model(x).detach()
+    report = lx.conservation_report(
+        lx.create_analyzer("deep_taylor", model, neuron_selection_mode="index"), x, 1)
+    torch.testing.assert_close(report.output, logits[:, 1].clamp(min=0))
+    report = lx.conservation_report(
+        lx.create_analyzer("lrp.z", model, neuron_selection_mode="all"), x)
+    torch.testing.assert_close(report.output, logits.sum(1))
+
+
+def test_residual_networks_report_every_layer_and_add_up():
+    torch.manual_seed(0)
+    model = ResNetStyle(in_channels=1, num_classes=3, width=4).double().eval()
+    report = lx.conservation_report(lx.create_analyzer("lrp.epsilon", model),
+                                    torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    assert len(report.layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))
+                                     for m in model.modules())
+    torch.testing.assert_close(sum(layer.absorbed for layer in report.layers.values()),
+                               report.absorbed)
+    text = str(report)
+    assert "fc" in text and "<model output>" in text
+
+
+def test_only_relevance_methods_have_a_report():
+    with pytest.raises(TypeError, match="'gradient' does not propagate relevance"):
+        lx.conservation_report(lx.create_analyzer("gradient", mlp()), torch.randn(2, 6))

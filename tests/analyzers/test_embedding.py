@@ -1,0 +1,182 @@
+"""Token models: per-token maps from the embedding's output, checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lit_explain as lx
+
+E = torch.tensor([[0.0, 0.0], [1.0, 2.0], [-1.0, 0.5], [3.0, -2.0]])  # 4 tokens, D = 2
+W = torch.tensor([[1.0, -1.0, 2.0, 0.5], [0.5, 1.0, -1.0, 3.0]])  # 2 outputs, 2 tokens × D
+B = torch.tensor([0.25, -0.5])
+
+
+class TwoTokens(nn.Module):
+    """Embed two tokens, concatenate their vectors, one linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(4, 2)
+        self.out = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.embedding.weight.copy_(E)
+            self.out.weight.copy_(W)
+            self.out.bias.copy_(B)
+
+    def forward(self, tokens):
+        assert not tokens.is_floating_point()  # the model always sees its tokens
+        return self.out(self.embedding(tokens).flatten(1))
+
+
+TOKENS = torch.tensor([[1, 3], [2, 1]])
+
+
+def by_hand(tokens: torch.Tensor, output: int, times_input: bool) -> torch.Tensor:
+    """Σ_d over each token's embedding axis of w (gradient) or e·w (Input × Gradient)."""
+    e = E[tokens]  # (N, 2, D)
+    w = W[output].reshape(2, 2)  # (token, D)
+    return (e * w if times_input else w.expand_as(e)).sum(-1)
+
+
+def test_gradient_is_the_sum_of_the_embedding_gradient():
+    model = TwoTokens()
+    result = lx.create_analyzer("gradient", model, neuron_selection_mode="index").analyze(
+        TOKENS, neuron_selection=1)
+    assert result.shape == TOKENS.shape and result.dtype == torch.float32
+    torch.testing.assert_close(result, by_hand(TOKENS, 1, times_input=False))
+
+
+@pytest.mark.parametrize("name", ["input_t_gradient", "lrp.z", "lrp.epsilon"])
+def test_relevance_per_token_is_embedding_times_gradient(name):
+    # One linear layer: LRP-z gives R_i = x_i w_i (z / z), Input × Gradient x_i w_i.
+    model = TwoTokens()
+    result = lx.create_analyzer(name, model, neuron_selection_mode="index").analyze(
+        TOKENS, neuron_selection=0)
+    torch.testing.assert_close(result, by_hand(TOKENS, 0, times_input=True))
+
+
+def test_the_layer_after_the_embedding_is_the_input_layer():
+    # Flat on the input layer spreads the output's value evenly: z/4 per entry, z/2 per token.
+    model = TwoTokens()
+    result = lx.create_analyzer("lrp", model, rule="Z", input_layer_rule="Flat",
+                                neuron_selection_mode="index").analyze(TOKENS, 0)
+    z = model(TOKENS)[:, 0].detach()
+    torch.testing.assert_close(result, (z / 2)[:, None].expand(2, 2))
+
+
+def test_integrated_gradients_and_deep_lift_attribute_the_embedded_tokens():
+    # A linear model: both equal Input × Gradient against a zero embedding.
+    model = TwoTokens()
+    expected = by_hand(TOKENS, 1, times_input=True)
+    for name in ("integrated_gradients", "deep_lift"):
+        result = lx.create_analyzer(name, model, neuron_selection_mode="index").analyze(TOKENS, 1)
+        torch.testing.assert_close(result, expected, msg=name)
+
+
+class Bag(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(4, 2, mode=mode, padding_idx=0)
+        self.out = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.bag.weight.copy_(E)
+            self.out.weight.copy_(W[:, :2])
+            self.out.bias.copy_(B)
+        self.weights = None
+
+    def forward(self, tokens):
+        return self.out(self.bag(tokens, per_sample_weights=self.weights))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_embedding_bags_give_each_token_its_share(mode):
+    model = Bag(mode)
+    tokens = torch.tensor([[1, 3, 0], [2, 2, 1]])  # 0 is padding
+    weights = torch.tensor([[2.0, 1.0, 5.0], [1.0, 0.5, 1.0]])
+    if mode == "sum":
+        model.weights = weights
+    else:
+        weights = torch.ones(2, 3)
+    kept = (tokens != 0).float() * weights
+    count = (tokens != 0).sum(1, keepdim=True).float() if mode == "mean" else 1.0
+    expected = (E[tokens] * W[0, :2]).sum(-1) * kept / count
+    for name in ("input_t_gradient", "lrp.z", "lrp.epsilon"):
+        result = lx.create_analyzer(name, model, neuron_selection_mode="index").analyze(tokens, 0)
+        torch.testing.assert_close(result, expected, msg=name)
+    # the map sums to the output minus the bias (Input × Gradient of a linear model)
+    torch.testing.assert_close(expected.sum(1), model(tokens)[:, 0].detach() - B[0])
+
+
+class Sentiment(nn.Module):
+    """Embedding, a padding mask computed from the tokens, conv, ReLU, masked mean, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(20, 8, padding_idx=0)
+        self.conv = nn.Conv1d(8, 6, 3, padding=1)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, tokens):
+        mask = (tokens != 0).float()[:, None]
+        h = torch.relu(self.conv(self.embedding(tokens).transpose(1, 2)))
+        return self.out((h * mask).sum(2) / mask.sum(2).clamp(min=1))
+
+
+EVERY = ["gradient", "input_t_gradient", "smoothgrad", "integrated_gradients", "deep_lift",
+         "deconvnet", "guided_backprop", "lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
+         "lrp.sequential_preset_a_flat", "deep_taylor", "input", "random"]
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_every_analyzer_gives_one_value_per_token(name):
+    model = Sentiment()
+    tokens = torch.randint(1, 20, (3, 7))
+    tokens[0, 5:] = 0
+    kwargs = {"augment_by_n": 4} if name == "smoothgrad" else (
+        {"steps": 4} if name == "integrated_gradients" else {})
+    with torch.no_grad():
+        result = lx.create_analyzer(name, model, **kwargs).analyze(tokens)
+    assert result.shape == (3, 7) and result.is_floating_point()
+    assert torch.isfinite(result).all()
+    assert all(len(m._forward_hooks) == len(m._forward_pre_hooks) == 0 for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["pattern.net", "pattern.attribution"])
+def test_pattern_analyzers_fit_on_tokens(name):
+    model = Sentiment()
+    data = torch.randint(0, 20, (64, 7))
+    result = lx.create_analyzer(name, model).fit(data, progress=False).analyze(data[:3])
+    assert result.shape == (3, 7) and torch.isfinite(result).all()
+
+
+def test_keep_tensors_on_a_token_model():
+    model = Sentiment()
+    analyzer = lx.create_analyzer("lrp.z", model, reverse_keep_tensors=True)
+    tokens = torch.randint(1, 20, (2, 7))
+    result = analyzer.analyze(tokens)
+    assert list(analyzer.reversed_tensors) == ["conv", "out"]
+    # the conv's input is the embedding output: summed over its axis, it is the map
+    torch.testing.assert_close(analyzer.reversed_tensors["conv"].sum(1), result)
+
+
+def test_integer_input_without_an_embedding_is_a_clear_error():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(TypeError, match=r"no nn.Embedding or nn.EmbeddingBag"):
+        lx.create_analyzer("gradient", model).analyze(torch.ones(2, 3, dtype=torch.long))
+
+
+def test_an_embedding_applied_to_reshaped_tokens_is_refused():
+    class Transposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(5, 2)
+            self.out = nn.Linear(2, 2)
+
+        def forward(self, tokens):
+            return self.out(self.embedding(tokens.t()).mean(0))
+
+    with pytest.raises(ValueError, match=r"\(Embedding\), receives ids of shape \(3, 2\)"):
+        lx.create_analyzer("gradient", Transposed()).analyze(torch.ones(2, 3, dtype=torch.long))

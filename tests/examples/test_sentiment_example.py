@@ -1,0 +1,53 @@
+"""examples/sentiment_tokens.py: a token model trains with the callback and logs per-token maps."""
+
+from __future__ import annotations
+
+import torch
+from test_examples import load_example, logged_images, png_size
+
+import lit_explain as lx
+
+
+def test_the_sentiment_example_logs_token_strips(tmp_path, capsys):
+    example = load_example("sentiment_tokens")
+    log_dir = example.main(["--max-epochs", "2", "--limit-train-batches", "4",
+                            "--limit-val-batches", "1", "--num-train", "256",
+                            "--num-samples", "4", "--save-dir", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert log_dir in out and "relevance per layer" in out
+    images = logged_images(log_dir)
+    assert {f"explain/{a}" for a in example.ANALYZERS} | {"explain/all"} <= set(images)
+    for analyzer in [*example.ANALYZERS, "all"]:
+        events = images[f"explain/{analyzer}"]
+        assert [e.step for e in events] == [4, 8], analyzer  # every epoch
+        for event in events:
+            assert png_size(event.encoded_image_string) == (event.width, event.height)
+            assert event.width > 4 * event.height // 4  # strips: wider than tall per row
+
+
+def test_the_synthetic_task_is_decided_by_the_sentiment_words():
+    example = load_example("sentiment_tokens")
+    tokens, labels = example.make_sentences(200, seed=3)
+    positive = torch.isin(tokens, torch.tensor(list(example.POSITIVE))).sum(1)
+    negative = torch.isin(tokens, torch.tensor(list(example.NEGATIVE))).sum(1)
+    assert torch.equal(labels, (positive > negative).long())
+    assert bool((positive != negative).all()) and tokens.dtype == torch.int64
+
+
+def test_a_trained_text_cnn_puts_relevance_on_the_sentiment_words():
+    example = load_example("sentiment_tokens")
+    torch.manual_seed(0)
+    model = example.TextCNN()
+    tokens, labels = example.make_sentences(2048, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        for batch, target in zip(tokens.split(64), labels.split(64), strict=True):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(batch), target).backward()
+            optimizer.step()
+    test, _ = example.make_sentences(32, seed=1)
+    relevance = lx.create_analyzer("lrp.epsilon", model, epsilon=0.01).analyze(test)
+    sentiment = torch.isin(test, torch.arange(1, 9))
+    top = relevance.abs().argmax(1)
+    assert sentiment[torch.arange(len(test)), top].float().mean() > 0.9

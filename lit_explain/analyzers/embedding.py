@@ -125,8 +125,10 @@ def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,
     def reduce(e: Tensor, ids: Tensor) -> Tensor:
         copies = len(e) // len(keep)
         mask = keep.repeat(copies, 1)[..., None]
-        if mode == "max":
-            return e.masked_fill(mask == 0, float("-inf")).amax(dim=1)
+        if mode == "max":  # max-pooling over the tokens: the winner takes the relevance
+            if bag.padding_idx is not None:  # padding never wins (no LRP rule for this)
+                e = e.masked_fill(mask == 0, float("-inf"))
+            return F.max_pool1d(e.transpose(1, 2), e.shape[1]).squeeze(-1)
         total = (e * mask).sum(dim=1)
         if mode == "sum":
             return total

@@ -180,3 +180,16 @@ def test_an_embedding_applied_to_reshaped_tokens_is_refused():
 
     with pytest.raises(ValueError, match=r"\(Embedding\), receives ids of shape \(3, 2\)"):
         lx.create_analyzer("gradient", Transposed()).analyze(torch.ones(2, 3, dtype=torch.long))
+
+
+def test_a_max_bag_gives_each_dimension_to_its_winning_token():
+    model = Bag("max")
+    model.bag.padding_idx = None
+    tokens = torch.tensor([[1, 3, 2], [2, 2, 1]])
+    e = E[tokens]  # (N, L, D)
+    winners = e.argmax(dim=1)  # first on ties, as max-pooling
+    won = torch.nn.functional.one_hot(winners, 3).transpose(1, 2).float()  # (N, L, D)
+    for name, times_input in (("gradient", False), ("lrp.z", True)):
+        result = lx.create_analyzer(name, model, neuron_selection_mode="index").analyze(tokens, 1)
+        expected = (won * W[1, :2] * (e if times_input else 1)).sum(-1)
+        torch.testing.assert_close(result, expected, msg=name)

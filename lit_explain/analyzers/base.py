@@ -92,7 +92,11 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         # Remember the constructor's arguments (those given and the defaults), so that
         # :meth:`save` can store what the analyzer was made with, however it was made.
         self = super().__new__(cls)
-        bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        self.init_arguments = {}
+        try:
+            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        except TypeError:  # __init__ will say what is wrong; copy/pickle call __new__ bare
+            return self
         bound.apply_defaults()
         arguments: dict[str, Any] = {}
         for name, value in list(bound.arguments.items())[2:]:  # not self, model

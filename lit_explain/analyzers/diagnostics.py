@@ -104,7 +104,8 @@ class ReverseOptions:
     @property
     def active(self) -> bool:
         """Whether any option is on (then layers get observing nodes)."""
-        return any(dataclasses.astuple(self))
+        return (self.keep_tensors or self.check_finite or self.clip_values is not None
+                or self.check_min_max_values or self.project_bottleneck_layers)
 
     def recorder(self, relevance_scale: RelevanceScale) -> ReverseRecorder | None:
         """A recorder for one backward pass, or ``None`` when every option is off."""

@@ -100,6 +100,11 @@ class ExplainCallback(Callback):
         For pattern analyzers: iNNvestigate's pattern type and where the statistics come
         from, ``"train"`` (training forward passes) or ``"val"`` (validation forward passes,
         exact for the weights explained); see ``docs/patterns.md``.
+    class_names:
+        Names of the classes, for the labels in the pictures.
+    token_names:
+        For token models (integer inputs): the word of each token id, written in the
+        picture's input column.
     on_error:
         ``"warn"``: a failing analyzer, metric or logger, or a map with NaNs, warns once,
         naming the cause, and training goes on. ``"raise"``: it raises.
@@ -123,7 +128,8 @@ class ExplainCallback(Callback):
                  target_key: int | str | None = 1, analysis_batch_size: int = 64,
                  normalization: str = "per_sample", cmap: str = "seismic",
                  pattern_type: str = "relu", pattern_source: str = "train",
-                 on_error: str = "warn") -> None:
+                 class_names: Sequence[str] | None = None,
+                 token_names: Sequence[str] | None = None, on_error: str = "warn") -> None:
         super().__init__()
         self.analyzer_specs = normalize_analyzers(analyzers)
         self.metric_specs = normalize_metrics(metrics)
@@ -143,6 +149,8 @@ class ExplainCallback(Callback):
         self.analysis_batch_size = analysis_batch_size
         self.normalization = normalization
         self.cmap = cmap
+        self.class_names = list(class_names) if class_names is not None else None
+        self.token_names = list(token_names) if token_names is not None else None
         self.on_error = on_error
         uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
         self.patterns = PatternCollector(pattern_type, pattern_source) if uses_patterns else None
@@ -297,7 +305,8 @@ class ExplainCallback(Callback):
         for tag, chosen in pictures.items():
             image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
                 self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
-                cmap=self.cmap, absmax=self.shared_absmax or None))
+                class_names=self.class_names, cmap=self.cmap, absmax=self.shared_absmax or None,
+                token_names=self.token_names))
             if image is not None:
                 plots[tag] = image
         for tag, image in plots.items():

@@ -59,7 +59,8 @@ def explanation_grid(inputs: Tensor, maps: Mapping[str, Tensor],
                      labels: Tensor | Sequence[int] | None = None,
                      predictions: Tensor | Sequence[int] | None = None,
                      class_names: Sequence[str] | None = None, cmap: str = "seismic",
-                     absmax: Mapping[str, float] | None = None) -> Tensor:
+                     absmax: Mapping[str, float] | None = None,
+                     token_names: Sequence[str] | None = None) -> Tensor:
     """Compose the picture the callback logs.
 
     Parameters
@@ -78,15 +79,27 @@ def explanation_grid(inputs: Tensor, maps: Mapping[str, Tensor],
     absmax:
         Analyzer name → a fixed range for its heatmaps (shared across epochs); analyzers
         not in it are scaled per sample.
+    token_names:
+        For integer inputs (token ids, ``(N, L)``): the word of each id. The input column
+        then shows the tokens as text, and each map column colours one cell per token.
 
     Returns
     -------
     Tensor
         ``(3, H, W)`` float RGB image in ``[0, 1]``.
     """
-    shown = display_inputs(inputs)
+    tokens = not inputs.is_floating_point()
+    shown = display_inputs(inputs) if not tokens else as_image_batch(inputs).new_ones(
+        len(inputs), 3, 1, inputs[0].numel())
     count, _, height, width = shown.shape
     fy, fx = _magnification(height, width)
+    words: list[list[str]] = []
+    if tokens:
+        names = token_names
+        words = [[str(int(t)) if names is None else names[int(t)] for t in row.flatten()]
+                 for row in inputs]
+        fy = max(fy, GLYPH_HEIGHT + 4)
+        fx = max(fx, max(text_width(w) for row in words for w in row) + 4)
     columns = [("input", shown)]
     for name, attribution in maps.items():
         limit = (absmax or {}).get(name)
@@ -116,6 +129,10 @@ def explanation_grid(inputs: Tensor, maps: Mapping[str, Tensor],
             y = header_h + PAD + i * (cell_h + PAD)
             cell = cells[i].repeat_interleave(fy, -2).repeat_interleave(fx, -1)
             paste(image, cell, x + (w - cell_w) // 2, y)
+            if tokens and title == "input":
+                for k, word in enumerate(words[i]):
+                    draw_text(image, word, x + (w - cell_w) // 2 + k * fx + fx // 2, y + 2,
+                              BLACK, anchor="center")
         x += w + PAD
     for i, lines in enumerate(row_text):
         y = header_h + PAD + i * (cell_h + PAD)

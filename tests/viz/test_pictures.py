@@ -121,3 +121,18 @@ def test_png_round_trips_through_zlib():
     pixels = np.frombuffer(rows, dtype=np.uint8).reshape(2, stride)
     assert (pixels[:, 0] == 0).all()  # filter type "none"
     assert np.array_equal(pixels[:, 1:].reshape(2, 3, 3), image)
+
+
+def test_token_inputs_show_their_words_and_one_cell_per_token():
+    ids = torch.tensor([[0, 1, 2]])
+    maps = {"g": torch.tensor([[1.0, 0.0, -1.0]])}
+    image = viz.explanation_grid(ids, maps, token_names=["good", "movie", "bad"])
+    red = (image[0] > 0.45) & (image[1] < 0.05) & (image[2] < 0.05)
+    blue = (image[0] < 0.05) & (image[1] < 0.05) & (image[2] > 0.25)
+    red_cols, blue_cols = red.any(0).nonzero().flatten(), blue.any(0).nonzero().flatten()
+    # the first token is red, the last blue, each one cell as wide as the longest word + 4
+    width = viz.font.text_width("movie") + 4
+    assert len(red_cols) == width and len(blue_cols) == width
+    assert blue_cols.min() - red_cols.min() == 2 * width
+    ink = (image < 0.05).all(0)
+    assert ink[:, : red_cols.min()].sum() > 3 * 10  # three words written left of the maps

@@ -130,8 +130,9 @@ def test_token_inputs_show_their_words_and_one_cell_per_token():
     red = (image[0] > 0.45) & (image[1] < 0.05) & (image[2] < 0.05)
     blue = (image[0] < 0.05) & (image[1] < 0.05) & (image[2] > 0.25)
     red_cols, blue_cols = red.any(0).nonzero().flatten(), blue.any(0).nonzero().flatten()
-    # the first token is red, the last blue, each one cell as wide as the longest word + 4
-    width = viz.font.text_width("movie") + 4
+    # the first token is red, the last blue, one cell each: strips are about 192 px wide,
+    # and a cell is at least as wide as the longest word + 4
+    width = max(192 // 3, viz.font.text_width("movie") + 4)
     assert len(red_cols) == width and len(blue_cols) == width
     assert blue_cols.min() - red_cols.min() == 2 * width
     ink = (image < 0.05).all(0)

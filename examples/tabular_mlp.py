@@ -41,6 +41,9 @@ import lit_explain as lx
 
 ANALYZERS = ["gradient", "input_t_gradient", "integrated_gradients", "lrp.epsilon",
              "lrp.alpha_1_beta_0", "deep_lift"]
+#: Pixel flipping on features: remove (zero = the training mean) the most relevant first.
+METRICS = {"pixel_flipping": {"steps": 13}, "sparseness": {}}
+CULTIVARS = ["cultivar 0", "cultivar 1", "cultivar 2"]
 
 
 def load_wine_tensors() -> tuple[Tensor, Tensor, list[str]]:
@@ -132,7 +135,9 @@ def main(argv: list[str] | None = None) -> str:
     data = WineDataModule(seed=args.seed)
     logger = TensorBoardLogger(args.save_dir, name="tabular_mlp")
     explain = lx.ExplainCallback(analyzers=ANALYZERS, num_samples=args.num_samples,
-                                 every_n_epochs=args.every_n_epochs)
+                                 every_n_epochs=args.every_n_epochs,
+                                 sample_selection="stratified", metrics=METRICS,
+                                 class_names=CULTIVARS)
     trainer = L.Trainer(max_epochs=args.max_epochs, accelerator="auto", devices=1,
                         logger=logger, callbacks=[explain], log_every_n_steps=2,
                         limit_train_batches=args.limit_train_batches,

@@ -14,6 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CURVE_METRICS = ("pixel_flipping", "region_perturbation")
 TINY = ["--max-epochs", "2", "--limit-train-batches", "2", "--limit-val-batches", "1"]
 
 
@@ -34,6 +35,14 @@ def logged_images(log_dir: str) -> dict[str, list]:
     return {tag: events.Images(tag) for tag in events.Tags()["images"]}
 
 
+def logged_scalars(log_dir: str) -> set[str]:
+    """The scalar tags of a run."""
+    (event_file,) = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
+    events = EventAccumulator(event_file)
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     """(width, height) from a PNG's IHDR chunk."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -50,11 +59,20 @@ def test_example_logs_one_grid_per_analyzer_and_epoch(name, tmp_path, capsys):
     assert Path(log_dir).is_relative_to(tmp_path)
     assert log_dir in capsys.readouterr().out  # the script says where to look
     images = logged_images(log_dir)
-    assert set(images) == {f"explain/{a}" for a in example.ANALYZERS} | {"explain/all"}
-    for tag, events in images.items():
-        assert [e.step for e in events] == [2, 4], tag  # once per epoch, at the global step
+    grids = {f"explain/{a}" for a in example.ANALYZERS} | {"explain/all"}
+    curves = {f"explain/{a}/{m}_curve" for a in example.ANALYZERS for m in example.METRICS
+              if m in CURVE_METRICS}
+    drifts = {f"explain/{a}/drift" for a in example.ANALYZERS}  # drift is on by default
+    assert set(images) == grids | curves | drifts
+    for tag in grids | curves:
+        assert [e.step for e in images[tag]] == [2, 4], tag  # each epoch, at the global step
+    for tag in drifts:
+        assert [e.step for e in images[tag]] == [4], tag  # from the second explained epoch
+    for events in images.values():
         for event in events:
             assert png_size(event.encoded_image_string) == (event.width, event.height)
     # the overview holds a column per analyzer, so it is wider than any single one
     width_all = images["explain/all"][0].width
     assert all(images[f"explain/{a}"][0].width < width_all for a in example.ANALYZERS)
+    scalars = logged_scalars(log_dir)
+    assert {f"explain/{a}/{m}" for a in example.ANALYZERS for m in example.METRICS} <= scalars

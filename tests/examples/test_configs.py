@@ -1,0 +1,55 @@
+"""Every config in ``configs/`` runs through ``lit-explain fit`` and logs explanation images."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_explain.cli import main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1"]
+
+
+def image_tags(save_dir: Path) -> dict[str, list[int]]:
+    """Image tag -> its steps, across every TensorBoard event file under ``save_dir``."""
+    tags: dict[str, list[int]] = {}
+    for event_file in glob.glob(os.path.join(save_dir, "**", "events.out.tfevents.*"),
+                                recursive=True):
+        events = EventAccumulator(event_file, size_guidance={"images": 0})
+        events.Reload()
+        for tag in events.Tags()["images"]:
+            tags.setdefault(tag, []).extend(e.step for e in events.Images(tag))
+    return tags
+
+
+def test_there_is_a_config_per_analyzer_family():
+    names = {path.stem for path in CONFIGS}
+    assert {"digits", "gradient_family", "lrp_presets", "patterns", "metrics_drift"} <= names
+
+
+def explain_analyzers(config: Path) -> list[str]:
+    """The analyzer names of the config's ExplainCallback."""
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    (explain,) = [c for c in callbacks if c["class_path"].endswith("ExplainCallback")]
+    return list(explain["init_args"]["analyzers"])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_config_fits_and_logs_explanations(config, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lit-explain"])  # pytest's own arguments are not ours
+    main(["fit", f"--config={config}", *TINY, f"--trainer.default_root_dir={tmp_path}",
+          f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
+
+    expected = {f"explain/{name}" for name in explain_analyzers(config)} | {"explain/all"}
+    tags = image_tags(tmp_path / "runs")
+    assert expected <= set(tags), f"missing: {sorted(expected - set(tags))}"
+    assert all(tags[tag] == [2] for tag in expected)  # one epoch of two steps, explained once

@@ -1,144 +1,520 @@
-"""The explanation grid: one row per sample — the input, then one heatmap per analyzer.
+"""The explanation grid: one row per sample, the input and then one heatmap per analyzer.
 
-Images ``(N, C, H, W)`` are shown as images; tabular ``(N, F)`` and sequence ``(N, C, L)``
-inputs as coloured strips (one cell per feature, one strip row per channel), so every input
-kind gives a readable picture. Small inputs (8×8 digits) are magnified by an integer factor
-with nearest-neighbour sampling.
+Layout::
+
+                 input     gradient   lrp.epsilon      <- header: analyzer names (wrapped)
+    true: 3    [ input ]  [ heatmap ]  [ heatmap ]     <- one row per sample
+    pred: 3
+    true: 7    [ input ]  [ heatmap ]  [ heatmap ]
+    pred: 1                                            (pred green when right, red when wrong)
+                    -max [ colour bar ] +max           <- which colour is which sign
+
+Each input kind gets a readable cell:
+
+- images ``(N, C, H, W)``: the picture (grey, RGB, or the channel mean), magnified by
+  nearest neighbour to about ``cell_size`` pixels (an 8x8 digit becomes 64x64);
+- tabular rows ``(N, F)`` and one-channel sequences ``(N, 1, L)``: a bar plot of the values
+  over a strip of coloured cells, one per feature (time step); heatmap columns colour
+  both the bars and the strip;
+- multi-channel sequences ``(N, C, L)``: a ``C x L`` picture, with the channel-summed
+  relevance as a strip below it in the heatmap columns;
+- token ids (integer ``(N, L)``): the words, one cell per token, wrapped into lines; the
+  heatmap columns write each word on its relevance colour.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ._canvas import BLACK, WHITE, canvas, paste
-from .colormaps import heatmap
+from ._canvas import WHITE, canvas, fill_rect, outline_rect, paste, upscale
+from .colormaps import Colormap, get_cmap, heatmap
 from .font import GLYPH_HEIGHT, draw_text, text_width
 
+__all__ = ["explanation_grid"]
+
+TEXT = (0.1, 0.1, 0.1)
+GREEN = (0.0, 0.5, 0.0)
 RED = (0.8, 0.1, 0.1)
-PAD = 4
+FRAME = (0.72, 0.72, 0.72)
+BAR = (0.35, 0.35, 0.35)
+KINDS = ("auto", "image", "sequence", "tabular", "tokens")
+
+Scale = float | Tensor | Mapping[str, float | Tensor] | None
 
 
-def as_image_batch(x: Tensor) -> Tensor:
-    """View inputs or maps as ``(N, C, H, W)``: ``(N, F)`` → ``(N, 1, 1, F)``,
-    ``(N, C, L)`` → ``(N, 1, C, L)``, more than 4 dims → ``(N, 1, 1, rest)``."""
-    x = x.detach().float().cpu()
-    if x.dim() == 4:
-        return x
-    if x.dim() == 2:
-        return x[:, None, None, :]
-    if x.dim() == 3:
-        return x[:, None]
-    if x.dim() > 4:
-        return x.reshape(len(x), 1, 1, -1)
-    raise ValueError(f"expected a batch (N, ...) with at least 2 dims, got shape {tuple(x.shape)}")
+# ----------------------------------------------------------------------------- helpers
 
 
-def display_inputs(x: Tensor) -> Tensor:
-    """Inputs as RGB in ``[0, 1]``: per-sample min-max scaled, gray unless 3 channels."""
-    x = as_image_batch(x)
-    if x.shape[1] != 3:
-        x = x.mean(dim=1, keepdim=True)
-    low = x.flatten(1).amin(1).view(-1, 1, 1, 1)
-    high = x.flatten(1).amax(1).view(-1, 1, 1, 1)
-    x = (x - low) / (high - low).clamp(min=1e-12)
-    return x.expand(-1, 3, -1, -1)
+def _cpu(t: Tensor | np.ndarray, what: str) -> Tensor:
+    if isinstance(t, np.ndarray):
+        t = torch.from_numpy(np.asarray(t))
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
+    return t.detach().cpu()
 
 
-def _magnification(height: int, width: int) -> tuple[int, int]:
-    """Integer factors that make a cell readable: about 64×64 for images, strips of at
-    least 24 px (two lines of label text) and about 192 px wide for 1-D data."""
-    if height == 1 or height * 4 < width:
-        return max(1, 24 // height), max(1, 192 // width)
-    factor = max(1, 64 // max(height, width))
-    return factor, factor
+def _class_ids(v: Tensor | Sequence[int] | None, n: int, what: str) -> list[int] | None:
+    if v is None:
+        return None
+    t = v.detach().cpu() if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v))
+    if t.ndim == 2:  # one-hot, probabilities or logits
+        t = t.argmax(1)
+    t = t.reshape(-1)
+    if t.numel() != n:
+        raise ValueError(f"{what} has {t.numel()} entries for {n} samples")
+    return [int(i) for i in t.tolist()]
 
 
-def explanation_grid(inputs: Tensor, maps: Mapping[str, Tensor],
-                     labels: Tensor | Sequence[int] | None = None,
-                     predictions: Tensor | Sequence[int] | None = None,
-                     class_names: Sequence[str] | None = None, cmap: str = "seismic",
-                     absmax: Mapping[str, float] | None = None,
-                     token_names: Sequence[str] | None = None) -> Tensor:
-    """Compose the picture the callback logs.
+def _class_name(i: int, names: Sequence[str] | Mapping[int, str] | None) -> str:
+    if names is None:
+        return str(i)
+    if isinstance(names, Mapping):
+        return str(names.get(i, i))
+    return str(names[i]) if 0 <= i < len(names) else str(i)
+
+
+def _fit(text: str, width: int, scale: int = 1) -> str:
+    """``text``, shortened with a trailing ``..`` until it fits ``width`` pixels."""
+    if text_width(text, scale) <= width:
+        return text
+    while text and text_width(text + "..", scale) > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def _wrap(name: str, max_chars: int) -> list[str]:
+    """Lines of at most ``max_chars``, broken preferably after ``.``, ``_``, ``-``, ``/``."""
+    lines: list[str] = []
+    line = ""
+    for token in re.findall(r"[^._\-/ ]+[._\-/ ]*|[._\-/ ]+", name):
+        while len(token) > max_chars:  # a word longer than a line is cut
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(token[:max_chars])
+            token = token[max_chars:]
+        if len(line) + len(token) > max_chars:
+            lines.append(line)
+            line = ""
+        line += token
+    if line:
+        lines.append(line)
+    return [ln.rstrip(" ") for ln in lines] or [""]
+
+
+def _minmax(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Min-max scaling to ``[0, 1]`` over ``dims`` (constant slices become 0.5)."""
+    lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1), 0.5)
+
+
+def _scale_for(name: str, absmax: Scale) -> float | Tensor | None:
+    return absmax.get(name) if isinstance(absmax, Mapping) else absmax
+
+
+def _scalar(v: object) -> float | None:
+    """``v`` as a finite float if it is one number, else None."""
+    if isinstance(v, Tensor):
+        v = float(v) if v.numel() == 1 else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _ink_for(rgb: Tensor) -> tuple[float, float, float]:
+    """Black or white text, whichever reads better on the colour ``rgb`` (3,)."""
+    luminance = float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+    return (0.0, 0.0, 0.0) if luminance > 0.45 else (1.0, 1.0, 1.0)
+
+
+def _middle_slices(t: Tensor, keep: int) -> Tensor:
+    """Index the middle of every axis between the batch and the last ``keep`` axes."""
+    while t.ndim > keep + 1:
+        t = t.select(1, t.shape[1] // 2)
+    return t
+
+
+# ------------------------------------------------------------------------- the cells
+#
+# Each builder returns the input column's cells and, per analyzer, the heatmap cells:
+# (3, h, w) float images, all of one size.
+
+
+def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
+                 reduce_op: str, absmax: Scale, cell: int):
+    N, C, H, W = x.shape
+    factor = max(1, cell // max(H, W))
+    shown = _minmax(x, (1, 2, 3)) if C == 3 else _minmax(x.mean(1, keepdim=True), (1, 2, 3))
+    shown = shown.expand(-1, 3, -1, -1)
+    inputs = [upscale(shown[i], factor) for i in range(N)]
+    out: dict[str, list[Tensor]] = {}
+    for name, m in maps.items():
+        if m.ndim == 2 and m.shape[1] in (C * H * W, H * W):
+            m = m.reshape(N, -1, H, W)
+        if m.ndim > 4:
+            m = _middle_slices(m, 3) if m.shape[1] == C else _middle_slices(m, 2)
+        if m.ndim not in (3, 4):
+            raise ValueError(
+                f"map {name!r} has shape {tuple(m.shape)}; for images {tuple(x.shape)} a map "
+                "must be (N, C, H, W), (N, H, W), or flat with C*H*W or H*W values per sample"
+            )
+        if tuple(m.shape[-2:]) != (H, W):  # e.g. a hidden layer's map: stretch to the input
+            m = F.interpolate(m if m.ndim == 4 else m[:, None], size=(H, W), mode="nearest")
+        rgb = heatmap(m, cmap_type=cmaps[name], reduce_op=reduce_op,
+                      shared_absmax=_scale_for(name, absmax))
+        out[name] = [upscale(rgb[i], factor) for i in range(N)]
+    return inputs, out
+
+
+def _bars(values: Tensor, colors: Tensor, cw: int, height: int) -> Tensor:
+    """A bar plot ``(3, height, L * cw)`` of ``values`` (L,) in ``colors`` (3, L).
+
+    Bars grow from a zero line: in the middle for signed values, at the bottom (top) when
+    all are non-negative (non-positive); heights are relative to the largest ``|value|``.
+    """
+    a = values.abs().max()
+    v = values / a if a > 0 else torch.zeros_like(values)
+    if (values >= 0).all():
+        zero, reach = height - 1, height - 1
+    elif (values <= 0).all():
+        zero, reach = 0, height - 1
+    else:
+        zero, reach = (height - 1) // 2, (height - 1) // 2
+    ends = (zero - v * reach).round().long()
+    rows = torch.arange(height)[:, None]
+    inside = (rows >= ends.clamp(max=zero)) & (rows <= ends.clamp(min=zero)) & (v != 0)
+    inside = inside.repeat_interleave(cw, 1)
+    if cw >= 3:  # a one-pixel gap between bars
+        inside[:, cw - 1 :: cw] = False
+    img = torch.where(inside[None], colors.repeat_interleave(cw, 1)[:, None, :], 1.0)
+    img[:, zero] = torch.tensor(FRAME).view(3, 1)
+    return img
+
+
+def _strip_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
+                 reduce_op: str, absmax: Scale, cell: int):
+    N, C, L = x.shape
+    cw = max(1, (3 * cell) // L)
+    strip_h, gap = max(6, cell // 5), 2
+    gray = get_cmap("gray")
+    # channel-summed maps (N, L) for the strips, and full (N, C, L) maps where given
+    summed = {n: m.sum(1) for n, m in maps.items()}
+    strips = {
+        n: heatmap(r[:, None, :], cmap_type=cmaps[n], shared_absmax=_scale_for(n, absmax))[:, :, 0]
+        for n, r in summed.items()
+    }
+    inputs: list[Tensor] = []
+    out: dict[str, list[Tensor]] = {n: [] for n in maps}
+    if C == 1:
+        bar_h = cell - strip_h - gap
+        xin = gray(_minmax(x[:, 0], (1,))).permute(0, 2, 1)  # (N, 3, L)
+        for i in range(N):
+            c = torch.ones(3, cell, L * cw)
+            c[:, :bar_h] = _bars(x[i, 0], torch.tensor(BAR).view(3, 1).expand(3, L), cw, bar_h)
+            c[:, bar_h + gap :] = xin[i].repeat_interleave(cw, 1)[:, None, :]
+            inputs.append(c)
+            for n in maps:
+                c = torch.ones(3, cell, L * cw)
+                c[:, :bar_h] = _bars(summed[n][i], strips[n][i], cw, bar_h)
+                c[:, bar_h + gap :] = strips[n][i].repeat_interleave(cw, 1)[:, None, :]
+                out[n].append(c)
+        return inputs, out
+    rh = max(1, (cell - strip_h - gap) // C)
+    pic_h = rh * C
+    xin = gray(_minmax(x, (2,))).permute(0, 3, 1, 2)  # (N, 3, C, L), each channel scaled
+    pics = {
+        n: heatmap(m, cmap_type=cmaps[n], reduce_axis=None, shared_absmax=_scale_for(n, absmax))
+        for n, m in maps.items()
+        if m.shape[1] == C
+    }
+    for i in range(N):
+        c = torch.ones(3, pic_h + gap + strip_h, L * cw)
+        c[:, :pic_h] = xin[i].repeat_interleave(rh, 1).repeat_interleave(cw, 2)
+        inputs.append(c)
+        for n in maps:
+            c = torch.ones(3, pic_h + gap + strip_h, L * cw)
+            if n in pics:
+                c[:, :pic_h] = pics[n][i].repeat_interleave(rh, 1).repeat_interleave(cw, 2)
+                c[:, pic_h + gap :] = strips[n][i].repeat_interleave(cw, 1)[:, None, :]
+            else:  # a channel-reduced map: its strip fills the cell
+                c[:] = strips[n][i].repeat_interleave(cw, 1)[:, None, :]
+            out[n].append(c)
+    return inputs, out
+
+
+def _token_cells(ids: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
+                 absmax: Scale, cell: int, token_names: Sequence[str] | None):
+    N, L = ids.shape
+    names = token_names
+    words = [[str(t) if names is None or not 0 <= t < len(names) else str(names[t])
+              for t in row.tolist()] for row in ids]
+    longest = max((text_width(_fit(w, 16 * 6)) for row in words for w in row), default=0)
+    tw = max((3 * cell) // L, longest + 4)  # cell width per token
+    per_line = max(1, min(L, (6 * cell) // tw))
+    lines = math.ceil(L / per_line)
+    th = GLYPH_HEIGHT + 5
+    size = (3, lines * th, per_line * tw)
+
+    def draw(colors: Tensor | None, i: int) -> Tensor:
+        c = torch.ones(size)
+        for k, word in enumerate(words[i]):
+            x0, y0 = (k % per_line) * tw, (k // per_line) * th
+            ink = (0.0, 0.0, 0.0)
+            if colors is not None:
+                c[:, y0 : y0 + th - 1, x0 : x0 + tw - 1] = colors[:, k].view(3, 1, 1)
+                ink = _ink_for(colors[:, k])
+            draw_text(c, _fit(word, tw - 4), x0 + (tw - 1) // 2, y0 + 2, ink, anchor="center")
+        return c
+
+    inputs = [draw(None, i) for i in range(N)]
+    out = {}
+    for n, m in maps.items():
+        rgb = heatmap(m[:, None, :], cmap_type=cmaps[n], shared_absmax=_scale_for(n, absmax))
+        out[n] = [draw(rgb[i, :, 0], i) for i in range(N)]
+    return inputs, out
+
+
+def _token_map(name: str, m: Tensor, L: int) -> Tensor:
+    """A token model's map as ``(N, L)``: one value per token (embedding axes summed)."""
+    if m.ndim >= 2 and m[0].numel() == L:
+        return m.reshape(len(m), L)
+    if m.ndim >= 3 and m.shape[1] == L:
+        return m.flatten(2).sum(2)
+    if m.ndim >= 3 and m.shape[-1] == L:
+        return m.flatten(1, -2).sum(1)
+    raise ValueError(f"map {name!r} has shape {tuple(m.shape)}; token inputs of length {L} "
+                     f"need (N, {L}) maps, or (N, {L}, E) / (N, E, {L}) summed over E")
+
+
+def _strip_map(name: str, m: Tensor, C: int, L: int) -> Tensor:
+    """A map as ``(N, C, L)`` or, when already channel-reduced, ``(N, 1, L)``."""
+    if m.ndim >= 2 and m[0].numel() == C * L:
+        return m.reshape(len(m), C, L)
+    if m.ndim >= 2 and m[0].numel() == L:
+        return m.reshape(len(m), 1, L)
+    raise ValueError(f"map {name!r} has shape {tuple(m.shape)}; for inputs with {C} "
+                     f"channel(s) of length {L} a map needs {C * L} or {L} values per sample")
+
+
+# ------------------------------------------------------------------------------ grid
+
+
+def explanation_grid(
+    inputs: Tensor | np.ndarray,
+    maps: Mapping[str, Tensor | np.ndarray],
+    labels: Tensor | Sequence[int] | None = None,
+    predictions: Tensor | Sequence[int] | None = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    cmap: str | Colormap | Mapping[str, str | Colormap] = "seismic",
+    absmax: float | Tensor | Mapping[str, float | Tensor] | None = None,
+    token_names: Sequence[str] | None = None,
+    *,
+    reduce_op: str = "sum",
+    kind: str = "auto",
+    cell_size: int = 64,
+    padding: int = 4,
+    text_scale: int | None = None,
+    input_title: str = "input",
+    colorbar: bool = True,
+    as_uint8: bool = False,
+) -> Tensor:
+    """Compose inputs and their attribution maps into one picture, one row per sample.
+
+    Columns: the true and predicted label (when given), the input, then one heatmap per
+    analyzer (iNNvestigate's :func:`heatmap`: channels summed, each sample scaled by its
+    absolute maximum, seismic colours: red for, blue against the explained output, white
+    zero), under a header of analyzer names; a colour bar at the bottom.
 
     Parameters
     ----------
-    inputs:
-        The samples, ``(N, C, H, W)``, ``(N, C, L)`` or ``(N, F)``.
-    maps:
-        Analyzer name → attribution map of the same shape as ``inputs``.
-    labels, predictions:
-        True and predicted class per sample, written beside each row (a wrong prediction
-        in red).
-    class_names:
-        Names for the class indices.
-    cmap:
-        Colour map of the heatmaps (``"seismic"``: red for, blue against the output).
-    absmax:
-        Analyzer name → a fixed range for its heatmaps (shared across epochs); analyzers
-        not in it are scaled per sample.
-    token_names:
-        For integer inputs (token ids, ``(N, L)``): the word of each id. The input column
-        then shows the tokens as text, and each map column colours one cell per token.
+    inputs : Tensor or ndarray
+        ``(N, C, H, W)`` images (C = 3 shown as RGB, other counts as their channel mean;
+        each sample min-max scaled), ``(N, C, L)`` sequences, ``(N, F)`` tabular rows, or
+        integer ``(N, L)`` token ids. Inputs with more than 4 axes (``(N, C, D, H, W)``
+        volumes, videos) are shown by their middle slice along the extra axes. Any device;
+        the picture is made on the CPU.
+    maps : mapping of str to Tensor or ndarray
+        Analyzer name -> attribution map of the same samples: the input's shape, or
+        already channel-reduced (``(N, H, W)``, ``(N, L)``), or flat with as many values
+        per sample. Image maps of another spatial size (a hidden layer's) are stretched
+        to the input's size by nearest neighbour.
+    labels, predictions : (N,) ints or (N, K) scores (arg-maxed), optional
+        Written left of each row as ``true: ...`` and ``pred: ...``; the prediction is
+        green when it matches the label and red when not.
+    class_names : sequence or mapping, optional
+        Names of the class indices.
+    cmap : str, Colormap, or mapping of analyzer name to those
+        Colour map of the heatmaps (:data:`cmaps`; default ``"seismic"``).
+    absmax : float, (N,) tensor, or mapping of analyzer name to those, optional
+        Fixed heatmap scales, e.g. kept across epochs so that changes of magnitude show
+        (:func:`heatmap`'s ``shared_absmax``); analyzers without one are scaled per sample.
+    token_names : sequence of str, optional
+        The word of each token id, for integer inputs.
+    reduce_op : {"sum", "absmax", "mean"}
+        How image maps' channels are combined.
+    kind : {"auto", "image", "sequence", "tabular", "tokens"}
+        How to read ``inputs``. ``"auto"``: integer ``(N, L)`` are tokens; otherwise 4+
+        axes are images, 3 sequences, 2 tabular. ``"image"`` reads 3 axes as
+        ``(N, H, W)``; ``"tabular"`` flattens each sample.
+    cell_size : int
+        Images smaller than this are magnified by the largest integer factor that keeps
+        them within it (8x8 -> 64x64). Strips are this high and about 3 times as wide.
+    padding : int
+        Pixels between cells.
+    text_scale : int, optional
+        Font magnification; default 1, or 2 when cells are 160 pixels or larger.
+    input_title : str
+        Header of the input column.
+    colorbar : bool
+        Draw the first analyzer's colour map as a labelled bar at the bottom.
+    as_uint8 : bool
+        Return ``uint8`` in ``0..255`` instead of float in ``[0, 1]``.
 
     Returns
     -------
     Tensor
-        ``(3, H, W)`` float RGB image in ``[0, 1]``.
+        ``(3, H, W)`` RGB picture on the CPU, channels first (TensorBoard's ``add_image``
+        layout; :func:`to_uint8_hwc` makes the ``(H, W, 3)`` uint8 that W&B and
+        :func:`write_png` want).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kind``, colour map or ``reduce_op``, inputs without samples, or a
+        map whose batch size or shape does not fit the inputs (the message names the
+        analyzer and the shapes).
     """
-    tokens = not inputs.is_floating_point()
-    shown = display_inputs(inputs) if not tokens else as_image_batch(inputs).new_ones(
-        len(inputs), 3, 1, inputs[0].numel())
-    count, _, height, width = shown.shape
-    fy, fx = _magnification(height, width)
-    words: list[list[str]] = []
-    if tokens:
-        names = token_names
-        words = [[str(int(t)) if names is None else names[int(t)] for t in row.flatten()]
-                 for row in inputs]
-        fy = max(fy, GLYPH_HEIGHT + 4)
-        fx = max(fx, max(text_width(w) for row in words for w in row) + 4)
-    columns = [("input", shown)]
-    for name, attribution in maps.items():
-        limit = (absmax or {}).get(name)
-        columns.append((name, heatmap(as_image_batch(attribution), cmap_type=cmap,
-                                      shared_absmax=limit)))
-    cell_h, cell_w = height * fy, width * fx
-    column_w = [max(cell_w, text_width(title) + PAD) for title, _ in columns]
-    names = [str(i) for i in range(1000)] if class_names is None else list(class_names)
-    row_text = []
-    for i in range(count):
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; valid ones: {', '.join(map(repr, KINDS))}")
+    x = _cpu(inputs, "inputs")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"inputs must be a batch (N, ...) with N >= 1, got {tuple(x.shape)}")
+    integer = not (x.is_floating_point() or x.dtype == torch.bool)
+    if kind == "auto":
+        kind = ("tokens" if integer and x.ndim == 2
+                else {2: "tabular", 3: "sequence"}.get(x.ndim, "image"))
+    if kind != "tokens":
+        x = x.float()
+    if kind == "image":
+        x = x[:, None] if x.ndim == 3 else _middle_slices(x, 3) if x.ndim > 4 else x
+        if x.ndim != 4:
+            raise ValueError(f"kind='image' needs (N, C, H, W) or (N, H, W), got {tuple(x.shape)}")
+    elif kind == "tabular":
+        x = x.reshape(len(x), 1, -1)
+    elif kind == "sequence":
+        x = x[:, None] if x.ndim == 2 else x
+        if x.ndim != 3:
+            raise ValueError(f"kind='sequence' needs (N, C, L) or (N, L), got {tuple(x.shape)}")
+    else:
+        x = x.reshape(len(x), -1).long()
+    N = len(x)
+    ms: dict[str, Tensor] = {}
+    for name, m in maps.items():
+        t = _cpu(m, f"map {name!r}").float()
+        if t.ndim < 2 or t.shape[0] != N:
+            raise ValueError(f"map {name!r} has shape {tuple(t.shape)}, but there are {N} inputs")
+        if kind == "tokens":
+            t = _token_map(name, t, x.shape[1])
+        elif kind != "image":
+            t = _strip_map(name, t, x.shape[1], x.shape[2])
+        ms[name] = t
+    cms = {n: get_cmap(cmap[n] if isinstance(cmap, Mapping) else cmap) for n in ms}
+
+    if kind == "image":
+        in_cells, map_cells = _image_cells(x, ms, cms, reduce_op, absmax, cell_size)
+    elif kind == "tokens":
+        in_cells, map_cells = _token_cells(x, ms, cms, absmax, cell_size, token_names)
+    else:
+        in_cells, map_cells = _strip_cells(x, ms, cms, reduce_op, absmax, cell_size)
+    ch, cw = in_cells[0].shape[1:]
+
+    s = text_scale or (2 if max(ch, cw) >= 160 and kind == "image" else 1)
+    line_h = (GLYPH_HEIGHT + 2) * s
+    pad = padding
+
+    # header: names wrapped to the column width (at least 12 characters)
+    titles = [input_title, *ms]
+    wrapped = [_wrap(t, max(12, cw // (6 * s))) for t in titles]
+    scales = [_scalar(_scale_for(n, absmax)) for n in ms]
+    for lines, v in zip(wrapped[1:], scales, strict=True):
+        if v is not None:  # a fixed scale: say which
+            lines.append(f"max {v:.3g}")
+    col_w = [max(cw, *(text_width(ln, s) for ln in lines)) for lines in wrapped]
+    header_h = max(len(lines) for lines in wrapped) * line_h
+
+    # label column
+    trues = _class_ids(labels, N, "labels")
+    preds = _class_ids(predictions, N, "predictions")
+    row_text: list[list[tuple[str, tuple[float, float, float]]]] = []
+    for i in range(N):
         lines = []
-        if labels is not None:
-            lines.append(f"true {names[int(labels[i])]}")
-        if predictions is not None:
-            lines.append(f"pred {names[int(predictions[i])]}")
+        if trues is not None:
+            lines.append((f"true: {_class_name(trues[i], class_names)}", TEXT))
+        if preds is not None:
+            color = TEXT if trues is None else GREEN if trues[i] == preds[i] else RED
+            lines.append((f"pred: {_class_name(preds[i], class_names)}", color))
         row_text.append(lines)
-    label_w = max([text_width(line) for lines in row_text for line in lines] + [0])
-    label_w += PAD if label_w else 0
-    header_h = GLYPH_HEIGHT + PAD
-    total_w = PAD + label_w + sum(w + PAD for w in column_w)
-    total_h = header_h + PAD + count * (cell_h + PAD)
-    image = canvas(total_h, total_w, WHITE)
-    x = PAD + label_w
-    for (title, cells), w in zip(columns, column_w, strict=True):
-        draw_text(image, title, x + w // 2, PAD // 2, BLACK, anchor="center")
-        for i in range(count):
-            y = header_h + PAD + i * (cell_h + PAD)
-            cell = cells[i].repeat_interleave(fy, -2).repeat_interleave(fx, -1)
-            paste(image, cell, x + (w - cell_w) // 2, y)
-            if tokens and title == "input":
-                for k, word in enumerate(words[i]):
-                    draw_text(image, word, x + (w - cell_w) // 2 + k * fx + fx // 2, y + 2,
-                              BLACK, anchor="center")
-        x += w + PAD
-    for i, lines in enumerate(row_text):
-        y = header_h + PAD + i * (cell_h + PAD)
-        wrong = labels is not None and predictions is not None and int(labels[i]) != int(
-            predictions[i])
-        for k, line in enumerate(lines):
-            color = RED if wrong and line.startswith("pred") else BLACK
-            draw_text(image, line, PAD, y + k * (GLYPH_HEIGHT + 2), color)
-    return image.clamp(0, 1)
+    max_label = 18 * 6 * s
+    label_w = max((min(text_width(t, s), max_label) for ln in row_text for t, _ in ln), default=0)
+
+    # canvas
+    x_cells = pad + (label_w + 2 * pad if label_w else 0)
+    width = x_cells + sum(w + 2 * pad for w in col_w)
+    top = pad + header_h + pad
+    bar_h = line_h + 12 * s + 2 * pad if colorbar and ms else 0
+    height = top + N * (ch + 2 * pad) + bar_h
+    img = canvas(height, width, WHITE)
+
+    x0 = x_cells
+    for lines, w in zip(wrapped, col_w, strict=True):
+        for k, ln in enumerate(lines):  # bottom-aligned over the column
+            draw_text(img, ln, x0 + w // 2, top - pad - (len(lines) - k) * line_h + s, TEXT, s,
+                      anchor="center")
+        x0 += w + 2 * pad
+    for i in range(N):
+        y = top + i * (ch + 2 * pad)
+        lines = row_text[i]
+        ly = y + (ch - len(lines) * line_h) // 2 + s
+        for k, (t, color) in enumerate(lines):
+            draw_text(img, _fit(t, max_label, s), pad, ly + k * line_h, color, s)
+        x0 = x_cells
+        for j, w in enumerate(col_w):
+            cell = in_cells[i] if j == 0 else map_cells[titles[j]][i]
+            cx = x0 + (w - cw) // 2
+            paste(img, cell, cx, y)
+            outline_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
+            x0 += w + 2 * pad
+    if bar_h:
+        first = next(iter(ms))
+        shared = scales[0] if len(set(scales)) == 1 else None  # numbers only if all agree
+        _colorbar(img, cms[first], shared, height - bar_h + pad, s, pad)
+    img = img.clamp(0, 1)
+    return (img * 255).round().to(torch.uint8) if as_uint8 else img
+
+
+def _colorbar(img: Tensor, cmap: Colormap, absmax: float | None, y: int, s: int,
+              pad: int) -> None:
+    """A horizontal bar of ``cmap`` at height ``y``: ends labelled, a tick at zero."""
+    _, _, W = img.shape
+    if absmax is not None:
+        lo, hi = f"-{absmax:.3g}", f"+{absmax:.3g}"
+    else:
+        lo, hi = "-max", "+max"
+    bw = min(W - 2 * pad - text_width(lo, s) - text_width(hi, s) - 16 * s, 160 * s)
+    if bw < 16:
+        return
+    bh = 8 * s
+    x0 = (W - bw) // 2
+    paste(img, cmap(torch.linspace(0, 1, bw)).T[:, None, :].expand(3, bh, bw), x0, y)
+    outline_rect(img, x0 - 1, y - 1, x0 + bw + 1, y + bh + 1, FRAME)
+    ty = y + (bh - 7 * s) // 2
+    draw_text(img, lo, x0 - 4 * s, ty, TEXT, s, anchor="right")
+    draw_text(img, hi, x0 + bw + 4 * s, ty, TEXT, s)
+    fill_rect(img, x0 + bw // 2, y + bh + 1, x0 + bw // 2 + s, y + bh + 1 + 2 * s, TEXT)
+    draw_text(img, "0", x0 + bw // 2, y + bh + 3 * s + 1, TEXT, s, anchor="center")

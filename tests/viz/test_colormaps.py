@@ -1,0 +1,137 @@
+"""iNNvestigate's colour maps against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lit_explain import viz
+
+DARK_BLUE, WHITE, DARK_RED = (0.0, 0.0, 0.3), (1.0, 1.0, 1.0), (0.5, 0.0, 0.0)
+
+
+def rgb(t):
+    return torch.tensor(t, dtype=torch.float32)
+
+
+def test_seismic_is_matplotlibs_five_anchor_segments():
+    # dark blue, blue, white, red, dark red at 0, 1/4, 1/2, 3/4, 1; linear in between
+    v = torch.tensor([0.0, 0.125, 0.25, 0.5, 0.625, 0.75, 1.0])
+    expected = rgb([DARK_BLUE, (0, 0, 0.65), (0, 0, 1), WHITE, (1, 0.5, 0.5), (1, 0, 0), DARK_RED])
+    torch.testing.assert_close(viz.seismic(v), expected)
+    torch.testing.assert_close(viz.bwr(torch.tensor([0.0, 0.5, 1.0])),
+                               rgb([(0, 0, 1), WHITE, (1, 0, 0)]))
+    gray = viz.gray(torch.linspace(0, 1, 5))
+    torch.testing.assert_close(gray, torch.linspace(0, 1, 5)[:, None].expand(5, 3))
+    # out-of-range values clip to the ends
+    torch.testing.assert_close(viz.seismic(torch.tensor([-3.0, 7.0])), rgb([DARK_BLUE, DARK_RED]))
+
+
+def test_project_maps_minus_absmax_zero_and_absmax_to_the_range():
+    x = torch.tensor([[-2.0, 0.0, 1.0, 2.0]])
+    torch.testing.assert_close(viz.project(x), torch.tensor([[0.0, 0.5, 0.75, 1.0]]))
+    torch.testing.assert_close(viz.project(x, output_range=(0, 255))[0, 2], torch.tensor(191.25))
+    positive = viz.project(torch.tensor([[0.0, 1.0, 4.0]]), input_is_positive_only=True)
+    torch.testing.assert_close(positive, torch.tensor([[0.0, 0.25, 1.0]]))
+    # per sample, and a given absmax (scalar or per sample) replaces it; zero maps stay put
+    two = torch.tensor([[1.0, -1.0], [4.0, 2.0]])
+    torch.testing.assert_close(viz.project(two), torch.tensor([[1.0, 0.0], [1.0, 0.75]]))
+    torch.testing.assert_close(viz.project(two, absmax=torch.tensor([2.0, 8.0])),
+                               torch.tensor([[0.75, 0.25], [0.75, 0.625]]))
+    torch.testing.assert_close(viz.project(torch.zeros(1, 3)), torch.full((1, 3), 0.5))
+    assert torch.equal(two, torch.tensor([[1.0, -1.0], [4.0, 2.0]]))  # input untouched
+
+
+def test_heatmap_of_positive_negative_and_zero_maps_is_red_blue_white():
+    for value, colour in ((1.0, DARK_RED), (-1.0, DARK_BLUE), (0.0, WHITE)):
+        out = viz.heatmap(torch.full((1, 1, 2, 2), value))
+        assert out.shape == (1, 3, 2, 2)
+        torch.testing.assert_close(out[0, :, 0, 0], rgb(colour))
+    # one map with all three: -1 dark blue, 0 white, +1 dark red; +0.5 -> red at 3/4
+    out = viz.heatmap(torch.tensor([[[[-1.0, 0.0, 0.5, 1.0]]]]))[0, :, 0].T
+    torch.testing.assert_close(out, rgb([DARK_BLUE, WHITE, (1, 0, 0), DARK_RED]))
+
+
+def test_heatmap_sums_channels_and_scales_each_sample_alone():
+    maps = torch.stack([torch.ones(3, 2, 2), 10 * torch.ones(3, 2, 2)])
+    colours = viz.heatmap(maps)
+    assert colours.shape == (2, 3, 2, 2)
+    torch.testing.assert_close(colours[0], colours[1])  # per-sample normalization
+    shared = viz.heatmap(maps, shared_absmax=30.0)  # channel sums 3 and 30 -> 0.55 and 1
+    torch.testing.assert_close(shared[1, :, 0, 0], rgb(DARK_RED))
+    torch.testing.assert_close(shared[0, :, 0, 0], rgb((1.0, 0.8, 0.8)))
+    # channel sum +1 -1 = 0 is white; "absmax" keeps the signed largest: -3 wins over 2
+    mixed = torch.tensor([1.0, -1.0])[None, :, None, None]
+    torch.testing.assert_close(viz.heatmap(mixed)[0, :, 0, 0], rgb(WHITE))
+    pick = torch.tensor([2.0, -3.0])[None, :, None, None]
+    torch.testing.assert_close(viz.heatmap(pick, reduce_op="absmax")[0, :, 0, 0], rgb(DARK_BLUE))
+    # normalize=False takes values as they are, in [-1, 1]
+    half = viz.heatmap(torch.full((1, 1, 1, 1), 0.5), normalize=False)
+    torch.testing.assert_close(half[0, :, 0, 0], rgb((1.0, 0.0, 0.0)))
+
+
+def test_heatmap_layouts_dtypes_and_numpy():
+    assert viz.heatmap(torch.randn(2, 5, 7)).shape == (2, 3, 5, 7)  # (N, H, W)
+    assert viz.heatmap(torch.randn(2, 9)).shape == (2, 3, 1, 9)  # (N, F) -> a strip
+    assert viz.heatmap(torch.randn(2, 3, 4, 5, 6)).shape == (2, 3, 4, 5, 6)  # (N, C, D, H, W)
+    assert viz.heatmap(torch.randn(2, 1, 4, 4), alpha_cmap=True).shape == (2, 4, 4, 4)
+    assert viz.heatmap(torch.randn(1, 1, 2, 2, dtype=torch.float64)).dtype == torch.float64
+    a = np.random.default_rng(0).normal(size=(2, 1, 3, 3))
+    out = viz.heatmap(a)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (2, 3, 3, 3)
+    assert 0 <= out.min() and out.max() <= 1
+    np.testing.assert_allclose(out, viz.heatmap(torch.from_numpy(a)).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="reduce_op"):
+        viz.heatmap(torch.ones(1, 2, 2, 2), reduce_op="max")
+
+
+def test_graymap_is_monotone_from_black_to_white():
+    ramp = torch.linspace(-1, 1, 11).reshape(1, 1, 1, 11)
+    gray = viz.graymap(ramp)[0, 0, 0]
+    assert bool((gray[1:] > gray[:-1]).all())
+    assert gray[0] == 0 and gray[5] == 0.5 and gray[-1] == 1  # signed: zero is mid-grey
+    pos = viz.graymap(torch.tensor([[0.0, 2.0, 4.0]]), input_is_positive_only=True)
+    torch.testing.assert_close(pos[0, 0, 0], torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_gamma_keeps_order_and_sign():
+    x = torch.tensor([[-4.0, -1.0, 0.0, 1.0, 4.0]])
+    # y = sign(x) * 4 * (|x| / 4) ** 0.5
+    torch.testing.assert_close(viz.gamma(x, gamma=0.5), torch.tensor([[-4.0, -2.0, 0.0, 2.0, 4.0]]))
+    torch.testing.assert_close(viz.gamma(x, gamma=1.0), x)
+    # around minamp = 1 with maxamp = 4: 5 -> 1 + 4, 2 -> 1 + 4 * (1/4) ** 0.5 = 3
+    torch.testing.assert_close(viz.gamma(torch.tensor([[5.0, 2.0, 1.0]]), 0.5, minamp=1, maxamp=4),
+                               torch.tensor([[5.0, 3.0, 1.0]]))
+    # per sample amplitude; an all-zero sample comes back unchanged
+    two = viz.gamma(torch.tensor([[1.0, 4.0], [0.0, 0.0]]), 0.5)
+    torch.testing.assert_close(two, torch.tensor([[2.0, 4.0], [0.0, 0.0]]))
+
+
+def test_clip_quantile_clips_to_the_percentiles():
+    x = torch.arange(11.0).reshape(1, 11)  # percentiles 10 and 90 are 1 and 9
+    torch.testing.assert_close(viz.clip_quantile(x, 10), x.clamp(1, 9))
+    torch.testing.assert_close(viz.clip_quantile(x, (0, 50)), x.clamp(0, 5))
+    # numpy's linear interpolation: the 25th percentile of 0..4 at 1, of 0, 10 at 2.5
+    a = np.array([[0.0, 10.0]])
+    np.testing.assert_allclose(viz.clip_quantile(a, 25), [[2.5, 7.5]])
+    # per (sample, channel) with channel_axis
+    xc = torch.stack([torch.arange(11.0), 10 * torch.arange(11.0)])[None]  # (1, 2, 11)
+    out = viz.clip_quantile(xc, 10, channel_axis=1)
+    torch.testing.assert_close(out[0, 0], xc[0, 0].clamp(1, 9))
+    torch.testing.assert_close(out[0, 1], xc[0, 1].clamp(10, 90))
+
+
+def test_unknown_colour_map_names_it_and_the_valid_ones():
+    with pytest.raises(ValueError, match=r"'jet-ish'.*bwr.*seismic"):
+        viz.heatmap(torch.ones(1, 1, 2, 2), cmap_type="jet-ish")
+    assert viz.get_cmap(viz.viridis) is viz.viridis
+    assert set(viz.cmaps) == {"seismic", "gray", "bwr", "coolwarm", "viridis"}
+
+
+def test_to_uint8_hwc_rounds_clips_and_moves_channels_last():
+    img = torch.tensor([0.0, 0.5, 1.0, 2.0]).view(1, 1, 4).expand(3, 1, 4)
+    out = viz.to_uint8_hwc(img)
+    assert out.dtype == np.uint8 and out.shape == (1, 4, 3)
+    assert out[0, :, 0].tolist() == [0, 128, 255, 255]
+    assert viz.to_uint8_hwc(torch.zeros(2, 3, 5, 6)).shape == (2, 5, 6, 3)

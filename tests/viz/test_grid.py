@@ -1,0 +1,138 @@
+"""The explanation grid: where the cells are, what they hold, every input kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lit_explain import viz
+from lit_explain.viz.font import GLYPH_HEIGHT, text_width
+
+DARK_RED = torch.tensor([0.5, 0.0, 0.0])
+DARK_BLUE = torch.tensor([0.0, 0.0, 0.3])
+
+
+def is_colour(image, colour, tol=1e-3):
+    return (image - torch.as_tensor(colour).view(3, 1, 1)).abs().amax(0) < tol
+
+
+def test_grid_cells_sit_where_the_layout_puts_them():
+    # 2 samples of 8x8, magnified x8 to 64x64; padding 4 -> cells 64 + 2*4 apart;
+    # no label column: cells start at x = 4; header = one line of 9 + 2 px: rows at y = 19
+    inputs = torch.zeros(2, 1, 8, 8)
+    inputs[:, :, :, 4:] = 1.0  # right half white
+    maps = {"pos": torch.ones(2, 1, 8, 8), "neg": -torch.ones(2, 1, 8, 8)}
+    image = viz.explanation_grid(inputs, maps, colorbar=False)
+    assert image.shape == (3, 19 + 2 * 72, 4 + 3 * 72)
+    for i in range(2):
+        y = 19 + i * 72
+        cell = lambda j, y=y: image[:, y : y + 64, 4 + j * 72 : 4 + j * 72 + 64]  # noqa: E731
+        assert (cell(0)[:, :, :32] == 0).all() and (cell(0)[:, :, 32:] == 1).all()
+        assert is_colour(cell(1), DARK_RED).all()
+        assert is_colour(cell(2), DARK_BLUE).all()
+    # frames of light grey around the cells, white padding elsewhere
+    assert torch.allclose(image[:, 19 - 1, 4 + 72 + 10], torch.tensor([0.72] * 3))
+    assert (image[:, 19 + 64 + 3, :] == 1).all()
+    # exactly the two map cells are red and blue: 2 samples x 64 x 64 each
+    assert is_colour(image, DARK_RED).sum() == 2 * 64 * 64
+    assert is_colour(image, DARK_BLUE).sum() == 2 * 64 * 64
+
+
+def test_grid_writes_headers_and_true_and_predicted_labels():
+    inputs = torch.rand(2, 1, 8, 8)
+    maps = {"lrp.sequential_preset_a_flat": torch.randn(2, 1, 8, 8)}
+    plain = viz.explanation_grid(inputs, maps, colorbar=False)
+    labelled = viz.explanation_grid(inputs, maps, labels=[3, 4], predictions=[3, 5],
+                                    class_names=["zero", "one", "two", "three", "four", "five"],
+                                    colorbar=False)
+    # a label column as wide as "true: three" (the longest line) plus padding
+    assert labelled.shape[2] - plain.shape[2] == text_width("true: three") + 8
+    # a long name is wrapped after "." / "_" into lines of at most 12 characters:
+    # "lrp." / "sequential_" / "preset_a_" / "flat", a header of 4 lines
+    assert plain.shape[1] == 4 + 4 * (GLYPH_HEIGHT + 2) + 4 + 2 * 72
+    # the right prediction is written in green, the wrong one in red
+    green = is_colour(labelled, (0.0, 0.5, 0.0))
+    red = is_colour(labelled, (0.8, 0.1, 0.1))
+    row0, row1 = slice(0, labelled.shape[1] // 2 + 10), slice(labelled.shape[1] // 2 + 10, None)
+    assert green[row0].any() and not red[row0].any()
+    assert red[row1].any() and not green[row1].any()
+
+
+def test_colour_bar_shows_the_map_and_a_shared_scale():
+    inputs, maps = torch.rand(1, 1, 8, 8), {"g": torch.randn(1, 1, 8, 8)}
+    without = viz.explanation_grid(inputs, maps, colorbar=False)
+    image = viz.explanation_grid(inputs, maps, absmax={"g": 2.5})
+    extra = image[:, without.shape[1] :]
+    assert is_colour(extra, DARK_RED, 0.02).any() and is_colour(extra, DARK_BLUE, 0.02).any()
+    # a fixed scale is written under the analyzer's name: one more header line
+    scaled = viz.explanation_grid(inputs, maps, absmax={"g": 2.5}, colorbar=False)
+    assert scaled.shape[1] == without.shape[1] + GLYPH_HEIGHT + 2
+
+
+def test_grid_returns_uint8_and_takes_numpy_rgb_and_hidden_layer_maps():
+    x = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    maps = {"g": np.ones((2, 3, 16, 16)), "layer": torch.ones(2, 4, 4)}  # 4x4: stretched
+    image = viz.explanation_grid(x, maps, as_uint8=True, colorbar=False)
+    assert image.dtype == torch.uint8 and image.shape[0] == 3
+    # 16x16 magnified x4 to 64x64; both maps are all dark red
+    assert is_colour(image.float() / 255, DARK_RED, 0.003).sum() == 2 * 2 * 64 * 64
+
+
+def test_tabular_rows_become_bars_over_a_coloured_strip():
+    x = torch.tensor([[1.0, -1.0, 0.0, 2.0]])
+    r = torch.tensor([[2.0, -2.0, 0.0, 1.0]])
+    image = viz.explanation_grid(x, {"g": r}, colorbar=False)
+    # strip cells 3 * 64 // 4 = 48 px per feature, 64 high; the strip is the bottom 12 rows
+    cw, y0 = 48, 19
+    x0 = 4 + (4 * cw + 8)  # second column
+    strip = image[:, y0 + 64 - 6, x0 : x0 + 4 * cw]
+    expected = viz.heatmap(r[:, None, :])[0, :, 0, :].repeat_interleave(cw, 1)
+    torch.testing.assert_close(strip, expected)
+    # the bar of feature 0 (largest positive) reaches the top row of the bar area
+    assert is_colour(image[:, y0 : y0 + 1, x0 : x0 + cw - 1], DARK_RED).all()
+    assert viz.explanation_grid(torch.randn(3, 13), {"g": torch.randn(3, 13)}).shape[0] == 3
+
+
+def test_sequences_get_a_channel_picture_and_a_summed_strip():
+    x = torch.randn(2, 4, 30)
+    image = viz.explanation_grid(x, {"g": torch.randn(2, 4, 30), "reduced": torch.randn(2, 30)})
+    assert image.shape[0] == 3 and image.shape[1] > 2 * 4 and image.min() >= 0
+    # a one-channel sequence is drawn like a tabular row
+    one = viz.explanation_grid(torch.randn(2, 1, 30), {"g": torch.randn(2, 1, 30)})
+    tab = viz.explanation_grid(torch.randn(2, 30), {"g": torch.randn(2, 30)})
+    assert one.shape == tab.shape
+
+
+def test_token_inputs_show_their_words_and_one_cell_per_token():
+    ids = torch.tensor([[0, 1, 2]])
+    maps = {"g": torch.tensor([[1.0, 0.0, -1.0]])}
+    image = viz.explanation_grid(ids, maps, token_names=["good", "movie", "bad"], colorbar=False)
+    red, blue = is_colour(image, DARK_RED), is_colour(image, DARK_BLUE)
+    red_cols, blue_cols = red.any(0).nonzero().flatten(), blue.any(0).nonzero().flatten()
+    # one cell per token, 3 * 64 // 3 = 64 px apart (at least the longest word + 4),
+    # coloured but for a 1-px separator
+    width = max(3 * 64 // 3, text_width("movie") + 4)
+    assert len(red_cols) == width - 1 and len(blue_cols) == width - 1
+    assert blue_cols.min() - red_cols.min() == 2 * width
+    ink = (image < 0.05).all(0)
+    assert ink[:, : red_cols.min()].sum() > 3 * 10  # the words in the input column
+    # the words are written on the map cells too, in white on dark colours
+    assert (image[:, :, red_cols.min() : red_cols.max() + 1] > 0.99).all(0).any()
+
+
+def test_odd_shapes_give_a_picture_or_a_clear_error():
+    volume = viz.explanation_grid(torch.randn(2, 1, 5, 8, 8), {"g": torch.randn(2, 1, 5, 8, 8)})
+    assert volume.shape[0] == 3  # the middle slice
+    uint8_images = viz.explanation_grid(torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8),
+                                        {"g": torch.randn(1, 3, 8, 8)})
+    assert uint8_images.shape[0] == 3  # integer images are images, not tokens
+    with pytest.raises(ValueError, match=r"map 'g'.*\(3, 7\)"):
+        viz.explanation_grid(torch.randn(3, 5), {"g": torch.randn(3, 7)})
+    with pytest.raises(ValueError, match=r"map 'g'.*but there are 2 inputs"):
+        viz.explanation_grid(torch.randn(2, 1, 8, 8), {"g": torch.randn(3, 1, 8, 8)})
+    with pytest.raises(ValueError, match="unknown kind 'video'.*'image'"):
+        viz.explanation_grid(torch.randn(2, 8), {}, kind="video")
+    with pytest.raises(ValueError, match="unknown colour map"):
+        viz.explanation_grid(torch.randn(2, 8), {"g": torch.randn(2, 8)}, cmap="nope")
+    assert viz.explanation_grid(torch.randn(2, 8), {}).shape[0] == 3  # inputs only

@@ -1,9 +1,22 @@
-"""Pictures of explanations, made with torch alone (no matplotlib).
+"""Pictures of explanations, made with torch alone (no matplotlib, no PIL).
 
-iNNvestigate's colour maps (:func:`heatmap`, :func:`graymap`, :func:`gamma`,
-:func:`clip_quantile`, :func:`project`), the grid the callback logs
-(:func:`explanation_grid`), line plots (:func:`line_plot`) and a PNG writer
-(:func:`write_png`).
+- iNNvestigate's colour maps, batched, on any device: :func:`project`, :func:`heatmap`,
+  :func:`graymap`, :func:`gamma`, :func:`clip_quantile`; the colour maps
+  (:data:`seismic`, :data:`gray`, :data:`bwr`, :data:`coolwarm`, :data:`viridis`, by name
+  in :data:`cmaps` and :func:`get_cmap`).
+- The picture the callback logs: :func:`explanation_grid` (one row per sample, the input
+  then one heatmap per analyzer, true/predicted labels; images, tabular rows, sequences
+  and tokens).
+- Line plots for perturbation curves and drift over epochs: :func:`line_plot`.
+- Output: :func:`to_uint8_hwc` (for W&B) and :func:`write_png` / :func:`encode_png`.
+
+Layout: images are RGB **channels first**, ``(N, 3, H, W)`` from the colour maps and
+``(3, H, W)`` from the grid and plots, floats in ``[0, 1]`` (TensorBoard's ``add_image``
+layout). ``to_uint8_hwc`` turns them into the ``(H, W, 3)`` uint8 that W&B and PNG want.
+
+>>> img = heatmap(R)                                 # doctest: +SKIP
+>>> grid = explanation_grid(x, {"lrp.epsilon": R}, labels=y, predictions=p)  # doctest: +SKIP
+>>> write_png("grid.png", to_uint8_hwc(grid))        # doctest: +SKIP
 """
 
 from .colormaps import (
@@ -22,8 +35,9 @@ from .colormaps import (
     to_uint8_hwc,
     viridis,
 )
+from .font import draw_text, text_mask
 from .grid import explanation_grid
-from .plots import line_plot
+from .plots import line_plot, nice_ticks
 from .png import encode_png, write_png
 
 __all__ = [
@@ -32,16 +46,19 @@ __all__ = [
     "clip_quantile",
     "cmaps",
     "coolwarm",
+    "draw_text",
     "encode_png",
     "explanation_grid",
     "gamma",
-    "gray",
     "get_cmap",
     "graymap",
+    "gray",
     "heatmap",
     "line_plot",
+    "nice_ticks",
     "project",
     "seismic",
+    "text_mask",
     "to_uint8_hwc",
     "viridis",
     "write_png",

@@ -64,6 +64,11 @@ class Colormap:
         Where on ``[0, 1]`` the anchors sit, increasing from 0 to 1. Default: evenly spaced
         (this is how matplotlib reads a plain list of colours, e.g. its ``seismic`` data).
 
+    Returns
+    -------
+    Calling it on values of any shape gives their colours, shape ``values.shape + (3,)``,
+    on the values' device.
+
     Examples
     --------
     >>> seismic(torch.tensor([0.0, 0.5, 1.0]))
@@ -141,6 +146,16 @@ cmaps: dict[str, Colormap] = {c.name: c for c in (seismic, gray, bwr, coolwarm, 
 
 def get_cmap(cmap: str | Colormap) -> Colormap:
     """Look up a colour map by name (a :class:`Colormap` passes through).
+
+    Parameters
+    ----------
+    cmap : str or Colormap
+        One of :data:`cmaps`: ``"seismic"``, ``"gray"``, ``"bwr"``, ``"coolwarm"``,
+        ``"viridis"``.
+
+    Returns
+    -------
+    Colormap
 
     Raises
     ------
@@ -327,6 +342,18 @@ def graymap(X: ArrayLike, **kwargs: Any) -> ArrayLike:
     A signed map goes from black (most negative) through mid-grey (zero) to white; pass
     ``input_is_positive_only=True`` for a non-negative map (e.g. ``|gradient|``) to use the
     whole range from black (zero) to white.
+
+    Parameters
+    ----------
+    X : Tensor or ndarray
+        As for :func:`heatmap`.
+    **kwargs
+        :func:`heatmap`'s other parameters (``cmap_type`` defaults to ``"gray"``).
+
+    Returns
+    -------
+    Tensor or ndarray
+        ``(N, 3, H, W)`` float in ``[0, 1]``, as :func:`heatmap`.
     """
     kwargs.setdefault("cmap_type", "gray")
     return heatmap(X, **kwargs)

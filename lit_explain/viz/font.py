@@ -161,6 +161,11 @@ def text_mask(text: str, scale: int = 1) -> Tensor:
         The characters; those without a glyph are drawn as a box.
     scale : int
         Integer magnification (each font pixel becomes ``scale x scale`` pixels).
+
+    Returns
+    -------
+    Tensor
+        bool, ``True`` where there is ink; 7 rows above the baseline, 2 of descent.
     """
     if scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
@@ -205,6 +210,11 @@ def draw_text(
         Turn the text 90 degrees counter-clockwise (reading bottom to top, for a y-axis
         label); ``x, y`` is then the top-left corner of the turned block and ``anchor``
         refers to its vertical extent (``"center"`` centres it on ``y``).
+
+    Returns
+    -------
+    Tensor
+        ``canvas``, drawn on.
     """
     if anchor not in ("left", "center", "right"):
         raise ValueError(f"unknown anchor {anchor!r}; valid ones: 'left', 'center', 'right'")

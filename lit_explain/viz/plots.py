@@ -33,6 +33,20 @@ def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -
     The step is 1, 2 or 5 times a power of ten (at least 1 when ``integer``), the one whose
     ticks from ``floor(low / step)`` to ``ceil(high / step)`` come closest to ``count``
     (a tie goes to the larger step).
+
+    Parameters
+    ----------
+    low, high : float
+        The range to cover, ``low < high``.
+    count : int
+        The number of ticks wanted.
+    integer : bool
+        Only whole-number steps (for epochs and step indices).
+
+    Returns
+    -------
+    list of float (int when ``integer``)
+        Increasing ticks, the first ``<= low`` and the last ``>= high``.
     """
     if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
         raise ValueError(f"need finite low < high, got {low!r}, {high!r}")

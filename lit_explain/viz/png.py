@@ -80,6 +80,10 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray | Tensor) -> None:
         The file to write; its folder must exist.
     image : ndarray or Tensor
         ``uint8`` ``(H, W, 3)`` typically, e.g. from :func:`lit_explain.viz.to_uint8_hwc`.
+
+    Returns
+    -------
+    None
     """
     data = encode_png(image)
     with open(path, "wb") as f:

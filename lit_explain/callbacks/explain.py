@@ -273,8 +273,8 @@ class ExplainCallback(Callback):
             if drift:
                 scalars.update({f"explain/{name}/{key}": v for key, v in drift.items()})
                 plots[f"explain/{name}/drift"] = viz.line_plot(
-                    self.drift.curves(name), title=f"{name}: drift", x_label="explained epoch",
-                    y_label="similarity")
+                    self.drift.curves(name), title=f"{name}: drift", x_label="epoch",
+                    y_label="similarity", x=self.drift.epochs[name])
         if trainer.is_global_zero and maps:
             self._log(trainer, maps, scalars, plots, predictions.cpu())
 

@@ -3,8 +3,9 @@
     python benchmarks/callback_memory.py [--epochs 30] [--analyzers gradient ...] [--no-explain]
 
 Trains the digits demo (``DigitsClassifier``, ``DigitsDataModule``, TensorBoard logging)
-with ``ExplainCallback`` explaining 8 probe digits every epoch, by default with
-``configs/digits.yaml``'s five analyzers, and records after each epoch the process's current
+with ``ExplainCallback`` configured as in ``configs/digits.yaml`` (six analyzers on 8 probe
+digits, pixel flipping, sparseness and drift every epoch; ``--analyzers`` replaces the
+analyzers), and records after each epoch the process's current
 resident set size (``/proc/self/statm``, Linux) and its peak (``resource.getrusage``,
 ``ru_maxrss``). Printed: the per-epoch table, the first and last values, and the
 least-squares slope of each series in KiB per epoch, over all epochs and over the second
@@ -19,17 +20,27 @@ import argparse
 import os
 import resource
 import tempfile
+from pathlib import Path
+from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lit_explain as lx
 from lit_explain.demo import DigitsClassifier, DigitsDataModule
 
-DIGITS_YAML_ANALYZERS = ["gradient", "input_t_gradient", "guided_backprop",
-                         "integrated_gradients", "deep_lift"]
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") / 1024
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def digits_yaml_options() -> dict[str, Any]:
+    """``ExplainCallback``'s arguments in ``configs/digits.yaml`` (the main job)."""
+    config = yaml.safe_load((ROOT / "configs" / "digits.yaml").read_text())
+    (explain,) = [c for c in config["trainer"]["callbacks"]
+                  if c["class_path"].endswith("ExplainCallback")]
+    return explain["init_args"]
 
 
 def current_rss_kib() -> float:
@@ -68,17 +79,19 @@ def slope(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> MemoryRecorder:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--analyzers", nargs="+", default=DIGITS_YAML_ANALYZERS)
-    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--analyzers", nargs="+", default=None,
+                        help="instead of configs/digits.yaml's analyzers")
     parser.add_argument("--no-explain", action="store_true", help="run without the callback")
     args = parser.parse_args(argv)
 
     L.seed_everything(0, verbose=False)
     recorder = MemoryRecorder()
     callbacks: list[Callback] = [recorder]
+    options = digits_yaml_options()
+    if args.analyzers:
+        options["analyzers"] = args.analyzers
     if not args.no_explain:
-        callbacks.insert(0, lx.ExplainCallback(analyzers=args.analyzers,
-                                               num_samples=args.num_samples))
+        callbacks.insert(0, lx.ExplainCallback(**options))
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1,
                             logger=TensorBoardLogger(root, name="memory"), callbacks=callbacks,
@@ -86,8 +99,7 @@ def main(argv: list[str] | None = None) -> MemoryRecorder:
                             enable_model_summary=False)
         trainer.fit(DigitsClassifier(), DigitsDataModule())
 
-    what = "without the callback" if args.no_explain else (
-        f"with ExplainCallback({args.analyzers}, num_samples={args.num_samples})")
+    what = "without the callback" if args.no_explain else f"with ExplainCallback({options})"
     print(f"\ndigits demo, {args.epochs} epochs {what}\n")
     print("| epoch | current RSS (MiB) | peak RSS (MiB) |")
     print("|---:|---:|---:|")

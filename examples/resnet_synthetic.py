@@ -20,7 +20,7 @@ How to look at it
 -----------------
 ::
 
-    python examples/resnet_synthetic.py             # about 30 s on two CPU cores
+    python examples/resnet_synthetic.py             # about 15 s on two CPU cores
     tensorboard --logdir runs                       # IMAGES tab, tags explain/*
 
 ``explain/all`` is one grid per epoch (the input, then a heatmap per analyzer, with true and

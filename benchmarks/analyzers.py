@@ -6,11 +6,12 @@ The baseline is what a saliency map costs in plain PyTorch: one forward pass and
 ``torch.autograd.grad`` of the selected logits to the input. Nets: a VGG-style CNN and a
 torchvision-style ResNet (BatchNorm, F.relu, ``out += identity``), batch 16, 3×64×64.
 
-Where Zennit is importable, its composites are timed beside the LRP analyzers they
-correspond to, in the same run and against the same baseline. Install it in a separate
-environment so that it cannot change torch, and run there with this checkout on the path:
+Where Zennit and Captum are importable, Zennit's composites are timed beside the LRP
+analyzers they correspond to and Captum's attributions beside the gradient family, in the
+same run and against the same baseline. Install them in a separate environment so that
+they cannot change torch, and run there with this checkout on the path:
 
-    PYTHONPATH=. /path/to/venv-with-zennit/bin/python benchmarks/analyzers.py --only lrp.epsilon
+    PYTHONPATH=. /path/to/venv-with-zennit-and-captum/bin/python benchmarks/analyzers.py
 """
 
 from __future__ import annotations
@@ -47,21 +48,23 @@ ZENNIT_COMPOSITES: dict[str, str] = {
     "lrp.sequential_preset_a_flat": "EpsilonPlusFlat",
     "lrp.sequential_preset_b_flat": "EpsilonAlpha2Beta1Flat",
 }
+#: Gradient-family analyzer → the Captum attribution doing the same work (same steps).
+CAPTUM_METHODS: dict[str, str] = {
+    "gradient": "Saliency", "input_t_gradient": "InputXGradient",
+    "guided_backprop": "GuidedBackprop", "deconvnet": "Deconvolution",
+    "integrated_gradients": "IntegratedGradients", "smoothgrad": "NoiseTunnel(Saliency)",
+    "deep_lift": "DeepLift",
+}
 
 
-def zennit_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], object] | None:
-    """A Zennit attribution equivalent to analyzer ``name`` (``None``: Zennit missing or no
-    equivalent). Imported lazily: Zennit is an optional comparison, not a dependency."""
-    if name not in ZENNIT_COMPOSITES:
-        return None
-    try:
-        from zennit import composites
-        from zennit.attribution import Gradient
-        from zennit.canonizers import SequentialMergeBatchNorm
-        from zennit.rules import Epsilon
-        from zennit.types import Convolution
-    except ImportError:
-        return None
+def zennit_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """A Zennit attribution with the rules of LRP analyzer ``name``."""
+    from zennit import composites
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.rules import Epsilon
+    from zennit.types import Convolution
+
     canonizers = [SequentialMergeBatchNorm()]
     if name == "lrp.epsilon":
         composite = composites.LayerMapComposite(
@@ -80,12 +83,40 @@ def zennit_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], 
     return run
 
 
-def zennit_available() -> bool:
+def captum_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """The Captum attribution doing analyzer ``name``'s work (32 points for IG and
+    SmoothGrad, in one batch as ours)."""
+    from captum import attr
+
+    target = model(x).argmax(1)
+    if name == "integrated_gradients":
+        method = attr.IntegratedGradients(model)
+        return lambda: method.attribute(x, target=target, n_steps=32, method="riemann_left",
+                                        internal_batch_size=512)
+    if name == "smoothgrad":
+        method = attr.NoiseTunnel(attr.Saliency(model))
+        return lambda: method.attribute(x, target=target, nt_samples=32, stdevs=0.1,
+                                        abs=False, nt_samples_batch_size=32)
+    method = getattr(attr, CAPTUM_METHODS[name])(model)
+    kwargs = {"abs": False} if name == "gradient" else {}
+    return lambda: method.attribute(x, target=target, **kwargs)
+
+
+def importable(library: str) -> bool:
     try:
-        import zennit  # noqa: F401
+        __import__(library)
     except ImportError:
         return False
     return True
+
+
+def comparison(name: str) -> tuple[str, Callable] | None:
+    """(label, runner factory) of the library timed beside analyzer ``name``, if it imports."""
+    for library, table, factory in (("zennit", ZENNIT_COMPOSITES, zennit_runner),
+                                    ("captum", CAPTUM_METHODS, captum_runner)):
+        if name in table and importable(library):
+            return f"{library} {table[name]}", factory
+    return None
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:
@@ -152,37 +183,34 @@ def main() -> None:
           f"3x{args.size}x{args.size}")
     print("baseline forward+backward: " + ", ".join(
         f"{net} {seconds * 1e3:.1f} ms" for net, seconds in baselines.items()))
-    compare = zennit_available()
-    if not compare:
-        print("Zennit is not importable here: its ratios are left out (see the module "
+    missing = [library for library in ("zennit", "captum") if not importable(library)]
+    if missing:
+        print(f"not importable here: {missing}; their ratios are left out (see the module "
               "docstring to run the comparison)")
-    print(f"{'analyzer':34s} {'vgg':>8s} {'resnet':>8s} {'target':>8s}"
-          + (f"   {'zennit vgg':>10s} {'zennit resnet':>13s}  composite" if compare else ""))
+    print(f"{'analyzer':34s} {'vgg':>8s} {'resnet':>8s} {'target':>8s}   "
+          f"{'other vgg':>9s} {'other resnet':>12s}  other")
+
+    def ratio(run: Callable[[], object], net: str) -> float:
+        if args.interleave:
+            return interleaved_ratio(run, plain_forward_backward(nets[net], x), args.repeats)
+        return median_seconds(run, args.repeats) / baselines[net]
+
     for name in args.only or sorted(lx.analyzers):
         ratios = []
         for net, model in nets.items():
             try:
                 analyzer = lx.create_analyzer(name, model, **SETTINGS.get(name, {}))
-                if args.interleave:
-                    ratio = interleaved_ratio(lambda a=analyzer: a.analyze(x),
-                                              plain_forward_backward(model, x), args.repeats)
-                else:
-                    ratio = median_seconds(lambda a=analyzer: a.analyze(x),
-                                           args.repeats) / baselines[net]
-                ratios.append(f"{ratio:7.2f}x")
+                ratios.append(f"{ratio(lambda a=analyzer: a.analyze(x), net):7.2f}x")
             except Exception as error:  # report and go on: a benchmark table, not a test
                 ratios.append("   n/a  ")
                 print(f"  ({name} on {net}: {type(error).__name__}: {error})")
         target = f"<= {TARGETS[name]:.1f}x" if name in TARGETS else ""
         theirs = ""
-        if compare and name in ZENNIT_COMPOSITES:
-            zennit = [interleaved_ratio(zennit_runner(name, model, x),
-                                        plain_forward_backward(model, x), args.repeats)
-                      if args.interleave else
-                      median_seconds(zennit_runner(name, model, x), args.repeats) / baselines[net]
-                      for net, model in nets.items()]
-            theirs = (f"   {zennit[0]:9.2f}x {zennit[1]:12.2f}x  "
-                      f"{ZENNIT_COMPOSITES[name]}")
+        other = comparison(name)
+        if other is not None:
+            label, factory = other
+            values = [ratio(factory(name, model, x), net) for net, model in nets.items()]
+            theirs = f"   {values[0]:8.2f}x {values[1]:11.2f}x  {label}"
         print(f"{name:34s} {ratios[0]:>8s} {ratios[1]:>8s} {target:>8s}{theirs}")
 
 

@@ -168,7 +168,7 @@ class SmoothGrad(_BatchedPathAnalyzer):
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  augment_by_n: int = 64, noise_scale: float = 0.1,
-                 postprocess: str | None = None, batch_size: int = 512, seed: int = 0) -> None:
+                 postprocess: str | None = None, batch_size: int = 64, seed: int = 0) -> None:
         super().__init__(model, neuron_selection_mode, batch_size)
         check_positive_int("augment_by_n", augment_by_n)
         check_non_negative("noise_scale", noise_scale)
@@ -213,7 +213,7 @@ class IntegratedGradients(_BatchedPathAnalyzer):
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  steps: int = 64, reference_inputs: float | Tensor = 0.0,
-                 batch_size: int = 512) -> None:
+                 batch_size: int = 64) -> None:
         super().__init__(model, neuron_selection_mode, batch_size)
         check_positive_int("steps", steps)
         self.steps = steps

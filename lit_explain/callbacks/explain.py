@@ -55,12 +55,13 @@ class ExplainCallback(Callback):
     the first validation epoch's batches. Every ``every_n_epochs`` epochs each analyzer
     explains it on the model's device, and every logger of the Trainer gets:
 
-    - ``explain/all``: one row per sample — the input, then one heatmap per analyzer — with
-      true and predicted labels; ``explain/<analyzer>``: the same with one analyzer;
+    - ``explain/<analyzer>``: one row per sample — the input, then the heatmap — with true
+      and predicted labels; with several analyzers also ``explain/all``, one column each;
     - ``explain/<analyzer>/<metric>``: each metric (plus ``explain/<analyzer>/<metric>_curve``,
       a plot of the perturbation curve);
-    - ``explain/<analyzer>/drift_<previous|first>_<measure>``: how much the maps changed,
-      and ``explain/<analyzer>/drift``, a plot of it over the epochs.
+    - ``explain/<analyzer>/drift_<previous|first>_<measure>``: how much the maps changed
+      (the dashboards plot these over the epochs), and at the end of training
+      ``explain/<analyzer>/drift``, one plot of all of them.
 
     TensorBoard and W&B get images; other loggers (or none) get PNG files under their log
     directory. Pattern analyzers (``pattern.net``, ``pattern.attribution``) get patterns
@@ -96,10 +97,11 @@ class ExplainCallback(Callback):
     cmap:
         Colour map of the heatmaps (``lit_explain.viz.cmaps``; ``"seismic"``: red for, blue
         against).
-    pattern_type, pattern_source:
-        For pattern analyzers: iNNvestigate's pattern type and where the statistics come
+    pattern_type, pattern_source, pattern_every_n_batches:
+        For pattern analyzers: iNNvestigate's pattern type, where the statistics come
         from, ``"train"`` (training forward passes) or ``"val"`` (validation forward passes,
-        exact for the weights explained); see ``docs/patterns.md``.
+        exact for the weights explained), and collecting from every n-th batch only
+        (default: 10 for ``"train"``, 1 for ``"val"``; see ``docs/patterns.md``).
     class_names:
         Names of the classes, for the labels in the pictures.
     token_names:
@@ -128,6 +130,7 @@ class ExplainCallback(Callback):
                  target_key: int | str | None = 1, analysis_batch_size: int = 64,
                  normalization: str = "per_sample", cmap: str = "seismic",
                  pattern_type: str = "relu", pattern_source: str = "train",
+                 pattern_every_n_batches: int | None = None,
                  class_names: Sequence[str] | None = None,
                  token_names: Sequence[str] | None = None, on_error: str = "warn") -> None:
         super().__init__()
@@ -153,7 +156,8 @@ class ExplainCallback(Callback):
         self.token_names = list(token_names) if token_names is not None else None
         self.on_error = on_error
         uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
-        self.patterns = PatternCollector(pattern_type, pattern_source) if uses_patterns else None
+        self.patterns = PatternCollector(pattern_type, pattern_source,
+                                         pattern_every_n_batches) if uses_patterns else None
         self.shared_absmax: dict[str, float] = {}
         self._analyzers: dict[str, Analyzer] = {}
         self._metrics: dict[str, MapMetrics] = {}
@@ -272,11 +276,24 @@ class ExplainCallback(Callback):
                 self.drift.update(n, r, trainer.current_epoch)))
             if drift:
                 scalars.update({f"explain/{name}/{key}": v for key, v in drift.items()})
-                plots[f"explain/{name}/drift"] = viz.line_plot(
-                    self.drift.curves(name), title=f"{name}: drift", x_label="epoch",
-                    y_label="similarity", x=self.drift.epochs[name])
         if trainer.is_global_zero and maps:
             self._log(trainer, maps, scalars, plots, predictions.cpu())
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Drift over the epochs, one plot per analyzer, once: while training runs, the
+        # dashboards plot the drift scalars themselves.
+        if not trainer.is_global_zero:
+            return
+        for name in self.drift.history:
+            plot = self._guarded("drift plot", lambda n=name: viz.line_plot(
+                self.drift.curves(n), title=f"{n}: drift", x_label="epoch",
+                y_label="similarity", x=self.drift.epochs[n]))
+            if plot is not None:
+                self._guarded("logging", lambda n=name, p=plot: log_images(
+                    trainer.loggers, f"explain/{n}/drift", [viz.to_uint8_hwc(p)],
+                    trainer.global_step, captions=[f"{n}: drift over the epochs"],
+                    default_root=trainer.default_root_dir))
 
     def _explain(self, analyzer: Analyzer) -> Tensor:
         if analyzer.name.startswith("pattern."):
@@ -301,7 +318,8 @@ class ExplainCallback(Callback):
             for name, result in maps.items():
                 self.shared_absmax.setdefault(name, float(result.abs().max()) or 1.0)
         pictures = {f"explain/{name}": {name: m} for name, m in maps.items()}
-        pictures["explain/all"] = maps
+        if len(maps) > 1:
+            pictures["explain/all"] = maps
         for tag, chosen in pictures.items():
             image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
                 self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,

@@ -478,8 +478,13 @@ def to_uint8_hwc(image: ArrayLike) -> np.ndarray:
     ndarray of uint8
         ``(H, W, C)`` or ``(N, H, W, C)``, on the CPU.
     """
-    if isinstance(image, Tensor):
-        image = image.detach().cpu().numpy()
+    if isinstance(image, Tensor):  # in torch: one fused pass, no float copy on the CPU
+        if image.dim() not in (3, 4):
+            raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape "
+                             f"{tuple(image.shape)}")
+        if image.dtype != torch.uint8:
+            image = image.detach().float().nan_to_num(0.0).clamp(0, 1).mul(255).round()
+        return image.to(torch.uint8).movedim(-3, -1).contiguous().cpu().numpy()
     a = np.asarray(image)
     if a.ndim not in (3, 4):
         raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {a.shape}")

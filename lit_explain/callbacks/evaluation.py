@@ -89,6 +89,7 @@ class DriftTracker:
         self.previous: dict[str, Tensor] = {}
         self.history: dict[str, dict[str, list[float]]] = {}
         self.epochs: dict[str, list[int]] = {}
+        self._metric = create_metric("attribution_drift", keep_per_sample=False)
 
     def update(self, analyzer: str, maps: Tensor, epoch: int) -> dict[str, float]:
         """Drift of ``maps`` against the references; then ``maps`` become "previous"."""
@@ -98,7 +99,8 @@ class DriftTracker:
             stored = (self.first if reference == "first" else self.previous).get(analyzer)
             if stored is None or stored.shape != maps.shape:
                 continue
-            drift = create_metric("attribution_drift", keep_per_sample=False).to(maps.device)
+            drift = self._metric.to(maps.device)
+            drift.reset()
             drift.update(stored.to(maps.device), maps)
             for measure, value in drift.compute().items():
                 values[f"drift_{reference}_{measure}"] = float(value)

@@ -159,6 +159,18 @@ def plain_forward_backward(model: nn.Module, x: torch.Tensor) -> Callable[[], ob
     return run
 
 
+def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """For reference: a training step's forward + backward (input and every parameter)."""
+
+    def run() -> tuple[torch.Tensor, ...]:
+        inputs = x.detach().requires_grad_(True)
+        logits = model(inputs)
+        return torch.autograd.grad(logits.max(dim=1).values.sum(),
+                                   [inputs, *model.parameters()])
+
+    return run
+
+
 def networks(size: int) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     return {"vgg": vgg_style(image_size=size).eval(), "resnet": ResNetStyle().eval()}
@@ -181,8 +193,11 @@ def main() -> None:
                  for net, model in nets.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"3x{args.size}x{args.size}")
-    print("baseline forward+backward: " + ", ".join(
+    print("baseline forward+backward to the input: " + ", ".join(
         f"{net} {seconds * 1e3:.1f} ms" for net, seconds in baselines.items()))
+    print("(a training step's forward+backward, parameter gradients too: " + ", ".join(
+        f"{net} {median_seconds(training_step(model, x), args.repeats) * 1e3:.1f} ms"
+        for net, model in nets.items()) + ")")
     missing = [library for library in ("zennit", "captum") if not importable(library)]
     if missing:
         print(f"not importable here: {missing}; their ratios are left out (see the module "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from .base import Analyzer, NeuronSelection
@@ -70,4 +71,5 @@ class GuidedBackprop(_ReluRuleAnalyzer):
 
     @staticmethod
     def relu_backward(grad: Tensor, relu_input: Tensor) -> Tensor:
-        return grad.clamp(min=0) * (relu_input > 0)
+        # ReLU's own backward kernel keeps the gradient where the input was positive
+        return torch.ops.aten.threshold_backward(grad.clamp(min=0), relu_input, 0)

@@ -89,6 +89,12 @@ def test_bad_configuration_fails_at_construction():
         lx.ExplainCallback(on_error="ignore")
     with pytest.raises(ValueError, match="num_samples=0"):
         lx.ExplainCallback(num_samples=0)
+    with pytest.raises(KeyError, match=r"pixel_flip'.*pixel_flipping.*sparseness"):
+        lx.ExplainCallback(metrics=["pixel_flip"])
+    with pytest.raises(ValueError, match=r"drift='last'.*'previous', 'first'"):
+        lx.ExplainCallback(drift=["last"])
+    with pytest.raises(ValueError, match=r"cmap='jet'.*seismic"):
+        lx.ExplainCallback(cmap="jet")
 
 
 def test_bad_analyzer_parameter_value_fails_at_setup_before_training(tmp_path):

@@ -35,12 +35,12 @@ import os
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 import lit_explain as lx
+from lit_explain.demo import Classifier
 from lit_explain.demo.models import ResNetStyle
 
 ANALYZERS = ["gradient", "input_t_gradient", "integrated_gradients", "lrp.epsilon",
@@ -96,31 +96,17 @@ class BlobDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
-class QuadrantClassifier(L.LightningModule):
+class QuadrantClassifier(Classifier):
     """``ResNetStyle`` (3 stages of basic blocks with BatchNorm) predicting the quadrant."""
 
     def __init__(self, width: int = 8, learning_rate: float = 3e-3) -> None:
-        super().__init__()
+        super().__init__(learning_rate)
         self.save_hyperparameters()
         self.net = ResNetStyle(in_channels=3, num_classes=4, width=width)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
 
 
 def _limit(text: str) -> int | float:

@@ -32,12 +32,12 @@ import os
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lit_explain as lx
+from lit_explain.demo import Classifier
 
 ANALYZERS = ["gradient", "input_t_gradient", "integrated_gradients", "lrp.epsilon",
              "pattern.attribution"]
@@ -97,12 +97,12 @@ class SentenceDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
-class TextCNN(L.LightningModule):
+class TextCNN(Classifier):
     """Embedding → Conv1d (3 words) → ReLU → mean over the non-padding words → Linear."""
 
     def __init__(self, vocabulary: int = VOCABULARY, dim: int = 16, channels: int = 16,
                  learning_rate: float = 1e-2) -> None:
-        super().__init__()
+        super().__init__(learning_rate)
         self.save_hyperparameters()
         self.embedding = nn.Embedding(vocabulary, dim, padding_idx=0)
         self.conv = nn.Conv1d(dim, channels, 3, padding=1)
@@ -113,20 +113,6 @@ class TextCNN(L.LightningModule):
         hidden = torch.relu(self.conv(self.embedding(tokens).transpose(1, 2)))
         return self.out((hidden * mask).sum(2) / mask.sum(2).clamp(min=1))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        tokens, labels = batch
-        loss = F.cross_entropy(self(tokens), labels)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        tokens, labels = batch
-        logits = self(tokens)
-        self.log("val_loss", F.cross_entropy(logits, labels), prog_bar=True)
-        self.log("val_acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
 
 
 def explain_in_words(model: nn.Module, tokens: Tensor, labels: Tensor) -> str:

@@ -32,12 +32,12 @@ import os
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lit_explain as lx
+from lit_explain.demo import Classifier
 
 ANALYZERS = ["gradient", "input_t_gradient", "integrated_gradients", "lrp.epsilon",
              "lrp.alpha_1_beta_0", "deep_lift"]
@@ -79,12 +79,12 @@ class WineDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
-class WineMLP(L.LightningModule):
+class WineMLP(Classifier):
     """Linear-ReLU-Linear-ReLU-Linear on the 13 standardised features; returns logits."""
 
     def __init__(self, num_features: int = 13, num_classes: int = 3, hidden: int = 32,
                  learning_rate: float = 1e-2) -> None:
-        super().__init__()
+        super().__init__(learning_rate)
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(),
@@ -93,20 +93,6 @@ class WineMLP(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
 
 
 def _limit(text: str) -> int | float:

@@ -71,24 +71,19 @@ def digits_cnn(channels: int = 16, num_classes: int = 10) -> nn.Sequential:
         nn.Flatten(), nn.Linear(2 * channels * 4, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
 
-class DigitsClassifier(L.LightningModule):
-    """A small CNN classifying the 8×8 digits; returns logits.
+class Classifier(L.LightningModule):
+    """Cross-entropy training with Adam, and validation loss and accuracy, for any network
+    that returns class logits: subclasses build the network and define ``forward``.
 
     Parameters
     ----------
-    channels:
-        Width of the first convolutions.
     learning_rate:
         Adam's learning rate.
     """
 
-    def __init__(self, channels: int = 16, learning_rate: float = 3e-3) -> None:
+    def __init__(self, learning_rate: float) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.net = digits_cnn(channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        self.learning_rate = learning_rate
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -103,4 +98,24 @@ class DigitsClassifier(L.LightningModule):
         self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+
+
+class DigitsClassifier(Classifier):
+    """A small CNN classifying the 8×8 digits; returns logits.
+
+    Parameters
+    ----------
+    channels:
+        Width of the first convolutions.
+    learning_rate:
+        Adam's learning rate.
+    """
+
+    def __init__(self, channels: int = 16, learning_rate: float = 3e-3) -> None:
+        super().__init__(learning_rate)
+        self.save_hyperparameters()
+        self.net = digits_cnn(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -31,17 +31,16 @@ drift values.
 from __future__ import annotations
 
 import argparse
-import os
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 import lit_explain as lx
 from lit_explain.demo import Classifier
 from lit_explain.demo.models import ResNetStyle
+from lit_explain.demo.runs import example_parser, fit_example
 
 ANALYZERS = ["gradient", "input_t_gradient", "integrated_gradients", "lrp.epsilon",
              "lrp.sequential_preset_a", "deep_taylor"]
@@ -109,24 +108,12 @@ class QuadrantClassifier(Classifier):
 
 
 
-def _limit(text: str) -> int | float:
-    """Lightning's convention: an int is a number of batches, a float a fraction."""
-    return float(text) if "." in text else int(text)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--max-epochs", type=int, default=4)
-    parser.add_argument("--limit-train-batches", type=_limit, default=1.0,
-                        help="batches per epoch: a number (2) or a fraction (0.5)")
-    parser.add_argument("--limit-val-batches", type=_limit, default=1.0)
+    parser = example_parser(__doc__.split("\n")[0], max_epochs=4)
     parser.add_argument("--num-train", type=int, default=1024)
-    parser.add_argument("--num-samples", type=int, default=8, help="probe samples to explain")
     parser.add_argument("--width", type=int, default=8, help="channels of the first stage")
-    parser.add_argument("--save-dir", default="runs", help="TensorBoard log root")
     parser.add_argument("--no-explain", action="store_true",
                         help="train without the callback (for timing comparisons)")
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -136,24 +123,13 @@ def main(argv: list[str] | None = None) -> str:
     L.seed_everything(args.seed, verbose=False)
     model = QuadrantClassifier(width=args.width)
     data = BlobDataModule(num_train=args.num_train, seed=args.seed)
-    logger = TensorBoardLogger(args.save_dir, name="resnet_synthetic")
     callbacks = [] if args.no_explain else [
         lx.ExplainCallback(analyzers=ANALYZERS, num_samples=args.num_samples,
                            sample_selection="stratified", metrics=METRICS,
                            class_names=list(QUADRANTS))]
-    trainer = L.Trainer(max_epochs=args.max_epochs, accelerator="auto", devices=1,
-                        logger=logger, callbacks=callbacks, log_every_n_steps=5,
-                        limit_train_batches=args.limit_train_batches,
-                        limit_val_batches=args.limit_val_batches,
-                        enable_checkpointing=False)
-    trainer.fit(model, data)
-    log_dir = os.path.abspath(logger.log_dir)
-    print(f"\nExplanations of {args.num_samples} synthetic images (label = quadrant of the "
-          f"bright blob) were logged to {log_dir}\n"
-          f"Look at them with:  tensorboard --logdir {os.path.abspath(args.save_dir)}  "
-          f"(IMAGES tab, tags explain/*)")
-    return log_dir
-
+    return fit_example(model, data, args, "resnet_synthetic", callbacks,
+                       f"{args.num_samples} synthetic images (label = quadrant of the "
+                       f"bright blob)")
 
 if __name__ == "__main__":
     main()

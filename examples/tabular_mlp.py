@@ -28,16 +28,15 @@ How to look at it
 from __future__ import annotations
 
 import argparse
-import os
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lit_explain as lx
 from lit_explain.demo import Classifier
+from lit_explain.demo.runs import example_parser, fit_example
 
 ANALYZERS = ["gradient", "input_t_gradient", "integrated_gradients", "lrp.epsilon",
              "lrp.alpha_1_beta_0", "deep_lift"]
@@ -95,21 +94,9 @@ class WineMLP(Classifier):
 
 
 
-def _limit(text: str) -> int | float:
-    """Lightning's convention: an int is a number of batches, a float a fraction."""
-    return float(text) if "." in text else int(text)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--max-epochs", type=int, default=20)
-    parser.add_argument("--limit-train-batches", type=_limit, default=1.0,
-                        help="batches per epoch: a number (2) or a fraction (0.5)")
-    parser.add_argument("--limit-val-batches", type=_limit, default=1.0)
-    parser.add_argument("--num-samples", type=int, default=12, help="probe samples to explain")
+    parser = example_parser(__doc__.split("\n")[0], max_epochs=20, num_samples=12)
     parser.add_argument("--every-n-epochs", type=int, default=2)
-    parser.add_argument("--save-dir", default="runs", help="TensorBoard log root")
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -119,23 +106,12 @@ def main(argv: list[str] | None = None) -> str:
     L.seed_everything(args.seed, verbose=False)
     model = WineMLP()
     data = WineDataModule(seed=args.seed)
-    logger = TensorBoardLogger(args.save_dir, name="tabular_mlp")
     explain = lx.ExplainCallback(analyzers=ANALYZERS, num_samples=args.num_samples,
                                  every_n_epochs=args.every_n_epochs,
                                  sample_selection="stratified", metrics=METRICS,
                                  class_names=CULTIVARS)
-    trainer = L.Trainer(max_epochs=args.max_epochs, accelerator="auto", devices=1,
-                        logger=logger, callbacks=[explain], log_every_n_steps=2,
-                        limit_train_batches=args.limit_train_batches,
-                        limit_val_batches=args.limit_val_batches,
-                        enable_checkpointing=False)
-    trainer.fit(model, data)
-    log_dir = os.path.abspath(logger.log_dir)
-    print(f"\nFeature attributions of {args.num_samples} validation wines were logged to "
-          f"{log_dir}\nLook at them with:  tensorboard --logdir "
-          f"{os.path.abspath(args.save_dir)}  (IMAGES tab, tags explain/*)")
-    return log_dir
-
+    return fit_example(model, data, args, "tabular_mlp", [explain],
+                       f"{args.num_samples} validation wines", log_every_n_steps=2)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,10 @@ Faithfulness (does the map point at what the model uses?): :class:`RegionPerturb
 :class:`PixelFlipping`, :class:`InsertionDeletion`, :class:`FaithfulnessCorrelation`.
 Complexity (is the map easy to read?): :class:`Sparseness`, :class:`Complexity`.
 Stability over training: :class:`AttributionDrift`. iNNvestigate's perturbation tools:
-:class:`Perturbation`, :class:`PerturbationAnalysis`.
+:class:`Perturbation`, :class:`PerturbationAnalysis`. Localization against ground-truth
+masks (``update(attributions, masks)``; names in :data:`localization_metrics`):
+:class:`RelevanceMassAccuracy`, :class:`RelevanceRankAccuracy`, :class:`PointingGame`,
+:class:`AttributionLocalisation`, :class:`TopKIntersection`, :class:`ShortcutScore`.
 
 Every metric keeps sums and counts (``dist_reduce_fx="sum"``) so states merge across
 batches and DDP processes by addition, draws randomness from its own seeded generator,
@@ -22,20 +25,35 @@ from torchmetrics import Metric
 from .complexity import Complexity, Sparseness
 from .drift import AttributionDrift
 from .faithfulness import FaithfulnessCorrelation
+from .localization import (
+    AttributionLocalisation,
+    PointingGame,
+    RelevanceMassAccuracy,
+    RelevanceRankAccuracy,
+    ShortcutScore,
+    TopKIntersection,
+)
 from .perturbation import InsertionDeletion, PixelFlipping, RegionPerturbation
 from .perturbation_analysis import Perturbation, PerturbationAnalysis
 
 __all__ = [
     "AttributionDrift",
+    "AttributionLocalisation",
     "Complexity",
     "FaithfulnessCorrelation",
     "InsertionDeletion",
     "Perturbation",
     "PerturbationAnalysis",
     "PixelFlipping",
+    "PointingGame",
     "RegionPerturbation",
+    "RelevanceMassAccuracy",
+    "RelevanceRankAccuracy",
+    "ShortcutScore",
     "Sparseness",
+    "TopKIntersection",
     "create_metric",
+    "localization_metrics",
     "metrics",
 ]
 
@@ -48,7 +66,23 @@ metrics: dict[str, type[Metric]] = {
     "sparseness": Sparseness,
     "complexity": Complexity,
     "attribution_drift": AttributionDrift,
+    "relevance_mass_accuracy": RelevanceMassAccuracy,
+    "relevance_rank_accuracy": RelevanceRankAccuracy,
+    "pointing_game": PointingGame,
+    "attribution_localisation": AttributionLocalisation,
+    "top_k_intersection": TopKIntersection,
+    "shortcut_score": ShortcutScore,
 }
+
+#: The metrics that score maps against ground-truth masks: ``update(attributions, masks)``.
+localization_metrics: tuple[str, ...] = (
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "pointing_game",
+    "attribution_localisation",
+    "top_k_intersection",
+    "shortcut_score",
+)
 
 
 def create_metric(name: str, *args: object, **kwargs: object) -> Metric:

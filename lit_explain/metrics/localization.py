@@ -1,0 +1,367 @@
+"""Localization against ground truth: how much of a map falls inside a mask.
+
+Masks mark where the evidence *should* be (an object's segmentation, a bounding box, a
+lesion outline) or where it should *not* be (a watermark, a shortcut). Every metric here
+takes ``update(attributions, masks)`` and scores each sample on its own:
+
+- :class:`RelevanceMassAccuracy`, :class:`RelevanceRankAccuracy` (Arras et al. 2022),
+- :class:`PointingGame` (Zhang et al. 2018), with a tolerance in pixels,
+- :class:`AttributionLocalisation` (Kohlbrenner et al. 2020), optionally size-weighted,
+- :class:`TopKIntersection` (Theiner et al. 2021),
+- :class:`ShortcutScore`: the share of positive relevance *outside* the mask.
+
+Shapes: attributions are ``(N, C, *S)``, ``(N, *S)`` (no channel axis) or tabular
+``(N, F)``; masks are boolean or {0, 1}, either the attributions' shape or the spatial
+shape (``(N, *S)`` or ``(N, 1, *S)``). A spatial mask with a multi-channel map: the map's
+channels are summed first (``channel_reduce="sum"``, one value per pixel, as in the
+papers) or the mask is broadcast over them (``channel_reduce=None``).
+
+A sample whose mask is empty has nothing to localize: it is *skipped* — left out of the
+mean and counted in ``skipped`` — never a NaN in the sum. So is a sample whose map has no
+relevance to share out (a zero denominator in the mass-based scores). ``compute()`` is the
+mean over the scored samples; NaN only when no sample could be scored at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from ._common import check_choice
+
+__all__ = [
+    "AttributionLocalisation",
+    "PointingGame",
+    "RelevanceMassAccuracy",
+    "RelevanceRankAccuracy",
+    "ShortcutScore",
+    "TopKIntersection",
+    "align_masks",
+]
+
+CHANNEL_REDUCTIONS = ("sum", None)
+
+
+def align_masks(attributions: Tensor, masks: Tensor, channel_reduce: str | None = "sum"
+                ) -> tuple[Tensor, Tensor]:
+    """Bring a batch of maps and masks to the same ``(N, ...)`` shape.
+
+    Returns ``(a, m)``: ``a`` float64, ``m`` bool, both of one shape. A mask of the map's
+    full shape is used as it is. A spatial mask (the map's shape without its channel axis,
+    or with a channel axis of 1) goes with the channel-summed map
+    (``channel_reduce="sum"``) or is broadcast over the channels (``None``).
+
+    Raises
+    ------
+    ValueError
+        If the mask is not boolean or {0, 1}, or its shape fits neither rule; the message
+        names both shapes.
+    """
+    if attributions.dim() < 2:
+        raise ValueError(f"attributions need a batch axis; got shape {tuple(attributions.shape)}")
+    a = attributions.detach().double()
+    m = masks.detach().to(a.device)
+    if m.dtype != torch.bool:
+        if m.is_complex() or not ((m == 0) | (m == 1)).all():
+            raise ValueError(f"masks must be boolean or hold only 0 and 1; got dtype {m.dtype} "
+                             f"with other values")
+        m = m != 0
+    if m.shape == a.shape:
+        return a, m
+    n, spatial = a.shape[0], a.shape[2:]
+    if m.shape[0] == n and a.dim() >= 3 and (tuple(m.shape[1:]) == tuple(spatial) or (
+            m.dim() == a.dim() and m.shape[1] == 1 and m.shape[2:] == spatial)):
+        m = m.reshape(n, 1, *spatial)
+        if channel_reduce == "sum":
+            return a.sum(1, keepdim=True), m
+        return a, m.expand_as(a)
+    raise ValueError(
+        f"masks of shape {tuple(masks.shape)} do not fit attributions of shape "
+        f"{tuple(attributions.shape)}: give the map's shape, or its spatial shape "
+        f"(N, *S) or (N, 1, *S)")
+
+
+class _Localization(Metric):
+    """Mean of a per-sample score over the samples that could be scored; sum/count states."""
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, channel_reduce: str | None = "sum", **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        check_choice("channel_reduce", channel_reduce, CHANNEL_REDUCTIONS)
+        self.channel_reduce = channel_reduce
+        self.add_state("value_sum", default=torch.tensor(0.0, dtype=torch.float64),
+                       dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("skipped", default=torch.tensor(0, dtype=torch.long),
+                       dist_reduce_fx="sum")
+
+    def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample scores ``(N,)`` and which of them count ``(N,)``, from flat rows."""
+        raise NotImplementedError
+
+    def _prepare(self, a: Tensor) -> Tensor:
+        return a
+
+    def per_sample(self, attributions: Tensor, masks: Tensor) -> Tensor:
+        """Each sample's score ``(N,)``, NaN where the sample is skipped (nothing is stored)."""
+        a, m = align_masks(attributions, masks, self.channel_reduce)
+        values, valid = self._score(self._prepare(a), m)
+        return torch.where(valid, values, torch.full_like(values, math.nan))
+
+    def update(self, attributions: Tensor, masks: Tensor) -> None:
+        """Add a batch of maps and their masks (see the module docstring for the shapes)."""
+        a, m = align_masks(attributions, masks, self.channel_reduce)
+        values, valid = self._score(self._prepare(a), m)
+        self.value_sum += values[valid].sum().to(self.value_sum)
+        self.count += int(valid.sum())
+        self.skipped += int((~valid).sum())
+
+    def compute(self) -> Tensor:
+        """Mean over the scored samples (NaN when none could be scored)."""
+        if int(self.count) == 0:
+            return torch.tensor(math.nan, dtype=torch.float64, device=self.value_sum.device)
+        return self.value_sum / self.count
+
+
+class _MassShare(_Localization):
+    """Share of (optionally transformed) relevance that falls inside the mask."""
+
+    values: str = "raw"
+
+    def __init__(self, values: str = "raw", channel_reduce: str | None = "sum",
+                 **kwargs: object) -> None:
+        super().__init__(channel_reduce=channel_reduce, **kwargs)
+        check_choice("values", values, ("raw", "positive", "abs"))
+        self.values = values
+
+    def _prepare(self, a: Tensor) -> Tensor:
+        if self.values == "positive":
+            return a.clamp_min(0)
+        if self.values == "abs":
+            return a.abs()
+        return a
+
+    def _inside_share(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        a, m = a.flatten(1), m.flatten(1)
+        total = a.sum(1)
+        inside = (a * m).sum(1)
+        valid = m.any(1) & (total != 0)
+        return inside / torch.where(valid, total, torch.ones_like(total)), valid
+
+
+class RelevanceMassAccuracy(_MassShare):
+    r"""Relevance mass accuracy: the share of the map's relevance inside the mask.
+
+    Arras, Osman, Samek, "CLEVR-XAI: A benchmark dataset for the ground truth evaluation
+    of neural network explanations", Information Fusion 81, 2022.
+
+    :math:`\mathrm{MA} = \sum_{i \in M} R_i / \sum_i R_i`. With ``values="raw"`` (the
+    default, as in Quantus) the signed map is used, so the value can leave [0, 1] when
+    negative relevance is large; ``"positive"`` (only positive relevance, as in the paper's
+    experiments) and ``"abs"`` keep it in [0, 1]. 1: all relevance in the mask.
+    ``higher_is_better = True`` for an object mask (for a shortcut mask, such as a
+    watermark, a high value is the warning sign). Samples with an empty mask or a zero
+    total are skipped.
+    """
+
+    higher_is_better = True
+
+    def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        return self._inside_share(a, m)
+
+
+class ShortcutScore(_MassShare):
+    r"""The share of positive relevance that falls *outside* the mask.
+
+    :math:`\sum_{i \notin M} R_i^+ / \sum_i R_i^+`, in [0, 1]: 0 when all evidence for the
+    output lies on the object, 1 when all of it lies elsewhere — on a watermark, a border,
+    a hospital tag (the "Clever Hans" shortcuts of Lapuschkin et al., "Unmasking Clever
+    Hans predictors and assessing what machines really learn", Nature Communications
+    10, 2019). ``higher_is_better = False``. Samples with an empty mask or no positive
+    relevance are skipped.
+    """
+
+    higher_is_better = False
+
+    def __init__(self, channel_reduce: str | None = "sum", **kwargs: object) -> None:
+        super().__init__(values="positive", channel_reduce=channel_reduce, **kwargs)
+
+    def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        share, valid = self._inside_share(a, m)
+        return 1 - share, valid
+
+
+def _descending_ranks(a: Tensor) -> Tensor:
+    """Rank of each entry of each row, 0 for the largest; ties go to the earlier entry."""
+    order = a.sort(dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(a.shape[1], device=a.device).expand_as(order))
+    return ranks
+
+
+class RelevanceRankAccuracy(_Localization):
+    r"""Relevance rank accuracy: the share of the ``K`` highest entries that lie in the mask.
+
+    Arras, Osman, Samek, "CLEVR-XAI", Information Fusion 81, 2022.
+
+    With :math:`K = |M|` the mask's size and :math:`P_K` the positions of the ``K``
+    largest values of the map, :math:`\mathrm{RA} = |P_K \cap M| / K`, in [0, 1]; 1: the
+    mask holds exactly the top of the map. Ties in the ranking go to the earlier
+    (row-major) position. ``absolute=True`` ranks ``|R|``. ``higher_is_better = True``.
+    Samples with an empty mask are skipped.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, absolute: bool = False, channel_reduce: str | None = "sum",
+                 **kwargs: object) -> None:
+        super().__init__(channel_reduce=channel_reduce, **kwargs)
+        self.absolute = absolute
+
+    def _prepare(self, a: Tensor) -> Tensor:
+        return a.abs() if self.absolute else a
+
+    def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        a, m = a.flatten(1), m.flatten(1)
+        k = m.sum(1)
+        hits = ((_descending_ranks(a) < k[:, None]) & m).sum(1)
+        return hits.double() / k.clamp_min(1), k > 0
+
+
+class TopKIntersection(_Localization):
+    r"""Top-k intersection: the share of the map's ``k`` highest entries that lie in the mask.
+
+    Theiner, Müller-Budack, Ewerth, "Interpretable semantic photo geolocation", WACV 2022
+    (arXiv 2021).
+
+    :math:`|P_k \cap M| / k` for a fixed ``k`` (Quantus's default: 1000; it must not exceed
+    the entries per map), in [0, 1]. ``concept_influence=True`` multiplies by
+    ``entries / |M|`` (how much more often than chance the top ``k`` fall in the mask).
+    Ties go to the earlier position. ``absolute=True`` ranks ``|R|``.
+    ``higher_is_better = True``. Samples with an empty mask are skipped.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, k: int = 1000, concept_influence: bool = False, absolute: bool = False,
+                 channel_reduce: str | None = "sum", **kwargs: object) -> None:
+        super().__init__(channel_reduce=channel_reduce, **kwargs)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k={k!r} is not valid; expected a positive int")
+        self.k = k
+        self.concept_influence = concept_influence
+        self.absolute = absolute
+
+    def _prepare(self, a: Tensor) -> Tensor:
+        return a.abs() if self.absolute else a
+
+    def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        a, m = a.flatten(1), m.flatten(1)
+        if self.k > a.shape[1]:
+            raise ValueError(f"k={self.k} exceeds the {a.shape[1]} entries of each map; "
+                             f"choose k <= {a.shape[1]}")
+        size = m.sum(1)
+        value = ((_descending_ranks(a) < self.k) & m).sum(1).double() / self.k
+        if self.concept_influence:
+            value = value * a.shape[1] / size.clamp_min(1)
+        return value, size > 0
+
+
+def _dilate(m: Tensor, tolerance: float) -> Tensor:
+    """Grow a boolean ``(N, C, *S)`` mask by every position within Euclidean ``tolerance``."""
+    radius = int(math.floor(tolerance))
+    if radius < 1 or m.dim() not in (3, 4):
+        return m
+    t = torch.arange(-radius, radius + 1, device=m.device, dtype=torch.float32)
+    if m.dim() == 3:
+        kernel = (t.abs() <= tolerance).float().reshape(1, 1, -1)
+        conv = F.conv1d
+    else:
+        kernel = ((t[:, None] ** 2 + t[None, :] ** 2) <= tolerance**2).float()[None, None]
+        conv = F.conv2d
+    n, c = m.shape[:2]
+    flat = m.reshape(n * c, 1, *m.shape[2:]).float()
+    grown = conv(flat, kernel, padding=radius) > 0
+    return grown.reshape(m.shape)
+
+
+class PointingGame(_Localization):
+    r"""Pointing game: does the map's maximum fall inside the mask?
+
+    Zhang, Bargal, Lin, Brandt, Shen, Sclaroff, "Top-down neural attention by excitation
+    backprop", International Journal of Computer Vision 126, 2018.
+
+    A hit (1) when a position of the map's largest value lies in the mask grown by
+    ``tolerance`` pixels (Euclidean distance; the paper uses 15 pixels on 224×224 images,
+    0 means the mask as given), a miss (0) otherwise; the mean is the hit rate in [0, 1].
+    When several positions share the maximum, any of them in the mask is a hit (as in
+    Quantus). ``absolute=True`` looks for the largest ``|R|``. ``higher_is_better = True``.
+    Samples with an empty mask are skipped.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, tolerance: float = 0, absolute: bool = False,
+                 channel_reduce: str | None = "sum", **kwargs: object) -> None:
+        super().__init__(channel_reduce=channel_reduce, **kwargs)
+        if not isinstance(tolerance, int | float) or tolerance < 0:
+            raise ValueError(f"tolerance={tolerance!r} is not valid; expected pixels >= 0")
+        self.tolerance = tolerance
+        self.absolute = absolute
+
+    def _prepare(self, a: Tensor) -> Tensor:
+        return a.abs() if self.absolute else a
+
+    def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        valid = m.flatten(1).any(1)
+        grown = _dilate(m, self.tolerance) if a.dim() > 2 else m
+        a, grown = a.flatten(1), grown.flatten(1)
+        top = a == a.amax(1, keepdim=True)
+        return (top & grown).any(1).double(), valid
+
+
+class AttributionLocalisation(_Localization):
+    r"""Attribution localisation: the share of positive relevance inside the mask.
+
+    Kohlbrenner, Bauer, Nakajima, Binder, Samek, Lapuschkin, "Towards best practice in
+    explaining neural network decisions with LRP", IJCNN 2020.
+
+    :math:`\mu = \sum_{i \in M} R_i^+ / \sum_i R_i^+` in [0, 1]; the size-weighted
+    variant (``weighted=True``) is :math:`\mu_w = \mu \cdot |S| / |M|` (``|S|`` the
+    entries per map), which rewards a mask that holds more relevance than its area would
+    by chance (1: as much as chance). Samples whose mask covers more than ``max_size`` of
+    the map (the paper keeps objects under a third of the image), whose mask is empty, or
+    whose map has no positive relevance, are skipped. ``abs=True`` uses ``|R|`` instead
+    of ``R^+``. ``higher_is_better = True``.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, weighted: bool = False, max_size: float = 1.0, absolute: bool = False,
+                 channel_reduce: str | None = "sum", **kwargs: object) -> None:
+        super().__init__(channel_reduce=channel_reduce, **kwargs)
+        if not 0 < max_size <= 1:
+            raise ValueError(f"max_size={max_size!r} is not valid; expected 0 < max_size <= 1")
+        self.weighted = weighted
+        self.max_size = max_size
+        self.absolute = absolute
+
+    def _prepare(self, a: Tensor) -> Tensor:
+        return a.abs() if self.absolute else a.clamp_min(0)
+
+    def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        a, m = a.flatten(1), m.flatten(1)
+        total = a.sum(1)
+        size = m.sum(1).double()
+        ratio = size / a.shape[1]
+        valid = (size > 0) & (total > 0) & (ratio <= self.max_size)
+        mu = (a * m).sum(1) / torch.where(valid, total, torch.ones_like(total))
+        if self.weighted:
+            mu = mu / ratio.clamp_min(1e-300)
+        return mu, valid

@@ -127,6 +127,12 @@ def test_registry_and_create_metric(linear_setup):
         "sparseness",
         "complexity",
         "attribution_drift",
+        "relevance_mass_accuracy",
+        "relevance_rank_accuracy",
+        "pointing_game",
+        "attribution_localisation",
+        "top_k_intersection",
+        "shortcut_score",
     }
     assert isinstance(create_metric("pixel_flipping", model, steps=3), lm.PixelFlipping)
     assert isinstance(create_metric("sparseness"), Sparseness)

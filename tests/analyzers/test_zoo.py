@@ -1,0 +1,324 @@
+"""Every zoo model × every registered analyzer: the method's identity, or a clear refusal.
+
+For each pair the analysis must give a map that satisfies an identity computed here with
+plain ``torch.autograd`` on the model in eval mode (selected logit: the per-sample argmax),
+or raise :class:`~lit_explain.NotAnalyzableModelError` naming the operation and the module
+path, and only where the model holds an operation the method has no rule for. Any other
+exception fails the test. The identities:
+
+- ``gradient`` = ∂logit/∂x; ``input_t_gradient`` = x ⊙ ∂logit/∂x; ``smoothgrad`` with
+  ``noise_scale=0`` = the gradient; ``integrated_gradients`` = x ⊙ the mean gradient at the
+  left Riemann points k/steps·x (reference 0), the logit chosen at x.
+- ``lrp.z`` (and ``lrp`` with ``rule="Z"``, ``lrp.epsilon`` with ε = 1e-9) = Input×Gradient on
+  piecewise-linear ReLU nets, canonized BatchNorm or not (the z-rule with bias is the gradient
+  times the input). With ``(x - mean) / std`` in ``forward`` relevance passes the
+  preprocessing unchanged: the map is x_n ⊙ ∂logit/∂x_n at x_n = (x − mean)/std.
+- ``lrp.z_IB``, ``lrp.epsilon_IB`` (ε = 1e-9), ``lrp.w_square``, ``lrp.flat``: the map sums to
+  the selected logit (conservation) on nets of kernel layers, canonized BatchNorm, ReLU,
+  pooling, adds, concatenation and reshapes.
+- ``deep_lift``: Σ map = f(x)_c − f(0)_c (summation to delta).
+- The ``*_flat`` presets differ from the plain ones and ``deep_taylor.bounded`` from
+  ``deep_taylor`` (the input-layer rule applies, also after in-forward preprocessing).
+- Every map: finite, with the input's shape, dtype and device; the analysis leaves the
+  model's parameters and buffers as they were.
+
+Then the variants must give the plain model's map: a compiled model, channels_last,
+float64, the default and the ``output_key``-selected output of tuple/dict models, and the
+bare in-place statements against the same network written out of place.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+
+import pytest
+import torch
+from torch import Tensor, nn
+from zoo import ZOO, Head, compiled, out_of_place_twin
+
+import lit_explain as lx
+
+MODELS = tuple(ZOO)
+ANALYZERS = tuple(sorted(lx.analyzers))
+
+# Nets whose every operation is piecewise linear with a z-rule meaning (kernel layers,
+# BatchNorm, ReLU, max/avg pooling, adds, cat, interpolate, transposed conv, dropout).
+PIECEWISE_LINEAR = {"vgg16_bn", "resnet18", "bottleneck", "densenet", "unet", "audio1d",
+                    "inplace_statements", "tuple_output", "dict_output", "float64",
+                    "channels_last"}
+# ... and whose relevance is conserved by the bias-free rules: every BatchNorm follows a
+# kernel layer (canonized), no scaling or masking statements. normalized_input: relevance
+# passes (x - mean) / std unchanged.
+CONSERVING = {"vgg16_bn", "resnet18", "bottleneck", "unet", "audio1d", "tuple_output",
+              "dict_output", "float64", "channels_last", "normalized_input"}
+CONSERVATION = ("lrp.z_IB", "lrp.epsilon_IB", "lrp.w_square", "lrp.flat")
+Z_RULE = ("lrp.z", "lrp", "lrp.epsilon")
+
+# Analyzers whose every non-linearity needs a rule of the method (they refuse what they
+# have no rule for); the gradient family and DeepLIFT's rescale rule cover everything here.
+RULE_BASED = {name for name in ANALYZERS if name.startswith(("lrp", "deep_taylor", "pattern."))
+              } | {"deconvnet", "guided_backprop"}
+# model → (names the operation may go by, the module type it runs in): the refusals allowed.
+UNSUPPORTED = {
+    "mobilenet_v2": (("hardtanh", "relu6"), nn.ReLU6),
+    "leaky_relu": (("leaky_relu",), nn.LeakyReLU),
+}
+# PatternComputer may refuse transposed convolutions at fit time (issue 10, item 9).
+PATTERN_REFUSALS = {"unet": (("conv_transpose",), nn.ConvTranspose2d)}
+
+DIFFERENT_INPUT_LAYER = {"lrp.sequential_preset_a_flat": "lrp.sequential_preset_a",
+                         "lrp.sequential_preset_b_flat": "lrp.sequential_preset_b",
+                         "deep_taylor.bounded": "deep_taylor"}
+SAME_AS = {"lrp.alpha_beta": "lrp.alpha_2_beta_1",  # alpha=2
+           "lrp.sequential_preset_b_flat_until_idx": "lrp.sequential_preset_b_flat"}
+
+KWARGS: dict[str, dict] = {
+    "lrp": {"rule": "Z"},
+    "lrp.epsilon": {"epsilon": 1e-9},
+    "lrp.epsilon_IB": {"epsilon": 1e-9},
+    "lrp.alpha_beta": {"alpha": 2.0},
+    "deep_taylor.bounded": {"low": -4.0, "high": 4.0},
+    "integrated_gradients": {"steps": 2},
+    "smoothgrad": {"augment_by_n": 2, "noise_scale": 0.0},
+}
+IG_STEPS = KWARGS["integrated_gradients"]["steps"]
+
+
+# The models, their patterns and their maps, each made once per session ----------------------
+
+@functools.cache
+def zoo(name: str) -> tuple[nn.Module, Tensor]:
+    return ZOO[name]()
+
+
+def default_output(output: object) -> Tensor:
+    """The logits of a model output: the first tensor of a tuple, ``"logits"`` of a dict."""
+    if isinstance(output, dict):
+        return output["logits"]
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
+class Refused(Exception):
+    """A fit-time refusal, kept in the caches like an analysis refusal."""
+
+
+@functools.cache
+def patterns(name: str) -> dict[str, Tensor]:
+    model, x = zoo(name)
+    generator = torch.Generator().manual_seed(0)
+    batches = [x + 0.1 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+               for _ in range(4)]
+    return lx.PatternComputer(model).fit(batches, progress=False)
+
+
+def kwargs_for(analyzer: str, model_name: str | None, prefix: str = "") -> dict:
+    """The analyzer's keywords; pattern analyzers get the patterns of zoo model
+    ``model_name``, their module paths prefixed with ``prefix`` (for a wrapping model)."""
+    kwargs = dict(KWARGS.get(analyzer, {}))
+    if analyzer.startswith("pattern.") and model_name is not None:
+        kwargs["patterns"] = {prefix + path: p for path, p in patterns(model_name).items()}
+    return kwargs
+
+
+def run(analyzer: str, model: nn.Module, x: Tensor, patterns_of: str | None = None,
+        prefix: str = "", **extra) -> Tensor:
+    """The analyzer's map; the analysis must leave every parameter and buffer unchanged."""
+    before = [t.clone() for t in model.state_dict().values()]
+    try:
+        return lx.create_analyzer(analyzer, model, **kwargs_for(analyzer, patterns_of, prefix),
+                                  **extra).analyze(x)
+    finally:
+        after = list(model.state_dict().values())
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True)), \
+            "the analysis changed the model's parameters or buffers"
+
+
+@functools.cache
+def zoo_map(model_name: str, analyzer: str) -> Tensor | lx.NotAnalyzableModelError:
+    """The map of a zoo model, or the refusal (any other exception propagates)."""
+    model, x = zoo(model_name)
+    try:
+        return run(analyzer, model, x, patterns_of=model_name)
+    except lx.NotAnalyzableModelError as error:
+        return error
+
+
+# Independent references (plain autograd) -----------------------------------------------------
+
+def logits_and_choice(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        logits = default_output(model(x)).reshape(len(x), -1)
+    return logits, logits.argmax(dim=1)
+
+
+def gradient(model: nn.Module, point: Tensor, choice: Tensor) -> Tensor:
+    point = point.detach().requires_grad_(True)
+    logits = default_output(model(point)).reshape(len(point), -1)
+    (grad,) = torch.autograd.grad(logits.gather(1, choice[:, None]).sum(), point)
+    return grad
+
+
+def close(actual: Tensor, expected: Tensor, rtol: float = 1e-4) -> None:
+    scale = float(expected.abs().max()) or 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def per_sample_sum(attribution: Tensor) -> Tensor:
+    return attribution.reshape(len(attribution), -1).sum(dim=1)
+
+
+def check_refusal(error: Exception, model: nn.Module, allowed: dict, model_name: str) -> None:
+    assert model_name in allowed, f"refused a model it must analyze: {error}"
+    names, module_type = allowed[model_name]
+    message = str(error)
+    assert any(name in message for name in names), f"the message names no operation: {message}"
+    paths = [path for path, m in model.named_modules() if isinstance(m, module_type) and path]
+    assert any(re.search(rf"'{re.escape(path)}'", message) for path in paths), \
+        f"the message names no module path of a {module_type.__name__}: {message}"
+
+
+def check_identity(model_name: str, analyzer: str, result: Tensor) -> None:
+    """The method's identity for ``result``, the map of ``analyzer`` on zoo model ``model_name``."""
+    model, x = zoo(model_name)
+    assert result.shape == x.shape and result.dtype == x.dtype and result.device == x.device
+    assert bool(torch.isfinite(result).all()), "the map is not finite"
+    logits, choice = logits_and_choice(model, x)
+    selected = logits.gather(1, choice[:, None])[:, 0]
+
+    if analyzer == "input":
+        close(result, x)
+    elif analyzer in ("gradient", "smoothgrad"):  # smoothgrad: noise_scale=0
+        close(result, gradient(model, x, choice))
+    elif analyzer == "input_t_gradient":
+        close(result, x * gradient(model, x, choice))
+    elif analyzer == "integrated_gradients":
+        points = [k / IG_STEPS * x for k in range(IG_STEPS)]  # left Riemann sum from 0
+        mean = sum(gradient(model, p, choice) for p in points) / IG_STEPS
+        close(result, x * mean)
+    elif analyzer == "deep_lift":
+        with torch.no_grad():
+            at_zero = default_output(model(torch.zeros_like(x))).reshape(len(x), -1)
+        delta = selected - at_zero.gather(1, choice[:, None])[:, 0]
+        torch.testing.assert_close(per_sample_sum(result), delta, rtol=1e-4, atol=1e-5)
+    elif analyzer in Z_RULE and model_name == "normalized_input":
+        normalized = (x - model.mean) / model.std
+        expected = normalized * gradient(model.body, normalized, choice)
+        close(result, expected)
+    elif analyzer in Z_RULE and model_name in PIECEWISE_LINEAR:
+        close(result, x * gradient(model, x, choice))
+    elif analyzer in CONSERVATION and model_name in CONSERVING:
+        torch.testing.assert_close(per_sample_sum(result), selected, rtol=1e-4,
+                                   atol=1e-4 * float(selected.abs().max()))
+    elif analyzer in SAME_AS:
+        other = zoo_map(model_name, SAME_AS[analyzer])
+        assert isinstance(other, Tensor), f"{SAME_AS[analyzer]} refused: {other}"
+        close(result, other)
+    elif analyzer == "pattern.net":
+        # a signal estimate on the scale of the input (times the logit it starts from)
+        bound = 1e3 * float(x.abs().max()) * max(1.0, float(selected.abs().max()))
+        assert float(result.abs().max()) <= bound, \
+            f"pattern.net's signal reaches {float(result.abs().max()):.3g}"
+    if analyzer in DIFFERENT_INPUT_LAYER:
+        plain = zoo_map(model_name, DIFFERENT_INPUT_LAYER[analyzer])
+        if isinstance(plain, Tensor):
+            assert not torch.allclose(result, plain, rtol=1e-3, atol=1e-6), \
+                f"{analyzer} equals {DIFFERENT_INPUT_LAYER[analyzer]}: no input-layer rule"
+
+
+@pytest.mark.parametrize(("model_name", "analyzer"), [
+    pytest.param(m, a, id=f"{m}-{a}") for m in MODELS for a in ANALYZERS])
+def test_zoo(model_name: str, analyzer: str) -> None:
+    model, _ = zoo(model_name)
+    if analyzer.startswith("pattern."):
+        try:
+            patterns(model_name)
+        except lx.NotAnalyzableModelError as error:  # a fit-time refusal
+            check_refusal(error, model, PATTERN_REFUSALS, model_name)
+            return
+    result = zoo_map(model_name, analyzer)
+    if isinstance(result, lx.NotAnalyzableModelError):
+        allowed = {**UNSUPPORTED, **(PATTERN_REFUSALS if analyzer.startswith("pattern.")
+                                     else {})} if analyzer in RULE_BASED else {}
+        check_refusal(result, model, allowed, model_name)
+        return
+    check_identity(model_name, analyzer, result)
+
+
+# Variants: the same network in another form gives the same map -----------------------------
+
+def _contiguous() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+    model, x = zoo("channels_last")
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    return model, x, plain, x.contiguous(), {}
+
+
+def _single_precision() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+    model, x = zoo("float64")
+    return model, x, copy.deepcopy(model).float(), x.float(), {}
+
+
+def _compiled() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+    model, x = zoo("resnet18")
+    return compiled(model), x, model, x, {}
+
+
+def _head(name: str, key: int | str, explicit: bool):
+    def make() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+        model, x = zoo(name)
+        return model, x, Head(model, key).eval(), x, {"output_key": key} if explicit else {}
+
+    return make
+
+
+def _out_of_place() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+    model, x = zoo("inplace_statements")
+    return model, x, out_of_place_twin(model), x, {}
+
+
+# variant → (a maker of (model, x, the plain model, its input, analyzer keywords), the zoo
+# model, the prefix of the zoo model's module paths in the plain model). Pattern analyzers
+# get the patterns fitted on the zoo model; a compiled model gets those of the module it
+# compiles (analysed through it), a wrapper (Head, the out-of-place twin) has them under
+# "model.".
+VARIANTS = {
+    "compiled": (_compiled, "resnet18", ""),
+    "channels_last": (_contiguous, "channels_last", ""),
+    "float64": (_single_precision, "float64", ""),
+    "tuple_output_default": (_head("tuple_output", 0, False), "tuple_output", "model."),
+    "tuple_output_aux": (_head("tuple_output", 1, True), "tuple_output", "model."),
+    "dict_output_default": (_head("dict_output", "logits", False), "dict_output", "model."),
+    "dict_output_aux": (_head("dict_output", "aux", True), "dict_output", "model."),
+    "inplace_statements": (_out_of_place, "inplace_statements", "model."),
+}
+
+
+def _outcome(analyzer: str, model: nn.Module, x: Tensor, patterns_of: str, prefix: str = "",
+             **extra):
+    try:
+        return run(analyzer, model, x, patterns_of=patterns_of, prefix=prefix, **extra)
+    except lx.NotAnalyzableModelError as error:
+        return error
+
+
+@pytest.mark.parametrize(("variant", "analyzer"), [
+    pytest.param(v, a, id=f"{v}-{a}") for v in VARIANTS for a in ANALYZERS])
+def test_variant_gives_the_plain_models_map(variant: str, analyzer: str) -> None:
+    make, zoo_name, prefix = VARIANTS[variant]
+    model, x, plain, plain_x, extra = make()
+    expected = _outcome(analyzer, plain, plain_x, zoo_name, prefix)
+    actual = _outcome(analyzer, model, x, zoo_name, **extra)
+    if isinstance(expected, lx.NotAnalyzableModelError):
+        assert isinstance(actual, lx.NotAnalyzableModelError), \
+            f"the plain model is refused ({expected}), the {variant} one is not"
+        return
+    assert isinstance(actual, Tensor), f"the plain model is analyzed, the {variant} one " \
+                                       f"refused: {actual}"
+    assert actual.shape == x.shape and actual.dtype == x.dtype
+    if analyzer == "random" and variant == "float64":
+        return  # the noise is drawn in the input's dtype: no single-precision twin
+    rtol = 1e-3 if variant == "float64" else 1e-4
+    close(actual.to(expected.dtype), expected, rtol=rtol)

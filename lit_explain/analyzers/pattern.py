@@ -10,13 +10,43 @@ Both are the gradient with every kernel layer's weight swapped in the backward p
 
 As in iNNvestigate 1.x, the backward pass starts from the selected output's value, ReLUs
 and max-pooling keep their gradient, and reshapes, concatenation and dropout pass the signal
-through. Beyond iNNvestigate 1.x (which refused them):
+through (concatenation hands each input its own slice). Kernel layers are ``Linear``,
+``ConvNd`` and ``ConvTransposeNd`` (a transposed convolution's pattern has its weight's
+shape). Beyond iNNvestigate 1.x, which refused them or projected the signal to [-1, 1] at
+every layer against overflow, these keep the signal on the input's scale
+(``docs/patterns.md`` gives the reasons):
 
+* **Layer-level normalisation (PatternNet).** The paper's normalisation ``wᵀa = 1`` makes a
+  single neuron's signal reproduce its output. Summed over the many redundant neurons of a
+  deep layer, ``Σⱼ aⱼ sⱼ`` over-counts the signal they share (about 50× per layer on a
+  ResNet-18, so 1e18-1e32 at the input). Each kernel layer's back-projection
+  ``s_in = c · Aᵀ s_out`` is therefore scaled, per sample, by the least-squares ``c ≥ 0``
+  with which the layer's own linear map reproduces the output signal where it is not zero:
+  ``c = ⟨P W(Aᵀs), s⟩ / ‖P W(Aᵀs)‖²``, ``P = [s ≠ 0]``. For one neuron (the paper's
+  setting) ``c = 1`` exactly. Other linear operations with one input (average pooling,
+  interpolation, sums, means, scaling by a constant) use their gradient scaled the same way:
+  an average pool then copies the signal to its window, as its pattern (all ones) does.
+* **Residual adds** (``a + b``, ``torch.add``, ``out += x``, subtraction) split the signal
+  in proportion to the summands' magnitudes, ``sᵢ = s · |zᵢ| / Σ|z|`` with ``zᵢ`` the
+  signed summands (halves where both are 0), divided by ``zᵢ``'s coefficient (PatternNet:
+  the pattern of a one-input neuron is ``1/w``). The shares lie in [0, 1] and sum to 1: the
+  split conserves the signal (and PatternAttribution's relevance) and never amplifies it;
+  where the summands agree in sign it is the z-rule. The plain gradient would send the whole
+  signal down both branches, doubling it at every block.
 * **BatchNorm** (eval) is an elementwise linear layer ``y = s·x + c`` with
   ``s = γ / √(var + ε)``. The pattern of a one-input neuron is exactly ``1/s``, whatever the
   data, so PatternNet divides the signal by ``s`` and PatternAttribution (``s · 1/s = 1``)
   passes it unchanged. This equals folding the BatchNorm into the kernel layer before it.
-* **Average pooling, residual adds and other linear operations** keep their gradient.
+
+PatternAttribution is conservative through kernel layers (``Σᵢ wᵢaᵢ = 1`` per neuron),
+BatchNorm, adds, pooling and interpolation, so its map sums to about the selected output;
+it needs no layer-level normalisation and gets none.
+
+**Checks.** A signal that stops being finite raises ``FloatingPointError`` naming the first
+layer (in the backward pass) where it happened. A signal that outgrows its layer by more
+than ``max_scale`` (PatternNet: ``‖s_in‖ / ‖h_in‖`` against the layer's input activation;
+PatternAttribution: ``Σ|R_in|`` against the relevance entering the top layer) warns with
+``RuntimeWarning``, or raises with ``scale_check="raise"``, naming that layer.
 
 Other non-linearities (sigmoid, GELU, softmax, products) raise
 :class:`~lit_explain.NotAnalyzableModelError`: the method defines no rule for them.
@@ -24,13 +54,13 @@ Other non-linearities (sigmoid, GELU, softmax, products) raise
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import grad as nn_grad
 
 from .base import Analyzer, NeuronSelection
 from .operations import (
@@ -47,32 +77,78 @@ from .registry import register
 
 PASSTHROUGH = frozenset({RELU, MAX_POOL, LINEAR, STRUCTURE})
 
+SCALE_CHECKS = ("warn", "raise", "off")
+
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_CONV_INPUT_GRAD = {torch.conv1d: nn_grad.conv1d_input, torch.conv2d: nn_grad.conv2d_input,
-                    torch.conv3d: nn_grad.conv3d_input}
+_CONV_TRANSPOSE_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding",
+                        "groups", "dilation")
+_TRANSPOSED = (torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
+
+Tensor_ = torch.Tensor
+#: Sums of two tensors and the coefficient of each summand (``alpha`` scales the second).
+_ADDS = {torch.add: (1, 1), Tensor_.add: (1, 1), Tensor_.add_: (1, 1),
+         Tensor_.__add__: (1, 1), Tensor_.__iadd__: (1, 1), Tensor_.__radd__: (1, 1),
+         torch.sub: (1, -1), Tensor_.sub: (1, -1), Tensor_.sub_: (1, -1),
+         Tensor_.__sub__: (1, -1), Tensor_.__isub__: (1, -1), Tensor_.__rsub__: (-1, 1)}
 
 
 def kernel_arguments(call: OperationCall) -> dict[str, Any]:
-    """A kernel call's arguments by name (``F.linear`` or ``torch.convNd``)."""
-    names = _CONV_ARGS[:3] if call.func is F.linear else _CONV_ARGS
+    """A kernel call's arguments by name (``F.linear``, ``torch.convNd`` or
+    ``torch.conv_transposeNd``)."""
+    if call.func is F.linear:
+        names = _CONV_ARGS[:3]
+    else:
+        names = _CONV_TRANSPOSE_ARGS if call.func in _TRANSPOSED else _CONV_ARGS
     return {**dict(zip(names, call.args, strict=False)), **call.kwargs}
+
+
+def _kernel_map(call: OperationCall, weight: Tensor) -> Callable[[Tensor], Tensor]:
+    """The kernel call as a linear map (no bias) with ``weight`` in place of its weight."""
+    arguments = kernel_arguments(call)
+    options = {k: v for k, v in arguments.items() if k not in ("input", "weight", "bias")}
+    if call.func is F.linear:
+        return lambda inputs: F.linear(inputs, weight)
+    return lambda inputs: call.func(inputs, weight, None, **options)
 
 
 def input_gradient(call: OperationCall, weight: Tensor, grad: Tensor) -> Tensor:
     """The kernel call's backward to its input with ``weight`` in place of its weight."""
-    arguments = kernel_arguments(call)
-    source = arguments["input"]
+    source = kernel_arguments(call)["input"]
     if call.func is F.linear:
         return grad @ weight
-    convolution = _CONV_INPUT_GRAD.get(call.func)
-    options = {k: arguments[k] for k in _CONV_ARGS[3:] if k in arguments}
-    if convolution is not None and not isinstance(options.get("padding"), str) \
-            and source.dim() == weight.dim():
-        return convolution(source.shape, weight, grad, **options)
-    with torch.enable_grad():  # string padding, unbatched input: let autograd do it
+    with torch.enable_grad():
         inputs = source.detach().requires_grad_(True)
-        output = call.func(inputs, weight, None, **options)
+        output = _kernel_map(call, weight)(inputs)
         return torch.autograd.grad(output, inputs, grad)[0]
+
+
+def least_squares_scale(image: Tensor, target: Tensor) -> Tensor:
+    """Per sample, the ``c ≥ 0`` minimising ``‖P(c·image) − target‖``, ``P = [target ≠ 0]``,
+    shaped to broadcast over a tensor whose first axis is the batch (0 where ``P·image = 0``)."""
+    image = torch.where(target != 0, image, torch.zeros_like(image))
+    numerator = (image * target).reshape(len(target), -1).sum(1)
+    denominator = image.square().reshape(len(target), -1).sum(1)
+    scale = torch.where(denominator > 0, numerator / torch.where(denominator > 0,
+                                                                 denominator, 1), 0)
+    return scale.clamp(min=0)
+
+
+def _per_sample(scale: Tensor, like: Tensor) -> Tensor:
+    return scale.reshape(len(scale), *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+class _Split(torch.autograd.Function):
+    """``value`` forward; the incoming gradient reaches ``sources[i]`` times ``factors[i]``."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, factors: list, *sources: Tensor) -> Tensor:
+        ctx.factors, ctx.shapes = factors, [s.shape for s in sources]
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return (None, None, *[(grad * f).sum_to_size(shape)
+                              for f, shape in zip(ctx.factors, ctx.shapes, strict=True)])
 
 
 def batch_norm_scale(call: OperationCall) -> Tensor:
@@ -99,13 +175,23 @@ class _PatternBased(Analyzer):
 
     def __init__(self, model: nn.Module, patterns: Mapping[str, Tensor] | None = None,
                  pattern_type: str = "relu", neuron_selection_mode: str = "max_activation",
-                 **reverse: Any) -> None:
+                 scale_check: str = "warn", max_scale: float = 1e3, **reverse: Any) -> None:
         from ..patterns.statistics import PATTERN_TYPES
         from .validation import check_choice
 
         super().__init__(model, neuron_selection_mode, **reverse)
         check_choice("pattern_type", pattern_type, PATTERN_TYPES)
+        check_choice("scale_check", scale_check, SCALE_CHECKS)
+        if isinstance(max_scale, bool) or not isinstance(max_scale, (int, float)) \
+                or not max_scale > 0:
+            raise ValueError(f"max_scale={max_scale!r} is not valid; expected a number > 0")
         self.pattern_type = pattern_type
+        self.scale_check = scale_check
+        self.max_scale = float(max_scale)
+        #: After :meth:`analyze`: layer → largest scale ratio over the batch (see the module
+        #: docstring), in the order of the backward pass.
+        self.signal_scales: dict[str, float] = {}
+        self._non_finite: str | None = None
         self._patterns: dict[str, Tensor] | None = None
         if patterns is not None:
             self.patterns = patterns
@@ -183,32 +269,128 @@ class _PatternBased(Analyzer):
         """What the backward signal is multiplied by across a BatchNorm with scale ``s``."""
         raise NotImplementedError
 
+    def normalise(self, forward: Callable[[Tensor], Tensor], signal_out: Tensor,
+                  signal_in: Tensor) -> Tensor:
+        """The layer-level normalisation of a linear map's backward signal (identity here)."""
+        return signal_in
+
+    def summand_factor(self, coefficient: float) -> float:
+        """What a summand's share of the signal is multiplied by (its coefficient ``w``)."""
+        raise NotImplementedError
+
+    def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
+        """Per sample, how far the signal at a layer's input outgrew its reference."""
+        raise NotImplementedError
+
+    # Handlers -----------------------------------------------------------------------------
+
+    def _check(self, call: OperationCall, signal_in: Tensor, activation: Tensor) -> None:
+        where = call.where()
+        if not bool(torch.isfinite(signal_in).all()):
+            if self._non_finite is None:
+                self._non_finite = where
+            return
+        ratio = self.scale_ratio(signal_in, activation.detach())
+        if ratio.numel():
+            key = call.module_path or where
+            self.signal_scales[key] = max(self.signal_scales.get(key, 0.0),
+                                          float(ratio.max()))
+
     def _kernel(self, call: OperationCall) -> Tensor:
         weight = kernel_arguments(call)["weight"].detach()
         pattern = self._patterns.get(call.module_path) if self._patterns else None
         if pattern is None:
             raise ValueError(f"{self.name}: {call.where()} is a kernel layer without a pattern "
                              f"(patterns has {sorted(self._patterns or {})}); fit the patterns "
-                             f"with PatternComputer on this model and on data that reaches it")
+                             f"with PatternComputer on this model and on data that reaches it "
+                             f"(it fits nn.Linear, nn.ConvNd and nn.ConvTransposeNd modules)")
         replacement = self.backward_weight(pattern.to(weight.device, weight.dtype), weight)
         source = kernel_arguments(call)["input"]
+        forward = _kernel_map(call, weight)
+
+        def backward(grad: Tensor) -> Tensor:
+            if self._top is None:  # the first kernel layer of the backward pass: the top
+                self._top = grad.detach().abs().reshape(len(grad), -1).sum(1)
+            signal = self.normalise(forward, grad, input_gradient(call, replacement, grad))
+            self._check(call, signal, source)
+            return signal
+
         # a copy, not with_gradient's view: the model may add into it in place (out += x)
-        return with_gradient(source, call.run(),
-                             lambda grad: input_gradient(call, replacement, grad)).clone()
+        return with_gradient(source, call.run(), backward).clone()
 
     def _batch_norm(self, call: OperationCall) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
         factor = self.batch_norm_factor(batch_norm_scale(call))
         return with_gradient(source, call.run(), lambda grad: grad * factor).clone()
 
+    def _linear(self, call: OperationCall) -> Tensor:
+        """Adds of two tensors split the signal; other linear operations are normalised."""
+        operands = [(i, a) for i, a in enumerate(call.args) if isinstance(a, Tensor)
+                    and a.requires_grad and a.is_floating_point()]
+        value = call.run()
+        if call.func in _ADDS and len(operands) == 2:
+            alpha = call.kwargs.get("alpha", 1)
+            coefficients = [c * (alpha if i == 1 else 1)
+                            for i, c in enumerate(_ADDS[call.func])]
+            summands = [a.detach() * c for (_, a), c in zip(operands, coefficients, strict=True)]
+            total = summands[0].abs() + summands[1].abs()
+            nonzero = total > 0
+            safe = torch.where(nonzero, total, torch.ones_like(total))
+            factors = [torch.where(nonzero, z.abs() / safe, torch.full_like(total, 0.5))
+                       * self.summand_factor(c)
+                       for z, c in zip(summands, coefficients, strict=True)]
+            return _Split.apply(value.detach(), factors, *(a for _, a in operands)).clone()
+        if len(operands) != 1 or call.func in _ADDS or type(self).normalise is \
+                _PatternBased.normalise:
+            return value  # adds of constants pass the signal; plain gradient otherwise
+        index, source = operands[0]
+
+        def forward(inputs: Tensor) -> Tensor:
+            args = list(call.args)
+            args[index] = inputs
+            kwargs = {k: v for k, v in call.kwargs.items() if k != "inplace"}
+            return call.func(*args, **kwargs)
+
+        def backward(grad: Tensor) -> Tensor:
+            with torch.enable_grad():
+                inputs = source.detach().requires_grad_(True)
+                (plain,) = torch.autograd.grad(forward(inputs), inputs, grad)
+            return self.normalise(forward, grad, plain)
+
+        return with_gradient(source, value, backward).clone()
+
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
         if self._patterns is None:
             raise ValueError(f"{self.name} needs patterns: pass patterns=PatternComputer("
                              f"model).fit(dataloader) to create_analyzer, or call "
                              f"analyzer.fit(dataloader) first")
+        self.signal_scales, self._non_finite, self._top = {}, None, None
         handlers: dict[str, Callable[[OperationCall], Tensor]] = {
-            KERNEL: self._kernel, BATCH_NORM: self._batch_norm}
-        return self._backward(x, self.selector(neuron_selection), handlers, PASSTHROUGH)
+            KERNEL: self._kernel, BATCH_NORM: self._batch_norm, LINEAR: self._linear}
+        result = self._backward(x, self.selector(neuron_selection), handlers,
+                                PASSTHROUGH - {LINEAR})
+        self._report(result, x)
+        return result
+
+    def _report(self, result: Tensor, x: Tensor) -> None:
+        if self._non_finite is not None or not bool(torch.isfinite(result).all()):
+            place = self._non_finite or "the model input"
+            raise FloatingPointError(
+                f"{self.name}: the backward signal is not finite at the input of {place}; "
+                f"check the patterns (fit on more data?) and the model's weights there")
+        if self.scale_check == "off":
+            return
+        over = [(key, ratio) for key, ratio in self.signal_scales.items()
+                if ratio > self.max_scale]
+        if over:
+            key, ratio = over[0]
+            message = (f"{self.name}: the backward signal grew to {ratio:.3g}× its reference "
+                       f"({self.scale_reference}) at the input of {key!r}, above max_scale="
+                       f"{self.max_scale:g}; the map's values are not on the input's scale. "
+                       f"{len(over)} layer(s) over the limit; see analyzer.signal_scales")
+            if self.scale_check == "raise":
+                raise FloatingPointError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 _DOC_PARAMETERS = """
@@ -223,6 +405,13 @@ _DOC_PARAMETERS = """
         The pattern type :meth:`fit` uses (``"relu"`` by default, as iNNvestigate).
     neuron_selection_mode:
         ``"max_activation"``, ``"index"`` or ``"all"``.
+    scale_check:
+        What a signal that outgrows its layer by more than ``max_scale`` does: ``"warn"``
+        (default: a ``RuntimeWarning`` naming the layer; the map is returned), ``"raise"``
+        (``FloatingPointError``) or ``"off"``. A non-finite signal always raises.
+    max_scale:
+        The largest growth that passes the check (default 1e3); the measured ratio of every
+        kernel layer is in :attr:`signal_scales` after each :meth:`analyze`.
     reverse_project_bottleneck_layers:
         Scale the signal at each layer's input, and each sample's result, so that its largest
         absolute value is 1. iNNvestigate 1.x projected its bottleneck tensors to [-1, 1] (on
@@ -239,8 +428,13 @@ class PatternNet(_PatternBased):
 
     Kindermans et al. 2018, "Learning how to explain neural networks: PatternNet and
     PatternAttribution". Estimates the signal component of the input that the network
-    extracts for the selected output; BatchNorm divides the signal by its scale.
+    extracts for the selected output. BatchNorm divides the signal by its scale; adds split
+    it by the summands' magnitudes; every other linear map (kernel layers included) is
+    normalised per sample so that its forward reproduces the signal at its output
+    (see :mod:`lit_explain.analyzers.pattern`), which keeps the signal on the input's scale.
     """ + _DOC_PARAMETERS
+
+    scale_reference = "the norm of the layer's input activation"
 
     def backward_weight(self, pattern: Tensor, weight: Tensor) -> Tensor:
         return pattern
@@ -249,6 +443,20 @@ class PatternNet(_PatternBased):
         nonzero = scale != 0
         return torch.where(nonzero, 1 / torch.where(nonzero, scale, 1), 0)
 
+    def normalise(self, forward: Callable[[Tensor], Tensor], signal_out: Tensor,
+                  signal_in: Tensor) -> Tensor:
+        scale = least_squares_scale(forward(signal_in), signal_out)
+        return signal_in * _per_sample(scale, signal_in)
+
+    def summand_factor(self, coefficient: float) -> float:
+        return 1 / coefficient
+
+    def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
+        signal = signal_in.reshape(len(signal_in), -1).norm(dim=1)
+        reference = activation.reshape(len(activation), -1).norm(dim=1).to(signal.dtype)
+        return torch.where(reference > 0, signal / torch.where(reference > 0, reference, 1),
+                           torch.where(signal > 0, torch.inf, 0.0))
+
 
 @register("pattern.attribution")
 class PatternAttribution(_PatternBased):
@@ -256,11 +464,23 @@ class PatternAttribution(_PatternBased):
 
     Kindermans et al. 2018, "Learning how to explain neural networks: PatternNet and
     PatternAttribution". Attributes the selected output to the input's signal; BatchNorm
-    passes it unchanged (its own pattern times its scale is 1).
+    passes it unchanged (its own pattern times its scale is 1), adds split it by the
+    summands' magnitudes, so that it is conserved through kernel layers and adds.
     """ + _DOC_PARAMETERS
+
+    scale_reference = "the relevance entering the top layer, Σ|R|"
 
     def backward_weight(self, pattern: Tensor, weight: Tensor) -> Tensor:
         return pattern * weight
 
     def batch_norm_factor(self, scale: Tensor) -> Tensor:
         return (scale != 0).to(scale.dtype)
+
+    def summand_factor(self, coefficient: float) -> float:
+        return 1.0
+
+    def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
+        relevance = signal_in.abs().reshape(len(signal_in), -1).sum(1)
+        top = self._top.to(relevance.dtype)
+        return torch.where(top > 0, relevance / torch.where(top > 0, top, 1),
+                           torch.where(relevance > 0, torch.inf, 0.0))

@@ -1,7 +1,7 @@
 """PatternComputer: stream a model's layer statistics and turn them into patterns.
 
-The statistics are collected by forward hooks on every Linear, Conv1d and Conv2d, with no
-gradient and without touching the model's output; they are sums and counts
+The statistics are collected by forward hooks on every Linear, ConvNd and ConvTransposeNd
+(1-3 d), with no gradient and without touching the model's output; they are sums and counts
 (:class:`~lit_explain.patterns.statistics.LayerStatistics`), so batches, epochs, processes
 and DDP ranks merge by addition. The pattern is derived from them at :meth:`compute`.
 
@@ -22,7 +22,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..analyzers.validation import check_choice
-from .layers import batch_sums, is_batch_norm, kernel_layers, pre_activation, row_size
+from .layers import (
+    batch_sums,
+    is_batch_norm,
+    kernel_layers,
+    out_features,
+    pre_activation,
+    row_size,
+    rows_to_weight,
+    weight_rows,
+)
 from .statistics import PATTERN_TYPES, LayerStatistics, neuron_mask
 
 
@@ -61,8 +70,9 @@ class PatternComputer:
     Parameters
     ----------
     model:
-        The model whose kernel layers (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``) get
-        patterns; convolutions are fit over their input patches.
+        The model whose kernel layers (``nn.Linear``, ``nn.Conv1d/2d/3d``,
+        ``nn.ConvTranspose1d/2d/3d``) get patterns; convolutions are fit over their input
+        patches, transposed convolutions per output channel over every output position.
     pattern_type:
         ``"linear"`` (every row counts), ``"relu"`` = ``"relu.positive"`` (rows where the
         layer's output is positive: the paper's two-component estimator, the right one for
@@ -91,9 +101,10 @@ class PatternComputer:
         self.layers = kernel_layers(model)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no kernel layer (nn.Linear, "
-                             f"nn.Conv1d, nn.Conv2d): there is nothing to fit patterns for")
+                             f"nn.ConvNd, nn.ConvTransposeNd): there is nothing to fit "
+                             f"patterns for")
         self.statistics: dict[str, LayerStatistics] = {
-            path: LayerStatistics.zeros(m.weight.shape[0], row_size(m), m.weight.device)
+            path: LayerStatistics.zeros(out_features(m), row_size(m), m.weight.device)
             for path, m in self.layers.items()}
         self._pending: dict[int, _Pending] = {}
 
@@ -218,7 +229,8 @@ class PatternComputer:
 
     def patterns_from(self, statistics: Mapping[str, LayerStatistics]) -> dict[str, Tensor]:
         """The patterns of given statistics with the current weights (layers with data)."""
-        return {path: statistics[path].pattern(module.weight)
+        return {path: rows_to_weight(module, statistics[path].pattern(
+                    weight_rows(module, module.weight)))
                 for path, module in self.layers.items() if int(statistics[path].rows) > 0}
 
     def synced_statistics(self) -> dict[str, LayerStatistics]:

@@ -1,11 +1,21 @@
-"""Kernel layers as neurons: the per-batch sums behind the patterns of Linear and Conv1d/2d.
+"""Kernel layers as neurons: the per-batch sums behind the patterns of Linear, ConvNd and
+ConvTransposeNd.
 
 A convolution is one linear neuron per output channel applied to every input patch; its
 statistics run over samples *and* positions, with the patch (``in_channels / groups ×
-kernel``, ordered as ``weight[j].flatten()``) as the input row. The patch sums
-``Σ mask·x`` and ``Σ mask·y·x`` are exactly a convolution's weight gradient with ``mask`` and
-``mask·y`` as output gradients, so they are computed that way: one call of the same
-optimized kernel training uses for the weight gradient, no explicit patches in memory.
+kernel``, ordered as ``weight[j].flatten()``) as the input row.
+
+A **transposed** convolution is one linear neuron per output channel too: output position
+``p`` of channel ``j`` is ``Σ_{c,k} W[c, j, k] · x[c, (p + padding − k·dilation) / stride]``
+over the kernel offsets ``k`` that land on an input position. Its input row is therefore
+``W[:, j]`` laid out as ``(in_channels / groups) × kernel`` (:func:`weight_rows`), and the
+pattern, computed per output channel, is put back into the weight's own shape
+``(in_channels, out_channels / groups, *kernel)`` (:func:`rows_to_weight`).
+
+For both kinds the masked sums ``Σ mask·x`` and ``Σ mask·y·x`` over (sample, position) are
+exactly the layer's weight gradient with ``mask`` and ``mask·y`` as output gradients, so they
+are computed that way (``aten.convolution_backward``): the same optimized kernel training uses
+for the weight gradient, no explicit patches in memory.
 """
 
 from __future__ import annotations
@@ -13,13 +23,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import grad as nn_grad
 
-KERNEL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_CONVOLUTIONS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+KERNEL_LAYERS = (nn.Linear, *CONVOLUTIONS, *TRANSPOSED_CONVOLUTIONS)
 
 
 def kernel_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Module path → module, for every Linear, Conv1d and Conv2d in ``model``."""
+    """Module path → module, for every Linear, ConvNd and ConvTransposeNd in ``model``."""
     return {path: module for path, module in model.named_modules()
             if isinstance(module, KERNEL_LAYERS)}
 
@@ -28,9 +39,43 @@ def is_batch_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
+def is_transposed(module: nn.Module) -> bool:
+    return isinstance(module, TRANSPOSED_CONVOLUTIONS)
+
+
+def out_features(module: nn.Module) -> int:
+    """How many neurons (output channels) the layer has."""
+    if is_transposed(module):
+        return module.weight.shape[1] * module.groups
+    return module.weight.shape[0]
+
+
 def row_size(module: nn.Module) -> int:
-    """The length of one neuron's input row: ``weight[j].numel()``."""
-    return module.weight[0].numel()
+    """The length of one neuron's input row (``weight[j].numel()`` for Linear and ConvNd)."""
+    return module.weight.numel() // out_features(module)
+
+
+def weight_rows(module: nn.Module, weight: Tensor) -> Tensor:
+    """``weight`` (or a tensor shaped like it) as one row per neuron: ``(out, row_size)``.
+
+    For ConvTransposeNd, whose weight is ``(in, out / groups, *kernel)``, row ``j`` holds
+    ``W[c, j mod (out / groups), k]`` for the input channels ``c`` of ``j``'s group.
+    """
+    if not is_transposed(module):
+        return weight.reshape(len(weight), -1)
+    groups, (cin, cout_g) = module.groups, weight.shape[:2]
+    return (weight.reshape(groups, cin // groups, cout_g, -1).transpose(1, 2)
+            .reshape(groups * cout_g, -1))
+
+
+def rows_to_weight(module: nn.Module, rows: Tensor) -> Tensor:
+    """The inverse of :func:`weight_rows`: rows back into the weight's shape."""
+    shape = module.weight.shape
+    if not is_transposed(module):
+        return rows.reshape(shape)
+    groups, (cin, cout_g) = module.groups, shape[:2]
+    return (rows.reshape(groups, cout_g, cin // groups, -1).transpose(1, 2)
+            .reshape(shape))
 
 
 def pre_activation(module: nn.Module, output: Tensor) -> Tensor:
@@ -50,12 +95,14 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
     Parameters
     ----------
     module:
-        A Linear, Conv1d or Conv2d.
+        A Linear, ConvNd or ConvTransposeNd.
     x:
         Its input in this forward pass.
     y, mask:
         Its pre-activation without bias and the boolean mask, both shaped like its output
         (``mask=None``: every row).
+
+    ``Σx`` and ``Σxy`` come back as ``(out, row_size)`` in the layout of :func:`weight_rows`.
     """
     mask = torch.ones_like(y) if mask is None else mask.to(y.dtype)
     masked_y = y * mask
@@ -69,19 +116,35 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
     spatial = module.weight.dim() - 2
     if x.dim() == spatial + 1:  # unbatched input
         x, mask, masked_y = x.unsqueeze(0), mask.unsqueeze(0), masked_y.unsqueeze(0)
-    groups, out = module.groups, module.weight.shape[0]
+    groups, out = module.groups, out_features(module)
     # output gradients [mask, mask·y], interleaved per group so that groups stay aligned
     both = torch.stack([mask.unflatten(1, (groups, -1)), masked_y.unflatten(1, (groups, -1))],
                        dim=2).flatten(1, 3).float()
     x = x.detach().float()
-    if module.padding_mode == "zeros" and not isinstance(module.padding, str):
-        padding = module.padding
-    else:
+    transposed = is_transposed(module)
+    padding, output_padding = module.padding, [0] * spatial
+    if not transposed and (module.padding_mode != "zeros" or isinstance(padding, str)):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), 0
-    weight_grad = nn_grad.conv1d_weight if spatial == 1 else nn_grad.conv2d_weight
-    product = weight_grad(x, (2 * out, *module.weight.shape[1:]), both, module.stride,
-                          padding, module.dilation, groups).reshape(groups, 2, out // groups, -1)
+        x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), [0] * spatial
+    weight = module.weight
+    if transposed:  # doubled weight (in, 2 · out / groups, *kernel); output padding from y
+        doubled = (weight.shape[0], 2 * weight.shape[1], *weight.shape[2:])
+        output_padding = [
+            y.shape[2 + d] - ((x.shape[2 + d] - 1) * module.stride[d] - 2 * padding[d]
+                              + module.dilation[d] * (weight.shape[2 + d] - 1) + 1)
+            for d in range(spatial)]
+    else:
+        doubled = (2 * weight.shape[0], *weight.shape[1:])
+    grad = torch.ops.aten.convolution_backward(
+        both, x, torch.empty(doubled, dtype=x.dtype, device=x.device), None,
+        list(module.stride), list(padding), list(module.dilation), transposed, output_padding,
+        groups, [False, True, False])[1]
+    if transposed:  # (g · in/g, 2 · out/g, K) -> rows (out, in/g · K) per half
+        grad = grad.reshape(groups, weight.shape[0] // groups, 2, weight.shape[1], -1)
+        grad = grad.permute(2, 0, 3, 1, 4).reshape(2, out, -1)
+        product = grad.reshape(2, groups, out // groups, -1).transpose(0, 1)
+    else:
+        product = grad.reshape(groups, 2, out // groups, -1)
     sums = both.sum(dim=[0, *range(2, both.dim())]).reshape(groups, 2, out // groups)
     rows = len(x) * both[0, 0].numel()
     return (rows, sums[:, 0].reshape(out), product[:, 0].reshape(out, -1),

@@ -1,9 +1,9 @@
 """The statistics behind a pattern and the pattern formula (Kindermans et al. 2018).
 
 For one kernel layer with weight vector ``w`` per output neuron, input rows ``x`` (the
-layer's input, or one input patch of a convolution) and pre-activations without bias
-``y = wᵀx``, the signal estimator of "Learning how to explain neural networks: PatternNet
-and PatternAttribution" (Kindermans et al., ICLR 2018) is
+layer's input, or one input patch of a convolution or transposed convolution) and
+pre-activations without bias ``y = wᵀx``, the signal estimator of "Learning how to explain
+neural networks: PatternNet and PatternAttribution" (Kindermans et al., ICLR 2018) is
 
     a = cov(x, y) / (wᵀ cov(x, y)),    cov(x, y) = E[xy] − E[x] E[y],
 
@@ -109,8 +109,10 @@ class LayerStatistics:
     def pattern(self, weight: Tensor) -> Tensor:
         """The pattern ``a = cov(x, y) / (wᵀ cov(x, y))`` per neuron, shaped like ``weight``.
 
-        Neurons whose mask was never on, or whose ``wᵀ cov(x, y)`` is zero, get a zero
-        pattern (they carry no signal the estimator can see).
+        ``weight`` holds one row per neuron (the first axis; for a transposed convolution,
+        the rows of :func:`~lit_explain.patterns.layers.weight_rows`). Neurons whose mask was
+        never on, or whose ``wᵀ cov(x, y)`` is zero, get a zero pattern (they carry no signal
+        the estimator can see).
         """
         w = weight.detach().reshape(len(weight), -1).to(self.sum_x.device, STATE_DTYPE)
         count = self.count.clamp(min=1)[:, None]

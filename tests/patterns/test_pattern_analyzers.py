@@ -38,21 +38,41 @@ def relu_net() -> nn.Sequential:
                          nn.Linear(4, 5))
 
 
-def test_with_the_weights_as_patterns_patternnet_is_the_value_seeded_gradient():
+def test_with_ones_as_patterns_patternattribution_is_the_value_seeded_gradient():
     model = relu_net()
     x = torch.randn(6, 1, 6, 6)
-    patterns = {path: m.weight.detach() for path, m in model.named_modules()
-                if isinstance(m, (nn.Conv2d, nn.Linear))}
-    result = lx.create_analyzer("pattern.net", model, patterns=patterns).analyze(x)
+    ones = {path: torch.ones_like(m.weight) for path, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
     inputs = x.clone().requires_grad_(True)
     logits = model(inputs)
     seed = torch.zeros_like(logits).scatter(1, logits.argmax(1, keepdim=True),
                                             logits.max(1, keepdim=True).values)
     (expected,) = torch.autograd.grad(logits, inputs, seed.detach())
-    torch.testing.assert_close(result, expected)
-    ones = {path: torch.ones_like(p) for path, p in patterns.items()}
     attribution = lx.create_analyzer("pattern.attribution", model, patterns=ones).analyze(x)
     torch.testing.assert_close(attribution, expected)
+
+
+def test_patternnet_normalises_each_layer_so_that_it_reproduces_its_output_signal():
+    """Two dense layers, written out: s₁ = a₂·y (one neuron: c = 1, the paper), then
+    s₀ = c·A₁ᵀs₁ with c the least-squares scale of W₁(A₁ᵀs₁) onto s₁ where s₁ ≠ 0."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    patterns = {"0": torch.randn(6, 4, dtype=torch.float64),
+                "2": torch.randn(3, 6, dtype=torch.float64)}
+    result = lx.create_analyzer("pattern.net", model, patterns=patterns).analyze(x)
+    w1 = model[0].weight.detach()
+    for n in range(len(x)):
+        hidden = model[0](x[n]).detach()
+        logits = model(x[n]).detach()
+        k = int(logits.argmax())
+        s1 = logits[k] * patterns["2"][k] * (hidden > 0)  # through the ReLU's gradient
+        raw = patterns["0"].t() @ s1
+        image = (w1 @ raw) * (s1 != 0)
+        c = max(float(image @ s1 / (image @ image)), 0.0)
+        torch.testing.assert_close(result[n], c * raw)
+        # the normalised signal reproduces s₁ at least as well as any other multiple would
+        assert ((w1 @ result[n]) * (s1 != 0) - s1).norm() <= (image - s1).norm() + 1e-12
 
 
 @pytest.mark.parametrize("name", ["pattern.net", "pattern.attribution"])
@@ -81,6 +101,11 @@ def test_batchnorm_acts_as_if_folded_into_the_conv_before_it(name):
     for network in (model, folded):
         patterns = PatternComputer(network, "relu").fit([data], progress=False)
         results.append(lx.create_analyzer(name, network, patterns=patterns).analyze(x))
+    if name == "pattern.net":
+        # PatternNet's layer normalisation weighs the conv's channels by the BatchNorm's
+        # scale: on a chain the map's direction is that of the folded net, its size per
+        # sample may differ (one scalar per sample)
+        results = [r / r.flatten(1).norm(dim=1)[:, None, None, None] for r in results]
     torch.testing.assert_close(results[0], results[1], rtol=1e-3, atol=1e-5)
 
 

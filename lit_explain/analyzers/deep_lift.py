@@ -4,9 +4,10 @@ Through Propagating Activation Differences").
 The input and its reference run through the model as one batch ``[x; x₀]``, so every
 non-linearity sees both. In the backward pass an elementwise non-linearity f (ReLU,
 sigmoid, tanh, GELU, ...) multiplies the incoming multiplier by Δy/Δx =
-(f(x) − f(x₀)) / (x − x₀), falling back to f'(x) where |x − x₀| is tiny. Max-pooling sends
-g·Δy to the winner for x (Δy ≥ 0) or for x₀ (Δy < 0) and divides by Δx, so that
-Σ Δx·m = Σ g·Δy holds there too (the rule Captum uses). Linear layers, convolutions,
+(f(x) − f(x₀)) / (x − x₀), falling back to f'(x) where a difference is lost in rounding
+(see :func:`lost_in_rounding`). Max-pooling sends g·Δy to the winner for x (Δy ≥ 0) or for
+x₀ (Δy < 0) and divides by Δx, so that Σ Δx·m = Σ g·Δy holds there too (the rule Captum
+uses). Linear layers, convolutions,
 BatchNorm in eval mode, additions, average pooling and reshapes are linear and keep their
 gradient. The result (x − x₀)·m sums to f(x) − f(x₀) for the selected output
 ("summation to delta"). Softmax and products of two activations have no rescale rule and
@@ -29,14 +30,29 @@ from .operations import (
     RELU,
     STRUCTURE,
     OperationCall,
-    OperationRules,
     with_gradient,
 )
 from .registry import register
 
 LINEAR_KINDS = frozenset({KERNEL, BATCH_NORM, LINEAR, STRUCTURE})
-#: |x − x₀| below which the rescale rule falls back to the gradient.
-DELTA_EPSILON = 1e-6
+#: A difference within this many machine epsilons of its operands' magnitude is rounding.
+ROUNDING_ULPS = 8
+
+
+def lost_in_rounding(delta: Tensor, value: Tensor, reference: Tensor) -> Tensor:
+    """Where ``delta = value − reference`` carries no information: elementwise
+    |Δ| ≤ c·eps(dtype)·max(|value|, |reference|), with c = :data:`ROUNDING_ULPS`.
+
+    The threshold is relative, so that the rule means the same at every input scale (an
+    absolute one, such as |Δ| < 1e-6, turns the whole map into a gradient map for inputs
+    near 1e-6 and breaks summation-to-delta), and per element, because the rounding error
+    of a stored number is proportional to that number's own magnitude: a scale taken over
+    the whole tensor would let one large activation declare the small, exactly resolved
+    differences of all the others to be noise, and replace their secant by a tangent.
+    Exact zeros (x = x₀ at that element) are always included.
+    """
+    eps = torch.finfo(delta.dtype).eps
+    return delta.abs() <= ROUNDING_ULPS * eps * torch.maximum(value.abs(), reference.abs())
 
 
 def _vector_jacobian(call: OperationCall, source: Tensor, grad: Tensor) -> Tensor:
@@ -48,17 +64,24 @@ def _vector_jacobian(call: OperationCall, source: Tensor, grad: Tensor) -> Tenso
     return result
 
 
-def _differences(tensor: Tensor) -> Tensor:
-    """x-half minus reference half of a ``[x; x₀]`` batch."""
+def _differences(tensor: Tensor) -> tuple[Tensor, Tensor]:
+    """x-half minus reference half of a ``[x; x₀]`` batch, and where it is only rounding."""
     value, reference = tensor.detach().chunk(2)
-    return value - reference
+    delta = value - reference
+    return delta, lost_in_rounding(delta, value, reference)
 
 
 def rescale_rule(call: OperationCall) -> Tensor:
-    """Elementwise non-linearity: multiplier Δy/Δx on the input half, zero on the reference."""
+    """Elementwise non-linearity: multiplier Δy/Δx on the input half, zero on the reference.
+
+    The gradient f'(x) replaces Δy/Δx where Δx or a non-zero Δy is within rounding of its
+    operands (for Δy: a smooth f of nearly equal inputs, e.g. a sigmoid near 0.5, whose
+    difference of outputs is noise). A zero Δy with a resolved Δx (ReLU below zero on
+    both sides, a saturated sigmoid) keeps its exact multiplier 0.
+    """
     source, output = call.args[0], call.run()
-    delta_in, delta_out = _differences(source), _differences(output)
-    tiny = delta_in.abs() < DELTA_EPSILON
+    (delta_in, tiny_in), (delta_out, tiny_out) = _differences(source), _differences(output)
+    tiny = tiny_in | (tiny_out & (delta_out != 0))
 
     def backward(grad: Tensor) -> Tensor:
         grad_x = grad.chunk(2)[0]
@@ -77,16 +100,19 @@ def max_pool_rule(call: OperationCall) -> Tensor:
     for x₀ where it shrank (a winner whose Δx has Δy's sign and is at least as large),
     then is divided by Δx."""
     source, output = call.args[0], call.run()
-    delta_in, delta_out = _differences(source), _differences(output)
-    tiny = delta_in.abs() < DELTA_EPSILON
+    (delta_in, same), delta_out = _differences(source), _differences(output)[0]
 
     def backward(grad: Tensor) -> Tensor:
-        share = grad.chunk(2)[0] * delta_out
+        grad_x = grad.chunk(2)[0]
+        share = grad_x * delta_out
         grew = delta_out >= 0
         split = torch.cat([torch.where(grew, share, 0.0), torch.where(grew, 0.0, share)])
         routed = _vector_jacobian(call, source, split).chunk(2)
-        safe = torch.where(tiny, torch.ones_like(delta_in), delta_in)
-        multiplier = torch.where(tiny, 0.0, (routed[0] + routed[1]) / safe)
+        safe = torch.where(same, torch.ones_like(delta_in), delta_in)
+        multiplier = (routed[0] + routed[1]) / safe
+        if bool(same.any()):
+            slope = _vector_jacobian(call, source, torch.cat([grad_x, torch.zeros_like(grad_x)]))
+            multiplier = torch.where(same, slope.chunk(2)[0], multiplier)
         return torch.cat([multiplier, torch.zeros_like(multiplier)])
 
     return with_gradient(source, output, backward)
@@ -112,9 +138,7 @@ class DeepLIFT(Analyzer):
         reference = reference_like(self.reference_inputs, x)
         both = torch.cat([x, reference])
         handlers = {RELU: rescale_rule, ACTIVATION: rescale_rule, MAX_POOL: max_pool_rule}
-        with OperationRules(self.model, handlers, LINEAR_KINDS, both).tracking_modules():
-            output = self.model(both)
-        logits = output.reshape(len(both), -1)[: len(x)]
+        logits = self._forward(both, handlers, LINEAR_KINDS)[: len(x)]
         seed = self._seed(logits, self.selector(neuron_selection)(logits))
         (multiplier,) = torch.autograd.grad(logits, x, seed)
         return (x - reference) * multiplier

@@ -1,6 +1,8 @@
 """Patterns fit during training: their quality and what collecting them costs.
 
 Run: ``python benchmarks/patterns.py`` (CPU, about a minute; ``--help`` for options).
+``python benchmarks/patterns.py --scale`` prints only the scale of both analyzers' maps on
+the test zoo's ``resnet18`` and ``unet`` (``docs/patterns.md``).
 
 1. **Quality.** The digits demo trains with ``PatternCallback(source="train")`` and
    ``PatternCallback(source="val")``; after the last epoch, an exact offline fit
@@ -120,6 +122,30 @@ def overhead(steps: int, pattern_type: str, every: list[int], threads: int) -> N
         print(f"| {name} | {value * 1e3:.3f} | {value / plain - 1:+.1%} |")
 
 
+def scale(names: list[str]) -> None:
+    """max |map| / max |x| and ‖map‖ / ‖x‖ of both analyzers on zoo models (tests/zoo.py)."""
+    import sys
+    from pathlib import Path
+
+    import lit_explain as lx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from zoo import ZOO
+
+    print("| model | analyzer | max abs(map) / max abs(x) | norm(map) / norm(x) |")
+    print("|---|---|---|---|")
+    for name in names:
+        model, x = ZOO[name]()
+        generator = torch.Generator().manual_seed(1)
+        data = torch.randn(64, *x.shape[1:], generator=generator) * x.std() + x.mean()
+        patterns = PatternComputer(model).fit(data.split(16), progress=False)
+        for analyzer in ("pattern.net", "pattern.attribution"):
+            result = lx.create_analyzer(analyzer, model, patterns=patterns,
+                                        scale_check="off").analyze(x)
+            print(f"| {name} | {analyzer} | {(result.abs().max() / x.abs().max()).item():.3g}"
+                  f" | {(result.norm() / x.norm()).item():.3g} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -130,7 +156,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, nargs="+", default=[1, 4, 10])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--scale", nargs="*", metavar="MODEL",
+                        help="only print the map scale on these zoo models "
+                             "(default: resnet18 unet)")
     args = parser.parse_args()
+    if args.scale is not None:
+        scale(args.scale or ["resnet18", "unet"])
+        return
     if not args.skip_quality:
         quality(args.epochs, args.pattern_type, args.train_every)
     overhead(args.steps, args.pattern_type, args.every, args.threads)

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from .diagnostics import OUTPUT_KEY, ReverseOptions, ReverseRecorder, project
 from .embedding import is_token_input, token_input
-from .operations import Handler, OperationRules
+from .forward import OutputKey, check_same_forward, eager, final_softmax, select_output, uncompiled
+from .operations import Handler, OperationRules, Prepare
 from .softmax import check_ends_without_softmax
 from .validation import check_choice
 
@@ -29,9 +30,10 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     """Run an analysis without changing the model or the caller's autograd state.
 
     Inside: every module in eval mode, no parameter requires grad (so no parameter's
-    ``.grad`` can be touched and no weight gradient is computed), grad enabled and
-    inference mode off. On exit every module's train flag and every parameter's
-    ``requires_grad`` are put back as they were, also when the analysis raises.
+    ``.grad`` can be touched and no weight gradient is computed), grad enabled, inference
+    mode off and compiled code run eagerly (see :mod:`.forward`). On exit every module's
+    train flag and every parameter's ``requires_grad`` are put back as they were, also when
+    the analysis raises.
     """
     training = {module: module.training for module in model.modules()}
     requires_grad = {param: param.requires_grad for param in model.parameters()}
@@ -39,7 +41,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
         model.eval()
         for param in requires_grad:
             param.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), eager():
             yield
     finally:
         for module, flag in training.items():
@@ -55,7 +57,8 @@ class Analyzer:
     ----------
     model:
         The model to explain; it must return logits (see :func:`model_wo_softmax`).
-        Outputs with more than two dimensions are flattened per sample.
+        Outputs with more than two dimensions are flattened per sample. A
+        ``torch.compile``d model is analysed through its original module.
     neuron_selection_mode:
         ``"max_activation"`` explains each sample's largest output, ``"index"`` the output
         given to :meth:`analyze`, ``"all"`` all outputs at once (as iNNvestigate).
@@ -65,6 +68,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         one modified backward pass; see :class:`~.diagnostics.ReverseOptions`. Kept layer
         relevances are in :attr:`reversed_tensors` after each :meth:`analyze`, min/max
         values in :attr:`reversed_min_max`.
+    output_key:
+        Which output to explain where the model returns a tuple (an index) or a mapping (a
+        key), keyword only. ``None``: the first tensor of a tuple, ``"logits"`` of a mapping.
 
     Notes
     -----
@@ -112,14 +118,21 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                  reverse_keep_tensors: bool = False, reverse_check_finite: bool = False,
                  reverse_clip_values: tuple[float, float] | None = None,
                  reverse_check_min_max_values: bool = False,
-                 reverse_project_bottleneck_layers: bool = False) -> None:
+                 reverse_project_bottleneck_layers: bool = False,
+                 output_key: OutputKey = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_choice("neuron_selection_mode", neuron_selection_mode, NEURON_SELECTION_MODES)
+        model = uncompiled(model)
         if self.needs_logits:
             check_ends_without_softmax(model)
+        if output_key is not None and not isinstance(output_key, (int, str)):
+            raise TypeError(f"output_key={output_key!r} is not valid; expected a tuple index "
+                            f"(int), a mapping key (str) or None")
         self.model = model
+        self.output_key = output_key
         self.neuron_selection_mode = neuron_selection_mode
+        self._softmax_checked = False
         self.reverse = ReverseOptions(reverse_keep_tensors, reverse_check_finite,
                                       reverse_clip_values, reverse_check_min_max_values,
                                       reverse_project_bottleneck_layers)
@@ -258,19 +271,29 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         reverse-pass diagnostics; analyzers that carry relevance differently override it."""
         return None
 
+    def logits(self, output: Any, batch: int) -> Tensor:
+        """The explained output (see ``output_key``) of a model output, as (batch, K)."""
+        return select_output(output, self.output_key).reshape(batch, -1)
+
     def _backward(self, x: Tensor, select: Selector, handlers: dict[str, Handler] | None = None,
-                  passthrough: frozenset[str] = frozenset()) -> Tensor:
-        """Forward ``x`` (with the handlers' rules, if any) and return d(selected)/dx."""
+                  passthrough: frozenset[str] = frozenset(), *, prepare: Prepare | None = None,
+                  input_boundary: Callable[[Tensor], Tensor] | None = None,
+                  self_observed: frozenset[str] = frozenset()) -> Tensor:
+        """Forward ``x`` (with the handlers' rules, if any) and return d(selected)/dx.
+
+        ``prepare`` and ``input_boundary`` go to :class:`~.operations.OperationRules`;
+        ``self_observed``: kinds whose handlers apply the diagnostics' output observer
+        themselves (:meth:`~.diagnostics.ReverseRecorder.wrap`)."""
         x = x.detach().requires_grad_(True)
         recorder = self.reverse.recorder(self._relevance_scale)
         if recorder is not None:  # observe every layer; nothing is inserted otherwise
-            handlers, passthrough = recorder.wrap(handlers, passthrough)
+            handlers, passthrough = recorder.wrap(handlers, passthrough, self_observed)
         if handlers is None:
-            output = self.model(x)
+            self._warn_on_final_softmax(x)
+            logits = self.logits(self.model(x.clone()), len(x))
         else:
-            with OperationRules(self.model, handlers, passthrough, x).tracking_modules():
-                output = self.model(x)
-        logits = output.reshape(len(x), -1)
+            logits = self._forward(x.clone(), handlers, passthrough, prepare=prepare,
+                                   input_boundary=input_boundary)
         seed = self._seed(logits, select(logits))
         if recorder is not None:
             logits = recorder.observe(logits, OUTPUT_KEY, recorder.on_model_output)
@@ -278,6 +301,36 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         if recorder is not None:
             self._keep(recorder)
         return grad
+
+    def _forward(self, x: Tensor, handlers: dict[str, Handler], passthrough: frozenset[str], *,
+                 prepare: Prepare | None = None,
+                 input_boundary: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """The explained output (batch, K) of a forward pass of ``x`` with the handlers'
+        rules, checked against the model's own output (:func:`~.forward.check_same_forward`).
+        The model may modify ``x`` in place."""
+
+        def analysed(inputs: Tensor, record: list | None = None) -> Tensor:
+            rules = OperationRules(self.model, handlers, passthrough, inputs, prepare=prepare,
+                                   input_boundary=input_boundary, record=record)
+            with rules.tracking_modules():  # the reshape too: it may use a rule's output
+                return self.logits(self.model(inputs), len(inputs))
+
+        reference = x.detach().clone()
+        logits = analysed(x)
+        check_same_forward(self.model, reference, logits, analysed, self.logits)
+        return logits
+
+    def _warn_on_final_softmax(self, x: Tensor) -> None:
+        if self._softmax_checked:
+            return
+        self._softmax_checked = True
+        if final_softmax(self.model, x.detach(), self.logits):
+            warnings.warn(
+                f"{self.name or type(self).__name__}: the model's output is made by a softmax "
+                f"in its forward, so this explains probabilities, not logits. To explain the "
+                f"logits, remove the softmax from forward (or pass "
+                f"lit_explain.model_wo_softmax(model) for a trailing nn.Softmax).",
+                UserWarning, stacklevel=4)
 
     def _keep(self, recorder: ReverseRecorder) -> None:
         self.reversed_tensors.update(recorder.in_forward_order(recorder.inputs))

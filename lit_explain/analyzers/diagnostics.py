@@ -28,26 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .operations import (
-    ACTIVATION,
-    BATCH_NORM,
-    KERNEL,
-    LINEAR,
-    MAX_POOL,
-    PRODUCT,
-    RELU,
-    SOFTMAX,
-    STRUCTURE,
-    UNKNOWN,
-    Handler,
-    OperationCall,
-)
+from .operations import ALL_KINDS, BATCH_NORM, KERNEL, Handler, OperationCall
 
 #: The operation kinds whose input and output are observed: the layers.
 LAYER_KINDS = (KERNEL, BATCH_NORM)
-#: Every kind: a plain gradient (no rules) lets all of them pass.
-ALL_KINDS = frozenset({KERNEL, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE, ACTIVATION,
-                       SOFTMAX, PRODUCT, UNKNOWN})
 
 #: Where the relevance of the model output is recorded.
 OUTPUT_KEY = "<output>"
@@ -155,12 +139,15 @@ class ReverseRecorder:
     order: list[str] = field(default_factory=list)
     _calls: dict[str, int] = field(default_factory=dict)
 
-    def wrap(self, handlers: dict[str, Handler] | None, passthrough: frozenset[str]
+    def wrap(self, handlers: dict[str, Handler] | None, passthrough: frozenset[str],
+             self_observed: frozenset[str] = frozenset()
              ) -> tuple[dict[str, Handler], frozenset[str]]:
         """The analyzer's handlers with every layer's input and output observed.
 
         A plain gradient (``handlers=None``) lets every kind pass; a layer kind that passed
-        through with its ordinary gradient becomes a handler that runs it as it is.
+        through with its ordinary gradient becomes a handler that runs it as it is. The
+        handlers of ``self_observed`` kinds get the output observer in the call
+        (``OperationCall.observe_output``) and apply it themselves.
         """
         if handlers is None:
             handlers, passthrough = {}, ALL_KINDS
@@ -170,21 +157,21 @@ class ReverseRecorder:
             if handler is None and kind in passthrough:
                 handler = OperationCall.run
             if handler is not None:
-                handlers[kind] = self._observing(handler)
+                handlers[kind] = self._observing(handler, kind in self_observed)
         return handlers, passthrough
 
-    def _observing(self, handler: Handler) -> Handler:
+    def _observing(self, handler: Handler, self_observed: bool) -> Handler:
         def observed(call: OperationCall) -> Tensor:
             if not call.inputs:
                 return handler(call)
             key = self._key(call)
             source = call.inputs[0]
-            node = self.observe(source, key, self._on_input)
-            swap = lambda a: node if a is source else a  # noqa: E731
-            args = tuple(swap(a) for a in call.args)
-            kwargs = {k: swap(v) for k, v in call.kwargs.items()}
-            output = handler(dataclasses.replace(call, args=args, kwargs=kwargs))
-            return self.observe(output, key, self._on_output)
+            observe_input = lambda t: self.observe(t, key, self._on_input)  # noqa: E731
+            observe_output = lambda t: self.observe(t, key, self._on_output)  # noqa: E731
+            if self_observed:
+                return handler(dataclasses.replace(call, observe_input=observe_input,
+                                                   observe_output=observe_output))
+            return observe_output(handler(call.replace_input(source, observe_input(source))))
 
         return observed
 

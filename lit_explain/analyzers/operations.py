@@ -12,6 +12,9 @@ operation and the module it runs in: never a silent plain gradient where a rule 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +40,13 @@ ACTIVATION = "activation"  # elementwise non-linearities other than ReLU
 SOFTMAX = "softmax"
 PRODUCT = "product"  # products of two differentiable tensors (attention, gating)
 UNKNOWN = "unknown"
+#: Elementwise operations with constants on the way from the model input to the first kernel
+#: layer (an in-forward ``(x - mean) / std``); an analyzer that has no rule for them sees
+#: them as ``LINEAR``.
+INPUT_PREPROCESSING = "input_preprocessing"
+#: Every kind: a plain gradient (no rules) lets all of them pass.
+ALL_KINDS = frozenset({KERNEL, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE, ACTIVATION,
+                       SOFTMAX, PRODUCT, UNKNOWN, INPUT_PREPROCESSING})
 
 _KINDS: dict[Callable, str] = {}
 
@@ -56,8 +66,8 @@ _register(LINEAR, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1
           F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.add, Tensor_.add, Tensor_.add_,
           Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__, torch.sub, Tensor_.sub,
           Tensor_.sub_, Tensor_.__sub__, Tensor_.__isub__, Tensor_.__rsub__, torch.neg,
-          Tensor_.neg, Tensor_.__neg__, torch.sum, Tensor_.sum, torch.mean, Tensor_.mean, F.pad,
-          F.interpolate)
+          Tensor_.neg, Tensor_.neg_, Tensor_.__neg__, torch.sum, Tensor_.sum, torch.mean,
+          Tensor_.mean, F.pad, F.interpolate)
 _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.reshape_as,
           torch.reshape, torch.flatten, Tensor_.flatten, torch.permute, Tensor_.permute,
           torch.transpose, Tensor_.transpose, Tensor_.contiguous, torch.squeeze, Tensor_.squeeze,
@@ -66,12 +76,16 @@ _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.res
           torch.clone, Tensor_.to, Tensor_.float, Tensor_.double, Tensor_.type_as, Tensor_.expand,
           Tensor_.expand_as, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
           F.feature_alpha_dropout,
-          Tensor_.unflatten, torch.unflatten, F.embedding)
+          Tensor_.unflatten, torch.unflatten, F.embedding, Tensor_.__setitem__)
 _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.tanh,
           Tensor_.tanh, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
           F.hardtanh, F.relu6, F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
           torch.exp, Tensor_.exp, torch.log, Tensor_.log, torch.abs, Tensor_.abs, torch.sqrt,
-          Tensor_.sqrt, torch.clamp, Tensor_.clamp, torch.pow, Tensor_.pow, Tensor_.__pow__)
+          Tensor_.sqrt, torch.clamp, Tensor_.clamp, torch.pow, Tensor_.pow, Tensor_.__pow__,
+          Tensor_.sigmoid_, Tensor_.tanh_, Tensor_.exp_, Tensor_.log_, Tensor_.abs_,
+          Tensor_.sqrt_, Tensor_.clamp_, torch.clamp_, Tensor_.clamp_min, Tensor_.clamp_min_,
+          Tensor_.clamp_max, Tensor_.clamp_max_, Tensor_.pow_, F.elu_, F.leaky_relu_,
+          F.hardtanh_, F.threshold, F.rrelu)
 _register(SOFTMAX, F.softmax, torch.softmax, Tensor_.softmax, F.log_softmax, torch.log_softmax,
           Tensor_.log_softmax)
 _PRODUCTS = {torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__, Tensor_.__imul__,
@@ -79,17 +93,53 @@ _PRODUCTS = {torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__, Tensor_.__im
              Tensor_.__itruediv__, torch.matmul, Tensor_.matmul, Tensor_.__matmul__, torch.bmm,
              torch.einsum, F.scaled_dot_product_attention, F.multi_head_attention_forward}
 
-# In-place operations and the out-of-place operation run instead. Python rebinds
-# ``out += x`` and ``x = relu(x)`` to the new tensor; a bare ``x.add_(y)`` statement, whose
-# result is dropped, is not supported inside an analyzed forward.
-_OUT_OF_PLACE: dict[Callable, Callable] = {
-    Tensor_.add_: torch.add, Tensor_.__iadd__: torch.add, Tensor_.sub_: torch.sub,
-    Tensor_.__isub__: torch.sub, Tensor_.relu_: torch.relu, torch.relu_: torch.relu,
-    F.relu_: torch.relu,
-}
+#: Elementwise operations that are linear in their one differentiable operand when the other
+#: is a constant (``x - mean``, ``x / std``, ``-x``): before the first kernel layer they are
+#: input preprocessing (kind ``INPUT_PREPROCESSING``).
+_ELEMENTWISE_AFFINE = {
+    torch.add, Tensor_.add, Tensor_.add_, Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__,
+    torch.sub, Tensor_.sub, Tensor_.sub_, Tensor_.__sub__, Tensor_.__isub__, Tensor_.__rsub__,
+    torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__, Tensor_.__imul__, Tensor_.__rmul__,
+    torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_.__itruediv__,
+    torch.neg, Tensor_.neg, Tensor_.__neg__}
+_INPLACE_OPERATORS = {Tensor_.__iadd__: Tensor_.__add__, Tensor_.__isub__: Tensor_.__sub__,
+                      Tensor_.__imul__: Tensor_.__mul__, Tensor_.__itruediv__: Tensor_.__truediv__}
 
 
-def _differentiable(value: object) -> bool:
+@functools.cache
+def _inplace_parameter(func: Callable) -> int | None:
+    """Position of ``func``'s ``inplace`` parameter (``F.relu(x, inplace=True)``), if any."""
+    try:
+        names = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index("inplace") if "inplace" in names else None
+
+
+def out_of_place(func: Callable, args: tuple,
+                 kwargs: dict) -> tuple[Callable, tuple, dict] | None:
+    """For an in-place call, the out-of-place call computing the same value (``add_`` →
+    ``add``, ``F.relu(x, inplace=True)`` → ``inplace=False``) as ``(func, args, kwargs)``;
+    ``None`` for a call that is not in place."""
+    if func in _INPLACE_OPERATORS:
+        return _INPLACE_OPERATORS[func], args, kwargs
+    name = getattr(func, "__name__", "")
+    if name.endswith("_") and not name.startswith("_"):
+        owner = Tensor_ if getattr(Tensor_, name, None) is func else torch
+        twin = getattr(owner, name[:-1], None)
+        return (twin, args, kwargs) if twin is not None else None
+    index = _inplace_parameter(func)
+    if index is None:
+        return None
+    if kwargs.get("inplace"):
+        return func, args, {**kwargs, "inplace": False}
+    if len(args) > index and args[index] is True:
+        return func, (*args[:index], False, *args[index + 1:]), kwargs
+    return None
+
+
+def differentiable(value: object) -> bool:
+    """Whether ``value`` is a floating-point tensor that requires grad."""
     return isinstance(value, Tensor) and value.requires_grad and value.is_floating_point()
 
 
@@ -99,7 +149,7 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
     if kind is not None:
         return kind
     if func in _PRODUCTS:
-        operands = [a for a in tree_flatten((args, kwargs))[0] if _differentiable(a)]
+        operands = [a for a in tree_flatten((args, kwargs))[0] if differentiable(a)]
         return PRODUCT if len(operands) > 1 else LINEAR
     return UNKNOWN
 
@@ -117,7 +167,8 @@ class OperationCall:
     Attributes
     ----------
     func, args, kwargs:
-        The call as the model made it.
+        The call as the model made it; an in-place call reaches a handler as its
+        out-of-place twin (see :class:`OperationRules`).
     kind:
         Its kind (``"kernel"``, ``"relu"``, ...).
     module, module_path:
@@ -126,7 +177,11 @@ class OperationCall:
     layer_index:
         For kernel calls: their position among the kernel calls of this forward pass.
     is_input_layer:
-        For kernel calls: the layer is fed by the model input through reshapes only.
+        For kernel calls: the layer is fed by the model input through reshapes and input
+        preprocessing only.
+    observe_input, observe_output:
+        Set by the reverse-pass diagnostics for handlers that observe their own layer
+        (where its input and output take their final form): apply them there.
     """
 
     func: Callable
@@ -137,19 +192,23 @@ class OperationCall:
     module_path: str = ""
     layer_index: int | None = None
     is_input_layer: bool = False
+    observe_input: Callable[[Tensor], Tensor] | None = None
+    observe_output: Callable[[Tensor], Tensor] | None = None
 
     def run(self, *args, **kwargs) -> Tensor:
-        """Run the operation out of place, on new ``args``/``kwargs`` where given."""
-        func = _OUT_OF_PLACE.get(self.func, self.func)
-        kwargs = {**self.kwargs, **kwargs}
-        if kwargs.get("inplace"):
-            kwargs["inplace"] = False
-        return func(*(args or self.args), **kwargs)
+        """Run the operation, on new ``args``/``kwargs`` where given."""
+        return self.func(*(args or self.args), **{**self.kwargs, **kwargs})
+
+    def replace_input(self, old: Tensor, new: Tensor) -> OperationCall:
+        """This call with the argument ``old`` replaced by ``new``."""
+        swap = lambda a: new if a is old else a  # noqa: E731
+        return dataclasses.replace(self, args=tuple(swap(a) for a in self.args),
+                                   kwargs={k: swap(v) for k, v in self.kwargs.items()})
 
     @property
     def inputs(self) -> list[Tensor]:
         """The differentiable tensor arguments of the call, in order."""
-        return [a for a in tree_flatten((self.args, self.kwargs))[0] if _differentiable(a)]
+        return [a for a in tree_flatten((self.args, self.kwargs))[0] if differentiable(a)]
 
     def where(self) -> str:
         """Human-readable location: operation, module path and module type."""
@@ -159,6 +218,17 @@ class OperationCall:
 
 
 Handler = Callable[[OperationCall], Tensor]
+#: ``prepare(kind, args, kwargs) -> (args, kwargs)``: an analyzer's chance to swap the
+#: tensors a call receives before it runs (see :class:`OperationRules`).
+Prepare = Callable[[str, tuple, dict], tuple[tuple, dict]]
+
+#: Kinds that carry the model input to the first kernel layer unchanged in meaning.
+_INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
+
+
+def article(word: str) -> str:
+    """``"a"`` or ``"an"`` for ``word``."""
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 @dataclass
@@ -178,43 +248,101 @@ class OperationRules(TorchFunctionMode):
     handlers:
         Kind → handler. A handler returns the operation's output with its rule's backward.
     passthrough:
-        Kinds whose ordinary gradient is the analyzer's rule.
+        Kinds whose ordinary gradient is the analyzer's rule; they run as the model wrote
+        them, in place or not.
     model_input:
-        The input tensor, so that the first kernel layer fed by it can be told apart.
+        The input tensor. Tensors derived from it through reshapes (``STRUCTURE``) and
+        elementwise operations with constants (``INPUT_PREPROCESSING``, such as an
+        in-forward ``(x - mean) / std``) are tracked, so that the first kernel layer they
+        reach is the input layer.
+    prepare:
+        Called on every routed call's arguments before it runs (the LRP analyzer resolves
+        deferred kernel outputs there).
+    input_boundary:
+        Applied to every input-derived tensor where it enters an operation of another kind
+        (the LRP analyzer's relative flow turns relevance per unit into relevance there).
+    record:
+        A list that receives ``(operation, output)`` for every call: for diagnostics.
 
-    Any other call whose output is differentiable raises :class:`NotAnalyzableModelError`.
-    Use it as a context manager around the forward pass only.
+    In-place operations keep their meaning: the tensor the model holds is the one that
+    changes. Kinds that pass run in place as written; for a kind with a handler, the
+    handler gets the out-of-place twin of the call on a copy of the target, and its result
+    is written back into the target (``target.copy_(result)``), whose gradient then flows
+    through the rule. Any other call whose output is differentiable raises
+    :class:`NotAnalyzableModelError`. Use it as a context manager around the forward pass.
     """
 
     def __init__(self, model: nn.Module, handlers: dict[str, Handler],
-                 passthrough: frozenset[str], model_input: Tensor) -> None:
+                 passthrough: frozenset[str], model_input: Tensor, *,
+                 prepare: Prepare | None = None,
+                 input_boundary: Callable[[Tensor], Tensor] | None = None,
+                 record: list[tuple[str, object]] | None = None) -> None:
         super().__init__()
         self.model = model
         self.handlers = handlers
         self.passthrough = passthrough
+        self.prepare = prepare
+        self.input_boundary = input_boundary
+        self.record = record
         self.state = _ForwardState(input_derived={id(model_input): model_input})
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        kind = classify(func, args, kwargs)
+        kind = self._kind(func, args, kwargs)
         handler = self.handlers.get(kind)
+        routed = handler is not None or kind in self.passthrough
+        if routed:
+            if self.input_boundary is not None and kind not in _INPUT_KINDS:
+                args, kwargs = self._cross_boundary(args, kwargs)
+            if self.prepare is not None:
+                args, kwargs = self.prepare(kind, args, kwargs)
+        call = self._call(func, args, kwargs, kind)
+        twin = out_of_place(func, args, kwargs) if handler is not None else None
         if handler is None:
-            # In place on a handler's output (a custom autograd node) is not allowed: run
-            # ``out += x`` out of place too; Python rebinds ``out`` to the result.
-            output = _OUT_OF_PLACE.get(func, func)(*args, **kwargs)
-            if kind not in self.passthrough and any(
-                    _differentiable(o) for o in tree_flatten(output)[0]):
+            output = func(*args, **kwargs)
+            if not routed and any(differentiable(o) for o in tree_flatten(output)[0]):
+                hint = (" If it turns the model's output into probabilities, explain the logits "
+                        "instead: remove it from forward, or pass lit_explain.model_wo_softmax("
+                        "model) for a trailing nn.Softmax.") if kind == SOFTMAX else ""
                 raise NotAnalyzableModelError(
-                    f"{self._call(func, args, kwargs, kind).where()} is a {kind} operation, "
-                    f"for which this analyzer has no rule. Supported operation kinds: "
-                    f"{sorted(set(self.handlers) | self.passthrough)}.")
+                    f"{call.where()} is {article(kind)} {kind} operation, for which this "
+                    f"analyzer has no rule. Supported operation kinds: "
+                    f"{sorted(set(self.handlers) | self.passthrough)}.{hint}")
+        elif twin is None:
+            output = handler(call)
         else:
-            output = handler(self._call(func, args, kwargs, kind))
-        if kind == STRUCTURE and self._from_input(args):
+            output = self._in_place(call, handler, twin)
+        if self.record is not None:
+            self.record.append((call.where(), tree_map(_snapshot, output)))
+        if kind in _INPUT_KINDS and self._from_input(args):
             for o in tree_flatten(output)[0]:
                 if isinstance(o, Tensor):
                     self.state.input_derived[id(o)] = o
         return output
+
+    def _kind(self, func, args: tuple, kwargs: dict) -> str:
+        kind = classify(func, args, kwargs)
+        if kind == LINEAR and func in _ELEMENTWISE_AFFINE:
+            operands = [a for a in tree_flatten((args, kwargs))[0] if differentiable(a)]
+            if len(operands) == 1 and id(operands[0]) in self.state.input_derived and (
+                    INPUT_PREPROCESSING in self.handlers
+                    or INPUT_PREPROCESSING in self.passthrough):
+                return INPUT_PREPROCESSING
+        return kind
+
+    @staticmethod
+    def _in_place(call: OperationCall, handler: Handler,
+                  twin: tuple[Callable, tuple, dict]) -> Tensor:
+        func, args, kwargs = twin
+        target = args[0] if args else kwargs["input"]
+        twin_call = dataclasses.replace(call, func=func, args=args, kwargs=kwargs)
+        return target.copy_(handler(twin_call.replace_input(target, target.clone())))
+
+    def _cross_boundary(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        derived = self.state.input_derived
+        cross = lambda a: self.input_boundary(a) if isinstance(  # noqa: E731
+            a, Tensor) and id(a) in derived and a.requires_grad else a
+        return tree_map(cross, args), tree_map(cross, kwargs)
 
     def _from_input(self, args: tuple) -> bool:
         first = tree_flatten(args)[0][:1]
@@ -250,13 +378,18 @@ class OperationRules(TorchFunctionMode):
                 handle.remove()
 
 
-# Backward rewiring primitives: the forward value stays, the gradient changes.
+def _snapshot(value: object) -> object:
+    return value.detach().clone() if isinstance(value, Tensor) else value
+
+
+# Backward rewiring primitives: the forward value stays, the gradient changes. Their outputs
+# are new tensors (not views), so that the model may modify them in place.
 
 class _ScaleGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: Tensor, factor: Tensor) -> Tensor:
         ctx.save_for_backward(factor)
-        return tensor.view_as(tensor)
+        return tensor.detach()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -273,7 +406,7 @@ class _ReplaceGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source: Tensor, value: Tensor, backward: Callable) -> Tensor:
         ctx.backward = backward
-        return value.view_as(value)
+        return value.detach()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -287,4 +420,4 @@ def with_gradient(source: Tensor, value: Tensor, backward: Callable[[Tensor], Te
 
 def map_differentiable(fn: Callable[[Tensor], Tensor], tree):
     """Apply ``fn`` to every differentiable tensor in a nest of args."""
-    return tree_map(lambda a: fn(a) if _differentiable(a) else a, tree)
+    return tree_map(lambda a: fn(a) if differentiable(a) else a, tree)

@@ -72,13 +72,15 @@ def test_deep_taylor_starts_from_the_positive_part_and_all_mode_from_the_sum():
     torch.testing.assert_close(report.output, logits.sum(1))
 
 
-def test_residual_networks_report_every_layer_and_add_up():
+@pytest.mark.parametrize("canonize", [True, False])
+def test_residual_networks_report_every_layer_and_add_up(canonize):
     torch.manual_seed(0)
     model = ResNetStyle(in_channels=1, num_classes=3, width=4).double().eval()
-    report = lx.conservation_report(lx.create_analyzer("lrp.epsilon", model),
+    report = lx.conservation_report(lx.create_analyzer("lrp.epsilon", model, canonize=canonize),
                                     torch.randn(2, 1, 8, 8, dtype=torch.float64))
-    assert len(report.layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))
-                                     for m in model.modules())
+    # canonized, each BatchNorm is part of the convolution before it: one layer
+    layers = (nn.Conv2d, nn.Linear) if canonize else (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+    assert len(report.layers) == sum(isinstance(m, layers) for m in model.modules())
     torch.testing.assert_close(sum(layer.absorbed for layer in report.layers.values()),
                                report.absorbed)
     text = str(report)

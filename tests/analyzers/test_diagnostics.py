@@ -136,12 +136,15 @@ def test_check_finite_at_the_model_output():
         lx.create_analyzer("lrp.z", model, reverse_check_finite=True).analyze(torch.rand(2, 3))
 
 
-def test_residual_nets_and_repeated_modules_get_distinct_keys():
+@pytest.mark.parametrize("canonize", [True, False])
+def test_residual_nets_and_repeated_modules_get_distinct_keys(canonize):
     model = ResNetStyle(in_channels=1, num_classes=3, width=4).eval()
-    analyzer = lx.create_analyzer("lrp.epsilon", model, reverse_keep_tensors=True)
+    analyzer = lx.create_analyzer("lrp.epsilon", model, reverse_keep_tensors=True,
+                                  canonize=canonize)
     analyzer.analyze(torch.randn(2, 1, 8, 8))
-    paths = {name for name, m in model.named_modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))}
+    # canonized, a BatchNorm is part of the convolution before it
+    layers = (nn.Conv2d, nn.Linear) if canonize else (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+    paths = {name for name, m in model.named_modules() if isinstance(m, layers)}
     assert set(analyzer.reversed_tensors) == paths
 
     layer = nn.Linear(4, 4)

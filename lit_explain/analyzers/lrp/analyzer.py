@@ -6,8 +6,15 @@ Per operation kind:
 
 - kernel layers (linear, convolution, transposed convolution): the rule chosen by
   ``rule=``/``input_layer_rule=``/``until_layer_*`` (see :mod:`.presets`);
-- BatchNorm: an affine layer with its own rule, ``bn_layer_rule`` (default: the z-rule);
-- ReLU (module, ``F.relu``, ``torch.relu``, ``Tensor.relu``, in place or not): relevance
+- BatchNorm: merged into the kernel layer whose output it consumes (canonization, on by
+  default); otherwise an elementwise affine layer with its own rule, ``bn_layer_rule``
+  (default: relevance passes unchanged);
+- elementwise operations with constants between the model input and the first kernel
+  layer (an in-forward ``(x - mean) / std``): relevance passes unchanged, so the input
+  layer's rule sees the values that layer receives and the map at the raw input equals
+  the map at the preprocessed one;
+- ReLU (module, ``F.relu``, ``torch.relu``, ``Tensor.relu``, in place or not, its result
+  used or not: in-place operations keep their meaning): relevance
   passes unchanged, as in iNNvestigate; the kernel rule below uses the pre-activation;
 - average and adaptive average pooling, residual adds (``+``, ``+=``, ``torch.add``),
   subtraction, sums and means, padding, products with constants: the z-rule, which splits
@@ -20,26 +27,31 @@ Per operation kind:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
 
 from ..base import Analyzer, NeuronSelection
 from ..operations import (
     BATCH_NORM,
+    INPUT_PREPROCESSING,
     KERNEL,
     LINEAR,
     MAX_POOL,
     RELU,
     STRUCTURE,
     OperationCall,
+    differentiable,
     map_differentiable,
     scale_gradient,
     with_gradient,
 )
 from ..registry import register
-from .layers import BatchNormLayer, KernelLayer
+from .layers import BatchNormLayer, FusedLayer, KernelLayer
 from .presets import ALPHA_1_BETA_0, ALPHA_2_BETA_1, RuleMap, RuleSpec, sequential_preset, to_rule
 from .rules import (
     AlphaBetaRule,
@@ -58,21 +70,14 @@ from .rules import (
 PASSTHROUGH = frozenset({MAX_POOL, STRUCTURE})
 
 
-def _has_differentiable_input(call: OperationCall, layer_input: object) -> bool:
-    return any(t is layer_input for t in call.inputs)
-
-
-def out_of_place(call: OperationCall) -> Tensor:
-    """The operation with its ordinary gradient, run out of place (``relu_``, ``+=``)."""
-    return call.run()
-
-
 def pass_relevance(call: OperationCall) -> Tensor:
-    """ReLU: the forward value, with relevance passed through unchanged."""
+    """Relevance passes unchanged (ReLU; elementwise preprocessing of the input, summed
+    over the axes a constant broadcast it to)."""
     source = call.args[0] if call.args else call.kwargs["input"]
-    if not call.inputs:
+    if not differentiable(source):
         return call.run()
-    return with_gradient(source, call.run(), lambda grad: grad)
+    shape = source.shape
+    return with_gradient(source, call.run(), lambda grad: grad.sum_to_size(shape))
 
 
 def z_rule_operation(call: OperationCall) -> Tensor:
@@ -82,6 +87,60 @@ def z_rule_operation(call: OperationCall) -> Tensor:
     args, kwargs = map_differentiable(lambda t: scale_gradient(t, t), (call.args, call.kwargs))
     y = call.run(*args, **kwargs)
     return scale_gradient(y, safe_reciprocal(y.detach()))
+
+
+@dataclass
+class _Deferred:
+    output: Tensor  # the kernel's linear term, as the model received it
+    layer: KernelLayer
+    rule: Rule
+    observe: Callable[[Tensor], Tensor] | None  # the diagnostics' observer of its output
+    resolved: bool = False
+
+
+class _KernelOutputs:
+    """Kernel layers' outputs whose rule is applied where they are first used.
+
+    A BatchNorm that uses one (canonization on) merges with its kernel layer: the rule is
+    applied to the fused layer. Any other use, or the model's output, gets the kernel's own
+    rule, written into the very tensor the model holds.
+    """
+
+    def __init__(self, flow: Flow, canonize: bool) -> None:
+        self.flow = flow
+        self.canonize = canonize
+        self.deferred: dict[int, _Deferred] = {}
+
+    def defer(self, layer: KernelLayer, rule: Rule) -> Tensor:
+        """The kernel layer's output value, its rule applied where it is first used."""
+        output = layer.linear_term()
+        self.deferred[id(output)] = _Deferred(output, layer, rule, layer.call.observe_output)
+        return output
+
+    def mergeable(self, tensor: Tensor) -> _Deferred | None:
+        """The deferred kernel output ``tensor`` is, if a BatchNorm may merge with it."""
+        entry = self.deferred.get(id(tensor)) if self.canonize else None
+        return entry if entry is not None and not entry.resolved else None
+
+    def resolve(self, tensor: object) -> None:
+        """Give a deferred kernel output its kernel's own rule, in place."""
+        entry = self.deferred.get(id(tensor)) if isinstance(tensor, Tensor) else None
+        if entry is not None and not entry.resolved and entry.output is tensor:
+            entry.resolved = True
+            relevance = entry.rule(entry.layer, self.flow)
+            if entry.observe is not None:
+                relevance = entry.observe(relevance)
+            if relevance is not tensor:
+                tensor.copy_(relevance)
+
+    def prepare(self, kind: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """:class:`~..operations.OperationRules`' hook: resolve the outputs a call uses."""
+        tensors = tree_flatten((args, kwargs))[0]
+        if kind == BATCH_NORM and self.canonize:
+            tensors = tensors[1:]  # its input may merge
+        for tensor in tensors:
+            self.resolve(tensor)
+        return args, kwargs
 
 
 @register("lrp")
@@ -105,7 +164,17 @@ class LRP(Analyzer):
     until_layer_idx, until_layer_rule:
         Kernel layers ``0 .. until_layer_idx`` get ``until_layer_rule`` (before all others).
     bn_layer_rule:
-        Rule of BatchNorm layers, seen as ``y = a ⊙ x + c``; ``None``: the z-rule.
+        Rule of a BatchNorm that is not merged into a kernel layer (``canonize=False``, or
+        one that follows no kernel layer, as in pre-activation ResNets), seen as the
+        elementwise ``y = a ⊙ x + c``. ``None``: the z-rule without bias, which on an
+        elementwise layer passes relevance unchanged and so cannot blow up where ``y ≈ 0``.
+    canonize:
+        Keyword only, taken by every LRP and Deep Taylor analyzer. Merge every BatchNorm
+        that directly consumes a kernel layer's output into that layer, and apply the
+        kernel layer's rule to the fused layer (Hui & Binder 2019;
+        Motzkus et al. 2022, "Measurably Stronger Explanation Reliability via Model
+        Canonization"). Virtual: computed from the live parameters at each call, nothing is
+        written to the model. ``False``: BatchNorm is a layer of its own.
     **reverse:
         iNNvestigate's reverse-pass diagnostics (``reverse_keep_tensors``, ...), keyword
         only, taken by every LRP analyzer; see :class:`~..diagnostics.ReverseOptions` and
@@ -123,29 +192,49 @@ class LRP(Analyzer):
                  rule: RuleSpec | Sequence[Any] | None = None,
                  input_layer_rule: RuleSpec | tuple[float, float] | None = None,
                  until_layer_idx: int | None = None, until_layer_rule: RuleSpec | None = None,
-                 bn_layer_rule: RuleSpec | None = None, **reverse: Any) -> None:
+                 bn_layer_rule: RuleSpec | None = None, *, canonize: bool = True,
+                 **reverse: Any) -> None:
         super().__init__(model, neuron_selection_mode, **reverse)
+        if not isinstance(canonize, bool):
+            raise TypeError(f"canonize={canonize!r} is not valid; expected True or False")
+        self.canonize = canonize
         if rule is None:
             raise ValueError("lrp needs rule=: a rule name, a Rule, a list of them or a list "
                              "of (condition, rule) pairs")
         self.rules = RuleMap(rule, input_layer_rule, until_layer_idx, until_layer_rule)
-        self.bn_layer_rule = ZRule() if bn_layer_rule is None else to_rule(
+        self.bn_layer_rule = ZRule(bias=False) if bn_layer_rule is None else to_rule(
             bn_layer_rule, "bn_layer_rule")
         # Relevance per unit of input where every rule allows it: cheaper, same result.
         proportional = all(r.proportional for r in [*self.rules.rules(), self.bn_layer_rule])
         self.flow = RelativeFlow() if proportional else Flow()
 
-    def _kernel(self, call: OperationCall) -> Tensor:
-        layer = KernelLayer(call)
-        if not _has_differentiable_input(call, layer.input):
+    def _kernel(self, call: OperationCall, outputs: _KernelOutputs) -> Tensor:
+        source = call.args[0] if call.args else call.kwargs["input"]
+        if not differentiable(source):
             return call.run()
-        return self.rules(call)(layer, self.flow)
+        if call.observe_input is not None:
+            source = call.observe_input(source)
+            call = call.replace_input(call.args[0] if call.args else call.kwargs["input"],
+                                      source)
+        layer = KernelLayer(call, self.flow.input(source))
+        return outputs.defer(layer, self.rules(call))
 
-    def _batch_norm(self, call: OperationCall) -> Tensor:
-        layer = BatchNormLayer(call)
-        if not _has_differentiable_input(call, layer.input):
+    def _batch_norm(self, call: OperationCall, outputs: _KernelOutputs) -> Tensor:
+        source = call.args[0] if call.args else call.kwargs["input"]
+        if not differentiable(source):
             return call.run()
-        return self.bn_layer_rule(layer, self.flow)
+        entry = outputs.mergeable(source)
+        if entry is not None:
+            fused = FusedLayer.merge(entry.layer, BatchNormLayer(call, source))
+            if fused is not None:  # one layer: observed as the kernel layer
+                output = entry.rule(fused, self.flow)
+                return output if entry.observe is None else entry.observe(output)
+            outputs.resolve(source)  # not merged: the kernel layer gets its own rule
+        if call.observe_input is not None:
+            call = call.replace_input(source, call.observe_input(source))
+            source = call.args[0] if call.args else call.kwargs["input"]
+        output = self.bn_layer_rule(BatchNormLayer(call, self.flow.input(source)), self.flow)
+        return output if call.observe_output is None else call.observe_output(output)
 
     def _relevance_scale(self, tensor: Tensor) -> Tensor | None:
         return tensor if self.flow.relative else None  # relative flow: gradient = R_t / t
@@ -155,17 +244,20 @@ class LRP(Analyzer):
         return seed * safe_reciprocal(logits.detach()) if self.flow.relative else seed
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
-        handlers = {KERNEL: self._kernel, BATCH_NORM: self._batch_norm}
+        outputs = _KernelOutputs(self.flow, self.canonize)
+        handlers = {KERNEL: partial(self._kernel, outputs=outputs),
+                    BATCH_NORM: partial(self._batch_norm, outputs=outputs),
+                    INPUT_PREPROCESSING: pass_relevance}
         if self.flow.relative:
-            # Per unit of input, the z-rule of ReLU, pooling, adds and sums is their gradient
-            # (run out of place: a rule's output may not be modified in place).
-            handlers.update({RELU: out_of_place, LINEAR: out_of_place})
-            passthrough = PASSTHROUGH
+            # Per unit of input, the z-rule of ReLU, pooling, adds and sums is their gradient.
+            passthrough = PASSTHROUGH | {RELU, LINEAR}
         else:
             handlers.update({RELU: pass_relevance, LINEAR: z_rule_operation})
             passthrough = PASSTHROUGH
-        relevance = self._backward(x, self.selector(neuron_selection), handlers, passthrough)
-        return x * relevance if self.flow.relative else relevance
+        boundary = self.flow.boundary if self.flow.relative else None
+        return self._backward(x, self.selector(neuron_selection), handlers, passthrough,
+                              prepare=outputs.prepare, input_boundary=boundary,
+                              self_observed=frozenset({KERNEL, BATCH_NORM}))
 
 
 class _FixedRuleLRP(LRP):

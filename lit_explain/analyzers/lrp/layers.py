@@ -2,14 +2,24 @@
 
 A rule never asks which layer it is in. It evaluates the layer with modified inputs and
 parameters (``layer.run(x', W', b')``) and reads ``layer.input``, ``layer.weight`` and
-``layer.bias``. Two adaptors give every supported call that form:
+``layer.bias``. Three adaptors give every supported call that form:
 
 - :class:`KernelLayer`: ``F.linear``, ``conv1d/2d/3d`` and ``conv_transpose1d/2d/3d``
   with whatever stride, padding, dilation, groups and output padding the call used.
-- :class:`BatchNormLayer`: ``F.batch_norm`` in eval mode is the elementwise affine map
+- :class:`BatchNormLayer`: ``F.batch_norm`` is the elementwise affine map
   ``y = a ⊙ x + c`` with ``a = γ / sqrt(var + eps)`` and ``c = β − a·mean``. Rules see
-  ``a`` as the weight and ``c`` as the bias. Nothing is merged into a neighbouring layer
-  and no parameter is written: ``a`` and ``c`` are computed afresh at every call.
+  ``a`` as the weight and ``c`` as the bias.
+- :class:`FusedLayer`: a kernel layer followed directly by a BatchNorm, merged into one
+  kernel layer with weight ``a·W`` (per output channel) and bias ``a·b + c``, the
+  canonization of Hui & Binder 2019 and Motzkus et al. 2022 (Zennit's ``MergeBatchNorm``).
+
+Nothing is written to the model: ``a``, ``c`` and the fused parameters are computed from
+the live parameters at every call.
+
+Every layer knows its *linear term*: the layer's ordinary output computed from
+``term_input`` (the input as the relevance flow wants it, see :class:`~.rules.Flow`), with
+its ordinary backward. The handler computes it once; a rule that needs ``W·x + b`` (z, ε,
+αβ) reuses it instead of running the layer again.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ class AffineLayer:
     ----------
     input:
         The call's input ``x`` (differentiable: relevance flows back to it).
+    term_input:
+        ``x`` as the relevance flow feeds it to a term ``x ⊙ Jᵀ(...)``.
     weight, bias:
         The parameters as the call used them (``bias`` may be ``None``).
     channel_shape:
@@ -37,6 +49,7 @@ class AffineLayer:
     """
 
     input: Tensor
+    term_input: Tensor
     weight: Tensor
     bias: Tensor | None
     channel_shape: tuple[int, ...]
@@ -50,9 +63,13 @@ class AffineLayer:
         """The layer with its own parameters on input ``x``."""
         return self.run(x, self.weight, self.bias)
 
-    def ordinary(self) -> Tensor:
-        """The call as the model made it, with its ordinary backward."""
-        return self.call.run()
+    def linear_term(self) -> Tensor:
+        """``layer(term_input)`` with its ordinary backward (computed once)."""
+        raise NotImplementedError
+
+    def output_value(self) -> Tensor:
+        """The layer's output value, detached."""
+        return self.linear_term().detach()
 
     def per_channel(self, vector: Tensor) -> Tensor:
         """A per-output-channel vector (bias-like) shaped to broadcast against the output."""
@@ -71,21 +88,50 @@ def _argument(call: OperationCall, index: int, name: str) -> object:
 
 
 class KernelLayer(AffineLayer):
-    """A linear, convolution or transposed convolution call in affine form."""
+    """A linear, convolution or transposed convolution call in affine form.
+
+    Parameters
+    ----------
+    call:
+        The kernel call.
+    term_input:
+        The input as the relevance flow feeds it (``Flow.input(call's input)``).
+    """
 
     _NAMES = ("input", "weight", "bias")
 
-    def __init__(self, call: OperationCall) -> None:
+    def __init__(self, call: OperationCall, term_input: Tensor) -> None:
         self.call = call
         self.input, self.weight, self.bias = (
             _argument(call, i, name) for i, name in enumerate(self._NAMES))
+        self.term_input = term_input
         self._rest = call.args[3:]
         self._options = {k: v for k, v in call.kwargs.items() if k not in self._NAMES}
-        linear = call.func is F.linear
-        self.channel_shape = (-1,) if linear else (-1, *[1] * (self.weight.dim() - 2))
+        self.is_linear = call.func is F.linear
+        self.is_transposed = call.func in _TRANSPOSED
+        self.channel_shape = (-1,) if self.is_linear else (-1, *[1] * (self.weight.dim() - 2))
+        self._linear_term: Tensor | None = None
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.call.func(x, weight, bias, *self._rest, **self._options)
+
+    def linear_term(self) -> Tensor:
+        if self._linear_term is None:
+            self._linear_term = self(self.term_input)
+        return self._linear_term
+
+    def scaled_weight(self, scale: Tensor) -> Tensor | None:
+        """The weight with output channel ``k`` multiplied by ``scale[k]``; ``None`` where
+        the output channels are not one axis of the weight (grouped transposed convs)."""
+        if not self.is_transposed:
+            return self.weight * scale.reshape(-1, *[1] * (self.weight.dim() - 1))
+        groups = _argument(self.call, 6, "groups") or 1
+        if groups != 1:
+            return None
+        return self.weight * scale.reshape(1, -1, *[1] * (self.weight.dim() - 2))
+
+
+_TRANSPOSED = {torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d}
 
 
 class BatchNormLayer(AffineLayer):
@@ -96,7 +142,7 @@ class BatchNormLayer(AffineLayer):
     like the running ones: relevance does not flow through the statistics.
     """
 
-    def __init__(self, call: OperationCall) -> None:
+    def __init__(self, call: OperationCall, term_input: Tensor) -> None:
         self.call = call
         names = ("input", "running_mean", "running_var", "weight", "bias", "training",
                  "momentum", "eps")
@@ -107,20 +153,60 @@ class BatchNormLayer(AffineLayer):
             dims = [d for d in range(x.dim()) if d != 1]
             mean = x.detach().mean(dim=dims)
             var = x.detach().var(dim=dims, unbiased=False)
-        scale = torch.rsqrt(var.to(x.dtype) + eps)
+        scale = torch.rsqrt(var.detach().to(x.dtype) + eps)
         if gamma is not None:
-            scale = scale * gamma
-        shift = -mean.to(x.dtype) * scale
+            scale = scale * gamma.detach()
+        shift = -mean.detach().to(x.dtype) * scale
         if beta is not None:
-            shift = shift + beta
-        self.input, self.weight, self.bias = x, scale.detach(), shift.detach()
+            shift = shift + beta.detach()
+        self.input, self.weight, self.bias = x, scale, shift
+        self.term_input = term_input
         self.channel_shape = (-1, *[1] * max(x.dim() - 2, 0))
-        self._batch_statistics = bool(training)
-
-    def ordinary(self) -> Tensor:
-        # With batch statistics the native call would differentiate through them.
-        return self(self.input) if self._batch_statistics else self.call.run()
+        self._linear_term: Tensor | None = None
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         out = x * self.per_channel(weight)
         return out if bias is None else out + self.per_channel(bias)
+
+    def linear_term(self) -> Tensor:
+        if self._linear_term is None:
+            self._linear_term = self(self.term_input)
+        return self._linear_term
+
+
+class FusedLayer(AffineLayer):
+    """A kernel layer and the BatchNorm that consumes its output, as one kernel layer.
+
+    ``y = a ⊙ (W x + b) + c = (a·W) x + (a·b + c)``. Its linear term is the BatchNorm
+    applied to the kernel's linear term (no convolution is run again); rules with
+    modified weights run the kernel with the fused weight.
+    """
+
+    def __init__(self, kernel: KernelLayer, norm: BatchNormLayer, weight: Tensor) -> None:
+        self.kernel, self.norm = kernel, norm
+        self.call = kernel.call
+        self.input, self.term_input = kernel.input, kernel.term_input
+        self.weight = weight
+        bias = norm.bias if kernel.bias is None else norm.bias + norm.weight * kernel.bias
+        self.bias = bias
+        self.channel_shape = kernel.channel_shape
+        self._linear_term: Tensor | None = None
+
+    @classmethod
+    def merge(cls, kernel: KernelLayer, norm: BatchNormLayer) -> FusedLayer | None:
+        """The fused layer, or ``None`` where the BatchNorm's channels are not the kernel's
+        output channels (a linear layer on more than two dimensions, grouped transposed
+        convolutions)."""
+        if kernel.is_linear and kernel.input.dim() != 2:
+            return None
+        weight = kernel.scaled_weight(norm.weight.to(kernel.weight.dtype))
+        return None if weight is None else cls(kernel, norm, weight)
+
+    def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.kernel.run(x, weight, bias)
+
+    def linear_term(self) -> Tensor:
+        if self._linear_term is None:
+            self._linear_term = self.norm.run(self.kernel.linear_term(), self.norm.weight,
+                                              self.norm.bias)
+        return self._linear_term

@@ -63,7 +63,7 @@ class _Redistribute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, value: Tensor, factors: list, *terms: Tensor) -> Tensor:
         ctx.factors = factors
-        return value.view_as(value)
+        return value.detach()  # a new tensor, not a view: the model may modify it in place
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -93,29 +93,29 @@ class Flow:
         value = x.detach().clamp(min=0) if positive else x.detach().clamp(max=0)
         return gate(x, value, value)
 
-    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor, float]) -> Tensor:
-        """``y`` forward; backward, ``R_y ⊙ scale / denominator`` enters ``z`` for each term
-        ``(z, denominator, scale)``.
-
-        A denominator is stabilised (no zeros) and owned by the caller, which lets it be
-        overwritten: one elementwise pass makes the factor.
-        """
-        factors = [self._factor(y, denominator, scale) for _, denominator, scale in terms]
-        return redistribute([z for z, _, _ in terms], y, factors)
-
-    def _factor(self, y: Tensor, denominator: Tensor, scale: float) -> Tensor:
-        factor = denominator.reciprocal_()
-        return factor if scale == 1 else factor.mul_(scale)
+    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor]) -> Tensor:
+        """``y`` forward; backward, ``R_y ⊙ factor`` enters ``z`` for each term
+        ``(z, factor)``; a factor is ``scale / denominator`` (stabilised: no zeros), owned by
+        the caller, which lets it be overwritten."""
+        return redistribute([z for z, _ in terms], y, [factor for _, factor in terms])
 
 
 class RelativeFlow(Flow):
     """Relevance travels per unit of the tensor: the gradient reaching ``t`` is ``R_t / t``.
 
-    At the model input the analyzer multiplies by ``x`` once. Only for rules whose
-    relevance is proportional to their input (``Rule.proportional``).
+    Where the model input (or a reshape or preprocessing of it) enters the model's first
+    other operation, :meth:`boundary` turns it back into relevance, so that the gradient at
+    the input is the relevance itself. Only for rules whose relevance is proportional to
+    their input (``Rule.proportional``).
     """
 
     relative = True
+
+    @staticmethod
+    def boundary(t: Tensor) -> Tensor:
+        """``t`` forward; backward, relevance per unit of ``t`` becomes relevance."""
+        value = t.detach()
+        return with_gradient(t, value, lambda grad: grad * value)
 
     def input(self, x: Tensor) -> Tensor:
         return x  # (x ⊙ Jᵀ(...)) / x
@@ -126,9 +126,9 @@ class RelativeFlow(Flow):
         mask = (detached > 0) if positive else (detached < 0)
         return gate(x, value, mask.to(x.dtype))  # x⁺ / x
 
-    def _factor(self, y: Tensor, denominator: Tensor, scale: float) -> Tensor:
-        factor = torch.div(y.detach(), denominator, out=denominator)  # R_y = y ⊙ gradient
-        return factor if scale == 1 else factor.mul_(scale)
+    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor]) -> Tensor:
+        value = y.detach()  # R_y = y ⊙ gradient
+        return redistribute([z for z, _ in terms], y, [factor.mul_(value) for _, factor in terms])
 
 
 # Rules --------------------------------------------------------------------------------------
@@ -156,9 +156,9 @@ class _RescalingRule(Rule):
         raise NotImplementedError
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        y = layer(flow.input(layer.input))
+        y = layer.linear_term()
         z = y.detach() if self.bias else y.detach() - layer.bias_term()
-        return flow.output(y, (y, self.stabilize(z), 1))
+        return flow.output(y, (y, self.stabilize(z).reciprocal_()))
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ class ZRule(_RescalingRule):
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         if flow.relative and self.bias:  # R_y / z = gradient: the layer's own backward
-            return layer.ordinary()
+            return layer.linear_term()
         return super().__call__(layer, flow)
 
 
@@ -212,7 +212,7 @@ class WSquareRule(Rule):
         x = layer.input
         ones = torch.ones_like(x)
         z = layer.run(gate(x, ones, ones), self.modified_weight(layer.weight))
-        return flow.output(layer(x.detach()), (z, safe(z.detach()), 1))
+        return flow.output(layer.output_value(), (z, safe_reciprocal(z.detach())))
 
 
 @dataclass(frozen=True)
@@ -254,29 +254,40 @@ class AlphaBetaRule(Rule):
             raise ValueError(f"beta={self.beta!r} is not valid; expected a number >= 0")
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        x = layer.input
-        plus, minus = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-        # (input part, its weights in z⁺, in z⁻): x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺.
-        if non_negative(x):
-            parts = [(flow.input(x), plus, minus)]
-        else:
-            parts = [(flow.part(x, True), plus, minus), (flow.part(x, False), minus, plus)]
+        x, weight = layer.input, layer.weight
+        plus = weight.clamp(min=0)
         bias_plus = bias_minus = 0.0
         if self.bias and layer.bias is not None:
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        z_plus = sum(layer.run(part, to_plus) for part, to_plus, _ in parts)
-        # z⁺ ≥ 0 and z⁻ ≤ 0 are kept ε away from 0: where |z±| < ε every contribution is
-        # smaller still (iNNvestigate replaces exact zeros only).
-        activator = (z_plus, torch.add(z_plus.detach(), bias_plus).clamp_(min=SAFE_EPSILON),
-                     self.alpha)
-        if not self.beta:  # z⁺ only; the output value is the ordinary call's
-            return flow.output(layer(x.detach()), activator)
-        z_minus = sum(layer.run(part, to_minus) for part, _, to_minus in parts)
+        minus = weight.clamp(max=0)
+        if non_negative(x):  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻
+            z_plus = layer.run(layer.term_input, plus)
+            activator = self._activator(z_plus.detach(), bias_plus)
+            if not self.beta:  # z⁺ only; the output value is the layer's own
+                return flow.output(layer.output_value(), (z_plus, activator))
+            z_minus = layer.run(layer.term_input, minus)
+        else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
+            positive, negative = flow.part(x, True), flow.part(x, False)
+            z_plus = layer.run(positive, plus) + layer.run(negative, minus)
+            activator = self._activator(z_plus.detach(), bias_plus)
+            z_minus = layer.run(positive, minus) + layer.run(negative, plus)
         y = torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
-        inhibitor = (z_minus, torch.add(z_minus.detach(), bias_minus).clamp_(max=-SAFE_EPSILON),
-                     -self.beta)
-        return flow.output(y, activator, inhibitor)
+        terms = [(z_plus, activator)]
+        if self.beta:
+            terms.append((z_minus, self._inhibitor(z_minus.detach(), bias_minus).neg_()))
+        return flow.output(y, *terms)
+
+    def _activator(self, z_plus: Tensor, bias_plus: Tensor | float) -> Tensor:
+        """α / (z⁺ + b⁺). z⁺ ≥ 0 is kept ε away from 0: where z⁺ < ε every contribution is
+        smaller still (iNNvestigate replaces exact zeros only)."""
+        return torch.add(z_plus, bias_plus).clamp_(min=SAFE_EPSILON).reciprocal_().mul_(
+            self.alpha)
+
+    def _inhibitor(self, z_minus: Tensor, bias_minus: Tensor | float) -> Tensor:
+        """β / (z⁻ + b⁻), z⁻ ≤ 0 kept ε away from 0."""
+        return torch.add(z_minus, bias_minus).clamp_(max=-SAFE_EPSILON).reciprocal_().mul_(
+            self.beta)
 
 
 @dataclass(frozen=True)
@@ -298,9 +309,8 @@ class ZPlusFastRule(Rule):
     proportional = True
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        x = layer.input
-        z = layer.run(flow.input(x), layer.weight.clamp(min=0))
-        return flow.output(layer(x.detach()), (z, safe(z.detach()), 1))
+        z = layer.run(layer.term_input, layer.weight.clamp(min=0))
+        return flow.output(layer.output_value(), (z, safe_reciprocal(z.detach())))
 
 
 @dataclass(frozen=True)
@@ -315,10 +325,10 @@ class BoundedRule(Rule):
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x, weight = layer.input, layer.weight
         low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
-        y = layer(flow.input(x))
+        y = layer.linear_term()
         z = (y - layer.bias_term() - layer.run(gate(x, low, low), weight.clamp(min=0))
              - layer.run(gate(x, high, high), weight.clamp(max=0)))
-        return flow.output(y.detach(), (z, safe(z.detach()), 1))
+        return flow.output(y.detach(), (z, safe_reciprocal(z.detach())))
 
 
 #: iNNvestigate's rule names (``LRP(rule="Epsilon")``) and the rules they stand for.

@@ -1,0 +1,178 @@
+"""The analysed forward pass: which module runs, which output is explained, and the check
+that the analysed forward computes what the model computes.
+
+- **Compiled models.** ``torch.compile(model)`` is analysed through its original module
+  (:func:`uncompiled`), and every analysis runs under ``torch.compiler.set_stance(
+  "force_eager")``, so that compiled submodules run their Python code (where the rules are)
+  instead of a compiled graph. Training stays compiled.
+- **Outputs other than a tensor.** :func:`select_output` picks the explained tensor of a
+  tuple or mapping output (``output_key``).
+- **The guard.** :func:`check_same_forward` compares the output of a rule-based forward
+  pass with the model's own and names the first operation where they part.
+- **A final softmax.** :func:`final_softmax` finds a softmax made in ``forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .errors import NotAnalyzableModelError
+from .operations import ALL_KINDS, SOFTMAX, OperationRules, classify
+
+#: Which output a model's result is explained for: a tuple index or a mapping key.
+OutputKey = int | str | None
+
+#: Relative tolerance of :func:`check_same_forward` (float32 reorderings of the same sum,
+#: such as a merged BatchNorm, stay far below it; a different function does not).
+TOLERANCE = 1e-3
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The original module of a ``torch.compile``d model (the model itself otherwise)."""
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
+@contextmanager
+def eager() -> Any:
+    """Run compiled modules and functions eagerly (their Python code) while open."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+def select_output(output: Any, key: OutputKey = None) -> Tensor:
+    """The tensor to explain in a model's ``output``.
+
+    Parameters
+    ----------
+    output:
+        A tensor, a tuple/list or a mapping (such as a ``dict`` or Hugging Face
+        ``ModelOutput``).
+    key:
+        Tuple index or mapping key. ``None``: the tensor itself, the first tensor of a
+        tuple, ``"logits"`` of a mapping.
+    """
+    if isinstance(output, Tensor):
+        if key not in (None, 0):
+            raise ValueError(f"output_key={key!r}, but the model returns one tensor; leave "
+                             f"output_key unset")
+        return output
+    if isinstance(output, Mapping):
+        name = "logits" if key is None else key
+        if name not in output:
+            raise ValueError(f"output_key={name!r} is not a key of the model's output; "
+                             f"valid keys: {list(output)}")
+        value = output[name]
+    elif isinstance(output, (tuple, list)):
+        if key is None:
+            value = next((o for o in output if isinstance(o, Tensor)), None)
+            if value is None:
+                raise ValueError(f"the model returns a {type(output).__name__} without a "
+                                 f"tensor in it; give output_key=")
+        elif isinstance(key, int) and not isinstance(key, bool) and -len(output) <= key < len(
+                output):
+            value = output[key]
+        else:
+            raise ValueError(f"output_key={key!r} is not valid for the model's output, a "
+                             f"{type(output).__name__} of {len(output)}; valid: 0.."
+                             f"{len(output) - 1}")
+    else:
+        raise TypeError(f"the model returns a {type(output).__name__}; analyzers explain a "
+                        f"tensor, a tuple or a mapping of them (output_key=)")
+    if not isinstance(value, Tensor):
+        raise TypeError(f"output_key={key!r} selects a {type(value).__name__}, not a tensor")
+    return value
+
+
+def _close(got: Tensor, expected: Tensor) -> bool:
+    if got.shape != expected.shape:
+        return False
+    scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    return bool(torch.allclose(got.detach().to(expected.dtype), expected, rtol=TOLERANCE,
+                               atol=TOLERANCE * scale + 1e-30))
+
+
+def _first_difference(expected: list[tuple[str, object]],
+                      got: list[tuple[str, object]]) -> str:
+    for index, ((where, plain), (_, analysed)) in enumerate(zip(expected, got, strict=False)):
+        plain_tensors = [t for t in tree_flatten(plain)[0] if isinstance(t, Tensor)]
+        analysed_tensors = [t for t in tree_flatten(analysed)[0] if isinstance(t, Tensor)]
+        if len(plain_tensors) != len(analysed_tensors) or not all(
+                _close(a, p) for p, a in zip(plain_tensors, analysed_tensors, strict=True)):
+            return f"operation {index} of the forward pass, {where}"
+        if index < len(got) and got[index][0] != where:
+            return f"operation {index}: the model runs {where}, the analysis {got[index][0]}"
+    if len(expected) != len(got):
+        return (f"operation {min(len(expected), len(got))}: the model makes {len(expected)} "
+                f"calls, the analysis {len(got)}")
+    return "no single operation (the model's output depends on the whole batch)"
+
+
+def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
+                       analysed: Callable[[Tensor, list], Tensor],
+                       logits_of: Callable[[Any, int], Tensor]) -> None:
+    """Raise :class:`NotAnalyzableModelError` unless ``logits`` (from the analysed forward
+    pass of ``x``) equal the model's own output.
+
+    The first sample is compared (one small extra forward pass); where it differs, the whole
+    batch (for models whose output depends on the batch). If that differs too, both forward
+    passes are recorded on the first sample and the first operation whose output differs
+    is named. ``analysed(inputs, record)`` reruns the analysed forward pass.
+    """
+    with torch.no_grad():
+        try:
+            if _close(logits[:1], logits_of(model(x[:1]), 1)):
+                return
+        except (RuntimeError, TypeError, ValueError):  # one that cannot run a sample alone
+            pass
+        expected = logits_of(model(x), len(x))
+    if _close(logits, expected):
+        return
+    difference = float((logits.detach() - expected).abs().max())
+    plain: list[tuple[str, object]] = []
+    sample = x[:1]
+    try:
+        with torch.no_grad(), OperationRules(model, {}, ALL_KINDS, sample,
+                                             record=plain).tracking_modules():
+            model(sample)
+    except (RuntimeError, TypeError, ValueError):
+        plain.clear()
+        sample = x
+        with torch.no_grad(), OperationRules(model, {}, ALL_KINDS, sample,
+                                             record=plain).tracking_modules():
+            model(sample)
+    recorded: list[tuple[str, object]] = []
+    analysed(sample.detach().clone().requires_grad_(x.is_floating_point()), recorded)
+    raise NotAnalyzableModelError(
+        f"the analysed forward pass does not compute the model's function (its output differs "
+        f"by up to {difference:.3g}); they part at {_first_difference(plain, recorded)}. A map "
+        f"would explain a different network, so none is returned. Please report this model "
+        f"with the operation named here.")
+
+
+class _SoftmaxOutputs(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: dict[int, Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if classify(func, args, kwargs or {}) == SOFTMAX and isinstance(output, Tensor):
+            self.outputs[id(output)] = output
+        return output
+
+
+def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], Tensor]) -> bool:
+    """Whether the explained output of ``model`` on ``x`` is made by a softmax (or
+    log-softmax) call, possibly reshaped (one forward pass of ``x``)."""
+    with torch.no_grad(), _SoftmaxOutputs() as mode:
+        output = logits_of(model(x), len(x))
+        return any(output.data_ptr() == t.data_ptr() for t in mode.outputs.values())

@@ -47,8 +47,10 @@ MODELS = tuple(ZOO)
 ANALYZERS = tuple(sorted(lx.analyzers))
 
 # Nets whose every operation is piecewise linear with a z-rule meaning (kernel layers,
-# BatchNorm, ReLU, max/avg pooling, adds, cat, interpolate, transposed conv, dropout).
-PIECEWISE_LINEAR = {"vgg16_bn", "resnet18", "bottleneck", "densenet", "unet", "audio1d",
+# BatchNorm merged into the kernel before it, ReLU, max/avg pooling, adds, cat, interpolate,
+# transposed conv, dropout). Not densenet: its pre-activation BatchNorms follow no kernel
+# layer and keep a rule of their own (bn_layer_rule), so LRP-z is not Input×Gradient there.
+PIECEWISE_LINEAR = {"vgg16_bn", "resnet18", "bottleneck", "unet", "audio1d",
                     "inplace_statements", "tuple_output", "dict_output", "float64",
                     "channels_last"}
 # ... and whose relevance is conserved by the bias-free rules: every BatchNorm follows a

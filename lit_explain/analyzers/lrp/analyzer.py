@@ -58,6 +58,7 @@ from .rules import (
     EpsilonRule,
     FlatRule,
     Flow,
+    MagnitudeShareRule,
     RelativeFlow,
     Rule,
     WSquareRule,
@@ -166,8 +167,8 @@ class LRP(Analyzer):
     bn_layer_rule:
         Rule of a BatchNorm that is not merged into a kernel layer (``canonize=False``, or
         one that follows no kernel layer, as in pre-activation ResNets), seen as the
-        elementwise ``y = a ⊙ x + c``. ``None``: the z-rule without bias, which on an
-        elementwise layer passes relevance unchanged and so cannot blow up where ``y ≈ 0``.
+        elementwise ``y = a ⊙ x + c``. ``None``: :class:`MagnitudeShareRule`, which gives
+        ``x`` the share ``|a x| / (|a x| + |c|)`` of the relevance and so cannot blow up.
     canonize:
         Keyword only, taken by every LRP and Deep Taylor analyzer. Merge every BatchNorm
         that directly consumes a kernel layer's output into that layer, and apply the
@@ -202,7 +203,7 @@ class LRP(Analyzer):
             raise ValueError("lrp needs rule=: a rule name, a Rule, a list of them or a list "
                              "of (condition, rule) pairs")
         self.rules = RuleMap(rule, input_layer_rule, until_layer_idx, until_layer_rule)
-        self.bn_layer_rule = ZRule(bias=False) if bn_layer_rule is None else to_rule(
+        self.bn_layer_rule = MagnitudeShareRule() if bn_layer_rule is None else to_rule(
             bn_layer_rule, "bn_layer_rule")
         # Relevance per unit of input where every rule allows it: cheaper, same result.
         proportional = all(r.proportional for r in [*self.rules.rules(), self.bn_layer_rule])

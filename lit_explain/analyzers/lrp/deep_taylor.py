@@ -2,7 +2,8 @@
 Decisions with Deep Taylor Decomposition", Pattern Recognition 65).
 
 For ReLU networks: the z⁺-rule on every kernel layer (the root point on the positive
-orthant), the w²-rule on BatchNorm seen as an elementwise affine layer (unbounded input),
+orthant), a BatchNorm merged into the kernel layer before it (or, after no kernel layer,
+the magnitude-share rule of every LRP analyzer),
 the z-rule on sum and average pooling and residual adds, relevance passed through ReLU,
 max-pooling to the winner. As in iNNvestigate the output is made positive: the backward
 pass starts from ``max(logit, 0)``, so a negative selected logit gives an all-zero map.
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from ..registry import register
 from .analyzer import LRP
-from .rules import BoundedRule, WSquareRule, ZPlusRule
+from .rules import BoundedRule, ZPlusRule
 
 
 @register("deep_taylor")
@@ -25,8 +26,7 @@ class DeepTaylor(LRP):
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  **reverse: Any) -> None:
-        super().__init__(model, neuron_selection_mode, rule=ZPlusRule(),
-                         bn_layer_rule=WSquareRule(), **reverse)
+        super().__init__(model, neuron_selection_mode, rule=ZPlusRule(), **reverse)
 
     def _seed(self, logits: Tensor, indices: Tensor | None) -> Tensor:
         return super()._seed(logits.clamp(min=0), indices)
@@ -55,5 +55,4 @@ class BoundedDeepTaylor(DeepTaylor):
         if not low < high:
             raise ValueError(f"low={low!r} must be smaller than high={high!r}")
         LRP.__init__(self, model, neuron_selection_mode, rule=ZPlusRule(),
-                     input_layer_rule=BoundedRule(float(low), float(high)),
-                     bn_layer_rule=WSquareRule(), **reverse)
+                     input_layer_rule=BoundedRule(float(low), float(high)), **reverse)

@@ -198,6 +198,25 @@ class EpsilonRule(_RescalingRule):
 
 
 @dataclass(frozen=True)
+class MagnitudeShareRule(Rule):
+    """The input and the bias share the relevance by the magnitude of their contributions:
+    ``R_x = |W x| / (|W x| + |b|) · R_y``. For elementwise layers (a BatchNorm that follows
+    no kernel layer): a share in [0, 1] of ``R_y``, so it cannot blow up where ``y ≈ 0``
+    (the z-rule can), and it does not hand the bias's relevance to an input near 0 (passing
+    relevance unchanged does, and the kernel layer below then divides it by that input).
+    """
+
+    proportional = True
+
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
+        y = layer.linear_term()
+        z = y.detach() - layer.bias_term()
+        bias = torch.as_tensor(layer.bias_term(), dtype=z.dtype, device=z.device).abs()
+        share = z.sign().div_(z.abs().add_(bias).clamp_(min=SAFE_EPSILON))
+        return flow.output(y, (y, share))
+
+
+@dataclass(frozen=True)
 class WSquareRule(Rule):
     """w²-rule (Montavon et al. 2017, "Explaining Nonlinear Classification Decisions with
     Deep Taylor Decomposition", Pattern Recognition 65): ``R_i = Σ_j w_ij² / Σ_i' w_i'j² R_j``.
@@ -348,4 +367,5 @@ RULES: dict[str, Rule] = {
     "ZPlus": ZPlusRule(),
     "ZPlusFast": ZPlusFastRule(),
     "Bounded": BoundedRule(),
+    "MagnitudeShare": MagnitudeShareRule(),
 }

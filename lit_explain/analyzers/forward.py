@@ -92,6 +92,27 @@ def select_output(output: Any, key: OutputKey = None) -> Tensor:
     return value
 
 
+class OutputSelector(nn.Module):
+    """``model`` with its output reduced to the explained tensor (:func:`select_output`):
+    how metrics and the callback call a model that returns a tuple or a mapping.
+
+    Parameters
+    ----------
+    model:
+        The model (or any callable).
+    output_key:
+        As for :func:`select_output`.
+    """
+
+    def __init__(self, model: Callable[[Tensor], Any], output_key: OutputKey = None) -> None:
+        super().__init__()
+        self.model = model
+        self.output_key = output_key
+
+    def forward(self, x: Tensor) -> Tensor:
+        return select_output(self.model(x), self.output_key)
+
+
 def _close(got: Tensor, expected: Tensor) -> bool:
     if got.shape != expected.shape:
         return False

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from ..analyzers.forward import OutputSelector
 from ._common import (
     RegionGrid,
     as_nc,
@@ -158,11 +159,16 @@ class RegionCurveMetric(Metric):
         batch_size: int,
         seed: int,
         use_eval_mode: bool,
+        *,
+        output_key: int | str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
         if not callable(model):
             raise ValueError(f"model={model!r} is not valid; pass a callable returning logits")
+        if output_key is not None and not isinstance(output_key, (int, str)):
+            raise TypeError(f"output_key={output_key!r} is not valid; expected a tuple index "
+                            f"(int), a mapping key (str) or None")
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps={steps!r} is not valid; use a positive int")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -174,7 +180,7 @@ class RegionCurveMetric(Metric):
         else:
             as_tuple(region_shape, len(region_shape), "region_shape")
         # Kept out of the module tree: metric.to()/.train()/state_dict() leave the model alone.
-        self.__dict__["model"] = model
+        self.__dict__["model"] = OutputSelector(model, output_key)
         self.region_shape = region_shape
         self.steps = steps
         self.softmax = softmax

@@ -48,7 +48,7 @@ class FaithfulnessCorrelation(RegionCurveMetric):
     perturbation
         Replacement, as in :class:`RegionPerturbation` (default ``"zeros"``).
     softmax, channel_reduce, absolute, noise_std, blur_sigma, value_range, batch_size, seed,
-    use_eval_mode
+    use_eval_mode, output_key
         As in :class:`RegionPerturbation`. Subsets are drawn from the metric's own generator,
         one sample after another, so they do not depend on ``batch_size``.
     """
@@ -71,11 +71,13 @@ class FaithfulnessCorrelation(RegionCurveMetric):
         batch_size: int = 256,
         seed: int = 0,
         use_eval_mode: bool = True,
+        output_key: int | str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
             model, region_shape, 1, softmax, channel_reduce, "sum", absolute,
-            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode, **kwargs,
+            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode,
+            output_key=output_key, **kwargs,
         )  # fmt: skip
         if not isinstance(n_subsets, int) or n_subsets < 2:
             raise ValueError(f"n_subsets={n_subsets!r} is not valid; use an int >= 2")

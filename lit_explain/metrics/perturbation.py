@@ -51,6 +51,9 @@ class RegionPerturbation(RegionCurveMetric):
         per sample (``(N,)`` or ``(N, 1)``) is used as the score directly. Put into eval mode
         during the calls (each module's own flag is restored after) unless
         ``use_eval_mode=False``.
+    output_key
+        For a model returning a tuple (an index) or a mapping (a key): the logits. ``None``:
+        the first tensor of a tuple, ``"logits"`` of a mapping (as for the analyzers).
     region_shape
         Region size in the spatial dims (int for all dims, or one per dim): ``(h, w)`` for
         images, ``(l,)`` for sequences, features for tabular data. Regions cover all
@@ -109,11 +112,13 @@ class RegionPerturbation(RegionCurveMetric):
         batch_size: int = 256,
         seed: int = 0,
         use_eval_mode: bool = True,
+        output_key: int | str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
             model, region_shape, steps, softmax, channel_reduce, region_reduce, absolute,
-            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode, **kwargs,
+            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode,
+            output_key=output_key, **kwargs,
         )  # fmt: skip
         check_choice("order", order, ORDERS)
         check_perturbation("perturbation", perturbation)
@@ -219,11 +224,13 @@ class InsertionDeletion(RegionCurveMetric):
         batch_size: int = 256,
         seed: int = 0,
         use_eval_mode: bool = True,
+        output_key: int | str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
             model, region_shape, steps, softmax, channel_reduce, region_reduce, absolute,
-            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode, **kwargs,
+            noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode,
+            output_key=output_key, **kwargs,
         )  # fmt: skip
         check_perturbation("insertion_baseline", insertion_baseline)
         check_perturbation("deletion_baseline", deletion_baseline)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..analyzers.forward import OutputSelector
 from ._common import RegionGrid, as_tuple, check_choice, eval_mode, make_generator
 from ._curves import check_value_range, region_ranks
 
@@ -243,6 +244,9 @@ class PerturbationAnalysis:
     score
         ``"accuracy"`` (Keras' metric), ``"cross_entropy"`` or a callable
         ``(logits, y) -> per-sample scores``.
+    output_key
+        For a model returning a tuple (an index) or a mapping (a key): the logits. ``None``:
+        the first tensor of a tuple, ``"logits"`` of a mapping.
     """
 
     def __init__(
@@ -256,6 +260,7 @@ class PerturbationAnalysis:
         recompute_analysis: bool = False,
         verbose: bool = False,
         score: str | Callable[[Tensor, Tensor], Tensor] = "accuracy",
+        output_key: int | str | None = None,
     ) -> None:
         scores = {"accuracy": _accuracy, "cross_entropy": _cross_entropy}
         if isinstance(score, str):
@@ -264,7 +269,7 @@ class PerturbationAnalysis:
         if not isinstance(perturbation, Perturbation):
             raise ValueError(f"perturbation={perturbation!r} is not valid; pass a Perturbation")
         self.analyzer = analyzer
-        self.model = model
+        self.model = OutputSelector(model, output_key)
         self.generator = generator
         self.perturbation = perturbation
         self.steps = steps

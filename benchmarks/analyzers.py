@@ -1,24 +1,52 @@
 """Time every analyzer as a ratio to a plain forward + backward, in one process.
 
-    python benchmarks/analyzers.py [--repeats 5] [--batch 16] [--size 64] [--only NAME ...]
+    python benchmarks/analyzers.py [--repeats 7] [--batch 16] [--size 64] [--threads 2]
+                                   [--interleave] [--only NAME ...]
 
 The baseline is what a saliency map costs in plain PyTorch: one forward pass and one
 ``torch.autograd.grad`` of the selected logits to the input. Nets: a VGG-style CNN and a
-torchvision-style ResNet (BatchNorm, F.relu, ``out += identity``), batch 16, 3×64×64.
+torchvision-style ResNet (BatchNorm, F.relu, ``out += identity``), batch 16, 3×64×64, on
+the CPU with ``--threads`` intra-op threads (2 by default, set before anything runs, so
+that every row of the table and every comparison library runs on the same threads).
+``--interleave`` times each analyzer alternately with the baseline and reports the ratio
+of best times: use it on a shared or loaded machine.
 
-Where Zennit and Captum are importable, Zennit's composites are timed beside the LRP
-analyzers they correspond to and Captum's attributions beside the gradient family, in the
-same run and against the same baseline. Install them in a separate environment so that
-they cannot change torch, and run there with this checkout on the path:
+Where Zennit and Captum are importable, they are timed beside our analyzers in the same
+run, against the same baseline:
 
-    PYTHONPATH=. /path/to/venv-with-zennit-and-captum/bin/python benchmarks/analyzers.py
+- Zennit's composites beside the LRP analyzers with the same rules (``ZENNIT_COMPOSITES``).
+  Our LRP analyzers merge each eval-mode BatchNorm into the kernel layer before it
+  (canonization, on by default); Zennit gets its ``NamedMergeBatchNorm`` canonizer with
+  the same (kernel layer, BatchNorm) pairs, found by tracing one forward pass, so that the
+  comparison is like for like on the ResNet.
+- Captum's attributions beside the gradient family (``CAPTUM_METHODS``), with the same
+  points (32 for IG and SmoothGrad) and the same chunk size: ``internal_batch_size`` of
+  IG and ``nt_samples_batch_size`` of SmoothGrad are set from our analyzer's
+  ``batch_size``. Captum's target neurons are computed outside the timed call; ours are
+  chosen inside ``analyze`` (one gradient-free forward pass), so the comparison favours
+  Captum slightly.
+
+Install them in a separate environment so that they cannot change torch, and run there
+with this checkout on the path. Zennit imports torchvision only to name torchvision's ResNet
+blocks for its torchvision canonizers (unused here); where torchvision is missing, this
+script registers a placeholder module for that import, after lit_explain (and torchmetrics,
+which must not see it) are imported::
+
+    python3 -m venv /work/venv-bench
+    /work/venv-bench/bin/pip install torch==2.13.0 numpy matplotlib lightning torchmetrics
+    /work/venv-bench/bin/pip install --no-deps captum==0.9.0 zennit==0.5.1 tqdm packaging
+    PYTHONPATH=. /work/venv-bench/bin/python benchmarks/analyzers.py --interleave
+
+In the main environment the comparison columns stay empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+import types
 from collections.abc import Callable
 
 import torch
@@ -27,7 +55,7 @@ from torch import nn
 import lit_explain as lx
 from lit_explain.demo.models import ResNetStyle, vgg_style
 
-#: Keyword arguments per analyzer; targets from the issues (ratio to forward + backward).
+#: Keyword arguments per analyzer; targets from issue 10 (ratio to forward + backward).
 SETTINGS: dict[str, dict] = {
     "integrated_gradients": {"steps": 32},
     "smoothgrad": {"augment_by_n": 32},
@@ -35,14 +63,22 @@ SETTINGS: dict[str, dict] = {
 }
 TARGETS: dict[str, float] = {
     "gradient": 1.1, "input_t_gradient": 1.1, "deconvnet": 1.1, "guided_backprop": 1.1,
-    "integrated_gradients": 14.0, "smoothgrad": 14.0,
-    "lrp.z": 1.2, "lrp.epsilon": 1.2, "lrp.sequential_preset_a": 1.2,
-    "lrp.alpha_2_beta_1": 2.5, "lrp.sequential_preset_b": 2.5,
+    "integrated_gradients": 34.0,
+    "lrp.z": 1.1, "lrp.epsilon": 1.2, "lrp.sequential_preset_a": 1.6,
+    "lrp.sequential_preset_b": 2.2, "lrp.alpha_2_beta_1": 2.2, "lrp.alpha_1_beta_0": 2.2,
+    "lrp.alpha_beta": 2.2,
 }
 
-#: LRP analyzer → the Zennit composite with the same rules (Zennit's own names).
+#: LRP analyzer → the Zennit composite with the same rules: Zennit's composite class, or
+#: a rule for every Linear/Conv layer on top of Zennit's ``layer_map_base``.
 ZENNIT_COMPOSITES: dict[str, str] = {
-    "lrp.epsilon": "epsilon (all layers)",
+    "lrp.z": "Epsilon(1e-12) (all layers)",
+    "lrp.epsilon": "Epsilon (all layers)",
+    "lrp.z_plus": "ZPlus (all layers)",
+    "lrp.alpha_2_beta_1": "AlphaBeta(2, 1) (all layers)",
+    "lrp.alpha_1_beta_0": "AlphaBeta(1, 0) (all layers)",
+    "lrp.w_square": "WSquare (all layers)",
+    "lrp.flat": "Flat (all layers)",
     "lrp.sequential_preset_a": "EpsilonPlus",
     "lrp.sequential_preset_b": "EpsilonAlpha2Beta1",
     "lrp.sequential_preset_a_flat": "EpsilonPlusFlat",
@@ -57,18 +93,49 @@ CAPTUM_METHODS: dict[str, str] = {
 }
 
 
+def batch_norm_pairs(model: nn.Module, x: torch.Tensor) -> list[tuple[tuple[str], str]]:
+    """(kernel layer name, BatchNorm name) for every BatchNorm whose input is the output of
+    a Conv/Linear module, found by tracing one forward pass (Zennit's ``name_map``)."""
+    names = {module: name for name, module in model.named_modules()}
+    produced_by: dict[int, str] = {}
+    pairs: list[tuple[tuple[str], str]] = []
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            produced_by[id(output)] = names[module]
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            kernel = produced_by.get(id(args[0]))
+            if kernel is not None:
+                pairs.append(((kernel,), names[module]))
+
+    handles = [module.register_forward_hook(hook) for module in model.modules()]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return pairs
+
+
 def zennit_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """A Zennit attribution with the rules of LRP analyzer ``name``."""
-    from zennit import composites
+    """A Zennit attribution with the rules of LRP analyzer ``name``, BatchNorm merged."""
+    from zennit import composites, rules
     from zennit.attribution import Gradient
-    from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.rules import Epsilon
+    from zennit.canonizers import NamedMergeBatchNorm
     from zennit.types import Convolution
 
-    canonizers = [SequentialMergeBatchNorm()]
-    if name == "lrp.epsilon":
+    pairs = batch_norm_pairs(model, x)
+    canonizers = [NamedMergeBatchNorm(pairs)] if pairs else []
+    every_layer = {"lrp.z": lambda: rules.Epsilon(1e-12), "lrp.epsilon": rules.Epsilon,
+                   "lrp.z_plus": rules.ZPlus, "lrp.w_square": rules.WSquare,
+                   "lrp.flat": rules.Flat,
+                   "lrp.alpha_2_beta_1": lambda: rules.AlphaBeta(2.0, 1.0),
+                   "lrp.alpha_1_beta_0": lambda: rules.AlphaBeta(1.0, 0.0)}
+    if name in every_layer:
+        rule = every_layer[name]
         composite = composites.LayerMapComposite(
-            composites.layer_map_base() + [(Convolution, Epsilon()), (nn.Linear, Epsilon())],
+            composites.layer_map_base() + [(Convolution, rule()), (nn.Linear, rule())],
             canonizers=canonizers)
     else:
         composite = getattr(composites, ZENNIT_COMPOSITES[name])(canonizers=canonizers)
@@ -84,30 +151,52 @@ def zennit_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], 
 
 
 def captum_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """The Captum attribution doing analyzer ``name``'s work (32 points for IG and
-    SmoothGrad, in one batch as ours)."""
+    """The Captum attribution doing analyzer ``name``'s work: the same 32 points for IG and
+    SmoothGrad, in chunks of the same size as ours (our analyzer's ``batch_size`` inputs)."""
     from captum import attr
 
     target = model(x).argmax(1)
+    ours = lx.create_analyzer(name, model, **SETTINGS.get(name, {}))
     if name == "integrated_gradients":
         method = attr.IntegratedGradients(model)
-        return lambda: method.attribute(x, target=target, n_steps=32, method="riemann_left",
-                                        internal_batch_size=512)
+        return lambda: method.attribute(x, target=target, n_steps=ours.steps,
+                                        method="riemann_left",
+                                        internal_batch_size=ours.batch_size)
     if name == "smoothgrad":
         method = attr.NoiseTunnel(attr.Saliency(model))
-        return lambda: method.attribute(x, target=target, nt_samples=32, stdevs=0.1,
-                                        abs=False, nt_samples_batch_size=32)
+        per_chunk = max(1, ours.batch_size // len(x))  # noisy copies of the batch per chunk
+        return lambda: method.attribute(x, target=target, nt_samples=ours.augment_by_n,
+                                        stdevs=0.1, abs=False, nt_samples_batch_size=per_chunk)
     method = getattr(attr, CAPTUM_METHODS[name])(model)
     kwargs = {"abs": False} if name == "gradient" else {}
     return lambda: method.attribute(x, target=target, **kwargs)
 
 
 def importable(library: str) -> bool:
+    if library == "zennit":
+        torchvision_placeholder()
     try:
         __import__(library)
     except ImportError:
         return False
     return True
+
+
+def torchvision_placeholder() -> None:
+    """Let ``import zennit`` succeed without torchvision: a module with the two names that
+    ``zennit.torchvision`` imports, registered only where torchvision is missing."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        resnet = types.ModuleType("torchvision.models.resnet")
+        resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
+        resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
+        models = types.ModuleType("torchvision.models")
+        models.resnet = resnet
+        package = types.ModuleType("torchvision")
+        package.models = models
+        sys.modules.update({"torchvision": package, "torchvision.models": models,
+                            "torchvision.models.resnet": resnet})
 
 
 def comparison(name: str) -> tuple[str, Callable] | None:
@@ -178,14 +267,16 @@ def networks(size: int) -> dict[str, nn.Module]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--only", nargs="*", default=None, help="analyzer names to time")
     parser.add_argument("--interleave", action="store_true",
                         help="time each analyzer alternately with the baseline and report the "
                              "ratio of best times (robust on a shared, loaded machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
     nets = networks(args.size)

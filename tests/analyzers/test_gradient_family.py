@@ -264,3 +264,43 @@ def test_in_place_add_on_a_rule_output_equals_the_out_of_place_add(name):
     x = torch.randn(4, 3)
     torch.testing.assert_close(lx.create_analyzer(name, in_place).analyze(x),
                                lx.create_analyzer(name, out_of_place).analyze(x))
+
+
+def forward_batches(model: nn.Module, run) -> list[int]:
+    """Batch sizes of the model's forward passes during ``run()``."""
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return sizes
+
+
+@pytest.mark.parametrize(("mode", "selection_passes"), [("max_activation", [3]), ("index", [])])
+@pytest.mark.parametrize("name", ["integrated_gradients", "smoothgrad"])
+def test_path_analyzers_choose_the_neurons_once_per_analysis(name, mode, selection_passes):
+    # 10 points of 3 samples in chunks of at most 12 inputs: chunks of 4, 4 and 2 points.
+    # "max_activation" chooses each sample's output on x itself in one forward pass of x,
+    # not once per chunk; "index" needs no pass of its own.
+    model, x = small_cnn(), torch.randn(3, 2, 8, 8)
+    points = {"steps": 10} if name == "integrated_gradients" else {"augment_by_n": 10}
+    analyzer = lx.create_analyzer(name, model, neuron_selection_mode=mode, batch_size=12,
+                                  **points)
+    selection = 1 if mode == "index" else None
+    analyzer.analyze(x, selection)  # a first call may check the model once (softmax)
+    sizes = forward_batches(model, lambda: analyzer.analyze(x, selection))
+    assert sorted(sizes) == sorted(selection_passes + [12, 12, 6])
+
+
+def test_integrated_gradients_explains_the_neuron_chosen_at_the_input():
+    # the top class at x differs from the top class along most of the path
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.5]))
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])  # logits (1, 0.5): class 0; at α < 0.5: class 1
+    ig = lx.create_analyzer("integrated_gradients", model, steps=8)
+    # linear model: IG = (x − 0) ⊙ w_c for the class chosen at x, c = 0
+    torch.testing.assert_close(ig.analyze(x), torch.tensor([[1.0, 0, 0, 0]]))

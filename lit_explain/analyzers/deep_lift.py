@@ -129,8 +129,9 @@ class DeepLIFT(Analyzer):
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 reference_inputs: float | Tensor = 0.0) -> None:
-        super().__init__(model, neuron_selection_mode)
+                 reference_inputs: float | Tensor = 0.0, *,
+                 output_key: int | str | None = None) -> None:
+        super().__init__(model, neuron_selection_mode, output_key=output_key)
         self.reference_inputs = reference_inputs
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:

@@ -14,12 +14,20 @@ from typing_extensions import override
 
 from .. import viz
 from ..analyzers import Analyzer, NotAnalyzableModelError, analyzers, create_analyzer
+from ..analyzers.forward import OutputSelector, eager, select_output
 from ..analyzers.registry import parameters_of
 from ..analyzers.validation import check_choice, check_positive_int
 from ..logging.images import log_images, log_scalars
-from .evaluation import DriftTracker, MapMetrics, normalize_drift, normalize_metrics
+from ..metrics import localization_metrics
+from .evaluation import (
+    DEFAULT_LOCALIZATION,
+    DriftTracker,
+    MapMetrics,
+    normalize_drift,
+    normalize_metrics,
+)
 from .patterns import SOURCES, PatternCollector
-from .probe import SELECTIONS, ProbeCollector, pick
+from .probe import SELECTIONS, ProbeCollector, check_masks, pick
 
 ON_ERROR = ("warn", "raise")
 NORMALIZATIONS = ("per_sample", "shared")
@@ -89,6 +97,18 @@ class ExplainCallback(Callback):
     input_key, target_key:
         Where the input and the label sit in a batch: a tuple index or a dict key
         (``target_key=None``: no labels).
+    mask_key:
+        Where ground-truth masks sit in a batch (tuple index or dict key; ``None``: no
+        masks): boolean or {0, 1}, the input's shape or its spatial shape. They are kept with
+        the probe samples (and in the checkpoint), outlined on the input column of the
+        pictures, and scored by the localization metrics
+        (``lit_explain.metrics.localization_metrics``) named in ``metrics``, or by default
+        by relevance mass and rank accuracy, the pointing game, attribution localisation
+        and the shortcut score, as ``explain/<analyzer>/<metric>``.
+    output_key:
+        For a model that returns a tuple (an index) or a mapping (a key): the output to
+        explain, for the analyzers, the metrics and the predicted labels. ``None``: the first
+        tensor of a tuple, ``"logits"`` of a mapping.
     analysis_batch_size:
         At most this many probe samples go through an analyzer at once.
     normalization:
@@ -127,7 +147,8 @@ class ExplainCallback(Callback):
                  every_n_epochs: int = 1,
                  metrics: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
                  drift: Sequence[str] = ("previous", "first"), input_key: int | str = 0,
-                 target_key: int | str | None = 1, analysis_batch_size: int = 64,
+                 target_key: int | str | None = 1, mask_key: int | str | None = None,
+                 output_key: int | str | None = None, analysis_batch_size: int = 64,
                  normalization: str = "per_sample", cmap: str = "seismic",
                  pattern_type: str = "relu", pattern_source: str = "train",
                  pattern_every_n_batches: int | None = None,
@@ -136,6 +157,12 @@ class ExplainCallback(Callback):
         super().__init__()
         self.analyzer_specs = normalize_analyzers(analyzers)
         self.metric_specs = normalize_metrics(metrics)
+        localizing = [name for name in self.metric_specs if name in localization_metrics]
+        if localizing and mask_key is None:
+            raise ValueError(f"metrics {localizing} score maps against masks; set mask_key "
+                             f"to where the masks sit in a validation batch")
+        if mask_key is not None and not localizing:
+            self.metric_specs.update({name: {} for name in DEFAULT_LOCALIZATION})
         self.drift = DriftTracker(normalize_drift(drift))
         for name, value in (("num_samples", num_samples), ("every_n_epochs", every_n_epochs),
                             ("analysis_batch_size", analysis_batch_size)):
@@ -149,6 +176,11 @@ class ExplainCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.input_key = input_key
         self.target_key = target_key
+        self.mask_key = mask_key
+        if output_key is not None and not isinstance(output_key, (int, str)):
+            raise TypeError(f"output_key={output_key!r} is not valid; expected a tuple index "
+                            f"(int), a mapping key (str) or None")
+        self.output_key = output_key
         self.analysis_batch_size = analysis_batch_size
         self.normalization = normalization
         self.cmap = cmap
@@ -173,10 +205,11 @@ class ExplainCallback(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._analyzers = {name: create_analyzer(name, pl_module, **kwargs)
+        self._analyzers = {name: create_analyzer(name, pl_module, **{
+                               "output_key": self.output_key, **kwargs})
                            for name, kwargs in self.analyzer_specs.items()}
-        self._metrics = {name: MapMetrics(self.metric_specs, pl_module)
-                         for name in self._analyzers}
+        model = OutputSelector(pl_module, self.output_key)
+        self._metrics = {name: MapMetrics(self.metric_specs, model) for name in self._analyzers}
         if self.patterns is not None:
             self.patterns.setup(pl_module)
 
@@ -187,6 +220,8 @@ class ExplainCallback(Callback):
             return
         self._checked = True
         sample = pick(batch, self.input_key)[:1]
+        if self.mask_key is not None:  # a configuration error: raised whatever on_error says
+            check_masks(pick(batch, self.mask_key), pick(batch, self.input_key), self.mask_key)
         for name, analyzer in self._analyzers.items():
             if not name.startswith("pattern."):
                 try:
@@ -238,7 +273,8 @@ class ExplainCallback(Callback):
             self.patterns.batch_end()
         if trainer.sanity_checking or dataloader_idx != 0 or self.probe.ready:
             return
-        self.probe.add(pick(batch, self.input_key), pick(batch, self.target_key))
+        self.probe.add(pick(batch, self.input_key), pick(batch, self.target_key),
+                       pick(batch, self.mask_key))
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -249,13 +285,16 @@ class ExplainCallback(Callback):
             self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
         if not self.probe.ready or trainer.current_epoch % self.every_n_epochs != 0:
             return
-        self._explain_and_log(trainer, pl_module)
+        with eager():  # a compiled model is explained through its Python code
+            self._explain_and_log(trainer, pl_module)
 
     def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         inputs = self.probe.inputs.to(pl_module.device)
         targets = None if self.probe.targets is None else self.probe.targets.to(pl_module.device)
-        with torch.inference_mode(False), torch.no_grad():
-            predictions = pl_module(inputs.clone()).reshape(len(inputs), -1).argmax(1)
+        masks = None if self.probe.masks is None else self.probe.masks.to(pl_module.device)
+        predictions = self._guarded("prediction", lambda: self._predict(pl_module, inputs))
+        if predictions is None:
+            return
         maps: dict[str, Tensor] = {}
         scalars: dict[str, float] = {}
         plots: dict[str, Tensor] = {}
@@ -265,7 +304,7 @@ class ExplainCallback(Callback):
                 continue
             maps[name] = result.cpu()
             measured = self._guarded(f"metrics of {name!r}", lambda n=name, r=result: (
-                self._metrics[n].evaluate(inputs, r, targets)))
+                self._metrics[n].evaluate(inputs, r, targets, masks)))
             if measured is not None:
                 values, curves = measured
                 scalars.update({f"explain/{name}/{key}": v for key, v in values.items()})
@@ -324,7 +363,7 @@ class ExplainCallback(Callback):
             image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
                 self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
                 class_names=self.class_names, cmap=self.cmap, absmax=self.shared_absmax or None,
-                token_names=self.token_names))
+                token_names=self.token_names, masks=self.probe.masks))
             if image is not None:
                 plots[tag] = image
         for tag, image in plots.items():
@@ -336,6 +375,11 @@ class ExplainCallback(Callback):
             self._guarded("logging", lambda: log_scalars(trainer.loggers, scalars, step))
 
     # Errors: warn once per cause, or raise.
+
+    def _predict(self, pl_module: L.LightningModule, inputs: Tensor) -> Tensor:
+        with torch.inference_mode(False), torch.no_grad():
+            outputs = select_output(pl_module(inputs.clone()), self.output_key)
+        return outputs.reshape(len(inputs), -1).argmax(1)
 
     def _guarded(self, what: str, action: Callable[[], T]) -> T | None:
         try:

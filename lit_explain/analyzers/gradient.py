@@ -51,16 +51,8 @@ def path_selector(analyzer: Analyzer, x: Tensor, neuron_selection: NeuronSelecti
     if analyzer.neuron_selection_mode != "max_activation":
         return lambda repeats: select
     with torch.no_grad():
-        output = analyzer.model(x)
-    indices = select(_explained(analyzer, output, len(x)))
+        indices = select(analyzer.logits(analyzer.model(x), len(x)))
     return lambda repeats: lambda logits: indices.repeat(repeats)
-
-
-def _explained(analyzer: Analyzer, output: object, batch: int) -> Tensor:
-    """The explained output (batch, K): through the analyzer's output selector where the
-    engine has one (``output_key``), else the output flattened per sample."""
-    logits = getattr(analyzer, "logits", None)
-    return logits(output, batch) if callable(logits) else output.reshape(batch, -1)
 
 
 def chunk_sizes(total: int, per_chunk: int) -> list[int]:

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from .errors import NotAnalyzableModelError
-from .operations import ALL_KINDS, SOFTMAX, OperationRules, classify
+from .operations import ALL_KINDS, SOFTMAX, OperationRules, Recorded, classify
 
 #: Which output a model's result is explained for: a tuple index or a mapping key.
 OutputKey = int | str | None
@@ -121,16 +120,28 @@ def _close(got: Tensor, expected: Tensor) -> bool:
                                atol=TOLERANCE * scale + 1e-30))
 
 
-def _first_difference(expected: list[tuple[str, object]],
-                      got: list[tuple[str, object]]) -> str:
-    for index, ((where, plain), (_, analysed)) in enumerate(zip(expected, got, strict=False)):
-        plain_tensors = [t for t in tree_flatten(plain)[0] if isinstance(t, Tensor)]
-        analysed_tensors = [t for t in tree_flatten(analysed)[0] if isinstance(t, Tensor)]
-        if len(plain_tensors) != len(analysed_tensors) or not all(
-                _close(a, p) for p, a in zip(plain_tensors, analysed_tensors, strict=True)):
-            return f"operation {index} of the forward pass, {where}"
-        if index < len(got) and got[index][0] != where:
-            return f"operation {index}: the model runs {where}, the analysis {got[index][0]}"
+def _all_close(got: list[Tensor], expected: list[Tensor]) -> bool:
+    return len(got) == len(expected) and all(
+        _close(g, e) for g, e in zip(got, expected, strict=True))
+
+
+def _first_difference(expected: list[Recorded], got: list[Recorded]) -> str:
+    """Where two recordings of one forward pass part: the first call whose inputs or
+    outputs differ. A call whose input differs is blamed on the call that made that input
+    (an LRP kernel layer's rule takes its final form where its output is first used)."""
+    for index, (plain, analysed) in enumerate(zip(expected, got, strict=False)):
+        if plain.where != analysed.where:
+            return f"operation {index}: the model runs {plain.where}, the analysis {analysed.where}"
+        values = [value for _, value in analysed.inputs]
+        if not _all_close(values, [value for _, value in plain.inputs]):
+            differing = {i for (i, value), (_, expected_value) in zip(
+                analysed.inputs, plain.inputs, strict=False) if not _close(value, expected_value)}
+            for earlier in range(index - 1, -1, -1):
+                if got[earlier].output_ids & differing:
+                    return f"operation {earlier} of the forward pass, {got[earlier].where}"
+            return f"the inputs of operation {index} of the forward pass, {plain.where}"
+        if not _all_close(analysed.outputs, plain.outputs):
+            return f"operation {index} of the forward pass, {plain.where}"
     if len(expected) != len(got):
         return (f"operation {min(len(expected), len(got))}: the model makes {len(expected)} "
                 f"calls, the analysis {len(got)}")
@@ -158,19 +169,19 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
     if _close(logits, expected):
         return
     difference = float((logits.detach() - expected).abs().max())
-    plain: list[tuple[str, object]] = []
+    plain: list[Recorded] = []
     sample = x[:1]
     try:
         with torch.no_grad(), OperationRules(model, {}, ALL_KINDS, sample,
                                              record=plain).tracking_modules():
-            model(sample)
+            logits_of(model(sample), len(sample))
     except (RuntimeError, TypeError, ValueError):
         plain.clear()
         sample = x
         with torch.no_grad(), OperationRules(model, {}, ALL_KINDS, sample,
                                              record=plain).tracking_modules():
-            model(sample)
-    recorded: list[tuple[str, object]] = []
+            logits_of(model(sample), len(sample))
+    recorded: list[Recorded] = []
     analysed(sample.detach().clone().requires_grad_(x.is_floating_point()), recorded)
     raise NotAnalyzableModelError(
         f"the analysed forward pass does not compute the model's function (its output differs "

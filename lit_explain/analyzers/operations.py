@@ -262,7 +262,7 @@ class OperationRules(TorchFunctionMode):
         Applied to every input-derived tensor where it enters an operation of another kind
         (the LRP analyzer's relative flow turns relevance per unit into relevance there).
     record:
-        A list that receives ``(operation, output)`` for every call: for diagnostics.
+        A list that receives a :class:`Recorded` for every call: for diagnostics.
 
     In-place operations keep their meaning: the tensor the model holds is the one that
     changes. Kinds that pass run in place as written; for a kind with a handler, the
@@ -276,7 +276,7 @@ class OperationRules(TorchFunctionMode):
                  passthrough: frozenset[str], model_input: Tensor, *,
                  prepare: Prepare | None = None,
                  input_boundary: Callable[[Tensor], Tensor] | None = None,
-                 record: list[tuple[str, object]] | None = None) -> None:
+                 record: list[Recorded] | None = None) -> None:
         super().__init__()
         self.model = model
         self.handlers = handlers
@@ -297,6 +297,9 @@ class OperationRules(TorchFunctionMode):
             if self.prepare is not None:
                 args, kwargs = self.prepare(kind, args, kwargs)
         call = self._call(func, args, kwargs, kind)
+        if self.record is not None:
+            inputs = [(id(t), _snapshot(t)) for t in tree_flatten((args, kwargs))[0]
+                      if isinstance(t, Tensor)]
         twin = out_of_place(func, args, kwargs) if handler is not None else None
         if handler is None:
             output = func(*args, **kwargs)
@@ -313,7 +316,9 @@ class OperationRules(TorchFunctionMode):
         else:
             output = self._in_place(call, handler, twin)
         if self.record is not None:
-            self.record.append((call.where(), tree_map(_snapshot, output)))
+            outputs = [t for t in tree_flatten(output)[0] if isinstance(t, Tensor)]
+            self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in outputs],
+                                        {id(t) for t in outputs}))
         if kind in _INPUT_KINDS and self._from_input(args):
             for o in tree_flatten(output)[0]:
                 if isinstance(o, Tensor):
@@ -378,8 +383,18 @@ class OperationRules(TorchFunctionMode):
                 handle.remove()
 
 
-def _snapshot(value: object) -> object:
-    return value.detach().clone() if isinstance(value, Tensor) else value
+@dataclass
+class Recorded:
+    """One call of a recorded forward pass (see :class:`OperationRules`' ``record``)."""
+
+    where: str
+    inputs: list[tuple[int, Tensor]]  # (id, value when the call ran) of each tensor argument
+    outputs: list[Tensor]
+    output_ids: set[int]
+
+
+def _snapshot(tensor: Tensor) -> Tensor:
+    return tensor.detach().clone()
 
 
 # Backward rewiring primitives: the forward value stays, the gradient changes. Their outputs

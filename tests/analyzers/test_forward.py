@@ -1,0 +1,175 @@
+"""The analysed forward pass: it is the model's own or refused, which output is explained,
+in-place operations, input preprocessing and a softmax in forward."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lit_explain as lx
+from lit_explain.analyzers.lrp import LRP, ZRule
+
+
+def small_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 5 * 5, 3)).eval()
+
+
+def input_times_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    chosen = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    return x * torch.autograd.grad(chosen, x)[0]
+
+
+class DoublingRule(ZRule):
+    """A broken custom rule: its forward value is twice the layer's."""
+
+    def __call__(self, layer, flow):
+        return super().__call__(layer, flow) * 2
+
+
+def test_a_rule_that_changes_the_forward_is_refused_naming_the_operation():
+    model = small_cnn()
+    analyzer = LRP(model, rule=[ZRule(), DoublingRule()])
+    with pytest.raises(lx.NotAnalyzableModelError) as error:
+        analyzer.analyze(torch.randn(2, 2, 5, 5))
+    message = str(error.value)
+    assert "does not compute the model's function" in message
+    # the first conv is unchanged; the dense layer (kernel layer 1) doubles its output
+    assert "operation 3 of the forward pass, torch._C._nn.linear in module '3' (Linear)" in message
+
+
+class BareInPlace(nn.Module):
+    """In-place statements whose results are not assigned: the tensors held change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h.mul_(0.5)            # linear, in place, after a kernel layer
+        h[:, 0] = 0            # index assignment of a constant
+        h.add_(0.25).sub_(0.5)
+        F.relu(h, inplace=True)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "input_t_gradient"])
+def test_bare_in_place_statements_keep_their_meaning(name):
+    model, x = BareInPlace().eval(), torch.randn(3, 1, 4, 4)
+    result = lx.create_analyzer(name, model, **({"epsilon": 1e-12} if name == "lrp.epsilon"
+                                                else {})).analyze(x)
+    torch.testing.assert_close(result, input_times_gradient(model, x), rtol=1e-4, atol=1e-6)
+
+
+def test_in_place_nonlinearity_after_a_kernel_layer_gets_the_same_error_as_out_of_place():
+    for inplace in (True, False):
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LeakyReLU(inplace=inplace), nn.Flatten(),
+                              nn.Linear(8, 2)).eval()
+        with pytest.raises(lx.NotAnalyzableModelError, match="leaky_relu in module '1'"):
+            lx.create_analyzer("lrp.epsilon", model).analyze(torch.randn(2, 1, 4, 4))
+
+
+class Normalizing(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.register_buffer("mean", torch.tensor([0.5, -0.2]).reshape(1, 2, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25, 2.0]).reshape(1, 2, 1, 1))
+
+    def forward(self, x):
+        return self.body((x - self.mean) / self.std)
+
+
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.sequential_preset_a_flat",
+                                  "lrp.alpha_2_beta_1", "lrp.w_square"])
+def test_relevance_passes_input_preprocessing_unchanged(name):
+    body = small_cnn()
+    model, x = Normalizing(body).eval(), torch.rand(2, 2, 5, 5)
+    normalized = (x - model.mean) / model.std
+    expected = lx.create_analyzer(name, body).analyze(normalized)
+    torch.testing.assert_close(lx.create_analyzer(name, model).analyze(x), expected,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_the_input_layer_rule_applies_after_preprocessing():
+    model, x = Normalizing(small_cnn()).eval(), torch.rand(2, 2, 5, 5)
+    flat = lx.create_analyzer("lrp.sequential_preset_a_flat", model).analyze(x)
+    plain = lx.create_analyzer("lrp.sequential_preset_a", model).analyze(x)
+    assert not torch.allclose(flat, plain)
+    bounded = lx.create_analyzer("deep_taylor.bounded", model, low=-3.0, high=3.0).analyze(x)
+    assert not torch.allclose(bounded, lx.create_analyzer("deep_taylor", model).analyze(x))
+
+
+class TupleOutput(nn.Module):
+    def __init__(self, mapping: bool = False) -> None:
+        super().__init__()
+        self.body, self.mapping = small_cnn(), mapping
+
+    def forward(self, x):
+        logits = self.body(x)
+        return {"aux": -logits, "logits": logits} if self.mapping else (logits, -logits)
+
+
+@pytest.mark.parametrize("mapping", [False, True])
+def test_output_key_selects_the_explained_output(mapping):
+    model, x = TupleOutput(mapping).eval(), torch.randn(2, 2, 5, 5)
+    plain = lx.create_analyzer("lrp.z", model.body).analyze(x)
+    torch.testing.assert_close(lx.create_analyzer("lrp.z", model).analyze(x), plain)
+    aux = lx.create_analyzer("gradient", model, output_key="aux" if mapping else 1,
+                             neuron_selection_mode="index").analyze(x, 0)
+    expected = lx.create_analyzer("gradient", model.body,
+                                  neuron_selection_mode="index").analyze(x, 0)
+    torch.testing.assert_close(aux, -expected)
+
+
+def test_a_bad_output_key_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"valid keys: \['aux', 'logits'\]"):
+        lx.create_analyzer("gradient", TupleOutput(True), output_key="probs").analyze(
+            torch.randn(1, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"valid: 0..1"):
+        lx.create_analyzer("gradient", TupleOutput(), output_key=2).analyze(
+            torch.randn(1, 2, 5, 5))
+
+
+class SoftmaxInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_cnn()
+
+    def forward(self, x):
+        return F.softmax(self.body(x), dim=1)
+
+
+def test_a_softmax_in_forward_warns_the_gradient_family_once():
+    analyzer = lx.create_analyzer("gradient", SoftmaxInForward().eval())
+    with pytest.warns(UserWarning, match="explains probabilities"):
+        analyzer.analyze(torch.randn(2, 2, 5, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        analyzer.analyze(torch.randn(2, 2, 5, 5))  # once
+
+
+def test_a_softmax_in_forward_is_refused_by_rule_based_analyzers_pointing_to_the_fix():
+    with pytest.raises(lx.NotAnalyzableModelError, match="explain the logits instead"):
+        lx.create_analyzer("lrp.epsilon", SoftmaxInForward().eval()).analyze(
+            torch.randn(2, 2, 5, 5))
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_a_compiled_model_gives_the_uncompiled_maps(backend):
+    model, x = BareInPlace().eval(), torch.randn(2, 1, 4, 4)
+    compiled = torch.compile(model, backend=backend)
+    compiled(x)  # compiled and run once, as in training
+    for name in ("lrp.epsilon", "guided_backprop", "gradient"):
+        torch.testing.assert_close(lx.create_analyzer(name, compiled).analyze(x),
+                                   lx.create_analyzer(name, model).analyze(x))

@@ -1,0 +1,122 @@
+"""ExplainCallback on the models people train: compiled, holding a compiled network, with
+tuple or mapping outputs."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import lit_explain as lx
+from lit_explain.demo import Classifier, DigitsDataModule, digits_cnn
+
+ANALYZERS = ["gradient", "lrp.epsilon", "lrp.sequential_preset_a"]
+
+
+def fit(model: L.LightningModule | torch.nn.Module, callback: lx.ExplainCallback, tmp_path):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=[callback], max_epochs=1, limit_train_batches=2,
+                        limit_val_batches=1,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, logger=False, accelerator="cpu",
+                        default_root_dir=str(tmp_path))
+    trainer.fit(model, DigitsDataModule(batch_size=16))
+    return trainer
+
+
+def explained(callback: lx.ExplainCallback, network: torch.nn.Module) -> dict[str, Tensor]:
+    """Maps of the probe samples by analyzers on the plain (uncompiled) network."""
+    return {name: lx.create_analyzer(name, network).analyze(callback.probe.inputs)
+            for name in ANALYZERS}
+
+
+class Recording(lx.ExplainCallback):
+    """Keeps the last maps the callback computed."""
+
+    def _explain(self, analyzer):
+        result = super()._explain(analyzer)
+        self.last = {**getattr(self, "last", {}), analyzer.name: result.detach().cpu()}
+        return result
+
+
+class Unlogged(Classifier):
+    """The digits CNN with a training step dynamo can compile (no ``self.log``)."""
+
+    def __init__(self) -> None:
+        super().__init__(3e-3)
+        self.net = digits_cnn(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+
+def test_a_compiled_lightning_module_is_explained_through_its_code(tmp_path):
+    model = Unlogged()
+    callback = Recording(analyzers=ANALYZERS, num_samples=4, on_error="raise")
+    fit(torch.compile(model, backend="eager"), callback, tmp_path)
+    assert model._compiler_ctx is not None  # training ran compiled
+    for name, expected in explained(callback, model.net.eval()).items():
+        torch.testing.assert_close(callback.last[name], expected)
+
+
+class HoldsCompiled(Classifier):
+    def __init__(self) -> None:
+        super().__init__(3e-3)
+        self.net = torch.compile(digits_cnn(4), backend="eager")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def test_a_module_holding_a_compiled_network(tmp_path):
+    model = HoldsCompiled()
+    callback = Recording(analyzers=ANALYZERS, num_samples=4, on_error="raise")
+    fit(model, callback, tmp_path)
+    for name, expected in explained(callback, model.net._orig_mod.eval()).items():
+        torch.testing.assert_close(callback.last[name], expected)
+
+
+class WithAux(Classifier):
+    """Returns (logits, features) or {"logits", "features"}, like many real models."""
+
+    def __init__(self, mapping: bool) -> None:
+        super().__init__(3e-3)
+        self.net, self.mapping = digits_cnn(4), mapping
+
+    def forward(self, x: Tensor):
+        logits = self.net(x)
+        return {"features": logits.detach() * 0, "logits": logits} if self.mapping \
+            else (logits, logits.detach() * 0)
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch[0])
+        logits = out["logits"] if self.mapping else out[0]
+        return F.cross_entropy(logits, batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+@pytest.mark.parametrize("mapping", [False, True])
+def test_tuple_and_mapping_outputs_explain_the_logits(tmp_path, mapping):
+    model = WithAux(mapping)
+    callback = Recording(analyzers=ANALYZERS, num_samples=4, on_error="raise",
+                         metrics={"pixel_flipping": {"steps": 16}})
+    fit(model, callback, tmp_path)
+    for name, expected in explained(callback, model.net.eval()).items():
+        torch.testing.assert_close(callback.last[name], expected)
+
+
+def test_a_wrong_output_key_warns_and_training_goes_on(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4, output_key="probs")
+    with pytest.warns(UserWarning, match="output_key='probs'"):
+        trainer = fit(WithAux(mapping=True), callback, tmp_path)
+    assert trainer.current_epoch == 1  # fit ran to the end

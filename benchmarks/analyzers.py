@@ -60,6 +60,8 @@ SETTINGS: dict[str, dict] = {
     "integrated_gradients": {"steps": 32},
     "smoothgrad": {"augment_by_n": 32},
     "deep_taylor.bounded": {"low": -5.0, "high": 5.0},
+    "lrp": {"rule": "epsilon"},
+    "lrp.alpha_beta": {"alpha": 2.0},
 }
 TARGETS: dict[str, float] = {
     "gradient": 1.1, "input_t_gradient": 1.1, "deconvnet": 1.1, "guided_backprop": 1.1,

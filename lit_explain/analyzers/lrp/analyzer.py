@@ -114,7 +114,7 @@ class _KernelOutputs:
 
     def defer(self, layer: KernelLayer, rule: Rule) -> Tensor:
         """The kernel layer's output value, its rule applied where it is first used."""
-        output = layer.linear_term()
+        output = rule.output_value(layer)
         self.deferred[id(output)] = _Deferred(output, layer, rule, layer.call.observe_output)
         return output
 
@@ -222,9 +222,9 @@ class LRP(Analyzer):
 
     def _batch_norm(self, call: OperationCall, outputs: _KernelOutputs) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
-        if not differentiable(source):
+        entry = outputs.mergeable(source)  # may not require grad before its rule is applied
+        if entry is None and not differentiable(source):
             return call.run()
-        entry = outputs.mergeable(source)
         if entry is not None:
             fused = FusedLayer.merge(entry.layer, BatchNormLayer(call, source))
             if fused is not None:  # one layer: observed as the kernel layer

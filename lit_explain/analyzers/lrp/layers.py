@@ -24,11 +24,16 @@ its ordinary backward. The handler computes it once; a rule that needs ``W·x + 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..operations import OperationCall
+
+if TYPE_CHECKING:
+    from .rules import Flow
 
 
 class AffineLayer:
@@ -71,6 +76,16 @@ class AffineLayer:
         """The layer's output value, detached."""
         return self.linear_term().detach()
 
+    def part(self, x: Tensor, positive: bool) -> Tensor:
+        """The layer on ``x`` with ``W⁺`` (``positive``) or ``W⁻`` and no bias."""
+        return self.run(x, self.weight.clamp(min=0) if positive else self.weight.clamp(max=0))
+
+    def input_parts(self, flow: Flow) -> tuple[Tensor, Tensor]:
+        """``x⁺`` and ``x⁻`` as the flow feeds them to terms (made once per layer)."""
+        if getattr(self, "_input_parts", None) is None:
+            self._input_parts = (flow.part(self.input, True), flow.part(self.input, False))
+        return self._input_parts
+
     def per_channel(self, vector: Tensor) -> Tensor:
         """A per-output-channel vector (bias-like) shaped to broadcast against the output."""
         return vector.reshape(self.channel_shape)
@@ -111,6 +126,7 @@ class KernelLayer(AffineLayer):
         self.is_transposed = call.func in _TRANSPOSED
         self.channel_shape = (-1,) if self.is_linear else (-1, *[1] * (self.weight.dim() - 2))
         self._linear_term: Tensor | None = None
+        self._parts: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.call.func(x, weight, bias, *self._rest, **self._options)
@@ -119,6 +135,12 @@ class KernelLayer(AffineLayer):
         if self._linear_term is None:
             self._linear_term = self(self.term_input)
         return self._linear_term
+
+    def part(self, x: Tensor, positive: bool) -> Tensor:
+        key = (id(x), positive)
+        if key not in self._parts:  # kept with x: an id is not reused while cached
+            self._parts[key] = (x, super().part(x, positive))
+        return self._parts[key][1]
 
     def scaled_weight(self, scale: Tensor) -> Tensor | None:
         """The weight with output channel ``k`` multiplied by ``scale[k]``; ``None`` where
@@ -204,6 +226,19 @@ class FusedLayer(AffineLayer):
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.kernel.run(x, weight, bias)
+
+    def part(self, x: Tensor, positive: bool) -> Tensor:
+        """Per output channel ``(aW)⁺ = a·W⁺`` where ``a > 0`` and ``a·W⁻`` where ``a < 0``:
+        a combination of the kernel layer's own parts, no new call."""
+        scale = self.kernel.per_channel(self.norm.weight)
+        result = 0.0
+        for sign, factor in ((positive, scale.clamp(min=0)), (not positive, scale.clamp(max=0))):
+            if bool((factor != 0).any()):
+                result = result + factor * self.kernel.part(x, sign)
+        return result if isinstance(result, Tensor) else self.kernel.part(x, positive) * 0
+
+    def input_parts(self, flow: Flow) -> tuple[Tensor, Tensor]:
+        return self.kernel.input_parts(flow)
 
     def linear_term(self) -> Tensor:
         if self._linear_term is None:

@@ -143,6 +143,11 @@ class Rule:
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         raise NotImplementedError
 
+    def output_value(self, layer: AffineLayer) -> Tensor:
+        """The layer's output value, computed the way this rule will need anyway: what the
+        model receives while the rule waits to be applied (see the LRP analyzer)."""
+        return layer.linear_term()
+
 
 class _RescalingRule(Rule):
     """The z-rule family: ``R_x = x ⊙ Jᵀ (R_y / stabilized(z))``, ``z = Wx (+ b)``:
@@ -272,25 +277,31 @@ class AlphaBetaRule(Rule):
         if self.beta < 0:
             raise ValueError(f"beta={self.beta!r} is not valid; expected a number >= 0")
 
+    def output_value(self, layer: AffineLayer) -> Tensor:
+        """With β > 0 on a non-negative input the two parts this rule needs give the output;
+        the layer's own call is not needed."""
+        if not self.beta or not non_negative(layer.input):
+            return super().output_value(layer)
+        z_plus, z_minus = layer.part(layer.term_input, True), layer.part(layer.term_input, False)
+        return torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
+
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        x, weight = layer.input, layer.weight
-        plus = weight.clamp(min=0)
+        x = layer.input
         bias_plus = bias_minus = 0.0
         if self.bias and layer.bias is not None:
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        minus = weight.clamp(max=0)
         if non_negative(x):  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻
-            z_plus = layer.run(layer.term_input, plus)
+            z_plus = layer.part(layer.term_input, True)
             activator = self._activator(z_plus.detach(), bias_plus)
             if not self.beta:  # z⁺ only; the output value is the layer's own
                 return flow.output(layer.output_value(), (z_plus, activator))
-            z_minus = layer.run(layer.term_input, minus)
+            z_minus = layer.part(layer.term_input, False)
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
-            positive, negative = flow.part(x, True), flow.part(x, False)
-            z_plus = layer.run(positive, plus) + layer.run(negative, minus)
+            positive, negative = layer.input_parts(flow)
+            z_plus = layer.part(positive, True) + layer.part(negative, False)
             activator = self._activator(z_plus.detach(), bias_plus)
-            z_minus = layer.run(positive, minus) + layer.run(negative, plus)
+            z_minus = layer.part(positive, False) + layer.part(negative, True)
         y = torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
         terms = [(z_plus, activator)]
         if self.beta:
@@ -328,7 +339,7 @@ class ZPlusFastRule(Rule):
     proportional = True
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        z = layer.run(layer.term_input, layer.weight.clamp(min=0))
+        z = layer.part(layer.term_input, True)
         return flow.output(layer.output_value(), (z, safe_reciprocal(z.detach())))
 
 

@@ -14,11 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from ..analyzers.validation import check_choice
-from ..metrics import create_metric, metrics
+from ..metrics import create_metric, localization_metrics, metrics
 
 DRIFT_REFERENCES = ("previous", "first")
 #: Metrics that the ``metrics`` option takes (drift has its own option).
 MAP_METRICS = tuple(sorted(name for name in metrics if name != "attribution_drift"))
+#: Localization metrics logged by default when the callback has masks (``mask_key``) and
+#: ``metrics`` names none (top-k intersection needs a ``k`` that fits the images: name it).
+DEFAULT_LOCALIZATION = ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game",
+                        "attribution_localisation", "shortcut_score")
 
 
 def _takes_model(name: str) -> bool:
@@ -52,7 +56,8 @@ class MapMetrics:
         self.metrics = {name: create_metric(name, model, **kwargs) if _takes_model(name)
                         else create_metric(name, **kwargs) for name, kwargs in specs.items()}
 
-    def evaluate(self, inputs: Tensor, maps: Tensor, targets: Tensor | None
+    def evaluate(self, inputs: Tensor, maps: Tensor, targets: Tensor | None,
+                 masks: Tensor | None = None
                  ) -> tuple[dict[str, float], dict[str, dict[str, Tensor]]]:
         """Scalars ``{metric[/part]: value}`` and curves ``{metric: {label: curve}}``."""
         scalars: dict[str, float] = {}
@@ -60,10 +65,16 @@ class MapMetrics:
         for name, metric in self.metrics.items():
             metric.reset()
             metric.to(inputs.device)
-            if _takes_model(name):
+            if name in localization_metrics:
+                if masks is None:
+                    raise ValueError(f"metric {name!r} needs masks: set mask_key")
+                metric.update(maps, masks.to(maps.device))
+            elif _takes_model(name):
                 metric.update(inputs, maps, targets)
             else:
                 metric.update(maps)
+            if name in localization_metrics and int(metric.count) == 0:
+                continue  # no probe sample has a mask to score: nothing to log
             value = metric.compute()
             if isinstance(value, Mapping):
                 scalars.update({f"{name}/{part}": float(v) for part, v in value.items()})

@@ -35,6 +35,28 @@ def pick(batch: Any, key: int | str | None) -> Tensor | None:
     return batch[key]
 
 
+def check_masks(masks: Any, inputs: Tensor, key: int | str) -> None:
+    """Check a batch's ground-truth masks against its inputs; raise with what is wrong.
+
+    Masks are boolean or hold only 0 and 1, one per sample, of the input's shape or its
+    spatial shape (``(N, *S)`` or ``(N, 1, *S)`` for inputs ``(N, C, *S)``).
+    """
+    if not isinstance(masks, Tensor):
+        raise TypeError(f"mask_key={key!r} selects a {type(masks).__name__}, not a tensor")
+    binary = masks.dtype == torch.bool or (
+        not masks.is_complex() and bool(((masks == 0) | (masks == 1)).all()))
+    if not binary:
+        raise ValueError(f"mask_key={key!r}: masks must be boolean or hold only 0 and 1; "
+                         f"got dtype {masks.dtype} with other values")
+    shape, n = tuple(masks.shape), inputs.shape[0]
+    allowed = [tuple(inputs.shape)]
+    if inputs.dim() >= 3:
+        allowed += [(n, *inputs.shape[2:]), (n, 1, *inputs.shape[2:])]
+    if shape not in allowed:
+        raise ValueError(f"mask_key={key!r}: masks of shape {shape} do not fit inputs of shape "
+                         f"{tuple(inputs.shape)}; expected one of {allowed}")
+
+
 class ProbeCollector:
     """Collects ``num_samples`` probe samples from the validation stream.
 
@@ -58,66 +80,81 @@ class ProbeCollector:
         self.seed = seed
         self.inputs: Tensor | None = None
         self.targets: Tensor | None = None
-        self._candidates: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        self._first: list[tuple[Tensor, Tensor | None]] = []
+        self.masks: Tensor | None = None
+        self._candidates: dict[int, list[tuple[Tensor, Tensor, Tensor | None]]] = {}
+        self._first: list[tuple[Tensor, Tensor | None, Tensor | None]] = []
 
     @property
     def ready(self) -> bool:
         """Whether the probe set is fixed."""
         return self.inputs is not None
 
-    def add(self, inputs: Tensor, targets: Tensor | None) -> None:
-        """Offer a validation batch (only used until the probe set is fixed)."""
+    def add(self, inputs: Tensor, targets: Tensor | None, masks: Tensor | None = None) -> None:
+        """Offer a validation batch (only used until the probe set is fixed).
+
+        ``masks`` (ground-truth masks, one per sample) stay with their samples.
+        """
         if self.ready:
             return
         inputs = inputs.detach().cpu()
         targets = None if targets is None else targets.detach().cpu()
+        masks = None if masks is None else masks.detach().cpu()
         if self.selection == "first" or targets is None:
-            have = sum(len(x) for x, _ in self._first)
+            have = sum(len(x) for x, _, _ in self._first)
             take = self.num_samples - have
             if take > 0:
                 self._first.append((inputs[:take].clone(),
-                                    None if targets is None else targets[:take].clone()))
+                                    None if targets is None else targets[:take].clone(),
+                                    None if masks is None else masks[:take].clone()))
             return
         for label in targets.unique().tolist():
             chosen = self._candidates.setdefault(int(label), [])
-            room = self.num_samples - sum(len(x) for x, _ in chosen)
+            room = self.num_samples - sum(len(x) for x, _, _ in chosen)
             mask = targets == label
             if room > 0:
-                chosen.append((inputs[mask][:room].clone(), targets[mask][:room].clone()))
+                chosen.append((inputs[mask][:room].clone(), targets[mask][:room].clone(),
+                               None if masks is None else masks[mask][:room].clone()))
 
     def finish(self) -> None:
         """Fix the probe set at the end of the first validation epoch."""
         if self.ready:
             return
         if self._candidates:
-            self.inputs, self.targets = self._stratified()
+            self.inputs, self.targets, self.masks = self._stratified()
         elif self._first:
-            self.inputs = torch.cat([x for x, _ in self._first])
+            self.inputs = torch.cat([x for x, _, _ in self._first])
             has_targets = self._first[0][1] is not None
-            self.targets = torch.cat([y for _, y in self._first]) if has_targets else None
+            self.targets = torch.cat([y for _, y, _ in self._first]) if has_targets else None
+            has_masks = self._first[0][2] is not None
+            self.masks = torch.cat([m for _, _, m in self._first]) if has_masks else None
         self._candidates, self._first = {}, []
 
-    def _stratified(self) -> tuple[Tensor, Tensor]:
+    def _stratified(self) -> tuple[Tensor, Tensor, Tensor | None]:
         generator = torch.Generator().manual_seed(self.seed)
         pools = {}
         for label in sorted(self._candidates):
-            inputs = torch.cat([x for x, _ in self._candidates[label]])
-            targets = torch.cat([y for _, y in self._candidates[label]])
+            parts = self._candidates[label]
+            inputs = torch.cat([x for x, _, _ in parts])
+            targets = torch.cat([y for _, y, _ in parts])
+            masks = None if parts[0][2] is None else torch.cat([m for _, _, m in parts])
             order = torch.randperm(len(inputs), generator=generator)
-            pools[label] = list(zip(inputs[order], targets[order], strict=True))
-        chosen: list[tuple[Tensor, Tensor]] = []
+            pools[label] = [(inputs[i], targets[i], None if masks is None else masks[i])
+                            for i in order.tolist()]
+        chosen: list[tuple[Tensor, Tensor, Tensor | None]] = []
         while len(chosen) < self.num_samples and any(pools.values()):
             for label in sorted(pools):
                 if pools[label] and len(chosen) < self.num_samples:
                     chosen.append(pools[label].pop(0))
         order = sorted(range(len(chosen)), key=lambda i: int(chosen[i][1]))
+        masks = (None if not chosen or chosen[0][2] is None
+                 else torch.stack([chosen[i][2] for i in order]))
         return (torch.stack([chosen[i][0] for i in order]),
-                torch.stack([chosen[i][1] for i in order]))
+                torch.stack([chosen[i][1] for i in order]), masks)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "targets": self.targets}
+        return {"inputs": self.inputs, "targets": self.targets, "masks": self.masks}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.inputs = state.get("inputs")
         self.targets = state.get("targets")
+        self.masks = state.get("masks")

@@ -2,6 +2,7 @@
 
 ``DigitsDataModule`` ships its data with scikit-learn (``pip install lit-explain[demo]``),
 so the demo runs with no download. ``DigitsClassifier`` is a plain LightningModule.
+``CleverHansDigits`` (:mod:`lit_explain.demo.clever_hans`) plants a watermark shortcut.
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.learning_rate = learning_rate
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]  # further parts (masks) are for the callback
         loss = F.cross_entropy(self(x), y)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
         logits = self(x)
         self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
         self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
@@ -119,3 +120,9 @@ class DigitsClassifier(Classifier):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+from .clever_hans import CleverHansDigits, stamp_watermark, watermark_mask  # noqa: E402
+
+__all__ = ["CleverHansDigits", "Classifier", "DigitsClassifier", "DigitsDataModule",
+           "digits_cnn", "load_digits_tensors", "stamp_watermark", "watermark_mask"]

@@ -44,6 +44,8 @@ GREEN = (0.0, 0.5, 0.0)
 RED = (0.8, 0.1, 0.1)
 FRAME = (0.72, 0.72, 0.72)
 BAR = (0.35, 0.35, 0.35)
+#: Colour of the ground-truth mask outlines on the input column (a bright green).
+MASK_OUTLINE = (0.1, 0.85, 0.2)
 KINDS = ("auto", "image", "sequence", "tabular", "tokens")
 
 Scale = float | Tensor | Mapping[str, float | Tensor] | None
@@ -170,6 +172,22 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
                       shared_absmax=_scale_for(name, absmax))
         out[name] = [upscale(rgb[i], factor) for i in range(N)]
     return inputs, out
+
+
+def _outline_masks(cells: list[Tensor], masks: Tensor, shape: torch.Size) -> None:
+    """Paint the boundary pixels of each (magnified) mask onto its input cell, in place."""
+    N, _, H, W = shape
+    m = masks.reshape(N, -1, H, W) != 0 if masks.numel() % (N * H * W) == 0 else None
+    if m is None:
+        raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit images {tuple(shape)}")
+    m = m.any(1)
+    color = torch.tensor(MASK_OUTLINE).view(3, 1, 1)
+    for i, cell in enumerate(cells):
+        factor = cell.shape[1] // H
+        big = m[i].repeat_interleave(factor, 0).repeat_interleave(factor, 1)[None, None].float()
+        inner = -F.max_pool2d(-F.pad(big, (1, 1, 1, 1), value=0.0), 3, stride=1)
+        edge = (big > 0) & (inner <= 0)  # in the mask, next to a pixel outside it
+        cells[i] = torch.where(edge[0], color, cell)
 
 
 def _bars(values: Tensor, colors: Tensor, cw: int, height: int) -> Tensor:
@@ -315,6 +333,7 @@ def explanation_grid(
     absmax: float | Tensor | Mapping[str, float | Tensor] | None = None,
     token_names: Sequence[str] | None = None,
     *,
+    masks: Tensor | np.ndarray | None = None,
     reduce_op: str = "sum",
     kind: str = "auto",
     cell_size: int = 64,
@@ -356,6 +375,9 @@ def explanation_grid(
         (:func:`heatmap`'s ``shared_absmax``); analyzers without one are scaled per sample.
     token_names : sequence of str, optional
         The word of each token id, for integer inputs.
+    masks : Tensor or ndarray, optional
+        Ground-truth masks of image inputs (``(N, H, W)``, ``(N, 1, H, W)`` or the inputs'
+        shape, any channel counting), outlined in :data:`MASK_OUTLINE` on the input column.
     reduce_op : {"sum", "absmax", "mean"}
         How image maps' channels are combined.
     kind : {"auto", "image", "sequence", "tabular", "tokens"}
@@ -428,6 +450,8 @@ def explanation_grid(
 
     if kind == "image":
         in_cells, map_cells = _image_cells(x, ms, cms, reduce_op, absmax, cell_size)
+        if masks is not None:
+            _outline_masks(in_cells, _cpu(masks, "masks"), x.shape)
     elif kind == "tokens":
         in_cells, map_cells = _token_cells(x, ms, cms, absmax, cell_size, token_names)
     else:

@@ -1,0 +1,102 @@
+"""ExplainCallback with ground-truth masks (mask_key): probe masks, localization scalars, checks."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import TensorDataset
+
+import lit_explain as lx
+import lit_explain.metrics as lm
+from lit_explain.demo import CleverHansDigits, DigitsClassifier
+
+
+def fit(tmp_path, callback, data, logger=False, epochs=1):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=3, limit_val_batches=2,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=str(tmp_path),
+                        accelerator="cpu", devices=1, logger=logger, callbacks=[callback])
+    trainer.fit(DigitsClassifier(channels=4), data)
+    return trainer
+
+
+def test_masks_are_kept_with_the_probe_and_scored_per_analyzer(tmp_path):
+    data = CleverHansDigits()
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=6,
+                                  mask_key=2, drift=[])
+    fit(tmp_path, callback, data, logger)
+    data.setup()
+    x, y, m = data.val_set.tensors
+    # "first" selection: the first six validation samples, each with its own mask
+    assert torch.equal(callback.probe.inputs, x[:6]) and torch.equal(callback.probe.masks, m[:6])
+    (event_file,) = glob.glob(os.path.join(logger.log_dir, "events.out.tfevents.*"))
+    events = EventAccumulator(event_file)
+    events.Reload()
+    defaults = {"relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game",
+                "attribution_localisation", "shortcut_score"}
+    expected = {f"explain/{a}/{name}" for a in ("gradient", "lrp.epsilon") for name in defaults}
+    assert expected <= set(events.Tags()["scalars"])
+    # the logged value is the metric of the probe maps and masks
+    maps = lx.create_analyzer("gradient", callback._analyzers["gradient"].model).analyze(x[:6])
+    metric = lm.RelevanceMassAccuracy()
+    metric.update(maps, m[:6])
+    (logged,) = events.Scalars("explain/gradient/relevance_mass_accuracy")
+    assert logged.value == pytest.approx(float(metric.compute()), rel=1e-5)
+
+
+def test_stratified_probes_keep_their_masks_and_resume_from_the_checkpoint(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=10,
+                                  sample_selection="stratified", mask_key=2,
+                                  metrics=["pointing_game"], drift=[])
+    fit(tmp_path, callback, CleverHansDigits())
+    inputs, masks = callback.probe.inputs, callback.probe.masks
+    watermarked = inputs[:, 0, 6:, 6:].flatten(1).eq(1).all(1)
+    assert torch.equal(masks.flatten(1).any(1), watermarked)  # each sample kept its mask
+    path = tmp_path / "state.pt"
+    torch.save(callback.state_dict(), path)
+    restored = lx.ExplainCallback(analyzers=["gradient"], num_samples=10, mask_key=2)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(restored.probe.masks, masks)
+
+
+def masked_data(masks: torch.Tensor) -> L.LightningDataModule:
+    images = torch.rand(16, 1, 8, 8)
+    labels = torch.arange(16) % 10
+    return L.LightningDataModule.from_datasets(
+        train_dataset=TensorDataset(images, labels, masks),
+        val_dataset=TensorDataset(images, labels, masks), batch_size=8)
+
+
+@pytest.mark.parametrize(("masks", "message"), [
+    (torch.zeros(16, 4, 4, dtype=torch.bool), r"masks of shape \(8, 4, 4\) do not fit"),
+    (torch.full((16, 8, 8), 2.0), "boolean or hold only 0 and 1"),
+])
+def test_bad_masks_fail_at_the_preflight_even_with_on_error_warn(tmp_path, masks, message):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, mask_key=2)
+    with pytest.raises(ValueError, match=message):
+        fit(tmp_path, callback, masked_data(masks))
+
+
+def test_localization_metrics_need_a_mask_key():
+    with pytest.raises(ValueError, match="set mask_key"):
+        lx.ExplainCallback(metrics=["pointing_game"])
+
+
+def test_masks_are_outlined_on_the_input_column():
+    x = torch.zeros(1, 1, 8, 8)
+    m = torch.zeros(1, 8, 8, dtype=torch.bool)
+    m[0, 6:, 6:] = True
+    with_mask = lx.viz.explanation_grid(x, {"g": x}, masks=m, colorbar=False)
+    plain = lx.viz.explanation_grid(x, {"g": x}, colorbar=False)
+    changed = (with_mask != plain).any(0).nonzero()
+    green = torch.tensor(lx.viz.grid.MASK_OUTLINE)
+    assert len(changed) > 0
+    assert all(torch.allclose(with_mask[:, r, c], green) for r, c in changed.tolist())

@@ -9,9 +9,15 @@ baseline and target), both give the curve ``f(x) - f(x^(k))``: Quantus returns i
 sample for ``k = 1..100``, lit_explain keeps the mean curve ``f(x^(k))`` for ``k = 0..100``.
 The script prints the largest difference between the two mean curves.
 
+``--localization`` times the localization metrics instead: 256 images 3x64x64 with
+one-channel signed maps and box/blob masks, relevance mass and rank accuracy, the pointing
+game, attribution localisation and top-k intersection (k=200), each against Quantus's class
+of the same name (per-sample scores; largest difference and time ratio per metric).
+
 Run (Quantus is optional and imported lazily; keep it out of the main environment)::
 
     PYTHONPATH=/work/main .venv-compare/bin/python benchmarks/metrics.py
+    PYTHONPATH=/work/main .venv-compare/bin/python benchmarks/metrics.py --localization
     PYTHONPATH=/work/main .venv/bin/python benchmarks/metrics.py     # ours only
 """
 
@@ -52,6 +58,70 @@ def _import_metrics():
 
 
 RegionPerturbation = _import_metrics()
+import lit_explain.metrics as lm  # noqa: E402  (after the torchvision guard above)
+
+#: Our metric (name, options) and Quantus's class name with its options, per row.
+LOCALIZATION = [
+    ("relevance_mass_accuracy", {}, "RelevanceMassAccuracy", {}),
+    ("relevance_rank_accuracy", {}, "RelevanceRankAccuracy", {}),
+    ("pointing_game", {}, "PointingGame", {}),
+    ("attribution_localisation", {"absolute": True}, "AttributionLocalisation", {}),
+    ("top_k_intersection", {"k": 200}, "TopKIntersection", {"k": 200}),
+]
+
+
+def localization_benchmark(args: argparse.Namespace, device: torch.device) -> None:
+    """Time the localization metrics against Quantus on the same maps and masks."""
+    rng = np.random.default_rng(0)
+    n, side = args.n, 64
+    x = rng.random((n, 3, side, side)).astype(np.float32)
+    a = rng.normal(size=(n, 1, side, side)).astype(np.float32)
+    s = np.zeros((n, 1, side, side), dtype=np.float32)
+    for i in range(n):
+        y0, x0 = rng.integers(0, side - 8, size=2)
+        h, w = rng.integers(4, 32, size=2)
+        s[i, 0, y0 : y0 + h, x0 : x0 + w] = 1
+    a_t, s_t = torch.from_numpy(a).to(device), torch.from_numpy(s).to(device)
+    try:
+        import quantus
+    except Exception as err:  # noqa: BLE001 - any import failure means "not available"
+        print(f"Quantus not importable ({type(err).__name__}: {err}); timing ours only.")
+        quantus = None
+    print(f"\nlocalization: {n} images 3x{side}x{side}, maps 1x{side}x{side}, {device}, "
+          f"{torch.get_num_threads()} threads, best of {args.repeats}")
+    print(f"| {'metric':<26} | {'ours s':>8} | {'Quantus s':>9} | {'ratio':>6} | "
+          f"{'max |diff|':>10} |")
+    print(f"|{'-' * 28}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 12}|")
+    total_ours = total_theirs = 0.0
+    for name, ours_kwargs, theirs_name, theirs_kwargs in LOCALIZATION:
+        def ours(name=name, kwargs=ours_kwargs) -> torch.Tensor:
+            metric = lm.create_metric(name, **kwargs).to(device)
+            metric.update(a_t, s_t)
+            return metric.compute()
+
+        ours()  # warm-up
+        t_ours, _ = best_of(ours, args.repeats)
+        got = lm.create_metric(name, **ours_kwargs).per_sample(a_t, s_t)  # for the comparison
+        total_ours += t_ours
+        row = f"| {name:<26} | {t_ours:>8.4f} |"
+        if quantus is None:
+            print(row + f" {'-':>9} | {'-':>6} | {'-':>10} |")
+            continue
+        metric = getattr(quantus, theirs_name)(disable_warnings=True, display_progressbar=False,
+                                               **theirs_kwargs)
+
+        def theirs(metric=metric) -> np.ndarray:
+            return np.asarray(metric(model=None, x_batch=x, y_batch=np.zeros(n, dtype=int),
+                                     a_batch=a.astype(np.float64), s_batch=s,
+                                     batch_size=n), dtype=np.float64)
+
+        t_q, expected = best_of(theirs, args.repeats)
+        total_theirs += t_q
+        diff = float(np.abs(got.cpu().numpy() - expected).max())
+        print(row + f" {t_q:>9.4f} | {t_q / t_ours:>5.1f}x | {diff:>10.2e} |")
+    if quantus is not None:
+        print(f"all five: ours {total_ours:.4f} s, Quantus {total_theirs:.4f} s, "
+              f"speed ratio (Quantus / ours) {total_theirs / total_ours:.1f}x")
 
 
 def small_cnn(classes: int = 10) -> nn.Module:
@@ -95,10 +165,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--localization", action="store_true",
+                        help="time the localization metrics (default --n 256) instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.localization:
+        if args.n == parser.get_default("n"):
+            args.n = 256
+        localization_benchmark(args, device)
+        return
 
     model = small_cnn().to(device)
     x = torch.rand(args.n, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)

@@ -197,12 +197,22 @@ class ShortcutScore(_MassShare):
         return 1 - share, valid
 
 
-def _descending_ranks(a: Tensor) -> Tensor:
-    """Rank of each entry of each row, 0 for the largest; ties go to the earlier entry."""
-    order = a.sort(dim=1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(a.shape[1], device=a.device).expand_as(order))
-    return ranks
+def _top_k(a: Tensor, k: Tensor) -> Tensor:
+    """Boolean ``(N, n)``: the ``k[i]`` largest entries of each row ``i``.
+
+    Ties at the ``k``-th value go to the earlier (row-major) positions. One ``topk`` for
+    the largest ``k`` of the batch, no full sort.
+    """
+    chosen = torch.zeros_like(a, dtype=torch.bool)
+    k_max = int(k.max()) if k.numel() else 0
+    if k_max == 0:
+        return chosen
+    values = a.topk(k_max, dim=1).values
+    kth = values.gather(1, (k - 1).clamp_min(0)[:, None])
+    above = a > kth
+    tied = a == kth
+    room = k[:, None] - above.sum(1, keepdim=True)
+    return (above | (tied & (tied.cumsum(1) <= room))) & (k[:, None] > 0)
 
 
 class RelevanceRankAccuracy(_Localization):
@@ -230,7 +240,7 @@ class RelevanceRankAccuracy(_Localization):
     def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         a, m = a.flatten(1), m.flatten(1)
         k = m.sum(1)
-        hits = ((_descending_ranks(a) < k[:, None]) & m).sum(1)
+        hits = (_top_k(a, k) & m).sum(1)
         return hits.double() / k.clamp_min(1), k > 0
 
 
@@ -267,7 +277,8 @@ class TopKIntersection(_Localization):
             raise ValueError(f"k={self.k} exceeds the {a.shape[1]} entries of each map; "
                              f"choose k <= {a.shape[1]}")
         size = m.sum(1)
-        value = ((_descending_ranks(a) < self.k) & m).sum(1).double() / self.k
+        k = torch.full((a.shape[0],), self.k, device=a.device)
+        value = (_top_k(a, k) & m).sum(1).double() / self.k
         if self.concept_influence:
             value = value * a.shape[1] / size.clamp_min(1)
         return value, size > 0

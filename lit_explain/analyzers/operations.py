@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from .errors import NotAnalyzableModelError
 
@@ -138,6 +138,22 @@ def out_of_place(func: Callable, args: tuple,
     return None
 
 
+def tensors_in(*nests: object) -> list[Tensor]:
+    """The tensors among call arguments: ``args`` tuples, ``kwargs`` dicts and the lists and
+    tuples in them (``torch.cat([a, b])``), one level deep. Cheaper than a pytree walk, which
+    matters once per operation of every analysed forward pass."""
+    found: list[Tensor] = []
+    for nest in nests:
+        values = nest.values() if isinstance(nest, dict) else nest if isinstance(
+            nest, (list, tuple)) else (nest,)
+        for value in values:
+            if isinstance(value, Tensor):
+                found.append(value)
+            elif isinstance(value, (list, tuple)):
+                found.extend(v for v in value if isinstance(v, Tensor))
+    return found
+
+
 def differentiable(value: object) -> bool:
     """Whether ``value`` is a floating-point tensor that requires grad."""
     return isinstance(value, Tensor) and value.requires_grad and value.is_floating_point()
@@ -149,7 +165,7 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
     if kind is not None:
         return kind
     if func in _PRODUCTS:
-        operands = [a for a in tree_flatten((args, kwargs))[0] if differentiable(a)]
+        operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
         return PRODUCT if len(operands) > 1 else LINEAR
     return UNKNOWN
 
@@ -208,7 +224,7 @@ class OperationCall:
     @property
     def inputs(self) -> list[Tensor]:
         """The differentiable tensor arguments of the call, in order."""
-        return [a for a in tree_flatten((self.args, self.kwargs))[0] if differentiable(a)]
+        return [a for a in tensors_in(self.args, self.kwargs) if differentiable(a)]
 
     def where(self) -> str:
         """Human-readable location: operation, module path and module type."""
@@ -298,12 +314,11 @@ class OperationRules(TorchFunctionMode):
                 args, kwargs = self.prepare(kind, args, kwargs)
         call = self._call(func, args, kwargs, kind)
         if self.record is not None:
-            inputs = [(id(t), _snapshot(t)) for t in tree_flatten((args, kwargs))[0]
-                      if isinstance(t, Tensor)]
+            inputs = [(id(t), _snapshot(t)) for t in tensors_in(args, kwargs)]
         twin = out_of_place(func, args, kwargs) if handler is not None else None
         if handler is None:
             output = func(*args, **kwargs)
-            if not routed and any(differentiable(o) for o in tree_flatten(output)[0]):
+            if not routed and any(differentiable(o) for o in tensors_in(output)):
                 hint = (" If it turns the model's output into probabilities, explain the logits "
                         "instead: remove it from forward, or pass lit_explain.model_wo_softmax("
                         "model) for a trailing nn.Softmax.") if kind == SOFTMAX else ""
@@ -316,19 +331,18 @@ class OperationRules(TorchFunctionMode):
         else:
             output = self._in_place(call, handler, twin)
         if self.record is not None:
-            outputs = [t for t in tree_flatten(output)[0] if isinstance(t, Tensor)]
+            outputs = tensors_in(output)
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in outputs],
                                         {id(t) for t in outputs}))
         if kind in _INPUT_KINDS and self._from_input(args):
-            for o in tree_flatten(output)[0]:
-                if isinstance(o, Tensor):
-                    self.state.input_derived[id(o)] = o
+            for o in tensors_in(output):
+                self.state.input_derived[id(o)] = o
         return output
 
     def _kind(self, func, args: tuple, kwargs: dict) -> str:
         kind = classify(func, args, kwargs)
         if kind == LINEAR and func in _ELEMENTWISE_AFFINE:
-            operands = [a for a in tree_flatten((args, kwargs))[0] if differentiable(a)]
+            operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
             if len(operands) == 1 and id(operands[0]) in self.state.input_derived and (
                     INPUT_PREPROCESSING in self.handlers
                     or INPUT_PREPROCESSING in self.passthrough):
@@ -345,12 +359,14 @@ class OperationRules(TorchFunctionMode):
 
     def _cross_boundary(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         derived = self.state.input_derived
+        if not any(id(t) in derived and t.requires_grad for t in tensors_in(args, kwargs)):
+            return args, kwargs
         cross = lambda a: self.input_boundary(a) if isinstance(  # noqa: E731
             a, Tensor) and id(a) in derived and a.requires_grad else a
         return tree_map(cross, args), tree_map(cross, kwargs)
 
     def _from_input(self, args: tuple) -> bool:
-        first = tree_flatten(args)[0][:1]
+        first = tensors_in(args)[:1]
         return bool(first) and id(first[0]) in self.state.input_derived
 
     def _call(self, func, args, kwargs, kind) -> OperationCall:

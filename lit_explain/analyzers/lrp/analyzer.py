@@ -33,7 +33,6 @@ from functools import partial
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
 
 from ..base import Analyzer, NeuronSelection
 from ..operations import (
@@ -48,6 +47,7 @@ from ..operations import (
     differentiable,
     map_differentiable,
     scale_gradient,
+    tensors_in,
     with_gradient,
 )
 from ..registry import register
@@ -136,7 +136,7 @@ class _KernelOutputs:
 
     def prepare(self, kind: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """:class:`~..operations.OperationRules`' hook: resolve the outputs a call uses."""
-        tensors = tree_flatten((args, kwargs))[0]
+        tensors = tensors_in(args, kwargs)
         if kind == BATCH_NORM and self.canonize:
             tensors = tensors[1:]  # its input may merge
         for tensor in tensors:

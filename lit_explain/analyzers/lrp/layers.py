@@ -184,6 +184,7 @@ class BatchNormLayer(AffineLayer):
         self.input, self.weight, self.bias = x, scale, shift
         self.term_input = term_input
         self.channel_shape = (-1, *[1] * max(x.dim() - 2, 0))
+        self.batch_statistics = bool(training) or mean is None or var is None
         self._linear_term: Tensor | None = None
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -192,8 +193,16 @@ class BatchNormLayer(AffineLayer):
 
     def linear_term(self) -> Tensor:
         if self._linear_term is None:
-            self._linear_term = self(self.term_input)
+            self._linear_term = self.on(self.term_input)
         return self._linear_term
+
+    def on(self, x: Tensor) -> Tensor:
+        """The BatchNorm on ``x`` with its ordinary backward: the model's own call where it
+        uses running statistics (one fused kernel), the affine form where it uses the
+        batch's (held constant)."""
+        if self.batch_statistics:
+            return self(x)
+        return self.call.replace_input(self.input, x).run()
 
 
 class FusedLayer(AffineLayer):
@@ -242,6 +251,5 @@ class FusedLayer(AffineLayer):
 
     def linear_term(self) -> Tensor:
         if self._linear_term is None:
-            self._linear_term = self.norm.run(self.kernel.linear_term(), self.norm.weight,
-                                              self.norm.bias)
+            self._linear_term = self.norm.on(self.kernel.linear_term())
         return self._linear_term

@@ -99,6 +99,11 @@ class Flow:
         the caller, which lets it be overwritten."""
         return redistribute([z for z, _ in terms], y, [factor for _, factor in terms])
 
+    def rescale(self, y: Tensor, denominator: Tensor) -> Tensor:
+        """``y`` forward; backward, ``R_y / denominator`` enters ``y``'s own graph (the
+        z-rule family). ``denominator`` is owned by the caller."""
+        return redistribute([y], y, [denominator.reciprocal_()])
+
 
 class RelativeFlow(Flow):
     """Relevance travels per unit of the tensor: the gradient reaching ``t`` is ``R_t / t``.
@@ -129,6 +134,11 @@ class RelativeFlow(Flow):
     def output(self, y: Tensor, *terms: tuple[Tensor, Tensor]) -> Tensor:
         value = y.detach()  # R_y = y ⊙ gradient
         return redistribute([z for z, _ in terms], y, [factor.mul_(value) for _, factor in terms])
+
+    def rescale(self, y: Tensor, denominator: Tensor) -> Tensor:
+        """``y`` forward; backward, ``R_y / denominator`` enters ``y``'s own graph (the
+        z-rule family). ``denominator`` is owned by the caller."""
+        return redistribute([y], y, [torch.div(y.detach(), denominator, out=denominator)])
 
 
 # Rules --------------------------------------------------------------------------------------
@@ -163,7 +173,7 @@ class _RescalingRule(Rule):
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         y = layer.linear_term()
         z = y.detach() if self.bias else y.detach() - layer.bias_term()
-        return flow.output(y, (y, self.stabilize(z).reciprocal_()))
+        return flow.rescale(y, self.stabilize(z))
 
 
 @dataclass(frozen=True)
@@ -199,7 +209,7 @@ class EpsilonRule(_RescalingRule):
     def stabilize(self, z: Tensor) -> Tensor:
         if not self.epsilon:
             return safe(z)
-        return torch.copysign(z.new_tensor(self.epsilon), z).add_(z)
+        return z.abs().add_(self.epsilon).copysign_(z)  # sign(z)·(|z| + ε) = z + ε·sign(z)
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,15 @@ def test_the_watermark_is_confounded_with_one_class_only_in_the_confounded_data(
                            data.val_set.tensors[0])  # the same images, unstamped
 
 
-def share_after_training(confounded: bool, epochs: int = 4) -> float:
+def share_after_training(confounded: bool, root, epochs: int = 4) -> float:
     L.seed_everything(0, verbose=False)
     callback = lx.ExplainCallback(analyzers=["lrp.sequential_preset_a"], num_samples=16,
                                   mask_key=2, drift=[],
                                   metrics={"relevance_mass_accuracy": {"values": "abs"}})
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False,
-                        accelerator="cpu", devices=1, deterministic=True, callbacks=[callback])
+                        accelerator="cpu", devices=1, deterministic=True, callbacks=[callback],
+                        default_root_dir=str(root))  # the pictures go there as PNG files
     model = DigitsClassifier(channels=16, learning_rate=3e-3)
     trainer.fit(model, CleverHansDigits(confounded=confounded))
     maps = callback._analyzers["lrp.sequential_preset_a"].analyze(callback.probe.inputs)
@@ -45,6 +46,7 @@ def share_after_training(confounded: bool, epochs: int = 4) -> float:
 
 
 @pytest.mark.slow
-def test_confounded_run_puts_three_times_the_control_s_relevance_on_the_watermark():
-    confounded, control = share_after_training(True), share_after_training(False)
+def test_confounded_run_puts_three_times_the_control_s_relevance_on_the_watermark(tmp_path):
+    confounded = share_after_training(True, tmp_path / "confounded")
+    control = share_after_training(False, tmp_path / "control")
     assert confounded >= 3 * control, (confounded, control)

@@ -53,6 +53,11 @@ def non_negative(x: Tensor) -> bool:
     return x.numel() == 0 or bool(x.detach().min() >= 0)
 
 
+def _scaled(tensor: Tensor, factor: float) -> Tensor:
+    """``tensor ·= factor`` in place, skipped for 1."""
+    return tensor if factor == 1 else tensor.mul_(factor)
+
+
 def gate(x: Tensor, value: Tensor, multiplier: Tensor) -> Tensor:
     """A tensor equal to ``value`` whose gradient reaches ``x`` multiplied by ``multiplier``."""
     multiplier = multiplier.detach()
@@ -321,13 +326,13 @@ class AlphaBetaRule(Rule):
     def _activator(self, z_plus: Tensor, bias_plus: Tensor | float) -> Tensor:
         """α / (z⁺ + b⁺). z⁺ ≥ 0 is kept ε away from 0: where z⁺ < ε every contribution is
         smaller still (iNNvestigate replaces exact zeros only)."""
-        return torch.add(z_plus, bias_plus).clamp_(min=SAFE_EPSILON).reciprocal_().mul_(
-            self.alpha)
+        return _scaled(torch.add(z_plus, bias_plus).clamp_(min=SAFE_EPSILON).reciprocal_(),
+                       self.alpha)
 
     def _inhibitor(self, z_minus: Tensor, bias_minus: Tensor | float) -> Tensor:
         """β / (z⁻ + b⁻), z⁻ ≤ 0 kept ε away from 0."""
-        return torch.add(z_minus, bias_minus).clamp_(max=-SAFE_EPSILON).reciprocal_().mul_(
-            self.beta)
+        return _scaled(torch.add(z_minus, bias_minus).clamp_(max=-SAFE_EPSILON).reciprocal_(),
+                       self.beta)
 
 
 @dataclass(frozen=True)

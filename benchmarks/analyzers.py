@@ -60,7 +60,7 @@ SETTINGS: dict[str, dict] = {
     "integrated_gradients": {"steps": 32},
     "smoothgrad": {"augment_by_n": 32},
     "deep_taylor.bounded": {"low": -5.0, "high": 5.0},
-    "lrp": {"rule": "epsilon"},
+    "lrp": {"rule": "Epsilon"},
     "lrp.alpha_beta": {"alpha": 2.0},
 }
 TARGETS: dict[str, float] = {

@@ -38,11 +38,12 @@ from .statistics import PATTERN_TYPES, LayerStatistics, neuron_mask
 class _Pending:
     """A kernel layer's batch waiting one step for a BatchNorm that may read its output."""
 
-    __slots__ = ("path", "module", "x", "y", "mask")
+    __slots__ = ("path", "module", "x", "y", "mask", "output")
 
     def __init__(self, path: str, module: nn.Module, x: Tensor, y: Tensor,
-                 mask: Tensor | None) -> None:
+                 mask: Tensor | None, output: Tensor) -> None:
         self.path, self.module, self.x, self.y, self.mask = path, module, x, y, mask
+        self.output = output  # kept alive, so that its id is not reused while pending
 
 
 class CollectionHandle:
@@ -193,13 +194,13 @@ class PatternComputer:
         with torch.no_grad():
             y = pre_activation(module, output)
             mask = neuron_mask(self.pattern_type, output.detach())
-        self._pending[id(output)] = _Pending(path, module, args[0], y, mask)
+        self._pending[id(output)] = _Pending(path, module, args[0], y, mask, output)
         if self.pattern_type == "linear":
             self._flush()
 
     def _on_batch_norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         pending = self._pending.get(id(args[0]))
-        if pending is not None and output.shape == args[0].shape:
+        if pending is not None and pending.output is args[0] and output.shape == args[0].shape:
             with torch.no_grad():
                 pending.mask = neuron_mask(self.pattern_type, output.detach())
             self._flush()

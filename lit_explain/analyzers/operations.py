@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
+from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
 
 Tensor_ = torch.Tensor
@@ -39,6 +40,11 @@ STRUCTURE = "structure"  # reshapes, selections, concatenation, dropout: move va
 ACTIVATION = "activation"  # elementwise non-linearities other than ReLU
 SOFTMAX = "softmax"
 PRODUCT = "product"  # products of two differentiable tensors (attention, gating)
+#: LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: a normalisation by a statistic of the input
+NORMALIZATION = "normalization"
+#: Fused attention (``F.scaled_dot_product_attention``, ``F.multi_head_attention_forward``):
+#: a handler may run it through its parts (:meth:`OperationCall.decompose`)
+ATTENTION = "attention"
 UNKNOWN = "unknown"
 #: Elementwise operations with constants on the way from the model input to the first kernel
 #: layer (an in-forward ``(x - mean) / std``); an analyzer that has no rule for them sees
@@ -46,7 +52,8 @@ UNKNOWN = "unknown"
 INPUT_PREPROCESSING = "input_preprocessing"
 #: Every kind: a plain gradient (no rules) lets all of them pass.
 ALL_KINDS = frozenset({KERNEL, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE, ACTIVATION,
-                       SOFTMAX, PRODUCT, UNKNOWN, INPUT_PREPROCESSING})
+                       SOFTMAX, PRODUCT, NORMALIZATION, ATTENTION, UNKNOWN,
+                       INPUT_PREPROCESSING})
 
 _KINDS: dict[Callable, str] = {}
 
@@ -61,7 +68,8 @@ _register(KERNEL, F.linear, torch.conv1d, torch.conv2d, torch.conv3d,
 _register(BATCH_NORM, F.batch_norm)
 _register(RELU, F.relu, F.relu_, torch.relu, torch.relu_, Tensor_.relu, Tensor_.relu_)
 _register(MAX_POOL, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-          torch.max_pool1d, torch.max_pool2d, torch.max_pool3d)
+          torch.max_pool1d, torch.max_pool2d, torch.max_pool3d, F.adaptive_max_pool1d,
+          F.adaptive_max_pool2d, F.adaptive_max_pool3d)
 _register(LINEAR, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
           F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.add, Tensor_.add, Tensor_.add_,
           Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__, torch.sub, Tensor_.sub,
@@ -76,7 +84,11 @@ _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.res
           torch.clone, Tensor_.to, Tensor_.float, Tensor_.double, Tensor_.type_as, Tensor_.expand,
           Tensor_.expand_as, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
           F.feature_alpha_dropout,
-          Tensor_.unflatten, torch.unflatten, F.embedding, Tensor_.__setitem__)
+          Tensor_.unflatten, torch.unflatten, F.embedding, Tensor_.__setitem__,
+          Tensor_.masked_fill, Tensor_.masked_fill_, torch.masked_fill, torch.where,
+          Tensor_.repeat, Tensor_.repeat_interleave, torch.repeat_interleave, torch.unbind,
+          Tensor_.unbind, Tensor_.narrow, torch.narrow, torch.t, Tensor_.t, torch.movedim,
+          Tensor_.movedim, Tensor_.swapaxes, torch.swapaxes)
 _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.tanh,
           Tensor_.tanh, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
           F.hardtanh, F.relu6, F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
@@ -85,13 +97,23 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
           Tensor_.sigmoid_, Tensor_.tanh_, Tensor_.exp_, Tensor_.log_, Tensor_.abs_,
           Tensor_.sqrt_, Tensor_.clamp_, torch.clamp_, Tensor_.clamp_min, Tensor_.clamp_min_,
           Tensor_.clamp_max, Tensor_.clamp_max_, Tensor_.pow_, F.elu_, F.leaky_relu_,
-          F.hardtanh_, F.threshold, F.rrelu)
+          F.hardtanh_, F.threshold, F.rrelu, torch.erf, Tensor_.erf, torch.sin, Tensor_.sin,
+          torch.cos, Tensor_.cos, F.tanhshrink, F.softshrink, F.hardshrink, torch.rsqrt,
+          Tensor_.rsqrt)
 _register(SOFTMAX, F.softmax, torch.softmax, Tensor_.softmax, F.log_softmax, torch.log_softmax,
           Tensor_.log_softmax)
-_PRODUCTS = {torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__, Tensor_.__imul__,
-             Tensor_.__rmul__, torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__,
-             Tensor_.__itruediv__, torch.matmul, Tensor_.matmul, Tensor_.__matmul__, torch.bmm,
-             torch.einsum, F.scaled_dot_product_attention, F.multi_head_attention_forward}
+_register(NORMALIZATION, F.layer_norm, F.group_norm, F.rms_norm, F.normalize)
+_register(ATTENTION, *DECOMPOSITIONS)
+#: Elementwise products (gating); with the matrix products, the products of two
+#: differentiable tensors (kind ``PRODUCT``), linear in each when the other is a constant.
+ELEMENTWISE_PRODUCTS = frozenset({torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__,
+                                  Tensor_.__imul__, Tensor_.__rmul__})
+#: Division: linear in the dividend; a quotient of two differentiable tensors has no rule.
+_QUOTIENTS = {torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_.__itruediv__,
+              Tensor_.__rtruediv__}
+_PRODUCTS = ELEMENTWISE_PRODUCTS | _QUOTIENTS | {
+    torch.matmul, Tensor_.matmul, Tensor_.__matmul__, Tensor_.__rmatmul__, torch.bmm,
+    Tensor_.bmm, torch.einsum}
 
 #: Elementwise operations that are linear in their one differentiable operand when the other
 #: is a constant (``x - mean``, ``x / std``, ``-x``): before the first kernel layer they are
@@ -166,7 +188,9 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
         return kind
     if func in _PRODUCTS:
         operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
-        return PRODUCT if len(operands) > 1 else LINEAR
+        if len(operands) <= 1:
+            return LINEAR
+        return UNKNOWN if func in _QUOTIENTS else PRODUCT
     return UNKNOWN
 
 
@@ -198,6 +222,9 @@ class OperationCall:
     observe_input, observe_output:
         Set by the reverse-pass diagnostics for handlers that observe their own layer
         (where its input and output take their final form): apply them there.
+    parts:
+        For fused attention calls: runs the call through its parts with the analysis
+        active, so that each part gets its own rule (see :meth:`decompose`).
     """
 
     func: Callable
@@ -210,10 +237,18 @@ class OperationCall:
     is_input_layer: bool = False
     observe_input: Callable[[Tensor], Tensor] | None = None
     observe_output: Callable[[Tensor], Tensor] | None = None
+    parts: Callable[[tuple, dict], object] | None = None
 
     def run(self, *args, **kwargs) -> Tensor:
         """Run the operation, on new ``args``/``kwargs`` where given."""
         return self.func(*(args or self.args), **{**self.kwargs, **kwargs})
+
+    def decompose(self) -> object:
+        """The output of a fused call (attention) computed from its parts, each part routed to
+        the handler of its own kind (:mod:`~.attention`)."""
+        if self.parts is None:
+            raise TypeError(f"{self.where()} has no decomposition into parts")
+        return self.parts(self.args, self.kwargs)
 
     def replace_input(self, old: Tensor, new: Tensor) -> OperationCall:
         """This call with the argument ``old`` replaced by ``new``."""
@@ -307,6 +342,7 @@ class OperationRules(TorchFunctionMode):
         kind = self._kind(func, args, kwargs)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
+        held = [id(t) for t in tensors_in(args, kwargs)] if self.record is not None else []
         if routed:
             if self.input_boundary is not None and kind not in _INPUT_KINDS:
                 args, kwargs = self._cross_boundary(args, kwargs)
@@ -314,7 +350,9 @@ class OperationRules(TorchFunctionMode):
                 args, kwargs = self.prepare(kind, args, kwargs)
         call = self._call(func, args, kwargs, kind)
         if self.record is not None:
-            inputs = [(id(t), _snapshot(t)) for t in tensors_in(args, kwargs)]
+            # the ids the model passed (a hook may swap a tensor), the values the call got
+            inputs = [(i, _snapshot(t)) for i, t in zip(held, tensors_in(args, kwargs),
+                                                         strict=True)]
         twin = out_of_place(func, args, kwargs) if handler is not None else None
         if handler is None:
             output = func(*args, **kwargs)
@@ -357,6 +395,10 @@ class OperationRules(TorchFunctionMode):
         twin_call = dataclasses.replace(call, func=func, args=args, kwargs=kwargs)
         return target.copy_(handler(twin_call.replace_input(target, target.clone())))
 
+    def _through_parts(self, parts: Callable, args: tuple, kwargs: dict) -> object:
+        with self:  # a handler runs with the mode popped: the parts must be seen
+            return parts(*args, **kwargs)
+
     def _cross_boundary(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         derived = self.state.input_derived
         if not any(id(t) in derived and t.requires_grad for t in tensors_in(args, kwargs)):
@@ -372,6 +414,8 @@ class OperationRules(TorchFunctionMode):
     def _call(self, func, args, kwargs, kind) -> OperationCall:
         path, module = self.state.module_stack[-1] if self.state.module_stack else ("", None)
         call = OperationCall(func, args, kwargs, kind, module, path)
+        if kind == ATTENTION:
+            call.parts = functools.partial(self._through_parts, DECOMPOSITIONS[func])
         if kind == KERNEL:
             call.layer_index = self.state.kernel_calls
             call.is_input_layer = self._from_input(args)
@@ -447,6 +491,11 @@ class _ReplaceGradient(torch.autograd.Function):
 def with_gradient(source: Tensor, value: Tensor, backward: Callable[[Tensor], Tensor]) -> Tensor:
     """A tensor equal to ``value`` whose gradient reaches ``source`` as ``backward(grad)``."""
     return _ReplaceGradient.apply(source, value.detach(), backward)
+
+
+def through_parts(call: OperationCall) -> object:
+    """Handler of fused attention: its parts, each with the rule of its kind."""
+    return call.decompose()
 
 
 def map_differentiable(fn: Callable[[Tensor], Tensor], tree):

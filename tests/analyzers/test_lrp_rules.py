@@ -261,19 +261,31 @@ def test_non_proportional_rules_run_with_relevance_as_itself():
     assert torch.isfinite(lx.create_analyzer("lrp.flat", model).analyze(x)).all()
 
 
-class Attention(nn.Module):
+class Quotient(nn.Module):
+    """A quotient of two activations: no LRP rule (products have the uniform rule)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.q, self.k = nn.Linear(4, 4), nn.Linear(4, 4)
 
     def forward(self, x):
-        return (self.q(x) * self.k(x)).sum(-1)
+        return (self.q(x) / self.k(x)).sum(-1)
+
+
+class Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(4, 3, batch_first=True), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.lstm(x[:, None])[0][:, -1])
 
 
 @pytest.mark.parametrize("block, where", [
-    (nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)), "'1' (GELU)"),
-    (nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "'1' (Tanh)"),
-    (Attention(), "the model's own forward"),
+    (Recurrent(), "'lstm' (LSTM)"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Softplus(), nn.Linear(4, 2), nn.LogSoftmax(1),
+                   nn.Linear(2, 2)), "'3' (LogSoftmax)"),
+    (Quotient(), "div in the model's own forward"),
 ])
 @pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.flat",
                                   "deep_taylor"])

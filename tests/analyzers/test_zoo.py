@@ -50,22 +50,28 @@ ANALYZERS = tuple(sorted(lx.analyzers))
 # BatchNorm merged into the kernel before it, ReLU, max/avg pooling, adds, cat, interpolate,
 # transposed conv, dropout). Not densenet: its pre-activation BatchNorms follow no kernel
 # layer and keep a rule of their own (bn_layer_rule), so LRP-z is not Input×Gradient there.
+# leaky_relu: the identity rule on a LeakyReLU (AttnLRP) is its gradient per unit of input
+# (y/x = the slope), so LRP-z is Input×Gradient there too.
 PIECEWISE_LINEAR = {"vgg16_bn", "resnet18", "bottleneck", "unet", "audio1d",
                     "inplace_statements", "tuple_output", "dict_output", "float64",
-                    "channels_last"}
+                    "channels_last", "leaky_relu"}
 # ... and whose relevance is conserved by the bias-free rules: every BatchNorm follows a
 # kernel layer (canonized), no scaling or masking statements. normalized_input: relevance
-# passes (x - mean) / std unchanged.
+# passes (x - mean) / std unchanged; mobilenet_v2, leaky_relu: the identity rule on ReLU6
+# and LeakyReLU (in place) passes it unchanged.
 CONSERVING = {"vgg16_bn", "resnet18", "bottleneck", "unet", "audio1d", "tuple_output",
-              "dict_output", "float64", "channels_last", "normalized_input"}
+              "dict_output", "float64", "channels_last", "normalized_input", "mobilenet_v2",
+              "leaky_relu"}
 CONSERVATION = ("lrp.z_IB", "lrp.epsilon_IB", "lrp.w_square", "lrp.flat")
 Z_RULE = ("lrp.z", "lrp", "lrp.epsilon")
 
 # Analyzers whose every non-linearity needs a rule of the method (they refuse what they
-# have no rule for); the gradient family and DeepLIFT's rescale rule cover everything here.
-RULE_BASED = {name for name in ANALYZERS if name.startswith(("lrp", "deep_taylor", "pattern."))
+# have no rule for); the gradient family and DeepLIFT's rescale rule cover everything here,
+# and the LRP family gives every elementwise non-linearity AttnLRP's identity rule.
+RULE_BASED = {name for name in ANALYZERS if name.startswith("pattern.")
               } | {"deconvnet", "guided_backprop"}
-# model → (names the operation may go by, the module type it runs in): the refusals allowed.
+# model → (names the operation may go by, the module type it runs in): the refusals allowed
+# (ReLU-only methods).
 UNSUPPORTED = {
     "mobilenet_v2": (("hardtanh", "relu6"), nn.ReLU6),
     "leaky_relu": (("leaky_relu",), nn.LeakyReLU),

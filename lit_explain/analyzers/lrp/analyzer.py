@@ -32,25 +32,37 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from ..base import Analyzer, NeuronSelection
+from ..errors import NotAnalyzableModelError
+from ..forward import select_output
 from ..operations import (
+    ACTIVATION,
+    ATTENTION,
     BATCH_NORM,
+    ELEMENTWISE_PRODUCTS,
     INPUT_PREPROCESSING,
     KERNEL,
     LINEAR,
     MAX_POOL,
+    NORMALIZATION,
+    PRODUCT,
     RELU,
+    SOFTMAX,
     STRUCTURE,
     OperationCall,
     differentiable,
     map_differentiable,
     scale_gradient,
     tensors_in,
+    through_parts,
     with_gradient,
 )
 from ..registry import register
+from ..validation import check_choice
 from .layers import BatchNormLayer, FusedLayer, KernelLayer
 from .presets import ALPHA_1_BETA_0, ALPHA_2_BETA_1, RuleMap, RuleSpec, sequential_preset, to_rule
 from .rules import (
@@ -66,6 +78,14 @@ from .rules import (
     ZPlusRule,
     ZRule,
     safe_reciprocal,
+)
+from .transformer import (
+    ATTENTION_RULES,
+    blocked,
+    identity_rule,
+    normalization_rule,
+    softmax_rule,
+    uniform_rule,
 )
 
 PASSTHROUGH = frozenset({MAX_POOL, STRUCTURE})
@@ -96,7 +116,7 @@ class _Deferred:
     layer: KernelLayer
     rule: Rule
     observe: Callable[[Tensor], Tensor] | None  # the diagnostics' observer of its output
-    resolved: bool = False
+    relevance: Tensor | None = None  # the output with the kernel's own rule, once applied
 
 
 class _KernelOutputs:
@@ -104,7 +124,9 @@ class _KernelOutputs:
 
     A BatchNorm that uses one (canonization on) merges with its kernel layer: the rule is
     applied to the fused layer. Any other use, or the model's output, gets the kernel's own
-    rule, written into the very tensor the model holds.
+    rule: that call and every later one receive the output with the rule (the same value)
+    in place of the tensor the model holds, also in place (an in-place operation then
+    changes the tensor every later call receives).
     """
 
     def __init__(self, flow: Flow, canonize: bool) -> None:
@@ -121,27 +143,30 @@ class _KernelOutputs:
     def mergeable(self, tensor: Tensor) -> _Deferred | None:
         """The deferred kernel output ``tensor`` is, if a BatchNorm may merge with it."""
         entry = self.deferred.get(id(tensor)) if self.canonize else None
-        return entry if entry is not None and not entry.resolved else None
+        return entry if entry is not None and entry.relevance is None else None
 
-    def resolve(self, tensor: object) -> None:
-        """Give a deferred kernel output its kernel's own rule, in place."""
-        entry = self.deferred.get(id(tensor)) if isinstance(tensor, Tensor) else None
-        if entry is not None and not entry.resolved and entry.output is tensor:
-            entry.resolved = True
+    def resolve(self, tensor: Tensor) -> Tensor:
+        """``tensor``, or, for a deferred kernel output, that output with its kernel
+        layer's own rule (applied once)."""
+        entry = self.deferred.get(id(tensor))
+        if entry is None or entry.output is not tensor:
+            return tensor
+        if entry.relevance is None:
             relevance = entry.rule(entry.layer, self.flow)
-            if entry.observe is not None:
-                relevance = entry.observe(relevance)
-            if relevance is not tensor:
-                tensor.copy_(relevance)
+            entry.relevance = relevance if entry.observe is None else entry.observe(relevance)
+        return entry.relevance
 
     def prepare(self, kind: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """:class:`~..operations.OperationRules`' hook: resolve the outputs a call uses."""
+        """:class:`~..operations.OperationRules`' hook: the deferred kernel outputs a call
+        uses, with their rule."""
         tensors = tensors_in(args, kwargs)
         if kind == BATCH_NORM and self.canonize:
             tensors = tensors[1:]  # its input may merge
-        for tensor in tensors:
-            self.resolve(tensor)
-        return args, kwargs
+        swaps = {id(t): r for t in tensors if (r := self.resolve(t)) is not t}
+        if not swaps:
+            return args, kwargs
+        swap = lambda a: swaps.get(id(a), a) if isinstance(a, Tensor) else a  # noqa: E731
+        return tree_map(swap, args), tree_map(swap, kwargs)
 
 
 @register("lrp")
@@ -176,6 +201,14 @@ class LRP(Analyzer):
         Motzkus et al. 2022, "Measurably Stronger Explanation Reliability via Model
         Canonization"). Virtual: computed from the live parameters at each call, nothing is
         written to the model. ``False``: BatchNorm is a layer of its own.
+    attention_rule:
+        Keyword only, taken by every LRP and Deep Taylor analyzer: the rules of softmax and
+        products of activations (:mod:`.transformer`). ``"attnlrp"`` (default): AttnLRP
+        (Achtibat et al. 2024), the softmax rule and the uniform rule. ``"cp"``: CP-LRP
+        (Ali et al. 2022), no relevance through the attention weights and through gates
+        made by a non-linearity. Elementwise non-linearities get the identity rule and
+        LayerNorm/RMSNorm/GroupNorm the z-rule with their statistic held constant under
+        both.
     **reverse:
         iNNvestigate's reverse-pass diagnostics (``reverse_keep_tensors``, ...), keyword
         only, taken by every LRP analyzer; see :class:`~..diagnostics.ReverseOptions` and
@@ -194,11 +227,14 @@ class LRP(Analyzer):
                  input_layer_rule: RuleSpec | tuple[float, float] | None = None,
                  until_layer_idx: int | None = None, until_layer_rule: RuleSpec | None = None,
                  bn_layer_rule: RuleSpec | None = None, *, canonize: bool = True,
-                 **reverse: Any) -> None:
+                 attention_rule: str = "attnlrp", **reverse: Any) -> None:
         super().__init__(model, neuron_selection_mode, **reverse)
         if not isinstance(canonize, bool):
             raise TypeError(f"canonize={canonize!r} is not valid; expected True or False")
+        check_choice("attention_rule", attention_rule, ATTENTION_RULES)
         self.canonize = canonize
+        self.attention_rule = attention_rule
+        self._softmax_outputs: dict[int, tuple[Tensor, str]] = {}
         if rule is None:
             raise ValueError("lrp needs rule=: a rule name, a Rule, a list of them or a list "
                              "of (condition, rule) pairs")
@@ -222,15 +258,17 @@ class LRP(Analyzer):
 
     def _batch_norm(self, call: OperationCall, outputs: _KernelOutputs) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
-        entry = outputs.mergeable(source)  # may not require grad before its rule is applied
-        if entry is None and not differentiable(source):
-            return call.run()
+        entry = outputs.mergeable(source)
         if entry is not None:
             fused = FusedLayer.merge(entry.layer, BatchNormLayer(call, source))
             if fused is not None:  # one layer: observed as the kernel layer
                 output = entry.rule(fused, self.flow)
                 return output if entry.observe is None else entry.observe(output)
-            outputs.resolve(source)  # not merged: the kernel layer gets its own rule
+        relevance = outputs.resolve(source)  # not merged: the kernel's own rule
+        if relevance is not source:
+            call, source = call.replace_input(source, relevance), relevance
+        if not differentiable(source):
+            return call.run()
         if call.observe_input is not None:
             call = call.replace_input(source, call.observe_input(source))
             source = call.args[0] if call.args else call.kwargs["input"]
@@ -238,7 +276,11 @@ class LRP(Analyzer):
         return output if call.observe_output is None else call.observe_output(output)
 
     def _relevance_scale(self, tensor: Tensor) -> Tensor | None:
-        return tensor if self.flow.relative else None  # relative flow: gradient = R_t / t
+        if not self.flow.relative:
+            return None
+        # relative flow: gradient = R_t / t; a masked score (−inf) carries no relevance
+        return tensor.nan_to_num(posinf=0.0, neginf=0.0) if tensor.is_floating_point() \
+            and not bool(torch.isfinite(tensor).all()) else tensor
 
     def _seed(self, logits: Tensor, indices: Tensor | None) -> Tensor:
         seed = super()._seed(logits, indices)  # the relevance R: the selected logit's value
@@ -255,10 +297,51 @@ class LRP(Analyzer):
         else:
             handlers.update({RELU: pass_relevance, LINEAR: z_rule_operation})
             passthrough = PASSTHROUGH
+        handlers.update(self._transformer_handlers())
         boundary = self.flow.boundary if self.flow.relative else None
-        return self._backward(x, self.selector(neuron_selection), handlers, passthrough,
-                              prepare=outputs.prepare, input_boundary=boundary,
-                              self_observed=frozenset({KERNEL, BATCH_NORM}))
+        try:
+            return self._backward(x, self.selector(neuron_selection), handlers, passthrough,
+                                  prepare=outputs.prepare, input_boundary=boundary,
+                                  self_observed=frozenset({KERNEL, BATCH_NORM}))
+        finally:
+            self._softmax_outputs = {}
+
+    def _transformer_handlers(self) -> dict[str, Callable[[OperationCall], Tensor]]:
+        """AttnLRP's (or CP-LRP's) rules for non-linearities, softmax, products of
+        activations, normalisations and attention (:mod:`.transformer`)."""
+        flow, cp = self.flow, self.attention_rule == "cp"
+        gates: dict[int, Tensor] = {}  # CP-LRP: outputs of non-linearities, held constant
+
+        def activation(call: OperationCall) -> Tensor:
+            output = identity_rule(call, flow)
+            if cp:
+                gates[id(output)] = output
+            return output
+
+        def softmax(call: OperationCall) -> Tensor:
+            output = blocked(call) if cp else softmax_rule(call, flow)
+            self._softmax_outputs[id(output)] = (output, call.where())
+            return output
+
+        def product(call: OperationCall) -> Tensor:
+            constants = frozenset()
+            if cp and call.func in ELEMENTWISE_PRODUCTS:
+                held = frozenset(id(t) for t in call.inputs if id(t) in gates)
+                constants = held if len(held) < len(call.inputs) else frozenset()
+            return uniform_rule(call, flow, constants)
+
+        return {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,
+                NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: through_parts}
+
+    def logits(self, output: Any, batch: int) -> Tensor:
+        selected = select_output(output, self.output_key)
+        made = self._softmax_outputs.get(id(selected))
+        if made is not None and made[0] is selected:
+            raise NotAnalyzableModelError(
+                f"the model's output is made by {made[1]}: LRP explains logits, not "
+                f"probabilities. Explain the logits instead: remove it from forward, or pass "
+                f"lit_explain.model_wo_softmax(model) for a trailing nn.Softmax.")
+        return super().logits(output, batch)
 
 
 class _FixedRuleLRP(LRP):

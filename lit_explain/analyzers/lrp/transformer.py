@@ -1,0 +1,170 @@
+"""LRP rules for the operations transformers are made of: AttnLRP and CP-LRP.
+
+AttnLRP (Achtibat et al. 2024, "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation
+for Transformers", ICML), with ``R`` the relevance at an operation's output ``y``:
+
+- elementwise non-linearities ``y = f(x)`` (GELU, SiLU, tanh, sigmoid, LeakyReLU, ReLU6, ...):
+  the **identity rule** (Eq. 9), ``R_x = R_y``;
+- softmax ``s = softmax(x)``: ``R_x = x ⊙ (R_s − s ⊙ Σ R_s)`` (Prop. 3.1), which is
+  ``x ⊙ Jᵀ(R_s / s)`` with J the softmax's Jacobian;
+- a product of ``n`` activations (``QKᵀ``, ``AV``, gating ``a ⊙ b``): the **uniform rule**
+  after the z-rule over the sum of a matrix product (Eq. 7, Prop. 3.3),
+  ``R_a = (1/n) · a ⊙ Jᵀ_a (R_y / y)``, each factor gets ``1/n`` of every term;
+- LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: the normalising statistic held constant
+  (Prop. 3.4; Ali et al. 2022), which leaves an affine map of ``x``
+  (``(x − mean)/σ · γ + β``); the z-rule on it, so that the centring redistributes, the
+  scaling passes relevance unchanged (identity) and β takes its share.
+
+CP-LRP (Ali et al. 2022, "XAI for Transformers: Better Explanations through Conservative
+Propagation", ICML): the attention weights, and any gate made by a non-linearity
+(SwiGLU's ``silu(x W_g) ⊙ x W_u``), are constants: no relevance flows through the softmax
+or the gate; the other factor of the product gets all of it.
+
+Every rule here is either the z-rule of an operation that is linear in each of its inputs
+(:func:`proportional_rule`: softmax, products, normalisations), or the identity. Both work
+in either :class:`~.rules.Flow`: when relevance travels per unit of tensor
+(:class:`~.rules.RelativeFlow`), the z-rule is the operation's own gradient (times ``1/n``
+for the uniform rule), and the identity rule multiplies the incoming gradient by ``y / x``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import NotAnalyzableModelError
+from ..operations import OperationCall, map_differentiable, scale_gradient, with_gradient
+from .rules import Flow, safe_reciprocal
+
+#: ``attention_rule=`` values: AttnLRP, or CP-LRP (no relevance through softmax and gates).
+ATTENTION_RULES = ("attnlrp", "cp")
+
+
+def proportional_rule(flow: Flow, operation: Callable[..., Tensor], args: tuple, kwargs: dict,
+                      share: float = 1.0) -> Tensor:
+    """``R_x = share · x ⊙ Jᵀ_x (R_y / y)`` for every differentiable tensor ``x`` among the
+    arguments of ``y = operation(*args, **kwargs)``: the z-rule (``share = 1``) of an
+    operation linear in each input, the uniform rule (``share = 1/n``) of a product of n."""
+    if flow.relative:  # gradient = R/t: the rule is the operation's own backward, times share
+        y = operation(*args, **kwargs)
+        return y if share == 1.0 else scale_gradient(y, y.new_tensor(share))
+    args, kwargs = map_differentiable(flow.input, (args, kwargs))
+    y = operation(*args, **kwargs)
+    factor = safe_reciprocal(y.detach())
+    return scale_gradient(y, factor if share == 1.0 else factor.mul_(share))
+
+
+def identity_rule(call: OperationCall, flow: Flow) -> Tensor:
+    """Elementwise non-linearity ``y = f(x)``: ``R_x = R_y`` (AttnLRP Eq. 9). Per unit of
+    tensor the gradient is multiplied by ``y / x`` (``x = 0``: the relevance is lost)."""
+    inputs = call.inputs
+    if not inputs:
+        return call.run()
+    if len(inputs) > 1:
+        raise NotAnalyzableModelError(
+            f"{call.where()} is an elementwise operation of {len(inputs)} computed tensors; "
+            f"the identity rule is defined for one")
+    source, y = inputs[0], call.run()
+    shape = source.shape
+    if not flow.relative:
+        return with_gradient(source, y, lambda grad: grad.sum_to_size(shape))
+    ratio = y.detach() * safe_reciprocal(source.detach())
+    return with_gradient(source, y, lambda grad: (grad * ratio).sum_to_size(shape))
+
+
+def softmax_rule(call: OperationCall, flow: Flow) -> Tensor:
+    """AttnLRP's softmax rule, ``R_x = x ⊙ (R_s − s ⊙ Σ R_s)``; masked inputs (−inf) get
+    nothing."""
+    if call.func in _LOG_SOFTMAX:
+        raise NotAnalyzableModelError(f"{call.where()}: log-softmax has no LRP rule here")
+    if flow.relative or not call.inputs:
+        return call.run()
+    x = call.inputs[0]
+    finite = torch.where(torch.isinf(x.detach()), 0.0, x.detach())
+    s = call.run(*map_differentiable(lambda t: scale_gradient(t, finite), call.args),
+                 **map_differentiable(lambda t: scale_gradient(t, finite), call.kwargs))
+    return scale_gradient(s, safe_reciprocal(s.detach()))
+
+
+def blocked(call: OperationCall) -> Tensor:
+    """CP-LRP: the attention weights (or a gate) are constants; no relevance flows back."""
+    if call.func in _LOG_SOFTMAX:
+        raise NotAnalyzableModelError(f"{call.where()}: log-softmax has no LRP rule here")
+    return call.run().detach()
+
+
+def uniform_rule(call: OperationCall, flow: Flow, constants: frozenset[int] = frozenset()
+                 ) -> Tensor:
+    """A product of computed tensors: the uniform rule, ``1/n`` of the z-rule's share to each
+    of its ``n`` factors (AttnLRP Eq. 7, Prop. 3.3). Factors whose id is in ``constants``
+    (CP-LRP's gates) are held constant: the other factors share all of it."""
+    args, kwargs = call.args, call.kwargs
+    if constants:
+        hold = lambda t: t.detach() if id(t) in constants else t  # noqa: E731
+        args, kwargs = map_differentiable(hold, (args, kwargs))
+    factors = len([t for t in call.inputs if id(t) not in constants])
+    if not factors:
+        return call.run(*args, **kwargs).detach()
+    return proportional_rule(flow, call.func, args, kwargs, 1.0 / factors)
+
+
+def normalization_rule(call: OperationCall, flow: Flow) -> Tensor:
+    """LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: the statistic held constant, the
+    z-rule on the affine map that remains (Prop. 3.4; LXT's ``layer_norm``)."""
+    if not call.inputs:
+        return call.run()
+    arguments = _bind(call.func, call.args, call.kwargs)
+    normalize = _NORMALIZED[call.func]
+    x = arguments.pop("input")
+    return proportional_rule(flow, lambda t: normalize(t, **arguments), (x,), {})
+
+
+def _layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
+    dims = tuple(range(-len(normalized_shape), 0))
+    centred = x - x.mean(dim=dims, keepdim=True)
+    scale = torch.rsqrt(x.detach().var(dim=dims, unbiased=False, keepdim=True) + eps)
+    y = centred * scale
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+def _rms_norm(x: Tensor, normalized_shape, weight=None, eps=None) -> Tensor:
+    dims = tuple(range(-len(normalized_shape), 0))
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    y = x * torch.rsqrt(x.detach().square().mean(dim=dims, keepdim=True) + eps)
+    return y if weight is None else y * weight
+
+
+def _group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps=1e-5) -> Tensor:
+    grouped = x.reshape(len(x), num_groups, -1)
+    centred = grouped - grouped.mean(dim=-1, keepdim=True)
+    scale = torch.rsqrt(grouped.detach().var(dim=-1, unbiased=False, keepdim=True) + eps)
+    y = (centred * scale).reshape(x.shape)
+    channel = (-1, *[1] * (x.dim() - 2))
+    y = y if weight is None else y * weight.reshape(channel)
+    return y if bias is None else y + bias.reshape(channel)
+
+
+def _normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12, out=None) -> Tensor:
+    norm = x.detach().norm(p, dim=dim, keepdim=True).clamp_min(eps)
+    return x / norm
+
+
+_NORMALIZED = {F.layer_norm: _layer_norm, F.rms_norm: _rms_norm, F.group_norm: _group_norm,
+               F.normalize: _normalize}
+_LOG_SOFTMAX = {F.log_softmax, torch.log_softmax, Tensor.log_softmax}
+
+
+@functools.cache
+def _signature(func: Callable) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+def _bind(func: Callable, args: tuple, kwargs: dict) -> dict:
+    bound = _signature(func).bind(*args, **kwargs)
+    return dict(bound.arguments)

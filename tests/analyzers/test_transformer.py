@@ -1,0 +1,310 @@
+"""AttnLRP and CP-LRP in the engine: each rule against its formula written out in float64,
+attention through its parts, module and functional forms, conservation, every LRP analyzer.
+
+The references compute relevance layer by layer from the papers' formulas (AttnLRP,
+Achtibat et al. 2024: identity Eq. 9, uniform Eq. 7 / Prop. 3.3, softmax Prop. 3.1,
+normalisation Prop. 3.4; CP-LRP, Ali et al. 2022), with explicit sums, never with the
+engine. LXT parity is in ``test_transformer_lxt.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_models import make
+
+import lit_explain as lx
+from lit_explain.analyzers.attention import (
+    multi_head_attention_forward,
+    scaled_dot_product_attention,
+)
+from lit_explain.analyzers.conservation import conservation_report
+from lit_explain.analyzers.lrp.rules import Flow
+
+
+def lrp_z(analyzer_kwargs: dict, model: nn.Module, x: Tensor, absolute: bool) -> Tensor:
+    """``lrp.z`` (bias in the denominator, no ε) in the chosen relevance flow."""
+    analyzer = lx.create_analyzer("lrp.z", model, **analyzer_kwargs)
+    if absolute:
+        analyzer.flow = Flow()
+    return analyzer.analyze(x)
+
+
+def z_dense(x: Tensor, weight: Tensor, bias: Tensor, r: Tensor) -> Tensor:
+    """LRP-z of a dense layer, by its sum: R_i = Σ_j x_i w_ji / z_j · R_j."""
+    z = x @ weight.T + bias
+    return torch.einsum("ni,ji,nj->ni", x, weight, r / z)
+
+
+def seed(y: Tensor) -> Tensor:
+    """The relevance the backward pass starts from: the largest logit's value, alone."""
+    r = torch.zeros_like(y)
+    c = y.argmax(1, keepdim=True)
+    return r.scatter_(1, c, y.gather(1, c))
+
+
+class Act(nn.Module):
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 6), act, nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+ACTIVATIONS = [nn.GELU(), nn.SiLU(inplace=True), nn.Tanh(), nn.Sigmoid(), nn.ELU(),
+               nn.LeakyReLU(0.2, inplace=True), nn.ReLU6(), nn.Softplus(), nn.Hardswish()]
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: type(a).__name__)
+def test_identity_rule_on_elementwise_nonlinearities(act, absolute):
+    torch.manual_seed(0)
+    model, x = Act(act).double().eval(), 2 * torch.randn(5, 4, dtype=torch.float64)
+    z1 = F.linear(x, model.fc1.weight, model.fc1.bias)
+    h = act.__class__.forward(act, z1.clone())
+    r = seed(F.linear(h, model.fc2.weight, model.fc2.bias))
+    r_h = z_dense(h, model.fc2.weight, model.fc2.bias, r)
+    expected = z_dense(x, model.fc1.weight, model.fc1.bias, r_h)  # R_z1 = R_h: identity
+    torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
+
+
+class SoftmaxNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.softmax(self.fc1(x), dim=-1))
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_softmax_rule(absolute):
+    torch.manual_seed(1)
+    model, x = SoftmaxNet().double().eval(), torch.randn(4, 4, dtype=torch.float64)
+    z = F.linear(x, model.fc1.weight, model.fc1.bias)
+    s = z.exp() / z.exp().sum(-1, keepdim=True)
+    r = seed(F.linear(s, model.fc2.weight))
+    r_s = z_dense(s, model.fc2.weight, torch.zeros(3), r)
+    r_z = z * (r_s - s * r_s.sum(-1, keepdim=True))  # Prop. 3.1
+    expected = z_dense(x, model.fc1.weight, model.fc1.bias, r_z)
+    torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
+
+
+class Gated(nn.Module):
+    """SwiGLU: ``down(silu(gate x) ⊙ up x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up = nn.Linear(4, 6), nn.Linear(4, 6)
+        self.down = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+@pytest.mark.parametrize("rule", ["attnlrp", "cp"])
+def test_uniform_rule_on_gating_and_cp_gate(rule, absolute):
+    torch.manual_seed(2)
+    model, x = Gated().double().eval(), torch.randn(5, 4, dtype=torch.float64)
+    a = F.silu(F.linear(x, model.gate.weight, model.gate.bias))
+    b = F.linear(x, model.up.weight, model.up.bias)
+    r = seed(F.linear(a * b, model.down.weight, model.down.bias))
+    r_g = z_dense(a * b, model.down.weight, model.down.bias, r)
+    if rule == "attnlrp":  # Eq. 7: half to each factor; identity through the SiLU
+        expected = z_dense(x, model.gate.weight, model.gate.bias, r_g / 2) + z_dense(
+            x, model.up.weight, model.up.bias, r_g / 2)
+    else:  # CP-LRP: the gate is a constant, the other factor takes everything
+        expected = z_dense(x, model.up.weight, model.up.bias, r_g)
+    torch.testing.assert_close(lrp_z({"attention_rule": rule}, model, x, absolute), expected)
+
+
+class Scores(nn.Module):
+    """Attention scores ``(X Wq)(X Wk)ᵀ`` read by a dense head."""
+
+    def __init__(self, tokens: int = 3, dim: int = 4) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim, bias=False)
+        self.head = nn.Linear(tokens * tokens, 2)
+
+    def forward(self, x):
+        return self.head((self.q(x) @ self.k(x).transpose(1, 2)).flatten(1))
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_uniform_rule_on_a_matrix_product(absolute):
+    torch.manual_seed(3)
+    model, x = Scores().double().eval(), torch.randn(4, 3, 4, dtype=torch.float64)
+    q, k = x @ model.q.weight.T, x @ model.k.weight.T
+    s = torch.einsum("nik,njk->nij", q, k)
+    r = seed(F.linear(s.flatten(1), model.head.weight, model.head.bias))
+    r_s = z_dense(s.flatten(1), model.head.weight, model.head.bias, r).reshape(s.shape)
+    # Prop. 3.3: the z-rule over the sum Σ_k q_ik k_jk, then half of each term to each factor
+    terms = torch.einsum("nik,njk,nij->nijk", q, k, r_s / s) / 2
+    r_q, r_k = terms.sum(2), terms.sum(1)
+    expected = x * ((r_q / q) @ model.q.weight + (r_k / k) @ model.k.weight)
+    torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
+
+
+class Normed(nn.Module):
+    def __init__(self, norm: nn.Module, dim: int = 6) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(4, dim), norm, nn.Linear(dim, 3)
+        with torch.no_grad():
+            for p in norm.parameters():
+                p.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+def _held(norm: nn.Module, z: Tensor) -> Tensor:
+    """The normalisation with its statistic held constant, as a function of z (written out)."""
+    if isinstance(norm, nn.LayerNorm):
+        sigma = (z.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        return lambda t: (t - t.mean(-1, keepdim=True)) / sigma * norm.weight + norm.bias
+    if isinstance(norm, nn.RMSNorm):
+        rms = (z.square().mean(-1, keepdim=True) + torch.finfo(z.dtype).eps).sqrt()
+        return lambda t: t / rms * norm.weight
+    groups = z.reshape(len(z), norm.num_groups, -1)
+    sigma = (groups.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    return lambda t: ((t.reshape(groups.shape) - t.reshape(groups.shape).mean(
+        -1, keepdim=True)) / sigma).reshape(t.shape) * norm.weight + norm.bias
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+@pytest.mark.parametrize("norm", [nn.LayerNorm(6), nn.RMSNorm(6), nn.GroupNorm(2, 6)],
+                         ids=lambda n: type(n).__name__)
+def test_normalisation_rule(norm, absolute):
+    torch.manual_seed(4)
+    model, x = Normed(norm).double().eval(), torch.randn(5, 4, dtype=torch.float64)
+    z = F.linear(x, model.fc1.weight, model.fc1.bias)
+    held = _held(norm, z)
+    y = held(z)
+    r = seed(F.linear(y, model.fc2.weight, model.fc2.bias))
+    r_y = z_dense(y, model.fc2.weight, model.fc2.bias, r)
+    # z-rule on the affine map that remains: R_z_j = Σ_i z_j ∂y_i/∂z_j R_y_i / y_i, per sample
+    jac = torch.stack([torch.autograd.functional.jacobian(held, z)[n, :, n] for n in range(5)])
+    r_z = z * torch.einsum("nij,ni->nj", jac, r_y / y)
+    if isinstance(norm, nn.RMSNorm):  # no bias: the identity rule
+        torch.testing.assert_close(r_z, r_y)
+    expected = z_dense(x, model.fc1.weight, model.fc1.bias, r_z)
+    torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
+
+
+# Attention through its parts -----------------------------------------------------------------
+
+def test_scaled_dot_product_attention_parts_equal_torch():
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(2, 4, 5, 8, dtype=torch.float64) for _ in range(3))
+    keep = torch.rand(2, 1, 5, 5) > 0.3
+    keep[..., 0] = True
+    float_mask = torch.randn(5, 5, dtype=torch.float64)
+    for kwargs in ({}, {"is_causal": True}, {"attn_mask": keep}, {"attn_mask": float_mask},
+                   {"scale": 0.3}):
+        torch.testing.assert_close(scaled_dot_product_attention(q, k, v, **kwargs),
+                                   F.scaled_dot_product_attention(q, k, v, **kwargs))
+    kv = torch.randn(2, 2, 5, 8, dtype=torch.float64)
+    torch.testing.assert_close(scaled_dot_product_attention(q, kv, kv, enable_gqa=True),
+                               F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multi_head_attention_parts_equal_torch(batch_first):
+    torch.manual_seed(6)
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).double().eval()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)  # (N, L, E)
+    x = x if batch_first else x.transpose(0, 1)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[1, 3:] = True
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    for kwargs in ({}, {"key_padding_mask": padding}, {"attn_mask": causal},
+                   {"attn_mask": causal, "key_padding_mask": padding, "need_weights": False},
+                   {"average_attn_weights": False}):
+        expected = mha(x, x, x, **kwargs)
+        inputs = x if not batch_first else x.transpose(0, 1)
+        ours = multi_head_attention_forward(
+            inputs, inputs, inputs, 8, 2, mha.in_proj_weight, mha.in_proj_bias, None, None,
+            False, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
+            key_padding_mask=kwargs.get("key_padding_mask"),
+            need_weights=kwargs.get("need_weights", True), attn_mask=kwargs.get("attn_mask"),
+            average_attn_weights=kwargs.get("average_attn_weights", True))
+        output = ours[0].transpose(0, 1) if batch_first else ours[0]
+        torch.testing.assert_close(output, expected[0])
+        if expected[1] is not None:
+            torch.testing.assert_close(ours[1], expected[1])
+
+
+# The three transformers ------------------------------------------------------------------------
+
+LRP_ANALYZERS = sorted(n for n in lx.analyzers if n.startswith(("lrp", "deep_taylor")))
+KWARGS = {"lrp": {"rule": "Epsilon"}, "lrp.alpha_beta": {"alpha": 2.0},
+          "deep_taylor.bounded": {"low": 0.0, "high": 1.0}}
+
+
+@pytest.mark.parametrize("rule", ["attnlrp", "cp"])
+@pytest.mark.parametrize("name", ["vit", "text", "decoder"])
+def test_module_and_functional_forms_give_the_same_maps(name, rule):
+    model, x = make(name, dtype=torch.float64)
+    functional, _ = make(name, functional=True, dtype=torch.float64)
+    for analyzer in ("lrp.epsilon", "lrp.sequential_preset_a", "lrp.flat"):
+        maps = [lx.create_analyzer(analyzer, m, attention_rule=rule).analyze(x)
+                for m in (model, functional)]
+        torch.testing.assert_close(maps[1], maps[0], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["vit", "text", "decoder"])
+def test_both_relevance_flows_agree(name):
+    model, x = make(name, dtype=torch.float64)
+    for rule in ("attnlrp", "cp"):
+        relative = lx.create_analyzer("lrp.epsilon", model, attention_rule=rule)
+        absolute = lx.create_analyzer("lrp.epsilon", model, attention_rule=rule)
+        absolute.flow = Flow()
+        torch.testing.assert_close(absolute.analyze(x), relative.analyze(x))
+
+
+@pytest.mark.parametrize("rule", ["attnlrp", "cp"])
+@pytest.mark.parametrize("name", ["text", "decoder"])
+def test_conservation_report_accounts_for_what_the_rules_absorb(name, rule):
+    model, x = make(name, dtype=torch.float64)
+    analyzer = lx.create_analyzer("lrp.epsilon", model, epsilon=1e-12, attention_rule=rule)
+    report = conservation_report(analyzer, x)
+    layers = sum(layer.absorbed for layer in report.layers.values())
+    torch.testing.assert_close(report.absorbed, layers, rtol=0, atol=1e-10)
+    logits = model(x)
+    torch.testing.assert_close(report.output, logits.max(1).values)
+    if name == "decoder" and rule == "cp":  # no bias anywhere, no softmax path: all of it
+        torch.testing.assert_close(report.input, report.output)
+
+
+@pytest.mark.parametrize("name", ["vit", "text", "decoder"])
+@pytest.mark.parametrize("analyzer", LRP_ANALYZERS)
+def test_every_lrp_analyzer_gives_a_map(name, analyzer):
+    model, x = make(name, batch=2)
+    result = lx.create_analyzer(analyzer, model, **KWARGS.get(analyzer, {})).analyze(x)
+    assert result.shape == x.shape and bool(torch.isfinite(result).all())
+
+
+@pytest.mark.parametrize("analyzer", ["guided_backprop", "deconvnet"])
+def test_relu_only_methods_refuse_transformers_naming_the_operation(analyzer):
+    model, x = make("vit", batch=2)
+    with pytest.raises(lx.NotAnalyzableModelError, match="in module 'blocks.0"):
+        lx.create_analyzer(analyzer, model).analyze(x)
+
+
+def test_attention_rule_is_checked():
+    with pytest.raises(ValueError, match=r"attention_rule='softmax'.*\['attnlrp', 'cp'\]"):
+        lx.create_analyzer("lrp.epsilon", nn.Linear(2, 2), attention_rule="softmax")
+
+
+def test_cp_differs_from_attnlrp_only_through_attention():
+    model, x = make("vit", dtype=torch.float64)
+    maps = {rule: lx.create_analyzer("lrp.z", model, attention_rule=rule).analyze(x)
+            for rule in ("attnlrp", "cp")}
+    assert not torch.allclose(maps["attnlrp"], maps["cp"], rtol=1e-2)
+    assert math.isfinite(float(maps["cp"].sum()))

@@ -1,6 +1,7 @@
 """Epoch time with and without ``ExplainCallback``, on the digits demo and the ResNet example.
 
     python benchmarks/callback.py [--epochs 5] [--repeats 2] [--only digits-default ...]
+    python benchmarks/callback.py --cost [--only digits-yaml resnet-pf]   # issue 12, item 9
     python benchmarks/callback_memory.py      # RSS over 30 epochs (memory stays flat)
 
 An epoch is timed from ``on_train_epoch_start`` to ``on_train_epoch_end``, which in
@@ -13,6 +14,12 @@ on a shared machine), the overhead ``with / without - 1`` of each, and the wall 
 inside the callback's own hooks per epoch, as a share of the epoch without it (a direct
 measure of the overhead). Both runs log to TensorBoard, as a user would. Target from the
 issue: ≤ 10 % on the digits demo at default settings.
+
+``--cost`` compares, per explained epoch, the callback's own time (its hooks, median of the
+timed epochs) with the time of the model calls its work needs, measured separately on the
+trained model and the probe samples, best of 3: each analyzer on all probe samples in one
+call, one prediction forward, and every perturbation curve's inputs (all analyzers and steps)
+as forward passes of ``batch_size`` inputs. Target (issue 12, item 9): at most 1.3x.
 """
 
 from __future__ import annotations
@@ -123,6 +130,17 @@ def resnet_setting(example_options: bool):
     return make
 
 
+def resnet_pf_setting(explain: bool):
+    """Issue 12's cost setting: the example's ResNet, four analyzers, pixel flipping (its
+    defaults) and sparseness."""
+    example = load_example("resnet_synthetic")
+    callback = TimedExplainCallback(
+        analyzers=["gradient", "input_t_gradient", "lrp.epsilon", "lrp.sequential_preset_a"],
+        metrics=["pixel_flipping", "sparseness"], sample_selection="stratified"
+    ) if explain else None
+    return example.QuadrantClassifier(), example.BlobDataModule(), callback
+
+
 SETTINGS = {
     "digits-default": ("digits demo, ExplainCallback() defaults (gradient, 8 samples, drift)",
                        digits_setting(dict)),
@@ -132,7 +150,70 @@ SETTINGS = {
                        "batches of 64), ExplainCallback() defaults", resnet_setting(False)),
     "resnet": ("examples/resnet_synthetic.py, its callback: 6 analyzers, 8 samples, region "
                "perturbation, drift", resnet_setting(True)),
+    "resnet-pf": ("examples/resnet_synthetic.py's ResNet, 4 analyzers (gradient, "
+                  "input_t_gradient, lrp.epsilon, lrp.sequential_preset_a), 8 samples, "
+                  "pixel flipping (defaults), sparseness, drift", resnet_pf_setting),
 }
+
+
+def best_of(action: Callable[[], Any], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def model_call_seconds(callback: lx.ExplainCallback, model: L.LightningModule) -> float:
+    """Seconds of the model calls one explained epoch needs (see the module docstring)."""
+    import torch
+
+    from lit_explain.metrics._curves import RegionCurveMetric
+
+    inputs = callback.probe.inputs
+    model.eval()
+    seconds = sum(best_of(lambda a=analyzer: a.analyze(inputs))
+                  for analyzer in callback._analyzers.values())
+    with torch.no_grad():
+        seconds += best_of(lambda: model(inputs))
+        for metric in next(iter(callback._metrics.values())).metrics.values():
+            if not isinstance(metric, RegionCurveMetric):
+                continue
+            points = getattr(metric, "_points", None) or metric.steps + 1
+            curves = 2 if hasattr(metric, "curves") else 1
+            total = len(callback._analyzers) * len(inputs) * points * curves
+            batch = torch.randn(min(total, metric.batch_size), *inputs.shape[1:])
+
+            def forwards(total=total, batch=batch):
+                for start in range(0, total, len(batch)):
+                    model(batch[: min(len(batch), total - start)])
+
+            seconds += best_of(forwards)
+    return seconds
+
+
+def cost(keys: list[str], epochs: int, repeats: int) -> None:
+    print("| setting | callback per explained epoch (s) | model calls it needs (s) | ratio |")
+    print("|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as root:
+        for key in keys:
+            _, make = SETTINGS[key]
+            hooks: list[float] = []
+            needed: list[float] = []
+            for _ in range(repeats):
+                L.seed_everything(0, verbose=False)
+                model, data, callback = make(True)
+                trainer = L.Trainer(max_epochs=epochs + 1, accelerator="cpu", devices=1,
+                                    logger=TensorBoardLogger(root, name="bench"),
+                                    callbacks=[callback], enable_checkpointing=False,
+                                    enable_progress_bar=False, enable_model_summary=False,
+                                    num_sanity_val_steps=0)
+                trainer.fit(model, data)
+                hooks += callback.hook_seconds[1:]
+                needed.append(model_call_seconds(callback, model))
+            hook, need = statistics.median(hooks), min(needed)
+            print(f"| {key} | {hook:.3f} | {need:.3f} | {hook / need:.2f} |", flush=True)
 
 
 def run_once(make, explain: bool, epochs: int, root: str
@@ -157,7 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per run")
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting and arm")
     parser.add_argument("--only", nargs="*", choices=sorted(SETTINGS), default=None)
+    parser.add_argument("--cost", action="store_true",
+                        help="callback time per explained epoch vs the model calls it needs")
     args = parser.parse_args(argv)
+    if args.cost:
+        cost(args.only or ["digits-yaml", "resnet-pf"], args.epochs, args.repeats)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for key in args.only or SETTINGS:

@@ -7,11 +7,12 @@ probe samples and ``compute()`` reduces the states across ranks.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from ..analyzers.validation import check_choice
 from ..metrics import create_metric, localization_metrics, metrics
@@ -29,15 +30,43 @@ def _takes_model(name: str) -> bool:
     return "model" in inspect.signature(metrics[name].__init__).parameters
 
 
+def _accepted(name: str) -> list[str]:
+    """The keyword parameters of metric ``name`` (through ``**kwargs`` to its bases)."""
+    accepted: set[str] = set()
+    for klass in metrics[name].__mro__:
+        init = vars(klass).get("__init__")
+        if init is None or klass is Metric:
+            continue
+        parameters = inspect.signature(init).parameters
+        accepted |= {p for p, v in parameters.items() if p not in ("self", "model")
+                     and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)}
+        if not any(v.kind is v.VAR_KEYWORD for v in parameters.values()):
+            break
+    return sorted(accepted)
+
+
+def build_metric(name: str, model: nn.Module, kwargs: Mapping[str, Any]) -> Metric:
+    """Metric ``name`` for ``model`` with ``kwargs``; a bad keyword or value raises the
+    metric's own error type with the metric's name and the parameters it accepts."""
+    try:
+        return (create_metric(name, model, **kwargs) if _takes_model(name)
+                else create_metric(name, **kwargs))
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"metric {name!r}: {error} (it accepts {_accepted(name)})") from error
+
+
 def normalize_metrics(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]
                       ) -> dict[str, dict[str, Any]]:
-    """Check metric names; return ``{name: kwargs}``."""
+    """Check metric names and keywords (by building each once); return ``{name: kwargs}``."""
     specs = {spec: {}} if isinstance(spec, str) else (
         dict(spec) if isinstance(spec, Mapping) else {name: {} for name in spec})
-    for name in specs:
+    for name, kwargs in specs.items():
         if name not in MAP_METRICS:
             raise KeyError(f"unknown metric {name!r}; valid names: {list(MAP_METRICS)} "
                            f"(drift has its own option, drift=)")
+        if not isinstance(kwargs or {}, Mapping):
+            raise TypeError(f"metric {name!r}: parameters must be a mapping, got {kwargs!r}")
+        build_metric(name, nn.Identity(), kwargs or {})
     return {name: dict(kwargs or {}) for name, kwargs in specs.items()}
 
 
@@ -49,42 +78,125 @@ def normalize_drift(spec: Sequence[str] | str | None) -> tuple[str, ...]:
     return references
 
 
-class MapMetrics:
-    """The configured metrics of one analyzer's maps, built once for the model."""
+#: One metric's mean curve(s) ``{label: curve}``, their x values (``None``: the step) and
+#: what the y axis holds (``"logit"`` or ``"probability"`` of the explained class).
+Curves = tuple[dict[str, Tensor], Tensor | None, str]
+#: What :meth:`ProbeMetrics.evaluate` gives per analyzer: scalars ``{metric[/part]: value}``
+#: and curves ``{metric: Curves}``.
+Scores = tuple[dict[str, float], dict[str, Curves]]
+#: Called with (metric, analyzer or None for all of them, error) when a metric fails.
+OnFailure = Callable[[str, str | None, Exception], None]
 
-    def __init__(self, specs: Mapping[str, Mapping[str, Any]], model: nn.Module) -> None:
-        self.metrics = {name: create_metric(name, model, **kwargs) if _takes_model(name)
-                        else create_metric(name, **kwargs) for name, kwargs in specs.items()}
 
-    def evaluate(self, inputs: Tensor, maps: Tensor, targets: Tensor | None,
-                 masks: Tensor | None = None
-                 ) -> tuple[dict[str, float], dict[str, dict[str, Tensor]]]:
-        """Scalars ``{metric[/part]: value}`` and curves ``{metric: {label: curve}}``."""
-        scalars: dict[str, float] = {}
-        curves: dict[str, dict[str, Tensor]] = {}
-        for name, metric in self.metrics.items():
-            metric.reset()
-            metric.to(inputs.device)
-            if name in localization_metrics:
-                if masks is None:
-                    raise ValueError(f"metric {name!r} needs masks: set mask_key")
-                metric.update(maps, masks.to(maps.device))
-            elif _takes_model(name):
-                metric.update(inputs, maps, targets)
+class ProbeMetrics:
+    """The configured metrics of each analyzer's maps, built once for the model.
+
+    Each metric of each analyzer is evaluated on its own: one that fails is reported through
+    ``on_failure`` and the others go on. The perturbation curves of all analyzers are
+    computed together (the maps concatenated), so that they share their model calls.
+    """
+
+    def __init__(self, specs: Mapping[str, Mapping[str, Any]], model: nn.Module,
+                 analyzers: Sequence[str]) -> None:
+        self.specs = {name: dict(kwargs) for name, kwargs in specs.items()}
+        self.metrics = {analyzer: {name: build_metric(name, model, kwargs)
+                                   for name, kwargs in self.specs.items()}
+                        for analyzer in analyzers}
+
+    def drop_metric(self, name: str) -> None:
+        """Stop evaluating metric ``name`` (for every analyzer)."""
+        self.specs.pop(name, None)
+        for chosen in self.metrics.values():
+            chosen.pop(name, None)
+
+    def drop_analyzer(self, analyzer: str) -> None:
+        self.metrics.pop(analyzer, None)
+
+    def evaluate(self, inputs: Tensor, maps: Mapping[str, Tensor], targets: Tensor | None,
+                 masks: Tensor | None, on_failure: OnFailure) -> dict[str, Scores]:
+        """Scores of every analyzer in ``maps``; ``targets``: the class each map explains."""
+        results: dict[str, Scores] = {analyzer: ({}, {}) for analyzer in maps}
+        for name in list(self.specs):
+            chosen = {a: self.metrics[a][name] for a in maps if name in self.metrics.get(a, {})}
+            for metric in chosen.values():
+                metric.reset()
+                metric.to(inputs.device)
+            failed = self._update(name, chosen, inputs, maps, targets, masks, on_failure)
+            for analyzer, metric in chosen.items():
+                if analyzer in failed:
+                    continue
+                try:
+                    scalars, curves = _read(name, metric)
+                except Exception as error:
+                    on_failure(name, analyzer, error)
+                    continue
+                results[analyzer][0].update(scalars)
+                results[analyzer][1].update(curves)
+        return results
+
+    def _update(self, name: str, chosen: Mapping[str, Metric], inputs: Tensor,
+                maps: Mapping[str, Tensor], targets: Tensor | None, masks: Tensor | None,
+                on_failure: OnFailure) -> set[str]:
+        """Update every analyzer's metric ``name``; return the analyzers for which it failed."""
+        if len(chosen) > 1 and all(hasattr(m, "add_curves") for m in chosen.values()):
+            first = next(iter(chosen.values()))
+            count = len(chosen)
+            try:  # one set of model calls for the curves of all analyzers
+                curves = first.sample_curves(
+                    inputs.repeat(count, *[1] * (inputs.dim() - 1)),
+                    torch.cat([maps[a].to(inputs.device) for a in chosen]),
+                    None if targets is None else targets.repeat(count))
+            except Exception:  # find out which analyzer's maps it fails on
+                pass
             else:
-                metric.update(maps)
-            if name in localization_metrics and int(metric.count) == 0:
-                continue  # no probe sample has a mask to score: nothing to log
-            value = metric.compute()
-            if isinstance(value, Mapping):
-                scalars.update({f"{name}/{part}": float(v) for part, v in value.items()})
-            else:
-                scalars[name] = float(value)
-            if hasattr(metric, "curve"):
-                curves[name] = {name: metric.curve().detach().cpu()}
-            elif hasattr(metric, "curves"):
-                curves[name] = {k: v.detach().cpu() for k, v in metric.curves().items()}
-        return scalars, curves
+                for index, metric in enumerate(chosen.values()):
+                    metric.add_curves(_part(curves, index, len(inputs)))
+                return set()
+        failed: set[str] = set()
+        for analyzer, metric in chosen.items():
+            try:
+                _update_one(name, metric, inputs, maps[analyzer], targets, masks)
+            except Exception as error:
+                failed.add(analyzer)
+                on_failure(name, analyzer, error)
+        return failed
+
+
+def _part(curves: Tensor | Mapping[str, Tensor], index: int, n: int) -> Any:
+    """The ``index``-th block of ``n`` samples of batched per-sample curves."""
+    if isinstance(curves, Mapping):
+        return {key: value if value.dim() == 1 else value[index * n:(index + 1) * n]
+                for key, value in curves.items()}
+    return curves[index * n:(index + 1) * n]
+
+
+def _update_one(name: str, metric: Metric, inputs: Tensor, maps: Tensor,
+                targets: Tensor | None, masks: Tensor | None) -> None:
+    if name in localization_metrics:
+        if masks is None:
+            raise ValueError(f"metric {name!r} needs masks: set mask_key")
+        metric.update(maps, masks.to(maps.device))
+    elif _takes_model(name):
+        metric.update(inputs, maps, targets)
+    else:
+        metric.update(maps)
+
+
+def _read(name: str, metric: Metric) -> Scores:
+    """A metric's scalars and curves (none for a localization metric with no mask)."""
+    if name in localization_metrics and int(metric.count) == 0:
+        return {}, {}  # no probe sample has a mask to score: nothing to log
+    value = metric.compute()
+    scalars = ({f"{name}/{part}": float(v) for part, v in value.items()}
+               if isinstance(value, Mapping) else {name: float(value)})
+    curves: dict[str, Curves] = {}
+    score = "probability" if getattr(metric, "softmax", False) else "logit"
+    if hasattr(metric, "curve"):
+        curves[name] = ({name: metric.curve().detach().cpu()}, None, score)
+    elif hasattr(metric, "curves"):
+        parts = {k: v.detach().cpu() for k, v in metric.curves().items()}
+        curves[name] = (parts, parts.pop("fraction", None), score)
+    return scalars, curves
 
 
 class DriftTracker:

@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from .. import viz
 from ..analyzers import Analyzer, NotAnalyzableModelError, analyzers, create_analyzer
-from ..analyzers.forward import OutputSelector, eager, select_output
+from ..analyzers.forward import OutputSelector, eager
 from ..analyzers.registry import parameters_of
 from ..analyzers.validation import check_choice, check_positive_int
-from ..logging.images import log_images, log_scalars
+from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
 from .evaluation import (
     DEFAULT_LOCALIZATION,
     DriftTracker,
-    MapMetrics,
+    ProbeMetrics,
     normalize_drift,
     normalize_metrics,
 )
 from .patterns import SOURCES, PatternCollector
-from .probe import SELECTIONS, ProbeCollector, check_masks, pick
+from .probe import SELECTIONS, ProbeCollector, check_batch, check_masks, pick
 
 ON_ERROR = ("warn", "raise")
 NORMALIZATIONS = ("per_sample", "shared")
@@ -69,7 +71,12 @@ class ExplainCallback(Callback):
       a plot of the perturbation curve);
     - ``explain/<analyzer>/drift_<previous|first>_<measure>``: how much the maps changed
       (the dashboards plot these over the epochs), and at the end of training
-      ``explain/<analyzer>/drift``, one plot of all of them.
+      ``explain/<analyzer>/drift``, one plot of all of them;
+    - ``explain/time_s`` and ``explain/metrics_time_s``: the callback's seconds that epoch
+      (all of it, and the metrics' share), also written as one log line.
+
+    ``explain`` is the callback's ``name``. Under ``trainer.validate()`` the same pictures and
+    metrics go under ``<name>_validate/...`` and the drift series is left alone.
 
     TensorBoard and W&B get images; other loggers (or none) get PNG files under their log
     directory. Pattern analyzers (``pattern.net``, ``pattern.attribution``) get patterns
@@ -128,18 +135,29 @@ class ExplainCallback(Callback):
         For token models (integer inputs): the word of each token id, written in the
         picture's input column.
     on_error:
-        ``"warn"``: a failing analyzer, metric or logger, or a map with NaNs, warns once,
-        naming the cause, and training goes on. ``"raise"``: it raises.
+        ``"warn"``: nothing the callback does stops ``fit``. An analyzer the model cannot
+        support is dropped at the preflight; a failing analyzer, metric (each alone), logger
+        or prediction, or a map with NaNs, warns once, naming the cause, and training goes
+        on. ``"raise"``: it raises (at the preflight: before the first training step).
+    name:
+        Prefix of the logged tags and key of the checkpoint state: give two callbacks on one
+        Trainer different names.
 
     Notes
     -----
     Training is unchanged: analyses run in eval mode with frozen parameters, take gradients
     with ``torch.autograd.grad`` and restore every flag; their randomness uses their own
     generators. Before the first training step (on the first sanity-check or training
-    batch) every analyzer is tried on one sample, so that a model an analyzer cannot handle
-    fails at once with :class:`~lit_explain.NotAnalyzableModelError`. Under DDP every rank
-    explains its own probe samples, metrics and drift are reduced across ranks, and rank
-    zero logs.
+    batch) the preflight checks ``input_key``, ``target_key`` and ``mask_key`` against the
+    batch (a bad key raises, naming the batch's keys) and tries every analyzer and metric on
+    one sample: under ``on_error="warn"`` one the model cannot support is dropped with one
+    warning, under ``"raise"`` it stops there. Under DDP every rank explains its own probe
+    samples, metrics and drift are reduced across ranks, and rank zero logs.
+
+    Cost: one analysis per analyzer of the probe samples, one prediction forward, and for
+    each perturbation metric ``num_samples x (steps + 1)`` forward passes per analyzer (the
+    analyzers' curves batched together), plus the pictures; ``explain/time_s`` says what it
+    took.
     """
 
     def __init__(self, analyzers: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("gradient",),
@@ -153,8 +171,13 @@ class ExplainCallback(Callback):
                  pattern_type: str = "relu", pattern_source: str = "train",
                  pattern_every_n_batches: int | None = None,
                  class_names: Sequence[str] | None = None,
-                 token_names: Sequence[str] | None = None, on_error: str = "warn") -> None:
+                 token_names: Sequence[str] | None = None, on_error: str = "warn",
+                 name: str = "explain") -> None:
         super().__init__()
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"name={name!r} is not valid; use letters, digits, '_', '.', '-' "
+                             f"(it prefixes the logged tags)")
+        self.name = name
         self.analyzer_specs = normalize_analyzers(analyzers)
         self.metric_specs = normalize_metrics(metrics)
         localizing = [name for name in self.metric_specs if name in localization_metrics]
@@ -192,44 +215,102 @@ class ExplainCallback(Callback):
                                          pattern_every_n_batches) if uses_patterns else None
         self.shared_absmax: dict[str, float] = {}
         self._analyzers: dict[str, Analyzer] = {}
-        self._metrics: dict[str, MapMetrics] = {}
+        self._metrics: ProbeMetrics | None = None
+        self._dropped: set[str] = set()
         self._checked = False
         self._warned: set[str] = set()
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(analyzers=sorted(self.analyzer_specs),
-                                        num_samples=self.probe.num_samples,
-                                        selection=self.probe.selection)
+        # The name only: a resume with other analyzers or metrics finds its state (and
+        # keeps what still applies, see load_state_dict).
+        return self._generate_state_key(name=self.name)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._analyzers = {name: create_analyzer(name, pl_module, **{
                                "output_key": self.output_key, **kwargs})
-                           for name, kwargs in self.analyzer_specs.items()}
-        model = OutputSelector(pl_module, self.output_key)
-        self._metrics = {name: MapMetrics(self.metric_specs, model) for name in self._analyzers}
+                           for name, kwargs in self.analyzer_specs.items()
+                           if name not in self._dropped}
+        self._selector = OutputSelector(pl_module, self.output_key)
+        self._metrics = ProbeMetrics(self.metric_specs, self._selector, list(self._analyzers))
         if self.patterns is not None:
             self.patterns.setup(pl_module)
+        if not trainer.loggers:
+            self._warn_once("no logger", "the Trainer has no logger: pictures go to PNG files "
+                            f"under {image_directory(None, trainer.default_root_dir)} and the "
+                            "metrics are not recorded. Give the Trainer a logger to keep them.")
 
-    # Before the first training step: can every analyzer handle this model?
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.enable_validation:
+            self._warn_once("no validation", (
+                "the Trainer runs no validation (no val_dataloader or validation_step, or "
+                "limit_val_batches=0), so nothing is explained: the callback takes its probe "
+                "samples from the validation batches. Give the Trainer validation data."))
+
+    # Before the first training step: the keys, every analyzer and every metric.
 
     def _check_analyzers(self, batch: Any) -> None:
         if self._checked:
             return
         self._checked = True
-        sample = pick(batch, self.input_key)[:1]
+        inputs, targets = check_batch(batch, self.input_key, self.target_key)
         if self.mask_key is not None:  # a configuration error: raised whatever on_error says
-            check_masks(pick(batch, self.mask_key), pick(batch, self.input_key), self.mask_key)
-        for name, analyzer in self._analyzers.items():
-            if not name.startswith("pattern."):
-                try:
-                    analyzer.analyze(sample)
-                except NotAnalyzableModelError as error:
-                    raise NotAnalyzableModelError(f"analyzer {name!r}: {error}") from error
-                except Exception as error:  # not a configuration error: the usual policy
-                    self._warn_or_raise(f"analyzer {name!r}", error)
+            check_masks(pick(batch, self.mask_key), inputs, self.mask_key)
+        sample = inputs[:1]
+        first_map = None
+        for name, analyzer in list(self._analyzers.items()):
+            if name.startswith("pattern."):
+                continue
+            try:
+                result = analyzer.analyze(sample)
+            except Exception as error:
+                if self.on_error == "raise":
+                    if isinstance(error, NotAnalyzableModelError):
+                        raise NotAnalyzableModelError(f"analyzer {name!r}: {error}") from error
+                    raise
+                self._drop(name, error)
+            else:
+                first_map = result if first_map is None else first_map
+        if first_map is not None and self._metrics is not None:
+            self._check_metrics(sample, first_map, batch)
+
+    def _drop(self, name: str, error: Exception) -> None:
+        """Drop an analyzer that failed at the preflight, with one warning."""
+        del self._analyzers[name]
+        self._dropped.add(name)
+        if self._metrics is not None:
+            self._metrics.drop_analyzer(name)
+        remaining = sorted(self._analyzers)
+        rank_zero_warn(
+            f"ExplainCallback: analyzer {name!r} cannot explain this model and is dropped "
+            f"({type(error).__name__}: {error}). "
+            + (f"Training goes on with {remaining}. " if remaining else
+               "No analyzer is left; training goes on without explanations. ")
+            + f"Remove {name!r} from analyzers (or pick one with a rule for that operation) "
+            f"to silence this, or set on_error='raise' to stop instead.")
+
+    def _check_metrics(self, sample: Tensor, maps: Tensor, batch: Any) -> None:
+        """Try every metric on one sample's map; drop (or raise on) one that fails."""
+        masks = None if self.mask_key is None else pick(batch, self.mask_key)[:1]
+        with torch.inference_mode(False):
+            sample, maps = sample.clone(), maps.detach().clone()
+            masks = None if masks is None else masks.clone()
+            target = self._predict(sample)
+            probe = ProbeMetrics(self._metrics.specs, self._selector, ["preflight"])
+            failures: list[tuple[str, Exception]] = []
+            probe.evaluate(sample, {"preflight": maps}, target, masks,
+                           lambda metric, _, error: failures.append((metric, error)))
+        for metric, error in failures:
+            if self.on_error == "raise":
+                raise type(error)(f"metric {metric!r}: {error}") from error
+            self._metrics.drop_metric(metric)
+            rank_zero_warn(f"ExplainCallback: metric {metric!r} cannot score this model's maps "
+                           f"and is dropped ({type(error).__name__}: {error}); the other "
+                           f"metrics go on. Change its parameters or remove it from metrics, "
+                           f"or set on_error='raise' to stop instead.")
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
@@ -260,9 +341,8 @@ class ExplainCallback(Callback):
     @override
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                   batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking:
-            self._check_analyzers(batch)
-        elif self.patterns is not None:
+        self._check_analyzers(batch)  # the sanity check's first batch, or validate()'s
+        if not trainer.sanity_checking and self.patterns is not None:
             self.patterns.batch_start(trainer, pl_module, "val", batch_idx)
 
     @override
@@ -280,43 +360,86 @@ class ExplainCallback(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self.probe.finish()
+        if not self.probe.ready:
+            self.probe.finish()
+            self._say_what_the_probe_is()
         if self.patterns is not None:
             self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
         if not self.probe.ready or trainer.current_epoch % self.every_n_epochs != 0:
             return
+        if not self._analyzers:
+            return
         with eager():  # a compiled model is explained through its Python code
             self._explain_and_log(trainer, pl_module)
 
+    def _say_what_the_probe_is(self) -> None:
+        """Warn once when the probe set is not what was asked for."""
+        got = 0 if self.probe.inputs is None else len(self.probe.inputs)
+        if 0 < got < self.probe.num_samples:
+            self._warn_once("few samples", f"the validation set gave {got} samples, fewer than "
+                            f"num_samples={self.probe.num_samples}: {got} are explained.")
+        if self.probe.selection == "stratified" and got and self.probe.targets is None:
+            self._warn_once("no labels", "sample_selection='stratified' needs labels, but the "
+                            "batches have none (target_key=None): the first samples are "
+                            "explained instead.")
+
     def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        started = time.perf_counter()
+        validating = trainer.state.fn == "validate"
+        prefix = f"{self.name}_validate" if validating else self.name
         inputs = self.probe.inputs.to(pl_module.device)
         targets = None if self.probe.targets is None else self.probe.targets.to(pl_module.device)
         masks = None if self.probe.masks is None else self.probe.masks.to(pl_module.device)
-        predictions = self._guarded("prediction", lambda: self._predict(pl_module, inputs))
+        predictions = self._guarded("prediction", lambda: self._predict(inputs))
         if predictions is None:
             return
         maps: dict[str, Tensor] = {}
         scalars: dict[str, float] = {}
         plots: dict[str, Tensor] = {}
-        for name, analyzer in self._analyzers.items():
-            result = self._guarded(f"analyzer {name!r}", lambda a=analyzer: self._explain(a))
-            if result is None:
-                continue
-            maps[name] = result.cpu()
-            measured = self._guarded(f"metrics of {name!r}", lambda n=name, r=result: (
-                self._metrics[n].evaluate(inputs, r, targets, masks)))
-            if measured is not None:
-                values, curves = measured
-                scalars.update({f"explain/{name}/{key}": v for key, v in values.items()})
-                for metric, curve in curves.items():
-                    plots[f"explain/{name}/{metric}_curve"] = viz.line_plot(
-                        curve, title=f"{name}: {metric}", x_label="step", y_label="score")
-            drift = self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
-                self.drift.update(n, r, trainer.current_epoch)))
-            if drift:
-                scalars.update({f"explain/{name}/{key}": v for key, v in drift.items()})
+        names = list(self._analyzers)
+        progress = _progress(trainer, len(names) + 2, f"{self.name}: explaining "
+                             f"{len(inputs)} samples")
+        for name in names:
+            result = self._guarded(f"analyzer {name!r}",
+                                   lambda a=self._analyzers[name]: self._explain(a))
+            progress(1)
+            if result is not None:
+                maps[name] = result
+        metrics_started = time.perf_counter()
+        if self._metrics is not None and self._metrics.specs and maps:
+            scores = self._metrics.evaluate(
+                inputs, maps, targets if targets is not None else predictions, masks,
+                lambda metric, analyzer, error: self._warn_or_raise(
+                    f"metric {metric!r}" + (f" of analyzer {analyzer!r}" if analyzer else ""),
+                    error))
+            for name, (values, curves) in scores.items():
+                scalars.update({f"{prefix}/{name}/{key}": v for key, v in values.items()})
+                for metric, (series, x, score) in curves.items():
+                    plots[f"{prefix}/{name}/{metric}_curve"] = self._guarded(
+                        "plot", lambda n=name, m=metric, c=series, x=x, y=score: _curve_plot(
+                            n, m, c, x, y))
+        metrics_seconds = time.perf_counter() - metrics_started
+        progress(1)
+        if not validating:
+            for name, result in maps.items():
+                drift = self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
+                    self.drift.update(n, r, trainer.current_epoch)))
+                if drift:
+                    scalars.update({f"{prefix}/{name}/{key}": v for key, v in drift.items()})
         if trainer.is_global_zero and maps:
-            self._log(trainer, maps, scalars, plots, predictions.cpu())
+            self._log(trainer, prefix, {k: v.cpu() for k, v in maps.items()}, scalars,
+                      {k: v for k, v in plots.items() if v is not None}, predictions.cpu())
+        progress(1, close=True)
+        seconds = time.perf_counter() - started
+        if trainer.is_global_zero:
+            self._guarded("logging", lambda: log_scalars(
+                trainer.loggers, {f"{prefix}/time_s": seconds,
+                                  f"{prefix}/metrics_time_s": metrics_seconds},
+                trainer.global_step))
+        rank_zero_info(f"ExplainCallback {self.name!r}, epoch {trainer.current_epoch}: "
+                       f"{_count(len(maps), 'analyzer')} ({', '.join(maps)}) x "
+                       f"{_count(len(inputs), 'sample')} in {seconds:.2f} s, of which "
+                       f"metrics {metrics_seconds:.2f} s")
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -325,12 +448,14 @@ class ExplainCallback(Callback):
         if not trainer.is_global_zero:
             return
         for name in self.drift.history:
+            if name not in self._analyzers:
+                continue
             plot = self._guarded("drift plot", lambda n=name: viz.line_plot(
                 self.drift.curves(n), title=f"{n}: drift", x_label="epoch",
                 y_label="similarity", x=self.drift.epochs[n]))
             if plot is not None:
                 self._guarded("logging", lambda n=name, p=plot: log_images(
-                    trainer.loggers, f"explain/{n}/drift", [viz.to_uint8_hwc(p)],
+                    trainer.loggers, f"{self.name}/{n}/drift", [viz.to_uint8_hwc(p)],
                     trainer.global_step, captions=[f"{n}: drift over the epochs"],
                     default_root=trainer.default_root_dir))
 
@@ -350,15 +475,15 @@ class ExplainCallback(Callback):
             raise FloatingPointError("the attribution map contains NaN or infinite values")
         return result
 
-    def _log(self, trainer: L.Trainer, maps: dict[str, Tensor], scalars: dict[str, float],
-             plots: dict[str, Tensor], predictions: Tensor) -> None:
+    def _log(self, trainer: L.Trainer, prefix: str, maps: dict[str, Tensor],
+             scalars: dict[str, float], plots: dict[str, Tensor], predictions: Tensor) -> None:
         step = trainer.global_step
         if self.normalization == "shared":
             for name, result in maps.items():
                 self.shared_absmax.setdefault(name, float(result.abs().max()) or 1.0)
-        pictures = {f"explain/{name}": {name: m} for name, m in maps.items()}
+        pictures = {f"{prefix}/{name}": {name: m} for name, m in maps.items()}
         if len(maps) > 1:
-            pictures["explain/all"] = maps
+            pictures[f"{prefix}/all"] = maps
         for tag, chosen in pictures.items():
             image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
                 self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
@@ -376,9 +501,9 @@ class ExplainCallback(Callback):
 
     # Errors: warn once per cause, or raise.
 
-    def _predict(self, pl_module: L.LightningModule, inputs: Tensor) -> Tensor:
+    def _predict(self, inputs: Tensor) -> Tensor:
         with torch.inference_mode(False), torch.no_grad():
-            outputs = select_output(pl_module(inputs.clone()), self.output_key)
+            outputs = self._selector(inputs.clone())
         return outputs.reshape(len(inputs), -1).argmax(1)
 
     def _guarded(self, what: str, action: Callable[[], T]) -> T | None:
@@ -391,27 +516,81 @@ class ExplainCallback(Callback):
     def _warn_or_raise(self, what: str, error: Exception) -> None:
         if self.on_error == "raise":
             raise error
-        key = f"{what}: {type(error).__name__}"
+        self._warn_once(f"{what}: {type(error).__name__}",
+                        f"{what} failed and is skipped ({type(error).__name__}: {error}); "
+                        f"training goes on. Set on_error='raise' to stop instead.")
+
+    def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            rank_zero_warn(f"ExplainCallback: {what} failed and is skipped "
-                           f"({type(error).__name__}: {error}); training goes on. "
-                           f"Set on_error='raise' to stop instead.")
+            rank_zero_warn(f"ExplainCallback: {message}")
 
     # Checkpoint state: tensors and plain types only.
 
     @override
     def state_dict(self) -> dict[str, Any]:
         state = {"probe": self.probe.state_dict(), "drift": self.drift.state_dict(),
-                 "shared_absmax": dict(self.shared_absmax)}
+                 "shared_absmax": dict(self.shared_absmax),
+                 "analyzers": sorted(self.analyzer_specs)}
         if self.patterns is not None:
             state["patterns"] = self.patterns.state_dict()
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.probe.load_state_dict(state_dict.get("probe", {}))
-        self.drift.load_state_dict(state_dict.get("drift", {}))
-        self.shared_absmax = dict(state_dict.get("shared_absmax", {}))
+        """Restore what still applies: the probe set (when ``num_samples`` is unchanged) and
+        the drift references and colour ranges of the analyzers that are still configured;
+        warn about the rest."""
+        configured = set(self.analyzer_specs)
+        probe = state_dict.get("probe", {})
+        saved_inputs = probe.get("inputs")
+        if saved_inputs is not None and len(saved_inputs) != self.probe.num_samples:
+            self._warn_once("resume probe", (
+                f"the checkpoint's {len(saved_inputs)} probe samples do not match "
+                f"num_samples={self.probe.num_samples}: new ones are taken"))
+        else:
+            self.probe.load_state_dict(probe)
+        drift = state_dict.get("drift", {})
+        saved = set(state_dict.get("analyzers", [])) | set(drift.get("first", {}))
+        self.drift.load_state_dict({key: {a: v for a, v in value.items() if a in configured}
+                                    for key, value in drift.items()})
+        self.shared_absmax = {a: v for a, v in state_dict.get("shared_absmax", {}).items()
+                              if a in configured}
+        dropped = sorted(saved - configured)
+        if dropped:
+            self._warn_once("resume dropped", (
+                f"the checkpoint holds state of analyzers {dropped}, which are no longer "
+                f"configured: it is dropped. Kept: {sorted(saved & configured)}; new: "
+                f"{sorted(configured - saved)}."))
         if self.patterns is not None and "patterns" in state_dict:
             self.patterns.load_state_dict(state_dict["patterns"])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _progress(trainer: L.Trainer, total: int, description: str) -> Callable[..., None]:
+    """A small progress bar under Lightning's while the callback works (none without one)."""
+    if trainer.progress_bar_callback is None or not trainer.is_global_zero:
+        return lambda n=1, close=False: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+    def advance(n: int = 1, close: bool = False) -> None:
+        bar.update(n)
+        if close:
+            bar.close()
+
+    return advance
+
+
+def _curve_plot(analyzer: str, metric: str, series: dict[str, Tensor], x: Tensor | None,
+                score: str) -> Tensor:
+    """The plot of a metric's mean curve(s), axes named for what they hold."""
+    if x is None:
+        return viz.line_plot(series, title=f"{analyzer}: {metric}",
+                             x_label="perturbation step", y_label=score)
+    return viz.line_plot(series, title=f"{analyzer}: {metric}", x=x,
+                         x_label="fraction of regions changed", y_label=score)

@@ -28,11 +28,41 @@ def pick(batch: Any, key: int | str | None) -> Tensor | None:
         return batch
     if isinstance(batch, Mapping):
         if key not in batch:
-            raise KeyError(f"batch has no key {key!r}; its keys are {sorted(batch)}")
+            raise KeyError(f"the batch is a mapping without key {key!r}; its keys are "
+                           f"{sorted(batch, key=str)}")
         return batch[key]
     if not isinstance(key, int) or not -len(batch) <= key < len(batch):
-        raise KeyError(f"batch index {key!r} is not valid for a batch of {len(batch)} parts")
+        raise KeyError(f"index {key!r} is not valid for a batch of {len(batch)} parts")
     return batch[key]
+
+
+def check_batch(batch: Any, input_key: int | str, target_key: int | str | None
+                ) -> tuple[Tensor, Tensor | None]:
+    """The inputs and labels of a real batch, checked; a bad key raises a ``ValueError``
+    that names the option and the batch's keys (or parts)."""
+    parts = {"input_key": input_key, "target_key": target_key}
+    found: dict[str, Any] = {}
+    for option, key in parts.items():
+        try:
+            found[option] = pick(batch, key)
+        except KeyError as error:
+            raise ValueError(f"{option}={key!r} does not fit the validation batch: "
+                             f"{error.args[0]}. Set {option}= to where the "
+                             f"{'input' if option == 'input_key' else 'label'} sits"
+                             + ("" if option == "input_key" else " (None: no labels)")
+                             ) from None
+    inputs, targets = found["input_key"], found["target_key"]
+    if not isinstance(inputs, Tensor):
+        raise ValueError(f"input_key={input_key!r} selects a {type(inputs).__name__}, not a "
+                         f"tensor; set input_key= to where the input tensor sits")
+    if targets is not None and (not isinstance(targets, Tensor) or targets.dim() == 0
+                                or len(targets) != len(inputs)):
+        what = (f"a tensor of shape {tuple(targets.shape)}" if isinstance(targets, Tensor)
+                else f"a {type(targets).__name__}")
+        raise ValueError(f"target_key={target_key!r} selects {what}, not one label per "
+                         f"sample of the {len(inputs)} inputs; set target_key= to where the "
+                         f"labels sit (None: no labels)")
+    return inputs, targets
 
 
 def check_masks(masks: Any, inputs: Tensor, key: int | str) -> None:

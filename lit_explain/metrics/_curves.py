@@ -29,6 +29,26 @@ REDUCTIONS = ("sum", "mean", "max")
 
 Perturbation = str | float | Callable[[Tensor], Tensor]
 
+#: ``steps=None``: at most this many steps, fewer when the input has fewer regions.
+MAX_DEFAULT_STEPS = 100
+#: ``region_shape=None``: at most about this many regions (16 x 16 on images, 256 along a
+#: sequence or a feature vector, 6 x 6 x 6 on volumes).
+MAX_DEFAULT_REGIONS = 256
+
+
+def default_region_shape(spatial: Sequence[int]) -> tuple[int, ...]:
+    """The region size ``region_shape=None`` means for a spatial shape.
+
+    Each of the ``d`` spatial dimensions is cut into at most ``floor(256 ** (1/d))`` parts
+    (16 for images), so that the grid has at most :data:`MAX_DEFAULT_REGIONS` regions and
+    small inputs keep one position per region: 8 x 8 -> 1 x 1 (64 regions), 32 x 32 -> 2 x 2
+    (256), 224 x 224 -> 14 x 14 (256), 10 features -> 1 (10).
+    """
+    if not spatial:
+        return ()
+    parts = max(1, int(MAX_DEFAULT_REGIONS ** (1 / len(spatial)) + 1e-9))
+    return tuple(max(1, -(-int(s) // parts)) for s in spatial)
+
 
 def check_perturbation(name: str, value: object) -> None:
     """Accept a known name, a number (a constant baseline) or a callable."""
@@ -147,8 +167,8 @@ class RegionCurveMetric(Metric):
     def __init__(
         self,
         model: Callable[[Tensor], Tensor],
-        region_shape: int | Sequence[int],
-        steps: int,
+        region_shape: int | Sequence[int] | None,
+        steps: int | None,
         softmax: bool,
         channel_reduce: str,
         region_reduce: str,
@@ -169,13 +189,16 @@ class RegionCurveMetric(Metric):
         if output_key is not None and not isinstance(output_key, (int, str)):
             raise TypeError(f"output_key={output_key!r} is not valid; expected a tuple index "
                             f"(int), a mapping key (str) or None")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps={steps!r} is not valid; use a positive int")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps={steps!r} is not valid; use a positive int or None "
+                             f"(derived from the input)")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not valid; use a positive int")
         check_choice("channel_reduce", channel_reduce, REDUCTIONS)
         check_choice("region_reduce", region_reduce, REDUCTIONS)
-        if isinstance(region_shape, int):
+        if region_shape is None:
+            pass
+        elif isinstance(region_shape, int):
             as_tuple(region_shape, 1, "region_shape")
         else:
             as_tuple(region_shape, len(region_shape), "region_shape")
@@ -194,6 +217,36 @@ class RegionCurveMetric(Metric):
         self.seed = seed
         self.use_eval_mode = use_eval_mode
         self._generator: torch.Generator | None = None
+        self._points: int | None = None
+
+    def resolved_steps(self, available: int) -> int:
+        """``steps``, or for ``steps=None`` ``min(100, available)`` (at least 1)."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, min(MAX_DEFAULT_STEPS, available))
+
+    def _curve_states(self, names: Sequence[str], steps: int, device: torch.device) -> None:
+        """Declare the curve states (``steps + 1`` points each) once the steps are known.
+
+        With ``steps=None`` they depend on the first input's shape; a later input that
+        needs another number of steps is refused rather than mixed in.
+        """
+        if self._points is None:
+            for name in names:
+                self.add_state(name, default=torch.zeros(steps + 1, dtype=torch.float64,
+                                                          device=device),
+                               dist_reduce_fx="sum")
+            self._points = steps + 1
+        elif self._points != steps + 1:
+            raise ValueError(
+                f"inputs of this shape need {steps} steps, but the metric's curve has "
+                f"{self._points - 1} (from earlier inputs); set steps= to compare inputs of "
+                f"different shapes")
+
+    def _curve_state(self, name: str) -> Tensor:
+        """A curve state, or one zero point before the first update."""
+        state = getattr(self, name, None)
+        return state if state is not None else torch.zeros(1, dtype=torch.float64)
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The metric's own generator, seeded from ``seed`` on first use after a reset."""
@@ -211,9 +264,10 @@ class RegionCurveMetric(Metric):
     ) -> tuple[Tensor, RegionGrid, Tensor, Tensor | None]:
         """``(x_nc, grid, region scores (N, R), target)`` with the target resolved."""
         x_nc = as_nc(x)
-        grid = RegionGrid(
-            tuple(x_nc.shape[2:]), as_tuple(self.region_shape, x_nc.dim() - 2, "region_shape")
-        )
+        spatial = tuple(x_nc.shape[2:])
+        region = (default_region_shape(spatial) if self.region_shape is None
+                  else as_tuple(self.region_shape, x_nc.dim() - 2, "region_shape"))
+        grid = RegionGrid(spatial, region)
         a = match_attributions(attributions.detach(), x_nc).to(x_nc.dtype)
         if self.absolute:
             a = a.abs()

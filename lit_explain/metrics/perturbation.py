@@ -58,9 +58,13 @@ class RegionPerturbation(RegionCurveMetric):
         Region size in the spatial dims (int for all dims, or one per dim): ``(h, w)`` for
         images, ``(l,)`` for sequences, features for tabular data. Regions cover all
         channels. When the size is not a multiple, the grid is zero-padded half before,
-        half after, and border regions are partial.
+        half after, and border regions are partial. ``None`` (default): derived from the
+        input so that the grid has at most 256 regions, 16 per side on images
+        (:func:`~lit_explain.metrics._curves.default_region_shape`: 8 x 8 -> 1, 32 x 32 -> 2,
+        224 x 224 -> 14, tabular -> 1).
     steps
-        Number of perturbation steps ``L``; the curve has ``steps + 1`` points.
+        Number of perturbation steps ``L``; the curve has ``steps + 1`` points. ``None``
+        (default): ``min(100, regions // regions_per_step)``, fixed by the first input.
     regions_per_step
         Regions replaced per step; ``steps * regions_per_step`` must not exceed the number
         of regions.
@@ -97,8 +101,8 @@ class RegionPerturbation(RegionCurveMetric):
     def __init__(
         self,
         model: Callable[[Tensor], Tensor],
-        region_shape: int | Sequence[int] = 8,
-        steps: int = 100,
+        region_shape: int | Sequence[int] | None = None,
+        steps: int | None = None,
         regions_per_step: int = 1,
         order: str = "morf",
         perturbation: Perturbation = "zeros",
@@ -127,36 +131,45 @@ class RegionPerturbation(RegionCurveMetric):
         self.order = order
         self.perturbation = perturbation
         self.regions_per_step = regions_per_step
-        zeros = torch.zeros(steps + 1, dtype=torch.float64)
-        self.add_state("curve_sum", default=zeros, dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        if steps is not None:
+            self._curve_states(("curve_sum",), steps, torch.device("cpu"))
 
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
     ) -> Tensor:
         """Per-sample curves ``(N, steps + 1)`` without touching the states."""
         x_nc, grid, scores, target = self._prepare(x, attributions, target)
-        if self.steps * self.regions_per_step > grid.n_regions:
+        steps = self.resolved_steps(grid.n_regions // self.regions_per_step)
+        if steps * self.regions_per_step > grid.n_regions:
+            regions = "region" if grid.n_regions == 1 else "regions"
             raise ValueError(
-                f"steps={self.steps} x regions_per_step={self.regions_per_step} exceeds the "
-                f"{grid.n_regions} regions of region_shape={self.region_shape!r} on inputs of "
-                f"shape {tuple(x.shape)}"
+                f"steps={steps} x regions_per_step={self.regions_per_step} exceeds the "
+                f"{grid.n_regions} {regions} of region_shape={grid.region!r} on inputs of "
+                f"shape {tuple(x.shape)}; lower steps or leave it None (derived)"
             )
         generator = self.generator(x.device)
         pixel_rank = region_ranks(scores, self.order, generator)[:, grid.pixel_region(x.device)]
-        counts = torch.arange(self.steps + 1, device=x.device) * self.regions_per_step
+        counts = torch.arange(steps + 1, device=x.device) * self.regions_per_step
         replacement = self._replacement(x_nc, grid, self.perturbation)
         return self._curves(x, x_nc, replacement, pixel_rank, counts, target)
 
     def update(self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None) -> None:
         """Add the curves of a batch; ``target=None`` explains the predicted class."""
-        curves = self.sample_curves(x, attributions, target)
+        self.add_curves(self.sample_curves(x, attributions, target))
+
+    def add_curves(self, curves: Tensor) -> None:
+        """Add per-sample curves from :meth:`sample_curves` to the states (so that curves of
+        several maps can be computed in shared model calls and credited to each map's
+        metric)."""
+        self._curve_states(("curve_sum",), curves.shape[1] - 1, curves.device)
         self.curve_sum += curves.sum(0).to(self.curve_sum)
         self.count += curves.shape[0]
 
     def curve(self) -> Tensor:
         """Mean perturbation curve ``(steps + 1,)``, for plotting (index = step)."""
-        return self.curve_sum / self.count.clamp_min(1)
+        curve_sum = self._curve_state("curve_sum")
+        return curve_sum / self.count.clamp_min(1).to(curve_sum.device)
 
     def compute(self) -> Tensor:
         """AOPC of the mean curve (equal to the mean of the per-sample AOPCs)."""
@@ -202,16 +215,17 @@ class InsertionDeletion(RegionCurveMetric):
     :meth:`compute` returns ``{"insertion_auc": ↑, "deletion_auc": ↓}``.
 
     Options are those of :class:`RegionPerturbation`; the default ``region_shape=1``
-    perturbs single positions.
+    perturbs single positions, and ``steps=None`` means ``min(100, regions)``.
     """
 
     higher_is_better = None
+    _STATES = ("insertion_sum", "deletion_sum", "fraction_sum")
 
     def __init__(
         self,
         model: Callable[[Tensor], Tensor],
-        region_shape: int | Sequence[int] = 1,
-        steps: int = 100,
+        region_shape: int | Sequence[int] | None = 1,
+        steps: int | None = None,
         insertion_baseline: Perturbation = "blur",
         deletion_baseline: Perturbation = "zeros",
         value_range: Sequence[float] | None = None,
@@ -236,11 +250,9 @@ class InsertionDeletion(RegionCurveMetric):
         check_perturbation("deletion_baseline", deletion_baseline)
         self.insertion_baseline = insertion_baseline
         self.deletion_baseline = deletion_baseline
-        zeros = torch.zeros(steps + 1, dtype=torch.float64)
-        self.add_state("insertion_sum", default=zeros.clone(), dist_reduce_fx="sum")
-        self.add_state("deletion_sum", default=zeros.clone(), dist_reduce_fx="sum")
-        self.add_state("fraction_sum", default=zeros.clone(), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        if steps is not None:
+            self._curve_states(self._STATES, steps, torch.device("cpu"))
 
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
@@ -248,8 +260,9 @@ class InsertionDeletion(RegionCurveMetric):
         """Per-sample ``{"insertion", "deletion"}`` curves ``(N, steps + 1)`` and ``"fraction"``."""
         x_nc, grid, scores, target = self._prepare(x, attributions, target)
         n_regions = grid.n_regions
-        per_step = -(-n_regions // self.steps)
-        counts = (torch.arange(self.steps + 1, device=x.device) * per_step).clamp_max(n_regions)
+        steps = self.resolved_steps(n_regions)
+        per_step = -(-n_regions // steps)
+        counts = (torch.arange(steps + 1, device=x.device) * per_step).clamp_max(n_regions)
         pixel_rank = region_ranks(scores, "morf", self.generator(x.device))
         pixel_rank = pixel_rank[:, grid.pixel_region(x.device)]
         deleted = self._replacement(x_nc, grid, self.deletion_baseline)
@@ -262,7 +275,11 @@ class InsertionDeletion(RegionCurveMetric):
 
     def update(self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None) -> None:
         """Add the curves of a batch; ``target=None`` explains the predicted class."""
-        c = self.sample_curves(x, attributions, target)
+        self.add_curves(self.sample_curves(x, attributions, target))
+
+    def add_curves(self, c: dict[str, Tensor]) -> None:
+        """Add per-sample curves from :meth:`sample_curves` to the states."""
+        self._curve_states(self._STATES, c["deletion"].shape[1] - 1, c["deletion"].device)
         n = c["deletion"].shape[0]
         self.insertion_sum += c["insertion"].sum(0).to(self.insertion_sum)
         self.deletion_sum += c["deletion"].sum(0).to(self.deletion_sum)
@@ -272,11 +289,8 @@ class InsertionDeletion(RegionCurveMetric):
     def curves(self) -> dict[str, Tensor]:
         """Mean ``{"insertion", "deletion", "fraction"}`` curves ``(steps + 1,)`` for plotting."""
         n = self.count.clamp_min(1)
-        return {
-            "insertion": self.insertion_sum / n,
-            "deletion": self.deletion_sum / n,
-            "fraction": self.fraction_sum / n,
-        }
+        sums = {name.removesuffix("_sum"): self._curve_state(name) for name in self._STATES}
+        return {name: total / n.to(total.device) for name, total in sums.items()}
 
     def compute(self) -> dict[str, Tensor]:
         """``{"insertion_auc", "deletion_auc"}``: trapezoid areas of the mean curves."""

@@ -70,8 +70,9 @@ def test_works_in_trainer_validate_under_inference_mode(tmp_path):
     trainer = make_trainer(tmp_path, [callback], CSVLogger(str(tmp_path)))
     trainer.validate(model, DigitsDataModule(batch_size=32))
     pngs = glob.glob(os.path.join(str(tmp_path), "**", "explain", "*.png"), recursive=True)
-    # explain/gradient as a PNG file for the CSV logger (one analyzer: no explain/all)
-    assert [os.path.basename(p) for p in pngs] == ["explain_gradient_step000000.png"]
+    # explain_validate/gradient as a PNG file for the CSV logger (one analyzer: no .../all);
+    # under validate() the tags are the callback's name + "_validate"
+    assert [os.path.basename(p) for p in pngs] == ["explain_validate_gradient_step000000.png"]
 
 
 def test_skips_the_sanity_check(tmp_path):
@@ -150,10 +151,21 @@ def test_checkpoint_state_is_tensors_and_resumes_with_weights_only(tmp_path):
     assert torch.equal(resumed.probe.inputs, callback.probe.inputs)
 
 
-def test_two_callbacks_have_distinct_state_keys():
-    first = lx.ExplainCallback(analyzers=["gradient"])
-    second = lx.ExplainCallback(analyzers=["deep_lift"])
+def test_two_callbacks_with_the_same_settings_live_on_one_trainer_by_name(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    first = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    second = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, name="second")
     assert first.state_key != second.state_key
+    with pytest.raises(RuntimeError, match="state_key"):  # Lightning refuses equal keys
+        make_trainer(tmp_path, [first, lx.ExplainCallback(analyzers=["gradient"])])
+    _, trainer = train(tmp_path, [first, second], logger, max_epochs=1)
+    tags = image_tags(logger.log_dir)
+    assert tags["explain/gradient"] == 1 and tags["second/gradient"] == 1
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    states = torch.load(tmp_path / "two.ckpt", weights_only=True)["callbacks"]
+    assert {first.state_key, second.state_key} <= set(states)
+    with pytest.raises(ValueError, match="name='a b'"):
+        lx.ExplainCallback(name="a b")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

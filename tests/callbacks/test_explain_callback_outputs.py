@@ -144,7 +144,7 @@ def test_a_failing_logger_warns_and_training_finishes(tmp_path):
     assert trainer.current_epoch == 2
 
 
-def test_a_model_the_analyzer_cannot_handle_fails_before_the_first_training_step(tmp_path):
+def test_under_raise_a_model_the_analyzer_cannot_handle_stops_before_training_step_1(tmp_path):
     class Gelu(DigitsClassifier):
         def __init__(self):
             super().__init__(channels=4)
@@ -152,7 +152,7 @@ def test_a_model_the_analyzer_cannot_handle_fails_before_the_first_training_step
 
     model = Gelu()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    callback = lx.ExplainCallback(analyzers=["gradient", "guided_backprop"])
+    callback = lx.ExplainCallback(analyzers=["gradient", "guided_backprop"], on_error="raise")
     with pytest.raises(lx.NotAnalyzableModelError, match=r"guided_backprop.*gelu.*net\.1"):
         make_trainer(tmp_path, [callback], num_sanity_val_steps=0).fit(
             model, DigitsDataModule(batch_size=32))

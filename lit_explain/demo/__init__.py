@@ -123,6 +123,8 @@ class DigitsClassifier(Classifier):
 
 
 from .clever_hans import CleverHansDigits, stamp_watermark, watermark_mask  # noqa: E402
+from .transformers import TextTransformer, TinyViT, ViTDigitsClassifier  # noqa: E402
 
 __all__ = ["CleverHansDigits", "Classifier", "DigitsClassifier", "DigitsDataModule",
-           "digits_cnn", "load_digits_tensors", "stamp_watermark", "watermark_mask"]
+           "TextTransformer", "TinyViT", "ViTDigitsClassifier", "digits_cnn",
+           "load_digits_tensors", "stamp_watermark", "watermark_mask"]

@@ -216,6 +216,14 @@ class EpsilonRule(_RescalingRule):
             return safe(z)
         return z.abs().add_(self.epsilon).copysign_(z)  # sign(z)·(|z| + ε) = z + ε·sign(z)
 
+    def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
+        if not (flow.relative and self.bias and self.epsilon):
+            return super().__call__(layer, flow)
+        # Per unit: R_y / (y + ε·sign y) · y = |y| / (|y| + ε) times the gradient.
+        y = layer.linear_term()
+        magnitude = y.detach().abs()
+        return redistribute([y], y, [magnitude.div_(magnitude + self.epsilon)])
+
 
 @dataclass(frozen=True)
 class MagnitudeShareRule(Rule):

@@ -72,4 +72,4 @@ class GuidedBackprop(_ReluRuleAnalyzer):
     @staticmethod
     def relu_backward(grad: Tensor, relu_input: Tensor) -> Tensor:
         # ReLU's own backward kernel keeps the gradient where the input was positive
-        return torch.ops.aten.threshold_backward(grad.clamp(min=0), relu_input, 0)
+        return torch.ops.aten.threshold_backward(grad, relu_input, 0).clamp_(min=0)

@@ -7,13 +7,16 @@ The engine (:mod:`lit_explain.analyzers`) needs only torch; the Lightning callba
 from .analyzers import (
     Analyzer,
     NotAnalyzableModelError,
-    analyzers,
     conservation_report,
     create_analyzer,
     load_analyzer,
     model_wo_softmax,
 )
+from .analyzers.registry import analyzers as analyzer_registry
 from .patterns import PatternComputer
+
+# ``lit_explain.analyzers`` is the engine package, which also reads as the registry
+# (``lx.analyzers["gradient"]``, ``sorted(lx.analyzers)``); ``analyzer_registry`` is the dict.
 
 __version__ = "0.1.0"
 
@@ -23,6 +26,7 @@ __all__ = [
     "NotAnalyzableModelError",
     "PatternCallback",
     "PatternComputer",
+    "analyzer_registry",
     "analyzers",
     "conservation_report",
     "create_analyzer",

@@ -86,6 +86,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
 
     #: Registry name, set by :func:`register`.
     name: ClassVar[str] = ""
+    #: What :meth:`save` calls; :mod:`.persistence` sets it (base does not import it).
+    saver: ClassVar[Callable[[Analyzer, Any], None] | None] = None
     #: Whether the analyzer explains logits and so refuses a model ending in softmax.
     needs_logits: ClassVar[bool] = True
     #: Whether the backward pass starts from the selected output's value (LRP family) or 1.
@@ -197,9 +199,10 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
     def save(self, path: str | os.PathLike) -> None:
         """Save the analyzer's name, parameters and fitted state to ``path`` (tensors and
         plain types only; :func:`~lit_explain.load_analyzer` reads it back onto a model)."""
-        from .persistence import save_analyzer
-
-        save_analyzer(self, path)
+        if Analyzer.saver is None:  # set by .persistence, which imports this module
+            raise RuntimeError("saving needs lit_explain.analyzers.persistence: import "
+                               "lit_explain.analyzers")
+        Analyzer.saver(self, path)
 
     def fitted_state(self) -> dict[str, Any]:
         """The state learnt by :meth:`fit` (tensors and plain types); empty if none."""

@@ -87,7 +87,9 @@ def select_output(output: Any, key: OutputKey = None) -> Tensor:
         raise TypeError(f"the model returns a {type(output).__name__}; analyzers explain a "
                         f"tensor, a tuple or a mapping of them (output_key=)")
     if not isinstance(value, Tensor):
-        raise TypeError(f"output_key={key!r} selects a {type(value).__name__}, not a tensor")
+        noun = type(value).__name__
+        raise TypeError(f"output_key={key!r} selects {'an' if noun[:1] in 'aeiou' else 'a'} "
+                        f"{noun}, not a tensor")
     return value
 
 

@@ -29,14 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from .base import Analyzer
+from .lrp import presets, rules
+from .registry import analyzers, create_analyzer
 
 FORMAT = "lit_explain.analyzer"
 VERSION = 1
 
 
 def _rule_types() -> tuple[dict[str, type], dict[str, Any]]:
-    from .lrp import presets, rules
-
     classes = {name: cls for name, cls in vars(rules).items()
                if isinstance(cls, type) and issubclass(cls, rules.Rule)}
     conditions = {f.__name__: f for f in (presets.is_dense_layer, presets.is_conv_layer,
@@ -171,8 +171,6 @@ def load_analyzer(source: str | os.PathLike | IO[bytes] | Mapping[str, Any],
         For a file that is not a saved analyzer, or a model whose layers differ (the message
         names the first difference).
     """
-    from .registry import analyzers, create_analyzer
-
     if isinstance(source, Mapping):
         state = source
     else:
@@ -189,3 +187,6 @@ def load_analyzer(source: str | os.PathLike | IO[bytes] | Mapping[str, Any],
     analyzer = create_analyzer(state["name"], model, **decode(state["parameters"]))
     analyzer.load_fitted_state(decode(state["state"]))
     return analyzer
+
+
+Analyzer.saver = save_analyzer

@@ -18,6 +18,11 @@ from ..analyzers.validation import check_choice
 SELECTIONS = ("first", "stratified")
 
 
+def a(noun: str) -> str:
+    """``noun`` with its indefinite article: "a tensor", "an int"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def pick(batch: Any, key: int | str | None) -> Tensor | None:
     """The part of a batch at ``key``: a tuple/list index or a dict key (``None``: none)."""
     if key is None:
@@ -53,12 +58,12 @@ def check_batch(batch: Any, input_key: int | str, target_key: int | str | None
                              ) from None
     inputs, targets = found["input_key"], found["target_key"]
     if not isinstance(inputs, Tensor):
-        raise ValueError(f"input_key={input_key!r} selects a {type(inputs).__name__}, not a "
+        raise ValueError(f"input_key={input_key!r} selects {a(type(inputs).__name__)}, not a "
                          f"tensor; set input_key= to where the input tensor sits")
     if targets is not None and (not isinstance(targets, Tensor) or targets.dim() == 0
                                 or len(targets) != len(inputs)):
         what = (f"a tensor of shape {tuple(targets.shape)}" if isinstance(targets, Tensor)
-                else f"a {type(targets).__name__}")
+                else a(type(targets).__name__))
         raise ValueError(f"target_key={target_key!r} selects {what}, not one label per "
                          f"sample of the {len(inputs)} inputs; set target_key= to where the "
                          f"labels sit (None: no labels)")
@@ -72,7 +77,7 @@ def check_masks(masks: Any, inputs: Tensor, key: int | str) -> None:
     spatial shape (``(N, *S)`` or ``(N, 1, *S)`` for inputs ``(N, C, *S)``).
     """
     if not isinstance(masks, Tensor):
-        raise TypeError(f"mask_key={key!r} selects a {type(masks).__name__}, not a tensor")
+        raise TypeError(f"mask_key={key!r} selects {a(type(masks).__name__)}, not a tensor")
     binary = masks.dtype == torch.bool or (
         not masks.is_complex() and bool(((masks == 0) | (masks == 1)).all()))
     if not binary:

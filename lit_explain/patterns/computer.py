@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..analyzers.validation import check_choice
 from .layers import (
     batch_sums,
     is_batch_norm,
@@ -96,7 +95,9 @@ class PatternComputer:
     def __init__(self, model: nn.Module, pattern_type: str = "relu") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_choice("pattern_type", pattern_type, PATTERN_TYPES)
+        if pattern_type not in PATTERN_TYPES:  # (no import from the analyzers: a layer below)
+            raise ValueError(f"pattern_type={pattern_type!r} is not valid; expected one of "
+                             f"{list(PATTERN_TYPES)}")
         self.model = model
         self.pattern_type = pattern_type
         self.layers = kernel_layers(model)

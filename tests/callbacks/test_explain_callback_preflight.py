@@ -58,7 +58,8 @@ def test_an_unsupported_analyzer_is_dropped_with_one_warning_and_fit_finishes(tm
     messages = explain_warnings(record)
     assert len(messages) == 1, messages
     assert all(word in messages[0] for word in ("'guided_backprop'", "gelu", "net.1", "dropped",
-                                                "Remove", "on_error='raise'"))
+                                                "Remove", "on_error='raise'",
+                                                "is an activation operation"))
     tags = image_tags(logger.log_dir)
     assert tags["explain/gradient"] == 3 and "explain/guided_backprop" not in tags
 
@@ -156,6 +157,15 @@ def test_a_dict_batch_with_the_default_keys_names_the_option_and_the_keys(tmp_pa
     make_trainer(tmp_path, [right], max_epochs=1).fit(DictClassifier(channels=4),
                                                       DictDigits(batch_size=32))
     assert right.drift.first["gradient"].shape == (2, 1, 8, 8)
+
+
+def test_messages_use_the_right_article():
+    from lit_explain.callbacks.probe import check_batch
+
+    with pytest.raises(ValueError, match="input_key='n' selects an int, not a tensor"):
+        check_batch({"n": 3, "y": torch.zeros(2)}, "n", "y")
+    with pytest.raises(ValueError, match="target_key='y' selects a str"):
+        check_batch({"x": torch.zeros(2, 3), "y": "label"}, "x", "y")
 
 
 def test_a_bad_metric_keyword_fails_at_construction_naming_the_metric():

@@ -53,3 +53,22 @@ def test_config_fits_and_logs_explanations(config, tmp_path, monkeypatch):
     tags = image_tags(tmp_path / "runs")
     assert expected <= set(tags), f"missing: {sorted(expected - set(tags))}"
     assert all(tags[tag] == [2] for tag in expected)  # one epoch of two steps, explained once
+
+
+def test_fit_without_a_config_trains_the_demo_with_the_callback(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lit-explain"])
+    main(["fit", *TINY, f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.callbacks.metrics=[sparseness]"])
+    tags = image_tags(tmp_path)
+    assert {"explain/gradient", "explain/lrp.epsilon", "explain/all"} <= set(tags)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"]])
+def test_help_says_how_to_turn_the_callback_on_and_points_to_configs(argv, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lit-explain"])
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ExplainCallback" in out and "--trainer.callbacks.analyzers" in out
+    assert "configs/" in out and "lit-explain fit --config configs/digits.yaml" in out

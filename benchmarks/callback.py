@@ -177,7 +177,10 @@ def model_call_seconds(callback: lx.ExplainCallback, model: L.LightningModule) -
                   for analyzer in callback._analyzers.values())
     with torch.no_grad():
         seconds += best_of(lambda: model(inputs))
-        for metric in next(iter(callback._metrics.values())).metrics.values():
+        holder = callback._metrics  # ProbeMetrics (one per callback) or, before, one per analyzer
+        per_analyzer = holder.metrics if hasattr(holder, "specs") else {
+            name: m.metrics for name, m in holder.items()}
+        for metric in next(iter(per_analyzer.values())).values():
             if not isinstance(metric, RegionCurveMetric):
                 continue
             points = getattr(metric, "_points", None) or metric.steps + 1

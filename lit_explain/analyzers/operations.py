@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
@@ -348,12 +352,14 @@ class OperationRules(TorchFunctionMode):
                 args, kwargs = self._cross_boundary(args, kwargs)
             if self.prepare is not None:
                 args, kwargs = self.prepare(kind, args, kwargs)
-        call = self._call(func, args, kwargs, kind)
+        # Calls that run as written (most of them) need no OperationCall: it is made for a
+        # handler, an error or the diagnostics' record only.
+        call = self._call(func, args, kwargs, kind) if (
+            handler is not None or self.record is not None) else None
         if self.record is not None:
             # the ids the model passed (a hook may swap a tensor), the values the call got
             inputs = [(i, _snapshot(t)) for i, t in zip(held, tensors_in(args, kwargs),
                                                          strict=True)]
-        twin = out_of_place(func, args, kwargs) if handler is not None else None
         if handler is None:
             output = func(*args, **kwargs)
             if not routed and any(differentiable(o) for o in tensors_in(output)):
@@ -361,13 +367,12 @@ class OperationRules(TorchFunctionMode):
                         "instead: remove it from forward, or pass lit_explain.model_wo_softmax("
                         "model) for a trailing nn.Softmax.") if kind == SOFTMAX else ""
                 raise NotAnalyzableModelError(
-                    f"{call.where()} is {article(kind)} {kind} operation, for which this "
-                    f"analyzer has no rule. Supported operation kinds: "
-                    f"{sorted(set(self.handlers) | self.passthrough)}.{hint}")
-        elif twin is None:
-            output = handler(call)
+                    f"{self._call(func, args, kwargs, kind).where()} is {article(kind)} "
+                    f"{kind} operation, for which this analyzer has no rule. Supported "
+                    f"operation kinds: {sorted(set(self.handlers) | self.passthrough)}.{hint}")
         else:
-            output = self._in_place(call, handler, twin)
+            twin = out_of_place(func, args, kwargs)
+            output = handler(call) if twin is None else self._in_place(call, handler, twin)
         if self.record is not None:
             outputs = tensors_in(output)
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in outputs],
@@ -426,15 +431,19 @@ class OperationRules(TorchFunctionMode):
     def tracking_modules(self) -> Iterator[OperationRules]:
         """Enter the mode and track which submodule runs, removing every hook on exit."""
         stack = self.state.module_stack
+        paths = {id(module): (path, module) for path, module in self.model.named_modules()}
+
+        def enter(module: nn.Module, args: tuple) -> None:
+            if id(module) in paths:
+                stack.append(paths[id(module)])
 
         def leave(module: nn.Module, args: tuple, output: object) -> None:
-            stack.pop()
+            if id(module) in paths:
+                stack.pop()
 
-        handles = []
-        for path, module in self.model.named_modules():
-            handles.append(module.register_forward_pre_hook(
-                lambda m, a, path=path: stack.append((path, m))))
-            handles.append(module.register_forward_hook(leave, always_call=True))
+        # Two global hooks (filtered to the model's modules), not two per module.
+        handles = [register_module_forward_pre_hook(enter),
+                   register_module_forward_hook(leave, always_call=True)]
         try:
             with self:
                 yield self

@@ -17,6 +17,10 @@ the sentiment words light up and the neutral ones and the padding fade. At the e
 prints a few validation sentences with each word's LRP-ε relevance, and the conservation
 report (where relevance is absorbed on its way from the logit to the tokens).
 
+Each map is also scored by token deletion, ``explain/<analyzer>/pixel_flipping``: the words are
+replaced by the padding id 0 (which the masked mean leaves out), most relevant first, and the
+AOPC is the mean drop of the logit (``mask_token_id=0``: token ids have no float baseline).
+
 How to look at it
 -----------------
 ::
@@ -44,6 +48,8 @@ VOCABULARY = 40
 LENGTH = 16
 POSITIVE = range(1, 5)
 NEGATIVE = range(5, 9)
+#: Token deletion: a deleted word becomes the padding id 0, which the masked mean leaves out.
+METRICS = {"pixel_flipping": {"mask_token_id": 0}}
 
 
 def word(token: int) -> str:
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> str:
     data = SentenceDataModule(num_train=args.num_train, seed=args.seed)
     explain = lx.ExplainCallback(analyzers=ANALYZERS, num_samples=args.num_samples,
                                  every_n_epochs=args.every_n_epochs,
-                                 sample_selection="stratified", pattern_source="train")
+                                 sample_selection="stratified", pattern_source="train",
+                                 metrics=METRICS)
     log_dir = fit_example(model, data, args, "sentiment_tokens", [explain],
                           f"{args.num_samples} validation sentences (per token)",
                           accelerator="cpu")

@@ -11,8 +11,11 @@ sentence is positive when it holds more positive than negative words. The model,
 :class:`lit_explain.ExplainCallback` explains 8 validation sentences every epoch with AttnLRP
 (``lrp.epsilon``), CP-LRP (``lrp``, ``attention_rule="cp"``), Input×Gradient and Integrated
 Gradients: one value per token (the analyses start at the embedding's output and sum over it),
-drawn as strips with the words written in the cells (``token_names``). At the end the script
-prints a few sentences with each word's AttnLRP relevance.
+drawn as strips with the words written in the cells (``token_names``), and scores each map by
+token deletion (``pixel_flipping`` with ``mask_token_id=0``: the most relevant words are
+replaced by the padding id first, which the model's key padding mask then ignores; its AOPC is
+``explain/<analyzer>/pixel_flipping``). At the end the script prints a few sentences with each
+word's AttnLRP relevance.
 
 How to look at it
 -----------------
@@ -36,6 +39,8 @@ from lit_explain.demo.runs import example_parser, fit_example
 ANALYZERS = {"lrp.epsilon": {"epsilon": 1e-6},  # AttnLRP
              "lrp": {"rule": "Epsilon", "attention_rule": "cp"},  # CP-LRP
              "input_t_gradient": {}, "integrated_gradients": {"steps": 32}}
+#: Token deletion: a deleted word becomes the padding id 0, which the model masks out.
+METRICS = {"pixel_flipping": {"mask_token_id": 0}}
 VOCABULARY, LENGTH = 40, 16
 POSITIVE, NEGATIVE = range(1, 5), range(5, 9)
 WORDS = ["·", *(f"+{t}" for t in POSITIVE), *(f"-{t}" for t in NEGATIVE),
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> str:
     data = Sentences(num_train=args.num_train, seed=args.seed)
     explain = lx.ExplainCallback(analyzers=ANALYZERS, num_samples=args.num_samples,
                                  sample_selection="stratified", token_names=WORDS,
+                                 metrics=METRICS,
                                  class_names=["negative", "positive"])
     log_dir = fit_example(model, data, args, "text_transformer", [explain],
                           f"{args.num_samples} validation sentences (per token)",

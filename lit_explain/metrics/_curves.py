@@ -22,6 +22,7 @@ from ._common import (
     normalize_target,
     reduce_channels,
 )
+from ._tokens import check_mask_token_id, is_token_input, token_replacement
 
 PERTURBATIONS = ("zeros", "mean", "gaussian", "invert", "blur")
 ORDERS = ("morf", "lerf", "random")
@@ -181,9 +182,11 @@ class RegionCurveMetric(Metric):
         use_eval_mode: bool,
         *,
         output_key: int | str | None = None,
+        mask_token_id: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
+        self.mask_token_id = check_mask_token_id(mask_token_id)
         if not callable(model):
             raise ValueError(f"model={model!r} is not valid; pass a callable returning logits")
         if output_key is not None and not isinstance(output_key, (int, str)):
@@ -265,10 +268,15 @@ class RegionCurveMetric(Metric):
         """``(x_nc, grid, region scores (N, R), target)`` with the target resolved."""
         x_nc = as_nc(x)
         spatial = tuple(x_nc.shape[2:])
-        region = (default_region_shape(spatial) if self.region_shape is None
-                  else as_tuple(self.region_shape, x_nc.dim() - 2, "region_shape"))
+        tokens = is_token_input(x_nc)
+        if self.region_shape is not None:
+            region = as_tuple(self.region_shape, x_nc.dim() - 2, "region_shape")
+        else:  # one token per region; else derived from the shape
+            region = (1,) * len(spatial) if tokens else default_region_shape(spatial)
         grid = RegionGrid(spatial, region)
-        a = match_attributions(attributions.detach(), x_nc).to(x_nc.dtype)
+        dtype = x_nc.dtype if not tokens else (
+            attributions.dtype if attributions.is_floating_point() else torch.get_default_dtype())
+        a = match_attributions(attributions.detach(), x_nc).to(dtype)
         if self.absolute:
             a = a.abs()
         scores = grid.region_scores(reduce_channels(a, self.channel_reduce), self.region_reduce)
@@ -300,6 +308,10 @@ class RegionCurveMetric(Metric):
             )
 
     def _replacement(self, x_nc: Tensor, grid: RegionGrid, perturbation: Perturbation) -> Tensor:
+        """What each position becomes when perturbed: ``mask_token_id`` for token inputs
+        (see :mod:`~lit_explain.metrics._tokens`), else :func:`replacement_values`."""
+        if is_token_input(x_nc) or self.mask_token_id is not None:
+            return token_replacement(x_nc, self.mask_token_id)
         return replacement_values(
             x_nc,
             grid,

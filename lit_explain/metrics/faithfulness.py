@@ -48,8 +48,9 @@ class FaithfulnessCorrelation(RegionCurveMetric):
     perturbation
         Replacement, as in :class:`RegionPerturbation` (default ``"zeros"``).
     softmax, channel_reduce, absolute, noise_std, blur_sigma, value_range, batch_size, seed,
-    use_eval_mode, output_key
-        As in :class:`RegionPerturbation`. Subsets are drawn from the metric's own generator,
+    use_eval_mode, output_key, mask_token_id
+        As in :class:`RegionPerturbation` (token inputs: subsets of tokens are replaced by
+        ``mask_token_id``). Subsets are drawn from the metric's own generator,
         one sample after another, so they do not depend on ``batch_size``.
     """
 
@@ -72,12 +73,13 @@ class FaithfulnessCorrelation(RegionCurveMetric):
         seed: int = 0,
         use_eval_mode: bool = True,
         output_key: int | str | None = None,
+        mask_token_id: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
             model, region_shape, 1, softmax, channel_reduce, "sum", absolute,
             noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode,
-            output_key=output_key, **kwargs,
+            output_key=output_key, mask_token_id=mask_token_id, **kwargs,
         )  # fmt: skip
         if not isinstance(n_subsets, int) or n_subsets < 2:
             raise ValueError(f"n_subsets={n_subsets!r} is not valid; use an int >= 2")

@@ -61,7 +61,7 @@ class RegionPerturbation(RegionCurveMetric):
         half after, and border regions are partial. ``None`` (default): derived from the
         input so that the grid has at most 256 regions, 16 per side on images
         (:func:`~lit_explain.metrics._curves.default_region_shape`: 8 x 8 -> 1, 32 x 32 -> 2,
-        224 x 224 -> 14, tabular -> 1).
+        224 x 224 -> 14, tabular -> 1); one token per region for token inputs.
     steps
         Number of perturbation steps ``L``; the curve has ``steps + 1`` points. ``None``
         (default): ``min(100, regions // regions_per_step)``, fixed by the first input.
@@ -88,6 +88,13 @@ class RegionPerturbation(RegionCurveMetric):
     seed
         Seed of the metric's own generator (random order, Gaussian noise); re-seeded on
         :meth:`reset`, the global RNG is never used.
+    mask_token_id
+        For token inputs (integer ids ``(N, L)``, one attribution per token): the id that
+        replaces a deleted token (a ``[MASK]`` id, or the padding id of a model that ignores
+        padding). Integer inputs need it (they are refused without, naming this option);
+        regions are then single tokens unless ``region_shape`` is given, and
+        ``perturbation`` and ``value_range`` do not apply. See
+        :mod:`~lit_explain.metrics._tokens`.
 
     Examples
     --------
@@ -117,12 +124,13 @@ class RegionPerturbation(RegionCurveMetric):
         seed: int = 0,
         use_eval_mode: bool = True,
         output_key: int | str | None = None,
+        mask_token_id: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
             model, region_shape, steps, softmax, channel_reduce, region_reduce, absolute,
             noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode,
-            output_key=output_key, **kwargs,
+            output_key=output_key, mask_token_id=mask_token_id, **kwargs,
         )  # fmt: skip
         check_choice("order", order, ORDERS)
         check_perturbation("perturbation", perturbation)
@@ -215,7 +223,10 @@ class InsertionDeletion(RegionCurveMetric):
     :meth:`compute` returns ``{"insertion_auc": ↑, "deletion_auc": ↓}``.
 
     Options are those of :class:`RegionPerturbation`; the default ``region_shape=1``
-    perturbs single positions, and ``steps=None`` means ``min(100, regions)``.
+    perturbs single positions, and ``steps=None`` means ``min(100, regions)``. Token inputs
+    (integer ids) need ``mask_token_id``: deletion replaces the most relevant tokens first by
+    that id, insertion starts from a sequence of that id only and puts the most relevant
+    tokens back first (both baselines are then that id).
     """
 
     higher_is_better = None
@@ -239,12 +250,13 @@ class InsertionDeletion(RegionCurveMetric):
         seed: int = 0,
         use_eval_mode: bool = True,
         output_key: int | str | None = None,
+        mask_token_id: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
             model, region_shape, steps, softmax, channel_reduce, region_reduce, absolute,
             noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode,
-            output_key=output_key, **kwargs,
+            output_key=output_key, mask_token_id=mask_token_id, **kwargs,
         )  # fmt: skip
         check_perturbation("insertion_baseline", insertion_baseline)
         check_perturbation("deletion_baseline", deletion_baseline)

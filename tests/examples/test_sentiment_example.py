@@ -21,6 +21,8 @@ def test_the_sentiment_example_logs_token_strips(tmp_path, capsys):
     for analyzer in [*example.ANALYZERS, "all"]:
         events = images[f"explain/{analyzer}"]
         assert [e.step for e in events] == [4, 8], analyzer  # every epoch
+        if analyzer != "all":  # token deletion (mask_token_id=0) scored every map
+            assert len(images[f"explain/{analyzer}/pixel_flipping_curve"]) == 2, analyzer
         for event in events:
             assert png_size(event.encoded_image_string) == (event.width, event.height)
             assert event.width > 4 * event.height // 4  # strips: wider than tall per row

@@ -23,6 +23,8 @@ def test_the_transformer_example_logs_every_analyzer_every_epoch(name, tmp_path,
         assert [e.step for e in images[f"explain/{analyzer}"]] == [2, 4], analyzer
     if name == "text_transformer":
         assert "+" in capsys.readouterr().out  # the words with their relevance
+        for analyzer in example.ANALYZERS:  # token deletion scored every map
+            assert len(images[f"explain/{analyzer}/pixel_flipping_curve"]) == 2, analyzer
 
 
 class _no_failure_warnings:

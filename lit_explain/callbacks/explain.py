@@ -307,6 +307,7 @@ class ExplainCallback(Callback):
             if self.on_error == "raise":
                 raise type(error)(f"metric {metric!r}: {error}") from error
             self._metrics.drop_metric(metric)
+            self.metric_specs.pop(metric, None)  # not rebuilt for validate() after fit
             rank_zero_warn(f"ExplainCallback: metric {metric!r} cannot score this model's maps "
                            f"and is dropped ({type(error).__name__}: {error}); the other "
                            f"metrics go on. Change its parameters or remove it from metrics, "

@@ -300,10 +300,36 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         seed = self._seed(logits, select(logits))
         if recorder is not None:
             logits = recorder.observe(logits, OUTPUT_KEY, recorder.on_model_output)
-        (grad,) = torch.autograd.grad(logits, x, seed)
+        grad = None
+        if logits.requires_grad:  # parameters are frozen: only x can make it require grad
+            (grad,) = torch.autograd.grad(logits, x, seed, allow_unused=True)
+        if grad is None:
+            grad = self._no_path_to_input(x)
         if recorder is not None:
             self._keep(recorder)
         return grad
+
+    def _no_path_to_input(self, x: Tensor) -> Tensor:
+        """The map when the explained output has no differentiable path to the input: zeros,
+        with a warning that says why (:meth:`_why_no_path`).
+
+        Zero is the answer, not a failure: the gradient of an output that does not depend on
+        the input (through operations with a gradient) is zero, and so is every map built
+        from it (Input×Gradient, Integrated Gradients, SmoothGrad). Under CP-LRP it is zero by
+        the method's definition: CP-LRP (Ali et al., ICML 2022) holds the attention weights
+        (softmax) and non-linear gates constant, so no relevance flows through them, and an
+        output that reaches the input only through them gets no relevance at the input.
+        An error would instead stop a training run (or every epoch of the callback) for a
+        model the rule set handles as specified."""
+        warnings.warn(f"{self.name or type(self).__name__}: {self._why_no_path()}; the map is "
+                      f"all zeros", UserWarning, stacklevel=4)
+        return torch.zeros_like(x)
+
+    def _why_no_path(self) -> str:
+        """Why the explained output may not reach the input (overridden where a rule set
+        blocks paths on purpose)."""
+        return ("the explained output has no differentiable path to the input (it is "
+                "constant in the input, or the model detaches or discretises it on the way)")
 
     def _forward(self, x: Tensor, handlers: dict[str, Handler], passthrough: frozenset[str], *,
                  prepare: Prepare | None = None,

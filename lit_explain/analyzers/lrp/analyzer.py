@@ -306,6 +306,14 @@ class LRP(Analyzer):
         finally:
             self._softmax_outputs = {}
 
+    def _why_no_path(self) -> str:
+        if self.attention_rule == "cp":
+            return ("under attention_rule='cp' (CP-LRP) no relevance passes through softmax "
+                    "(attention weights) and non-linear gates, and the explained output reaches "
+                    "the input only through them; attention_rule='attnlrp' propagates through "
+                    "them")
+        return super()._why_no_path()
+
     def _transformer_handlers(self) -> dict[str, Callable[[OperationCall], Tensor]]:
         """AttnLRP's (or CP-LRP's) rules for non-linearities, softmax, products of
         activations, normalisations and attention (:mod:`.transformer`)."""

@@ -1,0 +1,103 @@
+"""An explained output with no differentiable path to the input gets a zero map and a
+warning that says why, never autograd's raw RuntimeError.
+
+CP-LRP (Ali et al. 2022) holds the softmax output constant: by definition no relevance goes
+through it, so an output that reaches the input only through a softmax has zero relevance at
+the input. Where part of the output takes another path, that part alone arrives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import lit_explain as lx
+
+
+class SoftmaxOnly(nn.Module):
+    """``b(softmax(a(x)))``: the output reaches x only through the softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(F.softmax(self.a(x), -1))
+
+
+class AttentionOverConstants(nn.Module):
+    """Token ids → embedding → attention weights over constant values: under CP the tokens
+    get nothing (the values, a parameter, do not depend on the input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(10, 4)
+        self.values = nn.Parameter(torch.randn(5, 4))
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.embedding(tokens)
+        weights = F.softmax(h @ h.transpose(1, 2), -1)
+        return self.out((weights @ self.values).mean(1))
+
+
+class Partial(nn.Module):
+    """``w·x + b(softmax(a(x)))`` without biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.direct = nn.Linear(4, 1, bias=False)
+        self.a, self.b = nn.Linear(4, 3, bias=False), nn.Linear(3, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.direct(x) + self.b(F.softmax(self.a(x), -1))
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.z", "lrp.alpha_1_beta_0"])
+def test_cp_on_a_softmax_only_path_gives_a_zero_map_and_says_why(name):
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    analyzer = lx.create_analyzer(name, SoftmaxOnly(), attention_rule="cp")
+    with pytest.warns(UserWarning, match=r"attention_rule='cp'.*softmax.*all zeros"):
+        relevance = analyzer.analyze(x)
+    assert torch.equal(relevance, torch.zeros_like(x))
+    # AttnLRP propagates through the softmax: the same model gets relevance there
+    assert lx.create_analyzer(name, SoftmaxOnly()).analyze(x).abs().sum() > 0
+
+
+def test_cp_on_token_attention_over_constants_gives_zero_per_token():
+    tokens = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 1]])
+    analyzer = lx.create_analyzer("lrp.epsilon", AttentionOverConstants(), attention_rule="cp")
+    with pytest.warns(UserWarning, match="attention_rule='cp'"):
+        relevance = analyzer.analyze(tokens)
+    assert torch.equal(relevance, torch.zeros(2, 5))
+
+
+def test_cp_keeps_the_relevance_of_the_other_path():
+    # z-rule, no biases: the sum gives each branch its value as relevance; the softmax
+    # branch's share stops at the softmax, the direct branch's gives x_i w_i to input i.
+    model = Partial()
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    relevance = lx.create_analyzer("lrp.z", model, attention_rule="cp").analyze(x)
+    torch.testing.assert_close(relevance, x * model.direct.weight.detach(), rtol=1e-5,
+                               atol=1e-6)
+
+
+class Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.detach())
+
+
+@pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "integrated_gradients"])
+def test_a_model_that_detaches_its_input_gets_a_zero_gradient_map(name):
+    x = torch.randn(2, 4)
+    with pytest.warns(UserWarning, match="no differentiable path to the input.*all zeros"):
+        relevance = lx.create_analyzer(name, Detached()).analyze(x)
+    assert torch.equal(relevance, torch.zeros_like(x))

@@ -314,16 +314,18 @@ class AlphaBetaRule(Rule):
         if self.bias and layer.bias is not None:
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        if non_negative(x):  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻
+        signed = not non_negative(x)
+        if not signed:  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻
             z_plus = layer.part(layer.term_input, True)
-            activator = self._activator(z_plus.detach(), bias_plus)
-            if not self.beta:  # z⁺ only; the output value is the layer's own
-                return flow.output(layer.output_value(), (z_plus, activator))
-            z_minus = layer.part(layer.term_input, False)
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
             positive, negative = layer.input_parts(flow)
             z_plus = layer.part(positive, True) + layer.part(negative, False)
-            activator = self._activator(z_plus.detach(), bias_plus)
+        activator = self._activator(z_plus.detach(), bias_plus)
+        if not self.beta:  # z⁺ only; the output value is the layer's own
+            return flow.output(layer.output_value(), (z_plus, activator))
+        if not signed:
+            z_minus = layer.part(layer.term_input, False)
+        else:
             z_minus = layer.part(positive, False) + layer.part(negative, True)
         y = torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
         terms = [(z_plus, activator)]

@@ -98,16 +98,21 @@ class Flow:
         value = x.detach().clamp(min=0) if positive else x.detach().clamp(max=0)
         return gate(x, value, value)
 
-    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor]) -> Tensor:
-        """``y`` forward; backward, ``R_y ⊙ factor`` enters ``z`` for each term
-        ``(z, factor)``; a factor is ``scale / denominator`` (stabilised: no zeros), owned by
-        the caller, which lets it be overwritten."""
-        return redistribute([z for z, _ in terms], y, [factor for _, factor in terms])
+    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor, float]) -> Tensor:
+        """``y`` forward; backward, ``R_y ⊙ scale / denominator`` enters ``z`` for each term
+        ``(z, denominator, scale)``. A denominator is stabilised (no zeros) and owned by the
+        caller, which lets it be overwritten: one elementwise pass makes the factor."""
+        return redistribute([z for z, _, _ in terms], y,
+                            [self._factor(y, denominator, scale)
+                             for _, denominator, scale in terms])
 
     def rescale(self, y: Tensor, denominator: Tensor) -> Tensor:
         """``y`` forward; backward, ``R_y / denominator`` enters ``y``'s own graph (the
-        z-rule family). ``denominator`` is owned by the caller."""
-        return redistribute([y], y, [denominator.reciprocal_()])
+        z-rule family)."""
+        return self.output(y, (y, denominator, 1.0))
+
+    def _factor(self, y: Tensor, denominator: Tensor, scale: float) -> Tensor:
+        return _scaled(denominator.reciprocal_(), scale)
 
 
 class RelativeFlow(Flow):
@@ -136,14 +141,9 @@ class RelativeFlow(Flow):
         mask = (detached > 0) if positive else (detached < 0)
         return gate(x, value, mask.to(x.dtype))  # x⁺ / x
 
-    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor]) -> Tensor:
-        value = y.detach()  # R_y = y ⊙ gradient
-        return redistribute([z for z, _ in terms], y, [factor.mul_(value) for _, factor in terms])
-
-    def rescale(self, y: Tensor, denominator: Tensor) -> Tensor:
-        """``y`` forward; backward, ``R_y / denominator`` enters ``y``'s own graph (the
-        z-rule family). ``denominator`` is owned by the caller."""
-        return redistribute([y], y, [torch.div(y.detach(), denominator, out=denominator)])
+    def _factor(self, y: Tensor, denominator: Tensor, scale: float) -> Tensor:
+        factor = torch.div(y.detach(), denominator, out=denominator)  # R_y = y ⊙ gradient
+        return _scaled(factor, scale)
 
 
 # Rules --------------------------------------------------------------------------------------
@@ -240,8 +240,9 @@ class MagnitudeShareRule(Rule):
         y = layer.linear_term()
         z = y.detach() - layer.bias_term()
         bias = torch.as_tensor(layer.bias_term(), dtype=z.dtype, device=z.device).abs()
-        share = z.sign().div_(z.abs().add_(bias).clamp_(min=SAFE_EPSILON))
-        return flow.output(y, (y, share))
+        # sign(z)·(|z| + |b|): R_y times |z| / (|z| + |b|), the input's share, reaches z
+        denominator = z.abs().add_(bias).clamp_(min=SAFE_EPSILON).copysign_(z)
+        return flow.rescale(y, denominator)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class WSquareRule(Rule):
         x = layer.input
         ones = torch.ones_like(x)
         z = layer.run(gate(x, ones, ones), self.modified_weight(layer.weight))
-        return flow.output(layer.output_value(), (z, safe_reciprocal(z.detach())))
+        return flow.output(layer.output_value(), (z, safe(z.detach()), 1.0))
 
 
 @dataclass(frozen=True)
@@ -320,29 +321,27 @@ class AlphaBetaRule(Rule):
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
             positive, negative = layer.input_parts(flow)
             z_plus = layer.part(positive, True) + layer.part(negative, False)
-        activator = self._activator(z_plus.detach(), bias_plus)
+        activator = (z_plus, self._activator(z_plus.detach(), bias_plus), self.alpha)
         if not self.beta:  # z⁺ only; the output value is the layer's own
-            return flow.output(layer.output_value(), (z_plus, activator))
+            return flow.output(layer.output_value(), activator)
         if not signed:
             z_minus = layer.part(layer.term_input, False)
         else:
             z_minus = layer.part(positive, False) + layer.part(negative, True)
         y = torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
-        terms = [(z_plus, activator)]
-        if self.beta:
-            terms.append((z_minus, self._inhibitor(z_minus.detach(), bias_minus).neg_()))
-        return flow.output(y, *terms)
+        inhibitor = (z_minus, self._inhibitor(z_minus.detach(), bias_minus), self.beta)
+        return flow.output(y, activator, inhibitor)
 
-    def _activator(self, z_plus: Tensor, bias_plus: Tensor | float) -> Tensor:
-        """α / (z⁺ + b⁺). z⁺ ≥ 0 is kept ε away from 0: where z⁺ < ε every contribution is
-        smaller still (iNNvestigate replaces exact zeros only)."""
-        return _scaled(torch.add(z_plus, bias_plus).clamp_(min=SAFE_EPSILON).reciprocal_(),
-                       self.alpha)
+    @staticmethod
+    def _activator(z_plus: Tensor, bias_plus: Tensor | float) -> Tensor:
+        """The denominator z⁺ + b⁺. z⁺ ≥ 0 is kept ε away from 0: where z⁺ < ε every
+        contribution is smaller still (iNNvestigate replaces exact zeros only)."""
+        return torch.add(z_plus, bias_plus).clamp_(min=SAFE_EPSILON)
 
-    def _inhibitor(self, z_minus: Tensor, bias_minus: Tensor | float) -> Tensor:
-        """β / (z⁻ + b⁻), z⁻ ≤ 0 kept ε away from 0."""
-        return _scaled(torch.add(z_minus, bias_minus).clamp_(max=-SAFE_EPSILON).reciprocal_(),
-                       self.beta)
+    @staticmethod
+    def _inhibitor(z_minus: Tensor, bias_minus: Tensor | float) -> Tensor:
+        """The denominator −(z⁻ + b⁻) ≥ ε, for the term −β R (z⁻-part) / (z⁻ + b⁻)."""
+        return torch.rsub(z_minus, -bias_minus).clamp_(min=SAFE_EPSILON)  # −b⁻ − z⁻
 
 
 @dataclass(frozen=True)
@@ -365,7 +364,7 @@ class ZPlusFastRule(Rule):
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         z = layer.part(layer.term_input, True)
-        return flow.output(layer.output_value(), (z, safe_reciprocal(z.detach())))
+        return flow.output(layer.output_value(), (z, safe(z.detach()), 1.0))
 
 
 @dataclass(frozen=True)
@@ -383,7 +382,7 @@ class BoundedRule(Rule):
         y = layer.linear_term()
         z = (y - layer.bias_term() - layer.run(gate(x, low, low), weight.clamp(min=0))
              - layer.run(gate(x, high, high), weight.clamp(max=0)))
-        return flow.output(y.detach(), (z, safe_reciprocal(z.detach())))
+        return flow.output(y.detach(), (z, safe(z.detach()), 1.0))
 
 
 #: iNNvestigate's rule names (``LRP(rule="Epsilon")``) and the rules they stand for.

@@ -97,8 +97,12 @@ class TextTransformer(Classifier):
 
     def forward(self, tokens: Tensor) -> Tensor:
         padding = tokens == 0
+        # A sentence of padding only (every word deleted, as token deletion does at its last
+        # step) would mask every key and make NaNs: it attends to all of its positions
+        # instead, and the masked mean below still gives it no word (the output is the bias).
+        attend = padding & ~padding.all(dim=1, keepdim=True)
         h = self.embedding(tokens) + self.pos[:, :tokens.shape[1]]
         for layer in self.layers:
-            h = layer(h, src_key_padding_mask=padding)
+            h = layer(h, src_key_padding_mask=attend)
         keep = (~padding).to(h.dtype)[..., None]
         return self.out((h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1))

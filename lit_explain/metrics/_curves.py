@@ -156,6 +156,12 @@ def perturbation_curves(
         mask = (pixel_rank[i] < counts[step].unsqueeze(1)).view(-1, 1, *shape[1:])
         xb = torch.where(mask, replacement[i], source[i]).reshape(-1, *x.shape[1:])
         out[idx], _ = forward_scores(model, xb, None if target is None else target[i], softmax)
+    if not bool(torch.isfinite(out).all()):  # a NaN would make the whole AOPC/AUC NaN
+        bad = int((~torch.isfinite(out)).sum())
+        raise FloatingPointError(
+            f"the model's score is NaN or infinite on {bad} of {total} perturbed inputs: it "
+            f"cannot read some of them (with token inputs, often a sequence of mask_token_id "
+            f"only, such as all padding under a key padding mask that then masks every key)")
     return out.view(n, k)
 
 

@@ -164,3 +164,22 @@ def test_the_callback_drops_a_token_metric_without_a_mask_id_naming_it(tmp_path)
                   enable_progress_bar=False, enable_model_summary=False,
                   enable_checkpointing=False, accelerator="cpu",
                   default_root_dir=str(tmp_path)).fit(Bag(), loader, loader)
+
+
+class MeanOfWords(Bag):
+    """The mean of the non-padding tokens' weights: 0 / 0 for a sentence of padding only."""
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        words = (tokens != 0).sum(1, keepdim=True)
+        return self.table(tokens).sum(1) / words
+
+
+def test_a_score_the_model_cannot_give_fails_loudly_rather_than_a_nan_aopc():
+    # the last step deletes every token: the model divides 0 by 0
+    with pytest.raises(FloatingPointError, match="1 of 5 perturbed inputs"):
+        PixelFlipping(MeanOfWords(), mask_token_id=0).update(X, A, target=1)
+    m = PixelFlipping(MeanOfWords(), mask_token_id=0, steps=3)  # a word is left: finite
+    m.update(X, A, target=1)
+    # delete 2, 4, 1: means 7/4, 2/3, -1/2, -2/1
+    assert float(m.compute()) == pytest.approx((0 + (7 / 4 - 2 / 3) + (7 / 4 + 1 / 2)
+                                                 + (7 / 4 + 2)) / 4)

@@ -16,10 +16,11 @@ measure of the overhead). Both runs log to TensorBoard, as a user would. Target 
 issue: ≤ 10 % on the digits demo at default settings.
 
 ``--cost`` compares, per explained epoch, the callback's own time (its hooks, median of the
-timed epochs) with the time of the model calls its work needs, measured separately on the
-trained model and the probe samples, best of 3: each analyzer on all probe samples in one
-call, one prediction forward, and every perturbation curve's inputs (all analyzers and steps)
-as forward passes of ``batch_size`` inputs. Target (issue 12, item 9): at most 1.3x.
+timed epochs; the plots drawn once at the end of training are reported apart) with the time
+of the model calls its work needs, measured separately on the trained model and the probe
+samples, best of 3: each analyzer on all probe samples in one call, one prediction forward,
+and every perturbation curve's inputs (all analyzers and steps) as forward passes of
+``batch_size`` inputs. Target (issue 12, item 9): at most 1.3x.
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ class TimedExplainCallback(lx.ExplainCallback):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.hook_seconds: list[float] = []  # one entry per epoch
+        self.end_seconds = 0.0  # on_train_end: the curve and drift plots, once
         self._epoch_seconds = 0.0
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = time.perf_counter()
+        super().on_train_end(trainer, pl_module)
+        self.end_seconds = time.perf_counter() - start
 
     def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
         start = time.perf_counter()
@@ -197,13 +204,15 @@ def model_call_seconds(callback: lx.ExplainCallback, model: L.LightningModule) -
 
 
 def cost(keys: list[str], epochs: int, repeats: int) -> None:
-    print("| setting | callback per explained epoch (s) | model calls it needs (s) | ratio |")
-    print("|---|---:|---:|---:|")
+    print("| setting | callback per explained epoch (s) | model calls it needs (s) | ratio "
+          "| once at the end of training (s) |")
+    print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as root:
         for key in keys:
             _, make = SETTINGS[key]
             hooks: list[float] = []
             needed: list[float] = []
+            ends: list[float] = []
             for _ in range(repeats):
                 L.seed_everything(0, verbose=False)
                 model, data, callback = make(True)
@@ -214,9 +223,11 @@ def cost(keys: list[str], epochs: int, repeats: int) -> None:
                                     num_sanity_val_steps=0)
                 trainer.fit(model, data)
                 hooks += callback.hook_seconds[1:]
+                ends.append(callback.end_seconds)
                 needed.append(model_call_seconds(callback, model))
             hook, need = statistics.median(hooks), min(needed)
-            print(f"| {key} | {hook:.3f} | {need:.3f} | {hook / need:.2f} |", flush=True)
+            print(f"| {key} | {hook:.3f} | {need:.3f} | {hook / need:.2f} "
+                  f"| {statistics.median(ends):.3f} |", flush=True)
 
 
 def run_once(make, explain: bool, epochs: int, root: str

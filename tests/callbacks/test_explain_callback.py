@@ -39,12 +39,17 @@ def image_tags(log_dir: str) -> dict[str, int]:
     return {tag: len(events.Images(tag)) for tag in events.Tags()["images"]}
 
 
-def test_logs_a_heatmap_grid_per_analyzer_to_tensorboard_each_epoch(tmp_path):
+@pytest.mark.parametrize("grids, pictures", [
+    ("combined", {"explain/all"}),  # the default: one picture, a column per analyzer
+    ("each", {"explain/gradient", "explain/guided_backprop"}),
+    ("both", {"explain/gradient", "explain/guided_backprop", "explain/all"})])
+def test_logs_heatmap_grids_to_tensorboard_each_epoch(tmp_path, grids, pictures):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    callback = lx.ExplainCallback(analyzers=["gradient", "guided_backprop"], num_samples=4)
+    callback = lx.ExplainCallback(analyzers=["gradient", "guided_backprop"], num_samples=4,
+                                  grids=grids)
     train(tmp_path, [callback], logger)
     tags = image_tags(logger.log_dir)
-    assert tags == {"explain/gradient": 2, "explain/guided_backprop": 2, "explain/all": 2,
+    assert tags == {**{tag: 2 for tag in pictures},  # each of the two epochs
                     # one drift plot each, at the end of training
                     "explain/gradient/drift": 1, "explain/guided_backprop/drift": 1}
     assert callback.probe.inputs.shape == (4, 1, 8, 8)

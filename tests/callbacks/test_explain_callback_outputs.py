@@ -25,10 +25,15 @@ def scalar_series(log_dir: str) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_metrics_drift_and_their_plots_reach_tensorboard(tmp_path):
+@pytest.mark.parametrize("curves_every_n_epochs, curve_steps", [
+    (None, [12]),    # the default: the last epoch's curve, once, at the end of training
+    (2, [4, 12]),    # epochs 0 and 2; the last is not plotted twice
+    (1, [4, 8, 12])])
+def test_metrics_drift_and_their_plots_reach_tensorboard(tmp_path, curves_every_n_epochs,
+                                                         curve_steps):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     callback = lx.ExplainCallback(
-        analyzers=["gradient"], num_samples=4,
+        analyzers=["gradient"], num_samples=4, curves_every_n_epochs=curves_every_n_epochs,
         metrics={"pixel_flipping": {"steps": 16}, "sparseness": {}})
     train(tmp_path, [callback], logger, max_epochs=3)
     scalars = scalar_series(logger.log_dir)
@@ -42,7 +47,10 @@ def test_metrics_drift_and_their_plots_reach_tensorboard(tmp_path):
     assert previous[0] == pytest.approx(first[0])
     assert all(-1 <= value <= 1 for value in previous)
     tags = image_tags(logger.log_dir)
-    assert tags["explain/gradient/pixel_flipping_curve"] == 3
+    (event_file,) = glob.glob(os.path.join(logger.log_dir, "events.out.tfevents.*"))
+    events = EventAccumulator(event_file, size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("explain/gradient/pixel_flipping_curve")] == curve_steps
     assert tags["explain/gradient/drift"] == 1  # one plot at the end of training
     assert "explain/all" not in tags  # one analyzer: its own picture is the whole picture
 
@@ -163,7 +171,7 @@ def test_under_raise_a_model_the_analyzer_cannot_handle_stops_before_training_st
 def test_pattern_analyzers_get_patterns_fit_during_training(tmp_path, source):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     callback = lx.ExplainCallback(analyzers=["pattern.attribution", "pattern.net"],
-                                  num_samples=2, pattern_source=source)
+                                  num_samples=2, pattern_source=source, grids="each")
     train(tmp_path, [callback], logger, max_epochs=2)
     assert set(callback.patterns.patterns) == {"net.0", "net.2", "net.5", "net.9", "net.11"}
     assert image_tags(logger.log_dir)["explain/pattern.attribution"] == 2

@@ -19,12 +19,13 @@ def test_the_transformer_example_logs_every_analyzer_every_epoch(name, tmp_path,
     with _no_failure_warnings():
         log_dir = example.main([*TINY, *extra, "--save-dir", str(tmp_path)])
     images = logged_images(log_dir)
-    for analyzer in [*example.ANALYZERS, "all"]:
-        assert [e.step for e in images[f"explain/{analyzer}"]] == [2, 4], analyzer
+    # one picture, a column per analyzer, every epoch (no analyzer failed: see above)
+    assert [e.step for e in images["explain/all"]] == [2, 4]
     if name == "text_transformer":
         assert "+" in capsys.readouterr().out  # the words with their relevance
-        for analyzer in example.ANALYZERS:  # token deletion scored every map
-            assert len(images[f"explain/{analyzer}/pixel_flipping_curve"]) == 2, analyzer
+        for analyzer in example.ANALYZERS:  # token deletion scored every map (plotted once,
+            # at the end of training)
+            assert len(images[f"explain/{analyzer}/pixel_flipping_curve"]) == 1, analyzer
 
 
 class _no_failure_warnings:

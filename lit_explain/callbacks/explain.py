@@ -127,8 +127,11 @@ class ExplainCallback(Callback):
         :func:`lit_explain.viz.robust_absmax`), written on the colour bar, so that samples
         compare and the magnitude over the epochs can be read off the numbers.
     cmap:
-        Colour map of the heatmaps (``lit_explain.viz.cmaps``; ``"seismic"``: red for, blue
-        against).
+        Colour map of the heatmaps (``lit_explain.viz.cmaps``). ``"auto"``: ``"seismic"``
+        (red for, blue against, white 0) for signed maps, the one-sided ``"oranges"``
+        (white 0) for maps without negative values (``|gradient|``, squared SmoothGrad).
+    overlay:
+        Draw each heatmap over the grey input image (where the map is 0 the input shows).
     pattern_type, pattern_source, pattern_every_n_batches:
         For pattern analyzers: iNNvestigate's pattern type, where the statistics come
         from, ``"train"`` (training forward passes) or ``"val"`` (validation forward passes,
@@ -181,7 +184,8 @@ class ExplainCallback(Callback):
                  drift: Sequence[str] = ("previous", "first"), input_key: int | str = 0,
                  target_key: int | str | None = 1, mask_key: int | str | None = None,
                  output_key: int | str | None = None, analysis_batch_size: int = 64,
-                 normalization: str = "per_sample", cmap: str = "seismic",
+                 normalization: str = "per_sample", cmap: str = "auto",
+                 overlay: bool = False,
                  pattern_type: str = "relu", pattern_source: str = "train",
                  pattern_every_n_batches: int | None = None, grids: str = "combined",
                  curves_every_n_epochs: int | None = None,
@@ -207,7 +211,7 @@ class ExplainCallback(Callback):
             check_positive_int(name, value)
         check_choice("sample_selection", sample_selection, SELECTIONS)
         check_choice("normalization", normalization, NORMALIZATIONS)
-        check_choice("cmap", cmap, sorted(viz.cmaps))
+        check_choice("cmap", cmap, ["auto", *sorted(viz.cmaps)])
         check_choice("pattern_source", pattern_source, SOURCES)
         check_choice("grids", grids, GRIDS)
         if curves_every_n_epochs is not None:
@@ -228,13 +232,13 @@ class ExplainCallback(Callback):
         self.analysis_batch_size = analysis_batch_size
         self.normalization = normalization
         self.cmap = cmap
+        self.overlay = bool(overlay)
         self.class_names = list(class_names) if class_names is not None else None
         self.token_names = list(token_names) if token_names is not None else None
         self.on_error = on_error
         uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
         self.patterns = PatternCollector(pattern_type, pattern_source,
                                          pattern_every_n_batches) if uses_patterns else None
-        self.shared_absmax: dict[str, float] = {}
         self._analyzers: dict[str, Analyzer] = {}
         self._metrics: ProbeMetrics | None = None
         self._dropped: set[str] = set()
@@ -410,7 +414,6 @@ class ExplainCallback(Callback):
         validating = trainer.state.fn == "validate"
         prefix = f"{self.name}_validate" if validating else self.name
         inputs = self.probe.inputs.to(pl_module.device)
-        targets = None if self.probe.targets is None else self.probe.targets.to(pl_module.device)
         masks = None if self.probe.masks is None else self.probe.masks.to(pl_module.device)
         predictions = self._guarded("prediction", lambda: self._predict(inputs))
         if predictions is None:
@@ -429,8 +432,10 @@ class ExplainCallback(Callback):
                 maps[name] = result
         metrics_started = time.perf_counter()
         if self._metrics is not None and self._metrics.specs and maps:
+            # the maps explain each sample's predicted class (max_activation): score that
+            # class, also where the prediction is wrong
             scores = self._metrics.evaluate(
-                inputs, maps, targets if targets is not None else predictions, masks,
+                inputs, maps, predictions, masks,
                 lambda metric, analyzer, error: self._warn_or_raise(
                     f"metric {metric!r}" + (f" of analyzer {analyzer!r}" if analyzer else ""),
                     error))
@@ -514,9 +519,10 @@ class ExplainCallback(Callback):
     def _log(self, trainer: L.Trainer, prefix: str, maps: dict[str, Tensor],
              scalars: dict[str, float], plots: dict[str, Tensor], predictions: Tensor) -> None:
         step = trainer.global_step
-        if self.normalization == "shared":
-            for name, result in maps.items():
-                self.shared_absmax.setdefault(name, float(result.abs().max()) or 1.0)
+        # "shared": one robust range per analyzer and epoch, written on the picture. (A
+        # range kept from the first epoch saturated every map: on the digits demo the maps
+        # grow about tenfold over the first epochs as the logits grow.)
+        absmax = "shared" if self.normalization == "shared" else None
         pictures = ({f"{prefix}/{name}": {name: m} for name, m in maps.items()}
                     if self.grids != "combined" or len(maps) == 1 else {})
         if len(maps) > 1 and self.grids != "each":
@@ -524,8 +530,9 @@ class ExplainCallback(Callback):
         for tag, chosen in pictures.items():
             image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
                 self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
-                class_names=self.class_names, cmap=self.cmap, absmax=self.shared_absmax or None,
-                token_names=self.token_names, masks=self.probe.masks))
+                class_names=self.class_names, cmap=self.cmap, absmax=absmax,
+                token_names=self.token_names, masks=self.probe.masks,
+                overlay=self.overlay and self.probe.inputs.dim() >= 4))
             if image is not None:
                 plots[tag] = image
         for tag, image in plots.items():
@@ -567,7 +574,6 @@ class ExplainCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = {"probe": self.probe.state_dict(), "drift": self.drift.state_dict(),
-                 "shared_absmax": dict(self.shared_absmax),
                  "analyzers": sorted(self.analyzer_specs)}
         if self.patterns is not None:
             state["patterns"] = self.patterns.state_dict()
@@ -576,7 +582,7 @@ class ExplainCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what still applies: the probe set (when ``num_samples`` is unchanged) and
-        the drift references and colour ranges of the analyzers that are still configured;
+        the drift references of the analyzers that are still configured;
         warn about the rest."""
         configured = set(self.analyzer_specs)
         probe = state_dict.get("probe", {})
@@ -591,8 +597,6 @@ class ExplainCallback(Callback):
         saved = set(state_dict.get("analyzers", [])) | set(drift.get("first", {}))
         self.drift.load_state_dict({key: {a: v for a, v in value.items() if a in configured}
                                     for key, value in drift.items()})
-        self.shared_absmax = {a: v for a, v in state_dict.get("shared_absmax", {}).items()
-                              if a in configured}
         dropped = sorted(saved - configured)
         if dropped:
             self._warn_once("resume dropped", (

@@ -52,15 +52,18 @@ NEGATIVE = range(5, 9)
 METRICS = {"pixel_flipping": {"mask_token_id": 0}}
 
 
+#: The word of each token id: 0 is padding, 1-4 positive, 5-8 negative, the rest neutral.
+WORDS = ["·", "good", "great", "superb", "lovely", "bad", "awful", "poor", "dull",
+         "the", "a", "film", "plot", "actor", "scene", "story", "music", "it", "was", "and",
+         "very", "quite", "with", "of", "in", "this", "that", "cast", "ending", "camera",
+         "script", "role", "hero", "city", "night", "book", "song", "dialogue", "pace", "set"]
+#: The class names: label 1 is positive.
+CLASSES = ["negative", "positive"]
+
+
 def word(token: int) -> str:
-    """A readable name for a token id."""
-    if token == 0:
-        return "·"
-    if token in POSITIVE:
-        return f"+{token}"
-    if token in NEGATIVE:
-        return f"-{token}"
-    return f"w{token}"
+    """The word of a token id."""
+    return WORDS[token] if 0 <= token < len(WORDS) else f"w{token}"
 
 
 def make_sentences(count: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> str:
     explain = lx.ExplainCallback(analyzers=ANALYZERS, num_samples=args.num_samples,
                                  every_n_epochs=args.every_n_epochs,
                                  sample_selection="stratified", pattern_source="train",
-                                 metrics=METRICS)
+                                 metrics=METRICS, token_names=WORDS, class_names=CLASSES)
     log_dir = fit_example(model, data, args, "sentiment_tokens", [explain],
                           f"{args.num_samples} validation sentences (per token)",
                           accelerator="cpu")

@@ -2,7 +2,8 @@
 
 - iNNvestigate's colour maps, batched, on any device: :func:`project`, :func:`heatmap`,
   :func:`graymap`, :func:`gamma`, :func:`clip_quantile`; the colour maps
-  (:data:`seismic`, :data:`gray`, :data:`bwr`, :data:`coolwarm`, :data:`viridis`, by name
+  (:data:`seismic`, :data:`gray`, :data:`bwr`, :data:`coolwarm`, :data:`viridis`, the
+  one-sided :data:`oranges`, by name
   in :data:`cmaps` and :func:`get_cmap`).
 - The picture the callback logs: :func:`explanation_grid` (one row per sample, the input
   then one heatmap per analyzer, true/predicted labels; images, tabular rows, sequences
@@ -30,13 +31,14 @@ from .colormaps import (
     gray,
     graymap,
     heatmap,
+    oranges,
     project,
     seismic,
     to_uint8_hwc,
     viridis,
 )
 from .font import draw_text, text_mask
-from .grid import explanation_grid
+from .grid import colorbar_ticks, explanation_grid, robust_absmax
 from .plots import line_plot, nice_ticks
 from .png import encode_png, write_png
 
@@ -45,6 +47,7 @@ __all__ = [
     "bwr",
     "clip_quantile",
     "cmaps",
+    "colorbar_ticks",
     "coolwarm",
     "draw_text",
     "encode_png",
@@ -56,7 +59,9 @@ __all__ = [
     "heatmap",
     "line_plot",
     "nice_ticks",
+    "oranges",
     "project",
+    "robust_absmax",
     "seismic",
     "text_mask",
     "to_uint8_hwc",

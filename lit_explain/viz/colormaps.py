@@ -42,6 +42,7 @@ __all__ = [
     "gray",
     "graymap",
     "heatmap",
+    "oranges",
     "project",
     "seismic",
     "to_uint8_hwc",
@@ -63,6 +64,10 @@ class Colormap:
     positions : sequence of float, optional
         Where on ``[0, 1]`` the anchors sit, increasing from 0 to 1. Default: evenly spaced
         (this is how matplotlib reads a plain list of colours, e.g. its ``seismic`` data).
+    one_sided : bool
+        A map for non-negative values (magnitudes): 0 at its start, the maximum at its end
+        (the explanation grid then maps ``[0, max]`` onto it); otherwise a diverging map
+        with 0 in the middle.
 
     Returns
     -------
@@ -82,8 +87,10 @@ class Colormap:
         name: str,
         colors: Sequence[Sequence[float]],
         positions: Sequence[float] | None = None,
+        one_sided: bool = False,
     ) -> None:
         self.name = name
+        self.one_sided = one_sided
         self.colors = torch.tensor(colors, dtype=torch.float64)
         n = self.colors.shape[0]
         if positions is None:
@@ -140,8 +147,15 @@ viridis = Colormap(
     ],
 )  # fmt: skip
 
+#: One-sided map for magnitudes (``|gradient|``, squared SmoothGrad): white at 0 through
+#: orange to dark brown at the maximum, as matplotlib's ``Oranges`` (its 0, 1/2 and 1
+#: colours) — white like the diverging maps' zero, and neither their red ("for") nor their
+#: blue ("against"), since a magnitude has no sign.
+oranges = Colormap("oranges", [_hex(c) for c in ("#ffffff", "#fd8d3c", "#7f2704")],
+                   one_sided=True)
 #: Colour maps by name.
-cmaps: dict[str, Colormap] = {c.name: c for c in (seismic, gray, bwr, coolwarm, viridis)}
+cmaps: dict[str, Colormap] = {c.name: c for c in (seismic, gray, bwr, coolwarm, viridis,
+                                                  oranges)}
 
 
 def get_cmap(cmap: str | Colormap) -> Colormap:

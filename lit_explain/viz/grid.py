@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._canvas import WHITE, canvas, fill_rect, outline_rect, paste, upscale
-from .colormaps import Colormap, get_cmap, heatmap
+from .colormaps import Colormap, _reduce, get_cmap, heatmap, project
 from .font import GLYPH_HEIGHT, draw_text, text_width
 
-__all__ = ["explanation_grid"]
+__all__ = ["colorbar_ticks", "explanation_grid", "robust_absmax"]
 
 TEXT = (0.1, 0.1, 0.1)
 GREEN = (0.0, 0.5, 0.0)
@@ -49,6 +49,59 @@ MASK_OUTLINE = (0.1, 0.85, 0.2)
 KINDS = ("auto", "image", "sequence", "tabular", "tokens")
 
 Scale = float | Tensor | Mapping[str, float | Tensor] | None
+#: The quantile of ``|relevance|`` that :func:`robust_absmax` takes as a range.
+ROBUST_QUANTILE = 0.995
+
+
+def robust_absmax(maps: Tensor, quantile: float = ROBUST_QUANTILE) -> float:
+    """One colour range for all of ``maps``: the ``quantile`` of their absolute values.
+
+    A robust maximum: a few outlier pixels (at most ``1 - quantile`` of them) saturate
+    instead of washing out every other value. 1.0 when the maps are all zero.
+    """
+    values = maps.detach().abs().flatten().float()
+    if values.numel() > 1_000_000:  # quantile() refuses huge inputs: a strided sample
+        values = values[:: values.numel() // 1_000_000 + 1]
+    value = float(torch.quantile(values, quantile)) if values.numel() else 0.0
+    if value <= 0:
+        value = float(values.max()) if values.numel() else 0.0
+    return value if value > 0 and math.isfinite(value) else 1.0
+
+
+def colorbar_ticks(absmax: float | None, one_sided: bool) -> list[tuple[float, str]]:
+    """Tick positions on a colour bar (0 = left end, 1 = right end) and their labels.
+
+    Diverging maps: ``-a, -a/2, 0, a/2, a``; one-sided maps: ``0, a/2, a``. ``absmax=None``
+    (each map scaled by its own maximum): the same ticks relative to that maximum,
+    ``-1 ... 1``.
+    """
+    a = 1.0 if absmax is None else float(absmax)
+    fractions = (0.0, 0.5, 1.0) if one_sided else (0.0, 0.25, 0.5, 0.75, 1.0)
+    ticks = []
+    for f in fractions:
+        value = f * a if one_sided else (2 * f - 1) * a
+        ticks.append((f, "0" if value == 0 else f"{value:.3g}"))
+    return ticks
+
+
+def _column_titles(input_title: str, names: Sequence[str]) -> list[str]:
+    """Headers of the input column and the map columns, all different (an analyzer called
+    ``input`` keeps its name; the input column then becomes ``sample``)."""
+    title = input_title
+    for candidate in (input_title, "sample", "data", "x"):
+        if candidate not in names:
+            title = candidate
+            break
+    return [title, *names]
+
+
+def _channel_reduced(kind: str, m: Tensor, reduce_op: str) -> Tensor:
+    """The values a heatmap colours: image maps' channels combined, strips' channels summed."""
+    if kind == "image":
+        return _reduce(m, reduce_op, 1) if m.ndim == 4 else m
+    if kind == "tokens":
+        return m
+    return m.sum(1)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -149,10 +202,11 @@ def _middle_slices(t: Tensor, keep: int) -> Tensor:
 
 
 def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
-                 reduce_op: str, absmax: Scale, cell: int):
+                 reduce_op: str, absmax: Scale, cell: int, overlay: bool = False):
     N, C, H, W = x.shape
     factor = max(1, cell // max(H, W))
     shown = _minmax(x, (1, 2, 3)) if C == 3 else _minmax(x.mean(1, keepdim=True), (1, 2, 3))
+    grey = shown.mean(1, keepdim=True)  # what an overlay draws on
     shown = shown.expand(-1, 3, -1, -1)
     inputs = [upscale(shown[i], factor) for i in range(N)]
     out: dict[str, list[Tensor]] = {}
@@ -168,8 +222,13 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
             )
         if tuple(m.shape[-2:]) != (H, W):  # e.g. a hidden layer's map: stretch to the input
             m = F.interpolate(m if m.ndim == 4 else m[:, None], size=(H, W), mode="nearest")
-        rgb = heatmap(m, cmap_type=cmaps[name], reduce_op=reduce_op,
-                      shared_absmax=_scale_for(name, absmax))
+        scale = _scale_for(name, absmax)
+        rgb = heatmap(m, cmap_type=cmaps[name], reduce_op=reduce_op, shared_absmax=scale,
+                      input_is_positive_only=cmaps[name].one_sided)
+        if overlay:  # the colour over the grey input, as opaque as the value is strong
+            reduced = _channel_reduced("image", m, reduce_op).reshape(N, 1, H, W)
+            alpha = project(reduced.abs(), absmax=scale, input_is_positive_only=True)
+            rgb = (1 - alpha) * grey + alpha * rgb
         out[name] = [upscale(rgb[i], factor) for i in range(N)]
     return inputs, out
 
@@ -224,7 +283,8 @@ def _strip_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
     # channel-summed maps (N, L) for the strips, and full (N, C, L) maps where given
     summed = {n: m.sum(1) for n, m in maps.items()}
     strips = {
-        n: heatmap(r[:, None, :], cmap_type=cmaps[n], shared_absmax=_scale_for(n, absmax))[:, :, 0]
+        n: heatmap(r[:, None, :], cmap_type=cmaps[n], shared_absmax=_scale_for(n, absmax),
+                   input_is_positive_only=cmaps[n].one_sided)[:, :, 0]
         for n, r in summed.items()
     }
     inputs: list[Tensor] = []
@@ -247,7 +307,8 @@ def _strip_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
     pic_h = rh * C
     xin = gray(_minmax(x, (2,))).permute(0, 3, 1, 2)  # (N, 3, C, L), each channel scaled
     pics = {
-        n: heatmap(m, cmap_type=cmaps[n], reduce_axis=None, shared_absmax=_scale_for(n, absmax))
+        n: heatmap(m, cmap_type=cmaps[n], reduce_axis=None, shared_absmax=_scale_for(n, absmax),
+                   input_is_positive_only=cmaps[n].one_sided)
         for n, m in maps.items()
         if m.shape[1] == C
     }
@@ -293,7 +354,8 @@ def _token_cells(ids: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap
     inputs = [draw(None, i) for i in range(N)]
     out = {}
     for n, m in maps.items():
-        rgb = heatmap(m[:, None, :], cmap_type=cmaps[n], shared_absmax=_scale_for(n, absmax))
+        rgb = heatmap(m[:, None, :], cmap_type=cmaps[n], shared_absmax=_scale_for(n, absmax),
+                      input_is_positive_only=cmaps[n].one_sided)
         out[n] = [draw(rgb[i, :, 0], i) for i in range(N)]
     return inputs, out
 
@@ -329,8 +391,8 @@ def explanation_grid(
     labels: Tensor | Sequence[int] | None = None,
     predictions: Tensor | Sequence[int] | None = None,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
-    cmap: str | Colormap | Mapping[str, str | Colormap] = "seismic",
-    absmax: float | Tensor | Mapping[str, float | Tensor] | None = None,
+    cmap: str | Colormap | Mapping[str, str | Colormap] = "auto",
+    absmax: float | Tensor | Mapping[str, float | Tensor] | str | None = None,
     token_names: Sequence[str] | None = None,
     *,
     masks: Tensor | np.ndarray | None = None,
@@ -341,6 +403,7 @@ def explanation_grid(
     text_scale: int | None = None,
     input_title: str = "input",
     colorbar: bool = True,
+    overlay: bool = False,
     as_uint8: bool = False,
 ) -> Tensor:
     """Compose inputs and their attribution maps into one picture, one row per sample.
@@ -369,10 +432,15 @@ def explanation_grid(
     class_names : sequence or mapping, optional
         Names of the class indices.
     cmap : str, Colormap, or mapping of analyzer name to those
-        Colour map of the heatmaps (:data:`cmaps`; default ``"seismic"``).
-    absmax : float, (N,) tensor, or mapping of analyzer name to those, optional
-        Fixed heatmap scales, e.g. kept across epochs so that changes of magnitude show
-        (:func:`heatmap`'s ``shared_absmax``); analyzers without one are scaled per sample.
+        Colour map of the heatmaps (:data:`cmaps`). ``"auto"`` (default): ``"seismic"``
+        for signed maps, the one-sided ``"oranges"`` (white at 0) for maps with no negative
+        value, such as ``|gradient|`` or squared SmoothGrad; a one-sided map spreads
+        ``[0, max]`` over all its colours.
+    absmax : float, (N,) tensor, mapping of analyzer name to those, or "shared", optional
+        Fixed heatmap scales (:func:`heatmap`'s ``shared_absmax``), written on the colour
+        bar or in the header; analyzers without one are scaled per sample. ``"shared"``:
+        one scale per analyzer for all its samples, :func:`robust_absmax` of its map (the
+        99.5th percentile of ``|R|``), so that the samples compare.
     token_names : sequence of str, optional
         The word of each token id, for integer inputs.
     masks : Tensor or ndarray, optional
@@ -394,7 +462,11 @@ def explanation_grid(
     input_title : str
         Header of the input column.
     colorbar : bool
-        Draw the first analyzer's colour map as a labelled bar at the bottom.
+        Draw the colour map(s) as a bar at the bottom, with numbered ticks: the values when
+        every analyzer shares one scale, else relative to each map's scale (``-1 ... 1``).
+    overlay : bool
+        Image inputs: draw each heatmap over the grey input, as opaque as ``|R|`` is large
+        relative to the scale (where the map is 0 the grey input shows unchanged).
     as_uint8 : bool
         Return ``uint8`` in ``0..255`` instead of float in ``[0, 1]``.
 
@@ -446,10 +518,19 @@ def explanation_grid(
         elif kind != "image":
             t = _strip_map(name, t, x.shape[1], x.shape[2])
         ms[name] = t
-    cms = {n: get_cmap(cmap[n] if isinstance(cmap, Mapping) else cmap) for n in ms}
+    if isinstance(absmax, str):
+        if absmax != "shared":
+            raise ValueError(f"absmax={absmax!r} is not valid; give numbers or 'shared'")
+        absmax = {n: robust_absmax(_channel_reduced(kind, t, reduce_op)) for n, t in ms.items()}
+    cms: dict[str, Colormap] = {}
+    for n, t in ms.items():
+        chosen = cmap[n] if isinstance(cmap, Mapping) else cmap
+        if isinstance(chosen, str) and chosen == "auto":
+            chosen = "oranges" if bool((t >= 0).all()) and bool((t > 0).any()) else "seismic"
+        cms[n] = get_cmap(chosen)
 
     if kind == "image":
-        in_cells, map_cells = _image_cells(x, ms, cms, reduce_op, absmax, cell_size)
+        in_cells, map_cells = _image_cells(x, ms, cms, reduce_op, absmax, cell_size, overlay)
         if masks is not None:
             _outline_masks(in_cells, _cpu(masks, "masks"), x.shape)
     elif kind == "tokens":
@@ -463,7 +544,8 @@ def explanation_grid(
     pad = padding
 
     # header: names wrapped to the column width (at least 12 characters)
-    titles = [input_title, *ms]
+    names = list(ms)
+    titles = _column_titles(input_title, names)
     wrapped = [_wrap(t, max(12, cw // (6 * s))) for t in titles]
     scales = [_scalar(_scale_for(n, absmax)) for n in ms]
     for lines, v in zip(wrapped[1:], scales, strict=True):
@@ -509,36 +591,41 @@ def explanation_grid(
             draw_text(img, _fit(t, max_label, s), pad, ly + k * line_h, color, s)
         x0 = x_cells
         for j, w in enumerate(col_w):
-            cell = in_cells[i] if j == 0 else map_cells[titles[j]][i]
+            cell = in_cells[i] if j == 0 else map_cells[names[j - 1]][i]
             cx = x0 + (w - cw) // 2
             paste(img, cell, cx, y)
             outline_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
             x0 += w + 2 * pad
     if bar_h:
-        first = next(iter(ms))
-        shared = scales[0] if len(set(scales)) == 1 else None  # numbers only if all agree
-        _colorbar(img, cms[first], shared, height - bar_h + pad, s, pad)
+        shared = scales[0] if len(set(scales)) == 1 else None  # values only if all agree
+        bars = list({c.name: c for c in cms.values()}.values())  # each colour map once
+        _colorbars(img, bars, shared, height - bar_h + pad, s, pad)
     img = img.clamp(0, 1)
     return (img * 255).round().to(torch.uint8) if as_uint8 else img
 
 
-def _colorbar(img: Tensor, cmap: Colormap, absmax: float | None, y: int, s: int,
-              pad: int) -> None:
-    """A horizontal bar of ``cmap`` at height ``y``: ends labelled, a tick at zero."""
+def _colorbars(img: Tensor, bars: list[Colormap], absmax: float | None, y: int, s: int,
+               pad: int) -> None:
+    """Horizontal bars of the colour maps at height ``y``, side by side, with numbered ticks
+    (:func:`colorbar_ticks`) and, when the maps have their own scales, what the numbers are
+    relative to."""
     _, _, W = img.shape
-    if absmax is not None:
-        lo, hi = f"-{absmax:.3g}", f"+{absmax:.3g}"
-    else:
-        lo, hi = "-max", "+max"
-    bw = min(W - 2 * pad - text_width(lo, s) - text_width(hi, s) - 16 * s, 160 * s)
+    note = "" if absmax is not None else "x max|R| of each map"
+    room = W - 2 * pad - (text_width(note, s) + 8 * s if note else 0)
+    step = room // len(bars)
+    bw = min(step - 24 * s, 160 * s)
     if bw < 16:
         return
     bh = 8 * s
-    x0 = (W - bw) // 2
-    paste(img, cmap(torch.linspace(0, 1, bw)).T[:, None, :].expand(3, bh, bw), x0, y)
-    outline_rect(img, x0 - 1, y - 1, x0 + bw + 1, y + bh + 1, FRAME)
-    ty = y + (bh - 7 * s) // 2
-    draw_text(img, lo, x0 - 4 * s, ty, TEXT, s, anchor="right")
-    draw_text(img, hi, x0 + bw + 4 * s, ty, TEXT, s)
-    fill_rect(img, x0 + bw // 2, y + bh + 1, x0 + bw // 2 + s, y + bh + 1 + 2 * s, TEXT)
-    draw_text(img, "0", x0 + bw // 2, y + bh + 3 * s + 1, TEXT, s, anchor="center")
+    x = (W - (step * len(bars) + (text_width(note, s) + 8 * s if note else 0))) // 2
+    for cmap in bars:
+        x0 = x + (step - bw) // 2
+        paste(img, cmap(torch.linspace(0, 1, bw)).T[:, None, :].expand(3, bh, bw), x0, y)
+        outline_rect(img, x0 - 1, y - 1, x0 + bw + 1, y + bh + 1, FRAME)
+        for fraction, label in colorbar_ticks(absmax, cmap.one_sided):
+            tx = x0 + round(fraction * (bw - 1))
+            fill_rect(img, tx, y + bh + 1, tx + s, y + bh + 1 + 2 * s, TEXT)
+            draw_text(img, label, tx, y + bh + 3 * s + 1, TEXT, s, anchor="center")
+        x += step
+    if note:
+        draw_text(img, note, x + 4 * s, y + (bh - 7 * s) // 2, TEXT, s)

@@ -126,7 +126,7 @@ def test_unknown_colour_map_names_it_and_the_valid_ones():
     with pytest.raises(ValueError, match=r"'jet-ish'.*bwr.*seismic"):
         viz.heatmap(torch.ones(1, 1, 2, 2), cmap_type="jet-ish")
     assert viz.get_cmap(viz.viridis) is viz.viridis
-    assert set(viz.cmaps) == {"seismic", "gray", "bwr", "coolwarm", "viridis"}
+    assert set(viz.cmaps) == {"seismic", "gray", "bwr", "coolwarm", "viridis", "oranges"}
 
 
 def test_to_uint8_hwc_rounds_clips_and_moves_channels_last():

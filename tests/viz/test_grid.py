@@ -23,7 +23,7 @@ def test_grid_cells_sit_where_the_layout_puts_them():
     inputs = torch.zeros(2, 1, 8, 8)
     inputs[:, :, :, 4:] = 1.0  # right half white
     maps = {"pos": torch.ones(2, 1, 8, 8), "neg": -torch.ones(2, 1, 8, 8)}
-    image = viz.explanation_grid(inputs, maps, colorbar=False)
+    image = viz.explanation_grid(inputs, maps, colorbar=False, cmap="seismic")
     assert image.shape == (3, 19 + 2 * 72, 4 + 3 * 72)
     for i in range(2):
         y = 19 + i * 72
@@ -73,7 +73,7 @@ def test_colour_bar_shows_the_map_and_a_shared_scale():
 def test_grid_returns_uint8_and_takes_numpy_rgb_and_hidden_layer_maps():
     x = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
     maps = {"g": np.ones((2, 3, 16, 16)), "layer": torch.ones(2, 4, 4)}  # 4x4: stretched
-    image = viz.explanation_grid(x, maps, as_uint8=True, colorbar=False)
+    image = viz.explanation_grid(x, maps, as_uint8=True, colorbar=False, cmap="seismic")
     assert image.dtype == torch.uint8 and image.shape[0] == 3
     # 16x16 magnified x4 to 64x64; both maps are all dark red
     assert is_colour(image.float() / 255, DARK_RED, 0.003).sum() == 2 * 2 * 64 * 64

@@ -81,8 +81,9 @@ class ExplainCallback(Callback):
     ``explain`` is the callback's ``name``. Under ``trainer.validate()`` the same pictures and
     metrics go under ``<name>_validate/...`` and the drift series is left alone.
 
-    TensorBoard and W&B get images; other loggers (or none) get PNG files under their log
-    directory. Pattern analyzers (``pattern.net``, ``pattern.attribution``) get patterns
+    TensorBoard, W&B and MLflow (``pip install lit-explain[mlflow]``) get images; other
+    loggers (or none) get PNG files under their log directory. Pattern analyzers
+    (``pattern.net``, ``pattern.attribution``) get patterns
     fit from the batches the Trainer runs anyway (``pattern_source``), refreshed each epoch.
 
     Parameters

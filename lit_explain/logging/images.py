@@ -1,8 +1,10 @@
 """Send images and scalars to every logger a Trainer has: TensorBoard, W&B, or PNG files.
 
 TensorBoard gets image summaries (PNG); W&B gets ``wandb.Image`` lists with captions
-(uint8 HWC: W&B casts to uint8 without rescaling); any other logger, or none, gets PNG files
-under its log directory and the scalars through ``log_metrics``.
+(uint8 HWC: W&B casts to uint8 without rescaling); MLflow gets images with a key and a step
+(``MlflowClient.log_image``: artifacts under ``images/`` that its UI shows per step); any
+other logger, or none, gets PNG files under its log directory. Scalars go to every logger
+through ``log_metrics`` (MLflow: metrics).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from ..viz.png import encode_png, write_png
 
 def _is_wandb(logger: Logger) -> bool:
     return type(logger).__name__ == "WandbLogger"
+
+
+def _is_mlflow(logger: Logger) -> bool:
+    return type(logger).__name__ == "MLFlowLogger"
 
 
 def image_directory(logger: Logger | None, default_root: str) -> str:
@@ -42,6 +48,11 @@ def log_images(loggers: Sequence[Logger], tag: str, images: Sequence[np.ndarray]
         elif logger is not None and _is_wandb(logger):
             logger.log_image(key=tag, images=list(images), step=step,
                              caption=list(captions) if captions else [tag] * len(images))
+        elif logger is not None and _is_mlflow(logger):
+            for index, image in enumerate(images):
+                name = tag if len(images) == 1 else f"{tag}/{index}"
+                key = re.sub(r"[^A-Za-z0-9_./ -]+", "_", name)  # what MLflow's keys allow
+                logger.experiment.log_image(logger.run_id, image, key=key, step=step)
         else:
             directory = image_directory(logger, default_root)
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)

@@ -17,6 +17,7 @@ raise :class:`~lit_explain.NotAnalyzableModelError`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
@@ -64,11 +65,24 @@ def _vector_jacobian(call: OperationCall, source: Tensor, grad: Tensor) -> Tenso
     return result
 
 
+def _half_difference(tensor: Tensor) -> Tensor:
+    """x-half minus reference half of a ``[x; x₀]`` batch."""
+    value, reference = tensor.detach().chunk(2)
+    return value - reference
+
+
 def _differences(tensor: Tensor) -> tuple[Tensor, Tensor]:
     """x-half minus reference half of a ``[x; x₀]`` batch, and where it is only rounding."""
     value, reference = tensor.detach().chunk(2)
     delta = value - reference
     return delta, lost_in_rounding(delta, value, reference)
+
+
+def _slope(call: OperationCall, source: Tensor, grad: Tensor) -> Tensor:
+    """f'(x) times ``grad`` on the input half: for ReLU its step, otherwise by autograd."""
+    if call.kind == RELU:
+        return grad.chunk(2)[0] * (source.detach().chunk(2)[0] > 0)
+    return _vector_jacobian(call, source, grad).chunk(2)[0]
 
 
 def rescale_rule(call: OperationCall) -> Tensor:
@@ -80,38 +94,64 @@ def rescale_rule(call: OperationCall) -> Tensor:
     both sides, a saturated sigmoid) keeps its exact multiplier 0.
     """
     source, output = call.args[0], call.run()
-    (delta_in, tiny_in), (delta_out, tiny_out) = _differences(source), _differences(output)
-    tiny = tiny_in | (tiny_out & (delta_out != 0))
+    delta_in, tiny = _differences(source)
+    if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy
+        delta_out = _half_difference(output)
+    else:
+        delta_out, tiny_out = _differences(output)
+        tiny = tiny | (tiny_out & (delta_out != 0))
 
     def backward(grad: Tensor) -> Tensor:
         grad_x = grad.chunk(2)[0]
         ratio = delta_out / torch.where(tiny, torch.ones_like(delta_in), delta_in)
         multiplier = grad_x * ratio
         if bool(tiny.any()):
-            slope = _vector_jacobian(call, source, grad).chunk(2)[0]
-            multiplier = torch.where(tiny, slope, multiplier)
+            multiplier = torch.where(tiny, _slope(call, source, grad), multiplier)
         return torch.cat([multiplier, torch.zeros_like(multiplier)])
 
     return with_gradient(source, output, backward)
+
+
+#: ``torch.max_poolNd`` (no ``return_indices``) → the functional form that has it, same
+#: positional arguments.
+_WITH_INDICES = {torch.max_pool1d: F.max_pool1d, torch.max_pool2d: F.max_pool2d,
+                 torch.max_pool3d: F.max_pool3d}
+
+
+def _pool_with_winners(call: OperationCall) -> tuple[Tensor, Tensor | None]:
+    """The pooling's output and, where the call can give them, the flat spatial index of
+    each output's winner (``None``: routed by autograd instead)."""
+    if call.kwargs.get("return_indices") or len(call.args) > 6:
+        return call.run(), None  # the model asked for indices itself: leave the call alone
+    func = _WITH_INDICES.get(call.func, call.func)
+    output, winners = func(*call.args, **{**call.kwargs, "return_indices": True})
+    return output, winners
 
 
 def max_pool_rule(call: OperationCall) -> Tensor:
     """Max-pooling: g·Δy goes to the winner for x where the output grew and to the winner
     for x₀ where it shrank (a winner whose Δx has Δy's sign and is at least as large),
     then is divided by Δx."""
-    source, output = call.args[0], call.run()
+    source = call.args[0]
+    output, winners = _pool_with_winners(call)
     (delta_in, same), delta_out = _differences(source), _differences(output)[0]
+
+    def to_winners(grad: Tensor) -> Tensor:  # max-pooling's own backward
+        if winners is None:
+            return _vector_jacobian(call, source, grad)
+        flat = torch.zeros_like(source).flatten(2)
+        return flat.scatter_add_(2, winners.flatten(2), grad.flatten(2)).view_as(source)
 
     def backward(grad: Tensor) -> Tensor:
         grad_x = grad.chunk(2)[0]
         share = grad_x * delta_out
         grew = delta_out >= 0
         split = torch.cat([torch.where(grew, share, 0.0), torch.where(grew, 0.0, share)])
-        routed = _vector_jacobian(call, source, split).chunk(2)
+        routed = to_winners(split).chunk(2)
         safe = torch.where(same, torch.ones_like(delta_in), delta_in)
         multiplier = (routed[0] + routed[1]) / safe
         if bool(same.any()):
-            slope = _vector_jacobian(call, source, torch.cat([grad_x, torch.zeros_like(grad_x)]))
+            slope = to_winners(torch.cat([grad_x, torch.zeros_like(grad_x)]))
             multiplier = torch.where(same, slope.chunk(2)[0], multiplier)
         return torch.cat([multiplier, torch.zeros_like(multiplier)])
 

@@ -493,8 +493,7 @@ class ExplainCallback(Callback):
             if name not in self._analyzers:
                 continue
             plot = self._guarded("drift plot", lambda n=name: viz.line_plot(
-                self.drift.curves(n), title=f"{n}: drift", x_label="epoch",
-                y_label="similarity", x=self.drift.epochs[n]))
+                **_drift_plot_args(n, self.drift.curves(n), self.drift.epochs[n])))
             if plot is not None:
                 self._guarded("logging", lambda n=name, p=plot: log_images(
                     trainer.loggers, f"{self.name}/{n}/drift", [viz.to_uint8_hwc(p)],
@@ -628,11 +627,29 @@ def _progress(trainer: L.Trainer, total: int, description: str) -> Callable[...,
     return advance
 
 
+def _curve_plot_args(analyzer: str, metric: str, series: dict[str, Tensor], x: Tensor | None,
+                     score: str) -> dict[str, Any]:
+    """What a metric's curve plot shows: its mean curve(s) (insertion/deletion: the two
+    curves over the fraction of the input changed; never the fraction itself as a curve),
+    axes named for what they hold (the model's ``score``, logit or probability, of the
+    explained class)."""
+    y_label = f"{score} of the explained class"
+    if x is None:
+        return dict(curves=series, title=f"{analyzer}: {metric}", x_label="perturbation step",
+                    y_label=y_label)
+    return dict(curves=series, title=f"{analyzer}: {metric}", x=x,
+                x_label="fraction of regions changed", y_label=y_label)
+
+
 def _curve_plot(analyzer: str, metric: str, series: dict[str, Tensor], x: Tensor | None,
                 score: str) -> Tensor:
-    """The plot of a metric's mean curve(s), axes named for what they hold."""
-    if x is None:
-        return viz.line_plot(series, title=f"{analyzer}: {metric}",
-                             x_label="perturbation step", y_label=score)
-    return viz.line_plot(series, title=f"{analyzer}: {metric}", x=x,
-                         x_label="fraction of regions changed", y_label=score)
+    """The plot of a metric's mean curve(s) (:func:`_curve_plot_args`)."""
+    return viz.line_plot(**_curve_plot_args(analyzer, metric, series, x, score))
+
+
+def _drift_plot_args(analyzer: str, curves: dict[str, Tensor], epochs: list[int]
+                     ) -> dict[str, Any]:
+    """The drift plot: each similarity measure (to the first and to the previous explained
+    epoch's maps) over the explained epochs, ticked at those epochs."""
+    return dict(curves=curves, title=f"{analyzer}: drift", x=epochs, x_label="epoch",
+                y_label="similarity of the maps (1 = same)")

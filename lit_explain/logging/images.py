@@ -64,7 +64,7 @@ def log_images(loggers: Sequence[Logger], tag: str, images: Sequence[np.ndarray]
 
 
 def add_png_summary(writer: object, tag: str, image: np.ndarray, step: int) -> None:
-    """What ``SummaryWriter.add_image`` writes, with our zlib PNG at a fast level: the
+    """What ``SummaryWriter.add_image`` writes, with Pillow's PNG at a fast zlib level: the
     pictures are flat colour cells, which compress well at level 1, and encoding them is
     the largest cost of logging them."""
     height, width, channels = image.shape

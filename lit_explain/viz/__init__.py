@@ -1,4 +1,4 @@
-"""Pictures of explanations, made with torch alone (no matplotlib, no PIL).
+"""Pictures of explanations: colour maps in torch, text and PNG by Pillow, plots by matplotlib.
 
 - iNNvestigate's colour maps, batched, on any device: :func:`project`, :func:`heatmap`,
   :func:`graymap`, :func:`gamma`, :func:`clip_quantile`; the colour maps
@@ -8,8 +8,9 @@
 - The picture the callback logs: :func:`explanation_grid` (one row per sample, the input
   then one heatmap per analyzer, true/predicted labels; images, tabular rows, sequences
   and tokens).
-- Line plots for perturbation curves and drift over epochs: :func:`line_plot`.
-- Output: :func:`to_uint8_hwc` (for W&B) and :func:`write_png` / :func:`encode_png`.
+- Line plots for perturbation curves and drift over epochs: :func:`line_plot` (matplotlib's
+  Agg backend rendered to an image; :func:`line_figure` gives the figure itself).
+- Output: :func:`to_uint8_hwc` (for W&B) and :func:`write_png` / :func:`encode_png` (Pillow).
 
 Layout: images are RGB **channels first**, ``(N, 3, H, W)`` from the colour maps and
 ``(3, H, W)`` from the grid and plots, floats in ``[0, 1]`` (TensorBoard's ``add_image``
@@ -39,7 +40,7 @@ from .colormaps import (
 )
 from .font import draw_text, text_mask
 from .grid import colorbar_ticks, explanation_grid, robust_absmax
-from .plots import line_plot, nice_ticks
+from .plots import line_figure, line_plot
 from .png import encode_png, write_png
 
 __all__ = [
@@ -57,8 +58,8 @@ __all__ = [
     "graymap",
     "gray",
     "heatmap",
+    "line_figure",
     "line_plot",
-    "nice_ticks",
     "oranges",
     "project",
     "robust_absmax",

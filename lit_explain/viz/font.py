@@ -1,10 +1,10 @@
-"""A 5x7 pixel bitmap font (with 2 rows of descent) and text rendering into tensors.
+"""Text on ``(3, H, W)`` float canvases, set in Pillow's scalable default font.
 
-Each glyph is 5 pixels wide (``#`` ink, ``.`` paper), in the style of the classic HD44780
-character LCD: capitals, digits and the bodies of lower-case letters sit in 7 rows above
-the baseline; the descenders of g, j, p, q, y and of ``,`` ``;`` take 2 more rows, so a
-line of text is 9 pixels high. Characters are set 6 pixels apart (one blank column). A
-character without a glyph is drawn as an open box.
+Pillow (>= 10.1, with FreeType) ships a scalable sans-serif font:
+``ImageFont.load_default(size=...)``. A line of text is :data:`LINE_HEIGHT` pixels high at
+scale 1 (the font's ascent plus descent at :data:`FONT_SIZE` pixels); ``scale`` multiplies
+the font size, so text stays sharp when it is larger. Glyphs are anti-aliased: the text's
+coverage of each pixel blends the colour into the canvas.
 """
 
 from __future__ import annotations
@@ -12,171 +12,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-__all__ = [
-    "GLYPH_HEIGHT",
-    "GLYPH_WIDTH",
-    "GLYPHS",
-    "draw_text",
-    "text_mask",
-    "text_width",
-]
+__all__ = ["FONT_SIZE", "LINE_HEIGHT", "draw_text", "line_height", "text_mask", "text_width"]
 
-GLYPH_WIDTH = 5
-GLYPH_HEIGHT = 9  # 7 rows above the baseline, 2 of descent
-_ADVANCE = GLYPH_WIDTH + 1
-
-# fmt: off
-#: Glyphs: character -> rows of 5 pixels separated by spaces, top down; 7 rows (those
-#: above the baseline) or 9 (with the descent).
-GLYPHS: dict[str, str] = {
-    " ": "..... ..... ..... ..... ..... ..... .....",
-    "A": ".###. #...# #...# #...# ##### #...# #...#",
-    "B": "####. #...# #...# ####. #...# #...# ####.",
-    "C": ".###. #...# #.... #.... #.... #...# .###.",
-    "D": "###.. #..#. #...# #...# #...# #..#. ###..",
-    "E": "##### #.... #.... ####. #.... #.... #####",
-    "F": "##### #.... #.... ####. #.... #.... #....",
-    "G": ".###. #...# #.... #.### #...# #...# .####",
-    "H": "#...# #...# #...# ##### #...# #...# #...#",
-    "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "J": "..### ...#. ...#. ...#. ...#. #..#. .##..",
-    "K": "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
-    "L": "#.... #.... #.... #.... #.... #.... #####",
-    "M": "#...# ##.## #.#.# #.#.# #...# #...# #...#",
-    "N": "#...# #...# ##..# #.#.# #..## #...# #...#",
-    "O": ".###. #...# #...# #...# #...# #...# .###.",
-    "P": "####. #...# #...# ####. #.... #.... #....",
-    "Q": ".###. #...# #...# #...# #.#.# #..#. .##.#",
-    "R": "####. #...# #...# ####. #.#.. #..#. #...#",
-    "S": ".#### #.... #.... .###. ....# ....# ####.",
-    "T": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "U": "#...# #...# #...# #...# #...# #...# .###.",
-    "V": "#...# #...# #...# #...# #...# .#.#. ..#..",
-    "W": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
-    "X": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
-    "Y": "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..",
-    "Z": "##### ....# ...#. ..#.. .#... #.... #####",
-    "a": "..... ..... .###. ....# .#### #...# .####",
-    "b": "#.... #.... #.##. ##..# #...# #...# ####.",
-    "c": "..... ..... .###. #.... #.... #...# .###.",
-    "d": "....# ....# .##.# #..## #...# #...# .####",
-    "e": "..... ..... .###. #...# ##### #.... .###.",
-    "f": "..##. .#..# .#... ###.. .#... .#... .#...",
-    "g": "..... ..... .#### #...# #...# #...# .#### ....# .###.",
-    "h": "#.... #.... #.##. ##..# #...# #...# #...#",
-    "i": "..#.. ..... .##.. ..#.. ..#.. ..#.. .###.",
-    "j": "...#. ..... ..##. ...#. ...#. ...#. ...#. #..#. .##..",
-    "k": "#.... #.... #..#. #.#.. ##... #.#.. #..#.",
-    "l": ".##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "m": "..... ..... ##.#. #.#.# #.#.# #...# #...#",
-    "n": "..... ..... #.##. ##..# #...# #...# #...#",
-    "o": "..... ..... .###. #...# #...# #...# .###.",
-    "p": "..... ..... ####. #...# #...# #...# ####. #.... #....",
-    "q": "..... ..... .#### #...# #...# #...# .#### ....# ....#",
-    "r": "..... ..... #.##. ##..# #.... #.... #....",
-    "s": "..... ..... .###. #.... .###. ....# ####.",
-    "t": ".#... .#... ###.. .#... .#... .#..# ..##.",
-    "u": "..... ..... #...# #...# #...# #..## .##.#",
-    "v": "..... ..... #...# #...# #...# .#.#. ..#..",
-    "w": "..... ..... #...# #...# #.#.# #.#.# .#.#.",
-    "x": "..... ..... #...# .#.#. ..#.. .#.#. #...#",
-    "y": "..... ..... #...# #...# #...# #...# .#### ....# .###.",
-    "z": "..... ..... ##### ...#. ..#.. .#... #####",
-    "0": ".###. #...# #..## #.#.# ##..# #...# .###.",
-    "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "2": ".###. #...# ....# ...#. ..#.. .#... #####",
-    "3": "##### ...#. ..#.. ...#. ....# #...# .###.",
-    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
-    "5": "##### #.... ####. ....# ....# #...# .###.",
-    "6": "..##. .#... #.... ####. #...# #...# .###.",
-    "7": "##### ....# ...#. ..#.. .#... .#... .#...",
-    "8": ".###. #...# #...# .###. #...# #...# .###.",
-    "9": ".###. #...# #...# .#### ....# ...#. .##..",
-    ".": "..... ..... ..... ..... ..... .##.. .##..",
-    ",": "..... ..... ..... ..... ..... .##.. .##.. ..#.. .#...",
-    "_": "..... ..... ..... ..... ..... ..... #####",
-    "-": "..... ..... ..... .###. ..... ..... .....",
-    "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
-    "/": "..... ....# ...#. ..#.. .#... #.... .....",
-    "\\": "..... #.... .#... ..#.. ...#. ....# .....",
-    ":": "..... .##.. .##.. ..... .##.. .##.. .....",
-    ";": "..... .##.. .##.. ..... ..... .##.. .##.. ..#.. .#...",
-    "|": "..#.. ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "=": "..... ..... ##### ..... ##### ..... .....",
-    "(": "...#. ..#.. .#... .#... .#... ..#.. ...#.",
-    ")": ".#... ..#.. ...#. ...#. ...#. ..#.. .#...",
-    "[": ".###. .#... .#... .#... .#... .#... .###.",
-    "]": ".###. ...#. ...#. ...#. ...#. ...#. .###.",
-    "<": "...#. ..#.. .#... #.... .#... ..#.. ...#.",
-    ">": ".#... ..#.. ...#. ....# ...#. ..#.. .#...",
-    "×": "..... #...# .#.#. ..#.. .#.#. #...# .....",
-    "*": "..... ..#.. #.#.# .###. #.#.# ..#.. .....",
-    "%": "##... ##..# ...#. ..#.. .#... #..## ...##",
-    "!": "..#.. ..#.. ..#.. ..#.. ..#.. ..... ..#..",
-    "?": ".###. #...# ....# ...#. ..#.. ..... ..#..",
-    "'": "..#.. ..#.. .#... ..... ..... ..... .....",
-    '"': ".#.#. .#.#. ..... ..... ..... ..... .....",
-    "#": ".#.#. .#.#. ##### .#.#. ##### .#.#. .#.#.",
-    "^": "..#.. .#.#. #...# ..... ..... ..... .....",
-    "~": "..... ..... .#... #.#.# ...#. ..... .....",
-    "@": ".###. #...# #.### #.#.# #.### #.... .####",
-    "&": ".##.. #..#. #.#.. .#... #.#.# #..#. .##.#",
-    "$": "..#.. .#### #.#.. .###. ..#.# ####. ..#..",
-}
-_MISSING = "##### #...# #...# #...# #...# #...# #####"
-# fmt: on
+#: Font size in pixels at scale 1.
+FONT_SIZE = 11
 
 
-@lru_cache(maxsize=1)
-def _atlas() -> tuple[dict[str, int], Tensor]:
-    """Character -> index, and all glyphs as a bool tensor ``(n + 1, 9, 6)``.
+@lru_cache(maxsize=8)
+def _font(scale: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=FONT_SIZE * scale)
 
-    Each glyph carries its blank spacing column on the right; the last entry is the box
-    drawn for characters without a glyph.
-    """
-    index = {ch: i for i, ch in enumerate(GLYPHS)}
-    rows = [*GLYPHS.values(), _MISSING]
-    atlas = torch.zeros(len(rows), GLYPH_HEIGHT, _ADVANCE, dtype=torch.bool)
-    for i, glyph in enumerate(rows):
-        for r, row in enumerate(glyph.split()):
-            for c, px in enumerate(row):
-                atlas[i, r, c] = px == "#"
-    return index, atlas
+
+def line_height(scale: int = 1) -> int:
+    """Pixels from the top of a line of text to the bottom of its descenders."""
+    font = _font(scale)
+    if isinstance(font, ImageFont.FreeTypeFont):
+        ascent, descent = font.getmetrics()
+        return ascent + descent
+    return FONT_SIZE * scale  # Pillow without FreeType: its fixed bitmap font
+
+
+#: The height of a line of text at scale 1.
+LINE_HEIGHT = line_height(1)
 
 
 def text_width(text: str, scale: int = 1) -> int:
-    """Width in pixels of ``text`` set in one line at ``scale``."""
-    return max(0, len(text) * _ADVANCE - 1) * scale
+    """Width in pixels that ``text`` takes (its advance)."""
+    return int(np.ceil(_font(scale).getlength(text))) if text else 0
+
+
+@lru_cache(maxsize=4096)
+def _mask(text: str, scale: int) -> np.ndarray:
+    width, height = text_width(text, scale), line_height(scale)
+    image = Image.new("L", (max(width, 1), height), 0)
+    if text:
+        ImageDraw.Draw(image).text((0, 0), text, fill=255, font=_font(scale), anchor="la")
+    return np.asarray(image, dtype=np.float32)[:, :width] / 255.0
 
 
 def text_mask(text: str, scale: int = 1) -> Tensor:
-    """Ink of ``text`` set in one line: a bool tensor ``(9 * scale, text_width(text, scale))``.
-
-    Parameters
-    ----------
-    text : str
-        The characters; those without a glyph are drawn as a box.
-    scale : int
-        Integer magnification (each font pixel becomes ``scale x scale`` pixels).
-
-    Returns
-    -------
-    Tensor
-        bool, ``True`` where there is ink; 7 rows above the baseline, 2 of descent.
-    """
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    index, atlas = _atlas()
-    if not text:
-        return torch.zeros(GLYPH_HEIGHT * scale, 0, dtype=torch.bool)
-    ids = torch.tensor([index.get(ch, len(atlas) - 1) for ch in text])
-    mask = atlas[ids].permute(1, 0, 2).reshape(GLYPH_HEIGHT, -1)[:, :-1]
-    if scale > 1:
-        mask = mask.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    return mask
+    """How much ink ``text`` puts on each pixel: ``(line_height(scale), text_width)``
+    floats in ``[0, 1]`` (Pillow's anti-aliased rendering, top of the line at row 0)."""
+    return torch.from_numpy(_mask(text, scale).copy())
 
 
 def draw_text(
@@ -188,53 +70,46 @@ def draw_text(
     scale: int = 1,
     anchor: str = "left",
     rotate: bool = False,
-) -> Tensor:
-    """Draw ``text`` into a ``(3, H, W)`` float canvas in place, clipped to its edges.
+) -> None:
+    """Draw ``text`` into a ``(3, H, W)`` float canvas, in place, clipped to it.
 
     Parameters
     ----------
     canvas : Tensor
-        ``(3, H, W)`` image; modified in place and returned.
+        ``(3, H, W)`` floats in ``[0, 1]``.
     text : str
         One line of text.
     x, y : int
-        Position of the text's top-left corner (``anchor="left"``), top centre
-        (``"center"``) or top-right corner (``"right"``).
+        Where the text goes: ``y`` is the top of the line; ``x`` its left end, centre or
+        right end by ``anchor``. Turned text (``rotate``) reads upwards and is centred on
+        ``(x, y)`` with ``anchor="center"``, else starts at its bottom-left ``(x, y)``.
     color : (r, g, b)
         Ink colour in ``[0, 1]``.
     scale : int
-        Integer magnification.
+        Font size multiplier.
     anchor : {"left", "center", "right"}
-        Which point of the text ``x`` refers to.
     rotate : bool
-        Turn the text 90 degrees counter-clockwise (reading bottom to top, for a y-axis
-        label); ``x, y`` is then the top-left corner of the turned block and ``anchor``
-        refers to its vertical extent (``"center"`` centres it on ``y``).
-
-    Returns
-    -------
-    Tensor
-        ``canvas``, drawn on.
+        Turn the text 90 degrees counter-clockwise (a y-axis label).
     """
     if anchor not in ("left", "center", "right"):
-        raise ValueError(f"unknown anchor {anchor!r}; valid ones: 'left', 'center', 'right'")
+        raise ValueError(f"anchor must be 'left', 'center' or 'right', got {anchor!r}")
     mask = text_mask(text, scale)
+    if mask.numel() == 0:
+        return
     if rotate:
-        mask = torch.rot90(mask, 1, (0, 1))
-        h = mask.shape[0]
-        y = y - h // 2 if anchor == "center" else (y - h if anchor == "right" else y)
+        mask = mask.T.flip(0)  # reads bottom to top
+        h, w = mask.shape
+        x0 = x - w // 2 if anchor == "center" else x
+        y0 = y - h // 2 if anchor == "center" else y - h
     else:
-        w = mask.shape[1]
-        x = x - w // 2 if anchor == "center" else (x - w if anchor == "right" else x)
+        h, w = mask.shape
+        x0 = x - {"left": 0, "center": w // 2, "right": w}[anchor]
+        y0 = y
     _, H, W = canvas.shape
-    mh, mw = mask.shape
-    # clip the mask to the canvas
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + mw, W), min(y + mh, H)
-    if x1 <= x0 or y1 <= y0:
-        return canvas
-    sub = mask[y0 - y : y1 - y, x0 - x : x1 - x].to(canvas.device)
-    ink = torch.as_tensor(color, dtype=canvas.dtype, device=canvas.device).view(3, 1, 1)
-    region = canvas[:, y0:y1, x0:x1]
-    region.copy_(torch.where(sub, ink, region))
-    return canvas
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + w, W), min(y0 + h, H)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    alpha = mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].to(canvas.dtype)
+    ink = torch.tensor(color, dtype=canvas.dtype).view(3, 1, 1)
+    region = canvas[:, cy0:cy1, cx0:cx1]
+    region.mul_(1 - alpha).add_(alpha * ink)

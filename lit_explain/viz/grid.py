@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ._canvas import WHITE, canvas, fill_rect, outline_rect, paste, upscale
 from .colormaps import Colormap, _reduce, get_cmap, heatmap, project
-from .font import GLYPH_HEIGHT, draw_text, text_width
+from .font import LINE_HEIGHT, draw_text, line_height, text_width
 
 __all__ = ["colorbar_ticks", "explanation_grid", "robust_absmax"]
 
@@ -337,7 +337,7 @@ def _token_cells(ids: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap
     tw = max((3 * cell) // L, longest + 4)  # cell width per token
     per_line = max(1, min(L, (6 * cell) // tw))
     lines = math.ceil(L / per_line)
-    th = GLYPH_HEIGHT + 5
+    th = LINE_HEIGHT + 4
     size = (3, lines * th, per_line * tw)
 
     def draw(colors: Tensor | None, i: int) -> Tensor:
@@ -348,7 +348,7 @@ def _token_cells(ids: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap
             if colors is not None:
                 c[:, y0 : y0 + th - 1, x0 : x0 + tw - 1] = colors[:, k].view(3, 1, 1)
                 ink = _ink_for(colors[:, k])
-            draw_text(c, _fit(word, tw - 4), x0 + (tw - 1) // 2, y0 + 2, ink, anchor="center")
+            draw_text(c, _fit(word, tw - 4), x0 + (tw - 1) // 2, y0 + 1, ink, anchor="center")
         return c
 
     inputs = [draw(None, i) for i in range(N)]
@@ -540,7 +540,7 @@ def explanation_grid(
     ch, cw = in_cells[0].shape[1:]
 
     s = text_scale or (2 if max(ch, cw) >= 160 and kind == "image" else 1)
-    line_h = (GLYPH_HEIGHT + 2) * s
+    line_h = line_height(s) + s
     pad = padding
 
     # header: names wrapped to the column width (at least 12 characters)
@@ -622,10 +622,16 @@ def _colorbars(img: Tensor, bars: list[Colormap], absmax: float | None, y: int, 
         x0 = x + (step - bw) // 2
         paste(img, cmap(torch.linspace(0, 1, bw)).T[:, None, :].expand(3, bh, bw), x0, y)
         outline_rect(img, x0 - 1, y - 1, x0 + bw + 1, y + bh + 1, FRAME)
-        for fraction, label in colorbar_ticks(absmax, cmap.one_sided):
+        free = -W  # the first x a label may take; one that would touch the last is left out
+        ticks = colorbar_ticks(absmax, cmap.one_sided)
+        for k, (fraction, label) in enumerate(ticks):
             tx = x0 + round(fraction * (bw - 1))
             fill_rect(img, tx, y + bh + 1, tx + s, y + bh + 1 + 2 * s, TEXT)
-            draw_text(img, label, tx, y + bh + 3 * s + 1, TEXT, s, anchor="center")
+            lw = text_width(label, s)
+            last_room = x0 + round(ticks[-1][0] * (bw - 1)) - text_width(ticks[-1][1], s) // 2
+            if tx - lw // 2 >= free and (k == len(ticks) - 1 or tx + lw // 2 + 3 * s < last_room):
+                draw_text(img, label, tx, y + bh + 3 * s + 1, TEXT, s, anchor="center")
+                free = tx + lw // 2 + 3 * s
         x += step
     if note:
-        draw_text(img, note, x + 4 * s, y + (bh - 7 * s) // 2, TEXT, s)
+        draw_text(img, note, x + 4 * s, y + (bh - line_height(s)) // 2, TEXT, s)

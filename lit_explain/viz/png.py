@@ -1,27 +1,17 @@
-"""A minimal PNG writer (zlib and struct only), for loggers that save plain image files.
-
-Writes 8-bit greyscale, RGB or RGBA images, non-interlaced, every row with filter type 0
-(none), as the PNG specification (ISO/IEC 15948, W3C PNG 2nd edition) defines them.
-"""
+"""PNG bytes and files through Pillow, for loggers that save or send encoded images."""
 
 from __future__ import annotations
 
+import io
 import os
-import struct
-import zlib
 
 import numpy as np
+from PIL import Image
 from torch import Tensor
 
 __all__ = ["encode_png", "write_png"]
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> Pillow mode
 
 
 def _as_hwc_uint8(image: np.ndarray | Tensor) -> np.ndarray:
@@ -32,9 +22,9 @@ def _as_hwc_uint8(image: np.ndarray | Tensor) -> np.ndarray:
         a = a[:, :, None]
     if a.ndim != 3:
         raise ValueError(f"expected an (H, W), (H, W, C) or (C, H, W) image, got shape {a.shape}")
-    if a.shape[-1] not in _COLOR_TYPE and a.shape[0] in _COLOR_TYPE:
+    if a.shape[-1] not in _MODES and a.shape[0] in _MODES:
         a = np.moveaxis(a, 0, -1)  # channels first -> last
-    if a.shape[-1] not in _COLOR_TYPE:
+    if a.shape[-1] not in _MODES:
         raise ValueError(f"expected 1, 2, 3 or 4 channels, got shape {a.shape}")
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating):
@@ -43,8 +33,13 @@ def _as_hwc_uint8(image: np.ndarray | Tensor) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _pil(image: np.ndarray | Tensor) -> Image.Image:
+    a = _as_hwc_uint8(image)
+    return Image.fromarray(a[:, :, 0] if a.shape[-1] == 1 else a)  # L, LA, RGB or RGBA
+
+
 def encode_png(image: np.ndarray | Tensor, compress_level: int = 6) -> bytes:
-    """Encode an image as PNG bytes.
+    """Encode an image as PNG bytes (Pillow).
 
     Parameters
     ----------
@@ -52,23 +47,16 @@ def encode_png(image: np.ndarray | Tensor, compress_level: int = 6) -> bytes:
         ``uint8`` ``(H, W, C)`` with C in 1..4 (grey, grey+alpha, RGB, RGBA) or ``(H, W)``.
         Channels-first ``(C, H, W)`` and float images in ``[0, 1]`` are converted.
     compress_level : int
-        zlib level 0-9.
+        zlib level 0-9 (1 is fast and enough for the flat colour cells of a grid).
 
     Returns
     -------
     bytes
         The PNG file's content.
     """
-    a = _as_hwc_uint8(image)
-    h, w, c = a.shape
-    header = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[c], 0, 0, 0)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), a.reshape(h, w * c)], axis=1)
-    return (
-        _SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), compress_level))
-        + _chunk(b"IEND", b"")
-    )
+    buffer = io.BytesIO()
+    _pil(image).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray | Tensor) -> None:
@@ -85,6 +73,5 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray | Tensor) -> None:
     -------
     None
     """
-    data = encode_png(image)
     with open(path, "wb") as f:
-        f.write(data)
+        f.write(encode_png(image))

@@ -110,10 +110,14 @@ def line_figure(
         ax.set_title(title, fontsize=fontsize + 1)
     ax.set_xlabel(x_label, fontsize=fontsize)
     ax.set_ylabel(y_label, fontsize=fontsize)
-    if data:
-        ncols = min(len(data), 3)
-        fig.legend(loc="outside lower center", ncols=ncols, fontsize=fontsize - 1,
-                   frameon=False, handlelength=2.5, columnspacing=1.2)
+    if data:  # in as many columns (at most 3) as fit the figure's width
+        renderer = fig.canvas.get_renderer()
+        for ncols in range(min(len(data), 3), 0, -1):
+            legend = fig.legend(loc="outside lower center", ncols=ncols, fontsize=fontsize - 1,
+                                frameon=False, handlelength=2.5, columnspacing=1.2)
+            if ncols == 1 or legend.get_window_extent(renderer).width <= width - 4:
+                break
+            legend.remove()
     return fig
 
 

@@ -49,6 +49,18 @@ def test_the_legend_covers_no_line():
     assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width
 
 
+def test_a_legend_of_long_names_takes_fewer_columns_and_stays_in_the_picture():
+    names = [f"drift_{r}_{m}" for r in ("previous", "first")
+             for m in ("spearman", "ssim", "topk_intersection")]  # what the callback logs
+    fig = viz.line_figure({n: np.linspace(0, 1, 4) for n in names}, x=[1, 2, 3, 4])
+    ax, renderer = drawn(fig)
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y0 >= 0
+    assert len(legend.get_texts()) == 6
+    assert box.y1 < ax.get_window_extent(renderer).y0
+
+
 @pytest.mark.parametrize("epochs", [[0, 1], [3, 4, 5], [0, 2, 4]])
 def test_drift_plots_of_few_epochs_tick_each_epoch(epochs):
     fig = viz.line_figure({n: np.linspace(0.5, 1, len(epochs)) for n in DRIFT}, x=epochs)

@@ -166,9 +166,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         self._check_neuron_selection(neuron_selection, len(x))
         self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}
         with analysis_context(self.model), ExitStack() as stack:
-            inputs = x.detach()
-            if inputs.is_inference():
-                inputs = inputs.clone()
+            # a private copy: the model may modify its input in place (x.sub_(mean)), and the
+            # caller's tensor must not change; also an inference tensor becomes a normal one
+            inputs = x.detach().clone()
             if is_token_input(inputs):  # analyze from the embedding; one value per token
                 inputs = stack.enter_context(token_input(self.model, inputs))
                 result = self._analyze(inputs, neuron_selection).sum(dim=-1)
@@ -353,7 +353,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         if self._softmax_checked:
             return
         self._softmax_checked = True
-        if final_softmax(self.model, x.detach(), self.logits):
+        if final_softmax(self.model, x.detach().clone(), self.logits):
             warnings.warn(
                 f"{self.name or type(self).__name__}: the model's output is made by a softmax "
                 f"in its forward, so this explains probabilities, not logits. To explain the "

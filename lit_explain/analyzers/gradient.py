@@ -51,7 +51,7 @@ def path_selector(analyzer: Analyzer, x: Tensor, neuron_selection: NeuronSelecti
     if analyzer.neuron_selection_mode != "max_activation":
         return lambda repeats: select
     with torch.no_grad():
-        indices = select(analyzer.logits(analyzer.model(x), len(x)))
+        indices = select(analyzer.logits(analyzer.model(x.clone()), len(x)))  # may modify it
     return lambda repeats: lambda logits: indices.repeat(repeats)
 
 

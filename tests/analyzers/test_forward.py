@@ -188,3 +188,33 @@ def test_a_compiled_model_gives_the_uncompiled_maps(backend):
     for name in ("lrp.epsilon", "guided_backprop", "gradient"):
         torch.testing.assert_close(lx.create_analyzer(name, compiled).analyze(x),
                                    lx.create_analyzer(name, model).analyze(x))
+
+
+class NormalizesInPlace(nn.Module):
+    """Normalises its input in place, as some preprocessing code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv, self.fc = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3 * 16, 3)
+
+    def forward(self, x):
+        x.sub_(0.5).div_(2.0)
+        return self.fc(F.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "integrated_gradients",
+                                  "smoothgrad", "deep_lift", "guided_backprop", "lrp.z"])
+def test_a_model_that_modifies_its_input_in_place_leaves_the_callers_tensor_alone(name):
+    model, x = NormalizesInPlace().eval(), torch.randn(2, 2, 4, 4)
+    original = x.clone()
+    kwargs = {"steps": 2} if name == "integrated_gradients" else {}
+    kwargs = {"augment_by_n": 2, "noise_scale": 0.0} if name == "smoothgrad" else kwargs
+    result = lx.create_analyzer(name, model, **kwargs).analyze(x)
+    assert torch.equal(x, original)
+    if name in ("gradient", "smoothgrad"):  # the gradient of the function the model computes
+        leaf = original.clone().requires_grad_(True)
+        logits = model(leaf.clone())
+        (expected,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(),
+                                          leaf)
+        torch.testing.assert_close(result, expected)

@@ -16,6 +16,7 @@ from torchmetrics import Metric
 
 from ..analyzers.validation import check_choice
 from ..metrics import create_metric, localization_metrics, metrics
+from ..metrics.drift import drift_measures
 
 DRIFT_REFERENCES = ("previous", "first")
 #: Metrics that the ``metrics`` option takes (drift has its own option).
@@ -214,17 +215,47 @@ class DriftTracker:
         self.epochs: dict[str, list[int]] = {}
         self._metric = create_metric("attribution_drift", keep_per_sample=False)
 
-    def update(self, analyzer: str, maps: Tensor, epoch: int) -> dict[str, float]:
-        """Drift of ``maps`` against the references; then ``maps`` become "previous"."""
+    def _stored(self, analyzer: str, reference: str, maps: Tensor) -> Tensor | None:
+        stored = (self.first if reference == "first" else self.previous).get(analyzer)
+        return None if stored is None or stored.shape != maps.shape else stored.to(maps.device)
+
+    def measure_all(self, maps: Mapping[str, Tensor]) -> dict[tuple[str, str], dict[str, Tensor]]:
+        """The per-sample drift measures of every analyzer against every reference, computed
+        in one call per map shape (the pairs concatenated): ``{(analyzer, reference):
+        measures}``, for :meth:`update`."""
+        groups: dict[tuple, list[tuple[str, str, Tensor, Tensor]]] = {}
+        for analyzer, current in maps.items():
+            current = current.detach()
+            for reference in self.references:
+                stored = self._stored(analyzer, reference, current)
+                if stored is not None:
+                    key = (tuple(current.shape), current.dtype, current.device)
+                    groups.setdefault(key, []).append((analyzer, reference, stored, current))
+        measured: dict[tuple[str, str], dict[str, Tensor]] = {}
+        for pairs in groups.values():
+            values = drift_measures(torch.cat([p[2] for p in pairs]),
+                                    torch.cat([p[3] for p in pairs]), self._metric.top_k)
+            n = len(pairs[0][3])
+            for index, (analyzer, reference, _, _) in enumerate(pairs):
+                measured[analyzer, reference] = {
+                    k: v[index * n:(index + 1) * n] for k, v in values.items()}
+        return measured
+
+    def update(self, analyzer: str, maps: Tensor, epoch: int,
+               measured: Mapping[tuple[str, str], Mapping[str, Tensor]] | None = None
+               ) -> dict[str, float]:
+        """Drift of ``maps`` against the references; then ``maps`` become "previous".
+        ``measured``: what :meth:`measure_all` gave for these maps (else computed here)."""
         maps = maps.detach()
         values: dict[str, float] = {}
         for reference in self.references:
-            stored = (self.first if reference == "first" else self.previous).get(analyzer)
-            if stored is None or stored.shape != maps.shape:
+            stored = self._stored(analyzer, reference, maps)
+            if stored is None:
                 continue
             drift = self._metric.to(maps.device)
             drift.reset()
-            drift.update(stored.to(maps.device), maps)
+            given = (measured or {}).get((analyzer, reference))
+            drift.update(stored, maps, None if given is None else dict(given))
             for measure, value in drift.compute().items():
                 values[f"drift_{reference}_{measure}"] = float(value)
         self.first.setdefault(analyzer, maps.cpu().clone())

@@ -455,9 +455,11 @@ class ExplainCallback(Callback):
         metrics_seconds = time.perf_counter() - metrics_started
         progress(1)
         if not validating:
+            # all analyzers' measures in one call; should that fail, each analyzer's own
+            measured = self._guarded("drift", lambda: self.drift.measure_all(maps)) or {}
             for name, result in maps.items():
                 drift = self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
-                    self.drift.update(n, r, trainer.current_epoch)))
+                    self.drift.update(n, r, trainer.current_epoch, measured)))
                 if drift:
                     scalars.update({f"{prefix}/{name}/{key}": v for key, v in drift.items()})
         if trainer.is_global_zero and maps:

@@ -8,7 +8,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["AttributionDrift", "average_ranks", "spearman", "ssim", "topk_intersection"]
+__all__ = ["AttributionDrift", "average_ranks", "drift_measures", "spearman", "ssim",
+           "topk_intersection"]
 
 
 def average_ranks(v: Tensor) -> Tensor:
@@ -76,6 +77,23 @@ def ssim(a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5) -> Tensor:
     return s.flatten(1).mean(1)
 
 
+def drift_measures(reference_maps: Tensor, current_maps: Tensor, top_k: int | float = 0.1
+                   ) -> dict[str, Tensor]:
+    """Per-sample ``(N,)`` similarities of two batches of maps of the same samples:
+    ``"spearman"``, ``"topk_intersection"`` and, for image maps ``(N, C, H, W)``, ``"ssim"``.
+
+    Every measure is per sample, so the maps of several analyzers (or references) can be
+    concatenated, measured in one call and split again.
+    """
+    values = {
+        "spearman": spearman(reference_maps, current_maps),
+        "topk_intersection": topk_intersection(reference_maps, current_maps, top_k),
+    }
+    if current_maps.dim() == 4:
+        values["ssim"] = ssim(reference_maps, current_maps)
+    return values
+
+
 class AttributionDrift(Metric):
     """Attribution drift between two points of training.
 
@@ -122,8 +140,13 @@ class AttributionDrift(Metric):
             "ssim_count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum"
         )
 
-    def update(self, reference_maps: Tensor, current_maps: Tensor) -> None:
-        """Compare two batches of maps of the same samples, same shape ``(N, ...)``."""
+    def update(self, reference_maps: Tensor, current_maps: Tensor,
+               measured: dict[str, Tensor] | None = None) -> None:
+        """Compare two batches of maps of the same samples, same shape ``(N, ...)``.
+
+        ``measured``: :func:`drift_measures` of exactly these maps, when the caller computed
+        it already (batched with other maps); it is taken as is.
+        """
         if reference_maps.shape != current_maps.shape or reference_maps.dim() < 2:
             raise ValueError(
                 f"reference_maps {tuple(reference_maps.shape)} and current_maps "
@@ -131,12 +154,11 @@ class AttributionDrift(Metric):
             )
         ref = reference_maps.detach().to(current_maps.device)
         cur = current_maps.detach()
-        values = {
-            "spearman": spearman(ref, cur),
-            "topk_intersection": topk_intersection(ref, cur, self.top_k),
-        }
-        if cur.dim() == 4:
-            values["ssim"] = ssim(ref, cur)
+        values = drift_measures(ref, cur, self.top_k) if measured is None else measured
+        if any(len(v) != cur.shape[0] for v in values.values()):
+            raise ValueError(f"measured holds {[len(v) for v in values.values()]} values for "
+                             f"{cur.shape[0]} samples")
+        if "ssim" in values:
             self.ssim_count += cur.shape[0]
         for name, v in values.items():
             setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + v.sum())

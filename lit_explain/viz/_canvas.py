@@ -5,6 +5,7 @@ pasting and magnifying images. Everything clips to the canvas and draws in place
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -21,12 +22,18 @@ def canvas(height: int, width: int, color: Color = WHITE) -> Tensor:
     return c
 
 
+@lru_cache(maxsize=64)
+def _color(color: tuple[float, ...], dtype: torch.dtype) -> Tensor:
+    """``color`` as a ``(3, 1, 1)`` tensor, made once (a grid fills hundreds of frames)."""
+    return torch.tensor(color, dtype=dtype).view(3, 1, 1)
+
+
 def fill_rect(c: Tensor, x0: int, y0: int, x1: int, y1: int, color: Color) -> None:
     """Fill the pixels ``x0 <= x < x1``, ``y0 <= y < y1``."""
     _, H, W = c.shape
     x0, x1, y0, y1 = max(x0, 0), min(x1, W), max(y0, 0), min(y1, H)
     if x1 > x0 and y1 > y0:
-        c[:, y0:y1, x0:x1] = torch.tensor(color, dtype=c.dtype).view(3, 1, 1)
+        c[:, y0:y1, x0:x1] = _color(tuple(map(float, color)), c.dtype)
 
 
 def outline_rect(c: Tensor, x0: int, y0: int, x1: int, y1: int, color: Color,

@@ -492,12 +492,12 @@ def to_uint8_hwc(image: ArrayLike) -> np.ndarray:
     ndarray of uint8
         ``(H, W, C)`` or ``(N, H, W, C)``, on the CPU.
     """
-    if isinstance(image, Tensor):  # in torch: one fused pass, no float copy on the CPU
+    if isinstance(image, Tensor):  # in torch: one float copy, then in place
         if image.dim() not in (3, 4):
             raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape "
                              f"{tuple(image.shape)}")
-        if image.dtype != torch.uint8:
-            image = image.detach().float().nan_to_num(0.0).clamp(0, 1).mul(255).round()
+        if image.dtype != torch.uint8:  # x * 255 clipped to [0, 255] = clip to [0, 1], * 255
+            image = image.detach().float().mul(255).nan_to_num_(0.0).clamp_(0, 255).round_()
         return image.to(torch.uint8).movedim(-3, -1).contiguous().cpu().numpy()
     a = np.asarray(image)
     if a.ndim not in (3, 4):

@@ -41,6 +41,7 @@ def line_height(scale: int = 1) -> int:
 LINE_HEIGHT = line_height(1)
 
 
+@lru_cache(maxsize=4096)
 def text_width(text: str, scale: int = 1) -> int:
     """Width in pixels that ``text`` takes (its advance)."""
     return int(np.ceil(_font(scale).getlength(text))) if text else 0

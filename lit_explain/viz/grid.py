@@ -208,7 +208,7 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
     shown = _minmax(x, (1, 2, 3)) if C == 3 else _minmax(x.mean(1, keepdim=True), (1, 2, 3))
     grey = shown.mean(1, keepdim=True)  # what an overlay draws on
     shown = shown.expand(-1, 3, -1, -1)
-    inputs = [upscale(shown[i], factor) for i in range(N)]
+    inputs = list(upscale(shown, factor))  # one magnification for all samples
     out: dict[str, list[Tensor]] = {}
     for name, m in maps.items():
         if m.ndim == 2 and m.shape[1] in (C * H * W, H * W):
@@ -229,7 +229,7 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
             reduced = _channel_reduced("image", m, reduce_op).reshape(N, 1, H, W)
             alpha = project(reduced.abs(), absmax=scale, input_is_positive_only=True)
             rgb = (1 - alpha) * grey + alpha * rgb
-        out[name] = [upscale(rgb[i], factor) for i in range(N)]
+        out[name] = list(upscale(rgb, factor))
     return inputs, out
 
 
@@ -593,15 +593,16 @@ def explanation_grid(
         for j, w in enumerate(col_w):
             cell = in_cells[i] if j == 0 else map_cells[names[j - 1]][i]
             cx = x0 + (w - cw) // 2
+            # the frame: its box filled, then the cell over all of it but the 1-pixel border
+            fill_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
             paste(img, cell, cx, y)
-            outline_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
             x0 += w + 2 * pad
     if bar_h:
         shared = scales[0] if len(set(scales)) == 1 else None  # values only if all agree
         bars = list({c.name: c for c in cms.values()}.values())  # each colour map once
         _colorbars(img, bars, shared, height - bar_h + pad, s, pad)
-    img = img.clamp(0, 1)
-    return (img * 255).round().to(torch.uint8) if as_uint8 else img
+    img.clamp_(0, 1)  # in place: the canvas is ours
+    return img.mul_(255).round_().to(torch.uint8) if as_uint8 else img
 
 
 def _colorbars(img: Tensor, bars: list[Colormap], absmax: float | None, y: int, s: int,

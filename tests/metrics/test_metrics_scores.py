@@ -141,3 +141,26 @@ def test_registry_and_create_metric(linear_setup):
     for cls in lm.metrics.values():
         assert cls.full_state_update is False
         assert "higher_is_better" in cls.__doc__ or "lower is better" in cls.__doc__.lower()
+
+
+def test_drift_tracker_batched_measures_equal_each_analyzers_own():
+    from lit_explain.callbacks.evaluation import DriftTracker
+
+    g = torch.Generator().manual_seed(3)
+    tracker = DriftTracker(("previous", "first"))
+    epochs = [{"a": torch.randn(4, 1, 8, 8, generator=g), "b": torch.randn(4, 1, 8, 8, generator=g),
+               "flat": torch.randn(4, 30, generator=g)} for _ in range(3)]
+    for epoch, maps in enumerate(epochs):
+        measured = tracker.measure_all(maps)  # all analyzers and references concatenated
+        assert set(measured) == ({(a, r) for a in maps for r in ("previous", "first")}
+                                 if epoch else set())
+        for name, current in maps.items():
+            got = tracker.update(name, current, epoch, measured)
+            for reference, index in (("first", 0), ("previous", epoch - 1)):
+                if epoch == 0:
+                    continue
+                alone = AttributionDrift()  # this analyzer and reference on their own
+                alone.update(epochs[index][name], current)
+                for measure, value in alone.compute().items():
+                    assert got[f"drift_{reference}_{measure}"] == pytest.approx(float(value))
+            assert ("drift_first_ssim" in got) == (epoch > 0 and name != "flat")

@@ -534,7 +534,8 @@ class ExplainCallback(Callback):
                 self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
                 class_names=self.class_names, cmap=self.cmap, absmax=absmax,
                 token_names=self.token_names, masks=self.probe.masks,
-                overlay=self.overlay and self.probe.inputs.dim() >= 4))
+                overlay=self.overlay and self.probe.inputs.dim() >= 4,
+                as_uint8=True))  # converted in place on the canvas: no float copy
             if image is not None:
                 plots[tag] = image
         for tag, image in plots.items():

@@ -602,7 +602,7 @@ def explanation_grid(
         bars = list({c.name: c for c in cms.values()}.values())  # each colour map once
         _colorbars(img, bars, shared, height - bar_h + pad, s, pad)
     img.clamp_(0, 1)  # in place: the canvas is ours
-    return img.mul_(255).round_().to(torch.uint8) if as_uint8 else img
+    return img.nan_to_num_(0.0).mul_(255).round_().to(torch.uint8) if as_uint8 else img
 
 
 def _colorbars(img: Tensor, bars: list[Colormap], absmax: float | None, y: int, s: int,

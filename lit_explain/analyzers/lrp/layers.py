@@ -240,11 +240,13 @@ class FusedLayer(AffineLayer):
         """Per output channel ``(aW)⁺ = a·W⁺`` where ``a > 0`` and ``a·W⁻`` where ``a < 0``:
         a combination of the kernel layer's own parts, no new call."""
         scale = self.kernel.per_channel(self.norm.weight)
-        result = 0.0
-        for sign, factor in ((positive, scale.clamp(min=0)), (not positive, scale.clamp(max=0))):
-            if bool((factor != 0).any()):
-                result = result + factor * self.kernel.part(x, sign)
-        return result if isinstance(result, Tensor) else self.kernel.part(x, positive) * 0
+        terms = [factor * self.kernel.part(x, sign)
+                 for sign, factor in ((positive, scale.clamp(min=0)),
+                                      (not positive, scale.clamp(max=0)))
+                 if bool((factor != 0).any())]
+        if not terms:  # every a is 0: the fused layer is constant
+            return self.kernel.part(x, positive) * 0
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     def input_parts(self, flow: Flow) -> tuple[Tensor, Tensor]:
         return self.kernel.input_parts(flow)

@@ -6,6 +6,7 @@ import torch
 from test_examples import load_example, logged_images, png_size
 
 import lit_explain as lx
+from lit_explain.demo import sentences
 
 
 def test_the_sentiment_example_logs_token_strips(tmp_path, capsys):
@@ -28,10 +29,9 @@ def test_the_sentiment_example_logs_token_strips(tmp_path, capsys):
 
 
 def test_the_synthetic_task_is_decided_by_the_sentiment_words():
-    example = load_example("sentiment_tokens")
-    tokens, labels = example.make_sentences(200, seed=3)
-    positive = torch.isin(tokens, torch.tensor(list(example.POSITIVE))).sum(1)
-    negative = torch.isin(tokens, torch.tensor(list(example.NEGATIVE))).sum(1)
+    tokens, labels = sentences.make_sentences(200, seed=3)
+    positive = torch.isin(tokens, torch.tensor(list(sentences.POSITIVE))).sum(1)
+    negative = torch.isin(tokens, torch.tensor(list(sentences.NEGATIVE))).sum(1)
     assert torch.equal(labels, (positive > negative).long())
     assert bool((positive != negative).all()) and tokens.dtype == torch.int64
 

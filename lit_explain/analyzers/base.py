@@ -35,19 +35,22 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     train flag and every parameter's ``requires_grad`` are put back as they were, also when
     the analysis raises.
     """
-    training = {module: module.training for module in model.modules()}
-    requires_grad = {param: param.requires_grad for param in model.parameters()}
+    # only the modules in train mode are switched (and back): a model validated in eval mode
+    # costs nothing here
+    training = [module for module in model.modules() if module.training]
+    requires_grad = [param for param in model.parameters() if param.requires_grad]
     try:
-        model.eval()
+        if training:
+            model.eval()  # through train(False), which a module may override
         for param in requires_grad:
             param.requires_grad_(False)
         with torch.inference_mode(False), torch.enable_grad(), eager():
             yield
     finally:
-        for module, flag in training.items():
-            module.training = flag
-        for param, flag in requires_grad.items():
-            param.requires_grad_(flag)
+        for module in training:
+            module.training = True
+        for param in requires_grad:
+            param.requires_grad_(True)
 
 
 class Analyzer:

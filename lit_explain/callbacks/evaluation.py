@@ -121,7 +121,8 @@ class ProbeMetrics:
             chosen = {a: self.metrics[a][name] for a in maps if name in self.metrics.get(a, {})}
             for metric in chosen.values():
                 metric.reset()
-                metric.to(inputs.device)
+                if metric.device != inputs.device:
+                    metric.to(inputs.device)
             failed = self._update(name, chosen, inputs, maps, targets, masks, on_failure)
             for analyzer, metric in chosen.items():
                 if analyzer in failed:

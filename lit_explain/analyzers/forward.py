@@ -14,6 +14,7 @@ that the analysed forward computes what the model computes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -42,7 +43,15 @@ def uncompiled(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def eager() -> Any:
-    """Run compiled modules and functions eagerly (their Python code) while open."""
+    """Run compiled modules and functions eagerly (their Python code) while open.
+
+    Where dynamo was never imported nothing can have been compiled, and nothing is done:
+    importing it only for this costs about a second and starts its machinery in every
+    process (DDP workers included).
+    """
+    if "torch._dynamo" not in sys.modules:
+        yield
+        return
     with torch.compiler.set_stance("force_eager"):
         yield
 

@@ -480,9 +480,13 @@ class ExplainCallback(Callback):
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Drift over the epochs, one plot per analyzer, once: while training runs, the
-        # dashboards plot the drift scalars themselves.
-        if not trainer.is_global_zero:
-            return
+        # dashboards plot the drift scalars themselves. Rank zero draws; every rank then
+        # waits for it, so that no process tears the process group down under another.
+        if trainer.is_global_zero:
+            self._plot_at_end(trainer)
+        trainer.strategy.barrier("ExplainCallback.on_train_end")
+
+    def _plot_at_end(self, trainer: L.Trainer) -> None:
         for tag, (name, metric, curve) in self._last_curves.items():
             plot = self._guarded("plot", lambda n=name, m=metric, c=curve: _curve_plot(n, m, *c))
             if plot is not None:

@@ -21,10 +21,10 @@ run, against the same baseline:
   comparison is like for like on the ResNet.
 - Captum's attributions beside the gradient family (``CAPTUM_METHODS``), with the same
   points (32 for IG and SmoothGrad) and the same chunk size: ``internal_batch_size`` of
-  IG and ``nt_samples_batch_size`` of SmoothGrad are set from our analyzer's
-  ``batch_size``. Captum's target neurons are computed outside the timed call; ours are
-  chosen inside ``analyze`` (one gradient-free forward pass), so the comparison favours
-  Captum slightly.
+  IG and ``nt_samples_batch_size`` of SmoothGrad are set from the chunks our analyzer
+  chooses (``points_per_chunk``). Captum's target neurons are computed outside the timed
+  call; ours are chosen inside ``analyze`` (one gradient-free forward pass), so the
+  comparison favours Captum slightly.
 
 Install them in a separate environment so that they cannot change torch, and run there
 with this checkout on the path. Zennit imports torchvision only to name torchvision's ResNet
@@ -163,10 +163,10 @@ def captum_runner(name: str, model: nn.Module, x: torch.Tensor) -> Callable[[], 
         method = attr.IntegratedGradients(model)
         return lambda: method.attribute(x, target=target, n_steps=ours.steps,
                                         method="riemann_left",
-                                        internal_batch_size=ours.batch_size)
+                                        internal_batch_size=ours.points_per_chunk(x) * len(x))
     if name == "smoothgrad":
         method = attr.NoiseTunnel(attr.Saliency(model))
-        per_chunk = max(1, ours.batch_size // len(x))  # noisy copies of the batch per chunk
+        per_chunk = ours.points_per_chunk(x)  # noisy copies of the batch per chunk
         return lambda: method.attribute(x, target=target, nt_samples=ours.augment_by_n,
                                         stdevs=0.1, abs=False, nt_samples_batch_size=per_chunk)
     method = getattr(attr, CAPTUM_METHODS[name])(model)

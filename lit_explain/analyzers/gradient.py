@@ -55,6 +55,12 @@ def path_selector(analyzer: Analyzer, x: Tensor, neuron_selection: NeuronSelecti
     return lambda repeats: lambda logits: indices.repeat(repeats)
 
 
+#: Input values a chunk of points holds where ``batch_size`` is left to the analyzer.
+CHUNK_VALUES = 2**18
+#: Inputs per chunk at most where ``batch_size`` is left to the analyzer.
+AUTO_CHUNK_INPUTS = 64
+
+
 def chunk_sizes(total: int, per_chunk: int) -> list[int]:
     """Split ``total`` items into chunks of at most ``per_chunk``."""
     return [min(per_chunk, total - start) for start in range(0, total, per_chunk)]
@@ -131,16 +137,32 @@ class InputTimesGradient(Analyzer):
 class _BatchedPathAnalyzer(Analyzer):
     """Averages gradients over many modified copies of the batch, in batched chunks."""
 
-    def __init__(self, model: nn.Module, neuron_selection_mode: str, batch_size: int,
+    def __init__(self, model: nn.Module, neuron_selection_mode: str, batch_size: int | None,
                  output_key: int | str | None = None) -> None:
         super().__init__(model, neuron_selection_mode, output_key=output_key)
-        check_positive_int("batch_size", batch_size)
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
         self.batch_size = batch_size
+
+    def points_per_chunk(self, x: Tensor) -> int:
+        """How many points (copies of the whole batch ``x``) go through the model at once.
+
+        With ``batch_size=None``: as many as fill :data:`CHUNK_VALUES` input values, at
+        most :data:`AUTO_CHUNK_INPUTS` inputs, and at least one point. Large chunks of large
+        inputs do not pay on a CPU: every activation of a chunk of 64 images of 3×64×64 is
+        a fresh allocation of tens of MB (new pages on every pass), which made IG(32) on 16
+        such images a third slower than in chunks of one copy of the batch
+        (``benchmarks/analyzers.py``); small inputs (the 8×8 digits) keep chunks of 64.
+        """
+        batch_size = self.batch_size
+        if batch_size is None:
+            batch_size = min(AUTO_CHUNK_INPUTS, CHUNK_VALUES // max(1, x[0].numel()))
+        return max(1, batch_size // len(x))
 
     def _mean_gradient(self, x: Tensor, points: int, make_points, neuron_selection) -> Tensor:
         """Mean over ``points`` of map(point); ``make_points(start, count)`` returns a
         (count·N, ...) batch and its per-point map is given by ``self._point_map``."""
-        per_chunk = max(1, self.batch_size // len(x))
+        per_chunk = self.points_per_chunk(x)
         selector_for = path_selector(self, x, neuron_selection)
         total = torch.zeros_like(x)
         start = 0
@@ -172,14 +194,17 @@ class SmoothGrad(_BatchedPathAnalyzer):
         ``None``, ``"abs"`` or ``"square"``, applied to each noisy gradient before averaging
         (``"square"`` is the paper's SmoothGrad²).
     batch_size:
-        At most this many inputs go through the model at once.
+        At most this many inputs go through the model at once (at least the whole batch).
+        ``None``: chosen from the input's size (see :meth:`points_per_chunk`): 64 for
+        small inputs, one copy of the batch for images of 3×64×64 and larger.
     seed:
         Seed of the analyzer's own generator; the global RNG is never used.
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  augment_by_n: int = 64, noise_scale: float = 0.1,
-                 postprocess: str | None = None, batch_size: int = 64, seed: int = 0, *,
+                 postprocess: str | None = None, batch_size: int | None = None,
+                 seed: int = 0, *,
                  output_key: int | str | None = None) -> None:
         super().__init__(model, neuron_selection_mode, batch_size, output_key)
         check_positive_int("augment_by_n", augment_by_n)
@@ -220,12 +245,15 @@ class IntegratedGradients(_BatchedPathAnalyzer):
     reference_inputs:
         The baseline x₀: a number or a tensor broadcastable to the input.
     batch_size:
-        At most this many inputs go through the model at once.
+        At most this many inputs go through the model at once (at least the whole batch).
+        ``None``: chosen from the input's size (see :meth:`points_per_chunk`): 64 for
+        small inputs, one copy of the batch for images of 3×64×64 and larger.
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  steps: int = 64, reference_inputs: float | Tensor = 0.0,
-                 batch_size: int = 64, *, output_key: int | str | None = None) -> None:
+                 batch_size: int | None = None, *,
+                 output_key: int | str | None = None) -> None:
         super().__init__(model, neuron_selection_mode, batch_size, output_key)
         check_positive_int("steps", steps)
         self.steps = steps

@@ -80,6 +80,25 @@ def test_integrated_gradients_chunking_does_not_change_the_result():
     torch.testing.assert_close(whole.analyze(x), chunked.analyze(x))
 
 
+@pytest.mark.parametrize(("shape", "batch_size", "points"), [
+    ((8, 1, 8, 8), None, 8),        # 64 values per input: chunks of 64 inputs
+    ((16, 3, 64, 64), None, 1),     # 12288 values: 21 fit in 2**18, fewer than the batch
+    ((2, 3, 224, 224), None, 1),    # one copy of the batch, however large the inputs
+    ((16, 3, 64, 64), 64, 4),       # batch_size given: as before
+    ((16, 3, 8, 8), 20, 1),         # at least one copy of the batch
+])
+def test_points_per_chunk(shape, batch_size, points):
+    analyzer = lx.create_analyzer("integrated_gradients", nn.Flatten(), batch_size=batch_size)
+    assert analyzer.points_per_chunk(torch.zeros(shape)) == points
+
+
+def test_automatic_chunks_give_the_result_of_explicit_ones():
+    model, x = small_cnn(), torch.randn(3, 2, 8, 8)
+    automatic = lx.create_analyzer("integrated_gradients", model, steps=30)
+    one_pass_each = lx.create_analyzer("integrated_gradients", model, steps=30, batch_size=3)
+    torch.testing.assert_close(automatic.analyze(x), one_pass_each.analyze(x))
+
+
 def test_smoothgrad_without_noise_is_the_gradient():
     model, x = small_cnn(), torch.randn(3, 2, 8, 8)
     smooth = lx.create_analyzer("smoothgrad", model, augment_by_n=4, noise_scale=0.0)

@@ -17,8 +17,9 @@ forward hook on the embedding replaces its output by ``e``. An ``EmbeddingBag`` 
 ``(N, L)`` input is reduced from ``e`` as it reduces (``"sum"``, ``"mean"`` or ``"max"``,
 ``per_sample_weights`` and ``padding_idx`` honoured), so each token keeps its own share.
 Batches of several stacked copies of ``e`` (Integrated Gradients' path, SmoothGrad's
-noise, DeepLIFT's reference) get the tokens repeated alike. Integer tensors never reach
-``requires_grad_``.
+noise, DeepLIFT's reference) get the tokens repeated alike, and the vectors of the first
+samples (the forward guard's one-sample pass) the first samples' tokens. Integer tensors
+never reach ``requires_grad_``.
 """
 
 from __future__ import annotations
@@ -148,13 +149,15 @@ def token_input(model: nn.Module, tokens: Tensor) -> Iterator[Tensor]:
     def take_vectors(module: nn.Module, args: tuple) -> tuple:
         (e,) = args
         if not isinstance(e, Tensor) or not e.is_floating_point() or e.dim() != tokens.dim() + 1 \
-                or len(e) % len(tokens):
+                or (len(e) > len(tokens) and len(e) % len(tokens)):
             raise TypeError(f"during a token-model analysis the model is called with embedding "
-                            f"vectors shaped {tuple(tokens.shape)} + (D,), possibly stacked; got "
-                            f"{type(e).__name__} {tuple(getattr(e, 'shape', ()))}")
+                            f"vectors shaped {tuple(tokens.shape)} + (D,), possibly stacked, or "
+                            f"those of the first samples; got {type(e).__name__} "
+                            f"{tuple(getattr(e, 'shape', ()))}")
         state["vectors"], state["used"] = e, False
-        copies = len(e) // len(tokens)
-        return (tokens.repeat(copies, *([1] * (tokens.dim() - 1))),)
+        if len(e) < len(tokens):  # the first samples (the forward guard's)
+            return (tokens[:len(e)],)
+        return (tokens.repeat(len(e) // len(tokens), *([1] * (tokens.dim() - 1))),)
 
     def give_vectors(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         if state.get("used", True):

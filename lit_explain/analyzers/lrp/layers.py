@@ -86,6 +86,14 @@ class AffineLayer:
             self._input_parts = (flow.part(self.input, True), flow.part(self.input, False))
         return self._input_parts
 
+    def input_non_negative(self) -> bool:
+        """Whether every entry of the input is ≥ 0 (then x⁻ = 0 and its terms are skipped);
+        one reduction, made once per layer."""
+        if getattr(self, "_non_negative", None) is None:
+            x = self.input
+            self._non_negative = x.numel() == 0 or bool(x.detach().min() >= 0)
+        return self._non_negative
+
     def per_channel(self, vector: Tensor) -> Tensor:
         """A per-output-channel vector (bias-like) shaped to broadcast against the output."""
         return vector.reshape(self.channel_shape)

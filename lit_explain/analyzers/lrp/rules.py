@@ -34,6 +34,8 @@ from torch import Tensor
 from ..operations import scale_gradient, with_gradient
 from .layers import AffineLayer
 
+_ZERO = torch.zeros(())
+
 #: The stabiliser of iNNvestigate's safe division: ``z`` is replaced by this where ``z = 0``.
 SAFE_EPSILON = 1e-7
 
@@ -46,11 +48,6 @@ def safe(z: Tensor) -> Tensor:
 def safe_reciprocal(z: Tensor) -> Tensor:
     """``1 / safe(z)``."""
     return safe(z).reciprocal_()
-
-
-def non_negative(x: Tensor) -> bool:
-    """Whether every entry of ``x`` is ≥ 0 (then x⁻ = 0 and its terms are skipped)."""
-    return x.numel() == 0 or bool(x.detach().min() >= 0)
 
 
 def _scaled(tensor: Tensor, factor: float) -> Tensor:
@@ -142,8 +139,10 @@ class RelativeFlow(Flow):
         return gate(x, value, mask.to(x.dtype))  # x⁺ / x
 
     def _factor(self, y: Tensor, denominator: Tensor, scale: float) -> Tensor:
-        factor = torch.div(y.detach(), denominator, out=denominator)  # R_y = y ⊙ gradient
-        return _scaled(factor, scale)
+        # R_y = y ⊙ gradient; scale · y / denominator in one pass, into the denominator
+        if scale == 1:
+            return torch.div(y.detach(), denominator, out=denominator)
+        return torch.addcdiv(_ZERO, y.detach(), denominator, value=scale, out=denominator)
 
 
 # Rules --------------------------------------------------------------------------------------
@@ -219,10 +218,12 @@ class EpsilonRule(_RescalingRule):
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         if not (flow.relative and self.bias and self.epsilon):
             return super().__call__(layer, flow)
-        # Per unit: R_y / (y + ε·sign y) · y = |y| / (|y| + ε) times the gradient.
+        # Per unit: R_y / (y + ε·sign y) · y = |y| / (|y| + ε) times the gradient g, that is
+        # g − ε·g / (|y| + ε): one pass forward, one backward.
         y = layer.linear_term()
-        magnitude = y.detach().abs()
-        return redistribute([y], y, [magnitude.div_(magnitude + self.epsilon)])
+        denominator, epsilon = y.detach().abs().add_(self.epsilon), self.epsilon
+        return with_gradient(y, y, lambda grad: torch.addcdiv(grad, grad, denominator,
+                                                              value=-epsilon))
 
 
 @dataclass(frozen=True)
@@ -304,44 +305,39 @@ class AlphaBetaRule(Rule):
     def output_value(self, layer: AffineLayer) -> Tensor:
         """With β > 0 on a non-negative input the two parts this rule needs give the output;
         the layer's own call is not needed."""
-        if not self.beta or not non_negative(layer.input):
+        if not self.beta or not layer.input_non_negative():
             return super().output_value(layer)
         z_plus, z_minus = layer.part(layer.term_input, True), layer.part(layer.term_input, False)
         return torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        x = layer.input
         bias_plus = bias_minus = 0.0
         if self.bias and layer.bias is not None:
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        signed = not non_negative(x)
+        signed = not layer.input_non_negative()
         if not signed:  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻
             z_plus = layer.part(layer.term_input, True)
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
             positive, negative = layer.input_parts(flow)
             z_plus = layer.part(positive, True) + layer.part(negative, False)
-        activator = (z_plus, self._activator(z_plus.detach(), bias_plus), self.alpha)
+        # The denominators z⁺ + b⁺ ≥ 0, kept ε away from 0 (where it is below ε, every
+        # contribution is smaller still; iNNvestigate replaces exact zeros only), and
+        # z⁻ + b⁻ ≤ −ε, for the term −β R (z⁻-part) / (z⁻ + b⁻).
+        activator = torch.add(z_plus.detach(), bias_plus)
         if not self.beta:  # z⁺ only; the output value is the layer's own
-            return flow.output(layer.output_value(), activator)
+            return flow.output(layer.output_value(),
+                               (z_plus, activator.clamp_(min=SAFE_EPSILON), self.alpha))
         if not signed:
             z_minus = layer.part(layer.term_input, False)
         else:
             z_minus = layer.part(positive, False) + layer.part(negative, True)
-        y = torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
-        inhibitor = (z_minus, self._inhibitor(z_minus.detach(), bias_minus), self.beta)
-        return flow.output(y, activator, inhibitor)
-
-    @staticmethod
-    def _activator(z_plus: Tensor, bias_plus: Tensor | float) -> Tensor:
-        """The denominator z⁺ + b⁺. z⁺ ≥ 0 is kept ε away from 0: where z⁺ < ε every
-        contribution is smaller still (iNNvestigate replaces exact zeros only)."""
-        return torch.add(z_plus, bias_plus).clamp_(min=SAFE_EPSILON)
-
-    @staticmethod
-    def _inhibitor(z_minus: Tensor, bias_minus: Tensor | float) -> Tensor:
-        """The denominator −(z⁻ + b⁻) ≥ ε, for the term −β R (z⁻-part) / (z⁻ + b⁻)."""
-        return torch.rsub(z_minus, -bias_minus).clamp_(min=SAFE_EPSILON)  # −b⁻ − z⁻
+        inhibitor = torch.add(z_minus.detach(), bias_minus)
+        y = activator + inhibitor  # W x + b
+        if not self.bias and layer.bias is not None:  # the denominators leave b out
+            y.add_(layer.bias_term())
+        return flow.output(y, (z_plus, activator.clamp_(min=SAFE_EPSILON), self.alpha),
+                           (z_minus, inhibitor.clamp_(max=-SAFE_EPSILON), -self.beta))
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,16 @@ def test_a_max_bag_gives_each_dimension_to_its_winning_token():
         result = lx.create_analyzer(name, model, neuron_selection_mode="index").analyze(tokens, 1)
         expected = (won * W[1, :2] * (e if times_input else 1)).sum(-1)
         torch.testing.assert_close(result, expected, msg=name)
+
+
+def test_the_forward_guard_runs_the_first_sample_of_a_token_batch():
+    # The guard compares the analysed output with the model's own on the first sample: the
+    # model is called on that sample's tokens, not on the whole batch again.
+    model = TwoTokens()
+    batch_sizes = []
+    model.register_forward_pre_hook(lambda module, args: batch_sizes.append(len(args[0])))
+    tokens = torch.tensor([[1, 3], [2, 1], [3, 3], [0, 2]])
+    result = lx.create_analyzer("lrp.epsilon", model, neuron_selection_mode="index").analyze(
+        tokens, neuron_selection=0)
+    torch.testing.assert_close(result, by_hand(tokens, 0, times_input=True))
+    assert batch_sizes[-2:] == [4, 1]  # the analysed forward, then the guard's

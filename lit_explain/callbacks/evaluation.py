@@ -6,6 +6,7 @@ probe samples and ``compute()`` reduces the states across ranks.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ DEFAULT_LOCALIZATION = ("relevance_mass_accuracy", "relevance_rank_accuracy", "p
                         "attribution_localisation", "shortcut_score")
 
 
+@functools.cache
 def _takes_model(name: str) -> bool:
     return "model" in inspect.signature(metrics[name].__init__).parameters
 
@@ -215,6 +217,7 @@ class DriftTracker:
         self.history: dict[str, dict[str, list[float]]] = {}
         self.epochs: dict[str, list[int]] = {}
         self._metric = create_metric("attribution_drift", keep_per_sample=False)
+        self._means = _Means()
 
     def _stored(self, analyzer: str, reference: str, maps: Tensor) -> Tensor | None:
         stored = (self.first if reference == "first" else self.previous).get(analyzer)
@@ -259,13 +262,44 @@ class DriftTracker:
             drift.update(stored, maps, None if given is None else dict(given))
             for measure, value in drift.compute().items():
                 values[f"drift_{reference}_{measure}"] = float(value)
-        self.first.setdefault(analyzer, maps.cpu().clone())
+        self._record(analyzer, maps, epoch, values)
+        return values
+
+    def update_all(self, maps: Mapping[str, Tensor], epoch: int) -> dict[str, dict[str, float]]:
+        """What :meth:`update` gives for each analyzer of ``maps`` (``{analyzer: {key:
+        value}}``, analyzers without a reference yet left out), with the measures of all
+        analyzers and references computed in one call (:meth:`measure_all`) and their means
+        reduced at once, one metric and one reduction across processes for all of them.
+        Nothing is stored unless all of it succeeds."""
+        current = {analyzer: m.detach() for analyzer, m in maps.items()}
+        measured = self.measure_all(current)
+        keys = [(analyzer, reference, measure)
+                for (analyzer, reference), values in measured.items() for measure in values]
+        means: list[float] = []
+        if keys:
+            values = torch.stack([measured[a, r][m] for a, r, m in keys])  # (K, samples)
+            self._means.reset()
+            if self._means.device != values.device:
+                self._means.to(values.device)
+            self._means.update(values.sum(1), torch.full((len(keys),), values.shape[1],
+                                                         device=values.device))
+            means = self._means.compute().tolist()
+        drift: dict[str, dict[str, float]] = {}
+        for (analyzer, reference, measure), value in zip(keys, means, strict=True):
+            drift.setdefault(analyzer, {})[f"drift_{reference}_{measure}"] = value
+        for analyzer, m in current.items():
+            self._record(analyzer, m, epoch, drift.get(analyzer, {}))
+        return drift
+
+    def _record(self, analyzer: str, maps: Tensor, epoch: int, values: dict[str, float]) -> None:
+        """Keep ``maps`` as the references and ``values`` in the history."""
+        if analyzer not in self.first:
+            self.first[analyzer] = maps.cpu().clone()
         self.previous[analyzer] = maps.cpu().clone()
         if values:
             self.epochs.setdefault(analyzer, []).append(epoch)
             for key, value in values.items():
                 self.history.setdefault(analyzer, {}).setdefault(key, []).append(value)
-        return values
 
     def curves(self, analyzer: str) -> dict[str, Tensor]:
         """The drift values of ``analyzer`` so far, one curve per measure (for plotting)."""
@@ -282,3 +316,26 @@ class DriftTracker:
         self.history = {k: {m: list(v) for m, v in d.items()}
                         for k, d in state.get("history", {}).items()}
         self.epochs = {k: list(v) for k, v in state.get("epochs", {}).items()}
+
+
+class _Means(Metric):
+    """Means of several series at once from their sums and counts (one update per reset),
+    summed across processes before the division: one reduction for all of an epoch's drift
+    values, equal to what :class:`~lit_explain.metrics.AttributionDrift` computes for each."""
+
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("sums", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", default=torch.zeros(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, sums: Tensor, counts: Tensor) -> None:
+        if self.sums.numel():
+            raise RuntimeError("_Means takes one update per reset")
+        self.sums, self.counts = sums.double(), counts.long()
+
+    def compute(self) -> Tensor:
+        return self.sums / self.counts.clamp_min(1)

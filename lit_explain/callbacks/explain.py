@@ -455,23 +455,26 @@ class ExplainCallback(Callback):
         metrics_seconds = time.perf_counter() - metrics_started
         progress(1)
         if not validating:
-            # all analyzers' measures in one call; should that fail, each analyzer's own
-            measured = self._guarded("drift", lambda: self.drift.measure_all(maps)) or {}
-            for name, result in maps.items():
-                drift = self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
-                    self.drift.update(n, r, trainer.current_epoch, measured)))
+            # all analyzers' measures and means at once; should that fail, each analyzer's
+            # own, so that a map that cannot be measured costs only its own drift
+            epoch = trainer.current_epoch
+            drifts = self._guarded("drift", lambda: self.drift.update_all(maps, epoch))
+            if drifts is None:
+                drifts = {name: self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
+                    self.drift.update(n, r, epoch))) for name, result in maps.items()}
+            for name, drift in drifts.items():
                 if drift:
                     scalars.update({f"{prefix}/{name}/{key}": v for key, v in drift.items()})
         if trainer.is_global_zero and maps:
-            self._log(trainer, prefix, {k: v.cpu() for k, v in maps.items()}, scalars,
+            self._log(trainer, prefix, {k: v.cpu() for k, v in maps.items()},
                       {k: v for k, v in plots.items() if v is not None}, predictions.cpu())
         progress(1, close=True)
         seconds = time.perf_counter() - started
-        if trainer.is_global_zero:
-            self._guarded("logging", lambda: log_scalars(
-                trainer.loggers, {f"{prefix}/time_s": seconds,
-                                  f"{prefix}/metrics_time_s": metrics_seconds},
-                trainer.global_step))
+        if trainer.is_global_zero:  # every scalar of the epoch in one write
+            scalars.update({f"{prefix}/time_s": seconds,
+                            f"{prefix}/metrics_time_s": metrics_seconds})
+            self._guarded("logging", lambda: log_scalars(trainer.loggers, scalars,
+                                                         trainer.global_step))
         rank_zero_info(f"ExplainCallback {self.name!r}, epoch {trainer.current_epoch}: "
                        f"{_count(len(maps), 'analyzer')} ({', '.join(maps)}) x "
                        f"{_count(len(inputs), 'sample')} in {seconds:.2f} s, of which "
@@ -523,7 +526,9 @@ class ExplainCallback(Callback):
         return result
 
     def _log(self, trainer: L.Trainer, prefix: str, maps: dict[str, Tensor],
-             scalars: dict[str, float], plots: dict[str, Tensor], predictions: Tensor) -> None:
+             plots: dict[str, Tensor], predictions: Tensor) -> None:
+        """Draw the epoch's pictures and log them with ``plots`` (the scalars are logged
+        after, with the epoch's time)."""
         step = trainer.global_step
         # "shared": one robust range per analyzer and epoch, written on the picture. (A
         # range kept from the first epoch saturated every map: on the digits demo the maps
@@ -547,8 +552,6 @@ class ExplainCallback(Callback):
                 trainer.loggers, t, [viz.to_uint8_hwc(i)], step,
                 captions=[f"{t}, epoch {trainer.current_epoch}"],
                 default_root=trainer.default_root_dir))
-        if scalars:
-            self._guarded("logging", lambda: log_scalars(trainer.loggers, scalars, step))
 
     # Errors: warn once per cause, or raise.
 

@@ -3,8 +3,9 @@
 TensorBoard gets image summaries (PNG); W&B gets ``wandb.Image`` lists with captions
 (uint8 HWC: W&B casts to uint8 without rescaling); MLflow gets images with a key and a step
 (``MlflowClient.log_image``: artifacts under ``images/`` that its UI shows per step); any
-other logger, or none, gets PNG files under its log directory. Scalars go to every logger
-through ``log_metrics`` (MLflow: metrics).
+other logger, or none, gets PNG files under its log directory. Scalars go to TensorBoard as
+one summary per call (every value in one event, as ``add_scalar`` writes each) and to every
+other logger through ``log_metrics`` (MLflow: metrics).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from ..viz.png import encode_png, write_png
@@ -75,6 +77,32 @@ def add_png_summary(writer: object, tag: str, image: np.ndarray, step: int) -> N
 
 
 def log_scalars(loggers: Sequence[Logger], values: dict[str, float], step: int) -> None:
-    """Log scalar ``values`` to every logger through ``log_metrics``."""
+    """Log scalar ``values`` to every logger.
+
+    TensorBoard gets them in one ``Summary`` (:func:`add_scalar_summary`): the values
+    ``TensorBoardLogger.log_metrics`` would write, under the same (prefixed) tags, in one
+    event instead of one event per value. Other loggers get ``log_metrics``.
+    """
     for logger in loggers:
-        logger.log_metrics(values, step=step)
+        if isinstance(logger, TensorBoardLogger):
+            add_scalar_summary(logger, values, step)
+        else:
+            logger.log_metrics(values, step=step)
+
+
+def add_scalar_summary(logger: TensorBoardLogger, values: dict[str, float], step: int) -> None:
+    """Write ``values`` as one TensorBoard summary event at ``step``.
+
+    Each value is what ``SummaryWriter.add_scalar`` writes (a ``simple_value``), under the
+    tag ``TensorBoardLogger.log_metrics`` gives it (with the logger's ``prefix``); one
+    event holds them all, which TensorBoard reads as one point per tag. On a rank other
+    than zero nothing is written, as with ``log_metrics``.
+    """
+    if rank_zero_only.rank != 0 or not values:
+        return
+    prefix = getattr(logger, "_prefix", "")
+    join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
+    summary = Summary(value=[
+        Summary.Value(tag=f"{prefix}{join}{tag}" if prefix else tag, simple_value=float(value))
+        for tag, value in values.items()])
+    logger.experiment._get_file_writer().add_summary(summary, step)

@@ -54,6 +54,29 @@ def paste(c: Tensor, image: Tensor, x: int, y: int) -> None:
         c[:, y0:y1, x0:x1] = image[:, y0 - y : y1 - y, x0 - x : x1 - x].to(c.dtype)
 
 
+def paste_column(c: Tensor, cells: Tensor, x: int, y: int, step: int,
+                 frame: Color | None = None) -> None:
+    """Paste ``cells`` ``(N, 3, h, w)`` one under the other, the top-left corner of cell
+    ``i`` at ``(x, y + i * step)``, each over a filled 1-pixel ``frame`` box (what
+    ``fill_rect`` of the box and ``paste`` of each cell draw, in one assignment each).
+
+    The boxes must lie inside the canvas and not overlap (``step >= h + 2`` with a frame,
+    ``>= h`` without).
+    """
+    n, _, h, w = cells.shape
+    border = 1 if frame is not None else 0
+    _, H, W = c.shape
+    if (x - border < 0 or y - border < 0 or x + w + border > W
+            or y - border + n * step > H or step < h + 2 * border):
+        raise ValueError(f"cells of {h}x{w} every {step} rows at ({x}, {y}) do not fit the "
+                         f"canvas {H}x{W} without overlapping")
+    rows = c[:, y - border : y - border + n * step, x - border : x + w + border]
+    rows = rows.unflatten(1, (n, step))  # (3, N, step, w + 2 * border)
+    if frame is not None:
+        rows[:, :, : h + 2] = _color(tuple(map(float, frame)), c.dtype).unsqueeze(1)
+    rows[:, :, border : border + h, border : border + w] = cells.to(c.dtype).transpose(0, 1)
+
+
 def upscale(image: Tensor, factor: int) -> Tensor:
     """Nearest-neighbour magnification of ``(..., H, W)`` by an integer ``factor``."""
     if factor <= 1:

@@ -56,6 +56,13 @@ def _mask(text: str, scale: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)[:, :width] / 255.0
 
 
+@lru_cache(maxsize=64)
+def _ink(color: tuple[float, ...], dtype: torch.dtype) -> Tensor:
+    """``color`` as a ``(3, 1, 1)`` tensor, made once per colour (a grid writes dozens of
+    labels in a few colours)."""
+    return torch.tensor(color, dtype=dtype).view(3, 1, 1)
+
+
 def text_mask(text: str, scale: int = 1) -> Tensor:
     """How much ink ``text`` puts on each pixel: ``(line_height(scale), text_width)``
     floats in ``[0, 1]`` (Pillow's anti-aliased rendering, top of the line at row 0)."""
@@ -94,7 +101,7 @@ def draw_text(
     """
     if anchor not in ("left", "center", "right"):
         raise ValueError(f"anchor must be 'left', 'center' or 'right', got {anchor!r}")
-    mask = text_mask(text, scale)
+    mask = torch.from_numpy(_mask(text, scale))  # the cached mask: only read here
     if mask.numel() == 0:
         return
     if rotate:
@@ -111,6 +118,6 @@ def draw_text(
     if cx1 <= cx0 or cy1 <= cy0:
         return
     alpha = mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].to(canvas.dtype)
-    ink = torch.tensor(color, dtype=canvas.dtype).view(3, 1, 1)
+    ink = _ink(tuple(map(float, color)), canvas.dtype)
     region = canvas[:, cy0:cy1, cx0:cx1]
     region.mul_(1 - alpha).add_(alpha * ink)

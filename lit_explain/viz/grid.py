@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._canvas import WHITE, canvas, fill_rect, outline_rect, paste, upscale
+from ._canvas import WHITE, canvas, fill_rect, outline_rect, paste, paste_column, upscale
 from .colormaps import Colormap, _reduce, get_cmap, heatmap, project
 from .font import LINE_HEIGHT, draw_text, line_height, text_width
 
@@ -589,14 +589,19 @@ def explanation_grid(
         ly = y + (ch - len(lines) * line_h) // 2 + s
         for k, (t, color) in enumerate(lines):
             draw_text(img, _fit(t, max_label, s), pad, ly + k * line_h, color, s)
-        x0 = x_cells
-        for j, w in enumerate(col_w):
-            cell = in_cells[i] if j == 0 else map_cells[names[j - 1]][i]
-            cx = x0 + (w - cw) // 2
-            # the frame: its box filled, then the cell over all of it but the 1-pixel border
-            fill_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
-            paste(img, cell, cx, y)
-            x0 += w + 2 * pad
+    x0 = x_cells
+    for j, w in enumerate(col_w):
+        cells = in_cells if j == 0 else map_cells[names[j - 1]]
+        cx = x0 + (w - cw) // 2
+        # the frame: its box filled, then the cell over all of it but the 1-pixel border
+        if pad >= 1:  # the boxes do not overlap: a whole column at once
+            paste_column(img, torch.stack(cells), cx, top, ch + 2 * pad, FRAME)
+        else:  # each box overlaps its neighbours: drawn in order, as it always was
+            for i, cell in enumerate(cells):
+                y = top + i * (ch + 2 * pad)
+                fill_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
+                paste(img, cell, cx, y)
+        x0 += w + 2 * pad
     if bar_h:
         shared = scales[0] if len(set(scales)) == 1 else None  # values only if all agree
         bars = list({c.name: c for c in cms.values()}.values())  # each colour map once

@@ -164,3 +164,38 @@ def test_drift_tracker_batched_measures_equal_each_analyzers_own():
                 for measure, value in alone.compute().items():
                     assert got[f"drift_{reference}_{measure}"] == pytest.approx(float(value))
             assert ("drift_first_ssim" in got) == (epoch > 0 and name != "flat")
+
+
+def test_drift_tracker_update_all_equals_each_metric_alone_and_keeps_the_references():
+    from lit_explain.callbacks.evaluation import DriftTracker
+
+    g = torch.Generator().manual_seed(5)
+    tracker = DriftTracker(("previous", "first"))
+    epochs = [{"a": torch.randn(4, 1, 8, 8, generator=g), "b": torch.randn(4, 1, 8, 8, generator=g),
+               "flat": torch.randn(4, 30, generator=g)} for _ in range(3)]
+    got_by_epoch = []
+    for epoch, maps in enumerate(epochs):
+        got = tracker.update_all(maps, epoch)
+        got_by_epoch.append(got)
+        if epoch == 0:
+            assert got == {}  # nothing to compare with yet
+        else:
+            assert set(got) == set(maps)
+        for name, current in maps.items():
+            expected = {}
+            for reference, index in (("previous", epoch - 1), ("first", 0)):
+                if epoch == 0:
+                    continue
+                alone = AttributionDrift()  # this analyzer and reference on their own
+                alone.update(epochs[index][name], current)
+                expected.update({f"drift_{reference}_{measure}": float(value)
+                                 for measure, value in alone.compute().items()})
+            assert list(got.get(name, {})) == list(expected)  # same keys, same order
+            for key, value in expected.items():
+                assert got[name][key] == pytest.approx(value, rel=1e-12, abs=1e-12)
+            assert torch.equal(tracker.previous[name], current)
+            assert torch.equal(tracker.first[name], epochs[0][name])
+    assert tracker.epochs == {"a": [1, 2], "b": [1, 2], "flat": [1, 2]}
+    assert tracker.history["a"]["drift_first_ssim"] == [got_by_epoch[1]["a"]["drift_first_ssim"],
+                                                        got_by_epoch[2]["a"]["drift_first_ssim"]]
+    assert "drift_first_ssim" not in tracker.history["flat"]  # no SSIM of flat maps

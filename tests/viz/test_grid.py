@@ -139,3 +139,39 @@ def test_odd_shapes_give_a_picture_or_a_clear_error():
     with pytest.raises(ValueError, match="unknown colour map"):
         viz.explanation_grid(torch.randn(2, 8), {"g": torch.randn(2, 8)}, cmap="nope")
     assert viz.explanation_grid(torch.randn(2, 8), {}).shape[0] == 3  # inputs only
+
+
+@pytest.mark.parametrize("step, frame", [(10, (0.72, 0.72, 0.72)), (12, (0.1, 0.2, 0.3)),
+                                          (8, None)])
+def test_paste_column_draws_what_a_frame_box_and_a_paste_per_cell_draw(step, frame):
+    from lit_explain.viz._canvas import canvas, fill_rect, paste, paste_column
+
+    g = torch.Generator().manual_seed(0)
+    cells = torch.rand(4, 3, 8, 5, generator=g)
+    start = torch.rand(3, 60, 20, generator=g)  # whatever was drawn before stays around
+    expected = start.clone()
+    for i, cell in enumerate(cells):  # one box, then one cell, row by row
+        y = 3 + i * step
+        if frame is not None:
+            fill_rect(expected, 6 - 1, y - 1, 6 + 5 + 1, y + 8 + 1, frame)
+        paste(expected, cell, 6, y)
+    got = start.clone()
+    paste_column(got, cells, 6, 3, step, frame)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="overlapping"):  # boxes would overlap
+        paste_column(canvas(60, 20), cells, 6, 3, 9, (0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="do not fit"):  # the last row leaves the canvas
+        paste_column(canvas(40, 20), cells, 6, 3, 10, (0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("padding", [0, 1, 4])
+def test_every_cell_is_framed_at_any_padding(padding):
+    # every framed cell in its place; with padding 0 the frames of neighbours overlap the
+    # cells' edges (drawn row by row, the later frame on top)
+    inputs = torch.ones(3, 1, 4, 4)
+    image = viz.explanation_grid(inputs, {"pos": torch.ones(3, 1, 4, 4)}, colorbar=False,
+                                 cmap="seismic", padding=padding, cell_size=16)
+    red = is_colour(image, DARK_RED)
+    lost = 16 if padding == 0 else 0  # the last pixel row of the upper two cells
+    assert red.sum() == 3 * 16 * 16 - 2 * lost
+    assert is_colour(image, (0.72, 0.72, 0.72)).sum() > 0

@@ -9,6 +9,10 @@ attention weights with ``V`` (products of two activations), the scaling and the 
 compute the same values as torch's own (up to rounding) from those parts, so that every
 part reaches the analyzer's handler for its kind (see
 :class:`~.operations.OperationRules`, which runs them with its mode active).
+``multi_head_attention_forward`` without ``need_weights`` leaves the core
+``softmax(QKᵀ/√d + mask) V`` to one ``F.scaled_dot_product_attention`` call, which an
+analysis whose rules make it the kernel's own backward runs fused (AttnLRP, see
+:func:`~.lrp.transformer.fused_attention`) and any other through its parts.
 
 Masks follow torch: for ``scaled_dot_product_attention`` a boolean ``attn_mask`` marks the
 positions that take part (``True``), a float one is added to the scores; for
@@ -122,8 +126,11 @@ def multi_head_attention_forward(
     if padding is not None:
         padding = padding.reshape(batch, 1, 1, sources)
         bias = padding if bias is None else bias + padding
-    output, attention = attend(q, k, v, bias, 1.0 / math.sqrt(head_dim),
-                               dropout_p if training else 0.0)
+    dropout_p = dropout_p if training else 0.0
+    if need_weights:
+        output, attention = attend(q, k, v, bias, 1.0 / math.sqrt(head_dim), dropout_p)
+    else:  # one call, which an analysis may run fused or through its parts in turn
+        output = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     output = output.transpose(1, 2).flatten(2)
     output = F.linear(output, out_proj_weight, out_proj_bias).transpose(0, 1)
     if unbatched:

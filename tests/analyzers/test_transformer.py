@@ -199,6 +199,42 @@ def test_normalisation_rule(norm, absolute):
 
 # Attention through its parts -----------------------------------------------------------------
 
+class _Attention(nn.Module):
+    """Q, K, V from the input or constants (``computed``), one SDPA call, one head layer."""
+
+    def __init__(self, computed: str, mask: bool) -> None:
+        super().__init__()
+        self.computed, self.mask = computed, mask
+        self.project = nn.ModuleDict({n: nn.Linear(4, 4) for n in "qkv"})
+        self.memory = nn.Parameter(torch.randn(6, 4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        def heads(name: str, length: int) -> Tensor:
+            source = x if name in self.computed else self.memory[:length].expand(len(x), -1, -1)
+            return self.project[name](source).unflatten(-1, (2, 2)).transpose(1, 2)
+
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril() if self.mask else None
+        out = F.scaled_dot_product_attention(heads("q", x.shape[1]), heads("k", x.shape[1]),
+                                             heads("v", x.shape[1]), attn_mask=mask)
+        return self.head(out.transpose(1, 2).flatten(2)).sum(1)
+
+
+@pytest.mark.parametrize("computed", ["qkv", "q", "kv", "v", "qk"])
+@pytest.mark.parametrize("mask", [False, True])
+def test_fused_attention_equals_its_parts(computed, mask):
+    # AttnLRP runs F.scaled_dot_product_attention fused, with Q, K and V's gradients scaled
+    # by their shares; the reverse-pass diagnostics make it run through its parts (matmuls,
+    # softmax: the rules checked against LXT). Both must give one map, whichever of Q, K, V
+    # are computed from the input (the shares depend on it).
+    torch.manual_seed(0)
+    model, x = _Attention(computed, mask).double().eval(), torch.randn(2, 5, 4).double()
+    fused = lx.create_analyzer("lrp.epsilon", model).analyze(x)
+    parts = lx.create_analyzer("lrp.epsilon", model, reverse_check_finite=True).analyze(x)
+    assert fused.abs().sum() > 0
+    torch.testing.assert_close(fused, parts, rtol=1e-9, atol=1e-12)
+
+
 def test_scaled_dot_product_attention_parts_equal_torch():
     torch.manual_seed(5)
     q, k, v = (torch.randn(2, 4, 5, 8, dtype=torch.float64) for _ in range(3))

@@ -33,6 +33,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
@@ -82,6 +83,7 @@ from .rules import (
 from .transformer import (
     ATTENTION_RULES,
     blocked,
+    fused_attention,
     identity_rule,
     normalization_rule,
     softmax_rule,
@@ -338,8 +340,17 @@ class LRP(Analyzer):
                 constants = held if len(held) < len(call.inputs) else frozenset()
             return uniform_rule(call, flow, constants)
 
+        # Per unit of tensor AttnLRP makes fused attention its kernel's own backward; the
+        # reverse-pass diagnostics observe the softmax, so they get the parts
+        fused = flow.relative and not cp and not self.reverse.active
+
+        def attention(call: OperationCall) -> object:
+            if fused and call.func is F.scaled_dot_product_attention:
+                return fused_attention(call)
+            return through_parts(call)
+
         return {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,
-                NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: through_parts}
+                NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: attention}
 
     def logits(self, output: Any, batch: int) -> Tensor:
         selected = select_output(output, self.output_key)

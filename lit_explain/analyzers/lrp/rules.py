@@ -41,8 +41,9 @@ SAFE_EPSILON = 1e-7
 
 
 def safe(z: Tensor) -> Tensor:
-    """``z + (z == 0)·ε``: iNNvestigate's safe division, for denominators of either sign."""
-    return z + (z == 0).to(z.dtype) * SAFE_EPSILON
+    """``z + (z == 0)·ε`` (a new tensor): iNNvestigate's safe division, for denominators of
+    either sign."""
+    return torch.where(z == 0, SAFE_EPSILON, z)
 
 
 def safe_reciprocal(z: Tensor) -> Tensor:

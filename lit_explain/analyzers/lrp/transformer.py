@@ -38,8 +38,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import NotAnalyzableModelError
-from ..operations import OperationCall, map_differentiable, scale_gradient, with_gradient
-from .rules import Flow, safe_reciprocal
+from ..operations import (
+    OperationCall,
+    differentiable,
+    map_differentiable,
+    scale_gradient,
+    with_gradient,
+)
+from .rules import Flow, safe, safe_reciprocal
 
 #: ``attention_rule=`` values: AttnLRP, or CP-LRP (no relevance through softmax and gates).
 ATTENTION_RULES = ("attnlrp", "cp")
@@ -73,7 +79,7 @@ def identity_rule(call: OperationCall, flow: Flow) -> Tensor:
     shape = source.shape
     if not flow.relative:
         return with_gradient(source, y, lambda grad: grad.sum_to_size(shape))
-    ratio = y.detach() * safe_reciprocal(source.detach())
+    ratio = torch.div(y.detach(), safe(source.detach()))
     return with_gradient(source, y, lambda grad: (grad * ratio).sum_to_size(shape))
 
 
@@ -89,6 +95,40 @@ def softmax_rule(call: OperationCall, flow: Flow) -> Tensor:
     s = call.run(*map_differentiable(lambda t: scale_gradient(t, finite), call.args),
                  **map_differentiable(lambda t: scale_gradient(t, finite), call.kwargs))
     return scale_gradient(s, safe_reciprocal(s.detach()))
+
+
+def fused_attention(call: OperationCall) -> Tensor:
+    """``F.scaled_dot_product_attention`` under AttnLRP with relevance per unit of tensor, as
+    one fused call (LXT's efficient path does the same).
+
+    Per unit, the softmax rule is softmax's own gradient and the uniform rule a product's own
+    gradient times ``1/n``, so the decomposition's backward is the kernel's own backward with
+    the gradients of Q, K and V scaled by their shares: ``1/(n_QK·n_AV)`` for Q and K,
+    ``1/n_AV`` for V, where ``n_QK`` counts the computed tensors among Q and K and ``n_AV``
+    among the attention weights and V (¼, ¼, ½ when all are computed). With dropout the call
+    goes through its parts."""
+    names = ("query", "key", "value")
+    args = list(call.args)
+    kwargs = dict(call.kwargs)
+    dropout = args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)
+    if dropout:
+        return call.decompose()
+    tensors = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
+    query, key, value = (differentiable(t) for t in tensors)
+    scores = query + key  # n_QK
+    weighted = (scores > 0) + value  # n_AV: the weights are computed where Q or K is
+    if not weighted:
+        return call.run()
+    shares = [1.0 / (max(scores, 1) * weighted)] * 2 + [1.0 / weighted]
+    for i, (name, tensor, computed, share) in enumerate(zip(
+            names, tensors, (query, key, value), shares, strict=True)):
+        if computed and share != 1.0:
+            scaled = scale_gradient(tensor, tensor.new_tensor(share))
+            if len(args) > i:
+                args[i] = scaled
+            else:
+                kwargs[name] = scaled
+    return call.run(*args, **kwargs)
 
 
 def blocked(call: OperationCall) -> Tensor:

@@ -11,8 +11,8 @@ part reaches the analyzer's handler for its kind (see
 :class:`~.operations.OperationRules`, which runs them with its mode active).
 ``multi_head_attention_forward`` without ``need_weights`` leaves the core
 ``softmax(QKᵀ/√d + mask) V`` to one ``F.scaled_dot_product_attention`` call, which an
-analysis whose rules make it the kernel's own backward runs fused (AttnLRP, see
-:func:`~.lrp.transformer.fused_attention`) and any other through its parts.
+analysis whose rules make it its own gradient runs as one operation (AttnLRP, see
+:func:`~.lrp.transformer.attention_as_gradient`) and any other through its parts.
 
 Masks follow torch: for ``scaled_dot_product_attention`` a boolean ``attn_mask`` marks the
 positions that take part (``True``), a float one is added to the scores; for

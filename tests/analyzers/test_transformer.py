@@ -222,13 +222,17 @@ class _Attention(nn.Module):
 
 @pytest.mark.parametrize("computed", ["qkv", "q", "kv", "v", "qk"])
 @pytest.mark.parametrize("mask", [False, True])
-def test_fused_attention_equals_its_parts(computed, mask):
-    # AttnLRP runs F.scaled_dot_product_attention fused, with Q, K and V's gradients scaled
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs a CUDA device"))])
+def test_attention_as_gradient_equals_its_parts(computed, mask, device):
+    # AttnLRP runs F.scaled_dot_product_attention as one operation, Q, K and V's gradients scaled
     # by their shares; the reverse-pass diagnostics make it run through its parts (matmuls,
     # softmax: the rules checked against LXT). Both must give one map, whichever of Q, K, V
     # are computed from the input (the shares depend on it).
     torch.manual_seed(0)
     model, x = _Attention(computed, mask).double().eval(), torch.randn(2, 5, 4).double()
+    model, x = model.to(device), x.to(device)  # CPU: plain torch parts; CUDA: torch's kernel
     fused = lx.create_analyzer("lrp.epsilon", model).analyze(x)
     parts = lx.create_analyzer("lrp.epsilon", model, reverse_check_finite=True).analyze(x)
     assert fused.abs().sum() > 0

@@ -82,8 +82,8 @@ from .rules import (
 )
 from .transformer import (
     ATTENTION_RULES,
+    attention_as_gradient,
     blocked,
-    fused_attention,
     identity_rule,
     normalization_rule,
     softmax_rule,
@@ -340,13 +340,13 @@ class LRP(Analyzer):
                 constants = held if len(held) < len(call.inputs) else frozenset()
             return uniform_rule(call, flow, constants)
 
-        # Per unit of tensor AttnLRP makes fused attention its kernel's own backward; the
+        # Per unit of tensor AttnLRP makes attention its own gradient, Q, K, V's scaled; the
         # reverse-pass diagnostics observe the softmax, so they get the parts
         fused = flow.relative and not cp and not self.reverse.active
 
         def attention(call: OperationCall) -> object:
             if fused and call.func is F.scaled_dot_product_attention:
-                return fused_attention(call)
+                return attention_as_gradient(call)
             return through_parts(call)
 
         return {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,

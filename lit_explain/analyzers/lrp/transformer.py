@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..attention import scaled_dot_product_attention
 from ..errors import NotAnalyzableModelError
 from ..operations import (
     OperationCall,
@@ -97,16 +98,19 @@ def softmax_rule(call: OperationCall, flow: Flow) -> Tensor:
     return scale_gradient(s, safe_reciprocal(s.detach()))
 
 
-def fused_attention(call: OperationCall) -> Tensor:
-    """``F.scaled_dot_product_attention`` under AttnLRP with relevance per unit of tensor, as
-    one fused call (LXT's efficient path does the same).
+def attention_as_gradient(call: OperationCall) -> Tensor:
+    """``F.scaled_dot_product_attention`` under AttnLRP with relevance per unit of tensor: its
+    own gradient with the gradients of Q, K and V scaled (LXT's efficient path does the same).
 
     Per unit, the softmax rule is softmax's own gradient and the uniform rule a product's own
-    gradient times ``1/n``, so the decomposition's backward is the kernel's own backward with
-    the gradients of Q, K and V scaled by their shares: ``1/(n_QK·n_AV)`` for Q and K,
+    gradient times ``1/n``, so the rules of the parts make the attention's ordinary backward
+    with Q, K and V's gradients scaled by their shares: ``1/(n_QK·n_AV)`` for Q and K,
     ``1/n_AV`` for V, where ``n_QK`` counts the computed tensors among Q and K and ``n_AV``
-    among the attention weights and V (¼, ¼, ½ when all are computed). With dropout the call
-    goes through its parts."""
+    among the attention weights and V (¼, ¼, ½ when all are computed). No part meets the
+    analysis on its own. On a GPU the call runs as the model made it (a fused kernel); on a
+    CPU as its parts in plain torch, which is faster there (torch's CPU kernel took 6× as
+    long, forward and backward, at 256 × 4 heads × 33 tokens × 8). With dropout the call goes
+    through the analysis part by part."""
     names = ("query", "key", "value")
     args = list(call.args)
     kwargs = dict(call.kwargs)
@@ -128,7 +132,8 @@ def fused_attention(call: OperationCall) -> Tensor:
                 args[i] = scaled
             else:
                 kwargs[name] = scaled
-    return call.run(*args, **kwargs)
+    attention = call.func if tensors[0].is_cuda else scaled_dot_product_attention
+    return attention(*args, **kwargs)
 
 
 def blocked(call: OperationCall) -> Tensor:

@@ -128,6 +128,17 @@ _ELEMENTWISE_AFFINE = {
     torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__, Tensor_.__imul__, Tensor_.__rmul__,
     torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_.__itruediv__,
     torch.neg, Tensor_.neg, Tensor_.__neg__}
+#: Queries of a tensor's metadata (``x.shape``, ``x.dtype``, ``len(x)``, ``x.dim()``): they
+#: return no tensor and a third of the calls of a transformer's forward pass are among them;
+#: an analysis lets them run at once.
+QUERIES = frozenset({
+    *(getattr(Tensor_, name).__get__ for name in (
+        "shape", "dtype", "device", "layout", "ndim", "requires_grad", "is_leaf", "is_nested",
+        "is_cuda", "is_sparse", "is_quantized", "is_meta", "is_mkldnn")),
+    Tensor_.__len__, Tensor_.dim, Tensor_.ndimension, Tensor_.size, Tensor_.numel,
+    Tensor_.nelement, Tensor_.stride, Tensor_.element_size, Tensor_.is_contiguous,
+    Tensor_.is_floating_point, torch.is_floating_point, Tensor_.is_complex, torch.is_complex,
+    Tensor_.get_device, Tensor_.data_ptr, torch.numel})
 _INPLACE_OPERATORS = {Tensor_.__iadd__: Tensor_.__add__, Tensor_.__isub__: Tensor_.__sub__,
                       Tensor_.__imul__: Tensor_.__mul__, Tensor_.__itruediv__: Tensor_.__truediv__}
 
@@ -273,9 +284,10 @@ class OperationCall:
 
 
 Handler = Callable[[OperationCall], Tensor]
-#: ``prepare(kind, args, kwargs) -> (args, kwargs)``: an analyzer's chance to swap the
-#: tensors a call receives before it runs (see :class:`OperationRules`).
-Prepare = Callable[[str, tuple, dict], tuple[tuple, dict]]
+#: ``prepare(kind, args, kwargs, tensors) -> (args, kwargs)``: an analyzer's chance to swap
+#: the tensors a call receives before it runs (see :class:`OperationRules`); ``tensors``:
+#: those among the arguments (:func:`tensors_in`).
+Prepare = Callable[[str, tuple, dict, list[Tensor]], tuple[tuple, dict]]
 
 #: Kinds that carry the model input to the first kernel layer unchanged in meaning.
 _INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
@@ -343,15 +355,18 @@ class OperationRules(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in QUERIES:
+            return func(*args, **kwargs)
         kind = self._kind(func, args, kwargs)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
-        held = [id(t) for t in tensors_in(args, kwargs)] if self.record is not None else []
+        tensors = tensors_in(args, kwargs)
+        held = [id(t) for t in tensors] if self.record is not None else []
         if routed:
             if self.input_boundary is not None and kind not in _INPUT_KINDS:
-                args, kwargs = self._cross_boundary(args, kwargs)
+                args, kwargs, tensors = self._cross_boundary(args, kwargs, tensors)
             if self.prepare is not None:
-                args, kwargs = self.prepare(kind, args, kwargs)
+                args, kwargs = self.prepare(kind, args, kwargs, tensors)
         # Calls that run as written (most of them) need no OperationCall: it is made for a
         # handler, an error or the diagnostics' record only.
         call = self._call(func, args, kwargs, kind) if (
@@ -404,13 +419,15 @@ class OperationRules(TorchFunctionMode):
         with self:  # a handler runs with the mode popped: the parts must be seen
             return parts(*args, **kwargs)
 
-    def _cross_boundary(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _cross_boundary(self, args: tuple, kwargs: dict, tensors: list[Tensor]
+                        ) -> tuple[tuple, dict, list[Tensor]]:
         derived = self.state.input_derived
-        if not any(id(t) in derived and t.requires_grad for t in tensors_in(args, kwargs)):
-            return args, kwargs
+        if not any(id(t) in derived and t.requires_grad for t in tensors):
+            return args, kwargs, tensors
         cross = lambda a: self.input_boundary(a) if isinstance(  # noqa: E731
             a, Tensor) and id(a) in derived and a.requires_grad else a
-        return tree_map(cross, args), tree_map(cross, kwargs)
+        args, kwargs = tree_map(cross, args), tree_map(cross, kwargs)
+        return args, kwargs, tensors_in(args, kwargs)
 
     def _from_input(self, args: tuple) -> bool:
         first = tensors_in(args)[:1]

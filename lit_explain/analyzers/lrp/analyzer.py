@@ -58,7 +58,6 @@ from ..operations import (
     differentiable,
     map_differentiable,
     scale_gradient,
-    tensors_in,
     through_parts,
     with_gradient,
 )
@@ -158,10 +157,10 @@ class _KernelOutputs:
             entry.relevance = relevance if entry.observe is None else entry.observe(relevance)
         return entry.relevance
 
-    def prepare(self, kind: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def prepare(self, kind: str, args: tuple, kwargs: dict, tensors: list[Tensor]
+                ) -> tuple[tuple, dict]:
         """:class:`~..operations.OperationRules`' hook: the deferred kernel outputs a call
         uses, with their rule."""
-        tensors = tensors_in(args, kwargs)
         if kind == BATCH_NORM and self.canonize:
             tensors = tensors[1:]  # its input may merge
         swaps = {id(t): r for t in tensors if (r := self.resolve(t)) is not t}

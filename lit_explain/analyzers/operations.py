@@ -27,7 +27,6 @@ from torch.nn.modules.module import (
     register_module_forward_pre_hook,
 )
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
 from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
@@ -189,6 +188,22 @@ def tensors_in(*nests: object) -> list[Tensor]:
             elif isinstance(value, (list, tuple)):
                 found.extend(v for v in value if isinstance(v, Tensor))
     return found
+
+
+def replace_tensors(args: tuple, kwargs: dict, replace: Callable[[Tensor], Tensor]
+                    ) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with every tensor that :func:`tensors_in` finds replaced by
+    ``replace(tensor)``."""
+
+    def one(value: object) -> object:
+        if isinstance(value, Tensor):
+            return replace(value)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):
+            items = [replace(v) if isinstance(v, Tensor) else v for v in value]
+            return type(value)._make(items) if hasattr(value, "_make") else type(value)(items)
+        return value
+
+    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
 
 
 def differentiable(value: object) -> bool:
@@ -424,9 +439,9 @@ class OperationRules(TorchFunctionMode):
         derived = self.state.input_derived
         if not any(id(t) in derived and t.requires_grad for t in tensors):
             return args, kwargs, tensors
-        cross = lambda a: self.input_boundary(a) if isinstance(  # noqa: E731
-            a, Tensor) and id(a) in derived and a.requires_grad else a
-        args, kwargs = tree_map(cross, args), tree_map(cross, kwargs)
+        cross = lambda t: self.input_boundary(t) if (  # noqa: E731
+            id(t) in derived and t.requires_grad) else t
+        args, kwargs = replace_tensors(args, kwargs, cross)
         return args, kwargs, tensors_in(args, kwargs)
 
     def _from_input(self, args: tuple) -> bool:
@@ -524,6 +539,7 @@ def through_parts(call: OperationCall) -> object:
     return call.decompose()
 
 
-def map_differentiable(fn: Callable[[Tensor], Tensor], tree):
-    """Apply ``fn`` to every differentiable tensor in a nest of args."""
-    return tree_map(lambda a: fn(a) if differentiable(a) else a, tree)
+def map_differentiable(fn: Callable[[Tensor], Tensor], args: tuple, kwargs: dict
+                       ) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with ``fn`` applied to every differentiable tensor among them."""
+    return replace_tensors(args, kwargs, lambda t: fn(t) if differentiable(t) else t)

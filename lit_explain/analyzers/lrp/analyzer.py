@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 from ..base import Analyzer, NeuronSelection
 from ..errors import NotAnalyzableModelError
@@ -57,6 +56,7 @@ from ..operations import (
     OperationCall,
     differentiable,
     map_differentiable,
+    replace_tensors,
     scale_gradient,
     through_parts,
     with_gradient,
@@ -106,7 +106,8 @@ def z_rule_operation(call: OperationCall) -> Tensor:
     """The z-rule on an operation linear in its inputs: ``R_x = x ⊙ Jᵀ (R_y / y)``."""
     if not call.inputs:
         return call.run()
-    args, kwargs = map_differentiable(lambda t: scale_gradient(t, t), (call.args, call.kwargs))
+    args, kwargs = map_differentiable(lambda t: scale_gradient(t, t), call.args,
+                                      call.kwargs)
     y = call.run(*args, **kwargs)
     return scale_gradient(y, safe_reciprocal(y.detach()))
 
@@ -166,8 +167,7 @@ class _KernelOutputs:
         swaps = {id(t): r for t in tensors if (r := self.resolve(t)) is not t}
         if not swaps:
             return args, kwargs
-        swap = lambda a: swaps.get(id(a), a) if isinstance(a, Tensor) else a  # noqa: E731
-        return tree_map(swap, args), tree_map(swap, kwargs)
+        return replace_tensors(args, kwargs, lambda t: swaps.get(id(t), t))
 
 
 @register("lrp")

@@ -60,7 +60,7 @@ def proportional_rule(flow: Flow, operation: Callable[..., Tensor], args: tuple,
     if flow.relative:  # gradient = R/t: the rule is the operation's own backward, times share
         y = operation(*args, **kwargs)
         return y if share == 1.0 else scale_gradient(y, y.new_tensor(share))
-    args, kwargs = map_differentiable(flow.input, (args, kwargs))
+    args, kwargs = map_differentiable(flow.input, args, kwargs)
     y = operation(*args, **kwargs)
     factor = safe_reciprocal(y.detach())
     return scale_gradient(y, factor if share == 1.0 else factor.mul_(share))
@@ -93,8 +93,9 @@ def softmax_rule(call: OperationCall, flow: Flow) -> Tensor:
         return call.run()
     x = call.inputs[0]
     finite = torch.where(torch.isinf(x.detach()), 0.0, x.detach())
-    s = call.run(*map_differentiable(lambda t: scale_gradient(t, finite), call.args),
-                 **map_differentiable(lambda t: scale_gradient(t, finite), call.kwargs))
+    args, kwargs = map_differentiable(lambda t: scale_gradient(t, finite), call.args,
+                                      call.kwargs)
+    s = call.run(*args, **kwargs)
     return scale_gradient(s, safe_reciprocal(s.detach()))
 
 
@@ -151,7 +152,7 @@ def uniform_rule(call: OperationCall, flow: Flow, constants: frozenset[int] = fr
     args, kwargs = call.args, call.kwargs
     if constants:
         hold = lambda t: t.detach() if id(t) in constants else t  # noqa: E731
-        args, kwargs = map_differentiable(hold, (args, kwargs))
+        args, kwargs = map_differentiable(hold, args, kwargs)
     factors = len([t for t in call.inputs if id(t) not in constants])
     if not factors:
         return call.run(*args, **kwargs).detach()

@@ -114,7 +114,7 @@ def multi_head_attention_forward(
         (query, key, value), weights, biases, strict=True))
 
     def heads(t: Tensor) -> Tensor:  # (N, L, E) -> (N, H, L, hd)
-        return t.unflatten(-1, (num_heads, head_dim)).transpose(1, 2)
+        return t.view(*t.shape[:-1], num_heads, head_dim).transpose(1, 2)
 
     q, k, v = heads(q), heads(k), heads(v)
     bias = _additive(attn_mask, q, keep=False)

@@ -55,15 +55,17 @@ def paste(c: Tensor, image: Tensor, x: int, y: int) -> None:
 
 
 def paste_column(c: Tensor, cells: Tensor, x: int, y: int, step: int,
-                 frame: Color | None = None) -> None:
-    """Paste ``cells`` ``(N, 3, h, w)`` one under the other, the top-left corner of cell
-    ``i`` at ``(x, y + i * step)``, each over a filled 1-pixel ``frame`` box (what
-    ``fill_rect`` of the box and ``paste`` of each cell draw, in one assignment each).
+                 frame: Color | None = None, factor: int = 1) -> None:
+    """Paste ``cells`` ``(N, 3, h, w)``, magnified by ``factor`` (as :func:`upscale` does),
+    one under the other: the top-left corner of cell ``i`` at ``(x, y + i * step)``, each
+    over a filled 1-pixel ``frame`` box. What ``fill_rect`` of each box and ``paste`` of each
+    magnified cell draw, in one assignment each and with no magnified copy.
 
-    The boxes must lie inside the canvas and not overlap (``step >= h + 2`` with a frame,
-    ``>= h`` without).
+    The boxes must lie inside the canvas and not overlap (``step >= h * factor + 2`` with a
+    frame, ``>= h * factor`` without).
     """
-    n, _, h, w = cells.shape
+    n, _, h0, w0 = cells.shape
+    h, w = h0 * factor, w0 * factor
     border = 1 if frame is not None else 0
     _, H, W = c.shape
     if (x - border < 0 or y - border < 0 or x + w + border > W
@@ -74,7 +76,10 @@ def paste_column(c: Tensor, cells: Tensor, x: int, y: int, step: int,
     rows = rows.unflatten(1, (n, step))  # (3, N, step, w + 2 * border)
     if frame is not None:
         rows[:, :, : h + 2] = _color(tuple(map(float, frame)), c.dtype).unsqueeze(1)
-    rows[:, :, border : border + h, border : border + w] = cells.to(c.dtype).transpose(0, 1)
+    target = rows[:, :, border : border + h, border : border + w]
+    # (3, N, h0, factor, w0, factor): every source pixel onto its factor x factor block
+    target = target.unflatten(2, (h0, factor)).unflatten(4, (w0, factor))
+    target.copy_(cells.to(c.dtype).transpose(0, 1)[:, :, :, None, :, None].expand_as(target))
 
 
 def upscale(image: Tensor, factor: int) -> Tensor:

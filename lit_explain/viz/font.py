@@ -56,11 +56,15 @@ def _mask(text: str, scale: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)[:, :width] / 255.0
 
 
-@lru_cache(maxsize=64)
-def _ink(color: tuple[float, ...], dtype: torch.dtype) -> Tensor:
-    """``color`` as a ``(3, 1, 1)`` tensor, made once per colour (a grid writes dozens of
-    labels in a few colours)."""
-    return torch.tensor(color, dtype=dtype).view(3, 1, 1)
+@lru_cache(maxsize=1024)
+def _blend(text: str, scale: int, color: tuple[float, ...], dtype: torch.dtype
+           ) -> tuple[Tensor, Tensor]:
+    """The two factors of drawing ``text`` in ``color``, ``1 - alpha`` ``(h, w)`` and
+    ``alpha * ink`` ``(3, h, w)``, made once per label (a grid writes the same headers,
+    labels and ticks every epoch)."""
+    alpha = torch.from_numpy(_mask(text, scale)).to(dtype)
+    ink = torch.tensor(color, dtype=dtype).view(3, 1, 1)
+    return 1 - alpha, alpha * ink
 
 
 def text_mask(text: str, scale: int = 1) -> Tensor:
@@ -101,23 +105,22 @@ def draw_text(
     """
     if anchor not in ("left", "center", "right"):
         raise ValueError(f"anchor must be 'left', 'center' or 'right', got {anchor!r}")
-    mask = torch.from_numpy(_mask(text, scale))  # the cached mask: only read here
-    if mask.numel() == 0:
+    keep, ink = _blend(text, scale, tuple(map(float, color)), canvas.dtype)  # cached
+    if keep.numel() == 0:
         return
-    if rotate:
-        mask = mask.T.flip(0)  # reads bottom to top
-        h, w = mask.shape
+    if rotate:  # reads bottom to top
+        keep, ink = keep.T.flip(0), ink.transpose(1, 2).flip(1)
+        h, w = keep.shape
         x0 = x - w // 2 if anchor == "center" else x
         y0 = y - h // 2 if anchor == "center" else y - h
     else:
-        h, w = mask.shape
+        h, w = keep.shape
         x0 = x - {"left": 0, "center": w // 2, "right": w}[anchor]
         y0 = y
     _, H, W = canvas.shape
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + w, W), min(y0 + h, H)
     if cx1 <= cx0 or cy1 <= cy0:
         return
-    alpha = mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].to(canvas.dtype)
-    ink = _ink(tuple(map(float, color)), canvas.dtype)
+    rows, cols = slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0)
     region = canvas[:, cy0:cy1, cx0:cx1]
-    region.mul_(1 - alpha).add_(alpha * ink)
+    region.mul_(keep[rows, cols]).add_(ink[:, rows, cols])

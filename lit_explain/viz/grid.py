@@ -198,7 +198,8 @@ def _middle_slices(t: Tensor, keep: int) -> Tensor:
 # ------------------------------------------------------------------------- the cells
 #
 # Each builder returns the input column's cells and, per analyzer, the heatmap cells:
-# (3, h, w) float images, all of one size.
+# (3, h, w) float images, all of one size (images: (N, 3, H, W) batches and the
+# magnification they are drawn at).
 
 
 def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
@@ -208,8 +209,7 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
     shown = _minmax(x, (1, 2, 3)) if C == 3 else _minmax(x.mean(1, keepdim=True), (1, 2, 3))
     grey = shown.mean(1, keepdim=True)  # what an overlay draws on
     shown = shown.expand(-1, 3, -1, -1)
-    inputs = list(upscale(shown, factor))  # one magnification for all samples
-    out: dict[str, list[Tensor]] = {}
+    prepared: dict[str, Tensor] = {}
     for name, m in maps.items():
         if m.ndim == 2 and m.shape[1] in (C * H * W, H * W):
             m = m.reshape(N, -1, H, W)
@@ -222,15 +222,42 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
             )
         if tuple(m.shape[-2:]) != (H, W):  # e.g. a hidden layer's map: stretch to the input
             m = F.interpolate(m if m.ndim == 4 else m[:, None], size=(H, W), mode="nearest")
-        scale = _scale_for(name, absmax)
-        rgb = heatmap(m, cmap_type=cmaps[name], reduce_op=reduce_op, shared_absmax=scale,
-                      input_is_positive_only=cmaps[name].one_sided)
-        if overlay:  # the colour over the grey input, as opaque as the value is strong
+        prepared[name] = m
+    rgbs = _heatmaps(prepared, cmaps, reduce_op, absmax)
+    if overlay:  # the colour over the grey input, as opaque as the value is strong
+        for name, m in prepared.items():
             reduced = _channel_reduced("image", m, reduce_op).reshape(N, 1, H, W)
-            alpha = project(reduced.abs(), absmax=scale, input_is_positive_only=True)
-            rgb = (1 - alpha) * grey + alpha * rgb
-        out[name] = list(upscale(rgb, factor))
-    return inputs, out
+            alpha = project(reduced.abs(), absmax=_scale_for(name, absmax),
+                            input_is_positive_only=True)
+            rgbs[name] = (1 - alpha) * grey + alpha * rgbs[name]
+    # not magnified here: the cells are magnified as they are pasted (no big copies)
+    return shown, rgbs, factor
+
+
+def _heatmaps(maps: dict[str, Tensor], cmaps: dict[str, Colormap], reduce_op: str,
+              absmax: Scale) -> dict[str, Tensor]:
+    """:func:`heatmap` of each map, the maps that share a colour map, a shape and a kind of
+    scale coloured in one call (every step is per sample, so the colours are those of one
+    call per map)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, m in maps.items():
+        key = (id(cmaps[name]), tuple(m.shape[1:]), m.dtype, _scale_for(name, absmax) is None)
+        groups.setdefault(key, []).append(name)
+    out: dict[str, Tensor] = {}
+    for names in groups.values():
+        cmap = cmaps[names[0]]
+        scales = [_scale_for(name, absmax) for name in names]
+        if len(names) == 1:
+            x, scale = maps[names[0]], scales[0]
+        else:
+            x = torch.cat([maps[name] for name in names])
+            scale = None if scales[0] is None else torch.cat([
+                torch.as_tensor(v, dtype=x.dtype).reshape(-1).expand(len(maps[name]))
+                for name, v in zip(names, scales, strict=True)])
+        rgb = heatmap(x, cmap_type=cmap, reduce_op=reduce_op, shared_absmax=scale,
+                      input_is_positive_only=cmap.one_sided)
+        out.update(zip(names, rgb.split([len(maps[name]) for name in names]), strict=True))
+    return {name: out[name] for name in maps}  # in the maps' order
 
 
 def _outline_masks(cells: list[Tensor], masks: Tensor, shape: torch.Size) -> None:
@@ -468,7 +495,8 @@ def explanation_grid(
         Image inputs: draw each heatmap over the grey input, as opaque as ``|R|`` is large
         relative to the scale (where the map is 0 the grey input shows unchanged).
     as_uint8 : bool
-        Return ``uint8`` in ``0..255`` instead of float in ``[0, 1]``.
+        Return ``uint8`` in ``0..255`` instead of float in ``[0, 1]`` (still ``(3, H, W)``,
+        stored channels-last, so that :func:`to_uint8_hwc` needs no copy).
 
     Returns
     -------
@@ -529,15 +557,21 @@ def explanation_grid(
             chosen = "oranges" if bool((t >= 0).all()) and bool((t > 0).any()) else "seismic"
         cms[n] = get_cmap(chosen)
 
+    # each column: its cells (N, 3, h, w) and the magnification they are drawn at
     if kind == "image":
-        in_cells, map_cells = _image_cells(x, ms, cms, reduce_op, absmax, cell_size, overlay)
-        if masks is not None:
-            _outline_masks(in_cells, _cpu(masks, "masks"), x.shape)
-    elif kind == "tokens":
-        in_cells, map_cells = _token_cells(x, ms, cms, absmax, cell_size, token_names)
+        shown, rgbs, factor = _image_cells(x, ms, cms, reduce_op, absmax, cell_size, overlay)
+        in_column = (shown, factor)
+        if masks is not None:  # outlined on the magnified inputs
+            in_column = (upscale(shown, factor), 1)
+            _outline_masks(in_column[0], _cpu(masks, "masks"), x.shape)
+        map_columns = {name: (rgb, factor) for name, rgb in rgbs.items()}
     else:
-        in_cells, map_cells = _strip_cells(x, ms, cms, reduce_op, absmax, cell_size)
-    ch, cw = in_cells[0].shape[1:]
+        in_cells, map_cells = (
+            _token_cells(x, ms, cms, absmax, cell_size, token_names) if kind == "tokens"
+            else _strip_cells(x, ms, cms, reduce_op, absmax, cell_size))
+        in_column = (torch.stack(in_cells), 1)
+        map_columns = {name: (torch.stack(cells), 1) for name, cells in map_cells.items()}
+    ch, cw = (size * in_column[1] for size in in_column[0].shape[2:])
 
     s = text_scale or (2 if max(ch, cw) >= 160 and kind == "image" else 1)
     line_h = line_height(s) + s
@@ -591,23 +625,31 @@ def explanation_grid(
             draw_text(img, _fit(t, max_label, s), pad, ly + k * line_h, color, s)
     x0 = x_cells
     for j, w in enumerate(col_w):
-        cells = in_cells if j == 0 else map_cells[names[j - 1]]
+        cells, factor = in_column if j == 0 else map_columns[names[j - 1]]
         cx = x0 + (w - cw) // 2
         # the frame: its box filled, then the cell over all of it but the 1-pixel border
         if pad >= 1:  # the boxes do not overlap: a whole column at once
-            paste_column(img, torch.stack(cells), cx, top, ch + 2 * pad, FRAME)
+            paste_column(img, cells, cx, top, ch + 2 * pad, FRAME, factor)
         else:  # each box overlaps its neighbours: drawn in order, as it always was
             for i, cell in enumerate(cells):
                 y = top + i * (ch + 2 * pad)
                 fill_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
-                paste(img, cell, cx, y)
+                paste(img, upscale(cell, factor), cx, y)
         x0 += w + 2 * pad
     if bar_h:
         shared = scales[0] if len(set(scales)) == 1 else None  # values only if all agree
         bars = list({c.name: c for c in cms.values()}.values())  # each colour map once
         _colorbars(img, bars, shared, height - bar_h + pad, s, pad)
     img.clamp_(0, 1)  # in place: the canvas is ours
-    return img.nan_to_num_(0.0).mul_(255).round_().to(torch.uint8) if as_uint8 else img
+    if not as_uint8:
+        return img
+    img.nan_to_num_(0.0).mul_(255).round_()
+    # stored pixel by pixel (H, W, 3), which PNG encoders and W&B take: to_uint8_hwc is then
+    # a view; written a channel at a time, which is faster than one transposing copy
+    out = torch.empty(img.shape[1], img.shape[2], 3, dtype=torch.uint8)
+    for channel in range(3):
+        out[..., channel] = img[channel]
+    return out.permute(2, 0, 1)
 
 
 def _colorbars(img: Tensor, bars: list[Colormap], absmax: float | None, y: int, s: int,

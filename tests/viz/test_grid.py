@@ -141,22 +141,24 @@ def test_odd_shapes_give_a_picture_or_a_clear_error():
     assert viz.explanation_grid(torch.randn(2, 8), {}).shape[0] == 3  # inputs only
 
 
-@pytest.mark.parametrize("step, frame", [(10, (0.72, 0.72, 0.72)), (12, (0.1, 0.2, 0.3)),
-                                          (8, None)])
-def test_paste_column_draws_what_a_frame_box_and_a_paste_per_cell_draw(step, frame):
+@pytest.mark.parametrize("step, frame, factor", [
+    (10, (0.72, 0.72, 0.72), 1), (12, (0.1, 0.2, 0.3), 1), (8, None, 1),
+    (18, (0.72, 0.72, 0.72), 2), (25, None, 3)])
+def test_paste_column_draws_what_a_frame_box_and_a_paste_per_cell_draw(step, frame, factor):
     from lit_explain.viz._canvas import canvas, fill_rect, paste, paste_column
 
     g = torch.Generator().manual_seed(0)
     cells = torch.rand(4, 3, 8, 5, generator=g)
-    start = torch.rand(3, 60, 20, generator=g)  # whatever was drawn before stays around
+    start = torch.rand(3, 110, 30, generator=g)  # whatever was drawn before stays around
     expected = start.clone()
-    for i, cell in enumerate(cells):  # one box, then one cell, row by row
+    for i, cell in enumerate(cells):  # one box, then one magnified cell, row by row
         y = 3 + i * step
+        big = cell.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
         if frame is not None:
-            fill_rect(expected, 6 - 1, y - 1, 6 + 5 + 1, y + 8 + 1, frame)
-        paste(expected, cell, 6, y)
+            fill_rect(expected, 6 - 1, y - 1, 6 + big.shape[2] + 1, y + big.shape[1] + 1, frame)
+        paste(expected, big, 6, y)
     got = start.clone()
-    paste_column(got, cells, 6, 3, step, frame)
+    paste_column(got, cells, 6, 3, step, frame, factor)
     assert torch.equal(got, expected)
     with pytest.raises(ValueError, match="overlapping"):  # boxes would overlap
         paste_column(canvas(60, 20), cells, 6, 3, 9, (0.5, 0.5, 0.5))

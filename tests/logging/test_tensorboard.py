@@ -1,19 +1,23 @@
-"""Scalars reach every logger: TensorBoard gets all of one call in one event, under the
-tags and values that Lightning's own ``TensorBoardLogger.log_metrics`` writes."""
+"""What TensorBoard gets: scalars of one call in one event, under the tags and values that
+Lightning's own ``TensorBoardLogger.log_metrics`` writes; pictures as PNG that decode to
+the logged pixels. Other loggers get ``log_metrics``."""
 
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import math
 import os
 
+import numpy as np
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_explain.logging import log_scalars
+from lit_explain.logging import log_images, log_scalars
 
 VALUES = {"explain/gradient/sparseness": 0.25, "explain/gradient/drift_first_ssim": -0.5,
           "explain/time_s": 0.0123, "explain/lrp.epsilon/pixel_flipping": 3.0,
@@ -65,3 +69,22 @@ def test_other_loggers_get_log_metrics(tmp_path):
     with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert rows == [{"explain/a": "1.5", "explain/b": "2.0", "step": "4"}]
+
+
+def test_tensorboard_images_decode_to_the_logged_pixels(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    rng = np.random.default_rng(0)
+    flat = np.repeat(np.repeat(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8), 8, 0), 8, 1)
+    noisy = rng.integers(0, 256, (40, 33, 3), dtype=np.uint8)
+    log_images([logger], "explain/all", [flat], 5)
+    log_images([logger], "explain/pair", [noisy, flat], 6)
+    logger.finalize("success")
+    event_file, _ = _events(logger.log_dir)
+    events = EventAccumulator(event_file, size_guidance={"images": 0})
+    events.Reload()
+    for tag, step, expected in [("explain/all", 5, flat), ("explain/pair/0", 6, noisy),
+                                ("explain/pair/1", 6, flat)]:
+        (image,) = events.Images(tag)
+        assert image.step == step and (image.height, image.width) == expected.shape[:2]
+        decoded = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
+        assert np.array_equal(decoded, expected)

@@ -17,7 +17,7 @@ from torchmetrics import Metric
 
 from ..analyzers.validation import check_choice
 from ..metrics import create_metric, localization_metrics, metrics
-from ..metrics.drift import drift_measures
+from ..metrics.drift import average_ranks, drift_measures
 
 DRIFT_REFERENCES = ("previous", "first")
 #: Metrics that the ``metrics`` option takes (drift has its own option).
@@ -207,7 +207,9 @@ class DriftTracker:
     """Attribution drift of each analyzer against the previous and/or the first epoch.
 
     State (maps of the reference epochs and the history of the values) is tensors and
-    plain types, for the checkpoint.
+    plain types, for the checkpoint. The Spearman ranks of the reference maps are kept
+    beside them (not in the checkpoint: recomputed when missing), so that each epoch ranks
+    only its own maps, once: ranking is most of the cost of the drift of large maps.
     """
 
     def __init__(self, references: Sequence[str]) -> None:
@@ -218,6 +220,7 @@ class DriftTracker:
         self.epochs: dict[str, list[int]] = {}
         self._metric = create_metric("attribution_drift", keep_per_sample=False)
         self._means = _Means()
+        self._ranks: dict[tuple[str, str], Tensor] = {}  # (reference, analyzer) -> ranks
 
     def _stored(self, analyzer: str, reference: str, maps: Tensor) -> Tensor | None:
         stored = (self.first if reference == "first" else self.previous).get(analyzer)
@@ -227,6 +230,17 @@ class DriftTracker:
         """The per-sample drift measures of every analyzer against every reference, computed
         in one call per map shape (the pairs concatenated): ``{(analyzer, reference):
         measures}``, for :meth:`update`."""
+        return self._measure(maps)[0]
+
+    def _reference_ranks(self, analyzer: str, reference: str, stored: Tensor) -> Tensor:
+        ranks = self._ranks.get((reference, analyzer))
+        if ranks is None or ranks.shape != (len(stored), stored[0].numel()):
+            ranks = self._ranks[reference, analyzer] = average_ranks(stored.flatten(1).double())
+        return ranks.to(stored.device)
+
+    def _measure(self, maps: Mapping[str, Tensor]
+                 ) -> tuple[dict[tuple[str, str], dict[str, Tensor]], dict[str, Tensor]]:
+        """:meth:`measure_all`, and the ranks of the maps that were measured."""
         groups: dict[tuple, list[tuple[str, str, Tensor, Tensor]]] = {}
         for analyzer, current in maps.items():
             current = current.detach()
@@ -236,14 +250,22 @@ class DriftTracker:
                     key = (tuple(current.shape), current.dtype, current.device)
                     groups.setdefault(key, []).append((analyzer, reference, stored, current))
         measured: dict[tuple[str, str], dict[str, Tensor]] = {}
+        ranks: dict[str, Tensor] = {}
         for pairs in groups.values():
-            values = drift_measures(torch.cat([p[2] for p in pairs]),
-                                    torch.cat([p[3] for p in pairs]), self._metric.top_k)
             n = len(pairs[0][3])
+            analyzers = list(dict.fromkeys(p[0] for p in pairs))  # each map ranked once
+            current = torch.cat([maps[a].detach() for a in analyzers]).flatten(1).double()
+            ranks.update(zip(analyzers, average_ranks(current).split(n), strict=True))
+            values = drift_measures(
+                torch.cat([p[2] for p in pairs]), torch.cat([p[3] for p in pairs]),
+                self._metric.top_k,
+                reference_ranks=torch.cat([self._reference_ranks(a, r, s)
+                                           for a, r, s, _ in pairs]),
+                current_ranks=torch.cat([ranks[p[0]] for p in pairs]))
             for index, (analyzer, reference, _, _) in enumerate(pairs):
                 measured[analyzer, reference] = {
                     k: v[index * n:(index + 1) * n] for k, v in values.items()}
-        return measured
+        return measured, ranks
 
     def update(self, analyzer: str, maps: Tensor, epoch: int,
                measured: Mapping[tuple[str, str], Mapping[str, Tensor]] | None = None
@@ -272,7 +294,7 @@ class DriftTracker:
         reduced at once, one metric and one reduction across processes for all of them.
         Nothing is stored unless all of it succeeds."""
         current = {analyzer: m.detach() for analyzer, m in maps.items()}
-        measured = self.measure_all(current)
+        measured, ranks = self._measure(current)
         keys = [(analyzer, reference, measure)
                 for (analyzer, reference), values in measured.items() for measure in values]
         means: list[float] = []
@@ -288,14 +310,22 @@ class DriftTracker:
         for (analyzer, reference, measure), value in zip(keys, means, strict=True):
             drift.setdefault(analyzer, {})[f"drift_{reference}_{measure}"] = value
         for analyzer, m in current.items():
-            self._record(analyzer, m, epoch, drift.get(analyzer, {}))
+            self._record(analyzer, m, epoch, drift.get(analyzer, {}), ranks.get(analyzer))
         return drift
 
-    def _record(self, analyzer: str, maps: Tensor, epoch: int, values: dict[str, float]) -> None:
-        """Keep ``maps`` as the references and ``values`` in the history."""
+    def _record(self, analyzer: str, maps: Tensor, epoch: int, values: dict[str, float],
+                ranks: Tensor | None = None) -> None:
+        """Keep ``maps`` (and their ``ranks``, when known) as the references and ``values``
+        in the history."""
         if analyzer not in self.first:
             self.first[analyzer] = maps.cpu().clone()
+            self._ranks.pop(("first", analyzer), None)
+            if ranks is not None:
+                self._ranks["first", analyzer] = ranks
         self.previous[analyzer] = maps.cpu().clone()
+        self._ranks.pop(("previous", analyzer), None)
+        if ranks is not None:
+            self._ranks["previous", analyzer] = ranks
         if values:
             self.epochs.setdefault(analyzer, []).append(epoch)
             for key, value in values.items():
@@ -311,6 +341,7 @@ class DriftTracker:
                 "epochs": self.epochs}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._ranks = {}
         self.first = dict(state.get("first", {}))
         self.previous = dict(state.get("previous", {}))
         self.history = {k: {m: list(v) for m, v in d.items()}

@@ -25,14 +25,18 @@ def average_ranks(v: Tensor) -> Tensor:
     return torch.empty_like(ranks_sorted).scatter_(1, perm, ranks_sorted)
 
 
-def spearman(a: Tensor, b: Tensor) -> Tensor:
+def spearman(a: Tensor, b: Tensor, ranks_a: Tensor | None = None,
+             ranks_b: Tensor | None = None) -> Tensor:
     """Spearman rank correlation of flattened maps, per sample ``(N,)``.
 
     Ties get average ranks. Where a map is constant the correlation is undefined; it is 1
-    if the two maps are equal and 0 otherwise.
+    if the two maps are equal and 0 otherwise. ``ranks_a``, ``ranks_b``: the
+    :func:`average_ranks` of ``a``/``b`` flattened to float64, when known already (a map
+    compared with several others, or again at the next epoch, is ranked once).
     """
     a, b = a.flatten(1).double(), b.flatten(1).double()
-    ra, rb = average_ranks(a), average_ranks(b)
+    ra = average_ranks(a) if ranks_a is None else ranks_a
+    rb = average_ranks(b) if ranks_b is None else ranks_b
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     den = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
     equal = (a == b).all(1).double()
@@ -66,10 +70,11 @@ def ssim(a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5) -> Tensor:
     t = torch.arange(size, device=x.device, dtype=x.dtype) - (size - 1) / 2
     g = torch.exp(-0.5 * (t / sigma) ** 2)
     g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).view(1, 1, size, size)
-    stats = F.conv2d(
-        torch.cat([x, y, x * x, y * y, x * y], 1), kernel.expand(5, 1, -1, -1), groups=5
-    )
+    # the 2-D Gaussian window is g g^T: filtered along the rows, then the columns (2 size
+    # instead of size**2 products per value)
+    stats = F.conv2d(torch.cat([x, y, x * x, y * y, x * y], 1),
+                     g.view(1, 1, size, 1).expand(5, 1, -1, -1), groups=5)
+    stats = F.conv2d(stats, g.view(1, 1, 1, size).expand(5, 1, -1, -1), groups=5)
     mx, my, mxx, myy, mxy = stats.unbind(1)
     vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
     c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
@@ -77,16 +82,18 @@ def ssim(a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5) -> Tensor:
     return s.flatten(1).mean(1)
 
 
-def drift_measures(reference_maps: Tensor, current_maps: Tensor, top_k: int | float = 0.1
+def drift_measures(reference_maps: Tensor, current_maps: Tensor, top_k: int | float = 0.1,
+                   reference_ranks: Tensor | None = None, current_ranks: Tensor | None = None
                    ) -> dict[str, Tensor]:
     """Per-sample ``(N,)`` similarities of two batches of maps of the same samples:
     ``"spearman"``, ``"topk_intersection"`` and, for image maps ``(N, C, H, W)``, ``"ssim"``.
 
     Every measure is per sample, so the maps of several analyzers (or references) can be
-    concatenated, measured in one call and split again.
+    concatenated, measured in one call and split again. ``reference_ranks``,
+    ``current_ranks``: the maps' :func:`average_ranks` when known (see :func:`spearman`).
     """
     values = {
-        "spearman": spearman(reference_maps, current_maps),
+        "spearman": spearman(reference_maps, current_maps, reference_ranks, current_ranks),
         "topk_intersection": topk_intersection(reference_maps, current_maps, top_k),
     }
     if current_maps.dim() == 4:

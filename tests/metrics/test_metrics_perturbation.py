@@ -244,3 +244,33 @@ def test_cuda_matches_cpu():
     ref = RegionPerturbation(model, region_shape=2, steps=8)
     ref.update(x, a)
     torch.testing.assert_close(det.compute().cpu(), ref.compute(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("per_sample_from", [1, 10**9])  # each path of perturbation_curves
+@pytest.mark.parametrize("batch_size", [7, 256])  # batches that split samples, and not
+def test_curves_of_large_inputs_are_the_model_on_each_perturbed_input(monkeypatch,
+                                                                      per_sample_from,
+                                                                      batch_size):
+    import lit_explain.metrics._curves as curves
+
+    monkeypatch.setattr(curves, "PER_SAMPLE_FROM", per_sample_from)
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.randn(3, 3, 6, 6, generator=g)
+    a = torch.randn(3, 3, 6, 6, generator=g)
+    target = torch.tensor([0, 3, 4])
+    metric = RegionPerturbation(model, region_shape=2, steps=9, batch_size=batch_size)
+    got = metric.sample_curves(x, a, target)
+    # by hand: the 9 2x2 regions ranked by their channel-summed relevance, most relevant
+    # first; after j steps the j first are zero
+    region_sums = a.sum(1).reshape(3, 3, 2, 3, 2).sum((2, 4)).reshape(3, 9)
+    with torch.no_grad():
+        for s in range(3):
+            order = region_sums[s].sort(descending=True, stable=True).indices
+            for j in range(10):
+                xs = x[s].clone()
+                for r in order[:j].tolist():
+                    xs[:, (r // 3) * 2:(r // 3) * 2 + 2, (r % 3) * 2:(r % 3) * 2 + 2] = 0
+                expected = model(xs[None])[0, target[s]].double()
+                torch.testing.assert_close(got[s, j], expected, rtol=1e-5, atol=1e-6)

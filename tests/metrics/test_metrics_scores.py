@@ -14,7 +14,7 @@ from lit_explain.metrics import (
     Sparseness,
     create_metric,
 )
-from lit_explain.metrics.drift import average_ranks, spearman, topk_intersection
+from lit_explain.metrics.drift import average_ranks, spearman, ssim, topk_intersection
 
 
 def test_faithfulness_correlation_is_one_for_the_exact_linear_map(linear_setup):
@@ -172,7 +172,7 @@ def test_drift_tracker_update_all_equals_each_metric_alone_and_keeps_the_referen
     g = torch.Generator().manual_seed(5)
     tracker = DriftTracker(("previous", "first"))
     epochs = [{"a": torch.randn(4, 1, 8, 8, generator=g), "b": torch.randn(4, 1, 8, 8, generator=g),
-               "flat": torch.randn(4, 30, generator=g)} for _ in range(3)]
+               "flat": torch.randn(4, 30, generator=g)} for _ in range(4)]
     got_by_epoch = []
     for epoch, maps in enumerate(epochs):
         got = tracker.update_all(maps, epoch)
@@ -195,7 +195,45 @@ def test_drift_tracker_update_all_equals_each_metric_alone_and_keeps_the_referen
                 assert got[name][key] == pytest.approx(value, rel=1e-12, abs=1e-12)
             assert torch.equal(tracker.previous[name], current)
             assert torch.equal(tracker.first[name], epochs[0][name])
-    assert tracker.epochs == {"a": [1, 2], "b": [1, 2], "flat": [1, 2]}
-    assert tracker.history["a"]["drift_first_ssim"] == [got_by_epoch[1]["a"]["drift_first_ssim"],
-                                                        got_by_epoch[2]["a"]["drift_first_ssim"]]
+    assert tracker.epochs == {"a": [1, 2, 3], "b": [1, 2, 3], "flat": [1, 2, 3]}
+    assert tracker.history["a"]["drift_first_ssim"] == [
+        got_by_epoch[e]["a"]["drift_first_ssim"] for e in (1, 2, 3)]
     assert "drift_first_ssim" not in tracker.history["flat"]  # no SSIM of flat maps
+
+
+def test_ssim_is_the_mean_over_gaussian_windows_of_the_ssim_formula():
+    # Wang et al. 2004, eq. 13, with a 7x7 Gaussian window (sigma 1.5) at every position
+    # where it fits, on channel-summed maps divided by their largest |value| (data range 2)
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(3, 2, 10, 9, generator=g), torch.randn(3, 2, 10, 9, generator=g)
+    t = torch.arange(7, dtype=torch.float64) - 3
+    w = torch.exp(-0.5 * (t / 1.5) ** 2)
+    w = torch.outer(w, w) / torch.outer(w, w).sum()
+    expected = []
+    for i in range(3):
+        x, y = a[i].double().sum(0), b[i].double().sum(0)
+        x, y = x / x.abs().max(), y / y.abs().max()
+        values = []
+        for r in range(10 - 6):
+            for c in range(9 - 6):
+                px, py = x[r:r + 7, c:c + 7], y[r:r + 7, c:c + 7]
+                mx, my = (w * px).sum(), (w * py).sum()
+                vx, vy = (w * px * px).sum() - mx**2, (w * py * py).sum() - my**2
+                cxy = (w * px * py).sum() - mx * my
+                c1, c2 = 0.02**2, 0.06**2
+                values.append((2 * mx * my + c1) * (2 * cxy + c2)
+                              / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+        expected.append(torch.stack(values).mean())
+    torch.testing.assert_close(ssim(a, b), torch.stack(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_spearman_with_known_ranks_equals_spearman_alone():
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(5, 40, generator=g).round(decimals=1)  # ties
+    b = torch.randn(5, 40, generator=g)
+    b[0] = a[0]
+    expected = spearman(a, b)
+    ra, rb = average_ranks(a.double()), average_ranks(b.double())
+    torch.testing.assert_close(spearman(a, b, ra, rb), expected, rtol=0, atol=0)
+    torch.testing.assert_close(spearman(a, b, ranks_b=rb), expected, rtol=0, atol=0)
+    assert expected[0] == 1.0

@@ -56,7 +56,7 @@ def _mask(text: str, scale: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)[:, :width] / 255.0
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=512)
 def _blend(text: str, scale: int, color: tuple[float, ...], dtype: torch.dtype
            ) -> tuple[Tensor, Tensor]:
     """The two factors of drawing ``text`` in ``color``, ``1 - alpha`` ``(h, w)`` and

@@ -5,9 +5,7 @@ TensorBoard gets image summaries (PNG); W&B gets ``wandb.Image`` lists with capt
 (``MlflowClient.log_image``: artifacts under ``images/`` that its UI shows per step); any
 other logger, or none, gets PNG files under its log directory. Scalars go to TensorBoard as
 one summary per call (every value in one event, as ``add_scalar`` writes each) and to every
-other logger through ``log_metrics`` (MLflow: metrics). The TensorBoard writers that get
-them checksum their records with :mod:`~lit_explain.logging.checksums` (the same bytes,
-about ten times faster than TensorBoard's pure-Python loop).
+other logger through ``log_metrics`` (MLflow: metrics).
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from ..viz.png import encode_png, write_png
-from .checksums import use_fast_checksums
 
 
 def _is_wandb(logger: Logger) -> bool:
@@ -70,14 +67,12 @@ def log_images(loggers: Sequence[Logger], tag: str, images: Sequence[np.ndarray]
 
 def add_png_summary(writer: object, tag: str, image: np.ndarray, step: int) -> None:
     """What ``SummaryWriter.add_image`` writes, PNG-encoded fast: the pictures are flat
-    colour cells whose rows repeat, which compress well at zlib level 1 with the "Up" row
-    filter (:func:`~lit_explain.viz.encode_png`; encoding them is the largest cost of
-    logging them)."""
+    colour cells, which compress well at zlib level 1 (:func:`~lit_explain.viz.encode_png`;
+    encoding them is the largest cost of logging them)."""
     height, width, channels = image.shape
-    use_fast_checksums(writer)
     summary = Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
         height=height, width=width, colorspace=channels,
-        encoded_image_string=encode_png(image, compress_level=1, row_filter="up")))])
+        encoded_image_string=encode_png(image, compress_level=1)))])
     writer._get_file_writer().add_summary(summary, step)
 
 
@@ -110,5 +105,4 @@ def add_scalar_summary(logger: TensorBoardLogger, values: dict[str, float], step
     summary = Summary(value=[
         Summary.Value(tag=f"{prefix}{join}{tag}" if prefix else tag, simple_value=float(value))
         for tag, value in values.items()])
-    use_fast_checksums(logger.experiment)
     logger.experiment._get_file_writer().add_summary(summary, step)

@@ -10,8 +10,7 @@
   and tokens).
 - Line plots for perturbation curves and drift over epochs: :func:`line_plot` (matplotlib's
   Agg backend rendered to an image; :func:`line_figure` gives the figure itself).
-- Output: :func:`to_uint8_hwc` (for W&B) and :func:`write_png` / :func:`encode_png` (Pillow;
-  ``row_filter="up"``: a fast numpy and zlib encoder for the grids that TensorBoard gets).
+- Output: :func:`to_uint8_hwc` (for W&B) and :func:`write_png` / :func:`encode_png` (Pillow).
 
 Layout: images are RGB **channels first**, ``(N, 3, H, W)`` from the colour maps and
 ``(3, H, W)`` from the grid and plots, floats in ``[0, 1]`` (TensorBoard's ``add_image``

@@ -27,6 +27,7 @@ Per operation kind:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -114,11 +115,12 @@ def z_rule_operation(call: OperationCall) -> Tensor:
 
 @dataclass
 class _Deferred:
-    output: Tensor  # the kernel's linear term, as the model received it
+    output: weakref.ref  # the kernel's linear term, as the model received it
     layer: KernelLayer
     rule: Rule
     observe: Callable[[Tensor], Tensor] | None  # the diagnostics' observer of its output
-    relevance: Tensor | None = None  # the output with the kernel's own rule, once applied
+    resolved: bool = False  # whether the kernel's own rule has been applied
+    relevance: Tensor | None = None  # the output with that rule, where it is another tensor
 
 
 class _KernelOutputs:
@@ -129,6 +131,9 @@ class _KernelOutputs:
     rule: that call and every later one receive the output with the rule (the same value)
     in place of the tensor the model holds, also in place (an in-place operation then
     changes the tensor every later call receives).
+
+    An output is held weakly: once the model lets go of it (a ReLU made its own output from
+    it), it and what its rule would have needed are freed, as in a plain forward pass.
     """
 
     def __init__(self, flow: Flow, canonize: bool) -> None:
@@ -139,24 +144,34 @@ class _KernelOutputs:
     def defer(self, layer: KernelLayer, rule: Rule) -> Tensor:
         """The kernel layer's output value, its rule applied where it is first used."""
         output = rule.output_value(layer)
-        self.deferred[id(output)] = _Deferred(output, layer, rule, layer.call.observe_output)
+        key = id(output)
+        self.deferred[key] = _Deferred(weakref.ref(output), layer, rule,
+                                       layer.call.observe_output)
+        weakref.finalize(output, self.deferred.pop, key, None)
         return output
+
+    def _entry(self, tensor: Tensor) -> _Deferred | None:
+        entry = self.deferred.get(id(tensor))
+        return entry if entry is not None and entry.output() is tensor else None
 
     def mergeable(self, tensor: Tensor) -> _Deferred | None:
         """The deferred kernel output ``tensor`` is, if a BatchNorm may merge with it."""
-        entry = self.deferred.get(id(tensor)) if self.canonize else None
-        return entry if entry is not None and entry.relevance is None else None
+        entry = self._entry(tensor) if self.canonize else None
+        return entry if entry is not None and not entry.resolved else None
 
     def resolve(self, tensor: Tensor) -> Tensor:
         """``tensor``, or, for a deferred kernel output, that output with its kernel
         layer's own rule (applied once)."""
-        entry = self.deferred.get(id(tensor))
-        if entry is None or entry.output is not tensor:
+        entry = self._entry(tensor)
+        if entry is None:
             return tensor
-        if entry.relevance is None:
+        if not entry.resolved:
             relevance = entry.rule(entry.layer, self.flow)
-            entry.relevance = relevance if entry.observe is None else entry.observe(relevance)
-        return entry.relevance
+            if entry.observe is not None:
+                relevance = entry.observe(relevance)
+            entry.resolved = True
+            entry.relevance = None if relevance is tensor else relevance  # no self-reference
+        return tensor if entry.relevance is None else entry.relevance
 
     def prepare(self, kind: str, args: tuple, kwargs: dict, tensors: list[Tensor]
                 ) -> tuple[tuple, dict]:

@@ -24,6 +24,7 @@ its ordinary backward. The handler computes it once; a rule that needs ``W·x + 
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -133,16 +134,18 @@ class KernelLayer(AffineLayer):
         self.is_linear = call.func is F.linear
         self.is_transposed = call.func in _TRANSPOSED
         self.channel_shape = (-1,) if self.is_linear else (-1, *[1] * (self.weight.dim() - 2))
-        self._linear_term: Tensor | None = None
+        self._linear_term: weakref.ref | None = None  # weakly: the model's output, often
         self._parts: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.call.func(x, weight, bias, *self._rest, **self._options)
 
     def linear_term(self) -> Tensor:
-        if self._linear_term is None:
-            self._linear_term = self(self.term_input)
-        return self._linear_term
+        term = None if self._linear_term is None else self._linear_term()
+        if term is None:
+            term = self(self.term_input)
+            self._linear_term = weakref.ref(term)
+        return term
 
     def part(self, x: Tensor, positive: bool) -> Tensor:
         key = (id(x), positive)

@@ -32,11 +32,14 @@ GRADIENT_KINDS = frozenset({KERNEL, BATCH_NORM, MAX_POOL, LINEAR, STRUCTURE})
 
 
 def relu_rule(backward: Callable[[Tensor, Tensor], Tensor]):
-    """A ReLU handler whose backward is ``backward(grad, relu_input)``."""
+    """A ReLU handler whose backward is ``backward(grad, relu_output)`` (the output, which
+    the next layer keeps anyway, not the input, which would be held only for this)."""
 
     def handler(call: OperationCall) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
-        return with_gradient(source, call.run(), lambda grad: backward(grad, source.detach()))
+        output = call.run()
+        kept = output.detach()
+        return with_gradient(source, output, lambda grad: backward(grad, kept))
 
     return handler
 
@@ -45,7 +48,7 @@ class _ReluRuleAnalyzer(Analyzer):
     seed_with_value = True
 
     @staticmethod
-    def relu_backward(grad: Tensor, relu_input: Tensor) -> Tensor:
+    def relu_backward(grad: Tensor, relu_output: Tensor) -> Tensor:
         raise NotImplementedError
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
@@ -59,7 +62,7 @@ class Deconvnet(_ReluRuleAnalyzer):
     Networks"): a ReLU passes the positive part of the incoming signal, whatever its input."""
 
     @staticmethod
-    def relu_backward(grad: Tensor, relu_input: Tensor) -> Tensor:
+    def relu_backward(grad: Tensor, relu_output: Tensor) -> Tensor:
         return grad.clamp(min=0)
 
 
@@ -70,6 +73,6 @@ class GuidedBackprop(_ReluRuleAnalyzer):
     was positive."""
 
     @staticmethod
-    def relu_backward(grad: Tensor, relu_input: Tensor) -> Tensor:
-        # ReLU's own backward kernel keeps the gradient where the input was positive
-        return torch.ops.aten.threshold_backward(grad, relu_input, 0).clamp_(min=0)
+    def relu_backward(grad: Tensor, relu_output: Tensor) -> Tensor:
+        # ReLU's own backward: the gradient where the output (so the input) is positive
+        return torch.ops.aten.threshold_backward(grad, relu_output, 0).clamp_(min=0)

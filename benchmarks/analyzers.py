@@ -9,7 +9,11 @@ torchvision-style ResNet (BatchNorm, F.relu, ``out += identity``), batch 16, 3×
 the CPU with ``--threads`` intra-op threads (2 by default, set before anything runs, so
 that every row of the table and every comparison library runs on the same threads).
 ``--interleave`` times each analyzer alternately with the baseline and reports the ratio
-of best times: use it on a shared or loaded machine.
+of best times: use it on a shared or loaded machine. PyTorch's CPU tensors come from the
+system allocator; with glibc's defaults every large tensor is a fresh mapping whose pages
+the kernel zeroes on first touch, which makes the times vary by a third from run to run.
+``MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=10000000000`` in the environment
+keeps freed memory for reuse and makes the table reproducible (the README's is taken so).
 
 Where Zennit and Captum are importable, they are timed beside our analyzers in the same
 run, against the same baseline:

@@ -142,7 +142,7 @@ class ProbeMetrics:
                 maps: Mapping[str, Tensor], targets: Tensor | None, masks: Tensor | None,
                 on_failure: OnFailure) -> set[str]:
         """Update every analyzer's metric ``name``; return the analyzers for which it failed."""
-        if len(chosen) > 1 and all(hasattr(m, "add_curves") for m in chosen.values()):
+        if len(chosen) > 1 and all(hasattr(m, "sample_curves") for m in chosen.values()):
             first = next(iter(chosen.values()))
             count = len(chosen)
             try:  # one set of model calls for the curves of all analyzers
@@ -154,7 +154,7 @@ class ProbeMetrics:
                 pass
             else:
                 for index, metric in enumerate(chosen.values()):
-                    metric.add_curves(_part(curves, index, len(inputs)))
+                    metric.update(curves=_part(curves, index, len(inputs)))
                 return set()
         failed: set[str] = set()
         for analyzer, metric in chosen.items():

@@ -26,6 +26,13 @@ from ._curves import (
 __all__ = ["InsertionDeletion", "PixelFlipping", "RegionPerturbation"]
 
 
+
+def _batch(x: Tensor | None, attributions: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``x`` and ``attributions`` of an ``update`` call that got no ``curves``."""
+    if x is None or attributions is None:
+        raise TypeError("update() needs x and attributions, or curves= from sample_curves()")
+    return x, attributions
+
 class RegionPerturbation(RegionCurveMetric):
     r"""Region perturbation and its area over the perturbation curve (AOPC).
 
@@ -162,14 +169,15 @@ class RegionPerturbation(RegionCurveMetric):
         replacement = self._replacement(x_nc, grid, self.perturbation)
         return self._curves(x, x_nc, replacement, pixel_rank, counts, target)
 
-    def update(self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None) -> None:
-        """Add the curves of a batch; ``target=None`` explains the predicted class."""
-        self.add_curves(self.sample_curves(x, attributions, target))
+    def update(self, x: Tensor | None = None, attributions: Tensor | None = None,
+               target: Tensor | int | None = None, *, curves: Tensor | None = None) -> None:
+        """Add the curves of a batch; ``target=None`` explains the predicted class.
 
-    def add_curves(self, curves: Tensor) -> None:
-        """Add per-sample curves from :meth:`sample_curves` to the states (so that curves of
-        several maps can be computed in shared model calls and credited to each map's
-        metric)."""
+        ``curves``: per-sample curves from :meth:`sample_curves` instead of ``x`` and
+        ``attributions`` (so that the curves of several maps can be computed in shared model
+        calls and credited to each map's metric)."""
+        if curves is None:
+            curves = self.sample_curves(*_batch(x, attributions), target)
         self._curve_states(("curve_sum",), curves.shape[1] - 1, curves.device)
         self.curve_sum += curves.sum(0).to(self.curve_sum)
         self.count += curves.shape[0]
@@ -285,12 +293,13 @@ class InsertionDeletion(RegionCurveMetric):
             "fraction": counts.double() / n_regions,
         }
 
-    def update(self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None) -> None:
-        """Add the curves of a batch; ``target=None`` explains the predicted class."""
-        self.add_curves(self.sample_curves(x, attributions, target))
-
-    def add_curves(self, c: dict[str, Tensor]) -> None:
-        """Add per-sample curves from :meth:`sample_curves` to the states."""
+    def update(self, x: Tensor | None = None, attributions: Tensor | None = None,
+               target: Tensor | int | None = None, *,
+               curves: dict[str, Tensor] | None = None) -> None:
+        """Add the curves of a batch; ``target=None`` explains the predicted class.
+        ``curves``: per-sample curves from :meth:`sample_curves` instead of ``x`` and
+        ``attributions``."""
+        c = self.sample_curves(*_batch(x, attributions), target) if curves is None else curves
         self._curve_states(self._STATES, c["deletion"].shape[1] - 1, c["deletion"].device)
         n = c["deletion"].shape[0]
         self.insertion_sum += c["insertion"].sum(0).to(self.insertion_sum)

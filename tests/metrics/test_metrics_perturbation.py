@@ -274,3 +274,25 @@ def test_curves_of_large_inputs_are_the_model_on_each_perturbed_input(monkeypatc
                     xs[:, (r // 3) * 2:(r // 3) * 2 + 2, (r % 3) * 2:(r % 3) * 2 + 2] = 0
                 expected = model(xs[None])[0, target[s]].double()
                 torch.testing.assert_close(got[s, j], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda m: PixelFlipping(m, steps=8),
+                                  lambda m: InsertionDeletion(m, steps=8)])
+def test_update_with_precomputed_curves_is_an_update(make, linear_setup, recwarn):
+    # The callback computes the curves of several analyzers' maps in shared model calls and
+    # credits each metric with its part: that is an update like any other (same value, and
+    # torchmetrics does not warn that compute() came before update()).
+    model, x, target, exact, _ = linear_setup
+    direct, precomputed = make(model), make(model)
+    direct.update(x, exact, target)
+    precomputed.update(curves=precomputed.sample_curves(x, exact, target))
+    assert not [w for w in recwarn if "before the ``update``" in str(w.message)]
+    first, second = direct.compute(), precomputed.compute()
+    assert not [w for w in recwarn if "before the ``update``" in str(w.message)]
+    if isinstance(first, dict):
+        for key in first:
+            torch.testing.assert_close(second[key], first[key])
+    else:
+        torch.testing.assert_close(second, first)
+    with pytest.raises(TypeError, match="curves="):
+        make(model).update(x)

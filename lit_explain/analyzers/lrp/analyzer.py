@@ -27,11 +27,9 @@ Per operation kind:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,27 +55,19 @@ from ..operations import (
     OperationCall,
     differentiable,
     map_differentiable,
-    replace_tensors,
     scale_gradient,
     through_parts,
     with_gradient,
 )
 from ..registry import register
 from ..validation import check_choice
+from .deferred import KernelOutputs
 from .layers import BatchNormLayer, FusedLayer, KernelLayer
-from .presets import ALPHA_1_BETA_0, ALPHA_2_BETA_1, RuleMap, RuleSpec, sequential_preset, to_rule
+from .presets import RuleMap, RuleSpec, to_rule
 from .rules import (
-    AlphaBetaRule,
-    EpsilonRule,
-    FlatRule,
     Flow,
     MagnitudeShareRule,
     RelativeFlow,
-    Rule,
-    WSquareRule,
-    ZPlusFastRule,
-    ZPlusRule,
-    ZRule,
     safe_reciprocal,
 )
 from .transformer import (
@@ -111,78 +101,6 @@ def z_rule_operation(call: OperationCall) -> Tensor:
                                       call.kwargs)
     y = call.run(*args, **kwargs)
     return scale_gradient(y, safe_reciprocal(y.detach()))
-
-
-@dataclass
-class _Deferred:
-    output: weakref.ref  # the kernel's linear term, as the model received it
-    layer: KernelLayer
-    rule: Rule
-    observe: Callable[[Tensor], Tensor] | None  # the diagnostics' observer of its output
-    resolved: bool = False  # whether the kernel's own rule has been applied
-    relevance: Tensor | None = None  # the output with that rule, where it is another tensor
-
-
-class _KernelOutputs:
-    """Kernel layers' outputs whose rule is applied where they are first used.
-
-    A BatchNorm that uses one (canonization on) merges with its kernel layer: the rule is
-    applied to the fused layer. Any other use, or the model's output, gets the kernel's own
-    rule: that call and every later one receive the output with the rule (the same value)
-    in place of the tensor the model holds, also in place (an in-place operation then
-    changes the tensor every later call receives).
-
-    An output is held weakly: once the model lets go of it (a ReLU made its own output from
-    it), it and what its rule would have needed are freed, as in a plain forward pass.
-    """
-
-    def __init__(self, flow: Flow, canonize: bool) -> None:
-        self.flow = flow
-        self.canonize = canonize
-        self.deferred: dict[int, _Deferred] = {}
-
-    def defer(self, layer: KernelLayer, rule: Rule) -> Tensor:
-        """The kernel layer's output value, its rule applied where it is first used."""
-        output = rule.output_value(layer)
-        key = id(output)
-        self.deferred[key] = _Deferred(weakref.ref(output), layer, rule,
-                                       layer.call.observe_output)
-        weakref.finalize(output, self.deferred.pop, key, None)
-        return output
-
-    def _entry(self, tensor: Tensor) -> _Deferred | None:
-        entry = self.deferred.get(id(tensor))
-        return entry if entry is not None and entry.output() is tensor else None
-
-    def mergeable(self, tensor: Tensor) -> _Deferred | None:
-        """The deferred kernel output ``tensor`` is, if a BatchNorm may merge with it."""
-        entry = self._entry(tensor) if self.canonize else None
-        return entry if entry is not None and not entry.resolved else None
-
-    def resolve(self, tensor: Tensor) -> Tensor:
-        """``tensor``, or, for a deferred kernel output, that output with its kernel
-        layer's own rule (applied once)."""
-        entry = self._entry(tensor)
-        if entry is None:
-            return tensor
-        if not entry.resolved:
-            relevance = entry.rule(entry.layer, self.flow)
-            if entry.observe is not None:
-                relevance = entry.observe(relevance)
-            entry.resolved = True
-            entry.relevance = None if relevance is tensor else relevance  # no self-reference
-        return tensor if entry.relevance is None else entry.relevance
-
-    def prepare(self, kind: str, args: tuple, kwargs: dict, tensors: list[Tensor]
-                ) -> tuple[tuple, dict]:
-        """:class:`~..operations.OperationRules`' hook: the deferred kernel outputs a call
-        uses, with their rule."""
-        if kind == BATCH_NORM and self.canonize:
-            tensors = tensors[1:]  # its input may merge
-        swaps = {id(t): r for t in tensors if (r := self.resolve(t)) is not t}
-        if not swaps:
-            return args, kwargs
-        return replace_tensors(args, kwargs, lambda t: swaps.get(id(t), t))
 
 
 @register("lrp")
@@ -261,7 +179,7 @@ class LRP(Analyzer):
         proportional = all(r.proportional for r in [*self.rules.rules(), self.bn_layer_rule])
         self.flow = RelativeFlow() if proportional else Flow()
 
-    def _kernel(self, call: OperationCall, outputs: _KernelOutputs) -> Tensor:
+    def _kernel(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
         if not differentiable(source):
             return call.run()
@@ -272,7 +190,7 @@ class LRP(Analyzer):
         layer = KernelLayer(call, self.flow.input(source))
         return outputs.defer(layer, self.rules(call))
 
-    def _batch_norm(self, call: OperationCall, outputs: _KernelOutputs) -> Tensor:
+    def _batch_norm(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
         entry = outputs.mergeable(source)
         if entry is not None:
@@ -303,7 +221,7 @@ class LRP(Analyzer):
         return seed * safe_reciprocal(logits.detach()) if self.flow.relative else seed
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
-        outputs = _KernelOutputs(self.flow, self.canonize)
+        outputs = KernelOutputs(self.flow, self.canonize)
         handlers = {KERNEL: partial(self._kernel, outputs=outputs),
                     BATCH_NORM: partial(self._batch_norm, outputs=outputs),
                     INPUT_PREPROCESSING: pass_relevance}
@@ -375,220 +293,3 @@ class LRP(Analyzer):
                 f"probabilities. Explain the logits instead: remove it from forward, or pass "
                 f"lit_explain.model_wo_softmax(model) for a trailing nn.Softmax.")
         return super().logits(output, batch)
-
-
-class _FixedRuleLRP(LRP):
-    """An LRP analyzer whose kernel-layer rule is fixed by its name.
-
-    Parameters
-    ----------
-    input_layer_rule:
-        As for :class:`LRP`: a rule for the input layer, or ``(low, high)`` for z^B.
-    """
-
-    kernel_rule: ClassVar[Rule]
-
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
-                 **reverse: Any) -> None:
-        super().__init__(model, neuron_selection_mode, rule=self.kernel_rule,
-                         input_layer_rule=input_layer_rule, **reverse)
-
-
-@register("lrp.z")
-class LRPZ(_FixedRuleLRP):
-    """LRP-z on every kernel layer (:class:`ZRule`): ``R_x = x ⊙ Jᵀ(R_y / z)``."""
-
-    kernel_rule = ZRule()
-
-
-@register("lrp.z_IB")
-class LRPZIgnoreBias(_FixedRuleLRP):
-    """LRP-z without the bias in the denominator: relevance is conserved."""
-
-    kernel_rule = ZRule(bias=False)
-
-
-@register("lrp.w_square")
-class LRPWSquare(_FixedRuleLRP):
-    """The w²-rule on every kernel layer (:class:`WSquareRule`)."""
-
-    kernel_rule = WSquareRule()
-
-
-@register("lrp.flat")
-class LRPFlat(_FixedRuleLRP):
-    """The Flat rule on every kernel layer (:class:`FlatRule`)."""
-
-    kernel_rule = FlatRule()
-
-
-@register("lrp.alpha_2_beta_1")
-class LRPAlpha2Beta1(_FixedRuleLRP):
-    """LRP-α2β1, ``b⁺`` in ``z⁺`` and ``b⁻`` in ``z⁻`` (:class:`AlphaBetaRule`)."""
-
-    kernel_rule = ALPHA_2_BETA_1
-
-
-@register("lrp.alpha_2_beta_1_IB")
-class LRPAlpha2Beta1IgnoreBias(_FixedRuleLRP):
-    """LRP-α2β1 without bias."""
-
-    kernel_rule = AlphaBetaRule(2.0, 1.0, bias=False)
-
-
-@register("lrp.alpha_1_beta_0")
-class LRPAlpha1Beta0(_FixedRuleLRP):
-    """LRP-α1β0, ``b⁺`` in ``z⁺`` (:class:`AlphaBetaRule`)."""
-
-    kernel_rule = ALPHA_1_BETA_0
-
-
-@register("lrp.alpha_1_beta_0_IB")
-class LRPAlpha1Beta0IgnoreBias(_FixedRuleLRP):
-    """LRP-α1β0 without bias."""
-
-    kernel_rule = AlphaBetaRule(1.0, 0.0, bias=False)
-
-
-@register("lrp.z_plus")
-class LRPZPlus(_FixedRuleLRP):
-    """The z⁺-rule on every kernel layer (:class:`ZPlusRule`: α1β0 without bias)."""
-
-    kernel_rule = ZPlusRule()
-
-
-@register("lrp.z_plus_fast")
-class LRPZPlusFast(_FixedRuleLRP):
-    """The z⁺-rule for non-negative inputs, ``x ⊙ Jᵀ_{W⁺}(R / xW⁺)`` (:class:`ZPlusFastRule`)."""
-
-    kernel_rule = ZPlusFastRule()
-
-
-@register("lrp.epsilon")
-class LRPEpsilon(LRP):
-    """LRP-ε on every kernel layer (:class:`EpsilonRule`).
-
-    Parameters
-    ----------
-    epsilon:
-        The stabiliser ε (iNNvestigate's default 1e-7).
-    bias:
-        Whether the bias is part of the denominator.
-    """
-
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 epsilon: float = 1e-7, bias: bool = True,
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
-                 **reverse: Any) -> None:
-        _check_epsilon(epsilon)
-        super().__init__(model, neuron_selection_mode, rule=EpsilonRule(epsilon, bias),
-                         input_layer_rule=input_layer_rule, **reverse)
-
-
-@register("lrp.epsilon_IB")
-class LRPEpsilonIgnoreBias(LRP):
-    """LRP-ε without the bias in the denominator."""
-
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 epsilon: float = 1e-7,
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
-                 **reverse: Any) -> None:
-        _check_epsilon(epsilon)
-        super().__init__(model, neuron_selection_mode, rule=EpsilonRule(epsilon, bias=False),
-                         input_layer_rule=input_layer_rule, **reverse)
-
-
-@register("lrp.alpha_beta")
-class LRPAlphaBeta(LRP):
-    """LRP-αβ on every kernel layer (:class:`AlphaBetaRule`), α − β = 1.
-
-    Parameters
-    ----------
-    alpha, beta:
-        Weights of the positive and negative contributions; give one and the other follows
-        from α − β = 1.
-    bias:
-        Whether ``b⁺`` joins ``z⁺`` and ``b⁻`` joins ``z⁻``.
-    """
-
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 alpha: float | None = None, beta: float | None = None, bias: bool = True,
-                 input_layer_rule: RuleSpec | tuple[float, float] | None = None,
-                 **reverse: Any) -> None:
-        if alpha is None and beta is None:
-            raise ValueError("lrp.alpha_beta needs alpha or beta (alpha - beta = 1)")
-        alpha = float(beta) + 1.0 if alpha is None else float(alpha)
-        beta = alpha - 1.0 if beta is None else float(beta)
-        super().__init__(model, neuron_selection_mode, rule=AlphaBetaRule(alpha, beta, bias),
-                         input_layer_rule=input_layer_rule, **reverse)
-
-
-def _check_epsilon(epsilon: float) -> None:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
-        raise ValueError(f"epsilon={epsilon!r} is not valid; expected a number >= 0")
-
-
-class _SequentialPreset(LRP):
-    conv_rule: Rule
-    flat_input: bool = False
-
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 epsilon: float = 0.1, **reverse: Any) -> None:
-        _check_epsilon(epsilon)
-        preset = sequential_preset(self.conv_rule, epsilon, self.flat_input)
-        super().__init__(model, neuron_selection_mode, rule=preset.rules(),
-                         input_layer_rule=preset.input_layer, **reverse)
-
-
-@register("lrp.sequential_preset_a")
-class LRPSequentialPresetA(_SequentialPreset):
-    """ε (default 0.1) on dense layers, α1β0 on convolutions (Montavon et al. 2019)."""
-
-    conv_rule = ALPHA_1_BETA_0
-
-
-@register("lrp.sequential_preset_b")
-class LRPSequentialPresetB(_SequentialPreset):
-    """ε (default 0.1) on dense layers, α2β1 on convolutions (Montavon et al. 2019)."""
-
-    conv_rule = ALPHA_2_BETA_1
-
-
-@register("lrp.sequential_preset_a_flat")
-class LRPSequentialPresetAFlat(_SequentialPreset):
-    """Preset A with the Flat rule on the input layer."""
-
-    conv_rule = ALPHA_1_BETA_0
-    flat_input = True
-
-
-@register("lrp.sequential_preset_b_flat")
-class LRPSequentialPresetBFlat(_SequentialPreset):
-    """Preset B with the Flat rule on the input layer."""
-
-    conv_rule = ALPHA_2_BETA_1
-    flat_input = True
-
-
-@register("lrp.sequential_preset_b_flat_until_idx")
-class LRPSequentialPresetBFlatUntilIdx(LRP):
-    """Preset B with the Flat rule on the input layer and on kernel layers
-    ``0 .. until_layer_idx`` (``None``: the input layer only).
-
-    Parameters
-    ----------
-    epsilon:
-        ε of the dense layers.
-    until_layer_idx:
-        Index of the last kernel layer (0: the first) that gets the Flat rule.
-    """
-
-    def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
-                 epsilon: float = 0.1, until_layer_idx: int | None = None,
-                 **reverse: Any) -> None:
-        _check_epsilon(epsilon)
-        preset = sequential_preset(ALPHA_2_BETA_1, epsilon, flat_input=True)
-        super().__init__(model, neuron_selection_mode, rule=preset.rules(),
-                         input_layer_rule=preset.input_layer, until_layer_idx=until_layer_idx,
-                         until_layer_rule=FlatRule(), **reverse)

@@ -22,17 +22,8 @@ from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
 from .gradient import reference_like
-from .operations import (
-    ACTIVATION,
-    BATCH_NORM,
-    KERNEL,
-    LINEAR,
-    MAX_POOL,
-    RELU,
-    STRUCTURE,
-    OperationCall,
-    with_gradient,
-)
+from .kinds import ACTIVATION, BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
+from .operations import OperationCall, with_gradient
 from .registry import register
 
 LINEAR_KINDS = frozenset({KERNEL, BATCH_NORM, LINEAR, STRUCTURE})

@@ -28,15 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .operations import (
-    ALL_KINDS,
-    BATCH_NORM,
-    KERNEL,
-    NORMALIZATION,
-    SOFTMAX,
-    Handler,
-    OperationCall,
-)
+from .kinds import ALL_KINDS, BATCH_NORM, KERNEL, NORMALIZATION, SOFTMAX
+from .operations import Handler, OperationCall
 
 #: The operation kinds whose input and output are observed: the layers, and the
 #: transformer operations whose rules absorb relevance (a LayerNorm's bias, AttnLRP's

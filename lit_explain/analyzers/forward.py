@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import NotAnalyzableModelError
-from .operations import ALL_KINDS, SOFTMAX, OperationRules, Recorded, classify
+from .kinds import ALL_KINDS, SOFTMAX, classify
+from .operations import OperationRules, Recorded
 
 #: Which output a model's result is explained for: a tuple index or a mapping key.
 OutputKey = int | str | None

@@ -16,16 +16,8 @@ import torch
 from torch import Tensor
 
 from .base import Analyzer, NeuronSelection
-from .operations import (
-    BATCH_NORM,
-    KERNEL,
-    LINEAR,
-    MAX_POOL,
-    RELU,
-    STRUCTURE,
-    OperationCall,
-    with_gradient,
-)
+from .kinds import BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
+from .operations import OperationCall, with_gradient
 from .registry import register
 
 GRADIENT_KINDS = frozenset({KERNEL, BATCH_NORM, MAX_POOL, LINEAR, STRUCTURE})

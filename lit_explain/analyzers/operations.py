@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.module import (
     register_module_forward_hook,
@@ -30,204 +28,22 @@ from torch.overrides import TorchFunctionMode
 
 from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
-
-Tensor_ = torch.Tensor
-
-# Operation kinds. A handler is chosen by kind; see `classify`.
-KERNEL = "kernel"  # linear and convolution layers: the layers LRP rules are written for
-BATCH_NORM = "batch_norm"  # an affine layer with running statistics
-RELU = "relu"
-MAX_POOL = "max_pool"
-LINEAR = "linear"  # other operations linear in their one differentiable input, sums included
-STRUCTURE = "structure"  # reshapes, selections, concatenation, dropout: move values, no maths
-ACTIVATION = "activation"  # elementwise non-linearities other than ReLU
-SOFTMAX = "softmax"
-PRODUCT = "product"  # products of two differentiable tensors (attention, gating)
-#: LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: a normalisation by a statistic of the input
-NORMALIZATION = "normalization"
-#: Fused attention (``F.scaled_dot_product_attention``, ``F.multi_head_attention_forward``):
-#: a handler may run it through its parts (:meth:`OperationCall.decompose`)
-ATTENTION = "attention"
-UNKNOWN = "unknown"
-#: Elementwise operations with constants on the way from the model input to the first kernel
-#: layer (an in-forward ``(x - mean) / std``); an analyzer that has no rule for them sees
-#: them as ``LINEAR``.
-INPUT_PREPROCESSING = "input_preprocessing"
-#: Every kind: a plain gradient (no rules) lets all of them pass.
-ALL_KINDS = frozenset({KERNEL, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE, ACTIVATION,
-                       SOFTMAX, PRODUCT, NORMALIZATION, ATTENTION, UNKNOWN,
-                       INPUT_PREPROCESSING})
-
-_KINDS: dict[Callable, str] = {}
-
-
-def _register(kind: str, *funcs: Callable) -> None:
-    for func in funcs:
-        _KINDS[func] = kind
-
-
-_register(KERNEL, F.linear, torch.conv1d, torch.conv2d, torch.conv3d,
-          torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
-_register(BATCH_NORM, F.batch_norm)
-_register(RELU, F.relu, F.relu_, torch.relu, torch.relu_, Tensor_.relu, Tensor_.relu_)
-_register(MAX_POOL, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-          torch.max_pool1d, torch.max_pool2d, torch.max_pool3d, F.adaptive_max_pool1d,
-          F.adaptive_max_pool2d, F.adaptive_max_pool3d)
-_register(LINEAR, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-          F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.add, Tensor_.add, Tensor_.add_,
-          Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__, torch.sub, Tensor_.sub,
-          Tensor_.sub_, Tensor_.__sub__, Tensor_.__isub__, Tensor_.__rsub__, torch.neg,
-          Tensor_.neg, Tensor_.neg_, Tensor_.__neg__, torch.sum, Tensor_.sum, torch.mean,
-          Tensor_.mean, F.pad, F.interpolate)
-_register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.reshape_as,
-          torch.reshape, torch.flatten, Tensor_.flatten, torch.permute, Tensor_.permute,
-          torch.transpose, Tensor_.transpose, Tensor_.contiguous, torch.squeeze, Tensor_.squeeze,
-          torch.unsqueeze, Tensor_.unsqueeze, Tensor_.__getitem__, torch.cat, torch.concat,
-          torch.stack, torch.split, Tensor_.split, torch.chunk, Tensor_.chunk, Tensor_.clone,
-          torch.clone, Tensor_.to, Tensor_.float, Tensor_.double, Tensor_.type_as, Tensor_.expand,
-          Tensor_.expand_as, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-          F.feature_alpha_dropout,
-          Tensor_.unflatten, torch.unflatten, F.embedding, Tensor_.__setitem__,
-          Tensor_.masked_fill, Tensor_.masked_fill_, torch.masked_fill, torch.where,
-          Tensor_.repeat, Tensor_.repeat_interleave, torch.repeat_interleave, torch.unbind,
-          Tensor_.unbind, Tensor_.narrow, torch.narrow, torch.t, Tensor_.t, torch.movedim,
-          Tensor_.movedim, Tensor_.swapaxes, torch.swapaxes)
-_register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.tanh,
-          Tensor_.tanh, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
-          F.hardtanh, F.relu6, F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
-          torch.exp, Tensor_.exp, torch.log, Tensor_.log, torch.abs, Tensor_.abs, torch.sqrt,
-          Tensor_.sqrt, torch.clamp, Tensor_.clamp, torch.pow, Tensor_.pow, Tensor_.__pow__,
-          Tensor_.sigmoid_, Tensor_.tanh_, Tensor_.exp_, Tensor_.log_, Tensor_.abs_,
-          Tensor_.sqrt_, Tensor_.clamp_, torch.clamp_, Tensor_.clamp_min, Tensor_.clamp_min_,
-          Tensor_.clamp_max, Tensor_.clamp_max_, Tensor_.pow_, F.elu_, F.leaky_relu_,
-          F.hardtanh_, F.threshold, F.rrelu, torch.erf, Tensor_.erf, torch.sin, Tensor_.sin,
-          torch.cos, Tensor_.cos, F.tanhshrink, F.softshrink, F.hardshrink, torch.rsqrt,
-          Tensor_.rsqrt)
-_register(SOFTMAX, F.softmax, torch.softmax, Tensor_.softmax, F.log_softmax, torch.log_softmax,
-          Tensor_.log_softmax)
-_register(NORMALIZATION, F.layer_norm, F.group_norm, F.rms_norm, F.normalize)
-_register(ATTENTION, *DECOMPOSITIONS)
-#: Elementwise products (gating); with the matrix products, the products of two
-#: differentiable tensors (kind ``PRODUCT``), linear in each when the other is a constant.
-ELEMENTWISE_PRODUCTS = frozenset({torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__,
-                                  Tensor_.__imul__, Tensor_.__rmul__})
-#: Division: linear in the dividend; a quotient of two differentiable tensors has no rule.
-_QUOTIENTS = {torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_.__itruediv__,
-              Tensor_.__rtruediv__}
-_PRODUCTS = ELEMENTWISE_PRODUCTS | _QUOTIENTS | {
-    torch.matmul, Tensor_.matmul, Tensor_.__matmul__, Tensor_.__rmatmul__, torch.bmm,
-    Tensor_.bmm, torch.einsum}
-
-#: Elementwise operations that are linear in their one differentiable operand when the other
-#: is a constant (``x - mean``, ``x / std``, ``-x``): before the first kernel layer they are
-#: input preprocessing (kind ``INPUT_PREPROCESSING``).
-_ELEMENTWISE_AFFINE = {
-    torch.add, Tensor_.add, Tensor_.add_, Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__,
-    torch.sub, Tensor_.sub, Tensor_.sub_, Tensor_.__sub__, Tensor_.__isub__, Tensor_.__rsub__,
-    torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__, Tensor_.__imul__, Tensor_.__rmul__,
-    torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_.__itruediv__,
-    torch.neg, Tensor_.neg, Tensor_.__neg__}
-#: Queries of a tensor's metadata (``x.shape``, ``x.dtype``, ``len(x)``, ``x.dim()``): they
-#: return no tensor and a third of the calls of a transformer's forward pass are among them;
-#: an analysis lets them run at once.
-QUERIES = frozenset({
-    *(getattr(Tensor_, name).__get__ for name in (
-        "shape", "dtype", "device", "layout", "ndim", "requires_grad", "is_leaf", "is_nested",
-        "is_cuda", "is_sparse", "is_quantized", "is_meta", "is_mkldnn")),
-    Tensor_.__len__, Tensor_.dim, Tensor_.ndimension, Tensor_.size, Tensor_.numel,
-    Tensor_.nelement, Tensor_.stride, Tensor_.element_size, Tensor_.is_contiguous,
-    Tensor_.is_floating_point, torch.is_floating_point, Tensor_.is_complex, torch.is_complex,
-    Tensor_.get_device, Tensor_.data_ptr, torch.numel})
-_INPLACE_OPERATORS = {Tensor_.__iadd__: Tensor_.__add__, Tensor_.__isub__: Tensor_.__sub__,
-                      Tensor_.__imul__: Tensor_.__mul__, Tensor_.__itruediv__: Tensor_.__truediv__}
-
-
-@functools.cache
-def _inplace_parameter(func: Callable) -> int | None:
-    """Position of ``func``'s ``inplace`` parameter (``F.relu(x, inplace=True)``), if any."""
-    try:
-        names = list(inspect.signature(func).parameters)
-    except (TypeError, ValueError):
-        return None
-    return names.index("inplace") if "inplace" in names else None
-
-
-def out_of_place(func: Callable, args: tuple,
-                 kwargs: dict) -> tuple[Callable, tuple, dict] | None:
-    """For an in-place call, the out-of-place call computing the same value (``add_`` →
-    ``add``, ``F.relu(x, inplace=True)`` → ``inplace=False``) as ``(func, args, kwargs)``;
-    ``None`` for a call that is not in place."""
-    if func in _INPLACE_OPERATORS:
-        return _INPLACE_OPERATORS[func], args, kwargs
-    name = getattr(func, "__name__", "")
-    if name.endswith("_") and not name.startswith("_"):
-        owner = Tensor_ if getattr(Tensor_, name, None) is func else torch
-        twin = getattr(owner, name[:-1], None)
-        return (twin, args, kwargs) if twin is not None else None
-    index = _inplace_parameter(func)
-    if index is None:
-        return None
-    if kwargs.get("inplace"):
-        return func, args, {**kwargs, "inplace": False}
-    if len(args) > index and args[index] is True:
-        return func, (*args[:index], False, *args[index + 1:]), kwargs
-    return None
-
-
-def tensors_in(*nests: object) -> list[Tensor]:
-    """The tensors among call arguments: ``args`` tuples, ``kwargs`` dicts and the lists and
-    tuples in them (``torch.cat([a, b])``), one level deep. Cheaper than a pytree walk, which
-    matters once per operation of every analysed forward pass."""
-    found: list[Tensor] = []
-    for nest in nests:
-        values = nest.values() if isinstance(nest, dict) else nest if isinstance(
-            nest, (list, tuple)) else (nest,)
-        for value in values:
-            if isinstance(value, Tensor):
-                found.append(value)
-            elif isinstance(value, (list, tuple)):
-                found.extend(v for v in value if isinstance(v, Tensor))
-    return found
-
-
-def replace_tensors(args: tuple, kwargs: dict, replace: Callable[[Tensor], Tensor]
-                    ) -> tuple[tuple, dict]:
-    """``args`` and ``kwargs`` with every tensor that :func:`tensors_in` finds replaced by
-    ``replace(tensor)``."""
-
-    def one(value: object) -> object:
-        if isinstance(value, Tensor):
-            return replace(value)
-        if isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):
-            items = [replace(v) if isinstance(v, Tensor) else v for v in value]
-            return type(value)._make(items) if hasattr(value, "_make") else type(value)(items)
-        return value
-
-    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
-
-
-def differentiable(value: object) -> bool:
-    """Whether ``value`` is a floating-point tensor that requires grad."""
-    return isinstance(value, Tensor) and value.requires_grad and value.is_floating_point()
-
-
-def classify(func: Callable, args: tuple, kwargs: dict) -> str:
-    """The kind of a torch call: which rule family it belongs to."""
-    kind = _KINDS.get(func)
-    if kind is not None:
-        return kind
-    if func in _PRODUCTS:
-        operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
-        if len(operands) <= 1:
-            return LINEAR
-        return UNKNOWN if func in _QUOTIENTS else PRODUCT
-    return UNKNOWN
-
-
-def operation_name(func: Callable) -> str:
-    """A readable name for a torch callable, e.g. ``torch.nn.functional.gelu``."""
-    module = getattr(func, "__module__", None) or "torch.Tensor"
-    return f"{module}.{getattr(func, '__name__', repr(func))}"
+from .kinds import (
+    ATTENTION,
+    ELEMENTWISE_AFFINE,
+    INPUT_PREPROCESSING,
+    KERNEL,
+    LINEAR,
+    QUERIES,
+    SOFTMAX,
+    STRUCTURE,
+    classify,
+    differentiable,
+    operation_name,
+    out_of_place,
+    replace_tensors,
+    tensors_in,
+)
 
 
 @dataclass
@@ -414,7 +230,7 @@ class OperationRules(TorchFunctionMode):
 
     def _kind(self, func, args: tuple, kwargs: dict) -> str:
         kind = classify(func, args, kwargs)
-        if kind == LINEAR and func in _ELEMENTWISE_AFFINE:
+        if kind == LINEAR and func in ELEMENTWISE_AFFINE:
             operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
             if len(operands) == 1 and id(operands[0]) in self.state.input_derived and (
                     INPUT_PREPROCESSING in self.handlers
@@ -537,9 +353,3 @@ def with_gradient(source: Tensor, value: Tensor, backward: Callable[[Tensor], Te
 def through_parts(call: OperationCall) -> object:
     """Handler of fused attention: its parts, each with the rule of its kind."""
     return call.decompose()
-
-
-def map_differentiable(fn: Callable[[Tensor], Tensor], args: tuple, kwargs: dict
-                       ) -> tuple[tuple, dict]:
-    """``args`` and ``kwargs`` with ``fn`` applied to every differentiable tensor among them."""
-    return replace_tensors(args, kwargs, lambda t: fn(t) if differentiable(t) else t)

@@ -63,16 +63,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
-from .operations import (
-    BATCH_NORM,
-    KERNEL,
-    LINEAR,
-    MAX_POOL,
-    RELU,
-    STRUCTURE,
-    OperationCall,
-    with_gradient,
-)
+from .kinds import BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
+from .operations import OperationCall, with_gradient
 from .registry import register
 
 PASSTHROUGH = frozenset({RELU, MAX_POOL, LINEAR, STRUCTURE})

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..base import Analyzer, NeuronSelection
 from ..errors import NotAnalyzableModelError
 from ..forward import select_output
-from ..operations import (
+from ..kinds import (
     ACTIVATION,
     ATTENTION,
     BATCH_NORM,
@@ -52,13 +52,10 @@ from ..operations import (
     RELU,
     SOFTMAX,
     STRUCTURE,
-    OperationCall,
     differentiable,
     map_differentiable,
-    scale_gradient,
-    through_parts,
-    with_gradient,
 )
+from ..operations import OperationCall, scale_gradient, through_parts, with_gradient
 from ..registry import register
 from ..validation import check_choice
 from .deferred import KernelOutputs

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..operations import BATCH_NORM, replace_tensors
+from ..kinds import BATCH_NORM, replace_tensors
 from .layers import KernelLayer
 from .rules import Flow, Rule
 

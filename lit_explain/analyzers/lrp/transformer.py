@@ -39,13 +39,8 @@ from torch import Tensor
 
 from ..attention import scaled_dot_product_attention
 from ..errors import NotAnalyzableModelError
-from ..operations import (
-    OperationCall,
-    differentiable,
-    map_differentiable,
-    scale_gradient,
-    with_gradient,
-)
+from ..kinds import differentiable, map_differentiable
+from ..operations import OperationCall, scale_gradient, with_gradient
 from .rules import Flow, safe, safe_reciprocal
 
 #: ``attention_rule=`` values: AttnLRP, or CP-LRP (no relevance through softmax and gates).

@@ -4,10 +4,11 @@ Module hooks see only modules; a model written with ``F.relu`` and ``out += iden
 (every torchvision ResNet) calls operations no hook sees. :class:`OperationRules` is a
 :class:`~torch.overrides.TorchFunctionMode`: during one forward pass it sees every torch
 call (``F.linear`` inside ``nn.Linear``, ``F.relu``, ``Tensor.relu``, ``Tensor.add_``,
-``torch.cat``, ...), sorts it into a *kind* and hands it to the analyzer's handler for that
-kind. A handler returns the same forward value with a rewired backward. Calls of a kind the
-analyzer neither handles nor lets pass raise :class:`NotAnalyzableModelError`, naming the
-operation and the module it runs in: never a silent plain gradient where a rule was asked for.
+``torch.cat``, ...), sorts it into a *kind* (:mod:`.kinds`) and hands it to the
+analyzer's handler for that kind. A handler returns the same forward value with a rewired
+backward. Calls of a kind the analyzer neither handles nor lets pass raise
+:class:`NotAnalyzableModelError`, naming the operation and the module it runs in: never a
+silent plain gradient where a rule was asked for.
 """
 
 from __future__ import annotations

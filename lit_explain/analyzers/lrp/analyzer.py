@@ -236,6 +236,7 @@ class LRP(Analyzer):
                                   self_observed=frozenset({KERNEL, BATCH_NORM}))
         finally:
             self._softmax_outputs = {}
+            outputs.deferred.clear()  # an output the model keeps (a feature cache) holds none
 
     def _why_no_path(self) -> str:
         if self.attention_rule == "cp":

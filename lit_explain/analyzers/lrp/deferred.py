@@ -84,7 +84,9 @@ class KernelOutputs:
         uses, with their rule."""
         if kind == BATCH_NORM and self.canonize:
             tensors = tensors[1:]  # its input may merge
-        swaps = {id(t): r for t in tensors if (r := self.resolve(t)) is not t}
+        deferred = self.deferred  # most tensors are not kernel outputs: one lookup each
+        swaps = {id(t): r for t in tensors
+                 if id(t) in deferred and (r := self.resolve(t)) is not t}
         if not swaps:
             return args, kwargs
         return replace_tensors(args, kwargs, lambda t: swaps.get(id(t), t))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import lightning as L
@@ -433,6 +434,38 @@ class ExplainCallback(Callback):
             progress(1)
             if result is not None:
                 maps[name] = result
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The pictures are drawn and logged while the metrics run (the colour mapping and
+            # PNG encoding release the GIL most of the time); joined before the hook returns.
+            pictures = pool.submit(self._log_pictures, trainer, prefix, {
+                k: v.cpu() for k, v in maps.items()}, predictions.cpu()) if (
+                trainer.is_global_zero and maps) else None
+            metrics_seconds = self._score(trainer, prefix, inputs, maps, predictions, masks,
+                                          validating, scalars, plots)
+            progress(1)
+            if not validating:
+                self._drift(trainer.current_epoch, prefix, maps, scalars)
+            if pictures is not None:
+                pictures.result()
+        if trainer.is_global_zero:
+            self._log_images(trainer, {k: v for k, v in plots.items() if v is not None})
+        progress(1, close=True)
+        seconds = time.perf_counter() - started
+        if trainer.is_global_zero:  # every scalar of the epoch in one write
+            scalars.update({f"{prefix}/time_s": seconds,
+                            f"{prefix}/metrics_time_s": metrics_seconds})
+            self._guarded("logging", lambda: log_scalars(trainer.loggers, scalars,
+                                                         trainer.global_step))
+        rank_zero_info(f"ExplainCallback {self.name!r}, epoch {trainer.current_epoch}: "
+                       f"{_count(len(maps), 'analyzer')} ({', '.join(maps)}) x "
+                       f"{_count(len(inputs), 'sample')} in {seconds:.2f} s, of which "
+                       f"metrics {metrics_seconds:.2f} s")
+
+    def _score(self, trainer: L.Trainer, prefix: str, inputs: Tensor, maps: dict[str, Tensor],
+               predictions: Tensor, masks: Tensor | None, validating: bool,
+               scalars: dict[str, float], plots: dict[str, Tensor | None]) -> float:
+        """Score the maps with every metric into ``scalars`` (and the curve plots due this
+        epoch into ``plots``); return the seconds it took."""
         metrics_started = time.perf_counter()
         if self._metrics is not None and self._metrics.specs and maps:
             # the maps explain each sample's predicted class (max_activation): score that
@@ -454,33 +487,20 @@ class ExplainCallback(Callback):
                             _curve_plot(n, m, *c)))
                     else:  # plotted at the end of training
                         self._last_curves[tag] = (name, metric, curve)
-        metrics_seconds = time.perf_counter() - metrics_started
-        progress(1)
-        if not validating:
-            # all analyzers' measures and means at once; should that fail, each analyzer's
-            # own, so that a map that cannot be measured costs only its own drift
-            epoch = trainer.current_epoch
-            drifts = self._guarded("drift", lambda: self.drift.update_all(maps, epoch))
-            if drifts is None:
-                drifts = {name: self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
-                    self.drift.update(n, r, epoch))) for name, result in maps.items()}
-            for name, drift in drifts.items():
-                if drift:
-                    scalars.update({f"{prefix}/{name}/{key}": v for key, v in drift.items()})
-        if trainer.is_global_zero and maps:
-            self._log(trainer, prefix, {k: v.cpu() for k, v in maps.items()},
-                      {k: v for k, v in plots.items() if v is not None}, predictions.cpu())
-        progress(1, close=True)
-        seconds = time.perf_counter() - started
-        if trainer.is_global_zero:  # every scalar of the epoch in one write
-            scalars.update({f"{prefix}/time_s": seconds,
-                            f"{prefix}/metrics_time_s": metrics_seconds})
-            self._guarded("logging", lambda: log_scalars(trainer.loggers, scalars,
-                                                         trainer.global_step))
-        rank_zero_info(f"ExplainCallback {self.name!r}, epoch {trainer.current_epoch}: "
-                       f"{_count(len(maps), 'analyzer')} ({', '.join(maps)}) x "
-                       f"{_count(len(inputs), 'sample')} in {seconds:.2f} s, of which "
-                       f"metrics {metrics_seconds:.2f} s")
+        return time.perf_counter() - metrics_started
+
+    def _drift(self, epoch: int, prefix: str, maps: dict[str, Tensor],
+               scalars: dict[str, float]) -> None:
+        """Update the drift of every map into ``scalars``: all analyzers' measures and means
+        at once; should that fail, each analyzer's own, so that a map that cannot be
+        measured costs only its own drift."""
+        drifts = self._guarded("drift", lambda: self.drift.update_all(maps, epoch))
+        if drifts is None:
+            drifts = {name: self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
+                self.drift.update(n, r, epoch))) for name, result in maps.items()}
+        for name, drift in drifts.items():
+            if drift:
+                scalars.update({f"{prefix}/{name}/{key}": v for key, v in drift.items()})
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -527,11 +547,10 @@ class ExplainCallback(Callback):
             raise FloatingPointError("the attribution map contains NaN or infinite values")
         return result
 
-    def _log(self, trainer: L.Trainer, prefix: str, maps: dict[str, Tensor],
-             plots: dict[str, Tensor], predictions: Tensor) -> None:
-        """Draw the epoch's pictures and log them with ``plots`` (the scalars are logged
-        after, with the epoch's time)."""
-        step = trainer.global_step
+    @torch.no_grad()
+    def _log_pictures(self, trainer: L.Trainer, prefix: str, maps: dict[str, Tensor],
+                      predictions: Tensor) -> None:
+        """Draw the epoch's grids of the maps and log them."""
         # "shared": one robust range per analyzer and epoch, written on the picture. (A
         # range kept from the first epoch saturated every map: on the digits demo the maps
         # grow about tenfold over the first epochs as the logits grow.)
@@ -540,6 +559,7 @@ class ExplainCallback(Callback):
                     if self.grids != "combined" or len(maps) == 1 else {})
         if len(maps) > 1 and self.grids != "each":
             pictures[f"{prefix}/all"] = maps
+        images: dict[str, Tensor] = {}
         for tag, chosen in pictures.items():
             image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
                 self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
@@ -548,10 +568,13 @@ class ExplainCallback(Callback):
                 overlay=self.overlay and self.probe.inputs.dim() >= 4,
                 as_uint8=True))  # converted in place on the canvas: no float copy
             if image is not None:
-                plots[tag] = image
-        for tag, image in plots.items():
+                images[tag] = image
+        self._log_images(trainer, images)
+
+    def _log_images(self, trainer: L.Trainer, images: dict[str, Tensor]) -> None:
+        for tag, image in images.items():
             self._guarded("logging", lambda t=tag, i=image: log_images(
-                trainer.loggers, t, [viz.to_uint8_hwc(i)], step,
+                trainer.loggers, t, [viz.to_uint8_hwc(i)], trainer.global_step,
                 captions=[f"{t}, epoch {trainer.current_epoch}"],
                 default_root=trainer.default_root_dir))
 

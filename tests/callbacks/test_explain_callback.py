@@ -141,6 +141,30 @@ def test_on_error_raise_stops_training(tmp_path, broken_analyzer):
         train(tmp_path, [callback])
 
 
+@pytest.mark.parametrize("on_error", ["warn", "raise"])
+def test_a_picture_that_cannot_be_drawn(tmp_path, monkeypatch, on_error):
+    # The pictures are drawn and logged in a worker thread while the metrics run: a failure
+    # there is warned about (the scores are still logged) or stops training, as elsewhere.
+    def broken(*args, **kwargs):
+        raise RuntimeError("no picture on purpose")
+
+    monkeypatch.setattr(lx.viz, "explanation_grid", broken)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2,
+                                  metrics={"sparseness": {}}, on_error=on_error)
+    if on_error == "raise":
+        with pytest.raises(RuntimeError, match="no picture on purpose"):
+            train(tmp_path, [callback], logger)
+        return
+    with pytest.warns(UserWarning, match="picture.*no picture on purpose"):
+        train(tmp_path, [callback], logger)
+    (event_file,) = glob.glob(os.path.join(logger.log_dir, "events.out.tfevents.*"))
+    events = EventAccumulator(event_file, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["explain/gradient/drift"]  # no grid, the drift plot
+    assert len(events.Scalars("explain/gradient/sparseness")) == 2  # both epochs
+
+
 def test_checkpoint_state_is_tensors_and_resumes_with_weights_only(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=3)
     _, trainer = train(tmp_path, [callback], max_epochs=1)

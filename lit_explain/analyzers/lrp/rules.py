@@ -34,8 +34,6 @@ from torch import Tensor
 from ..operations import scale_gradient, with_gradient
 from .layers import AffineLayer
 
-_ZERO = torch.zeros(())
-
 #: The stabiliser of iNNvestigate's safe division: ``z`` is replaced by this where ``z = 0``.
 SAFE_EPSILON = 1e-7
 
@@ -143,7 +141,8 @@ class RelativeFlow(Flow):
         # R_y = y ⊙ gradient; scale · y / denominator in one pass, into the denominator
         if scale == 1:
             return torch.div(y.detach(), denominator, out=denominator)
-        return torch.addcdiv(_ZERO, y.detach(), denominator, value=scale, out=denominator)
+        y = y.detach()
+        return torch.addcdiv(y.new_zeros(()), y, denominator, value=scale, out=denominator)
 
 
 # Rules --------------------------------------------------------------------------------------

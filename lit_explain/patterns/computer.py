@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..precision import full_precision
 from .layers import (
     batch_sums,
     is_batch_norm,
@@ -209,7 +210,7 @@ class PatternComputer:
     def _flush(self) -> None:
         pending, self._pending = list(self._pending.values()), {}
         for entry in pending:
-            with torch.no_grad(), _no_autocast(entry.y):
+            with torch.no_grad(), full_precision():  # statistics in full precision
                 sums = batch_sums(entry.module, entry.x, entry.y, entry.mask)
                 stats = self.statistics[entry.path] = self.statistics[entry.path].to(
                     entry.y.device)
@@ -303,14 +304,3 @@ def _first_input(batch: Any) -> Tensor:
         return _first_input(batch[0])
     raise TypeError(f"cannot find the input tensor in a batch of type {type(batch).__name__}; "
                     f"give batches as a tensor or a tuple/list/dict whose first item is it")
-
-
-@contextmanager
-def _no_autocast(tensor: Tensor) -> Iterator[None]:
-    """Statistics in full precision even when the forward runs under autocast."""
-    device_type = tensor.device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
-        with torch.autocast(device_type, enabled=False):
-            yield
-    else:
-        yield

@@ -250,3 +250,30 @@ def test_lrp_lets_go_of_kernel_outputs_the_model_let_go_of(name):
     result = lx.create_analyzer(name, model).analyze(x)
     assert result.abs().sum() > 0
     assert model.alive and not any(model.alive)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers) if not n.startswith("pattern.")])
+def test_16_bit_models_get_the_gradient_methods_and_a_clear_refusal_of_rules(name, dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3))
+    model[1].running_mean.uniform_(-1, 1)
+    model = model.eval().to(dtype)
+    x = torch.randn(2, 2, 6, 6, dtype=dtype)
+    kwargs = {"smoothgrad": {"noise_scale": 0.0}, "integrated_gradients": {"steps": 1},
+              "deep_taylor.bounded": {"low": -3.0, "high": 3.0}, "lrp": {"rule": "Z"},
+              "lrp.alpha_beta": {"alpha": 1.0}}
+    analyzer = lx.create_analyzer(name, model, **kwargs.get(name, {}))
+    if name in ("gradient", "input_t_gradient", "smoothgrad", "integrated_gradients"):
+        # (one IG step from zero: the gradient at 0, for the output chosen at x)
+        point = (torch.zeros_like(x) if name == "integrated_gradients" else x).requires_grad_()
+        choice = model(x).argmax(dim=1, keepdim=True)
+        (grad,) = torch.autograd.grad(model(point).gather(1, choice).sum(), point)
+        expected = grad if name in ("gradient", "smoothgrad") else x * grad
+        torch.testing.assert_close(analyzer.analyze(x), expected)
+    elif name in ("input", "random"):
+        assert analyzer.analyze(x).dtype == dtype
+    else:
+        with pytest.raises(lx.NotAnalyzableModelError, match=rf"{dtype}.*float32 copy"):
+            analyzer.analyze(x)

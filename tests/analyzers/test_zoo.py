@@ -30,6 +30,7 @@ bare in-place statements against the same network written out of place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import re
@@ -325,6 +326,27 @@ def _compiled() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
     return compiled(model), x, model, x, {}
 
 
+def _on_cuda(name: str, compile_it: bool = False):
+    @functools.cache  # one copy (and one compilation) for every analyzer
+    def make() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+        model, x = zoo(name)
+        on_cuda, x_cuda = copy.deepcopy(model).cuda(), x.cuda()
+        if compile_it:  # torch's default backend (inductor), compiled by a first call
+            on_cuda = torch.compile(on_cuda)
+            on_cuda(x_cuda)
+        return on_cuda, x_cuda, model, x, {}
+
+    return make
+
+
+def _same(name: str):
+    def make() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+        model, x = zoo(name)
+        return model, x, model, x, {}
+
+    return make
+
+
 def _head(name: str, key: int | str, explicit: bool):
     def make() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
         model, x = zoo(name)
@@ -352,7 +374,17 @@ VARIANTS = {
     "dict_output_default": (_head("dict_output", "logits", False), "dict_output", "model."),
     "dict_output_aux": (_head("dict_output", "aux", True), "dict_output", "model."),
     "inplace_statements": (_out_of_place, "inplace_statements", "model."),
+    # analysed inside a torch.autocast region (Lightning's "bf16-mixed"): autocast is off in
+    # an analysis, the map the float32 one
+    "autocast": (_same("resnet18"), "resnet18", ""),
 }
+CONTEXTS = {"autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+if torch.cuda.is_available():  # with torch's default TF32 convolutions
+    VARIANTS |= {"cuda_vgg16_bn": (_on_cuda("vgg16_bn"), "vgg16_bn", ""),
+                 "cuda_resnet18": (_on_cuda("resnet18"), "resnet18", ""),
+                 "cuda_compiled": (_on_cuda("resnet18", compile_it=True), "resnet18", "")}
+CUDA = tuple(v for v in VARIANTS if v.startswith("cuda"))
+RTOL = {"float64": 1e-3, "cuda_vgg16_bn": 1e-2, "cuda_resnet18": 1e-2, "cuda_compiled": 1e-2}
 
 
 def _outcome(analyzer: str, model: nn.Module, x: Tensor, patterns_of: str, prefix: str = "",
@@ -369,15 +401,15 @@ def test_variant_gives_the_plain_models_map(variant: str, analyzer: str) -> None
     make, zoo_name, prefix = VARIANTS[variant]
     model, x, plain, plain_x, extra = make()
     expected = _outcome(analyzer, plain, plain_x, zoo_name, prefix)
-    actual = _outcome(analyzer, model, x, zoo_name, **extra)
+    with CONTEXTS.get(variant, contextlib.nullcontext)():
+        actual = _outcome(analyzer, model, x, zoo_name, **extra)
     if isinstance(expected, lx.NotAnalyzableModelError):
         assert isinstance(actual, lx.NotAnalyzableModelError), \
             f"the plain model is refused ({expected}), the {variant} one is not"
         return
     assert isinstance(actual, Tensor), f"the plain model is analyzed, the {variant} one " \
                                        f"refused: {actual}"
-    assert actual.shape == x.shape and actual.dtype == x.dtype
-    if analyzer == "random" and variant == "float64":
-        return  # the noise is drawn in the input's dtype: no single-precision twin
-    rtol = 1e-3 if variant == "float64" else 1e-4
-    close(actual.to(expected.dtype), expected, rtol=rtol)
+    assert actual.shape == x.shape and actual.dtype == x.dtype and actual.device == x.device
+    if analyzer == "random" and variant in ("float64", *CUDA):
+        return  # the noise is drawn in the input's dtype and on its device
+    close(actual.to(expected.device, expected.dtype), expected, rtol=RTOL.get(variant, 1e-4))

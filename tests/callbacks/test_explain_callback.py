@@ -197,10 +197,23 @@ def test_two_callbacks_with_the_same_settings_live_on_one_trainer_by_name(tmp_pa
         lx.ExplainCallback(name="a b")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_explains_on_the_cuda_device_the_model_trains_on(tmp_path):
-    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon", "smoothgrad"],
-                                  num_samples=4, metrics=["pixel_flipping"])
-    train(tmp_path, [callback], accelerator="cuda", deterministic=False)
-    assert callback.drift.previous["gradient"].shape == (4, 1, 8, 8)
-    assert set(callback.drift.history) == {"gradient", "lrp.epsilon", "smoothgrad"}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize(("accelerator", "precision"), [
+    ("cpu", "bf16-mixed"), pytest.param("cuda", "32-true", marks=CUDA),
+    pytest.param("cuda", "16-mixed", marks=CUDA)])
+def test_explains_on_the_device_and_in_the_precision_the_model_trains_in(tmp_path, accelerator,
+                                                                         precision):
+    names = ["gradient", "lrp.epsilon", "smoothgrad"]
+    callback = lx.ExplainCallback(analyzers=names, num_samples=4, metrics=["pixel_flipping"])
+    model, _ = train(tmp_path, [callback], accelerator=accelerator, precision=precision,
+                     deterministic=False)
+    assert set(callback.drift.history) == set(names)
+    # the last epoch's maps (no training step after it) are the model's maps in its own
+    # precision, float32, whatever autocast the training ran under
+    inputs = callback.probe.inputs.to(model.device)
+    for name in ("gradient", "lrp.epsilon"):
+        expected = lx.create_analyzer(name, model).analyze(inputs).cpu()
+        assert callback.drift.previous[name].dtype == torch.float32
+        torch.testing.assert_close(callback.drift.previous[name], expected)

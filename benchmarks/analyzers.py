@@ -1,7 +1,7 @@
 """Time every analyzer as a ratio to a plain forward + backward, in one process.
 
     python benchmarks/analyzers.py [--repeats 7] [--batch 16] [--size 64] [--threads 2]
-                                   [--interleave] [--only NAME ...]
+                                   [--interleave] [--only NAME ...] [--device cuda]
 
 The baseline is what a saliency map costs in plain PyTorch: one forward pass and one
 ``torch.autograd.grad`` of the selected logits to the input. Nets: a VGG-style CNN and a
@@ -14,6 +14,8 @@ system allocator; with glibc's defaults every large tensor is a fresh mapping wh
 the kernel zeroes on first touch, which makes the times vary by a third from run to run.
 ``MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=10000000000`` in the environment
 keeps freed memory for reuse and makes the table reproducible (the README's is taken so).
+``--device cuda`` runs everything on the GPU; each timed call then ends with
+``torch.cuda.synchronize()``, so that the times are those of the finished work.
 
 Where Zennit and Captum are importable, they are timed beside our analyzers in the same
 run, against the same baseline:
@@ -214,15 +216,19 @@ def comparison(name: str) -> tuple[str, Callable] | None:
     return None
 
 
+def seconds(run: Callable[[], object]) -> float:
+    """Wall time of one call of ``run``, its GPU work finished (where CUDA is in use)."""
+    start = time.perf_counter()
+    run()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def median_seconds(run: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``run`` after one warm-up call."""
     run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds(run) for _ in range(repeats))
 
 
 def interleaved_ratio(run: Callable[[], object], baseline: Callable[[], object],
@@ -232,14 +238,8 @@ def interleaved_ratio(run: Callable[[], object], baseline: Callable[[], object],
     run(), baseline()
     best_run = best_baseline = float("inf")
     for _ in range(repeats):
-        for fn, is_run in ((baseline, False), (run, True)):
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if is_run:
-                best_run = min(best_run, elapsed)
-            else:
-                best_baseline = min(best_baseline, elapsed)
+        best_baseline = min(best_baseline, seconds(baseline))
+        best_run = min(best_run, seconds(run))
     return best_run / best_baseline
 
 
@@ -266,9 +266,10 @@ def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return run
 
 
-def networks(size: int) -> dict[str, nn.Module]:
+def networks(size: int, device: torch.device) -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    return {"vgg": vgg_style(image_size=size).eval(), "resnet": ResNetStyle().eval()}
+    return {"vgg": vgg_style(image_size=size).eval().to(device),
+            "resnet": ResNetStyle().eval().to(device)}
 
 
 def main() -> None:
@@ -281,15 +282,19 @@ def main() -> None:
     parser.add_argument("--interleave", action="store_true",
                         help="time each analyzer alternately with the baseline and report the "
                              "ratio of best times (robust on a shared, loaded machine)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
-    nets = networks(args.size)
+    device = torch.device(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size,
+                    generator=torch.Generator().manual_seed(1)).to(device)
+    nets = networks(args.size, device)
     baselines = {net: median_seconds(plain_forward_backward(model, x), args.repeats)
                  for net, model in nets.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"3x{args.size}x{args.size}")
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {where}, batch {args.batch}, 3x{args.size}x{args.size}")
     print("baseline forward+backward to the input: " + ", ".join(
         f"{net} {seconds * 1e3:.1f} ms" for net, seconds in baselines.items()))
     print("(a training step's forward+backward, parameter gradients too: " + ", ".join(

@@ -8,9 +8,10 @@ efficient path (Gradient × Input with its ``identity_rule_implicit``, ``divide_
 and ``stop_gradient``, written into a functional copy of the model the way LXT patches
 ``vision_transformer``). Models: :class:`lit_explain.demo.TinyViT` (8×8, 2×2 patches,
 dim 32, 2 blocks) and :class:`lit_explain.demo.TextTransformer` (length 16, dim 32,
-2 layers), batch 16, CPU::
+2 layers), batch 16, on the CPU (or, with ``--device cuda``, the GPU, each timed call
+ending with ``torch.cuda.synchronize()``)::
 
-    python benchmarks/transformers.py [--rounds 30] [--threads 2]
+    python benchmarks/transformers.py [--rounds 30] [--threads 2] [--batch 16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def interleaved_best(table: dict, rounds: int) -> dict[str, float]:
         for name, run in table.items():
             start = time.perf_counter()
             run()
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -130,23 +133,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     rules = load_lxt_efficient_rules()
-    vit = TinyViT().eval()
-    text = TextTransformer().eval()
+    vit = TinyViT().eval().to(device)
+    text = TextTransformer().eval().to(device)
     for p in [*vit.parameters(), *text.parameters()]:
         p.requires_grad_(False)
-    images = torch.rand(args.batch, 1, 8, 8)
-    tokens = torch.randint(1, 40, (args.batch, 16))
+    images = torch.rand(args.batch, 1, 8, 8).to(device)
+    tokens = torch.randint(1, 40, (args.batch, 16)).to(device)
     tokens[:, 12:] = 0
     cases = {"TinyViT": methods(vit, images, None, rules),
              "TextTransformer": methods(text, text.embedding(tokens), tokens, rules)}
     for model_name, table in cases.items():
         best = interleaved_best(table, args.rounds)
         base = best["forward + gradient"]
-        print(f"\n{model_name} (batch {args.batch}, {args.threads} threads, best of "
+        where = device if device.type == "cuda" else f"{args.threads} threads"
+        print(f"\n{model_name} (batch {args.batch}, {where}, best of "
               f"{args.rounds} interleaved rounds)")
         for name, seconds in best.items():
             print(f"  {name:30s} {seconds * 1e3:8.2f} ms  {seconds / base:5.2f}x")

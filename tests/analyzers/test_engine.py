@@ -202,7 +202,9 @@ def test_cuda_result_matches_cpu(name):
     expected = lx.create_analyzer(name, model, **kwargs).analyze(x)
     result = lx.create_analyzer(name, model.cuda(), **kwargs).analyze(x.cuda())
     assert result.device.type == "cuda"
-    torch.testing.assert_close(result.cpu(), expected, atol=1e-4, rtol=1e-3)
+    # (TF32 convolutions on the GPU: tolerances on the scale of the map)
+    torch.testing.assert_close(result.cpu(), expected, atol=1e-3 * float(expected.abs().max()),
+                               rtol=1e-3)
 
 
 def test_the_engine_imports_no_lightning():

@@ -214,7 +214,8 @@ class _Attention(nn.Module):
             source = x if name in self.computed else self.memory[:length].expand(len(x), -1, -1)
             return self.project[name](source).unflatten(-1, (2, 2)).transpose(1, 2)
 
-        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril() if self.mask else None
+        mask = (torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+                if self.mask else None)
         out = F.scaled_dot_product_attention(heads("q", x.shape[1]), heads("k", x.shape[1]),
                                              heads("v", x.shape[1]), attn_mask=mask)
         return self.head(out.transpose(1, 2).flatten(2)).sum(1)

@@ -11,7 +11,10 @@ dim 32, 2 blocks) and :class:`lit_explain.demo.TextTransformer` (length 16, dim 
 2 layers), batch 16, on the CPU (or, with ``--device cuda``, the GPU, each timed call
 ending with ``torch.cuda.synchronize()``)::
 
-    python benchmarks/transformers.py [--rounds 30] [--threads 2] [--batch 16] [--device cpu]
+    python benchmarks/transformer_cost.py [--rounds 30] [--threads 2] [--batch 16] [--device cpu]
+
+(Not named ``transformers.py``: run as a script, that name would shadow Hugging Face's
+package, which torchmetrics imports where it is installed.)
 """
 
 from __future__ import annotations

@@ -26,6 +26,26 @@ def postprocess_map(attribution: Tensor, postprocess: str | None) -> Tensor:
     return attribution
 
 
+class DeviceGenerators:
+    """An analyzer's own random numbers, drawn on the input's device: one generator per
+    device, each seeded with ``seed`` at its first use (the global RNG is never used).
+
+    Drawing on the GPU matters: SmoothGrad's noise drawn on the CPU and copied made it a
+    third slower than Captum's on an H200. A seed gives the same draws on every run on one
+    device, not the same on a CPU and a GPU (their generators differ).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._by_device: dict[torch.device, torch.Generator] = {}
+
+    def on(self, device: torch.device) -> torch.Generator:
+        """The generator for ``device``."""
+        if device not in self._by_device:
+            self._by_device[device] = torch.Generator(device).manual_seed(self.seed)
+        return self._by_device[device]
+
+
 def reference_like(reference_inputs: float | Tensor, x: Tensor) -> Tensor:
     """The reference input (baseline) broadcast to ``x``: a number or a tensor."""
     reference = torch.as_tensor(reference_inputs, dtype=x.dtype, device=x.device)
@@ -85,7 +105,8 @@ class Random(Analyzer):
     stddev:
         Standard deviation of the noise.
     seed:
-        Seed of the analyzer's own generator; the global RNG is never used.
+        Seed of the analyzer's own generator on the input's device (see
+        :class:`DeviceGenerators`); the global RNG is never used.
     """
 
     needs_logits = False
@@ -96,11 +117,12 @@ class Random(Analyzer):
         super().__init__(model, neuron_selection_mode, output_key=output_key)
         check_non_negative("stddev", stddev)
         self.stddev = stddev
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generators = DeviceGenerators(seed)
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
-        noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
-        return (noise * self.stddev).to(x.device)
+        noise = torch.randn(x.shape, generator=self.generators.on(x.device), dtype=x.dtype,
+                            device=x.device)
+        return noise * self.stddev
 
 
 @register("gradient")
@@ -198,7 +220,8 @@ class SmoothGrad(_BatchedPathAnalyzer):
         ``None``: chosen from the input's size (see :meth:`points_per_chunk`): 64 for
         small inputs, one copy of the batch for images of 3×64×64 and larger.
     seed:
-        Seed of the analyzer's own generator; the global RNG is never used.
+        Seed of the analyzer's own generator on the input's device (see
+        :class:`DeviceGenerators`); the global RNG is never used.
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
@@ -213,16 +236,19 @@ class SmoothGrad(_BatchedPathAnalyzer):
         self.augment_by_n = augment_by_n
         self.noise_scale = noise_scale
         self.postprocess = postprocess
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generators = DeviceGenerators(seed)
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
         flat = x.reshape(len(x), -1)
         sigma = (flat.amax(dim=1) - flat.amin(dim=1)) * self.noise_scale
         sigma = sigma.reshape(len(x), *([1] * (x.dim() - 1)))
 
+        generator = self.generators.on(x.device)
+
         def noisy(start: int, count: int) -> Tensor:
-            noise = torch.randn((count, *x.shape), generator=self.generator, dtype=x.dtype)
-            return (x + noise.to(x.device) * sigma).reshape(count * len(x), *x.shape[1:])
+            noise = torch.randn((count, *x.shape), generator=generator, dtype=x.dtype,
+                                device=x.device)
+            return torch.addcmul(x, noise, sigma).reshape(count * len(x), *x.shape[1:])
 
         return self._mean_gradient(x, self.augment_by_n, noisy, neuron_selection)
 

@@ -56,7 +56,8 @@ def test_analysis_leaves_the_model_exactly_as_it_was(name):
     model = trained_resnet()
     before = snapshot(model)
     kwargs = {"steps": 4} if name == "integrated_gradients" else {}
-    kwargs = {"augment_by_n": 4} if name == "smoothgrad" else kwargs
+    # (SmoothGrad draws its noise on the GPU there, other numbers than the CPU's: without noise)
+    kwargs = {"augment_by_n": 4, "noise_scale": 0.0} if name == "smoothgrad" else kwargs
     result = lx.create_analyzer(name, model, **kwargs).analyze(torch.randn(3, 2, 16, 16))
     assert torch.isfinite(result).all()
     assert_same(before, snapshot(model))
@@ -202,11 +203,23 @@ def test_cuda_result_matches_cpu(name, monkeypatch):
     model = trained_resnet().eval()
     x = torch.randn(2, 2, 16, 16)
     kwargs = {"steps": 4} if name == "integrated_gradients" else {}
-    kwargs = {"augment_by_n": 4} if name == "smoothgrad" else kwargs
+    # (SmoothGrad draws its noise on the GPU there, other numbers than the CPU's: without noise)
+    kwargs = {"augment_by_n": 4, "noise_scale": 0.0} if name == "smoothgrad" else kwargs
     expected = lx.create_analyzer(name, model, **kwargs).analyze(x)
     result = lx.create_analyzer(name, model.cuda(), **kwargs).analyze(x.cuda())
     assert result.device.type == "cuda"
     torch.testing.assert_close(result.cpu(), expected, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["smoothgrad", "random"])
+def test_noise_is_drawn_on_the_gpu_from_the_analyzers_seed(name):
+    model, x = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).cuda(), torch.randn(2, 3, 4).cuda()
+    first = lx.create_analyzer(name, model, seed=3)
+    maps = [first.analyze(x), first.analyze(x), lx.create_analyzer(name, model, seed=3).analyze(x)]
+    assert first.generators.on(x.device).device.type == "cuda"
+    assert not torch.equal(maps[0], maps[1])  # the generator goes on
+    torch.testing.assert_close(maps[2], maps[0])  # the seed starts it where it started
 
 
 def test_the_engine_imports_no_lightning():

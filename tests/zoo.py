@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 CLASSES = 5
 
@@ -455,6 +456,18 @@ class DictOutput(SmallBNCNN):
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
         logits, aux = self.heads(x)
         return {"logits": logits, "aux": aux}
+
+
+class Checkpointed(nn.Module):
+    """A model whose forward pass runs under activation checkpointing, as in training with
+    ``torch.utils.checkpoint`` (reentrant or not): the same function as ``model``."""
+
+    def __init__(self, model: nn.Module, reentrant: bool) -> None:
+        super().__init__()
+        self.model, self.reentrant = model, reentrant
+
+    def forward(self, x: Tensor) -> Tensor:
+        return checkpoint(self.model, x, use_reentrant=self.reentrant)
 
 
 class Head(nn.Module):

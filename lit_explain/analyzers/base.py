@@ -23,6 +23,7 @@ from .forward import (
     final_softmax,
     select_output,
     uncompiled,
+    without_checkpointing,
 )
 from .operations import Handler, OperationRules, Prepare
 from .softmax import check_ends_without_softmax
@@ -45,10 +46,10 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
 
     Inside: every module in eval mode, no parameter requires grad (so no parameter's
     ``.grad`` can be touched and no weight gradient is computed), grad enabled, inference
-    mode off, autocast off (:mod:`~lit_explain.precision`) and compiled code run eagerly
-    (see :mod:`.forward`). On exit
-    every module's train flag and every parameter's ``requires_grad`` are put back as they
-    were, also when the analysis raises.
+    mode off, autocast off (:mod:`~lit_explain.precision`), compiled code run eagerly and
+    activation checkpoints run directly (see :mod:`.forward`). On exit every module's train
+    flag and every parameter's ``requires_grad`` are put back as they were, also when the
+    analysis raises.
     """
     # only the modules in train mode are switched (and back): a model validated in eval mode
     # costs nothing here
@@ -59,7 +60,8 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
             model.eval()  # through train(False), which a module may override
         for param in requires_grad:
             param.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad(), eager(), full_precision():
+        with torch.inference_mode(False), torch.enable_grad(), eager(), full_precision(), \
+                without_checkpointing():
             yield
     finally:
         for module in training:

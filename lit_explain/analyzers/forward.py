@@ -5,6 +5,12 @@ that the analysed forward computes what the model computes.
   (:func:`uncompiled`), and every analysis runs under ``torch.compiler.set_stance(
   "force_eager")``, so that compiled submodules run their Python code (where the rules are)
   instead of a compiled graph. Training stays compiled.
+- **Activation checkpointing.** ``torch.utils.checkpoint`` runs its function directly
+  during an analysis (:func:`without_checkpointing`): a rule must see the forward pass it
+  modifies, and a checkpoint recomputes its part of it in the backward pass, outside the
+  rules (the αβ rules then failed with ``CheckpointError``) or, reentrant, cannot be
+  differentiated with ``torch.autograd.grad`` at all (every analyzer failed). The model's
+  own training keeps its checkpoints.
 - **Outputs other than a tensor.** :func:`select_output` picks the explained tensor of a
   tuple or mapping output (``output_key``).
 - **The guard.** :func:`check_same_forward` compares the output of a rule-based forward
@@ -15,7 +21,7 @@ that the analysed forward computes what the model computes.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +46,44 @@ def uncompiled(model: nn.Module) -> nn.Module:
     while isinstance(getattr(model, "_orig_mod", None), nn.Module):
         model = model._orig_mod
     return model
+
+
+def _run_directly(function: Callable, preserve_rng_state: bool, *args: Any) -> Any:
+    return function(*args)
+
+
+def _no_checkpoint_generator(*args: Any, **kwargs: Any) -> Iterator[None]:
+    yield  # what checkpoint does around its function's call: nothing
+
+
+@contextmanager
+def without_checkpointing() -> Iterator[None]:
+    """Make ``torch.utils.checkpoint.checkpoint`` (reentrant or not, and so
+    ``checkpoint_sequential``) call its function directly while open.
+
+    checkpoint looks both of its variants up at each call (``CheckpointFunction.apply``,
+    ``_checkpoint_without_reentrant_generator``); they are swapped here for the call itself
+    and put back on exit. Where a torch version has neither, nothing is swapped.
+    """
+    checkpoint = sys.modules.get("torch.utils.checkpoint")
+    swaps = [] if checkpoint is None else [
+        (owner, name, value) for owner, name, value in (
+            (getattr(checkpoint, "CheckpointFunction", None), "apply",
+             staticmethod(_run_directly)),
+            (checkpoint, "_checkpoint_without_reentrant_generator", _no_checkpoint_generator))
+        if owner is not None and hasattr(owner, name)]
+    # (CheckpointFunction inherits apply: on exit the swap is deleted, not set)
+    saved = [(owner, name, vars(owner).get(name)) for owner, name, _ in swaps]
+    try:
+        for owner, name, value in swaps:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            if value is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
 
 
 @contextmanager

@@ -218,3 +218,29 @@ def test_a_model_that_modifies_its_input_in_place_leaves_the_callers_tensor_alon
         (expected,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(),
                                           leaf)
         torch.testing.assert_close(result, expected)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpoints_run_directly_in_an_analysis_and_again_in_training(reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    class Counted(nn.Module):  # counts how often the checkpointed part runs
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head, self.calls = small_cnn()[:2], small_cnn()[2:], 0
+
+        def part(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.body(x)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(checkpoint(self.part, x, use_reentrant=reentrant))
+
+    model, x = Counted().eval(), torch.randn(2, 2, 5, 5)
+    plain = nn.Sequential(model.body, model.head)
+    result = lx.create_analyzer("lrp.alpha_2_beta_1", model).analyze(x)
+    torch.testing.assert_close(result, lx.create_analyzer("lrp.alpha_2_beta_1", plain).analyze(x))
+    assert model.calls == 2  # the analysed forward and the guard's, no recomputation
+    model.calls = 0
+    model(x.requires_grad_(True)).sum().backward()  # training: recomputed in the backward
+    assert model.calls == 2

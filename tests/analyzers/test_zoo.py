@@ -24,8 +24,11 @@ exception fails the test. The identities:
   model's parameters and buffers as they were.
 
 Then the variants must give the plain model's map: a compiled model, channels_last,
-float64, the default and the ``output_key``-selected output of tuple/dict models, and the
-bare in-place statements against the same network written out of place.
+float64, the default and the ``output_key``-selected output of tuple/dict models, the bare
+in-place statements against the same network written out of place, the model under
+activation checkpointing (reentrant or not), an analysis inside a bfloat16 autocast region
+and, where CUDA is available, VGG-16-BN and ResNet-18 on the GPU (also compiled by
+inductor) against the CPU.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from zoo import ZOO, Head, compiled, out_of_place_twin
+from zoo import ZOO, Checkpointed, Head, compiled, out_of_place_twin
 
 import lit_explain as lx
 
@@ -339,6 +342,14 @@ def _on_cuda(name: str, compile_it: bool = False):
     return make
 
 
+def _checkpointed(reentrant: bool):
+    def make() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
+        model, x = zoo("resnet18")
+        return Checkpointed(model, reentrant).eval(), x, model, x, {}
+
+    return make
+
+
 def _same(name: str):
     def make() -> tuple[nn.Module, Tensor, nn.Module, Tensor, dict]:
         model, x = zoo(name)
@@ -374,10 +385,15 @@ VARIANTS = {
     "dict_output_default": (_head("dict_output", "logits", False), "dict_output", "model."),
     "dict_output_aux": (_head("dict_output", "aux", True), "dict_output", "model."),
     "inplace_statements": (_out_of_place, "inplace_statements", "model."),
+    # run under torch.utils.checkpoint: checkpoints run directly during an analysis
+    "checkpoint": (_checkpointed(False), "resnet18", ""),
+    "checkpoint_reentrant": (_checkpointed(True), "resnet18", ""),
     # analysed inside a torch.autocast region (Lightning's "bf16-mixed"): autocast is off in
     # an analysis, the map the float32 one
     "autocast": (_same("resnet18"), "resnet18", ""),
 }
+# the prefix of the zoo model's module paths in the variant's model (for its patterns)
+VARIANT_PREFIX = {"checkpoint": "model.", "checkpoint_reentrant": "model."}
 CONTEXTS = {"autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
 if torch.cuda.is_available():  # with torch's default TF32 convolutions
     VARIANTS |= {"cuda_vgg16_bn": (_on_cuda("vgg16_bn"), "vgg16_bn", ""),
@@ -402,7 +418,7 @@ def test_variant_gives_the_plain_models_map(variant: str, analyzer: str) -> None
     model, x, plain, plain_x, extra = make()
     expected = _outcome(analyzer, plain, plain_x, zoo_name, prefix)
     with CONTEXTS.get(variant, contextlib.nullcontext)():
-        actual = _outcome(analyzer, model, x, zoo_name, **extra)
+        actual = _outcome(analyzer, model, x, zoo_name, VARIANT_PREFIX.get(variant, ""), **extra)
     if isinstance(expected, lx.NotAnalyzableModelError):
         assert isinstance(actual, lx.NotAnalyzableModelError), \
             f"the plain model is refused ({expected}), the {variant} one is not"

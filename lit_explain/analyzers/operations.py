@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -124,6 +125,12 @@ Prepare = Callable[[str, tuple, dict, list[Tensor]], tuple[tuple, dict]]
 #: Kinds that carry the model input to the first kernel layer unchanged in meaning.
 _INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
 
+_UNSEEN = ("TorchScript (torch.jit.script or trace), a custom torch.autograd.Function or a "
+           "C++ extension, where the analyzer's rules cannot reach; the map would miss them. "
+           "Analyse the model as a plain Python nn.Module (not scripted or traced), or use a "
+           "gradient method (gradient, input_t_gradient, smoothgrad, integrated_gradients), "
+           "which autograd differentiates through such code.")
+
 
 def article(word: str) -> str:
     """``"a"`` or ``"an"`` for ``word``."""
@@ -135,6 +142,26 @@ class _ForwardState:
     module_stack: list[tuple[str, nn.Module]] = field(default_factory=list)
     input_derived: dict[int, Tensor] = field(default_factory=dict)
     kernel_calls: int = 0
+    # id → weak reference of every differentiable tensor a call routed here made (and the
+    # model input): a differentiable tensor not among them was made where the rules
+    # cannot reach (see OperationRules)
+    made: dict[int, weakref.ref] = field(default_factory=dict)
+
+    def made_unseen(self, tensors: Iterable[Tensor]) -> bool:
+        """Whether one of ``tensors`` is differentiable, computed (not a leaf) and made by
+        no call routed here."""
+        made = self.made
+        for t in tensors:
+            if t.requires_grad and t.grad_fn is not None:
+                ref = made.get(id(t))
+                if ref is None or ref() is not t:
+                    return True
+        return False
+
+    def add_made(self, tensors: Iterable[Tensor]) -> None:
+        for t in tensors:
+            if t.requires_grad:
+                self.made[id(t)] = weakref.ref(t)
 
 
 class OperationRules(TorchFunctionMode):
@@ -163,6 +190,11 @@ class OperationRules(TorchFunctionMode):
     record:
         A list that receives a :class:`Recorded` for every call: for diagnostics.
 
+    Code the mode cannot see into — TorchScript (``torch.jit.script``/``trace``), a custom
+    ``torch.autograd.Function``, a C++ extension — computes without the rules, and the map
+    would silently miss them: a call (or a submodule's output) with a differentiable tensor
+    that no routed call made raises :class:`NotAnalyzableModelError`.
+
     In-place operations keep their meaning: the tensor the model holds is the one that
     changes. Kinds that pass run in place as written; for a kind with a handler, the
     handler gets the out-of-place twin of the call on a copy of the target, and its result
@@ -184,6 +216,7 @@ class OperationRules(TorchFunctionMode):
         self.input_boundary = input_boundary
         self.record = record
         self.state = _ForwardState(input_derived={id(model_input): model_input})
+        self.state.add_made([model_input])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -193,12 +226,19 @@ class OperationRules(TorchFunctionMode):
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         tensors = tensors_in(args, kwargs)
+        if self.state.made_unseen(tensors):
+            raise NotAnalyzableModelError(
+                f"{self._call(func, args, kwargs, kind).where()} receives a tensor computed by "
+                f"code this analysis cannot see into: {_UNSEEN}")
         held = [id(t) for t in tensors] if self.record is not None else []
         if routed:
+            given = args, kwargs
             if self.input_boundary is not None and kind not in _INPUT_KINDS:
                 args, kwargs, tensors = self._cross_boundary(args, kwargs, tensors)
             if self.prepare is not None:
                 args, kwargs = self.prepare(kind, args, kwargs, tensors)
+            if args is not given[0] or kwargs is not given[1]:  # the engine's own tensors
+                self.state.add_made(tensors_in(args, kwargs))
         # Calls that run as written (most of them) need no OperationCall: it is made for a
         # handler, an error or the diagnostics' record only.
         call = self._call(func, args, kwargs, kind) if (
@@ -224,8 +264,10 @@ class OperationRules(TorchFunctionMode):
             outputs = tensors_in(output)
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in outputs],
                                         {id(t) for t in outputs}))
+        produced = tensors_in(output)
+        self.state.add_made(produced)
         if kind in _INPUT_KINDS and self._from_input(args):
-            for o in tensors_in(output):
+            for o in produced:
                 self.state.input_derived[id(o)] = o
         return output
 
@@ -288,7 +330,14 @@ class OperationRules(TorchFunctionMode):
 
         def leave(module: nn.Module, args: tuple, output: object) -> None:
             if id(module) in paths:
-                stack.pop()
+                path, _ = stack.pop()
+                with torch._C.DisableTorchFunction():  # (the checks read tensor attributes)
+                    unseen = self.state.made_unseen(tensors_in(output))
+                if unseen:
+                    where = f"module '{path}'" if path else "the model"
+                    raise NotAnalyzableModelError(
+                        f"{where} ({type(module).__name__}) returns a tensor computed by code "
+                        f"this analysis cannot see into: {_UNSEEN}")
 
         # Two global hooks (filtered to the model's modules), not two per module.
         handles = [register_module_forward_pre_hook(enter),

@@ -3,6 +3,7 @@ in-place operations, input preprocessing and a softmax in forward."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -244,3 +245,61 @@ def test_checkpoints_run_directly_in_an_analysis_and_again_in_training(reentrant
     model.calls = 0
     model(x.requires_grad_(True)).sum().backward()  # training: recomputed in the backward
     assert model.calls == 2
+
+
+class _Clamp(torch.autograd.Function):  # a custom autograd Function: a ReLU of its own
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0)
+
+
+class _Hidden(nn.Module):
+    """small_cnn's function with its convolution and ReLU computed out of the engine's sight:
+    a scripted or traced submodule, a custom autograd Function, or a whole scripted model."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, plain = how, small_cnn()
+        self.head = plain[2:]
+        self.body = (torch.jit.script(plain[:2]) if how == "script" else
+                     torch.jit.trace(plain[:2], torch.randn(1, 2, 5, 5)) if how == "trace"
+                     else plain[:2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "function":
+            return self.head(_Clamp.apply(self.body[0](x)))
+        return self.head(self.body(x))
+
+
+GRADIENT_METHODS = ("gradient", "input_t_gradient", "smoothgrad", "integrated_gradients",
+                    "input", "random")
+
+
+@pytest.mark.parametrize("how", ["script", "trace", "function", "whole script"])
+@pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers)
+                                  if not n.startswith("pattern.")])
+def test_code_the_engine_cannot_see_is_refused_by_rules_and_differentiated_by_gradients(
+        how, name):
+    model = _Hidden(how.split()[-1]).eval()
+    if how == "whole script":
+        model = torch.jit.script(_Hidden("plain").eval())
+    x = torch.randn(2, 2, 5, 5)
+    kwargs = {"lrp": {"rule": "Z"}, "lrp.alpha_beta": {"alpha": 1.0},
+              "deep_taylor.bounded": {"low": -3.0, "high": 3.0}}.get(name, {})
+    analyzer = lx.create_analyzer(name, model, **kwargs)
+    if name in GRADIENT_METHODS:  # autograd goes through such code: the plain model's map
+        expected = lx.create_analyzer(name, small_cnn(), **kwargs).analyze(x)
+        torch.testing.assert_close(analyzer.analyze(x), expected)
+        return
+    where = {"script": "module 'body' (RecursiveScriptModule)",
+             "trace": "module 'body' (TopLevelTracedModule)",
+             "function": "in module 'head.2' (Flatten) receives",
+             "whole script": "the model (RecursiveScriptModule)"}[how]
+    with pytest.raises(lx.NotAnalyzableModelError, match=re.escape(where)):
+        analyzer.analyze(x)

@@ -22,11 +22,20 @@ from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
 from .gradient import reference_like
-from .kinds import ACTIVATION, BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
+from .kinds import (
+    ACTIVATION,
+    BATCH_NORM,
+    KERNEL,
+    LINEAR,
+    MAX_POOL,
+    RELU,
+    STRUCTURE,
+    WEIGHT_PRODUCT,
+)
 from .operations import OperationCall, with_gradient
 from .registry import register
 
-LINEAR_KINDS = frozenset({KERNEL, BATCH_NORM, LINEAR, STRUCTURE})
+LINEAR_KINDS = frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM, LINEAR, STRUCTURE})
 #: A difference within this many machine epsilons of its operands' magnitude is rounding.
 ROUNDING_ULPS = 8
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .kinds import ALL_KINDS, BATCH_NORM, KERNEL, NORMALIZATION, SOFTMAX
+from .kinds import ALL_KINDS, BATCH_NORM, KERNEL, NORMALIZATION, SOFTMAX, WEIGHT_PRODUCT
 from .operations import Handler, OperationCall
 
 #: The operation kinds whose input and output are observed: the layers, and the
 #: transformer operations whose rules absorb relevance (a LayerNorm's bias, AttnLRP's
 #: softmax rule), so that the conservation report accounts for them.
-LAYER_KINDS = (KERNEL, BATCH_NORM, NORMALIZATION, SOFTMAX)
+LAYER_KINDS = (KERNEL, WEIGHT_PRODUCT, BATCH_NORM, NORMALIZATION, SOFTMAX)
 
 #: Where the relevance of the model output is recorded.
 OUTPUT_KEY = "<output>"

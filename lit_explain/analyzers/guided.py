@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from .base import Analyzer, NeuronSelection
-from .kinds import BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
+from .kinds import BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE, WEIGHT_PRODUCT
 from .operations import OperationCall, with_gradient
 from .registry import register
 
-GRADIENT_KINDS = frozenset({KERNEL, BATCH_NORM, MAX_POOL, LINEAR, STRUCTURE})
+GRADIENT_KINDS = frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM, MAX_POOL, LINEAR, STRUCTURE})
 
 
 def relu_rule(backward: Callable[[Tensor, Tensor], Tensor]):

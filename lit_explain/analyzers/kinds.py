@@ -23,6 +23,10 @@ Tensor_ = torch.Tensor
 
 # Operation kinds. A handler is chosen by kind; see `classify`.
 KERNEL = "kernel"  # linear and convolution layers: the layers LRP rules are written for
+#: A matrix product of one differentiable operand with a model weight (``x @ self.W``,
+#: ``torch.einsum("...", x, self.W)``): a dense layer written out, a kernel layer to LRP
+#: (see :func:`~.operations.OperationRules` for how a weight is recognised)
+WEIGHT_PRODUCT = "weight_product"
 BATCH_NORM = "batch_norm"  # an affine layer with running statistics
 RELU = "relu"
 MAX_POOL = "max_pool"
@@ -42,8 +46,8 @@ UNKNOWN = "unknown"
 #: them as ``LINEAR``.
 INPUT_PREPROCESSING = "input_preprocessing"
 #: Every kind: a plain gradient (no rules) lets all of them pass.
-ALL_KINDS = frozenset({KERNEL, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE, ACTIVATION,
-                       SOFTMAX, PRODUCT, NORMALIZATION, ATTENTION, UNKNOWN,
+ALL_KINDS = frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE,
+                       ACTIVATION, SOFTMAX, PRODUCT, NORMALIZATION, ATTENTION, UNKNOWN,
                        INPUT_PREPROCESSING})
 
 _KINDS: dict[Callable, str] = {}
@@ -79,7 +83,8 @@ _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.res
           Tensor_.masked_fill, Tensor_.masked_fill_, torch.masked_fill, torch.where,
           Tensor_.repeat, Tensor_.repeat_interleave, torch.repeat_interleave, torch.unbind,
           Tensor_.unbind, Tensor_.narrow, torch.narrow, torch.t, Tensor_.t, torch.movedim,
-          Tensor_.movedim, Tensor_.swapaxes, torch.swapaxes)
+          Tensor_.movedim, Tensor_.swapaxes, torch.swapaxes, Tensor_.T.__get__,
+          Tensor_.mT.__get__)
 _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.tanh,
           Tensor_.tanh, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
           F.hardtanh, F.relu6, F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
@@ -102,9 +107,12 @@ ELEMENTWISE_PRODUCTS = frozenset({torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.
 #: Division: linear in the dividend; a quotient of two differentiable tensors has no rule.
 _QUOTIENTS = {torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_.__itruediv__,
               Tensor_.__rtruediv__}
-_PRODUCTS = ELEMENTWISE_PRODUCTS | _QUOTIENTS | {
-    torch.matmul, Tensor_.matmul, Tensor_.__matmul__, Tensor_.__rmatmul__, torch.bmm,
-    Tensor_.bmm, torch.einsum}
+#: Matrix products: with one differentiable operand, linear in it (kind ``LINEAR``), or a
+#: dense layer where the other operand is a model weight (kind ``WEIGHT_PRODUCT``).
+MATRIX_PRODUCTS = frozenset({torch.matmul, Tensor_.matmul, Tensor_.__matmul__,
+                             Tensor_.__rmatmul__, torch.mm, Tensor_.mm, torch.bmm, Tensor_.bmm,
+                             torch.einsum})
+_PRODUCTS = ELEMENTWISE_PRODUCTS | _QUOTIENTS | MATRIX_PRODUCTS
 
 #: Elementwise operations that are linear in their one differentiable operand when the other
 #: is a constant (``x - mean``, ``x / std``, ``-x``): before the first kernel layer they are

@@ -36,9 +36,11 @@ from .kinds import (
     INPUT_PREPROCESSING,
     KERNEL,
     LINEAR,
+    MATRIX_PRODUCTS,
     QUERIES,
     SOFTMAX,
     STRUCTURE,
+    WEIGHT_PRODUCT,
     classify,
     differentiable,
     operation_name,
@@ -67,6 +69,8 @@ class OperationCall:
     is_input_layer:
         For kernel calls: the layer is fed by the model input through reshapes and input
         preprocessing only.
+    weight_index:
+        For weight products (kind ``"weight_product"``): where ``args`` hold the weight.
     observe_input, observe_output:
         Set by the reverse-pass diagnostics for handlers that observe their own layer
         (where its input and output take their final form): apply them there.
@@ -83,6 +87,7 @@ class OperationCall:
     module_path: str = ""
     layer_index: int | None = None
     is_input_layer: bool = False
+    weight_index: int | None = None
     observe_input: Callable[[Tensor], Tensor] | None = None
     observe_output: Callable[[Tensor], Tensor] | None = None
     parts: Callable[[tuple, dict], object] | None = None
@@ -137,6 +142,20 @@ def article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+def weight_operand(args: tuple, weights: frozenset[int]) -> int | None:
+    """Where ``args`` (of a matrix product) hold a model weight — a parameter or buffer, or
+    a view of one (``W.T``) — multiplied by a differentiable tensor: its position, or
+    ``None``. Only top-level tensor arguments count (``torch.einsum(eq, x, W)``)."""
+    positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+    if len(positions) != 2 or not any(differentiable(args[i]) for i in positions):
+        return None
+    for i in positions:
+        t = args[i]
+        if not t.requires_grad and id(t if t._base is None else t._base) in weights:
+            return i
+    return None
+
+
 @dataclass
 class _ForwardState:
     module_stack: list[tuple[str, nn.Module]] = field(default_factory=list)
@@ -146,6 +165,7 @@ class _ForwardState:
     # model input): a differentiable tensor not among them was made where the rules
     # cannot reach (see OperationRules)
     made: dict[int, weakref.ref] = field(default_factory=dict)
+    weights: frozenset[int] | None = None  # ids of the model's parameters and buffers
 
     def made_unseen(self, tensors: Iterable[Tensor]) -> bool:
         """Whether one of ``tensors`` is differentiable, computed (not a leaf) and made by
@@ -273,6 +293,9 @@ class OperationRules(TorchFunctionMode):
 
     def _kind(self, func, args: tuple, kwargs: dict) -> str:
         kind = classify(func, args, kwargs)
+        if kind == LINEAR and func in MATRIX_PRODUCTS and weight_operand(
+                args, self._weights()) is not None:
+            return WEIGHT_PRODUCT
         if kind == LINEAR and func in ELEMENTWISE_AFFINE:
             operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
             if len(operands) == 1 and id(operands[0]) in self.state.input_derived and (
@@ -280,6 +303,13 @@ class OperationRules(TorchFunctionMode):
                     or INPUT_PREPROCESSING in self.passthrough):
                 return INPUT_PREPROCESSING
         return kind
+
+    def _weights(self) -> frozenset[int]:
+        """The ids of the model's parameters and buffers (made at the first matrix product)."""
+        if self.state.weights is None:
+            self.state.weights = frozenset(
+                id(t) for t in (*self.model.parameters(), *self.model.buffers()))
+        return self.state.weights
 
     @staticmethod
     def _in_place(call: OperationCall, handler: Handler,
@@ -312,10 +342,15 @@ class OperationRules(TorchFunctionMode):
         call = OperationCall(func, args, kwargs, kind, module, path)
         if kind == ATTENTION:
             call.parts = functools.partial(self._through_parts, DECOMPOSITIONS[func])
-        if kind == KERNEL:
+        if kind == KERNEL or kind == WEIGHT_PRODUCT:
             call.layer_index = self.state.kernel_calls
-            call.is_input_layer = self._from_input(args)
             self.state.kernel_calls += 1
+            if kind == KERNEL:
+                call.is_input_layer = self._from_input(args)
+            else:
+                call.weight_index = weight_operand(args, self._weights())
+                call.is_input_layer = any(id(t) in self.state.input_derived
+                                          for t in call.inputs)
         return call
 
     @contextmanager

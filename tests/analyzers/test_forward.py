@@ -303,3 +303,40 @@ def test_code_the_engine_cannot_see_is_refused_by_rules_and_differentiated_by_gr
              "whole script": "the model (RecursiveScriptModule)"}[how]
     with pytest.raises(lx.NotAnalyzableModelError, match=re.escape(where)):
         analyzer.analyze(x)
+
+
+class _DenseWrittenOut(nn.Module):
+    """A bias-free dense layer, ReLU, then nn.Linear; the first layer as ``nn.Linear`` or
+    written out as a matrix product with its weight (``form``)."""
+
+    FORMS = {"linear": lambda x, w, layer: layer(x),
+             "matmul": lambda x, w, layer: x @ w.T,
+             "weight first": lambda x, w, layer: (w @ x.T).T,
+             "einsum": lambda x, w, layer: torch.einsum("ni,oi->no", x, w),
+             "mm": lambda x, w, layer: torch.mm(x, w.t()),
+             "bmm": lambda x, w, layer: torch.bmm(x[:, None], w.T.expand(len(x), -1, -1))[:, 0]}
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form, self.dense, self.head = form, nn.Linear(6, 8, bias=False), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.FORMS[self.form](x, self.dense.weight, self.dense)))
+
+
+@pytest.mark.parametrize("form", [f for f in _DenseWrittenOut.FORMS if f != "linear"])
+@pytest.mark.parametrize("name", sorted(lx.analyzers))
+def test_a_dense_layer_written_as_a_matrix_product_gets_the_layer_rule(form, name):
+    # before, x @ W was a linear operation with the z-rule's gradient whatever the analyzer's
+    # rule: eps, alpha-beta, w-square and the presets gave another map than nn.Linear's
+    model, x = _DenseWrittenOut(form).eval(), torch.randn(4, 6)
+    kwargs = {"lrp": {"rule": "Epsilon"}, "lrp.alpha_beta": {"alpha": 1.0},
+              "deep_taylor.bounded": {"low": -3.0, "high": 3.0}}.get(name, {})
+    if name.startswith("pattern."):  # patterns are fitted for nn.Linear/Conv modules only
+        patterns = lx.PatternComputer(_DenseWrittenOut("linear").eval()).fit([x], progress=False)
+        with pytest.raises(lx.NotAnalyzableModelError, match="weight_product"):
+            lx.create_analyzer(name, model, patterns=patterns).analyze(x)
+        return
+    expected = lx.create_analyzer(name, _DenseWrittenOut("linear").eval(), **kwargs).analyze(x)
+    torch.testing.assert_close(lx.create_analyzer(name, model, **kwargs).analyze(x), expected)

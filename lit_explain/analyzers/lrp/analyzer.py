@@ -52,6 +52,7 @@ from ..kinds import (
     RELU,
     SOFTMAX,
     STRUCTURE,
+    WEIGHT_PRODUCT,
     differentiable,
     map_differentiable,
 )
@@ -59,7 +60,7 @@ from ..operations import OperationCall, scale_gradient, through_parts, with_grad
 from ..registry import register
 from ..validation import check_choice
 from .deferred import KernelOutputs
-from .layers import BatchNormLayer, FusedLayer, KernelLayer
+from .layers import BatchNormLayer, FusedLayer, KernelLayer, MatrixLayer
 from .presets import RuleMap, RuleSpec, to_rule
 from .rules import (
     Flow,
@@ -177,14 +178,17 @@ class LRP(Analyzer):
         self.flow = RelativeFlow() if proportional else Flow()
 
     def _kernel(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
-        source = call.args[0] if call.args else call.kwargs["input"]
-        if not differentiable(source):
+        weight_index = call.weight_index
+        given = (call.inputs[0] if weight_index is not None
+                 else call.args[0] if call.args else call.kwargs["input"])
+        if not differentiable(given):
             return call.run()
+        source = given
         if call.observe_input is not None:
-            source = call.observe_input(source)
-            call = call.replace_input(call.args[0] if call.args else call.kwargs["input"],
-                                      source)
-        layer = KernelLayer(call, self.flow.input(source))
+            source = call.observe_input(given)
+            call = call.replace_input(given, source)
+        layer = (KernelLayer(call, self.flow.input(source)) if weight_index is None
+                 else MatrixLayer(call, self.flow.input(source), weight_index))
         return outputs.defer(layer, self.rules(call))
 
     def _batch_norm(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
@@ -219,7 +223,8 @@ class LRP(Analyzer):
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
         outputs = KernelOutputs(self.flow, self.canonize)
-        handlers = {KERNEL: partial(self._kernel, outputs=outputs),
+        kernel = partial(self._kernel, outputs=outputs)
+        handlers = {KERNEL: kernel, WEIGHT_PRODUCT: kernel,
                     BATCH_NORM: partial(self._batch_norm, outputs=outputs),
                     INPUT_PREPROCESSING: pass_relevance}
         if self.flow.relative:
@@ -233,7 +238,7 @@ class LRP(Analyzer):
         try:
             return self._backward(x, self.selector(neuron_selection), handlers, passthrough,
                                   prepare=outputs.prepare, input_boundary=boundary,
-                                  self_observed=frozenset({KERNEL, BATCH_NORM}))
+                                  self_observed=frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM}))
         finally:
             self._softmax_outputs = {}
             outputs.deferred.clear()  # an output the model keeps (a feature cache) holds none

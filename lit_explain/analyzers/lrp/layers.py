@@ -5,7 +5,9 @@ parameters (``layer.run(x', W', b')``) and reads ``layer.input``, ``layer.weight
 ``layer.bias``. Three adaptors give every supported call that form:
 
 - :class:`KernelLayer`: ``F.linear``, ``conv1d/2d/3d`` and ``conv_transpose1d/2d/3d``
-  with whatever stride, padding, dilation, groups and output padding the call used.
+  with whatever stride, padding, dilation, groups and output padding the call used; its
+  subclass :class:`MatrixLayer`, a matrix product of the input with a model weight
+  (``x @ W``, ``W @ x``, ``torch.mm``/``bmm``/``einsum``), a dense layer written out.
 - :class:`BatchNormLayer`: ``F.batch_norm`` is the elementwise affine map
   ``y = a ⊙ x + c`` with ``a = γ / sqrt(var + eps)`` and ``c = β − a·mean``. Rules see
   ``a`` as the weight and ``c`` as the bias.
@@ -165,6 +167,46 @@ class KernelLayer(AffineLayer):
 
 
 _TRANSPOSED = {torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d}
+
+
+class MatrixLayer(KernelLayer):
+    """A matrix product of the input with a model weight, in affine form with no bias (a
+    bias added after it is an add of its own).
+
+    Parameters
+    ----------
+    call:
+        The product (``torch.matmul``, ``@``, ``torch.mm``/``bmm``, two-operand
+        ``torch.einsum``).
+    term_input:
+        The input as the relevance flow feeds it.
+    weight_index:
+        Where the call's arguments hold the weight (the other tensor is the input).
+    """
+
+    def __init__(self, call: OperationCall, term_input: Tensor, weight_index: int) -> None:
+        self.call = call
+        self._weight_index = weight_index
+        self._input_index = next(i for i, a in enumerate(call.args)
+                                 if isinstance(a, Tensor) and i != weight_index)
+        self.input, self.weight = call.args[self._input_index], call.args[weight_index]
+        self.bias = None
+        self.term_input = term_input
+        self.is_linear, self.is_transposed = False, False
+        self.channel_shape = (-1,)
+        self._linear_term = None
+        self._parts = {}
+
+    def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        args = list(self.call.args)
+        args[self._input_index], args[self._weight_index] = x, weight
+        output = self.call.func(*args, **self.call.kwargs)
+        return output if bias is None else output + bias
+
+    def scaled_weight(self, scale: Tensor) -> Tensor | None:
+        """``None``: which weight axis is the output channel depends on the product, so a
+        BatchNorm after it is not merged (it keeps a rule of its own)."""
+        return None
 
 
 class BatchNormLayer(AffineLayer):

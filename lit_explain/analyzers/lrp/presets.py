@@ -36,8 +36,9 @@ _CONVOLUTIONS = {torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1
 
 
 def is_dense_layer(call: OperationCall) -> bool:
-    """A fully connected layer (``nn.Linear``, ``F.linear``)."""
-    return call.func is F.linear
+    """A fully connected layer (``nn.Linear``, ``F.linear``, or a matrix product with a model
+    weight such as ``x @ self.W``)."""
+    return call.func is F.linear or call.weight_index is not None
 
 
 def is_conv_layer(call: OperationCall) -> bool:

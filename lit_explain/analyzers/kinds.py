@@ -31,7 +31,7 @@ BATCH_NORM = "batch_norm"  # an affine layer with running statistics
 RELU = "relu"
 MAX_POOL = "max_pool"
 LINEAR = "linear"  # other operations linear in their one differentiable input, sums included
-STRUCTURE = "structure"  # reshapes, selections, concatenation, dropout: move values, no maths
+STRUCTURE = "structure"  # reshapes, selections, concatenation, padding, dropout: no maths
 ACTIVATION = "activation"  # elementwise non-linearities other than ReLU
 SOFTMAX = "softmax"
 PRODUCT = "product"  # products of two differentiable tensors (attention, gating)
@@ -70,7 +70,7 @@ _register(LINEAR, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1
           Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__, torch.sub, Tensor_.sub,
           Tensor_.sub_, Tensor_.__sub__, Tensor_.__isub__, Tensor_.__rsub__, torch.neg,
           Tensor_.neg, Tensor_.neg_, Tensor_.__neg__, torch.sum, Tensor_.sum, torch.mean,
-          Tensor_.mean, F.pad, F.interpolate)
+          Tensor_.mean, F.interpolate)
 _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.reshape_as,
           torch.reshape, torch.flatten, Tensor_.flatten, torch.permute, Tensor_.permute,
           torch.transpose, Tensor_.transpose, Tensor_.contiguous, torch.squeeze, Tensor_.squeeze,
@@ -78,7 +78,7 @@ _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.res
           torch.stack, torch.split, Tensor_.split, torch.chunk, Tensor_.chunk, Tensor_.clone,
           torch.clone, Tensor_.to, Tensor_.float, Tensor_.double, Tensor_.type_as, Tensor_.expand,
           Tensor_.expand_as, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-          F.feature_alpha_dropout,
+          F.feature_alpha_dropout, F.pad,
           Tensor_.unflatten, torch.unflatten, F.embedding, Tensor_.__setitem__,
           Tensor_.masked_fill, Tensor_.masked_fill_, torch.masked_fill, torch.where,
           Tensor_.repeat, Tensor_.repeat_interleave, torch.repeat_interleave, torch.unbind,

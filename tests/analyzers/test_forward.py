@@ -340,3 +340,30 @@ def test_a_dense_layer_written_as_a_matrix_product_gets_the_layer_rule(form, nam
         return
     expected = lx.create_analyzer(name, _DenseWrittenOut("linear").eval(), **kwargs).analyze(x)
     torch.testing.assert_close(lx.create_analyzer(name, model, **kwargs).analyze(x), expected)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("lrp.sequential_preset_a_flat", {}), ("deep_taylor.bounded", {"low": 0.0, "high": 1.0}),
+    ("lrp.epsilon", {}), ("lrp.w_square", {})])
+def test_a_convolution_with_a_padding_mode_stays_the_input_layer(mode, name, kwargs):
+    # nn.Conv2d pads with F.pad before its convolution when padding_mode is not "zeros";
+    # that pad used to make the next layer no input layer (flat = plain preset, bounded =
+    # deep_taylor). The map must be that of the same network on the padded input, its
+    # relevance summed back onto the positions it copies (pad's transpose)
+    torch.manual_seed(0)
+    body = [nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(4 * 6 * 6, 3)]
+    padded = nn.Conv2d(2, 4, 3, padding=1, padding_mode=mode)
+    model = nn.Sequential(padded, *body).eval()
+    on_padded_input = nn.Sequential(nn.Conv2d(2, 4, 3), *body).eval()
+    on_padded_input[0].load_state_dict(padded.state_dict())
+    x = torch.rand(2, 2, 6, 6)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (1, 1, 1, 1), mode=mode)
+
+    relevance = lx.create_analyzer(name, on_padded_input, **kwargs).analyze(pad(x))
+    point = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(pad(point), point, relevance)
+    torch.testing.assert_close(lx.create_analyzer(name, model, **kwargs).analyze(x), expected)

@@ -88,9 +88,7 @@ def zoo_check(model_name: str, analyzer: str) -> str | None:
 
 def variant_check(variant: str, analyzer: str) -> str | None:
     test_zoo.test_variant_gives_the_plain_models_map(variant, analyzer)
-    make, zoo_name, _ = test_zoo.VARIANTS[variant]
-    model, x, _, _, extra = make()
-    result = test_zoo._outcome(analyzer, model, x, zoo_name, **extra)
+    _, result, _ = test_zoo.variant_outcomes(variant, analyzer)
     return operation(str(result)) if isinstance(result, lx.NotAnalyzableModelError) else None
 
 

@@ -411,14 +411,22 @@ def _outcome(analyzer: str, model: nn.Module, x: Tensor, patterns_of: str, prefi
         return error
 
 
-@pytest.mark.parametrize(("variant", "analyzer"), [
-    pytest.param(v, a, id=f"{v}-{a}") for v in VARIANTS for a in ANALYZERS])
-def test_variant_gives_the_plain_models_map(variant: str, analyzer: str) -> None:
+def variant_outcomes(variant: str, analyzer: str) -> tuple[Tensor | Exception, Tensor | Exception,
+                                                          Tensor]:
+    """The analyzer's outcome (map or refusal) on the plain model and on the variant, and
+    the variant's input."""
     make, zoo_name, prefix = VARIANTS[variant]
     model, x, plain, plain_x, extra = make()
     expected = _outcome(analyzer, plain, plain_x, zoo_name, prefix)
     with CONTEXTS.get(variant, contextlib.nullcontext)():
         actual = _outcome(analyzer, model, x, zoo_name, VARIANT_PREFIX.get(variant, ""), **extra)
+    return expected, actual, x
+
+
+@pytest.mark.parametrize(("variant", "analyzer"), [
+    pytest.param(v, a, id=f"{v}-{a}") for v in VARIANTS for a in ANALYZERS])
+def test_variant_gives_the_plain_models_map(variant: str, analyzer: str) -> None:
+    expected, actual, x = variant_outcomes(variant, analyzer)
     if isinstance(expected, lx.NotAnalyzableModelError):
         assert isinstance(actual, lx.NotAnalyzableModelError), \
             f"the plain model is refused ({expected}), the {variant} one is not"

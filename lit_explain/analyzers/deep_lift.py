@@ -61,6 +61,7 @@ def _vector_jacobian(call: OperationCall, source: Tensor, grad: Tensor) -> Tenso
     with torch.enable_grad():
         leaf = source.detach().requires_grad_(True)
         output = call.run(leaf, *call.args[1:])
+        output = output if isinstance(output, Tensor) else output[0]  # (values, indices)
         (result,) = torch.autograd.grad(output, leaf, grad)
     return result
 
@@ -116,13 +117,16 @@ def rescale_rule(call: OperationCall) -> Tensor:
 #: positional arguments.
 _WITH_INDICES = {torch.max_pool1d: F.max_pool1d, torch.max_pool2d: F.max_pool2d,
                  torch.max_pool3d: F.max_pool3d}
+_POOLS = {*_WITH_INDICES, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+          F.adaptive_max_pool2d, F.adaptive_max_pool3d}
 
 
 def _pool_with_winners(call: OperationCall) -> tuple[Tensor, Tensor | None]:
     """The pooling's output and, where the call can give them, the flat spatial index of
     each output's winner (``None``: routed by autograd instead)."""
-    if call.kwargs.get("return_indices") or len(call.args) > 6:
-        return call.run(), None  # the model asked for indices itself: leave the call alone
+    if call.kwargs.get("return_indices") or len(call.args) > 6 or call.func not in _POOLS:
+        # the model asked for indices itself, or a reduction (amax, max over a dimension)
+        return call.run(), None
     func = _WITH_INDICES.get(call.func, call.func)
     output, winners = func(*call.args, **{**call.kwargs, "return_indices": True})
     return output, winners
@@ -134,7 +138,8 @@ def max_pool_rule(call: OperationCall) -> Tensor:
     then is divided by Δx."""
     source = call.args[0]
     output, winners = _pool_with_winners(call)
-    (delta_in, same), delta_out = _differences(source), _differences(output)[0]
+    values = output if isinstance(output, Tensor) else output[0]  # torch.max: (values, indices)
+    (delta_in, same), delta_out = _differences(source), _differences(values)[0]
 
     def to_winners(grad: Tensor) -> Tensor:  # max-pooling's own backward
         if winners is None:
@@ -155,7 +160,8 @@ def max_pool_rule(call: OperationCall) -> Tensor:
             multiplier = torch.where(same, slope.chunk(2)[0], multiplier)
         return torch.cat([multiplier, torch.zeros_like(multiplier)])
 
-    return with_gradient(source, output, backward)
+    result = with_gradient(source, values, backward)
+    return result if isinstance(output, Tensor) else type(output)((result, *output[1:]))
 
 
 @register("deep_lift")

@@ -64,7 +64,7 @@ _register(BATCH_NORM, F.batch_norm)
 _register(RELU, F.relu, F.relu_, torch.relu, torch.relu_, Tensor_.relu, Tensor_.relu_)
 _register(MAX_POOL, F.max_pool1d, F.max_pool2d, F.max_pool3d,
           torch.max_pool1d, torch.max_pool2d, torch.max_pool3d, F.adaptive_max_pool1d,
-          F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+          F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.amax, Tensor_.amax)
 _register(LINEAR, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
           F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.add, Tensor_.add, Tensor_.add_,
           Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__, torch.sub, Tensor_.sub,
@@ -92,7 +92,8 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
           Tensor_.sqrt, torch.clamp, Tensor_.clamp, torch.pow, Tensor_.pow, Tensor_.__pow__,
           Tensor_.sigmoid_, Tensor_.tanh_, Tensor_.exp_, Tensor_.log_, Tensor_.abs_,
           Tensor_.sqrt_, Tensor_.clamp_, torch.clamp_, Tensor_.clamp_min, Tensor_.clamp_min_,
-          Tensor_.clamp_max, Tensor_.clamp_max_, Tensor_.pow_, F.elu_, F.leaky_relu_,
+          Tensor_.clamp_max, Tensor_.clamp_max_, Tensor_.pow_, F.elu_, F.leaky_relu_, F.prelu,
+          torch.prelu,
           F.hardtanh_, F.threshold, F.rrelu, torch.erf, Tensor_.erf, torch.sin, Tensor_.sin,
           torch.cos, Tensor_.cos, F.tanhshrink, F.softshrink, F.hardshrink, torch.rsqrt,
           Tensor_.rsqrt)
@@ -207,11 +208,19 @@ def differentiable(value: object) -> bool:
     return isinstance(value, Tensor) and value.requires_grad and value.is_floating_point()
 
 
+#: ``torch.max``: a max pooling over a dimension (or all), unless it takes the elementwise
+#: maximum of two tensors
+_MAXIMA = {torch.max, Tensor_.max}
+
+
 def classify(func: Callable, args: tuple, kwargs: dict) -> str:
     """The kind of a torch call: which rule family it belongs to."""
     kind = _KINDS.get(func)
     if kind is not None:
         return kind
+    if func in _MAXIMA:
+        elementwise = (len(args) > 1 and isinstance(args[1], Tensor)) or "other" in kwargs
+        return UNKNOWN if elementwise else MAX_POOL
     if func in _PRODUCTS:
         operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
         if len(operands) <= 1:

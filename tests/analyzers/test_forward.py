@@ -367,3 +367,72 @@ def test_a_convolution_with_a_padding_mode_stays_the_input_layer(mode, name, kwa
     point = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(pad(point), point, relevance)
     torch.testing.assert_close(lx.create_analyzer(name, model, **kwargs).analyze(x), expected)
+
+
+class _MaxOverTime(nn.Module):
+    """A 1-D convolution over a sequence and its maximum over time (a text CNN's pooling),
+    written as ``pooling``."""
+
+    POOLINGS = {"adaptive": lambda h: F.adaptive_max_pool1d(h, 1)[..., 0],
+                "amax": lambda h: torch.amax(h, dim=-1),
+                "max values": lambda h: h.max(dim=-1).values,
+                "torch.max index": lambda h: torch.max(h, -1)[0]}
+
+    def __init__(self, pooling: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.pooling, self.conv, self.head = pooling, nn.Conv1d(3, 6, 3), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (no ReLU before the pooling: its zeros tie, and amax's gradient splits ties evenly
+        # where the others give all to one winner)
+        return self.head(F.relu(self.POOLINGS[self.pooling](self.conv(x))))
+
+
+@pytest.mark.parametrize("pooling", [p for p in _MaxOverTime.POOLINGS if p != "adaptive"])
+@pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers)
+                                  if not n.startswith("pattern.")])
+def test_a_maximum_over_a_dimension_is_a_max_pooling(pooling, name):
+    # torch.amax and torch.max(x, dim) were refused as unknown operations
+    if pooling == "amax" and name == "integrated_gradients":
+        pytest.skip("at IG's first point, 0, the convolution gives its bias at every time step: "
+                    "amax's gradient splits that tie evenly, max pooling's goes to one winner")
+    x = torch.randn(3, 3, 9)
+    kwargs = {"lrp": {"rule": "Epsilon"}, "lrp.alpha_beta": {"alpha": 1.0},
+              "deep_taylor.bounded": {"low": -3.0, "high": 3.0}}.get(name, {})
+    expected = lx.create_analyzer(name, _MaxOverTime("adaptive").eval(), **kwargs).analyze(x)
+    result = lx.create_analyzer(name, _MaxOverTime(pooling).eval(), **kwargs).analyze(x)
+    torch.testing.assert_close(result, expected)
+
+
+def test_the_elementwise_maximum_of_two_tensors_is_no_pooling():
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+
+    class Maximum(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.max(model(x), model(-x))
+
+    with pytest.raises(lx.NotAnalyzableModelError, match="torch.max"):
+        lx.create_analyzer("lrp.epsilon", Maximum()).analyze(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("name", ["lrp.z", "deep_lift", "guided_backprop"])
+def test_prelu_gets_the_identity_rule_of_the_other_elementwise_non_linearities(name):
+    # F.prelu (nn.PReLU) was refused as an unknown operation by every rule-based analyzer
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.PReLU(6), nn.Linear(6, 3)).eval()
+    nn.init.uniform_(model[1].weight, 0.1, 0.4)
+    x = torch.randn(4, 5)
+    analyzer = lx.create_analyzer(name, model)
+    if name == "guided_backprop":  # a ReLU-only method
+        with pytest.raises(lx.NotAnalyzableModelError, match="prelu"):
+            analyzer.analyze(x)
+        return
+    result = analyzer.analyze(x)
+    logits = model(x)
+    chosen = logits.argmax(1)
+    if name == "lrp.z":  # piecewise linear through 0: LRP-z is Input x Gradient
+        torch.testing.assert_close(result, input_times_gradient(model, x))
+    else:  # summation to delta against the zero reference
+        delta = logits.gather(1, chosen[:, None])[:, 0] - model(torch.zeros_like(x))[0, chosen]
+        torch.testing.assert_close(result.sum(1), delta.detach())

@@ -27,7 +27,13 @@ Keys and what each exercises:
 - ``tuple_output``: returns ``(logits, aux)``; ``dict_output``: ``{"logits", "aux"}``.
 - ``float64``: a ResNet-like net and its input in float64.
 - ``channels_last``: a BatchNorm CNN and its input in ``torch.channels_last``.
-- ``leaky_relu``: in-place LeakyReLU after convolutions (no LRP rule for it today).
+- ``leaky_relu``: in-place LeakyReLU after convolutions (LRP's identity rule; no
+  Deconvnet/Guided Backprop rule).
+- ``convnext``: ConvNeXt blocks: patchify stem, GroupNorm, depthwise 7×7, LayerNorm on
+  channels-last activations, ``nn.Linear`` as pointwise convolutions on 4-D tensors, GELU,
+  layer scale.
+- ``efficientnet``: MBConv blocks: SiLU, depthwise convolutions, squeeze-and-excitation
+  (``x * sigmoid(...)``), residual adds.
 
 :func:`compiled` wraps a model with ``torch.compile(backend="eager")``;
 :func:`out_of_place_twin` gives ``inplace_statements``' computation written out of place.
@@ -244,6 +250,68 @@ class MobileNetV2(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
+
+
+# ConvNeXt and EfficientNet ----------------------------------------------------------------------
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7×7, LayerNorm over channels (channels last), Linear → GELU → Linear as
+    pointwise convolutions, layer scale, ``x + block(x)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1, self.act, self.pwconv2 = nn.Linear(dim, 4 * dim), nn.GELU(), \
+            nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(0.5 * torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.dwconv(x).permute(0, 2, 3, 1)
+        h = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(h))))
+        return x + h.permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.stem_norm = nn.GroupNorm(1, 16)
+        self.blocks = nn.Sequential(ConvNeXtBlock(16), ConvNeXtBlock(16))
+        self.head_norm, self.head = nn.LayerNorm(16), nn.Linear(16, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(self.stem_norm(self.stem(x)))
+        return self.head(self.head_norm(x.mean((-2, -1))))
+
+
+class MBConv(nn.Module):
+    """EfficientNet's block: expand 1×1, depthwise 3×3, SiLU, squeeze-and-excitation
+    (``x * sigmoid(fc(pool(x)))``), project 1×1, ``x + block(x)``."""
+
+    def __init__(self, dim: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = dim * expand
+        self.expand = nn.Sequential(*_conv_bn(dim, hidden, 1), nn.SiLU())
+        self.depthwise = nn.Sequential(*_conv_bn(hidden, hidden, 3, groups=hidden), nn.SiLU())
+        self.squeeze, self.excite = nn.Conv2d(hidden, 4, 1), nn.Conv2d(4, hidden, 1)
+        self.project = nn.Sequential(*_conv_bn(hidden, dim, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.depthwise(self.expand(x))
+        scale = torch.sigmoid(self.excite(F.silu(self.squeeze(F.adaptive_avg_pool2d(h, 1)))))
+        return x + self.project(h * scale)
+
+
+class EfficientNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, 8, 3, 2), nn.SiLU())
+        self.blocks = nn.Sequential(MBConv(8), MBConv(8))
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
 
 
 # DenseNet ------------------------------------------------------------------------------------
@@ -523,6 +591,8 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "float64": lambda: _build(11, _small_resnet, (3, 16, 16), dtype=torch.float64),
     "channels_last": _channels_last,
     "leaky_relu": lambda: _build(13, LeakyCNN, (3, 16, 16)),
+    "convnext": lambda: _build(14, ConvNeXt, (3, 16, 16)),
+    "efficientnet": lambda: _build(15, EfficientNet, (3, 16, 16)),
 }
 """Model name → factory returning ``(model in eval mode, input batch)``, the same each call."""
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from zoo import ZOO, Checkpointed, Head, compiled, out_of_place_twin
+from zoo import ZOO, Checkpointed, Head, MBConv, compiled, out_of_place_twin
 
 import lit_explain as lx
 
@@ -70,18 +70,25 @@ CONSERVATION = ("lrp.z_IB", "lrp.epsilon_IB", "lrp.w_square", "lrp.flat")
 Z_RULE = ("lrp.z", "lrp", "lrp.epsilon")
 
 # Analyzers whose every non-linearity needs a rule of the method (they refuse what they
-# have no rule for); the gradient family and DeepLIFT's rescale rule cover everything here,
-# and the LRP family gives every elementwise non-linearity AttnLRP's identity rule.
+# have no rule for); the gradient family covers everything here, and the LRP family gives
+# every elementwise non-linearity AttnLRP's identity rule, normalisations and products
+# theirs. DeepLIFT's rescale rule covers elementwise non-linearities only.
 RULE_BASED = {name for name in ANALYZERS if name.startswith("pattern.")
               } | {"deconvnet", "guided_backprop"}
-# model → (names the operation may go by, the module type it runs in): the refusals allowed
-# (ReLU-only methods).
+# model → [(names the operation may go by, the module type it runs in), ...]: the refusals
+# allowed (ReLU-only methods; DeepLIFT on normalisations and products).
 UNSUPPORTED = {
-    "mobilenet_v2": (("hardtanh", "relu6"), nn.ReLU6),
-    "leaky_relu": (("leaky_relu",), nn.LeakyReLU),
+    "mobilenet_v2": [(("hardtanh", "relu6"), nn.ReLU6)],
+    "leaky_relu": [(("leaky_relu",), nn.LeakyReLU)],
+    "convnext": [(("group_norm",), nn.GroupNorm)],
+    "efficientnet": [(("silu",), nn.SiLU)],
+}
+DEEP_LIFT_UNSUPPORTED = {
+    "convnext": [(("group_norm",), nn.GroupNorm)],
+    "efficientnet": [(("mul",), MBConv)],
 }
 # PatternComputer may refuse transposed convolutions at fit time (issue 10, item 9).
-PATTERN_REFUSALS = {"unet": (("conv_transpose",), nn.ConvTranspose2d)}
+PATTERN_REFUSALS = {"unet": [(("conv_transpose",), nn.ConvTranspose2d)]}
 
 DIFFERENT_INPUT_LAYER = {"lrp.sequential_preset_a_flat": "lrp.sequential_preset_a",
                          "lrp.sequential_preset_b_flat": "lrp.sequential_preset_b",
@@ -236,13 +243,18 @@ def check_conservation(model_name: str, analyzer: str) -> None:
 
 
 def check_refusal(error: Exception, model: nn.Module, allowed: dict, model_name: str) -> None:
+    """``error`` names one of the operations allowed for the model and the path of a module
+    of the type it runs in."""
     assert model_name in allowed, f"refused a model it must analyze: {error}"
-    names, module_type = allowed[model_name]
     message = str(error)
-    assert any(name in message for name in names), f"the message names no operation: {message}"
-    paths = [path for path, m in model.named_modules() if isinstance(m, module_type) and path]
-    assert any(re.search(rf"'{re.escape(path)}'", message) for path in paths), \
-        f"the message names no module path of a {module_type.__name__}: {message}"
+    for names, module_type in allowed[model_name]:
+        paths = [path for path, m in model.named_modules()
+                 if isinstance(m, module_type) and path]
+        if any(name in message for name in names) and any(
+                re.search(rf"'{re.escape(path)}'", message) for path in paths):
+            return
+    raise AssertionError(f"the message names none of the operations and module paths "
+                         f"allowed ({allowed[model_name]}): {message}")
 
 
 def check_identity(model_name: str, analyzer: str, result: Tensor) -> None:
@@ -305,7 +317,8 @@ def test_zoo(model_name: str, analyzer: str) -> None:
     result = zoo_map(model_name, analyzer)
     if isinstance(result, lx.NotAnalyzableModelError):
         allowed = {**UNSUPPORTED, **(PATTERN_REFUSALS if analyzer.startswith("pattern.")
-                                     else {})} if analyzer in RULE_BASED else {}
+                                     else {})} if analyzer in RULE_BASED else (
+            DEEP_LIFT_UNSUPPORTED if analyzer == "deep_lift" else {})
         check_refusal(result, model, allowed, model_name)
         return
     check_identity(model_name, analyzer, result)

@@ -37,6 +37,9 @@ SOFTMAX = "softmax"
 PRODUCT = "product"  # products of two differentiable tensors (attention, gating)
 #: LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: a normalisation by a statistic of the input
 NORMALIZATION = "normalization"
+#: A spread of a tensor along dimensions (``var``, ``std``, ``norm``): what a normalisation
+#: written out by hand divides by
+STATISTIC = "statistic"
 #: Fused attention (``F.scaled_dot_product_attention``, ``F.multi_head_attention_forward``):
 #: a handler may run it through its parts (:meth:`OperationCall.decompose`)
 ATTENTION = "attention"
@@ -47,8 +50,8 @@ UNKNOWN = "unknown"
 INPUT_PREPROCESSING = "input_preprocessing"
 #: Every kind: a plain gradient (no rules) lets all of them pass.
 ALL_KINDS = frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE,
-                       ACTIVATION, SOFTMAX, PRODUCT, NORMALIZATION, ATTENTION, UNKNOWN,
-                       INPUT_PREPROCESSING})
+                       ACTIVATION, SOFTMAX, PRODUCT, NORMALIZATION, STATISTIC, ATTENTION,
+                       UNKNOWN, INPUT_PREPROCESSING})
 
 _KINDS: dict[Callable, str] = {}
 
@@ -89,7 +92,8 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
           Tensor_.tanh, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
           F.hardtanh, F.relu6, F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
           torch.exp, Tensor_.exp, torch.log, Tensor_.log, torch.abs, Tensor_.abs, torch.sqrt,
-          Tensor_.sqrt, torch.clamp, Tensor_.clamp, torch.pow, Tensor_.pow, Tensor_.__pow__,
+          Tensor_.sqrt, torch.square, Tensor_.square, torch.clamp, Tensor_.clamp, torch.pow,
+          Tensor_.pow, Tensor_.__pow__,
           Tensor_.sigmoid_, Tensor_.tanh_, Tensor_.exp_, Tensor_.log_, Tensor_.abs_,
           Tensor_.sqrt_, Tensor_.clamp_, torch.clamp_, Tensor_.clamp_min, Tensor_.clamp_min_,
           Tensor_.clamp_max, Tensor_.clamp_max_, Tensor_.pow_, F.elu_, F.leaky_relu_, F.prelu,
@@ -100,6 +104,8 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
 _register(SOFTMAX, F.softmax, torch.softmax, Tensor_.softmax, F.log_softmax, torch.log_softmax,
           Tensor_.log_softmax)
 _register(NORMALIZATION, F.layer_norm, F.group_norm, F.rms_norm, F.normalize)
+_register(STATISTIC, torch.var, Tensor_.var, torch.std, Tensor_.std, torch.norm, Tensor_.norm,
+          torch.linalg.vector_norm)
 _register(ATTENTION, *DECOMPOSITIONS)
 #: Elementwise products (gating); with the matrix products, the products of two
 #: differentiable tensors (kind ``PRODUCT``), linear in each when the other is a constant.
@@ -114,6 +120,27 @@ MATRIX_PRODUCTS = frozenset({torch.matmul, Tensor_.matmul, Tensor_.__matmul__,
                              Tensor_.__rmatmul__, torch.mm, Tensor_.mm, torch.bmm, Tensor_.bmm,
                              torch.einsum})
 _PRODUCTS = ELEMENTWISE_PRODUCTS | _QUOTIENTS | MATRIX_PRODUCTS
+#: Elementwise products and quotients: where one factor is a statistic (a reduction kept
+#: broadcastable), a normalisation written out (see :class:`~.operations.OperationRules`)
+ELEMENTWISE_SCALINGS = ELEMENTWISE_PRODUCTS | frozenset(_QUOTIENTS)
+#: Spreads of a tensor (kind ``STATISTIC``), and the means and sums that make one of its
+#: squares or absolute values (an RMS): with their dimensions kept, what a normalisation
+#: divides by. (A sum of exponentials, as in a softmax written out, is none.)
+SPREADS = frozenset({torch.var, Tensor_.var, torch.std, Tensor_.std, torch.norm, Tensor_.norm,
+                     torch.linalg.vector_norm})
+MEANS = frozenset({torch.mean, Tensor_.mean, torch.sum, Tensor_.sum})
+_POWERS = frozenset({torch.pow, Tensor_.pow, Tensor_.__pow__})
+_MAGNITUDES = frozenset({torch.square, Tensor_.square, torch.abs, Tensor_.abs})
+
+
+def is_magnitude(func: Callable, args: tuple) -> bool:
+    """Whether the call makes squares or absolute values of its input: ``x.pow(2)``,
+    ``x ** 2``, ``x.square()``, ``x.abs()``, ``x * x``."""
+    if func in _MAGNITUDES:
+        return True
+    if func in _POWERS:
+        return len(args) == 2 and args[1] == 2
+    return func in ELEMENTWISE_PRODUCTS and len(args) == 2 and args[0] is args[1]
 
 #: Elementwise operations that are linear in their one differentiable operand when the other
 #: is a constant (``x - mean``, ``x / std``, ``-x``): before the first kernel layer they are

@@ -31,18 +31,25 @@ from torch.overrides import TorchFunctionMode
 from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
 from .kinds import (
+    ACTIVATION,
     ATTENTION,
     ELEMENTWISE_AFFINE,
+    ELEMENTWISE_PRODUCTS,
+    ELEMENTWISE_SCALINGS,
     INPUT_PREPROCESSING,
     KERNEL,
     LINEAR,
     MATRIX_PRODUCTS,
+    MEANS,
     QUERIES,
     SOFTMAX,
+    SPREADS,
+    STATISTIC,
     STRUCTURE,
     WEIGHT_PRODUCT,
     classify,
     differentiable,
+    is_magnitude,
     operation_name,
     out_of_place,
     replace_tensors,
@@ -166,6 +173,18 @@ class _ForwardState:
     # cannot reach (see OperationRules)
     made: dict[int, weakref.ref] = field(default_factory=dict)
     weights: frozenset[int] | None = None  # ids of the model's parameters and buffers
+    # id → weak reference of the statistics made, and of the squares and absolute values
+    # (see OperationRules: held statistics)
+    statistics: dict[int, weakref.ref] = field(default_factory=dict)
+    magnitudes: dict[int, weakref.ref] = field(default_factory=dict)
+
+    def is_statistic(self, t: Tensor) -> bool:
+        ref = self.statistics.get(id(t))
+        return ref is not None and ref() is t
+
+    def is_magnitude(self, t: Tensor) -> bool:
+        ref = self.magnitudes.get(id(t))
+        return ref is not None and ref() is t
 
     def made_unseen(self, tensors: Iterable[Tensor]) -> bool:
         """Whether one of ``tensors`` is differentiable, computed (not a leaf) and made by
@@ -210,6 +229,14 @@ class OperationRules(TorchFunctionMode):
     record:
         A list that receives a :class:`Recorded` for every call: for diagnostics.
 
+    A normalisation written out by hand (``h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) +
+    eps)``, ``(h - mu) / torch.sqrt(h.var(-1, keepdim=True) + eps)``) is, for an analyzer with
+    a ``STATISTIC`` handler (LRP), held to AttnLRP's rule as its ``F`` form is: a statistic —
+    a spread that keeps its dimensions (var, std, norm, or the mean or sum of squares or
+    absolute values), and what elementwise operations make of statistics alone — that
+    scales another differentiable tensor in an elementwise product or quotient (as the
+    divisor) is held constant there.
+
     Code the mode cannot see into — TorchScript (``torch.jit.script``/``trace``), a custom
     ``torch.autograd.Function``, a C++ extension — computes without the rules, and the map
     would silently miss them: a call (or a submodule's output) with a differentiable tensor
@@ -242,6 +269,9 @@ class OperationRules(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in QUERIES:
             return func(*args, **kwargs)
+        holds = STATISTIC in self.handlers
+        if holds and func in ELEMENTWISE_SCALINGS:
+            args = self._hold_statistic(func, args)
         kind = self._kind(func, args, kwargs)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
@@ -286,6 +316,8 @@ class OperationRules(TorchFunctionMode):
                                         {id(t) for t in outputs}))
         produced = tensors_in(output)
         self.state.add_made(produced)
+        if holds and len(produced) == 1:
+            self._note_statistic(func, kind, args, produced[0])
         if kind in _INPUT_KINDS and self._from_input(args):
             for o in produced:
                 self.state.input_derived[id(o)] = o
@@ -303,6 +335,38 @@ class OperationRules(TorchFunctionMode):
                     or INPUT_PREPROCESSING in self.passthrough):
                 return INPUT_PREPROCESSING
         return kind
+
+    def _hold_statistic(self, func: Callable, args: tuple) -> tuple:
+        """``args`` of an elementwise product or quotient, a statistic that scales the other
+        (differentiable, larger) operand detached (for a quotient: the divisor)."""
+        if len(args) != 2 or not all(differentiable(a) for a in args):
+            return args
+        candidates = (0, 1) if func in ELEMENTWISE_PRODUCTS else (1,)  # a quotient: the divisor
+        for i in candidates:
+            statistic, other = args[i], args[1 - i]
+            if self.state.is_statistic(statistic) and not self.state.is_statistic(other) \
+                    and statistic.numel() < other.numel():
+                return (other, statistic.detach()) if i == 1 else (statistic.detach(), other)
+        return args
+
+    def _note_statistic(self, func: Callable, kind: str, args: tuple, output: Tensor) -> None:
+        """Record ``output`` as a statistic (a spread kept broadcastable, or an elementwise
+        operation on statistics and constants only) or as squares or absolute values."""
+        operands = [t for t in tensors_in(args) if differentiable(t)]
+        if not operands or not differentiable(output):
+            return
+        state = self.state
+        if is_magnitude(func, args):
+            state.magnitudes[id(output)] = weakref.ref(output)
+            return
+        if func in SPREADS or (func in MEANS and state.is_magnitude(operands[0])):
+            source = operands[0]
+            statistic = output.dim() == source.dim() and output.numel() < source.numel()
+        else:
+            statistic = kind in (ACTIVATION, LINEAR) and all(
+                state.is_statistic(t) for t in operands)
+        if statistic:
+            state.statistics[id(output)] = weakref.ref(output)
 
     def _weights(self) -> frozenset[int]:
         """The ids of the model's parameters and buffers (made at the first matrix product)."""

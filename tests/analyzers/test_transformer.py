@@ -349,3 +349,69 @@ def test_cp_differs_from_attnlrp_only_through_attention():
             for rule in ("attnlrp", "cp")}
     assert not torch.allclose(maps["attnlrp"], maps["cp"], rtol=1e-2)
     assert math.isfinite(float(maps["cp"].sum()))
+
+
+class _Normalised(nn.Module):
+    """Linear → a normalisation (``form``) → ReLU → Linear. The ``F`` forms and the same
+    normalisations written out by hand, as LLaMA's RMSNorm and many LayerNorms are."""
+
+    FORMS = {
+        "rms_norm": lambda h, w, b: F.rms_norm(h, (16,), w, 1e-6),
+        "rms_norm by hand": lambda h, w, b: w * (h * torch.rsqrt(
+            h.pow(2).mean(-1, keepdim=True) + 1e-6)),
+        "rms_norm by hand, square": lambda h, w, b: w * (
+            h / (h.square().mean(-1, keepdim=True) + 1e-6).sqrt()),
+        "layer_norm": lambda h, w, b: F.layer_norm(h, (16,), w, b, 1e-6),
+        "layer_norm by hand, var": lambda h, w, b: (h - h.mean(-1, keepdim=True)) / torch.sqrt(
+            h.var(-1, keepdim=True, unbiased=False) + 1e-6) * w + b,
+        "layer_norm by hand, mean of squares": lambda h, w, b: _centred_scaled(h) * w + b,
+        "normalize": lambda h, w, b: F.normalize(h, dim=-1),
+        "normalize by hand": lambda h, w, b: h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+        # a softmax or a sum-normalisation written out divides by a sum, no spread: refused
+        "softmax by hand": lambda h, w, b: torch.exp(h) / torch.exp(h).sum(-1, keepdim=True),
+        "sum normalisation": lambda h, w, b: (h.exp() + 1) / (h.exp() + 1).sum(-1, keepdim=True),
+    }
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.first, self.last = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.weight = nn.Parameter(torch.rand(16) + 0.5)
+        self.bias = nn.Parameter(0.1 * torch.randn(16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.FORMS[self.form](self.first(x), self.weight, self.bias)
+        return self.last(torch.relu(h))
+
+
+def _centred_scaled(h: Tensor) -> Tensor:
+    centred = h - h.mean(-1, keepdim=True)
+    return centred * ((centred ** 2).mean(-1, keepdim=True) + 1e-6).rsqrt()
+
+
+@pytest.mark.parametrize("attention_rule", ["attnlrp", "cp"])
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
+                                  "lrp.w_square", "lrp.sequential_preset_a"])
+@pytest.mark.parametrize(("form", "function"), [
+    ("rms_norm by hand", "rms_norm"), ("rms_norm by hand, square", "rms_norm"),
+    ("layer_norm by hand, var", "layer_norm"),
+    ("layer_norm by hand, mean of squares", "layer_norm"),
+    ("normalize by hand", "normalize")])
+def test_a_normalisation_written_out_gets_the_rule_of_its_functional_form(
+        form, function, name, attention_rule):
+    # the statistic it divides by is held constant, as the normalisation rule holds it; before,
+    # LLaMA's RMSNorm got the product rule (its map 39 % off F.rms_norm's) and a LayerNorm
+    # dividing by its standard deviation was refused
+    x = torch.randn(4, 8)
+    expected = lx.create_analyzer(name, _Normalised(function).eval(),
+                                  attention_rule=attention_rule).analyze(x)
+    result = lx.create_analyzer(name, _Normalised(form).eval(),
+                                attention_rule=attention_rule).analyze(x)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["softmax by hand", "sum normalisation"])
+def test_a_division_by_a_sum_is_no_normalisation_and_stays_refused(form):
+    with pytest.raises(lx.NotAnalyzableModelError, match="div"):
+        lx.create_analyzer("lrp.epsilon", _Normalised(form).eval()).analyze(torch.randn(2, 8))

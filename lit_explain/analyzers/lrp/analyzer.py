@@ -51,6 +51,7 @@ from ..kinds import (
     PRODUCT,
     RELU,
     SOFTMAX,
+    STATISTIC,
     STRUCTURE,
     WEIGHT_PRODUCT,
     differentiable,
@@ -72,6 +73,7 @@ from .transformer import (
     ATTENTION_RULES,
     attention_as_gradient,
     blocked,
+    held_constant,
     identity_rule,
     normalization_rule,
     softmax_rule,
@@ -285,7 +287,8 @@ class LRP(Analyzer):
             return through_parts(call)
 
         return {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,
-                NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: attention}
+                NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: attention,
+                STATISTIC: held_constant}
 
     def logits(self, output: Any, batch: int) -> Tensor:
         selected = select_output(output, self.output_key)

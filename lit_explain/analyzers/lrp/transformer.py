@@ -165,6 +165,12 @@ def normalization_rule(call: OperationCall, flow: Flow) -> Tensor:
     return proportional_rule(flow, lambda t: normalize(t, **arguments), (x,), {})
 
 
+def held_constant(call: OperationCall) -> Tensor:
+    """A statistic a normalisation written out divides by (``var``, ``std``, ``norm``): held
+    constant, as the normalisation rule holds LayerNorm's; no relevance flows into it."""
+    return call.run().detach()
+
+
 def _inverse_deviation(centred: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
     """``1 / sqrt(var + eps)`` of the values whose centred form is ``centred``, held
     constant (as the mean of squares: ``Tensor.var`` over a short last axis is tens of times

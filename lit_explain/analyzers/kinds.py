@@ -118,7 +118,10 @@ _QUOTIENTS = {torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_
 #: dense layer where the other operand is a model weight (kind ``WEIGHT_PRODUCT``).
 MATRIX_PRODUCTS = frozenset({torch.matmul, Tensor_.matmul, Tensor_.__matmul__,
                              Tensor_.__rmatmul__, torch.mm, Tensor_.mm, torch.bmm, Tensor_.bmm,
-                             torch.einsum})
+                             torch.einsum, torch.addmm, Tensor_.addmm})
+#: ``addmm(bias, x, W)`` (``bias + x @ W``, Hugging Face's GPT-2 ``Conv1D``): the positions of
+#: its two matrices; every other matrix product multiplies its two tensor arguments
+ADDMM = frozenset({torch.addmm, Tensor_.addmm})
 _PRODUCTS = ELEMENTWISE_PRODUCTS | _QUOTIENTS | MATRIX_PRODUCTS
 #: Elementwise products and quotients: where one factor is a statistic (a reduction kept
 #: broadcastable), a normalisation written out (see :class:`~.operations.OperationRules`)

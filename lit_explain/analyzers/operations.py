@@ -32,6 +32,7 @@ from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
 from .kinds import (
     ACTIVATION,
+    ADDMM,
     ATTENTION,
     ELEMENTWISE_AFFINE,
     ELEMENTWISE_PRODUCTS,
@@ -149,11 +150,18 @@ def article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def weight_operand(args: tuple, weights: frozenset[int]) -> int | None:
-    """Where ``args`` (of a matrix product) hold a model weight — a parameter or buffer, or
-    a view of one (``W.T``) — multiplied by a differentiable tensor: its position, or
-    ``None``. Only top-level tensor arguments count (``torch.einsum(eq, x, W)``)."""
-    positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+def weight_operand(func: Callable, args: tuple, kwargs: dict,
+                   weights: frozenset[int]) -> int | None:
+    """Where ``args`` (of a matrix product ``func``) hold a model weight — a parameter or
+    buffer, or a view of one (``W.T``) — multiplied by a differentiable tensor: its
+    position, or ``None``. Only top-level tensor arguments count (``torch.einsum(eq, x,
+    W)``); ``addmm`` only with its default ``alpha`` and ``beta``."""
+    if func in ADDMM:
+        if kwargs.get("alpha", 1) != 1 or kwargs.get("beta", 1) != 1 or len(args) != 3:
+            return None
+        positions = [1, 2]
+    else:
+        positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
     if len(positions) != 2 or not any(differentiable(args[i]) for i in positions):
         return None
     for i in positions:
@@ -326,7 +334,7 @@ class OperationRules(TorchFunctionMode):
     def _kind(self, func, args: tuple, kwargs: dict) -> str:
         kind = classify(func, args, kwargs)
         if kind == LINEAR and func in MATRIX_PRODUCTS and weight_operand(
-                args, self._weights()) is not None:
+                func, args, kwargs, self._weights()) is not None:
             return WEIGHT_PRODUCT
         if kind == LINEAR and func in ELEMENTWISE_AFFINE:
             operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
@@ -412,7 +420,7 @@ class OperationRules(TorchFunctionMode):
             if kind == KERNEL:
                 call.is_input_layer = self._from_input(args)
             else:
-                call.weight_index = weight_operand(args, self._weights())
+                call.weight_index = weight_operand(func, args, kwargs, self._weights())
                 call.is_input_layer = any(id(t) in self.state.input_derived
                                           for t in call.inputs)
         return call

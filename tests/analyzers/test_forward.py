@@ -436,3 +436,31 @@ def test_prelu_gets_the_identity_rule_of_the_other_elementwise_non_linearities(n
     else:  # summation to delta against the zero reference
         delta = logits.gather(1, chosen[:, None])[:, 0] - model(torch.zeros_like(x))[0, chosen]
         torch.testing.assert_close(result.sum(1), delta.detach())
+
+
+class _Conv1D(nn.Module):
+    """Hugging Face GPT-2's ``Conv1D``: ``torch.addmm(bias, x.view(-1, nx), weight)``, the
+    weight stored (in, out)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().T.clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return out.view(*x.shape[:-1], self.weight.shape[1])
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers)
+                                  if not n.startswith("pattern.")])
+def test_gpt2_conv1d_addmm_is_a_dense_layer_with_its_bias(name):
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    conv1d = nn.Sequential(_Conv1D(linear[0]), nn.ReLU(), linear[2]).eval()
+    x = torch.randn(2, 5, 6)
+    kwargs = {"lrp": {"rule": "Epsilon"}, "lrp.alpha_beta": {"alpha": 1.0},
+              "deep_taylor.bounded": {"low": -3.0, "high": 3.0}}.get(name, {})
+    expected = lx.create_analyzer(name, linear, **kwargs).analyze(x)
+    result = lx.create_analyzer(name, conv1d, **kwargs).analyze(x)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kinds import ADDMM
 from ..operations import OperationCall
 
 if TYPE_CHECKING:
@@ -170,8 +171,8 @@ _TRANSPOSED = {torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transp
 
 
 class MatrixLayer(KernelLayer):
-    """A matrix product of the input with a model weight, in affine form with no bias (a
-    bias added after it is an add of its own).
+    """A matrix product of the input with a model weight, in affine form: no bias (a bias
+    added after it is an add of its own), except ``addmm(bias, x, W)``'s.
 
     Parameters
     ----------
@@ -187,10 +188,11 @@ class MatrixLayer(KernelLayer):
     def __init__(self, call: OperationCall, term_input: Tensor, weight_index: int) -> None:
         self.call = call
         self._weight_index = weight_index
-        self._input_index = next(i for i, a in enumerate(call.args)
-                                 if isinstance(a, Tensor) and i != weight_index)
+        self._with_bias = call.func in ADDMM  # addmm(bias, x, W)
+        self._input_index = next(i for i, a in enumerate(call.args) if isinstance(a, Tensor)
+                                 and i != weight_index and not (self._with_bias and i == 0))
         self.input, self.weight = call.args[self._input_index], call.args[weight_index]
-        self.bias = None
+        self.bias = call.args[0] if self._with_bias else None
         self.term_input = term_input
         self.is_linear, self.is_transposed = False, False
         self.channel_shape = (-1,)
@@ -198,9 +200,12 @@ class MatrixLayer(KernelLayer):
         self._parts = {}
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        args = list(self.call.args)
-        args[self._input_index], args[self._weight_index] = x, weight
-        output = self.call.func(*args, **self.call.kwargs)
+        if self._with_bias:  # the product alone; the bias is added where a rule asks for it
+            output = torch.mm(*((x, weight) if self._input_index == 1 else (weight, x)))
+        else:
+            args = list(self.call.args)
+            args[self._input_index], args[self._weight_index] = x, weight
+            output = self.call.func(*args, **self.call.kwargs)
         return output if bias is None else output + bias
 
     def scaled_weight(self, scale: Tensor) -> Tensor | None:

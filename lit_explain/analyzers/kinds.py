@@ -248,6 +248,8 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
     kind = _KINDS.get(func)
     if kind is not None:
         return kind
+    if func in ADDMM and (kwargs.get("alpha", 1) != 1 or kwargs.get("beta", 1) != 1):
+        return UNKNOWN  # (scaled: no layer form here)
     if func in _MAXIMA:
         elementwise = (len(args) > 1 and isinstance(args[1], Tensor)) or "other" in kwargs
         return UNKNOWN if elementwise else MAX_POOL

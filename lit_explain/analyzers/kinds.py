@@ -142,8 +142,9 @@ def is_magnitude(func: Callable, args: tuple) -> bool:
     if func in _MAGNITUDES:
         return True
     if func in _POWERS:
-        return len(args) == 2 and args[1] == 2
+        return len(args) == 2 and isinstance(args[1], (int, float)) and args[1] == 2
     return func in ELEMENTWISE_PRODUCTS and len(args) == 2 and args[0] is args[1]
+
 
 #: Elementwise operations that are linear in their one differentiable operand when the other
 #: is a constant (``x - mean``, ``x / std``, ``-x``): before the first kernel layer they are
@@ -259,6 +260,27 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
             return LINEAR
         return UNKNOWN if func in _QUOTIENTS else PRODUCT
     return UNKNOWN
+
+
+def weight_operand(func: Callable, args: tuple, kwargs: dict,
+                   weights: frozenset[int]) -> int | None:
+    """Where ``args`` (of a matrix product ``func``) hold a model weight — a parameter or
+    buffer, or a view of one (``W.T``) — multiplied by a differentiable tensor: its
+    position, or ``None``. Only top-level tensor arguments count (``torch.einsum(eq, x,
+    W)``); ``addmm`` only with its default ``alpha`` and ``beta``."""
+    if func in ADDMM:
+        if kwargs.get("alpha", 1) != 1 or kwargs.get("beta", 1) != 1 or len(args) != 3:
+            return None
+        positions = [1, 2]
+    else:
+        positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+    if len(positions) != 2 or not any(differentiable(args[i]) for i in positions):
+        return None
+    for i in positions:
+        t = args[i]
+        if not t.requires_grad and id(t if t._base is None else t._base) in weights:
+            return i
+    return None
 
 
 def operation_name(func: Callable) -> str:

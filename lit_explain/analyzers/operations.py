@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -31,31 +30,27 @@ from torch.overrides import TorchFunctionMode
 from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
 from .kinds import (
-    ACTIVATION,
-    ADDMM,
     ATTENTION,
     ELEMENTWISE_AFFINE,
-    ELEMENTWISE_PRODUCTS,
     ELEMENTWISE_SCALINGS,
     INPUT_PREPROCESSING,
     KERNEL,
     LINEAR,
     MATRIX_PRODUCTS,
-    MEANS,
     QUERIES,
     SOFTMAX,
-    SPREADS,
     STATISTIC,
     STRUCTURE,
     WEIGHT_PRODUCT,
     classify,
     differentiable,
-    is_magnitude,
     operation_name,
     out_of_place,
     replace_tensors,
     tensors_in,
+    weight_operand,
 )
+from .provenance import UNSEEN_CODE, Provenance
 
 
 @dataclass
@@ -138,37 +133,9 @@ Prepare = Callable[[str, tuple, dict, list[Tensor]], tuple[tuple, dict]]
 #: Kinds that carry the model input to the first kernel layer unchanged in meaning.
 _INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
 
-_UNSEEN = ("TorchScript (torch.jit.script or trace), a custom torch.autograd.Function or a "
-           "C++ extension, where the analyzer's rules cannot reach; the map would miss them. "
-           "Analyse the model as a plain Python nn.Module (not scripted or traced), or use a "
-           "gradient method (gradient, input_t_gradient, smoothgrad, integrated_gradients), "
-           "which autograd differentiates through such code.")
-
-
 def article(word: str) -> str:
     """``"a"`` or ``"an"`` for ``word``."""
     return "an" if word[:1] in "aeiou" else "a"
-
-
-def weight_operand(func: Callable, args: tuple, kwargs: dict,
-                   weights: frozenset[int]) -> int | None:
-    """Where ``args`` (of a matrix product ``func``) hold a model weight — a parameter or
-    buffer, or a view of one (``W.T``) — multiplied by a differentiable tensor: its
-    position, or ``None``. Only top-level tensor arguments count (``torch.einsum(eq, x,
-    W)``); ``addmm`` only with its default ``alpha`` and ``beta``."""
-    if func in ADDMM:
-        if kwargs.get("alpha", 1) != 1 or kwargs.get("beta", 1) != 1 or len(args) != 3:
-            return None
-        positions = [1, 2]
-    else:
-        positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
-    if len(positions) != 2 or not any(differentiable(args[i]) for i in positions):
-        return None
-    for i in positions:
-        t = args[i]
-        if not t.requires_grad and id(t if t._base is None else t._base) in weights:
-            return i
-    return None
 
 
 @dataclass
@@ -176,39 +143,8 @@ class _ForwardState:
     module_stack: list[tuple[str, nn.Module]] = field(default_factory=list)
     input_derived: dict[int, Tensor] = field(default_factory=dict)
     kernel_calls: int = 0
-    # id → weak reference of every differentiable tensor a call routed here made (and the
-    # model input): a differentiable tensor not among them was made where the rules
-    # cannot reach (see OperationRules)
-    made: dict[int, weakref.ref] = field(default_factory=dict)
     weights: frozenset[int] | None = None  # ids of the model's parameters and buffers
-    # id → weak reference of the statistics made, and of the squares and absolute values
-    # (see OperationRules: held statistics)
-    statistics: dict[int, weakref.ref] = field(default_factory=dict)
-    magnitudes: dict[int, weakref.ref] = field(default_factory=dict)
-
-    def is_statistic(self, t: Tensor) -> bool:
-        ref = self.statistics.get(id(t))
-        return ref is not None and ref() is t
-
-    def is_magnitude(self, t: Tensor) -> bool:
-        ref = self.magnitudes.get(id(t))
-        return ref is not None and ref() is t
-
-    def made_unseen(self, tensors: Iterable[Tensor]) -> bool:
-        """Whether one of ``tensors`` is differentiable, computed (not a leaf) and made by
-        no call routed here."""
-        made = self.made
-        for t in tensors:
-            if t.requires_grad and t.grad_fn is not None:
-                ref = made.get(id(t))
-                if ref is None or ref() is not t:
-                    return True
-        return False
-
-    def add_made(self, tensors: Iterable[Tensor]) -> None:
-        for t in tensors:
-            if t.requires_grad:
-                self.made[id(t)] = weakref.ref(t)
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 class OperationRules(TorchFunctionMode):
@@ -237,18 +173,12 @@ class OperationRules(TorchFunctionMode):
     record:
         A list that receives a :class:`Recorded` for every call: for diagnostics.
 
-    A normalisation written out by hand (``h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) +
-    eps)``, ``(h - mu) / torch.sqrt(h.var(-1, keepdim=True) + eps)``) is, for an analyzer with
-    a ``STATISTIC`` handler (LRP), held to AttnLRP's rule as its ``F`` form is: a statistic —
-    a spread that keeps its dimensions (var, std, norm, or the mean or sum of squares or
-    absolute values), and what elementwise operations make of statistics alone — that
-    scales another differentiable tensor in an elementwise product or quotient (as the
-    divisor) is held constant there.
-
-    Code the mode cannot see into — TorchScript (``torch.jit.script``/``trace``), a custom
-    ``torch.autograd.Function``, a C++ extension — computes without the rules, and the map
-    would silently miss them: a call (or a submodule's output) with a differentiable tensor
-    that no routed call made raises :class:`NotAnalyzableModelError`.
+    What made each tensor is tracked (:mod:`.provenance`): a differentiable tensor that
+    reaches a call or leaves a submodule without having been made by a routed call —
+    computed in TorchScript, a custom ``torch.autograd.Function`` or a C++ extension, out of
+    the rules' reach — raises :class:`NotAnalyzableModelError`. For an analyzer with a
+    ``STATISTIC`` handler (LRP), a statistic that scales another tensor in an elementwise
+    product or quotient (a normalisation written out by hand) is held constant there.
 
     In-place operations keep their meaning: the tensor the model holds is the one that
     changes. Kinds that pass run in place as written; for a kind with a handler, the
@@ -271,7 +201,7 @@ class OperationRules(TorchFunctionMode):
         self.input_boundary = input_boundary
         self.record = record
         self.state = _ForwardState(input_derived={id(model_input): model_input})
-        self.state.add_made([model_input])
+        self.state.provenance.add_made([model_input])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -279,15 +209,15 @@ class OperationRules(TorchFunctionMode):
             return func(*args, **kwargs)
         holds = STATISTIC in self.handlers
         if holds and func in ELEMENTWISE_SCALINGS:
-            args = self._hold_statistic(func, args)
+            args = self.state.provenance.hold_statistic(func, args)
         kind = self._kind(func, args, kwargs)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         tensors = tensors_in(args, kwargs)
-        if self.state.made_unseen(tensors):
+        if self.state.provenance.made_unseen(tensors):
             raise NotAnalyzableModelError(
                 f"{self._call(func, args, kwargs, kind).where()} receives a tensor computed by "
-                f"code this analysis cannot see into: {_UNSEEN}")
+                f"code this analysis cannot see into: {UNSEEN_CODE}")
         held = [id(t) for t in tensors] if self.record is not None else []
         if routed:
             given = args, kwargs
@@ -296,7 +226,7 @@ class OperationRules(TorchFunctionMode):
             if self.prepare is not None:
                 args, kwargs = self.prepare(kind, args, kwargs, tensors)
             if args is not given[0] or kwargs is not given[1]:  # the engine's own tensors
-                self.state.add_made(tensors_in(args, kwargs))
+                self.state.provenance.add_made(tensors_in(args, kwargs))
         # Calls that run as written (most of them) need no OperationCall: it is made for a
         # handler, an error or the diagnostics' record only.
         call = self._call(func, args, kwargs, kind) if (
@@ -323,9 +253,9 @@ class OperationRules(TorchFunctionMode):
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in outputs],
                                         {id(t) for t in outputs}))
         produced = tensors_in(output)
-        self.state.add_made(produced)
+        self.state.provenance.add_made(produced)
         if holds and len(produced) == 1:
-            self._note_statistic(func, kind, args, produced[0])
+            self.state.provenance.note_statistic(func, kind, args, produced[0])
         if kind in _INPUT_KINDS and self._from_input(args):
             for o in produced:
                 self.state.input_derived[id(o)] = o
@@ -343,38 +273,6 @@ class OperationRules(TorchFunctionMode):
                     or INPUT_PREPROCESSING in self.passthrough):
                 return INPUT_PREPROCESSING
         return kind
-
-    def _hold_statistic(self, func: Callable, args: tuple) -> tuple:
-        """``args`` of an elementwise product or quotient, a statistic that scales the other
-        (differentiable, larger) operand detached (for a quotient: the divisor)."""
-        if len(args) != 2 or not all(differentiable(a) for a in args):
-            return args
-        candidates = (0, 1) if func in ELEMENTWISE_PRODUCTS else (1,)  # a quotient: the divisor
-        for i in candidates:
-            statistic, other = args[i], args[1 - i]
-            if self.state.is_statistic(statistic) and not self.state.is_statistic(other) \
-                    and statistic.numel() < other.numel():
-                return (other, statistic.detach()) if i == 1 else (statistic.detach(), other)
-        return args
-
-    def _note_statistic(self, func: Callable, kind: str, args: tuple, output: Tensor) -> None:
-        """Record ``output`` as a statistic (a spread kept broadcastable, or an elementwise
-        operation on statistics and constants only) or as squares or absolute values."""
-        operands = [t for t in tensors_in(args) if differentiable(t)]
-        if not operands or not differentiable(output):
-            return
-        state = self.state
-        if is_magnitude(func, args):
-            state.magnitudes[id(output)] = weakref.ref(output)
-            return
-        if func in SPREADS or (func in MEANS and state.is_magnitude(operands[0])):
-            source = operands[0]
-            statistic = output.dim() == source.dim() and output.numel() < source.numel()
-        else:
-            statistic = kind in (ACTIVATION, LINEAR) and all(
-                state.is_statistic(t) for t in operands)
-        if statistic:
-            state.statistics[id(output)] = weakref.ref(output)
 
     def _weights(self) -> frozenset[int]:
         """The ids of the model's parameters and buffers (made at the first matrix product)."""
@@ -439,12 +337,12 @@ class OperationRules(TorchFunctionMode):
             if id(module) in paths:
                 path, _ = stack.pop()
                 with torch._C.DisableTorchFunction():  # (the checks read tensor attributes)
-                    unseen = self.state.made_unseen(tensors_in(output))
+                    unseen = self.state.provenance.made_unseen(tensors_in(output))
                 if unseen:
                     where = f"module '{path}'" if path else "the model"
                     raise NotAnalyzableModelError(
                         f"{where} ({type(module).__name__}) returns a tensor computed by code "
-                        f"this analysis cannot see into: {_UNSEEN}")
+                        f"this analysis cannot see into: {UNSEEN_CODE}")
 
         # Two global hooks (filtered to the model's modules), not two per module.
         handles = [register_module_forward_pre_hook(enter),

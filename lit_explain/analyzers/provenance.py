@@ -1,0 +1,108 @@
+"""What made each tensor of an analysed forward pass, for :class:`~.operations.OperationRules`.
+
+- **Code the analysis cannot see into.** TorchScript (``torch.jit.script``/``trace``), a
+  custom ``torch.autograd.Function`` or a C++ extension computes without the rules, with its
+  own backward: there the map would silently be another method's. Every differentiable
+  tensor a routed call makes is recorded (weakly); a differentiable, computed tensor that
+  reaches a call or leaves a submodule without being among them was made out of sight.
+- **Statistics** (for AttnLRP's normalisation rule on normalisations written out by hand):
+  a spread that keeps its dimensions (``var``, ``std``, ``norm``, or the mean or sum of
+  squares or absolute values) and what elementwise operations make of statistics alone.
+  A statistic that scales another tensor in an elementwise product, or divides it, is held
+  constant there, as the rule holds LayerNorm's.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+
+from torch import Tensor
+
+from .kinds import (
+    ACTIVATION,
+    ELEMENTWISE_PRODUCTS,
+    LINEAR,
+    MEANS,
+    SPREADS,
+    differentiable,
+    is_magnitude,
+    tensors_in,
+)
+
+#: What a refusal for code out of sight says after naming where.
+UNSEEN_CODE = ("TorchScript (torch.jit.script or trace), a custom torch.autograd.Function or "
+               "a C++ extension, where the analyzer's rules cannot reach; the map would miss "
+               "them. Analyse the model as a plain Python nn.Module (not scripted or traced), "
+               "or use a gradient method (gradient, input_t_gradient, smoothgrad, "
+               "integrated_gradients), which autograd differentiates through such code.")
+
+
+class _WeakSet:
+    """Tensors by identity, held weakly (an id is only trusted while its tensor lives)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref] = {}
+
+    def add(self, t: Tensor) -> None:
+        self._refs[id(t)] = weakref.ref(t)
+
+    def __contains__(self, t: Tensor) -> bool:
+        ref = self._refs.get(id(t))
+        return ref is not None and ref() is t
+
+    def __bool__(self) -> bool:
+        return bool(self._refs)
+
+
+class Provenance:
+    """The tensors routed calls made, the statistics and the squares among them."""
+
+    def __init__(self) -> None:
+        self._made, self._statistics, self._magnitudes = _WeakSet(), _WeakSet(), _WeakSet()
+
+    def add_made(self, tensors: Iterable[Tensor]) -> None:
+        """Record the differentiable ones among ``tensors`` as made in sight."""
+        for t in tensors:
+            if t.requires_grad:
+                self._made.add(t)
+
+    def made_unseen(self, tensors: Iterable[Tensor]) -> bool:
+        """Whether one of ``tensors`` is differentiable, computed (not a leaf) and made out
+        of sight."""
+        for t in tensors:  # (once per call of every analysed forward pass: a plain loop)
+            if t.requires_grad and t.grad_fn is not None and t not in self._made:
+                return True
+        return False
+
+    def hold_statistic(self, func: Callable, args: tuple) -> tuple:
+        """``args`` of an elementwise product or quotient (``func``), a statistic that scales
+        the other, larger differentiable operand detached (of a quotient: the divisor)."""
+        if len(args) != 2 or not all(differentiable(a) for a in args):
+            return args
+        for i in (0, 1) if func in ELEMENTWISE_PRODUCTS else (1,):
+            statistic, other = args[i], args[1 - i]
+            if statistic in self._statistics and other not in self._statistics \
+                    and statistic.numel() < other.numel():
+                return (other, statistic.detach()) if i == 1 else (statistic.detach(), other)
+        return args
+
+    def note_statistic(self, func: Callable, kind: str, args: tuple, output: Tensor) -> None:
+        """Record ``output`` of the call as a statistic, or as squares or absolute values."""
+        if is_magnitude(func, args):
+            self._magnitudes.add(output)
+            return
+        if not (self._statistics or func in SPREADS or func in MEANS) or not \
+                output.requires_grad:
+            return  # (most calls: no statistic yet, and none made here)
+        operands = [t for t in tensors_in(args) if differentiable(t)]
+        if not operands:
+            return
+        if func in SPREADS or (func in MEANS and operands[0] in self._magnitudes):
+            source = operands[0]
+            statistic = output.dim() == source.dim() and output.numel() < source.numel()
+        else:
+            statistic = kind in (ACTIVATION, LINEAR) and all(t in self._statistics
+                                                               for t in operands)
+        if statistic:
+            self._statistics.add(output)

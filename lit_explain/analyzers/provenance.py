@@ -59,19 +59,24 @@ class Provenance:
     """The tensors routed calls made, the statistics and the squares among them."""
 
     def __init__(self) -> None:
-        self._made, self._statistics, self._magnitudes = _WeakSet(), _WeakSet(), _WeakSet()
+        # a tensor made in sight carries this pass's own token (an attribute: cheaper than a
+        # weak reference per tensor, and no id of a freed tensor can be mistaken for it)
+        self._token = object()
+        self._statistics, self._magnitudes = _WeakSet(), _WeakSet()
 
     def add_made(self, tensors: Iterable[Tensor]) -> None:
         """Record the differentiable ones among ``tensors`` as made in sight."""
         for t in tensors:
             if t.requires_grad:
-                self._made.add(t)
+                t._lit_explain_made = self._token
 
     def made_unseen(self, tensors: Iterable[Tensor]) -> bool:
         """Whether one of ``tensors`` is differentiable, computed (not a leaf) and made out
         of sight."""
+        token = self._token
         for t in tensors:  # (once per call of every analysed forward pass: a plain loop)
-            if t.requires_grad and t.grad_fn is not None and t not in self._made:
+            if t.requires_grad and t.grad_fn is not None and getattr(
+                    t, "_lit_explain_made", None) is not token:
                 return True
         return False
 

@@ -25,7 +25,7 @@ Tensor_ = torch.Tensor
 KERNEL = "kernel"  # linear and convolution layers: the layers LRP rules are written for
 #: A matrix product of one differentiable operand with a model weight (``x @ self.W``,
 #: ``torch.einsum("...", x, self.W)``): a dense layer written out, a kernel layer to LRP
-#: (see :func:`~.operations.OperationRules` for how a weight is recognised)
+#: (see :func:`weight_operand` for how a weight is recognised)
 WEIGHT_PRODUCT = "weight_product"
 BATCH_NORM = "batch_norm"  # an affine layer with running statistics
 RELU = "relu"
@@ -123,8 +123,8 @@ MATRIX_PRODUCTS = frozenset({torch.matmul, Tensor_.matmul, Tensor_.__matmul__,
 #: its two matrices; every other matrix product multiplies its two tensor arguments
 ADDMM = frozenset({torch.addmm, Tensor_.addmm})
 _PRODUCTS = ELEMENTWISE_PRODUCTS | _QUOTIENTS | MATRIX_PRODUCTS
-#: Elementwise products and quotients: where one factor is a statistic (a reduction kept
-#: broadcastable), a normalisation written out (see :class:`~.operations.OperationRules`)
+#: Elementwise products and quotients: where one factor is a statistic (a spread kept
+#: broadcastable), a normalisation written out (see :mod:`.provenance`)
 ELEMENTWISE_SCALINGS = ELEMENTWISE_PRODUCTS | frozenset(_QUOTIENTS)
 #: Spreads of a tensor (kind ``STATISTIC``), and the means and sums that make one of its
 #: squares or absolute values (an RMS): with their dimensions kept, what a normalisation

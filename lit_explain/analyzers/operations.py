@@ -214,6 +214,7 @@ class OperationRules(TorchFunctionMode):
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         tensors = tensors_in(args, kwargs)
+        first = tensors[0] if tensors else None  # (as the model passed it)
         if self.state.provenance.made_unseen(tensors):
             raise NotAnalyzableModelError(
                 f"{self._call(func, args, kwargs, kind).where()} receives a tensor computed by "
@@ -237,7 +238,8 @@ class OperationRules(TorchFunctionMode):
                                                          strict=True)]
         if handler is None:
             output = func(*args, **kwargs)
-            if not routed and any(differentiable(o) for o in tensors_in(output)):
+            produced = tensors_in(output)
+            if not routed and any(differentiable(o) for o in produced):
                 hint = (" If it turns the model's output into probabilities, explain the logits "
                         "instead: remove it from forward, or pass lit_explain.model_wo_softmax("
                         "model) for a trailing nn.Softmax.") if kind == SOFTMAX else ""
@@ -248,15 +250,14 @@ class OperationRules(TorchFunctionMode):
         else:
             twin = out_of_place(func, args, kwargs)
             output = handler(call) if twin is None else self._in_place(call, handler, twin)
+            produced = tensors_in(output)
         if self.record is not None:
-            outputs = tensors_in(output)
-            self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in outputs],
-                                        {id(t) for t in outputs}))
-        produced = tensors_in(output)
+            self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in produced],
+                                        {id(t) for t in produced}))
         self.state.provenance.add_made(produced)
         if holds and len(produced) == 1:
             self.state.provenance.note_statistic(func, kind, args, produced[0])
-        if kind in _INPUT_KINDS and self._from_input(args):
+        if kind in _INPUT_KINDS and first is not None and id(first) in self.state.input_derived:
             for o in produced:
                 self.state.input_derived[id(o)] = o
         return output

@@ -200,6 +200,8 @@ class OperationRules(TorchFunctionMode):
         self.prepare = prepare
         self.input_boundary = input_boundary
         self.record = record
+        # statistics held constant where they scale a tensor: analyzers with a rule for them
+        self.holds_statistics = STATISTIC in handlers
         self.state = _ForwardState(input_derived={id(model_input): model_input})
         self.state.provenance.add_made([model_input])
 
@@ -207,7 +209,7 @@ class OperationRules(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in QUERIES:
             return func(*args, **kwargs)
-        holds = STATISTIC in self.handlers
+        holds = self.holds_statistics
         if holds and func in ELEMENTWISE_SCALINGS:
             args = self.state.provenance.hold_statistic(func, args)
         kind = self._kind(func, args, kwargs)

@@ -49,7 +49,7 @@ class KernelOutputs:
     def defer(self, layer: KernelLayer, rule: Rule) -> Tensor:
         """The kernel layer's output value, its rule applied where it is first used."""
         output = rule.output_value(layer)
-        if not output.requires_grad and output.grad_fn is None:
+        if not output.requires_grad:
             # (a value made without a graph, the αβ rules' sum of parts): a call that uses it
             # without being routed through the rules (TorchScript, a custom autograd
             # Function) must make a differentiable tensor, which OperationRules refuses

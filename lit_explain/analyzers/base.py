@@ -315,7 +315,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             self._warn_on_final_softmax(x)
             logits = self.logits(self.model(x.clone()), len(x))
         else:
-            logits = self._forward(x.clone(), handlers, passthrough, prepare=prepare,
+            logits = self._forward(x, handlers, passthrough, prepare=prepare,
                                    input_boundary=input_boundary)
         seed = self._seed(logits, select(logits))
         if recorder is not None:
@@ -356,8 +356,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                  input_boundary: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """The explained output (batch, K) of a forward pass of ``x`` with the handlers'
         rules, checked against the model's own output (:func:`~.forward.check_same_forward`).
-        The model may modify ``x`` in place. Refused in 16-bit floating point (see
-        :data:`LOW_PRECISION`)."""
+        The model gets a copy of ``x`` (it may modify its input in place). Refused in 16-bit
+        floating point (see :data:`LOW_PRECISION`)."""
         if x.dtype in LOW_PRECISION:
             raise NotAnalyzableModelError(
                 f"{self.name or type(self).__name__} runs its rules in the model's dtype, "
@@ -373,9 +373,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             with rules.tracking_modules():  # the reshape too: it may use a rule's output
                 return self.logits(self.model(inputs), len(inputs))
 
-        reference = x.detach().clone()
-        logits = analysed(x)
-        check_same_forward(self.model, reference, logits, analysed, self.logits)
+        logits = analysed(x.clone())
+        check_same_forward(self.model, x.detach(), logits, analysed, self.logits)
         return logits
 
     def _warn_on_final_softmax(self, x: Tensor) -> None:

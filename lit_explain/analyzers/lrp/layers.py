@@ -26,6 +26,7 @@ its ordinary backward. The handler computes it once; a rule that needs ``W·x + 
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import TYPE_CHECKING
 
@@ -156,14 +157,16 @@ class KernelLayer(AffineLayer):
             self._parts[key] = (x, super().part(x, positive))
         return self._parts[key][1]
 
-    def scaled_weight(self, scale: Tensor) -> Tensor | None:
-        """The weight with output channel ``k`` multiplied by ``scale[k]``; ``None`` where
-        the output channels are not one axis of the weight (grouped transposed convs)."""
+    def channels_scalable(self) -> bool:
+        """Whether the output channels are one axis of the weight (not so for grouped
+        transposed convolutions), so that :meth:`scaled_weight` can scale them."""
+        return not self.is_transposed or (_argument(self.call, 6, "groups") or 1) == 1
+
+    def scaled_weight(self, scale: Tensor) -> Tensor:
+        """The weight with output channel ``k`` multiplied by ``scale[k]`` (where
+        :meth:`channels_scalable`)."""
         if not self.is_transposed:
             return self.weight * scale.reshape(-1, *[1] * (self.weight.dim() - 1))
-        groups = _argument(self.call, 6, "groups") or 1
-        if groups != 1:
-            return None
         return self.weight * scale.reshape(1, -1, *[1] * (self.weight.dim() - 2))
 
 
@@ -208,10 +211,10 @@ class MatrixLayer(KernelLayer):
             output = self.call.func(*args, **self.call.kwargs)
         return output if bias is None else output + bias
 
-    def scaled_weight(self, scale: Tensor) -> Tensor | None:
-        """``None``: which weight axis is the output channel depends on the product, so a
+    def channels_scalable(self) -> bool:
+        """``False``: which weight axis is the output channel depends on the product, so a
         BatchNorm after it is not merged (it keeps a rule of its own)."""
-        return None
+        return False
 
 
 class BatchNormLayer(AffineLayer):
@@ -219,17 +222,28 @@ class BatchNormLayer(AffineLayer):
 
     In eval mode the running statistics are used. Where the call uses batch statistics
     (``track_running_stats=False``) they are computed from the input and held constant,
-    like the running ones: relevance does not flow through the statistics.
+    like the running ones: relevance does not flow through the statistics. ``a`` and ``c``
+    are computed where a rule first reads them: the z and ε rules never do.
     """
 
     def __init__(self, call: OperationCall, term_input: Tensor) -> None:
         self.call = call
-        names = ("input", "running_mean", "running_var", "weight", "bias", "training",
-                 "momentum", "eps")
-        x, mean, var, gamma, beta, training, _, eps = (
-            _argument(call, i, name) for i, name in enumerate(names))
+        self.input = _argument(call, 0, "input")
+        self.term_input = term_input
+        self.channel_shape = (-1, *[1] * max(self.input.dim() - 2, 0))
+        self.batch_statistics = bool(_argument(call, 5, "training")) or any(
+            _argument(call, i, name) is None for i, name in ((1, "running_mean"),
+                                                              (2, "running_var")))
+        self._linear_term: Tensor | None = None
+
+    @functools.cached_property
+    def _affine(self) -> tuple[Tensor, Tensor]:
+        x = self.input
+        mean, var, gamma, beta = (_argument(self.call, i, name) for i, name in (
+            (1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")))
+        eps = _argument(self.call, 7, "eps")
         eps = 1e-5 if eps is None else eps
-        if training or mean is None or var is None:
+        if self.batch_statistics:
             dims = [d for d in range(x.dim()) if d != 1]
             mean = x.detach().mean(dim=dims)
             var = x.detach().var(dim=dims, unbiased=False)
@@ -239,11 +253,15 @@ class BatchNormLayer(AffineLayer):
         shift = -mean.detach().to(x.dtype) * scale
         if beta is not None:
             shift = shift + beta.detach()
-        self.input, self.weight, self.bias = x, scale, shift
-        self.term_input = term_input
-        self.channel_shape = (-1, *[1] * max(x.dim() - 2, 0))
-        self.batch_statistics = bool(training) or mean is None or var is None
-        self._linear_term: Tensor | None = None
+        return scale, shift
+
+    @property
+    def weight(self) -> Tensor:  # a
+        return self._affine[0]
+
+    @property
+    def bias(self) -> Tensor:  # c
+        return self._affine[1]
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         out = x * self.per_channel(weight)
@@ -271,13 +289,10 @@ class FusedLayer(AffineLayer):
     modified weights run the kernel with the fused weight.
     """
 
-    def __init__(self, kernel: KernelLayer, norm: BatchNormLayer, weight: Tensor) -> None:
+    def __init__(self, kernel: KernelLayer, norm: BatchNormLayer) -> None:
         self.kernel, self.norm = kernel, norm
         self.call = kernel.call
         self.input, self.term_input = kernel.input, kernel.term_input
-        self.weight = weight
-        bias = norm.bias if kernel.bias is None else norm.bias + norm.weight * kernel.bias
-        self.bias = bias
         self.channel_shape = kernel.channel_shape
         self._linear_term: Tensor | None = None
 
@@ -288,8 +303,16 @@ class FusedLayer(AffineLayer):
         convolutions)."""
         if kernel.is_linear and kernel.input.dim() != 2:
             return None
-        weight = kernel.scaled_weight(norm.weight.to(kernel.weight.dtype))
-        return None if weight is None else cls(kernel, norm, weight)
+        return cls(kernel, norm) if kernel.channels_scalable() else None
+
+    @functools.cached_property
+    def weight(self) -> Tensor:  # a·W, made where a rule first reads it
+        return self.kernel.scaled_weight(self.norm.weight.to(self.kernel.weight.dtype))
+
+    @functools.cached_property
+    def bias(self) -> Tensor:  # a·b + c
+        norm, kernel = self.norm, self.kernel
+        return norm.bias if kernel.bias is None else norm.bias + norm.weight * kernel.bias
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.kernel.run(x, weight, bias)

@@ -31,6 +31,7 @@ from .kinds import (
     RELU,
     STRUCTURE,
     WEIGHT_PRODUCT,
+    differentiable,
 )
 from .operations import OperationCall, with_gradient
 from .registry import register
@@ -95,6 +96,8 @@ def rescale_rule(call: OperationCall) -> Tensor:
     both sides, a saturated sigmoid) keeps its exact multiplier 0.
     """
     source, output = call.args[0], call.run()
+    if not differentiable(source):  # a function of parameters or constants only
+        return output
     delta_in, tiny = _differences(source)
     if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy
         delta_out = _half_difference(output)
@@ -137,6 +140,8 @@ def max_pool_rule(call: OperationCall) -> Tensor:
     for x₀ where it shrank (a winner whose Δx has Δy's sign and is at least as large),
     then is divided by Δx."""
     source = call.args[0]
+    if not differentiable(source):
+        return call.run()
     output, winners = _pool_with_winners(call)
     values = output if isinstance(output, Tensor) else output[0]  # torch.max: (values, indices)
     (delta_in, same), delta_out = _differences(source), _differences(values)[0]
@@ -187,5 +192,9 @@ class DeepLIFT(Analyzer):
         handlers = {RELU: rescale_rule, ACTIVATION: rescale_rule, MAX_POOL: max_pool_rule}
         logits = self._forward(both, handlers, LINEAR_KINDS)[: len(x)]
         seed = self._seed(logits, self.selector(neuron_selection)(logits))
-        (multiplier,) = torch.autograd.grad(logits, x, seed)
+        multiplier = None
+        if logits.requires_grad:
+            (multiplier,) = torch.autograd.grad(logits, x, seed, allow_unused=True)
+        if multiplier is None:
+            return self._no_path_to_input(x)
         return (x - reference) * multiplier

@@ -11,7 +11,8 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 import lit_explain as lx
 from lit_explain.analyzers.deep_lift import lost_in_rounding
@@ -120,3 +121,35 @@ def test_lost_in_rounding_is_relative_to_each_element():
     # a few ulps of the element's own magnitude, whatever its scale; exact zeros included
     expected = torch.tensor([True, False, True, False])
     assert torch.equal(lost_in_rounding(value - reference, value, reference), expected)
+
+
+class ParameterFunctions(nn.Module):
+    """Non-linearities of parameters in forward (a CLIP-style ``logit_scale.exp()``, a
+    weight standardised with ``sqrt`` over 5 output channels): constants to DeepLIFT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+        self.logit_scale = nn.Parameter(torch.tensor(0.7))
+
+    def standardised(self) -> Tensor:
+        w = self.conv.weight
+        return (w - w.mean((1, 2, 3), keepdim=True)) / torch.sqrt(
+            w.var((1, 2, 3), keepdim=True, unbiased=False) + 1e-5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(F.conv2d(x, self.standardised(), self.conv.bias, padding=1))
+        return self.fc(h.flatten(1)) * self.logit_scale.exp()
+
+
+def test_non_linearities_of_parameters_are_constants():
+    model = ParameterFunctions().double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    relevance = lx.create_analyzer("deep_lift", model).analyze(x)
+    # summation to delta: Σ map = f(x) − f(0) for the explained (top) logit
+    logits, reference = model(x), model(torch.zeros_like(x))
+    top = logits.argmax(1)
+    expected = (logits - reference).gather(1, top[:, None])[:, 0]
+    torch.testing.assert_close(relevance.sum((1, 2, 3)), expected.detach())

@@ -101,3 +101,33 @@ def test_a_model_that_detaches_its_input_gets_a_zero_gradient_map(name):
     with pytest.warns(UserWarning, match="no differentiable path to the input.*all zeros"):
         relevance = lx.create_analyzer(name, Detached()).analyze(x)
     assert torch.equal(relevance, torch.zeros_like(x))
+
+
+class FrozenStem(nn.Module):
+    """A stem run under ``torch.no_grad()``: the output does not depend on x differentiably."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            h = torch.relu(self.stem(x))
+        return self.head(h)
+
+
+#: Keywords an analyzer needs. Left out: pattern analyzers (they need fitted patterns) and
+#: the maps that are no derivative (``input``, ``random``).
+NEEDS = {"lrp": {"rule": "Z"}, "lrp.alpha_beta": {"alpha": 2.0},
+         "deep_taylor.bounded": {"low": -4.0, "high": 4.0}, "integrated_gradients": {"steps": 2},
+         "smoothgrad": {"augment_by_n": 2}}
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers)
+                                  if not n.startswith("pattern.") and n not in ("input", "random")])
+def test_every_analyzer_gives_a_frozen_stem_a_zero_map_and_says_why(name):
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(UserWarning, match="no differentiable path to the input"):
+        relevance = lx.create_analyzer(name, FrozenStem(), **NEEDS.get(name, {})).analyze(x)
+    assert torch.equal(relevance, torch.zeros_like(x))

@@ -43,6 +43,10 @@ STATISTIC = "statistic"
 #: Fused attention (``F.scaled_dot_product_attention``, ``F.multi_head_attention_forward``):
 #: a handler may run it through its parts (:meth:`OperationCall.decompose`)
 ATTENTION = "attention"
+#: A call that uses a mask computed from a differentiable tensor with another differentiable
+#: tensor, other than as an elementwise function of the tensor the mask was made from (see
+#: :mod:`.masks`): no analyzer has a rule for it
+DATA_MASK = "data_mask"
 UNKNOWN = "unknown"
 #: Elementwise operations with constants on the way from the model input to the first kernel
 #: layer (an in-forward ``(x - mean) / std``); an analyzer that has no rule for them sees
@@ -51,7 +55,7 @@ INPUT_PREPROCESSING = "input_preprocessing"
 #: Every kind: a plain gradient (no rules) lets all of them pass.
 ALL_KINDS = frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM, RELU, MAX_POOL, LINEAR, STRUCTURE,
                        ACTIVATION, SOFTMAX, PRODUCT, NORMALIZATION, STATISTIC, ATTENTION,
-                       UNKNOWN, INPUT_PREPROCESSING})
+                       DATA_MASK, UNKNOWN, INPUT_PREPROCESSING})
 
 _KINDS: dict[Callable, str] = {}
 
@@ -96,8 +100,9 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
           Tensor_.pow, Tensor_.__pow__,
           Tensor_.sigmoid_, Tensor_.tanh_, Tensor_.exp_, Tensor_.log_, Tensor_.abs_,
           Tensor_.sqrt_, Tensor_.clamp_, torch.clamp_, Tensor_.clamp_min, Tensor_.clamp_min_,
-          Tensor_.clamp_max, Tensor_.clamp_max_, Tensor_.pow_, F.elu_, F.leaky_relu_, F.prelu,
-          torch.prelu,
+          Tensor_.clamp_max, Tensor_.clamp_max_, torch.clamp_min, torch.clamp_min_,
+          torch.clamp_max, torch.clamp_max_, torch.clip, torch.clip_, Tensor_.clip, Tensor_.clip_,
+          Tensor_.pow_, F.elu_, F.leaky_relu_, F.prelu, torch.prelu,
           F.hardtanh_, F.threshold, F.rrelu, torch.erf, Tensor_.erf, torch.sin, Tensor_.sin,
           torch.cos, Tensor_.cos, F.tanhshrink, F.softshrink, F.hardshrink, torch.rsqrt,
           Tensor_.rsqrt)
@@ -244,9 +249,25 @@ def differentiable(value: object) -> bool:
 _MAXIMA = {torch.max, Tensor_.max}
 
 
+#: Clamps: with a lower bound of 0 and no upper bound, ``clamp(min=0)`` is a ReLU
+_CLAMPS = frozenset({torch.clamp, Tensor_.clamp, torch.clamp_, Tensor_.clamp_, torch.clip,
+                     Tensor_.clip, torch.clip_, Tensor_.clip_})
+_CLAMPS_MIN = frozenset({torch.clamp_min, Tensor_.clamp_min, torch.clamp_min_,
+                         Tensor_.clamp_min_})
+
+
+def _clamps_at_zero(func: Callable, args: tuple, kwargs: dict) -> bool:
+    low = args[1] if len(args) > 1 else kwargs.get("min")
+    high = None if func in _CLAMPS_MIN else args[2] if len(args) > 2 else kwargs.get("max")
+    return isinstance(low, (int, float)) and not isinstance(low, bool) and low == 0 \
+        and high is None
+
+
 def classify(func: Callable, args: tuple, kwargs: dict) -> str:
     """The kind of a torch call: which rule family it belongs to."""
     kind = _KINDS.get(func)
+    if kind == ACTIVATION and (func in _CLAMPS or func in _CLAMPS_MIN):
+        return RELU if _clamps_at_zero(func, args, kwargs) else kind
     if kind is not None:
         return kind
     if func in ADDMM and (kwargs.get("alpha", 1) != 1 or kwargs.get("beta", 1) != 1):

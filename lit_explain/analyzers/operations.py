@@ -50,6 +50,7 @@ from .kinds import (
     tensors_in,
     weight_operand,
 )
+from .masks import Masks
 from .provenance import UNSEEN_CODE, Provenance
 
 
@@ -145,6 +146,7 @@ class _ForwardState:
     kernel_calls: int = 0
     weights: frozenset[int] | None = None  # ids of the model's parameters and buffers
     provenance: Provenance = field(default_factory=Provenance)
+    masks: Masks = field(default_factory=Masks)
 
 
 class OperationRules(TorchFunctionMode):
@@ -209,10 +211,13 @@ class OperationRules(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in QUERIES:
             return func(*args, **kwargs)
+        made, gate = func, self.state.masks.rewrite(func, args, kwargs)
+        if gate is not None:  # a gate by a mask of activations, as what it computes
+            func, args, kwargs = gate.func, gate.args, gate.kwargs
         holds = self.holds_statistics
         if holds and func in ELEMENTWISE_SCALINGS:
             args = self.state.provenance.hold_statistic(func, args)
-        kind = self._kind(func, args, kwargs)
+        kind = gate.kind if gate is not None else self._kind(func, args, kwargs)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         tensors = tensors_in(args, kwargs)
@@ -238,8 +243,11 @@ class OperationRules(TorchFunctionMode):
             # the ids the model passed (a hook may swap a tensor), the values the call got
             inputs = [(i, _snapshot(t)) for i, t in zip(held, tensors_in(args, kwargs),
                                                          strict=True)]
+        in_place = gate is not None and gate.in_place  # (its func runs out of place)
         if handler is None:
             output = func(*args, **kwargs)
+            if in_place:
+                output = args[0].copy_(output)
             produced = tensors_in(output)
             if not routed and any(differentiable(o) for o in produced):
                 hint = (" If it turns the model's output into probabilities, explain the logits "
@@ -250,13 +258,14 @@ class OperationRules(TorchFunctionMode):
                     f"{kind} operation, for which this analyzer has no rule. Supported "
                     f"operation kinds: {sorted(set(self.handlers) | self.passthrough)}.{hint}")
         else:
-            twin = out_of_place(func, args, kwargs)
+            twin = (func, args, kwargs) if in_place else out_of_place(func, args, kwargs)
             output = handler(call) if twin is None else self._in_place(call, handler, twin)
             produced = tensors_in(output)
         if self.record is not None:
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in produced],
                                         {id(t) for t in produced}))
         self.state.provenance.add_made(produced)
+        self.state.masks.note(made, args, kwargs, output)
         if holds and len(produced) == 1:
             self.state.provenance.note_statistic(func, kind, args, produced[0])
         if kind in _INPUT_KINDS and first is not None and id(first) in self.state.input_derived:

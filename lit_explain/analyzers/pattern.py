@@ -48,6 +48,13 @@ than ``max_scale`` (PatternNet: ``‖s_in‖ / ‖h_in‖`` against the layer's 
 PatternAttribution: ``Σ|R_in|`` against the relevance entering the top layer) warns with
 ``RuntimeWarning``, or raises with ``scale_check="raise"``, naming that layer.
 
+"Per sample" means per row of the layer's own first axis, in the normalisation and in
+PatternNet's check: where a model folds frames or windows into the batch
+(``reshape(B * T, ...)`` before a convolution, Swin's window partition), each frame or
+window is a row of its own, exactly as if the layer were called once per frame.
+PatternAttribution's check compares such a layer's relevance with the top layer's over
+the whole batch.
+
 Other non-linearities (sigmoid, GELU, softmax, products) raise
 :class:`~lit_explain.NotAnalyzableModelError`: the method defines no rule for them.
 """
@@ -63,6 +70,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
+from .errors import NotAnalyzableModelError
 from .kinds import BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
 from .operations import OperationCall, with_gradient
 from .registry import register
@@ -127,6 +135,14 @@ def least_squares_scale(image: Tensor, target: Tensor) -> Tensor:
 
 def _per_sample(scale: Tensor, like: Tensor) -> Tensor:
     return scale.reshape(len(scale), *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def _ratio(value: Tensor, reference: Tensor) -> Tensor:
+    """``value / reference`` elementwise; where ``reference`` is 0: ``inf``, or 0 if ``value``
+    is 0 too."""
+    nonzero = reference > 0
+    return torch.where(nonzero, value / torch.where(nonzero, reference, 1),
+                       torch.where(value > 0, torch.inf, 0.0))
 
 
 class _Split(torch.autograd.Function):
@@ -271,7 +287,8 @@ class _PatternBased(Analyzer):
         raise NotImplementedError
 
     def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
-        """Per sample, how far the signal at a layer's input outgrew its reference."""
+        """Per row of the layer's first axis, how far the signal at its input (``signal_in``)
+        outgrew its reference."""
         raise NotImplementedError
 
     # Handlers -----------------------------------------------------------------------------
@@ -289,13 +306,10 @@ class _PatternBased(Analyzer):
                                           float(ratio.max()))
 
     def _kernel(self, call: OperationCall) -> Tensor:
-        weight = kernel_arguments(call)["weight"].detach()
-        pattern = self._patterns.get(call.module_path) if self._patterns else None
+        weight = kernel_arguments(call)["weight"].detach()  # the weight the layer really uses
+        pattern = self._patterns.get(call.module_path)
         if pattern is None:
-            raise ValueError(f"{self.name}: {call.where()} is a kernel layer without a pattern "
-                             f"(patterns has {sorted(self._patterns or {})}); fit the patterns "
-                             f"with PatternComputer on this model and on data that reaches it "
-                             f"(it fits nn.Linear, nn.ConvNd and nn.ConvTransposeNd modules)")
+            raise self._missing_pattern(call)
         replacement = self.backward_weight(pattern.to(weight.device, weight.dtype), weight)
         source = kernel_arguments(call)["input"]
         forward = _kernel_map(call, weight)
@@ -309,6 +323,21 @@ class _PatternBased(Analyzer):
 
         # a copy, not with_gradient's view: the model may add into it in place (out += x)
         return with_gradient(source, call.run(), backward).clone()
+
+    def _missing_pattern(self, call: OperationCall) -> NotAnalyzableModelError:
+        from ..patterns import KERNEL_LAYERS
+
+        if isinstance(call.module, KERNEL_LAYERS):
+            return NotAnalyzableModelError(
+                f"{self.name}: {call.where()} is a kernel layer without a pattern (patterns "
+                f"has {sorted(self._patterns)}); fit the patterns with PatternComputer on this "
+                f"model and on data that reaches this layer")
+        return NotAnalyzableModelError(
+            f"{self.name}: {call.where()} is a kernel call outside an nn.Linear, nn.ConvNd or "
+            f"nn.ConvTransposeNd module, the layers PatternComputer fits patterns for; write "
+            f"it as a subclass of one whose forward makes the call (an nn.Linear subclass "
+            f"whose forward is F.linear(x, F.softplus(self.weight)) gets the pattern of the "
+            f"weight it computes)")
 
     def _batch_norm(self, call: OperationCall) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
@@ -446,8 +475,7 @@ class PatternNet(_PatternBased):
     def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
         signal = signal_in.reshape(len(signal_in), -1).norm(dim=1)
         reference = activation.reshape(len(activation), -1).norm(dim=1).to(signal.dtype)
-        return torch.where(reference > 0, signal / torch.where(reference > 0, reference, 1),
-                           torch.where(signal > 0, torch.inf, 0.0))
+        return _ratio(signal, reference)
 
 
 @register("pattern.attribution")
@@ -474,5 +502,6 @@ class PatternAttribution(_PatternBased):
     def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
         relevance = signal_in.abs().reshape(len(signal_in), -1).sum(1)
         top = self._top.to(relevance.dtype)
-        return torch.where(top > 0, relevance / torch.where(top > 0, top, 1),
-                           torch.where(relevance > 0, torch.inf, 0.0))
+        if len(relevance) != len(top):  # rows are frames or windows: the batch's totals
+            relevance, top = relevance.sum(0, keepdim=True), top.sum(0, keepdim=True)
+        return _ratio(relevance, top)

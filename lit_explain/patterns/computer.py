@@ -5,6 +5,11 @@ The statistics are collected by forward hooks on every Linear, ConvNd and ConvTr
 (:class:`~lit_explain.patterns.statistics.LayerStatistics`), so batches, epochs, processes
 and DDP ranks merge by addition. The pattern is derived from them at :meth:`compute`.
 
+The weight and bias are those the layer's kernel call (``F.linear``, ``torch.convNd``,
+``torch.conv_transposeNd``) receives, recorded while its forward runs: a layer that computes
+its weight in ``forward`` (weight standardisation, ``torch.nn.utils.parametrizations``) gets
+the pattern of the weight it uses, as the analyzers use that weight too.
+
 The mask of the ``"relu"`` types is read from the layer's real output (bias included). When
 that output goes straight into a BatchNorm, the BatchNorm's output is read instead: the value
 the following ReLU sees, as if the BatchNorm were folded into the kernel layer (iNNvestigate
@@ -20,9 +25,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
+from ..analyzers.errors import NotAnalyzableModelError
+from ..analyzers.kinds import KERNEL, classify
 from ..precision import full_precision
 from .layers import (
+    KERNEL_LAYERS,
     batch_sums,
     is_batch_norm,
     kernel_layers,
@@ -44,6 +53,43 @@ class _Pending:
                  mask: Tensor | None, output: Tensor) -> None:
         self.path, self.module, self.x, self.y, self.mask = path, module, x, y, mask
         self.output = output  # kept alive, so that its id is not reused while pending
+
+
+class _KernelCalls(TorchFunctionMode):
+    """Active while one kernel layer's forward runs: the kernel calls it makes, each as
+    ``(output, weight, bias)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Tensor, Tensor, Tensor | None]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if classify(func, args, kwargs) == KERNEL:  # (input, weight, bias, ...)
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            self.calls.append((output, weight, bias))
+        return output
+
+    def weight_and_bias(self, module: nn.Module, output: Tensor
+                        ) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias of the call that made ``output`` (the module's own where no
+        kernel call made it)."""
+        for made, weight, bias in self.calls:
+            if made is output:
+                return weight, bias
+        return module.weight, module.bias
+
+
+def computes_its_weight(module: nn.Module) -> bool:
+    """Whether a kernel layer has a forward of its own (weight standardisation, say), which
+    may call its kernel with another weight than ``module.weight``. torch's own forwards
+    call it with ``module.weight`` and ``module.bias`` (parametrizations included)."""
+    own = type(module)
+    base = next(cls for cls in own.__mro__ if cls in KERNEL_LAYERS)
+    return own.forward is not base.forward or \
+        getattr(own, "_conv_forward", None) is not getattr(base, "_conv_forward", None)
 
 
 class CollectionHandle:
@@ -110,6 +156,11 @@ class PatternComputer:
             path: LayerStatistics.zeros(out_features(m), row_size(m), m.weight.device)
             for path, m in self.layers.items()}
         self._pending: dict[int, _Pending] = {}
+        #: module path -> the kernel calls of its forward, while it runs (layers with a
+        #: forward of their own only: see :func:`computes_its_weight`)
+        self._kernel_calls: dict[str, _KernelCalls] = {}
+        #: module path -> the weight its kernel call received in the last collected forward
+        self._kernel_weights: dict[str, Tensor] = {}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(pattern_type={self.pattern_type!r}, "
@@ -123,9 +174,14 @@ class PatternComputer:
         The model's mode and output are untouched, so this is what a training loop uses to
         collect from the forward passes it runs anyway.
         """
-        handles = [module.register_forward_hook(
-            lambda m, args, out, path=path: self._on_kernel(path, m, args, out))
-            for path, module in self.layers.items()]
+        handles = []
+        for path, module in self.layers.items():
+            if computes_its_weight(module):
+                handles.append(module.register_forward_pre_hook(
+                    lambda m, args, path=path: self._on_kernel_start(path)))
+            handles.append(module.register_forward_hook(
+                lambda m, args, out, path=path: self._on_kernel(path, m, args, out),
+                always_call=True))  # (also when forward raises: it ends _on_kernel_start's mode)
         if self.pattern_type != "linear":
             handles += [module.register_forward_hook(self._on_batch_norm)
                         for module in self.model.modules() if is_batch_norm(module)]
@@ -191,10 +247,25 @@ class PatternComputer:
 
     # Hooks ----------------------------------------------------------------------------------
 
-    def _on_kernel(self, path: str, module: nn.Module, args: tuple, output: Tensor) -> None:
+    def _on_kernel_start(self, path: str) -> None:
+        calls = _KernelCalls()
+        calls.__enter__()
+        self._kernel_calls[path] = calls
+
+    def _on_kernel(self, path: str, module: nn.Module, args: tuple,
+                   output: Tensor | None) -> None:
+        calls = self._kernel_calls.pop(path, None)
+        if calls is not None:
+            calls.__exit__(None, None, None)
+        if output is None:  # the forward raised
+            return
+        weight, bias = (module.weight, module.bias) if calls is None else \
+            calls.weight_and_bias(module, output)
+        if calls is not None:
+            self._kernel_weights[path] = weight.detach()
         self._flush()
         with torch.no_grad():
-            y = pre_activation(module, output)
+            y = pre_activation(module, output, bias)
             mask = neuron_mask(self.pattern_type, output.detach())
         self._pending[id(output)] = _Pending(path, module, args[0], y, mask, output)
         if self.pattern_type == "linear":
@@ -231,10 +302,24 @@ class PatternComputer:
         return self.patterns_from(statistics)
 
     def patterns_from(self, statistics: Mapping[str, LayerStatistics]) -> dict[str, Tensor]:
-        """The patterns of given statistics with the current weights (layers with data)."""
-        return {path: rows_to_weight(module, statistics[path].pattern(
-                    weight_rows(module, module.weight)))
-                for path, module in self.layers.items() if int(statistics[path].rows) > 0}
+        """The patterns of given statistics (layers with data), each normalised against the
+        weight its layer's kernel call receives: ``module.weight``, or, for a layer with a
+        forward of its own (:func:`computes_its_weight`), the weight its call received in the
+        last forward pass this computer collected from."""
+        patterns = {}
+        for path, module in self.layers.items():
+            if int(statistics[path].rows) == 0:
+                continue
+            weight = self._kernel_weights.get(path)
+            if weight is None and computes_its_weight(module):
+                raise NotAnalyzableModelError(
+                    f"layer '{path}' ({type(module).__name__}) has a forward of its own, which "
+                    f"may call its kernel with another weight than module.weight, and this "
+                    f"computer has not seen it run (its statistics were loaded or merged): "
+                    f"collect one batch (update(x)) before computing the patterns")
+            patterns[path] = rows_to_weight(module, statistics[path].pattern(
+                weight_rows(module, module.weight if weight is None else weight)))
+        return patterns
 
     def synced_statistics(self) -> dict[str, LayerStatistics]:
         """The statistics summed over all DDP ranks (the local ones without a process group).

@@ -78,14 +78,14 @@ def rows_to_weight(module: nn.Module, rows: Tensor) -> Tensor:
             .reshape(shape))
 
 
-def pre_activation(module: nn.Module, output: Tensor) -> Tensor:
-    """The layer's output without its bias, ``y = wᵀx``."""
+def pre_activation(module: nn.Module, output: Tensor, bias: Tensor | None) -> Tensor:
+    """The layer's output without ``bias`` (the bias its kernel call received), ``y = wᵀx``."""
     output = output.detach()
-    if module.bias is None:
+    if bias is None:
         return output.clone()  # the model may change its output in place later
     channel_shape = [-1] if isinstance(module, nn.Linear) else \
         [-1] + [1] * (module.weight.dim() - 2)
-    return output - module.bias.detach().to(output.dtype).reshape(channel_shape)
+    return output - bias.detach().to(output.dtype).reshape(channel_shape)
 
 
 def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None

@@ -138,7 +138,8 @@ def test_missing_patterns_are_a_clear_error():
         lx.create_analyzer("pattern.net", model).analyze(x)
     patterns = PatternComputer(model).fit([x], progress=False)
     del patterns["3"]
-    with pytest.raises(ValueError, match=r"module '3' \(Conv2d\) is a kernel layer without"):
+    with pytest.raises(lx.NotAnalyzableModelError,
+                       match=r"module '3' \(Conv2d\) is a kernel layer without"):
         lx.create_analyzer("pattern.attribution", model, patterns=patterns).analyze(x)
     with pytest.raises(ValueError, match="not a module with a weight"):
         lx.create_analyzer("pattern.net", model, patterns={"net.0": torch.zeros(1)})

@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..analyzers.errors import NotAnalyzableModelError
-from ..analyzers.kinds import KERNEL, classify
 from ..precision import full_precision
 from .layers import (
     KERNEL_LAYERS,
@@ -55,6 +54,12 @@ class _Pending:
         self.output = output  # kept alive, so that its id is not reused while pending
 
 
+#: The calls a kernel layer's forward makes its output with: (input, weight, bias, ...).
+KERNEL_CALLS = frozenset({F.linear, torch.conv1d, torch.conv2d, torch.conv3d,
+                          torch.conv_transpose1d, torch.conv_transpose2d,
+                          torch.conv_transpose3d})
+
+
 class _KernelCalls(TorchFunctionMode):
     """Active while one kernel layer's forward runs: the kernel calls it makes, each as
     ``(output, weight, bias)``."""
@@ -66,7 +71,7 @@ class _KernelCalls(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         output = func(*args, **kwargs)
-        if classify(func, args, kwargs) == KERNEL:  # (input, weight, bias, ...)
+        if func in KERNEL_CALLS:
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             self.calls.append((output, weight, bias))
@@ -312,7 +317,7 @@ class PatternComputer:
                 continue
             weight = self._kernel_weights.get(path)
             if weight is None and computes_its_weight(module):
-                raise NotAnalyzableModelError(
+                raise RuntimeError(
                     f"layer '{path}' ({type(module).__name__}) has a forward of its own, which "
                     f"may call its kernel with another weight than module.weight, and this "
                     f"computer has not seen it run (its statistics were loaded or merged): "

@@ -225,7 +225,7 @@ def test_loaded_statistics_of_a_layer_that_computes_its_weight_need_one_batch_fi
     fitted.fit(noisy_batches(x), progress=False)
     restored = PatternComputer(model)
     restored.load_state_dict(fitted.state_dict())
-    with pytest.raises(lx.NotAnalyzableModelError, match="collect one batch"):
+    with pytest.raises(RuntimeError, match="collect one batch"):
         restored.compute()
     restored.update(x)  # the weights it uses are known again: the same patterns as the
     fitted.update(x)  # computer that saw every batch

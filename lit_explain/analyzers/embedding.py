@@ -10,7 +10,8 @@ one value per token (N, L) — Σ_d of the gradient for ``gradient``, Σ_d e·gr
 for Integrated Gradients and DeepLIFT (whose reference is then a zero embedding).
 
 How: :func:`token_input` finds the first ``Embedding``/``EmbeddingBag`` the forward pass
-applies to the tokens, reads its per-token output, then, while the analysis runs, the model
+applies to the tokens themselves (not a position or token-type embedding of other ids,
+whichever runs first), reads its per-token output, then, while the analysis runs, the model
 is called with ``e`` in place of the tokens: a forward pre-hook on the model hands the
 *tokens* to its ``forward`` (so masks and other token logic still see integers) and a
 forward hook on the embedding replaces its output by ``e``. An ``EmbeddingBag`` over a 2-D
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import NotAnalyzableModelError
+
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 
@@ -41,7 +44,7 @@ def is_token_input(x: Tensor) -> bool:
 
 
 class _Found(Exception):
-    """Stops the search forward at the first embedding."""
+    """Stops the search forward at the embedding of the input tokens."""
 
 
 @dataclass
@@ -65,13 +68,28 @@ class InputEmbedding:
 
 
 def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
-    """The first ``nn.Embedding``/``nn.EmbeddingBag`` the forward applies to ``tokens``."""
-    found: list[tuple[str, nn.Module, tuple, dict, Tensor]] = []
+    """The first ``nn.Embedding``/``nn.EmbeddingBag`` the forward applies to ``tokens``
+    themselves (the tensor given, or its values unchanged): position and token-type
+    embeddings applied to other ids, before or after it, are not the input's.
+
+    Raises ``NotAnalyzableModelError`` for an embedding that renormalises with ``max_norm``:
+    every forward pass writes to its weight.
+    """
+    for path, module in model.named_modules():
+        if isinstance(module, EMBEDDINGS) and module.max_norm is not None:
+            raise NotAnalyzableModelError(
+                f"'{path}' ({type(module).__name__}) renormalises with max_norm, which writes "
+                f"to its weight in every forward pass (and so during an analysis); analyze a "
+                f"copy without max_norm (after one forward pass the rows it renormalised "
+                f"keep their norm, and the copy computes the same function)")
+    called: list[tuple[str, nn.Module, tuple, dict, Tensor]] = []
 
     def hook(path: str) -> Callable:
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
-            found.append((path, module, args, kwargs, output))
-            raise _Found
+            called.append((path, module, args, kwargs, output))
+            ids = args[0] if args else kwargs.get("input")
+            if ids is tokens:
+                raise _Found
 
         return record
 
@@ -88,18 +106,28 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
     finally:
         for handle in handles:
             handle.remove()
-    if not found:
+    if not called:
         raise TypeError(f"the input has dtype {tokens.dtype} (token ids), but "
                         f"{type(model).__name__}'s forward applies no nn.Embedding or "
                         f"nn.EmbeddingBag to it; give a floating-point input, or a model that "
                         f"embeds its tokens") from failure
-    path, module, args, kwargs, output = found[0]
-    ids = args[0] if args else kwargs["input"]
-    if tuple(ids.shape) != tuple(tokens.shape):
-        raise ValueError(f"the first embedding, '{path}' ({type(module).__name__}), receives "
-                         f"ids of shape {tuple(ids.shape)}, not the input's "
-                         f"{tuple(tokens.shape)}; per-token maps need the embedding applied "
-                         f"to the input as it is")
+
+    def ids_of(entry: tuple) -> Tensor:
+        args, kwargs = entry[2], entry[3]
+        return args[0] if args else kwargs["input"]
+
+    chosen = next((e for e in called if ids_of(e) is tokens), None) or next(
+        (e for e in called if ids_of(e).shape == tokens.shape
+         and torch.equal(ids_of(e).to(tokens.device), tokens)), None)
+    if chosen is None:
+        seen = ", ".join(f"'{path}' ({type(module).__name__}) ids of shape "
+                         f"{tuple(ids_of((path, module, args, kwargs, out)).shape)}"
+                         for path, module, args, kwargs, out in called)
+        raise ValueError(f"no embedding receives the input's ids as they are, shape "
+                         f"{tuple(tokens.shape)} (seen: {seen}); per-token maps need the "
+                         f"embedding applied to the input as it is")
+    path, module, args, kwargs, output = chosen
+    ids = ids_of(chosen)
     if isinstance(module, nn.Embedding):
         return InputEmbedding(path, module, output.detach(), lambda e, ids: e)
     return _bag(path, module, ids, args, kwargs)
@@ -112,9 +140,6 @@ def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,
     if ids.dim() != 2 or offsets is not None:
         raise ValueError(f"'{path}' (EmbeddingBag) gets a 1-D input with offsets; per-token "
                          f"maps need a 2-D (N, L) input, one bag per row")
-    if bag.max_norm is not None:
-        raise ValueError(f"'{path}' (EmbeddingBag) renormalises with max_norm, which writes to "
-                         f"its weight; analyze a copy without max_norm")
     vectors = F.embedding(ids, bag.weight.detach())
     keep = torch.ones_like(ids, dtype=vectors.dtype)
     if bag.padding_idx is not None:

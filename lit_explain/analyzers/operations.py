@@ -264,11 +264,15 @@ class OperationRules(TorchFunctionMode):
         if self.record is not None:
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in produced],
                                         {id(t) for t in produced}))
-        self.state.provenance.add_made(produced)
+        # and the call's target, which an in-place call may have made differentiable
+        # (out = zeros_like(h); out[i] = h[i]): it passed the check above as an input
+        self.state.provenance.add_made(produced if first is None else [*produced, first])
         self.state.masks.note(made, args, kwargs, output)
         if holds and len(produced) == 1:
             self.state.provenance.note_statistic(func, kind, args, produced[0])
-        if kind in _INPUT_KINDS and first is not None and id(first) in self.state.input_derived:
+        # preprocessing: its one differentiable operand is input-derived, wherever it stands
+        if kind == INPUT_PREPROCESSING or (kind == STRUCTURE and first is not None
+                                           and id(first) in self.state.input_derived):
             for o in produced:
                 self.state.input_derived[id(o)] = o
         return output

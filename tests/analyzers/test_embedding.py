@@ -178,7 +178,7 @@ def test_an_embedding_applied_to_reshaped_tokens_is_refused():
         def forward(self, tokens):
             return self.out(self.embedding(tokens.t()).mean(0))
 
-    with pytest.raises(ValueError, match=r"\(Embedding\), receives ids of shape \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"'embedding' \(Embedding\) ids of shape \(3, 2\)"):
         lx.create_analyzer("gradient", Transposed()).analyze(torch.ones(2, 3, dtype=torch.long))
 
 
@@ -206,3 +206,65 @@ def test_the_forward_guard_runs_the_first_sample_of_a_token_batch():
         tokens, neuron_selection=0)
     torch.testing.assert_close(result, by_hand(tokens, 0, times_input=True))
     assert batch_sizes[-2:] == [4, 1]  # the analysed forward, then the guard's
+
+
+class Positions(nn.Module):
+    """Token, position and token-type embeddings summed, written in several orders: the
+    input embedding is the one applied to the tokens, whichever runs first."""
+
+    def __init__(self, order: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.order = order
+        self.token, self.position, self.kind = (nn.Embedding(9, 4), nn.Embedding(5, 4),
+                                                nn.Embedding(2, 4))
+        self.fc, self.out = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, tokens):
+        n, length = tokens.shape
+        kind = self.kind(torch.zeros_like(tokens))
+        if self.order == "position_1d":  # minGPT: one row of positions, broadcast
+            h = self.position(torch.arange(length)) + self.token(tokens) + kind
+        elif self.order == "position_first":
+            h = self.position(torch.arange(length).expand(n, length)) + self.token(tokens) + kind
+        else:  # the token embedding first
+            h = self.token(tokens) + self.position(torch.arange(length)) + kind
+        return self.out(torch.relu(self.fc(h)).mean(1))
+
+
+@pytest.mark.parametrize("order", ["position_1d", "position_first"])
+@pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "integrated_gradients",
+                                  "deep_lift", "lrp.epsilon", "lrp.z", "lrp.alpha_2_beta_1"])
+def test_the_input_embedding_is_the_one_applied_to_the_tokens(name, order):
+    tokens = torch.tensor([[1, 4, 2, 8, 3], [5, 5, 7, 1, 6]])
+    kwargs = {"steps": 4} if name == "integrated_gradients" else {}
+    expected = lx.create_analyzer(name, Positions("token_first"), **kwargs).analyze(tokens)
+    result = lx.create_analyzer(name, Positions(order), **kwargs).analyze(tokens)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_input_times_gradient_of_a_token_model_is_the_embedding_times_its_gradient():
+    model, tokens = Positions("position_first"), torch.tensor([[1, 4, 2, 8, 3]])
+    e = model.token(tokens).detach().requires_grad_(True)
+    handle = model.token.register_forward_hook(lambda module, args, output: e)
+    try:
+        logits = model(tokens)
+    finally:
+        handle.remove()
+    (gradient,) = torch.autograd.grad(logits[0, logits[0].argmax()], e)
+    torch.testing.assert_close(lx.create_analyzer("input_t_gradient", model).analyze(tokens),
+                               (e * gradient).sum(-1).detach())
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_an_embedding_that_renormalises_its_weight_is_refused_before_it_runs(bag):
+    model = Positions("token_first")
+    if bag:
+        model.kind = nn.EmbeddingBag(2, 4, max_norm=1.0)
+        model.kind.forward = lambda ids: torch.zeros(4)  # (refused before any call)
+    else:
+        model.position.max_norm = 1.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(lx.NotAnalyzableModelError, match="max_norm"):
+        lx.create_analyzer("lrp.epsilon", model).analyze(torch.tensor([[1, 4, 2, 8, 3]]))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -106,11 +106,19 @@ class Normalizing(nn.Module):
         return self.body((x - self.mean) / self.std)
 
 
+class ConstantsFirst(Normalizing):
+    """The same preprocessing with the constants written first: ``(1/std) * (-mean + x)``."""
+
+    def forward(self, x):
+        return self.body(self.std.reciprocal() * (-self.mean + x))
+
+
+@pytest.mark.parametrize("written", [Normalizing, ConstantsFirst])
 @pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.sequential_preset_a_flat",
                                   "lrp.alpha_2_beta_1", "lrp.w_square"])
-def test_relevance_passes_input_preprocessing_unchanged(name):
+def test_relevance_passes_input_preprocessing_unchanged(name, written):
     body = small_cnn()
-    model, x = Normalizing(body).eval(), torch.rand(2, 2, 5, 5)
+    model, x = written(body).eval(), torch.rand(2, 2, 5, 5)
     normalized = (x - model.mean) / model.std
     expected = lx.create_analyzer(name, body).analyze(normalized)
     torch.testing.assert_close(lx.create_analyzer(name, model).analyze(x), expected,
@@ -464,3 +472,31 @@ def test_gpt2_conv1d_addmm_is_a_dense_layer_with_its_bias(name):
     expected = lx.create_analyzer(name, linear, **kwargs).analyze(x)
     result = lx.create_analyzer(name, conv1d, **kwargs).analyze(x)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+
+
+class WrittenInto(nn.Module):
+    """``out = zeros_like(h); out[:, :2] = h[:, :2]; out[:, 2:] = 2 * h[:, 2:]`` (as top-1
+    mixture-of-experts layers write their experts' outputs), or the same with ``torch.cat``."""
+
+    def __init__(self, written_into: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.written_into = written_into
+        self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        if not self.written_into:
+            return self.head(torch.cat([h[:, :2], 2 * h[:, 2:]], dim=1))
+        out = torch.zeros_like(h)
+        out[:, :2] = h[:, :2]
+        out[:, 2:] = 2 * h[:, 2:]
+        return self.head(out)
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.z", "lrp.alpha_2_beta_1", "lrp.flat",
+                                  "deep_lift", "guided_backprop", "deep_taylor"])
+def test_values_written_into_a_new_tensor_explain_as_their_concatenation(name):
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(lx.create_analyzer(name, WrittenInto(True)).analyze(x),
+                               lx.create_analyzer(name, WrittenInto(False)).analyze(x))

@@ -95,28 +95,34 @@ def test_softmax_rule(absolute):
     torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
 
 
-class Gated(nn.Module):
-    """SwiGLU: ``down(silu(gate x) ⊙ up x)``."""
+#: Gates: SwiGLU's SiLU, ReGLU's ReLU, and that ReLU written with a mask of its input.
+GATES = {"silu": F.silu, "relu": F.relu, "relu_as_mask": lambda h: h * (h > 0)}
 
-    def __init__(self) -> None:
+
+class Gated(nn.Module):
+    """SwiGLU: ``down(silu(gate x) ⊙ up x)`` (or another ``activation`` of the gate)."""
+
+    def __init__(self, activation: str = "silu") -> None:
         super().__init__()
         self.gate, self.up = nn.Linear(4, 6), nn.Linear(4, 6)
         self.down = nn.Linear(6, 3)
+        self.activation = GATES[activation]
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(self.activation(self.gate(x)) * self.up(x))
 
 
+@pytest.mark.parametrize("activation", sorted(GATES))
 @pytest.mark.parametrize("absolute", [False, True])
 @pytest.mark.parametrize("rule", ["attnlrp", "cp"])
-def test_uniform_rule_on_gating_and_cp_gate(rule, absolute):
+def test_uniform_rule_on_gating_and_cp_gate(rule, absolute, activation):
     torch.manual_seed(2)
-    model, x = Gated().double().eval(), torch.randn(5, 4, dtype=torch.float64)
-    a = F.silu(F.linear(x, model.gate.weight, model.gate.bias))
+    model, x = Gated(activation).double().eval(), torch.randn(5, 4, dtype=torch.float64)
+    a = GATES[activation](F.linear(x, model.gate.weight, model.gate.bias))
     b = F.linear(x, model.up.weight, model.up.bias)
     r = seed(F.linear(a * b, model.down.weight, model.down.bias))
     r_g = z_dense(a * b, model.down.weight, model.down.bias, r)
-    if rule == "attnlrp":  # Eq. 7: half to each factor; identity through the SiLU
+    if rule == "attnlrp":  # Eq. 7: half to each factor; identity through the activation
         expected = z_dense(x, model.gate.weight, model.gate.bias, r_g / 2) + z_dense(
             x, model.up.weight, model.up.bias, r_g / 2)
     else:  # CP-LRP: the gate is a constant, the other factor takes everything

@@ -85,10 +85,12 @@ PASSTHROUGH = frozenset({MAX_POOL, STRUCTURE})
 
 def pass_relevance(call: OperationCall) -> Tensor:
     """Relevance passes unchanged (ReLU; elementwise preprocessing of the input, summed
-    over the axes a constant broadcast it to)."""
-    source = call.args[0] if call.args else call.kwargs["input"]
-    if not differentiable(source):
+    over the axes a constant broadcast it to) to the call's one differentiable operand,
+    wherever it stands (``x - mean`` and ``shift + x`` alike)."""
+    inputs = call.inputs
+    if not inputs:
         return call.run()
+    (source,) = inputs
     shape = source.shape
     return with_gradient(source, call.run(), lambda grad: grad.sum_to_size(shape))
 
@@ -235,7 +237,7 @@ class LRP(Analyzer):
         else:
             handlers.update({RELU: pass_relevance, LINEAR: z_rule_operation})
             passthrough = PASSTHROUGH
-        handlers.update(self._transformer_handlers())
+        handlers.update(self._transformer_handlers(handlers.get(RELU, OperationCall.run)))
         boundary = self.flow.boundary if self.flow.relative else None
         try:
             return self._backward(x, self.selector(neuron_selection), handlers, passthrough,
@@ -253,17 +255,25 @@ class LRP(Analyzer):
                     "them")
         return super()._why_no_path()
 
-    def _transformer_handlers(self) -> dict[str, Callable[[OperationCall], Tensor]]:
+    def _transformer_handlers(self, relu_rule: Callable[[OperationCall], Tensor]
+                              ) -> dict[str, Callable[[OperationCall], Tensor]]:
         """AttnLRP's (or CP-LRP's) rules for non-linearities, softmax, products of
-        activations, normalisations and attention (:mod:`.transformer`)."""
+        activations, normalisations and attention (:mod:`.transformer`); under CP-LRP also
+        ReLU's (``relu_rule``), whose outputs are gates like those of the others (ReGLU)."""
         flow, cp = self.flow, self.attention_rule == "cp"
         gates: dict[int, Tensor] = {}  # CP-LRP: outputs of non-linearities, held constant
 
-        def activation(call: OperationCall) -> Tensor:
-            output = identity_rule(call, flow)
-            if cp:
+        def gate(rule: Callable[[OperationCall], Tensor]) -> Callable[[OperationCall], Tensor]:
+            def handler(call: OperationCall) -> Tensor:
+                output = rule(call)
                 gates[id(output)] = output
-            return output
+                return output
+
+            return handler
+
+        activation = partial(identity_rule, flow=flow)
+        if cp:
+            activation = gate(activation)
 
         def softmax(call: OperationCall) -> Tensor:
             output = blocked(call) if cp else softmax_rule(call, flow)
@@ -286,9 +296,12 @@ class LRP(Analyzer):
                 return attention_as_gradient(call)
             return through_parts(call)
 
-        return {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,
-                NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: attention,
-                STATISTIC: held_constant}
+        handlers = {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,
+                    NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: attention,
+                    STATISTIC: held_constant}
+        if cp:
+            handlers[RELU] = gate(relu_rule)
+        return handlers
 
     def logits(self, output: Any, batch: int) -> Tensor:
         selected = select_output(output, self.output_key)

@@ -284,11 +284,12 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
 
 
 def weight_operand(func: Callable, args: tuple, kwargs: dict,
-                   weights: frozenset[int]) -> int | None:
-    """Where ``args`` (of a matrix product ``func``) hold a model weight — a parameter or
-    buffer, or a view of one (``W.T``) — multiplied by a differentiable tensor: its
-    position, or ``None``. Only top-level tensor arguments count (``torch.einsum(eq, x,
-    W)``); ``addmm`` only with its default ``alpha`` and ``beta``."""
+                   is_weight: Callable[[Tensor], bool]) -> int | None:
+    """Where ``args`` (of a matrix product ``func``) hold a model weight (``is_weight``: a
+    parameter or buffer, a view of one such as ``W.T``, or a tensor computed from them
+    alone) multiplied by a differentiable tensor: its position, or ``None``. Only top-level
+    tensor arguments count (``torch.einsum(eq, x, W)``); ``addmm`` only with its default
+    ``alpha`` and ``beta``."""
     if func in ADDMM:
         if kwargs.get("alpha", 1) != 1 or kwargs.get("beta", 1) != 1 or len(args) != 3:
             return None
@@ -298,8 +299,7 @@ def weight_operand(func: Callable, args: tuple, kwargs: dict,
     if len(positions) != 2 or not any(differentiable(args[i]) for i in positions):
         return None
     for i in positions:
-        t = args[i]
-        if not t.requires_grad and id(t if t._base is None else t._base) in weights:
+        if not args[i].requires_grad and is_weight(args[i]):
             return i
     return None
 

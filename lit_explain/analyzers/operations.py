@@ -145,6 +145,7 @@ class _ForwardState:
     input_derived: dict[int, Tensor] = field(default_factory=dict)
     kernel_calls: int = 0
     weights: frozenset[int] | None = None  # ids of the model's parameters and buffers
+    weight_token: object = field(default_factory=object)  # marks tensors made from them
     provenance: Provenance = field(default_factory=Provenance)
     masks: Masks = field(default_factory=Masks)
 
@@ -268,6 +269,7 @@ class OperationRules(TorchFunctionMode):
         # (out = zeros_like(h); out[i] = h[i]): it passed the check above as an input
         self.state.provenance.add_made(produced if first is None else [*produced, first])
         self.state.masks.note(made, args, kwargs, output)
+        self._note_weights(tensors, produced)
         if holds and len(produced) == 1:
             self.state.provenance.note_statistic(func, kind, args, produced[0])
         # preprocessing: its one differentiable operand is input-derived, wherever it stands
@@ -280,7 +282,7 @@ class OperationRules(TorchFunctionMode):
     def _kind(self, func, args: tuple, kwargs: dict) -> str:
         kind = classify(func, args, kwargs)
         if kind == LINEAR and func in MATRIX_PRODUCTS and weight_operand(
-                func, args, kwargs, self._weights()) is not None:
+                func, args, kwargs, self._is_weight) is not None:
             return WEIGHT_PRODUCT
         if kind == LINEAR and func in ELEMENTWISE_AFFINE:
             operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
@@ -291,11 +293,24 @@ class OperationRules(TorchFunctionMode):
         return kind
 
     def _weights(self) -> frozenset[int]:
-        """The ids of the model's parameters and buffers (made at the first matrix product)."""
+        """The ids of the model's parameters and buffers (made at first use)."""
         if self.state.weights is None:
             self.state.weights = frozenset(
                 id(t) for t in (*self.model.parameters(), *self.model.buffers()))
         return self.state.weights
+
+    def _is_weight(self, t: Tensor) -> bool:
+        """Whether ``t`` is a parameter or buffer of the model, a view of one, or a tensor
+        computed from them alone in this forward pass (``self.query / math.sqrt(d)``)."""
+        return id(t if t._base is None else t._base) in self._weights() or getattr(
+            t, "_lit_explain_weight", None) is self.state.weight_token
+
+    def _note_weights(self, tensors: list[Tensor], produced: list[Tensor]) -> None:
+        """Mark what a call computes from weights alone (no differentiable output)."""
+        if tensors and produced and not any(t.requires_grad for t in produced) and all(
+                self._is_weight(t) for t in tensors):
+            for t in produced:
+                t._lit_explain_weight = self.state.weight_token
 
     @staticmethod
     def _in_place(call: OperationCall, handler: Handler,
@@ -334,7 +349,7 @@ class OperationRules(TorchFunctionMode):
             if kind == KERNEL:
                 call.is_input_layer = self._from_input(args)
             else:
-                call.weight_index = weight_operand(func, args, kwargs, self._weights())
+                call.weight_index = weight_operand(func, args, kwargs, self._is_weight)
                 call.is_input_layer = any(id(t) in self.state.input_derived
                                           for t in call.inputs)
         return call

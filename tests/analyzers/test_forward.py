@@ -322,7 +322,11 @@ class _DenseWrittenOut(nn.Module):
              "weight first": lambda x, w, layer: (w @ x.T).T,
              "einsum": lambda x, w, layer: torch.einsum("ni,oi->no", x, w),
              "mm": lambda x, w, layer: torch.mm(x, w.t()),
-             "bmm": lambda x, w, layer: torch.bmm(x[:, None], w.T.expand(len(x), -1, -1))[:, 0]}
+             "bmm": lambda x, w, layer: torch.bmm(x[:, None], w.T.expand(len(x), -1, -1))[:, 0],
+             # a weight computed from parameters alone in forward (a scaled learned query)
+             "computed weight": lambda x, w, layer: x @ (w * 1.0).T,
+             "computed einsum": lambda x, w, layer: torch.einsum("ni,oi->no", x,
+                                                                 w.clone().neg().neg())}
 
     def __init__(self, form: str) -> None:
         super().__init__()

@@ -421,3 +421,38 @@ def test_a_normalisation_written_out_gets_the_rule_of_its_functional_form(
 def test_a_division_by_a_sum_is_no_normalisation_and_stays_refused(form):
     with pytest.raises(lx.NotAnalyzableModelError, match="div"):
         lx.create_analyzer("lrp.epsilon", _Normalised(form).eval()).analyze(torch.randn(2, 8))
+
+
+class LearnedQueryPooling(nn.Module):
+    """Attention pooling with a learned query, written three ways: ``h @ q``, ``h @ (q / s)``
+    and ``F.scaled_dot_product_attention`` on the expanded query."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.fc, self.head = nn.Linear(8, 8, bias=False), nn.Linear(8, 3, bias=False)
+        self.query = nn.Parameter(torch.randn(8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(self.fc(x))
+        if self.form == "sdpa":
+            query = self.query.expand(len(h), 1, 1, -1)
+            pooled = F.scaled_dot_product_attention(query, h[:, None], h[:, None])[:, 0, 0]
+            return self.head(pooled)
+        scores = h @ self.query / math.sqrt(8) if self.form == "weight" else \
+            h @ (self.query / math.sqrt(8))
+        return self.head((torch.softmax(scores, dim=1)[..., None] * h).sum(1))
+
+
+# SDPA scales the query before the product, as h @ (q / s) does; h @ q / s scales after it,
+# which changes what ε is added to: only the rules without ε compare with that form
+@pytest.mark.parametrize(("name", "form"), [
+    *((name, "sdpa") for name in ("lrp.epsilon", "lrp.z_plus", "lrp.alpha_2_beta_1",
+                                  "lrp.sequential_preset_a")),
+    ("lrp.z_plus", "weight"), ("lrp.alpha_2_beta_1", "weight")])
+def test_a_learned_query_is_a_weight_however_it_is_written(name, form):
+    x = torch.randn(4, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = lx.create_analyzer(name, LearnedQueryPooling("scaled weight").double()).analyze(x)
+    result = lx.create_analyzer(name, LearnedQueryPooling(form).double()).analyze(x)
+    torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-9)

@@ -99,35 +99,28 @@ def attention_as_gradient(call: OperationCall) -> Tensor:
     own gradient with the gradients of Q, K and V scaled (LXT's efficient path does the same).
 
     Per unit, the softmax rule is softmax's own gradient and the uniform rule a product's own
-    gradient times ``1/n``, so the rules of the parts make the attention's ordinary backward
-    with Q, K and V's gradients scaled by their shares: ``1/(n_QK·n_AV)`` for Q and K,
-    ``1/n_AV`` for V, where ``n_QK`` counts the computed tensors among Q and K and ``n_AV``
-    among the attention weights and V (¼, ¼, ½ when all are computed). No part meets the
-    analysis on its own. On a GPU the call runs as the model made it (a fused kernel); on a
-    CPU as its parts in plain torch, which is faster there (torch's CPU kernel took 6× as
-    long, forward and backward, at 256 × 4 heads × 33 tokens × 8). With dropout the call goes
-    through the analysis part by part."""
+    gradient times ``1/2``, so the rules of the parts make the attention's ordinary backward
+    with Q, K and V's gradients scaled by their shares: ``1/4`` for Q and K, ``1/2`` for V.
+    No part meets the analysis on its own. On a GPU the call runs as the model made it (a
+    fused kernel); on a CPU as its parts in plain torch, which is faster there (torch's CPU
+    kernel took 6× as long, forward and backward, at 256 × 4 heads × 33 tokens × 8). With
+    dropout, or where one of Q, K and V is a constant (a learned query is a model weight,
+    whose product is a kernel layer with the analyzer's kernel rule), the call goes through
+    the analysis part by part."""
     names = ("query", "key", "value")
     args = list(call.args)
     kwargs = dict(call.kwargs)
     dropout = args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)
-    if dropout:
-        return call.decompose()
     tensors = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
-    query, key, value = (differentiable(t) for t in tensors)
-    scores = query + key  # n_QK
-    weighted = (scores > 0) + value  # n_AV: the weights are computed where Q or K is
-    if not weighted:
-        return call.run()
-    shares = [1.0 / (max(scores, 1) * weighted)] * 2 + [1.0 / weighted]
-    for i, (name, tensor, computed, share) in enumerate(zip(
-            names, tensors, (query, key, value), shares, strict=True)):
-        if computed and share != 1.0:
-            scaled = scale_gradient(tensor, tensor.new_tensor(share))
-            if len(args) > i:
-                args[i] = scaled
-            else:
-                kwargs[name] = scaled
+    if dropout or not all(differentiable(t) for t in tensors):
+        return call.decompose()
+    for i, (name, tensor, share) in enumerate(zip(names, tensors, (0.25, 0.25, 0.5),
+                                                  strict=True)):
+        scaled = scale_gradient(tensor, tensor.new_tensor(share))
+        if len(args) > i:
+            args[i] = scaled
+        else:
+            kwargs[name] = scaled
     attention = call.func if tensors[0].is_cuda else scaled_dot_product_attention
     return attention(*args, **kwargs)
 

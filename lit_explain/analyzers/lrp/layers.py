@@ -82,8 +82,21 @@ class AffineLayer:
         return self.linear_term().detach()
 
     def part(self, x: Tensor, positive: bool) -> Tensor:
-        """The layer on ``x`` with ``W⁺`` (``positive``) or ``W⁻`` and no bias."""
-        return self.run(x, self.weight.clamp(min=0) if positive else self.weight.clamp(max=0))
+        """The layer on ``x`` with ``W⁺`` (``positive``) or ``W⁻`` and no bias (computed once
+        per input: a rule's output value and its backward both use it)."""
+        key = (id(x), positive)
+        if key not in self._parts:  # kept with x: an id is not reused while cached
+            weight = self.weight.clamp(min=0) if positive else self.weight.clamp(max=0)
+            self._parts[key] = (x, self.run(x, weight))
+        return self._parts[key][1]
+
+    def has_parts(self, x: Tensor) -> bool:
+        """Whether both parts of ``x`` are made already."""
+        return (id(x), True) in self._parts and (id(x), False) in self._parts
+
+    @functools.cached_property
+    def _parts(self) -> dict[tuple[int, bool], tuple[Tensor, Tensor]]:
+        return {}
 
     def input_parts(self, flow: Flow) -> tuple[Tensor, Tensor]:
         """``x⁺`` and ``x⁻`` as the flow feeds them to terms (made once per layer)."""
@@ -139,7 +152,6 @@ class KernelLayer(AffineLayer):
         self.is_transposed = call.func in _TRANSPOSED
         self.channel_shape = (-1,) if self.is_linear else (-1, *[1] * (self.weight.dim() - 2))
         self._linear_term: weakref.ref | None = None  # weakly: the model's output, often
-        self._parts: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.call.func(x, weight, bias, *self._rest, **self._options)
@@ -150,12 +162,6 @@ class KernelLayer(AffineLayer):
             term = self(self.term_input)
             self._linear_term = weakref.ref(term)
         return term
-
-    def part(self, x: Tensor, positive: bool) -> Tensor:
-        key = (id(x), positive)
-        if key not in self._parts:  # kept with x: an id is not reused while cached
-            self._parts[key] = (x, super().part(x, positive))
-        return self._parts[key][1]
 
     def channels_scalable(self) -> bool:
         """Whether the output channels are one axis of the weight (not so for grouped
@@ -200,7 +206,6 @@ class MatrixLayer(KernelLayer):
         self.is_linear, self.is_transposed = False, False
         self.channel_shape = (-1,)
         self._linear_term = None
-        self._parts = {}
 
     def run(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if self._with_bias:  # the product alone; the bias is added where a rule asks for it
@@ -318,8 +323,12 @@ class FusedLayer(AffineLayer):
         return self.kernel.run(x, weight, bias)
 
     def part(self, x: Tensor, positive: bool) -> Tensor:
-        """Per output channel ``(aW)⁺ = a·W⁺`` where ``a > 0`` and ``a·W⁻`` where ``a < 0``:
-        a combination of the kernel layer's own parts, no new call."""
+        """``(aW)⁺ x`` (or ``(aW)⁻ x``): where the kernel layer has made its own parts of
+        ``x`` (the αβ rules' output value did, before the BatchNorm came), per output channel
+        their combination ``a·W⁺ x`` where ``a > 0`` and ``a·W⁻ x`` where ``a < 0``, no new
+        call; otherwise one call with the fused weight's part."""
+        if not self.kernel.has_parts(x):
+            return super().part(x, positive)
         scale = self.kernel.per_channel(self.norm.weight)
         terms = [factor * self.kernel.part(x, sign)
                  for sign, factor in ((positive, scale.clamp(min=0)),

@@ -144,8 +144,8 @@ class _ForwardState:
     module_stack: list[tuple[str, nn.Module]] = field(default_factory=list)
     input_derived: dict[int, Tensor] = field(default_factory=dict)
     kernel_calls: int = 0
-    weights: frozenset[int] | None = None  # ids of the model's parameters and buffers
-    weight_token: object = field(default_factory=object)  # marks tensors made from them
+    buffers: frozenset[int] | None = None  # ids of the model's buffers
+    weight_token: object = field(default_factory=object)  # marks tensors made from weights
     provenance: Provenance = field(default_factory=Provenance)
     masks: Masks = field(default_factory=Masks)
 
@@ -292,22 +292,29 @@ class OperationRules(TorchFunctionMode):
                 return INPUT_PREPROCESSING
         return kind
 
-    def _weights(self) -> frozenset[int]:
-        """The ids of the model's parameters and buffers (made at first use)."""
-        if self.state.weights is None:
-            self.state.weights = frozenset(
-                id(t) for t in (*self.model.parameters(), *self.model.buffers()))
-        return self.state.weights
+    def _buffers(self) -> frozenset[int]:
+        """The ids of the model's buffers (made at first use)."""
+        if self.state.buffers is None:
+            self.state.buffers = frozenset(id(t) for t in self.model.buffers())
+        return self.state.buffers
 
     def _is_weight(self, t: Tensor) -> bool:
         """Whether ``t`` is a parameter or buffer of the model, a view of one, or a tensor
         computed from them alone in this forward pass (``self.query / math.sqrt(d)``)."""
-        return id(t if t._base is None else t._base) in self._weights() or getattr(
+        return self._is_parameter_made(t) or id(
+            t if t._base is None else t._base) in self._buffers()
+
+    def _is_parameter_made(self, t: Tensor) -> bool:
+        """Whether ``t`` is a parameter, a view of one, or computed from weights in this
+        forward pass (no walk over the model: most calls ask this first)."""
+        return isinstance(t if t._base is None else t._base, nn.Parameter) or getattr(
             t, "_lit_explain_weight", None) is self.state.weight_token
 
     def _note_weights(self, tensors: list[Tensor], produced: list[Tensor]) -> None:
-        """Mark what a call computes from weights alone (no differentiable output)."""
-        if tensors and produced and not any(t.requires_grad for t in produced) and all(
+        """Mark what a call computes from weights alone, a parameter among them (no
+        differentiable output)."""
+        if produced and not any(t.requires_grad for t in produced) and any(
+                self._is_parameter_made(t) for t in tensors) and all(
                 self._is_weight(t) for t in tensors):
             for t in produced:
                 t._lit_explain_weight = self.state.weight_token

@@ -353,7 +353,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
 
     def _forward(self, x: Tensor, handlers: dict[str, Handler], passthrough: frozenset[str], *,
                  prepare: Prepare | None = None,
-                 input_boundary: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                 input_boundary: Callable[[Tensor], Tensor] | None = None,
+                 refuse_detached: bool = False) -> Tensor:
         """The explained output (batch, K) of a forward pass of ``x`` with the handlers'
         rules, checked against the model's own output (:func:`~.forward.check_same_forward`).
         The model gets a copy of ``x`` (it may modify its input in place). Refused in 16-bit
@@ -369,7 +370,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
 
         def analysed(inputs: Tensor, record: list | None = None) -> Tensor:
             rules = OperationRules(self.model, handlers, passthrough, inputs, prepare=prepare,
-                                   input_boundary=input_boundary, record=record)
+                                   input_boundary=input_boundary, record=record,
+                                   refuse_detached=refuse_detached)
             with rules.tracking_modules():  # the reshape too: it may use a rule's output
                 return self.logits(self.model(inputs), len(inputs))
 

@@ -11,7 +11,9 @@ uses). Linear layers, convolutions,
 BatchNorm in eval mode, additions, average pooling and reshapes are linear and keep their
 gradient. The result (x − x₀)·m sums to f(x) − f(x₀) for the selected output
 ("summation to delta"). Softmax and products of two activations have no rescale rule and
-raise :class:`~lit_explain.NotAnalyzableModelError`.
+raise :class:`~lit_explain.NotAnalyzableModelError`, and so does a value computed from the
+input without a gradient (``detach()``, ``torch.no_grad()``, an ``argmax`` index) where it
+meets a differentiable one: its difference to the reference would be lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
+from .errors import NotAnalyzableModelError
 from .gradient import reference_like
 from .kinds import (
     ACTIVATION,
@@ -190,11 +193,18 @@ class DeepLIFT(Analyzer):
         reference = reference_like(self.reference_inputs, x)
         both = torch.cat([x, reference])
         handlers = {RELU: rescale_rule, ACTIVATION: rescale_rule, MAX_POOL: max_pool_rule}
-        logits = self._forward(both, handlers, LINEAR_KINDS)[: len(x)]
+        logits, logits_of_reference = self._forward(both, handlers, LINEAR_KINDS,
+                                                    refuse_detached=True).chunk(2)
         seed = self._seed(logits, self.selector(neuron_selection)(logits))
         multiplier = None
         if logits.requires_grad:
             (multiplier,) = torch.autograd.grad(logits, x, seed, allow_unused=True)
         if multiplier is None:
+            reference_logits = logits_of_reference.detach()
+            if not torch.allclose(logits.detach(), reference_logits):
+                raise NotAnalyzableModelError(
+                    "the explained output depends on the input only through values without a "
+                    "gradient (detach(), a torch.no_grad() region): DeepLIFT cannot account "
+                    "for its difference to the reference, and a zero map would not sum to it")
             return self._no_path_to_input(x)
         return (x - reference) * multiplier

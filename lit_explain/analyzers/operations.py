@@ -175,6 +175,11 @@ class OperationRules(TorchFunctionMode):
         (the LRP analyzer's relative flow turns relevance per unit into relevance there).
     record:
         A list that receives a :class:`Recorded` for every call: for diagnostics.
+    refuse_detached:
+        Raise :class:`NotAnalyzableModelError` where a call combines a differentiable tensor
+        with a value computed from the input without a gradient (``detach()``, a
+        ``torch.no_grad()`` region, an ``argmax`` index): DeepLIFT, which must account for
+        every difference to the reference, cannot.
 
     What made each tensor is tracked (:mod:`.provenance`): a differentiable tensor that
     reaches a call or leaves a submodule without having been made by a routed call —
@@ -195,7 +200,7 @@ class OperationRules(TorchFunctionMode):
                  passthrough: frozenset[str], model_input: Tensor, *,
                  prepare: Prepare | None = None,
                  input_boundary: Callable[[Tensor], Tensor] | None = None,
-                 record: list[Recorded] | None = None) -> None:
+                 record: list[Recorded] | None = None, refuse_detached: bool = False) -> None:
         super().__init__()
         self.model = model
         self.handlers = handlers
@@ -203,6 +208,7 @@ class OperationRules(TorchFunctionMode):
         self.prepare = prepare
         self.input_boundary = input_boundary
         self.record = record
+        self.refuse_detached = refuse_detached
         # statistics held constant where they scale a tensor: analyzers with a rule for them
         self.holds_statistics = STATISTIC in handlers
         self.state = _ForwardState(input_derived={id(model_input): model_input})
@@ -227,6 +233,14 @@ class OperationRules(TorchFunctionMode):
             raise NotAnalyzableModelError(
                 f"{self._call(func, args, kwargs, kind).where()} receives a tensor computed by "
                 f"code this analysis cannot see into: {UNSEEN_CODE}")
+        if self.refuse_detached and any(t.requires_grad for t in tensors) and \
+                self.state.provenance.detached(tensors) is not None:
+            raise NotAnalyzableModelError(
+                f"{self._call(func, args, kwargs, kind).where()} combines a differentiable "
+                f"tensor with a value computed from the input without a gradient (detach(), "
+                f"a torch.no_grad() region, an index such as argmax): the analysis cannot "
+                f"account for how that value differs between the input and the reference, and "
+                f"its map would not sum to the output's difference")
         held = [id(t) for t in tensors] if self.record is not None else []
         if routed:
             given = args, kwargs
@@ -270,6 +284,8 @@ class OperationRules(TorchFunctionMode):
         self.state.provenance.add_made(produced if first is None else [*produced, first])
         self.state.masks.note(made, args, kwargs, output)
         self._note_weights(tensors, produced)
+        if self.refuse_detached:
+            self.state.provenance.note_detached(made, tensors, produced)
         if holds and len(produced) == 1:
             self.state.provenance.note_statistic(func, kind, args, produced[0])
         # preprocessing: its one differentiable operand is input-derived, wherever it stands

@@ -5,6 +5,10 @@
   own backward: there the map would silently be another method's. Every differentiable
   tensor a routed call makes is recorded (weakly); a differentiable, computed tensor that
   reaches a call or leaves a submodule without being among them was made out of sight.
+- **Values of the input without a gradient** (for DeepLIFT, which must account for every
+  difference to the reference): what ``detach()``, a ``torch.no_grad()`` region or an index
+  (``argmax``) makes of a differentiable tensor, and what is computed from such values.
+  Calls that read only a tensor's shape (``zeros_like``, ``new_ones``) make none.
 - **Statistics** (for AttnLRP's normalisation rule on normalisations written out by hand):
   a spread that keeps its dimensions (``var``, ``std``, ``norm``, or the mean or sum of
   squares or absolute values) and what elementwise operations make of statistics alone.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable
 
+import torch
 from torch import Tensor
 
 from .kinds import (
@@ -55,8 +60,16 @@ class _WeakSet:
         return bool(self._refs)
 
 
+#: Calls whose output depends on a tensor's shape, dtype and device only.
+SHAPE_ONLY = frozenset({
+    torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like,
+    torch.randn_like, Tensor.new_zeros, Tensor.new_ones, Tensor.new_empty, Tensor.new_full,
+    Tensor.new_tensor})
+
+
 class Provenance:
-    """The tensors routed calls made, the statistics and the squares among them."""
+    """The tensors routed calls made, the statistics and the squares among them, and the
+    values computed from the input without a gradient."""
 
     def __init__(self) -> None:
         # a tensor made in sight carries this pass's own token (an attribute: cheaper than a
@@ -69,6 +82,24 @@ class Provenance:
         for t in tensors:
             if t.requires_grad:
                 t._lit_explain_made = self._token
+
+    def note_detached(self, func: Callable, tensors: list[Tensor],
+                      produced: list[Tensor]) -> None:
+        """Mark ``produced`` as values of the input without a gradient where the call made
+        them, none differentiable, from a differentiable tensor or from such values."""
+        if not produced or func in SHAPE_ONLY or any(t.requires_grad for t in produced):
+            return
+        token = self._token
+        if any(t.requires_grad or getattr(t, "_lit_explain_detached", None) is token
+               for t in tensors):
+            for t in produced:
+                t._lit_explain_detached = token
+
+    def detached(self, tensors: Iterable[Tensor]) -> Tensor | None:
+        """The first of ``tensors`` that is a value of the input without a gradient."""
+        token = self._token
+        return next((t for t in tensors
+                     if getattr(t, "_lit_explain_detached", None) is token), None)
 
     def made_unseen(self, tensors: Iterable[Tensor]) -> bool:
         """Whether one of ``tensors`` is differentiable, computed (not a leaf) and made out

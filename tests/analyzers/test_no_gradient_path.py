@@ -124,10 +124,64 @@ NEEDS = {"lrp": {"rule": "Z"}, "lrp.alpha_beta": {"alpha": 2.0},
          "smoothgrad": {"augment_by_n": 2}}
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers)
-                                  if not n.startswith("pattern.") and n not in ("input", "random")])
+@pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers) if not n.startswith(
+    "pattern.") and n not in ("input", "random", "deep_lift")])
 def test_every_analyzer_gives_a_frozen_stem_a_zero_map_and_says_why(name):
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
     with pytest.warns(UserWarning, match="no differentiable path to the input"):
         relevance = lx.create_analyzer(name, FrozenStem(), **NEEDS.get(name, {})).analyze(x)
     assert torch.equal(relevance, torch.zeros_like(x))
+
+
+def test_deep_lift_refuses_a_frozen_stem_whose_output_still_moves():
+    # summation to delta: the map must sum to f(x) - f(0), which a zero map does not
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(lx.NotAnalyzableModelError, match="without a gradient"):
+        lx.create_analyzer("deep_lift", FrozenStem()).analyze(x)
+
+
+class ConstantOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(torch.zeros_like(x))
+
+
+def test_deep_lift_gives_a_constant_output_a_zero_map_and_says_why():
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(UserWarning, match="no differentiable path to the input"):
+        relevance = lx.create_analyzer("deep_lift", ConstantOutput()).analyze(x)
+    assert torch.equal(relevance, torch.zeros_like(x))
+
+
+class DetachedBranch(nn.Module):
+    """``a(x) + b(x).detach()``, or the index of a maximum selecting a feature."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.a, self.b, self.out = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        if self.how == "detach":
+            h = h + self.b(x).detach()
+        elif self.how == "no_grad":
+            with torch.no_grad():
+                scale = self.b(x).abs().mean(-1, keepdim=True)
+            h = h * scale
+        else:  # argmax
+            h = h.gather(1, self.b(x).argmax(1, keepdim=True).expand(-1, 6))
+        return self.out(h)
+
+
+@pytest.mark.parametrize("how", ["detach", "no_grad", "argmax"])
+def test_deep_lift_refuses_values_of_the_input_without_a_gradient(how):
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(lx.NotAnalyzableModelError, match="without a gradient"):
+        lx.create_analyzer("deep_lift", DetachedBranch(how)).analyze(x)
+    # the gradient family differentiates what autograd sees, as a training step does
+    lx.create_analyzer("input_t_gradient", DetachedBranch(how)).analyze(x)

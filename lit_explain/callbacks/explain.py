@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
 from .. import viz
@@ -30,7 +31,7 @@ from .evaluation import (
     normalize_metrics,
 )
 from .patterns import SOURCES, PatternCollector
-from .probe import SELECTIONS, ProbeCollector, check_batch, check_masks, pick
+from .probe import SELECTIONS, ProbeCollector, check_batch, check_masks, class_ids, pick
 
 ON_ERROR = ("warn", "raise")
 NORMALIZATIONS = ("per_sample", "shared")
@@ -99,7 +100,10 @@ class ExplainCallback(Callback):
     seed:
         Seed of the probe selection.
     every_n_epochs:
-        Explain every this many epochs.
+        Explain at the first validation, then at the first validation at least this many
+        epochs after the last explained one: at most once per epoch (``val_check_interval``
+        below 1 validates more often), and at every validation of a Trainer that validates
+        every ``check_val_every_n_epoch`` epochs, when they are equal.
     metrics:
         Metric names (``lit_explain.metrics.metrics``, e.g. ``"pixel_flipping"``,
         ``"sparseness"``), or ``{name: {parameter: value}}``.
@@ -163,13 +167,19 @@ class ExplainCallback(Callback):
 
     Notes
     -----
-    Training is unchanged: analyses run in eval mode with frozen parameters, take gradients
-    with ``torch.autograd.grad`` and restore every flag; their randomness uses their own
-    generators. Before the first training step (on the first sanity-check or training
-    batch) the preflight checks ``input_key``, ``target_key`` and ``mask_key`` against the
-    batch (a bad key raises, naming the batch's keys) and tries every analyzer and metric on
-    one sample: under ``on_error="warn"`` one the model cannot support is dropped with one
-    warning, under ``"raise"`` it stops there. Under DDP every rank explains its own probe
+    Training is unchanged: the callback's forward passes run in eval mode (BatchNorm
+    statistics and dropout untouched) and put every module's flag back; analyses freeze the
+    parameters and take gradients with ``torch.autograd.grad``; the random number generators
+    of the CPU and of the model's GPU are forked around the callback's work, so that a model
+    drawing random numbers in eval mode (MC dropout) draws in training what it would have
+    drawn without the callback. Before the first training step (on the first sanity-check
+    batch, or the first training batch where there is no sanity check and it is shaped like
+    a validation batch) the preflight checks ``input_key``, ``target_key`` and ``mask_key``
+    against the batch (a bad key raises, naming the batch's keys) and tries every analyzer
+    and metric on one sample: under ``on_error="warn"`` one the model cannot support is
+    dropped with one warning, under ``"raise"`` it stops there. An analyzer that refuses the
+    model later (a pattern analyzer, which the preflight cannot try without patterns) is
+    dropped there alike. Under DDP every rank explains its own probe
     samples, metrics and drift are reduced across ranks, and rank zero logs.
 
     Cost: one analysis per analyzer of the probe samples, one prediction forward, and for
@@ -248,6 +258,7 @@ class ExplainCallback(Callback):
         self._dropped: set[str] = set()
         self._checked = False
         self._warned: set[str] = set()
+        self._last_epoch: int | None = None  # the last epoch explained in fit
 
     @property
     @override
@@ -281,14 +292,24 @@ class ExplainCallback(Callback):
 
     # Before the first training step: the keys, every analyzer and every metric.
 
-    def _check_analyzers(self, batch: Any) -> None:
+    def _check_analyzers(self, batch: Any, pl_module: L.LightningModule,
+                         training_batch: bool) -> None:
         if self._checked:
             return
+        try:
+            inputs, targets = check_batch(batch, self.input_key, self.target_key)
+            if self.mask_key is not None:  # a configuration error: raised whatever on_error
+                check_masks(pick(batch, self.mask_key), inputs, self.mask_key)  # says
+        except (ValueError, TypeError, KeyError):
+            if training_batch:  # training batches may be shaped otherwise: the first
+                return  # validation batch is checked instead
+            raise
         self._checked = True
-        inputs, targets = check_batch(batch, self.input_key, self.target_key)
-        if self.mask_key is not None:  # a configuration error: raised whatever on_error says
-            check_masks(pick(batch, self.mask_key), inputs, self.mask_key)
-        sample = inputs[:1]
+        with _training_untouched(pl_module):
+            self._try_on_one_sample(inputs[:1], batch)
+
+    def _try_on_one_sample(self, sample: Tensor, batch: Any) -> None:
+        """The preflight proper: every analyzer and metric on one sample."""
         first_map = None
         for name, analyzer in list(self._analyzers.items()):
             if name.startswith("pattern."):
@@ -345,7 +366,7 @@ class ExplainCallback(Callback):
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        self._check_analyzers(batch)
+        self._check_analyzers(batch, pl_module, training_batch=True)
         if self.patterns is not None:
             self.patterns.batch_start(trainer, pl_module, "train", batch_idx)
 
@@ -371,7 +392,8 @@ class ExplainCallback(Callback):
     @override
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                   batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._check_analyzers(batch)  # the sanity check's first batch, or validate()'s
+        # the sanity check's first batch, or validate()'s
+        self._check_analyzers(batch, pl_module, training_batch=False)
         if not trainer.sanity_checking and self.patterns is not None:
             self.patterns.batch_start(trainer, pl_module, "val", batch_idx)
 
@@ -395,12 +417,17 @@ class ExplainCallback(Callback):
             self._say_what_the_probe_is()
         if self.patterns is not None:
             self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
-        if not self.probe.ready or trainer.current_epoch % self.every_n_epochs != 0:
+        if not self.probe.ready or not self._analyzers or not self._due(trainer):
             return
-        if not self._analyzers:
-            return
-        with eager():  # a compiled model is explained through its Python code
+        with eager(), _training_untouched(pl_module):  # (compiled: through its Python code)
             self._explain_and_log(trainer, pl_module)
+        if trainer.state.fn != "validate":
+            self._last_epoch = trainer.current_epoch
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        """Whether this validation is explained (see ``every_n_epochs``)."""
+        return trainer.state.fn == "validate" or self._last_epoch is None or (
+            trainer.current_epoch - self._last_epoch >= self.every_n_epochs)
 
     def _say_what_the_probe_is(self) -> None:
         """Warn once when the probe set is not what was asked for."""
@@ -412,6 +439,16 @@ class ExplainCallback(Callback):
             self._warn_once("no labels", "sample_selection='stratified' needs labels, but the "
                             "batches have none (target_key=None): the first samples are "
                             "explained instead.")
+        if self.probe.unstratified:
+            self._warn_once("no classes", "sample_selection='stratified' needs one class per "
+                            "sample (class ids, or one-hot or probability rows), but the labels "
+                            "name none (multi-hot labels, regression targets): the first "
+                            "samples are explained instead.")
+        if self.probe.left_out:
+            self._warn_once("left out", f"{self.probe.left_out} validation samples come in "
+                            f"batches shaped otherwise than the first (each padded to its own "
+                            f"length?) and were left out of the probe set; pad the validation "
+                            f"batches to one length to draw from all of them.")
 
     def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         started = time.perf_counter()
@@ -429,8 +466,7 @@ class ExplainCallback(Callback):
         progress = _progress(trainer, len(names) + 2, f"{self.name}: explaining "
                              f"{len(inputs)} samples")
         for name in names:
-            result = self._guarded(f"analyzer {name!r}",
-                                   lambda a=self._analyzers[name]: self._explain(a))
+            result = self._explained_by(name)
             progress(1)
             if result is not None:
                 maps[name] = result
@@ -507,6 +543,10 @@ class ExplainCallback(Callback):
         # Drift over the epochs, one plot per analyzer, once: while training runs, the
         # dashboards plot the drift scalars themselves. Rank zero draws; every rank then
         # waits for it, so that no process tears the process group down under another.
+        if self._last_epoch is None and trainer.enable_validation and self._analyzers:
+            self._warn_once("nothing explained", "training ended before a validation ran "
+                            "(max_steps, max_time or an early stop before the first one): "
+                            "nothing was explained.")
         if trainer.is_global_zero:
             self._plot_at_end(trainer)
         trainer.strategy.barrier("ExplainCallback.on_train_end")
@@ -530,6 +570,19 @@ class ExplainCallback(Callback):
                     trainer.loggers, f"{self.name}/{n}/drift", [viz.to_uint8_hwc(p)],
                     trainer.global_step, captions=[f"{n}: drift over the epochs"],
                     default_root=trainer.default_root_dir))
+
+    def _explained_by(self, name: str) -> Tensor | None:
+        """The probe's maps by one analyzer; ``None`` where it fails (one that refuses the
+        model is dropped, as at the preflight)."""
+        try:
+            return self._explain(self._analyzers[name])
+        except NotAnalyzableModelError as error:
+            if self.on_error == "raise":
+                raise
+            self._drop(name, error)
+        except Exception as error:
+            self._warn_or_raise(f"analyzer {name!r}", error)
+        return None
 
     def _explain(self, analyzer: Analyzer) -> Tensor:
         if analyzer.name.startswith("pattern."):
@@ -562,7 +615,8 @@ class ExplainCallback(Callback):
         images: dict[str, Tensor] = {}
         for tag, chosen in pictures.items():
             image = self._guarded("picture", lambda c=chosen: viz.explanation_grid(
-                self.probe.inputs, c, labels=self.probe.targets, predictions=predictions,
+                self.probe.inputs, c, labels=class_ids(self.probe.targets),
+                predictions=predictions,
                 class_names=self.class_names, cmap=self.cmap, absmax=absmax,
                 token_names=self.token_names, masks=self.probe.masks,
                 overlay=self.overlay and self.probe.inputs.dim() >= 4,
@@ -609,7 +663,7 @@ class ExplainCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = {"probe": self.probe.state_dict(), "drift": self.drift.state_dict(),
-                 "analyzers": sorted(self.analyzer_specs)}
+                 "analyzers": sorted(self.analyzer_specs), "last_epoch": self._last_epoch}
         if self.patterns is not None:
             state["patterns"] = self.patterns.state_dict()
         return state
@@ -620,6 +674,7 @@ class ExplainCallback(Callback):
         the drift references of the analyzers that are still configured;
         warn about the rest."""
         configured = set(self.analyzer_specs)
+        self._last_epoch = state_dict.get("last_epoch")
         probe = state_dict.get("probe", {})
         saved_inputs = probe.get("inputs")
         if saved_inputs is not None and len(saved_inputs) != self.probe.num_samples:
@@ -640,6 +695,24 @@ class ExplainCallback(Callback):
                 f"{sorted(configured - saved)}."))
         if self.patterns is not None and "patterns" in state_dict:
             self.patterns.load_state_dict(state_dict["patterns"])
+
+
+@contextmanager
+def _training_untouched(module: nn.Module) -> Iterator[None]:
+    """The callback's own work leaves training as it was: ``module`` in eval mode (BatchNorm
+    statistics and dropout untouched, also when the preflight runs on a training batch),
+    every module's flag put back, and the random number generators of the CPU and of the
+    module's GPU forked (a model drawing random numbers in eval mode, MC dropout, would
+    otherwise draw other numbers in training)."""
+    training = [m for m in module.modules() if m.training]
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    try:
+        module.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        for m in training:
+            m.training = True
 
 
 def _count(n: int, noun: str) -> str:

@@ -70,6 +70,21 @@ def check_batch(batch: Any, input_key: int | str, target_key: int | str | None
     return inputs, targets
 
 
+def class_ids(targets: Tensor | None) -> Tensor | None:
+    """One class per sample: the labels themselves (N,), or the arg-max of one-hot or
+    probability rows (N, C) that sum to 1; ``None`` for anything else (multi-hot labels,
+    regression targets)."""
+    if targets is None:
+        return None
+    if targets.dim() == 1:
+        whole = not targets.is_floating_point() or bool((targets == targets.round()).all())
+        return targets.long() if whole else None
+    if targets.dim() == 2 and len(targets) and bool(
+            torch.isclose(targets.float().sum(1), torch.ones(())).all()):
+        return targets.argmax(1)
+    return None
+
+
 def check_masks(masks: Any, inputs: Tensor, key: int | str) -> None:
     """Check a batch's ground-truth masks against its inputs; raise with what is wrong.
 
@@ -103,9 +118,14 @@ class ProbeCollector:
         ``"first"``: the first samples seen. ``"stratified"``: as many of each class as
         possible, round-robin over the classes in label order, drawn with the collector's
         own generator from the samples of the first validation epoch (at most
-        ``num_samples`` candidates kept per class, so memory stays bounded).
+        ``num_samples`` candidates kept per class, so memory stays bounded). Labels that
+        name no single class per sample (multi-hot, regression targets) are taken as they
+        come, as with ``"first"`` (``unstratified`` says so).
     seed:
         Seed of the generator used by ``"stratified"``.
+
+    Samples are kept from batches of the first batch's shape only: where every batch is
+    padded to its own longest sequence, the others are left out (``left_out`` counts them).
     """
 
     def __init__(self, num_samples: int, selection: str = "first", seed: int = 0) -> None:
@@ -118,6 +138,11 @@ class ProbeCollector:
         self.masks: Tensor | None = None
         self._candidates: dict[int, list[tuple[Tensor, Tensor, Tensor | None]]] = {}
         self._first: list[tuple[Tensor, Tensor | None, Tensor | None]] = []
+        self._shape: tuple[int, ...] | None = None  # of one sample, from the first batch
+        #: Samples of batches shaped otherwise than the first, left out.
+        self.left_out = 0
+        #: Whether ``"stratified"`` took the samples as they came (no class per sample).
+        self.unstratified = False
 
     @property
     def ready(self) -> bool:
@@ -131,10 +156,18 @@ class ProbeCollector:
         """
         if self.ready:
             return
+        if self._shape is None:
+            self._shape = tuple(inputs.shape[1:])
+        if tuple(inputs.shape[1:]) != self._shape:
+            self.left_out += len(inputs)
+            return
         inputs = inputs.detach().cpu()
         targets = None if targets is None else targets.detach().cpu()
         masks = None if masks is None else masks.detach().cpu()
-        if self.selection == "first" or targets is None:
+        classes = None if self.selection == "first" else class_ids(targets)
+        if self.selection == "stratified" and targets is not None and classes is None:
+            self.unstratified = True
+        if classes is None:
             have = sum(len(x) for x, _, _ in self._first)
             take = self.num_samples - have
             if take > 0:
@@ -142,10 +175,10 @@ class ProbeCollector:
                                     None if targets is None else targets[:take].clone(),
                                     None if masks is None else masks[:take].clone()))
             return
-        for label in targets.unique().tolist():
+        for label in classes.unique().tolist():
             chosen = self._candidates.setdefault(int(label), [])
             room = self.num_samples - sum(len(x) for x, _, _ in chosen)
-            mask = targets == label
+            mask = classes == label
             if room > 0:
                 chosen.append((inputs[mask][:room].clone(), targets[mask][:room].clone(),
                                None if masks is None else masks[mask][:room].clone()))
@@ -154,6 +187,9 @@ class ProbeCollector:
         """Fix the probe set at the end of the first validation epoch."""
         if self.ready:
             return
+        if self._candidates and self._first:  # labels of both kinds: as they came
+            self._first += [part for parts in self._candidates.values() for part in parts]
+            self._candidates = {}
         if self._candidates:
             self.inputs, self.targets, self.masks = self._stratified()
         elif self._first:
@@ -166,7 +202,7 @@ class ProbeCollector:
 
     def _stratified(self) -> tuple[Tensor, Tensor, Tensor | None]:
         generator = torch.Generator().manual_seed(self.seed)
-        pools = {}
+        pools: dict[int, list[tuple[Tensor, Tensor, Tensor | None]]] = {}
         for label in sorted(self._candidates):
             parts = self._candidates[label]
             inputs = torch.cat([x for x, _, _ in parts])
@@ -175,16 +211,17 @@ class ProbeCollector:
             order = torch.randperm(len(inputs), generator=generator)
             pools[label] = [(inputs[i], targets[i], None if masks is None else masks[i])
                             for i in order.tolist()]
-        chosen: list[tuple[Tensor, Tensor, Tensor | None]] = []
+        chosen: list[tuple[int, tuple[Tensor, Tensor, Tensor | None]]] = []
         while len(chosen) < self.num_samples and any(pools.values()):
             for label in sorted(pools):
                 if pools[label] and len(chosen) < self.num_samples:
-                    chosen.append(pools[label].pop(0))
-        order = sorted(range(len(chosen)), key=lambda i: int(chosen[i][1]))
-        masks = (None if not chosen or chosen[0][2] is None
-                 else torch.stack([chosen[i][2] for i in order]))
-        return (torch.stack([chosen[i][0] for i in order]),
-                torch.stack([chosen[i][1] for i in order]), masks)
+                    chosen.append((label, pools[label].pop(0)))
+        chosen.sort(key=lambda item: item[0])  # (stable: in drawing order within a class)
+        samples = [sample for _, sample in chosen]
+        masks = None if not samples or samples[0][2] is None else torch.stack(
+            [m for _, _, m in samples])
+        return (torch.stack([x for x, _, _ in samples]),
+                torch.stack([y for _, y, _ in samples]), masks)
 
     def state_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "targets": self.targets, "masks": self.masks}

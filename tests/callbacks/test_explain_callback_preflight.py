@@ -136,13 +136,35 @@ class DictClassifier(DigitsClassifier):
 
 
 @pytest.mark.parametrize("sanity", [0, 2])
-def test_a_wrong_target_key_stops_fit_before_training_step_1(tmp_path, sanity):
+def test_a_wrong_target_key_stops_fit_at_the_first_validation_batch(tmp_path, sanity):
+    # with a sanity check, before training step 1; without one, at the first validation:
+    # the training batches may be shaped otherwise (the next test)
     counter = StepCounter()
     callback = lx.ExplainCallback(analyzers=["gradient"], target_key=2)
     with pytest.raises(ValueError, match=r"target_key=2 .*2 parts"):
         make_trainer(tmp_path, [counter, callback], num_sanity_val_steps=sanity).fit(
             DigitsClassifier(channels=4), DigitsDataModule(batch_size=32))
-    assert counter.steps == 0
+    assert counter.steps == 0 if sanity else counter.steps > 0
+
+
+class TrainOnDicts(DictDigits):
+    """Dict batches in training (as a CombinedLoader of two loaders gives), tuples in
+    validation."""
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+class TrainOnDictsClassifier(DictClassifier):
+    def validation_step(self, batch, batch_idx):
+        return DigitsClassifier.validation_step(self, batch, batch_idx)
+
+
+def test_training_batches_shaped_otherwise_than_validation_ones_do_not_stop_fit(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(TrainOnDictsClassifier(channels=4), TrainOnDicts(batch_size=32))
+    assert callback.drift.first["gradient"].shape == (2, 1, 8, 8)
 
 
 def test_a_dict_batch_with_the_default_keys_names_the_option_and_the_keys(tmp_path):

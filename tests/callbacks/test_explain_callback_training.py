@@ -1,0 +1,204 @@
+"""ExplainCallback in training setups people run: training is bit-identical with and without
+it (no sanity check, BatchNorm, dropout, random numbers drawn in eval mode), and what it
+explains when validation runs on another schedule than every epoch."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from test_explain_callback import make_trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lit_explain as lx
+from lit_explain.callbacks.probe import ProbeCollector, class_ids
+from lit_explain.demo import Classifier, DigitsDataModule
+
+
+class Regularised(Classifier):
+    """BatchNorm and dropout (``norm="1d"``: a dense net with BatchNorm1d), or dropout drawn
+    in eval mode too (``mc_dropout``, as MC-dropout models do)."""
+
+    def __init__(self, norm: str = "2d", mc_dropout: bool = False) -> None:
+        super().__init__(3e-3)
+        self.mc_dropout = mc_dropout
+        if norm == "1d":
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32),
+                                      nn.ReLU())
+            self.head = nn.Linear(32, 10)
+        else:
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                      nn.ReLU(), nn.Flatten())
+            self.head = nn.Linear(4 * 64, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.body(x)
+        return self.head(F.dropout(h, 0.3, training=self.training or self.mc_dropout))
+
+
+def fit(tmp_path, model_kwargs: dict, callbacks: list, **trainer_kwargs) -> dict[str, Tensor]:
+    L.seed_everything(0, verbose=False)
+    model = Regularised(**model_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, callbacks, **trainer_kwargs).fit(
+            model, DigitsDataModule(batch_size=32))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("model_kwargs, trainer_kwargs", [
+    ({"norm": "2d"}, {"num_sanity_val_steps": 0}),  # the preflight on a training batch
+    ({"norm": "1d"}, {"num_sanity_val_steps": 0}),  # (BatchNorm1d of one sample raised)
+    ({"norm": "2d"}, {"limit_val_batches": 0}),
+    ({"mc_dropout": True}, {}),  # random numbers drawn by the callback's forward passes
+], ids=["no-sanity-bn2d", "no-sanity-bn1d", "no-validation", "mc-dropout"])
+def test_training_is_bit_identical_with_the_callback(tmp_path, model_kwargs, trainer_kwargs):
+    without = fit(tmp_path / "without", model_kwargs, [], **trainer_kwargs)
+    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=4,
+                                  metrics=["pixel_flipping"])
+    with_callback = fit(tmp_path / "with", model_kwargs, [callback], **trainer_kwargs)
+    assert all(torch.equal(without[k], with_callback[k]) for k in without)
+
+
+def explained_epochs(tmp_path, **trainer_kwargs) -> list[int]:
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, drift=["first"],
+                                  **trainer_kwargs.pop("callback", {}))
+    fit(tmp_path, {}, [callback], **trainer_kwargs)
+    return [0, *callback.drift.epochs["gradient"]] if callback.drift.first else []
+
+
+def test_validation_every_other_epoch_is_explained_with_every_n_epochs_alike(tmp_path):
+    # Lightning validates after epochs 1, 3, 5; every_n_epochs=2 explains each of them
+    assert explained_epochs(tmp_path, max_epochs=6, check_val_every_n_epoch=2,
+                            callback={"every_n_epochs": 2})[1:] == [3, 5]
+
+
+def test_every_n_epochs_spaces_the_explained_epochs(tmp_path):
+    assert explained_epochs(tmp_path, max_epochs=5, callback={"every_n_epochs": 2})[1:] \
+        == [2, 4]
+
+
+def test_several_validations_per_epoch_explain_once_per_epoch(tmp_path):
+    assert explained_epochs(tmp_path, max_epochs=3, limit_train_batches=4,
+                            val_check_interval=2)[1:] == [1, 2]
+
+
+class PaddedText(L.LightningDataModule):
+    """Token sequences, each validation batch padded to its own longest sentence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.lengths = torch.randint(3, 9, (48,), generator=generator)
+        self.tokens = torch.randint(1, 20, (48, 8), generator=generator)
+        self.labels = torch.randint(0, 2, (48,), generator=generator)
+
+    @staticmethod
+    def collate(samples):
+        longest = max(int(n) for _, n, _ in samples)
+        tokens = torch.stack([torch.cat([t[:n], t.new_zeros(longest - n)])[:longest]
+                              for t, n, _ in samples])
+        return tokens, torch.stack([y for _, _, y in samples])
+
+    def dataloader(self) -> DataLoader:
+        data = list(zip(self.tokens, self.lengths, self.labels, strict=True))
+        return DataLoader(data, batch_size=6, collate_fn=self.collate)
+
+    train_dataloader = val_dataloader = dataloader
+
+
+class BagOfWords(Classifier):
+    def __init__(self) -> None:
+        super().__init__(1e-2)
+        self.embedding, self.out = nn.Embedding(20, 8, padding_idx=0), nn.Linear(8, 2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.out(self.embedding(tokens).mean(1))
+
+
+@pytest.mark.parametrize("selection", ["first", "stratified"])
+def test_batches_padded_to_their_own_length_give_a_probe_of_the_first_shape(tmp_path,
+                                                                             selection):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=12,
+                                  sample_selection=selection)
+    with pytest.warns(UserWarning, match=r"validation samples come in batches shaped "
+                                         r"otherwise than the first.*left out"):
+        make_trainer(tmp_path, [callback], max_epochs=1, limit_val_batches=8).fit(
+            BagOfWords(), PaddedText())
+    first_length = callback.probe.inputs.shape[1]
+    assert callback.probe.inputs.shape == (callback.probe.inputs.shape[0], first_length)
+    assert callback.drift.first["gradient"].shape == callback.probe.inputs.shape
+
+
+def test_labels_that_name_no_single_class_are_taken_as_they_come():
+    assert torch.equal(class_ids(torch.tensor([2, 0, 1])), torch.tensor([2, 0, 1]))
+    one_hot = F.one_hot(torch.tensor([2, 0]), 3).float()
+    assert torch.equal(class_ids(one_hot), torch.tensor([2, 0]))
+    assert class_ids(torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])) is None  # multi-hot
+    assert class_ids(torch.tensor([0.25, 1.5])) is None  # regression targets
+    probe = ProbeCollector(3, "stratified")
+    targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    probe.add(torch.arange(4.0)[:, None], targets)
+    probe.finish()
+    assert probe.unstratified
+    assert torch.equal(probe.inputs[:, 0], torch.arange(3.0))  # the first three
+    assert torch.equal(probe.targets, targets[:3])
+
+
+class MultiLabel(L.LightningDataModule):
+    def dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(40, 1, 8, 8, generator=generator)
+        y = (torch.rand(40, 10, generator=generator) > 0.7).float()
+        return DataLoader(TensorDataset(x, y), batch_size=8)
+
+    train_dataloader = val_dataloader = dataloader
+
+
+class MultiLabelClassifier(Regularised):
+    def training_step(self, batch, batch_idx):
+        return F.binary_cross_entropy_with_logits(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_multi_label_targets_with_stratified_selection_warn_and_train(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4,
+                                  sample_selection="stratified")
+    with pytest.warns(UserWarning, match="needs one class per sample"):
+        make_trainer(tmp_path, [callback], max_epochs=1).fit(MultiLabelClassifier(),
+                                                             MultiLabel())
+    assert callback.drift.first["gradient"].shape == (4, 1, 8, 8)
+
+
+class Recurrent(Classifier):
+    def __init__(self) -> None:
+        super().__init__(1e-2)
+        self.lstm, self.out = nn.LSTM(8, 8, batch_first=True), nn.Linear(8, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.lstm(x[:, 0])[0][:, -1])
+
+
+def test_a_pattern_analyzer_that_refuses_the_model_is_dropped_once(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient", "pattern.net"], num_samples=2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, [callback], max_epochs=3).fit(Recurrent(),
+                                                             DigitsDataModule(batch_size=32))
+    messages = [str(w.message) for w in record if "'pattern.net'" in str(w.message)]
+    assert len(messages) == 1 and "dropped" in messages[0], messages
+    assert "pattern.net" not in callback._analyzers
+
+
+def test_training_that_ends_before_a_validation_says_nothing_was_explained(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    with pytest.warns(UserWarning, match="ended before a validation ran.*nothing was "
+                                         "explained"):
+        make_trainer(tmp_path, [callback], max_steps=2, limit_train_batches=4,
+                     num_sanity_val_steps=0).fit(Regularised(), DigitsDataModule(batch_size=32))

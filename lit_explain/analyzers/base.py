@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 import os
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
@@ -40,6 +43,20 @@ NeuronSelection = int | Sequence[int] | Tensor | None
 Selector = Callable[[Tensor], Tensor | None]
 
 
+#: One lock per model, so that analyses of one model run one at a time (see
+#: :func:`analysis_context`); a model's entry goes with the model.
+_model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = (
+    weakref.WeakKeyDictionary())
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock held while ``model`` is analysed: reentrant, as an analysis may run another
+    analysis of the same model."""
+    with _model_locks_guard:
+        return _model_locks.setdefault(model, threading.RLock())
+
+
 @contextmanager
 def analysis_context(model: nn.Module) -> Iterator[None]:
     """Run an analysis without changing the model or the caller's autograd state.
@@ -50,24 +67,29 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     activation checkpoints run directly (see :mod:`.forward`). On exit every module's train
     flag and every parameter's ``requires_grad`` are put back as they were, also when the
     analysis raises.
+
+    Analyses of one model are serialised: the context holds the model's lock
+    (:func:`model_lock`) from before it switches the flags until after it has put them back,
+    so that no thread restores train mode while another one analyses.
     """
-    # only the modules in train mode are switched (and back): a model validated in eval mode
-    # costs nothing here
-    training = [module for module in model.modules() if module.training]
-    requires_grad = [param for param in model.parameters() if param.requires_grad]
-    try:
-        if training:
-            model.eval()  # through train(False), which a module may override
-        for param in requires_grad:
-            param.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad(), eager(), full_precision(), \
-                without_checkpointing():
-            yield
-    finally:
-        for module in training:
-            module.training = True
-        for param in requires_grad:
-            param.requires_grad_(True)
+    with model_lock(model):
+        # only the modules in train mode are switched (and back): a model validated in eval
+        # mode costs nothing here
+        training = [module for module in model.modules() if module.training]
+        requires_grad = [param for param in model.parameters() if param.requires_grad]
+        try:
+            if training:
+                model.eval()  # through train(False), which a module may override
+            for param in requires_grad:
+                param.requires_grad_(False)
+            with torch.inference_mode(False), torch.enable_grad(), eager(), full_precision(), \
+                    without_checkpointing():
+                yield
+        finally:
+            for module in training:
+                module.training = True
+            for param in requires_grad:
+                param.requires_grad_(True)
 
 
 class Analyzer:
@@ -98,6 +120,11 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
     :func:`torch.autograd.grad` only, and restores every flag afterwards: no parameter,
     buffer, ``.grad``, ``requires_grad`` or train/eval flag changes. It works inside
     ``torch.no_grad()`` and ``torch.inference_mode()``.
+
+    Threads: analyses of one model run one at a time (each holds the model's lock, see
+    :func:`analysis_context`), whether they share an analyzer or not; analyses of different
+    models run in parallel. Training the same model in another thread while it is analysed
+    is not supported: the analysis switches it to eval mode and freezes its parameters.
 
     Token models: an integer input (token ids) is analyzed from the output of the model's
     input ``nn.Embedding``/``nn.EmbeddingBag`` and the map summed over the embedding axis,
@@ -174,7 +201,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             Input batch, first axis the samples.
         neuron_selection:
             Only with ``neuron_selection_mode="index"``: the output to explain, one int for
-            all samples or one per sample.
+            all samples (also a numpy integer or a 0-d integer tensor) or one per sample (a
+            list or a 1-D integer tensor). Integers only: floats and bools are refused.
 
         Returns
         -------
@@ -183,9 +211,12 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        self._check_neuron_selection(neuron_selection, len(x))
-        self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}
+        if x.dim() == 0 or len(x) == 0:
+            raise ValueError(f"x has no samples (shape {tuple(x.shape)}); give a batch, first "
+                             f"axis the samples")
+        neuron_selection = self._checked_selection(neuron_selection, len(x))
         with analysis_context(self.model), ExitStack() as stack:
+            self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}
             # a private copy: the model may modify its input in place (x.sub_(mean)), and the
             # caller's tensor must not change; also an inference tensor becomes a normal one
             inputs = x.detach().clone()
@@ -242,22 +273,42 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
 
     # Neuron selection ------------------------------------------------------------------
 
-    def _check_neuron_selection(self, neuron_selection: NeuronSelection, batch: int) -> None:
+    def _checked_selection(self, neuron_selection: NeuronSelection, batch: int
+                           ) -> int | Tensor | None:
+        """``neuron_selection`` checked against the mode and the batch size: ``None`` (not
+        mode ``"index"``), one int, or a 1-D integer tensor with one index per sample.
+        Integers only: a float or bool would be truncated to an index nobody asked for."""
         if self.neuron_selection_mode != "index":
             if neuron_selection is not None:
                 raise ValueError(
                     f"neuron_selection={neuron_selection!r} is only used with "
                     f"neuron_selection_mode='index'; this analyzer was created with "
                     f"neuron_selection_mode={self.neuron_selection_mode!r}")
-            return
+            return None
         if neuron_selection is None:
             raise ValueError("neuron_selection_mode='index' needs neuron_selection: an int, "
                              "or one index per sample")
-        if not isinstance(neuron_selection, int):
-            count = len(neuron_selection)
-            if count != batch:
-                raise ValueError(f"neuron_selection has {count} indices for {batch} samples; "
-                                 f"give one int or one index per sample")
+        if isinstance(neuron_selection, numbers.Integral) and not isinstance(
+                neuron_selection, bool):  # an int or a numpy integer
+            return int(neuron_selection)
+        try:
+            indices = torch.as_tensor(neuron_selection)
+        except (TypeError, ValueError, RuntimeError):  # a string, a ragged list, ...
+            indices = None
+        if indices is None or indices.dim() > 1 or indices.dtype == torch.bool or (
+                indices.is_floating_point() or indices.is_complex()):
+            given = (f" (a {neuron_selection.dtype} tensor of shape "
+                     f"{tuple(neuron_selection.shape)})" if isinstance(neuron_selection, Tensor)
+                     else f"={neuron_selection!r}")
+            raise ValueError(f"neuron_selection{given} is not valid; expected an int, or one "
+                             f"integer index per sample (a list or a 1-D integer tensor of "
+                             f"{batch})")
+        if indices.dim() == 0:
+            return int(indices)
+        if len(indices) != batch:
+            raise ValueError(f"neuron_selection has {len(indices)} indices for {batch} "
+                             f"samples; give one int or one index per sample")
+        return indices
 
     def selector(self, neuron_selection: NeuronSelection) -> Selector:
         """Map a batch's flattened outputs (N, K) to the indices to explain (None: all)."""
@@ -295,8 +346,17 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         return None
 
     def logits(self, output: Any, batch: int) -> Tensor:
-        """The explained output (see ``output_key``) of a model output, as (batch, K)."""
-        return select_output(output, self.output_key).reshape(batch, -1)
+        """The explained output (see ``output_key``) of a model output, as (batch, K).
+
+        Its first axis must be the samples: any other (a sequence-first (T, N, C) output, an
+        output reduced over the batch) would mix samples when flattened per sample."""
+        selected = select_output(output, self.output_key)
+        if selected.dim() == 0 or len(selected) != batch:
+            raise ValueError(
+                f"the explained model output has shape {tuple(selected.shape)} for a batch of "
+                f"{batch} samples; its first axis must be the samples (N, ...). Choose an "
+                f"output with output_key=, or wrap the model so that it returns the samples first")
+        return selected.reshape(batch, -1)
 
     def _backward(self, x: Tensor, select: Selector, handlers: dict[str, Handler] | None = None,
                   passthrough: frozenset[str] = frozenset(), *, prepare: Prepare | None = None,

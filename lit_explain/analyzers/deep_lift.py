@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
 from .errors import NotAnalyzableModelError
-from .gradient import reference_like
+from .gradient import check_reference, reference_like
 from .kinds import (
     ACTIVATION,
     BATCH_NORM,
@@ -186,6 +186,7 @@ class DeepLIFT(Analyzer):
                  reference_inputs: float | Tensor = 0.0, *,
                  output_key: int | str | None = None) -> None:
         super().__init__(model, neuron_selection_mode, output_key=output_key)
+        check_reference(reference_inputs)
         self.reference_inputs = reference_inputs
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:

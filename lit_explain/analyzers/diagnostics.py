@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .kinds import ALL_KINDS, BATCH_NORM, KERNEL, NORMALIZATION, SOFTMAX, WEIGHT_PRODUCT
 from .operations import Handler, OperationCall
+from .validation import check_bool
 
 #: The operation kinds whose input and output are observed: the layers, and the
 #: transformer operations whose rules absorb relevance (a LayerNorm's bias, AttnLRP's
@@ -75,9 +76,7 @@ class ReverseOptions:
     def __post_init__(self) -> None:
         for name in ("keep_tensors", "check_finite", "check_min_max_values",
                      "project_bottleneck_layers"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"reverse_{name}={getattr(self, name)!r} is not valid; "
-                                 f"expected True or False")
+            check_bool(f"reverse_{name}", getattr(self, name))
         clip = self.clip_values
         if clip is not None:
             valid = (isinstance(clip, (tuple, list)) and len(clip) == 2 and all(

@@ -83,6 +83,10 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
                 f"copy without max_norm (after one forward pass the rows it renormalised "
                 f"keep their norm, and the copy computes the same function)")
     called: list[tuple[str, nn.Module, tuple, dict, Tensor]] = []
+    entered: list[tuple[str, nn.Module]] = []  # embeddings called, finished or not
+
+    def enter(path: str) -> Callable:
+        return lambda module, args: entered.append((path, module))
 
     def hook(path: str) -> Callable:
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
@@ -93,8 +97,10 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
 
         return record
 
-    handles = [m.register_forward_hook(hook(p), with_kwargs=True)
-               for p, m in model.named_modules() if isinstance(m, EMBEDDINGS) and m is not model]
+    embeddings = [(p, m) for p, m in model.named_modules()
+                  if isinstance(m, EMBEDDINGS) and m is not model]
+    handles = [m.register_forward_hook(hook(p), with_kwargs=True) for p, m in embeddings]
+    handles += [m.register_forward_pre_hook(enter(p)) for p, m in embeddings]
     failure: Exception | None = None
     try:
         with torch.no_grad():
@@ -106,6 +112,13 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
     finally:
         for handle in handles:
             handle.remove()
+    if not called and entered:  # the embedding itself failed: an id out of its range, ...
+        path, module = entered[-1]
+        raise ValueError(f"the model's forward failed in its embedding '{path}' "
+                         f"({module.num_embeddings} rows, valid ids 0.."
+                         f"{module.num_embeddings - 1}; the input's token ids range from "
+                         f"{int(tokens.min())} to {int(tokens.max())}): "
+                         f"{type(failure).__name__}: {failure}") from failure
     if not called:
         raise TypeError(f"the input has dtype {tokens.dtype} (token ids), but "
                         f"{type(model).__name__}'s forward applies no nn.Embedding or "

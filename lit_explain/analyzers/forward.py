@@ -169,11 +169,16 @@ class OutputSelector(nn.Module):
 
 
 def _close(got: Tensor, expected: Tensor) -> bool:
+    """Whether ``got`` equals ``expected`` up to :data:`TOLERANCE` of the largest finite
+    value of ``expected``; NaNs and infinities (of one sign) at the same places count as
+    equal, so that a non-finite input or weight gets its non-finite map, not an error."""
     if got.shape != expected.shape:
         return False
-    scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    expected = expected.detach()
+    finite = expected[torch.isfinite(expected)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
     return bool(torch.allclose(got.detach().to(expected.dtype), expected, rtol=TOLERANCE,
-                               atol=TOLERANCE * scale + 1e-30))
+                               atol=TOLERANCE * scale + 1e-30, equal_nan=True))
 
 
 def _all_close(got: list[Tensor], expected: list[Tensor]) -> bool:

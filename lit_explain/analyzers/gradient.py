@@ -12,7 +12,13 @@ from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection, Selector
 from .registry import register
-from .validation import check_choice, check_non_negative, check_positive_int
+from .validation import (
+    check_choice,
+    check_number,
+    check_positive_int,
+    check_seed,
+    is_finite_number,
+)
 
 POSTPROCESS = (None, "abs", "square")
 
@@ -36,7 +42,8 @@ class DeviceGenerators:
     """
 
     def __init__(self, seed: int) -> None:
-        self.seed = seed
+        check_seed(seed)
+        self.seed = int(seed)
         self._by_device: dict[torch.device, torch.Generator] = {}
 
     def on(self, device: torch.device) -> torch.Generator:
@@ -44,6 +51,18 @@ class DeviceGenerators:
         if device not in self._by_device:
             self._by_device[device] = torch.Generator(device).manual_seed(self.seed)
         return self._by_device[device]
+
+
+def check_reference(reference_inputs: float | Tensor) -> None:
+    """Raise ``ValueError`` unless ``reference_inputs`` is a finite number or a tensor of
+    finite values."""
+    if isinstance(reference_inputs, Tensor):
+        if not bool(torch.isfinite(reference_inputs).all()):
+            raise ValueError("reference_inputs holds values that are not finite (nan or inf); "
+                             "expected finite values")
+    elif not is_finite_number(reference_inputs):
+        raise ValueError(f"reference_inputs={reference_inputs!r} is not valid; expected a "
+                         f"finite number or a tensor")
 
 
 def reference_like(reference_inputs: float | Tensor, x: Tensor) -> Tensor:
@@ -64,12 +83,16 @@ def path_selector(analyzer: Analyzer, x: Tensor, neuron_selection: NeuronSelecti
     ``"max_activation"`` picks each sample's argmax on the unperturbed input, so that every
     point of a path or of a noise cloud explains the same output neuron. That takes one
     gradient-free forward pass of ``x``, run once per analysis (not once per chunk: at
-    batch 16 and 64 inputs per chunk that would add a quarter of the work of IG). ``"index"``
-    and ``"all"`` need no forward pass of their own.
+    batch 16 and 64 inputs per chunk that would add a quarter of the work of IG).
+    ``"index"`` chooses on the first copy of the batch (one index per sample of ``x``) and
+    repeats the choice for every copy; ``"all"`` chooses nothing.
     """
     select = analyzer.selector(neuron_selection)
-    if analyzer.neuron_selection_mode != "max_activation":
+    mode = analyzer.neuron_selection_mode
+    if mode == "all":
         return lambda repeats: select
+    if mode == "index":
+        return lambda repeats: lambda logits: select(logits[:len(x)]).repeat(repeats)
     with torch.no_grad():
         indices = select(analyzer.logits(analyzer.model(x.clone()), len(x)))  # may modify it
     return lambda repeats: lambda logits: indices.repeat(repeats)
@@ -115,7 +138,7 @@ class Random(Analyzer):
                  stddev: float = 1.0, seed: int = 0, *,
                  output_key: int | str | None = None) -> None:
         super().__init__(model, neuron_selection_mode, output_key=output_key)
-        check_non_negative("stddev", stddev)
+        check_number("stddev", stddev, at_least=0)
         self.stddev = stddev
         self.generators = DeviceGenerators(seed)
 
@@ -231,7 +254,7 @@ class SmoothGrad(_BatchedPathAnalyzer):
                  output_key: int | str | None = None) -> None:
         super().__init__(model, neuron_selection_mode, batch_size, output_key)
         check_positive_int("augment_by_n", augment_by_n)
-        check_non_negative("noise_scale", noise_scale)
+        check_number("noise_scale", noise_scale, at_least=0)
         check_choice("postprocess", postprocess, POSTPROCESS)
         self.augment_by_n = augment_by_n
         self.noise_scale = noise_scale
@@ -282,6 +305,7 @@ class IntegratedGradients(_BatchedPathAnalyzer):
                  output_key: int | str | None = None) -> None:
         super().__init__(model, neuron_selection_mode, batch_size, output_key)
         check_positive_int("steps", steps)
+        check_reference(reference_inputs)
         self.steps = steps
         self.reference_inputs = reference_inputs
 

@@ -174,7 +174,13 @@ def load_analyzer(source: str | os.PathLike | IO[bytes] | Mapping[str, Any],
     if isinstance(source, Mapping):
         state = source
     else:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except OSError:
+            raise  # a missing or unreadable file: its error names the path
+        except Exception as error:  # on other files: KeyError, EOFError, struct.error, ...
+            raise ValueError(f"{source!r} is not a saved lit_explain analyzer: torch.load "
+                             f"cannot read it ({type(error).__name__})") from error
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         raise ValueError(f"{source!r} is not a saved lit_explain analyzer")
     if state.get("version") != VERSION:

@@ -135,8 +135,9 @@ def test_files_that_are_not_saved_analyzers_are_refused(tmp_path):
         lx.load_analyzer(tmp_path / "other.pt", cnn())
     # a file holding a reference to a function: never unpickled
     torch.save({"format": "lit_explain.analyzer", "name": print}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="evil.pt.*not a saved lit_explain analyzer") as info:
         lx.load_analyzer(tmp_path / "evil.pt", cnn())
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
 
 
 # Training the iNNvestigate way: fit(data) -----------------------------------------------

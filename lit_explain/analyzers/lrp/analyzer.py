@@ -59,7 +59,7 @@ from ..kinds import (
 )
 from ..operations import OperationCall, scale_gradient, through_parts, with_gradient
 from ..registry import register
-from ..validation import check_choice
+from ..validation import check_bool, check_choice
 from .deferred import KernelOutputs
 from .layers import BatchNormLayer, FusedLayer, KernelLayer, MatrixLayer
 from .presets import RuleMap, RuleSpec, to_rule
@@ -165,8 +165,7 @@ class LRP(Analyzer):
                  bn_layer_rule: RuleSpec | None = None, *, canonize: bool = True,
                  attention_rule: str = "attnlrp", **reverse: Any) -> None:
         super().__init__(model, neuron_selection_mode, **reverse)
-        if not isinstance(canonize, bool):
-            raise TypeError(f"canonize={canonize!r} is not valid; expected True or False")
+        check_bool("canonize", canonize)
         check_choice("attention_rule", attention_rule, ATTENTION_RULES)
         self.canonize = canonize
         self.attention_rule = attention_rule

@@ -52,7 +52,5 @@ class BoundedDeepTaylor(DeepTaylor):
                  low: float | None = None, high: float | None = None, **reverse: Any) -> None:
         if low is None or high is None:
             raise ValueError("deep_taylor.bounded needs low= and high=, the input range")
-        if not low < high:
-            raise ValueError(f"low={low!r} must be smaller than high={high!r}")
         LRP.__init__(self, model, neuron_selection_mode, rule=ZPlusRule(),
-                     input_layer_rule=BoundedRule(float(low), float(high)), **reverse)
+                     input_layer_rule=BoundedRule(low, high), **reverse)

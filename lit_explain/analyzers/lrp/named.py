@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..registry import register
+from ..validation import check_number
 from .analyzer import LRP
 from .presets import ALPHA_1_BETA_0, ALPHA_2_BETA_1, RuleSpec, sequential_preset
 from .rules import (
@@ -126,7 +127,6 @@ class LRPEpsilon(LRP):
                  epsilon: float = 1e-7, bias: bool = True,
                  input_layer_rule: RuleSpec | tuple[float, float] | None = None,
                  **reverse: Any) -> None:
-        _check_epsilon(epsilon)
         super().__init__(model, neuron_selection_mode, rule=EpsilonRule(epsilon, bias),
                          input_layer_rule=input_layer_rule, **reverse)
 
@@ -139,7 +139,6 @@ class LRPEpsilonIgnoreBias(LRP):
                  epsilon: float = 1e-7,
                  input_layer_rule: RuleSpec | tuple[float, float] | None = None,
                  **reverse: Any) -> None:
-        _check_epsilon(epsilon)
         super().__init__(model, neuron_selection_mode, rule=EpsilonRule(epsilon, bias=False),
                          input_layer_rule=input_layer_rule, **reverse)
 
@@ -163,15 +162,16 @@ class LRPAlphaBeta(LRP):
                  **reverse: Any) -> None:
         if alpha is None and beta is None:
             raise ValueError("lrp.alpha_beta needs alpha or beta (alpha - beta = 1)")
+        # the values given are checked before the other is derived from them, so that an
+        # error names the user's value
+        if alpha is not None:
+            check_number("alpha", alpha, at_least=1)
+        if beta is not None:
+            check_number("beta", beta, at_least=0)
         alpha = float(beta) + 1.0 if alpha is None else float(alpha)
         beta = alpha - 1.0 if beta is None else float(beta)
         super().__init__(model, neuron_selection_mode, rule=AlphaBetaRule(alpha, beta, bias),
                          input_layer_rule=input_layer_rule, **reverse)
-
-
-def _check_epsilon(epsilon: float) -> None:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
-        raise ValueError(f"epsilon={epsilon!r} is not valid; expected a number >= 0")
 
 
 class _SequentialPreset(LRP):
@@ -180,7 +180,6 @@ class _SequentialPreset(LRP):
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  epsilon: float = 0.1, **reverse: Any) -> None:
-        _check_epsilon(epsilon)
         preset = sequential_preset(self.conv_rule, epsilon, self.flat_input)
         super().__init__(model, neuron_selection_mode, rule=preset.rules(),
                          input_layer_rule=preset.input_layer, **reverse)
@@ -232,7 +231,6 @@ class LRPSequentialPresetBFlatUntilIdx(LRP):
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  epsilon: float = 0.1, until_layer_idx: int | None = None,
                  **reverse: Any) -> None:
-        _check_epsilon(epsilon)
         preset = sequential_preset(ALPHA_2_BETA_1, epsilon, flat_input=True)
         super().__init__(model, neuron_selection_mode, rule=preset.rules(),
                          input_layer_rule=preset.input_layer, until_layer_idx=until_layer_idx,

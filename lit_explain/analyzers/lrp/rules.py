@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..operations import scale_gradient, with_gradient
+from ..validation import check_bool, check_number
 from .layers import AffineLayer
 
 #: The stabiliser of iNNvestigate's safe division: ``z`` is replaced by this where ``z = 0``.
@@ -170,6 +171,9 @@ class _RescalingRule(Rule):
     proportional = True
     bias: bool
 
+    def __post_init__(self) -> None:
+        check_bool("bias", self.bias)
+
     def stabilize(self, z: Tensor) -> Tensor:
         """The denominator for ``z``: a new tensor with no zeros."""
         raise NotImplementedError
@@ -209,6 +213,10 @@ class EpsilonRule(_RescalingRule):
 
     epsilon: float = 1e-7
     bias: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("epsilon", self.epsilon, at_least=0)
 
     def stabilize(self, z: Tensor) -> Tensor:
         if not self.epsilon:
@@ -296,11 +304,12 @@ class AlphaBetaRule(Rule):
     bias: bool = True
 
     def __post_init__(self) -> None:
+        check_bool("bias", self.bias)
+        check_number("alpha", self.alpha, at_least=1)
+        check_number("beta", self.beta, at_least=0)
         if abs(self.alpha - self.beta - 1.0) > 1e-9:
             raise ValueError(f"alpha - beta must be 1 (relevance conservation); got "
                              f"alpha={self.alpha!r}, beta={self.beta!r}")
-        if self.beta < 0:
-            raise ValueError(f"beta={self.beta!r} is not valid; expected a number >= 0")
 
     def output_value(self, layer: AffineLayer) -> Tensor:
         """With β > 0 on a non-negative input the two parts this rule needs give the output;
@@ -371,6 +380,12 @@ class BoundedRule(Rule):
 
     low: float = -1.0
     high: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_number("low", self.low)
+        check_number("high", self.high)
+        if not self.low < self.high:
+            raise ValueError(f"low={self.low!r} must be smaller than high={self.high!r}")
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x, weight = layer.input, layer.weight

@@ -1,0 +1,267 @@
+"""The edges of ``analyze``: per-sample indices in chunks of several copies, outputs without
+a batch axis, invalid options and selections, non-finite values, empty batches, unreadable
+files and threads."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lit_explain as lx
+
+INDICES = [0, 4, 1, 3]  # one output per sample
+
+
+def mlp(activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), activation(), nn.Linear(16, 5)).eval()
+
+
+def batch() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(4, 12)
+
+
+def gradient_of_selected(model: nn.Module, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    selected = model(x).gather(1, torch.tensor(indices)[:, None]).sum()
+    return torch.autograd.grad(selected, x)[0]
+
+
+# Per-sample indices repeat for every copy of the batch in a chunk ----------------------
+
+def test_smoothgrad_without_noise_and_per_sample_indices_is_the_gradient():
+    # 3 noise-free copies of the batch in one chunk: each copy's gradient is the gradient
+    model, x = mlp(), batch()
+    smoothgrad = lx.create_analyzer("smoothgrad", model, neuron_selection_mode="index",
+                                    augment_by_n=3, noise_scale=0.0)
+    torch.testing.assert_close(smoothgrad.analyze(x, INDICES),
+                               gradient_of_selected(model, x, INDICES))
+
+
+def test_integrated_gradients_with_per_sample_indices_is_each_sample_analysed_alone():
+    model, x = mlp(), batch()
+    ig = lx.create_analyzer("integrated_gradients", model, neuron_selection_mode="index",
+                            steps=8)
+    alone = torch.cat([ig.analyze(x[i:i + 1], index) for i, index in enumerate(INDICES)])
+    torch.testing.assert_close(ig.analyze(x, torch.tensor(INDICES)), alone)
+
+
+def test_integrated_gradients_with_per_sample_indices_is_complete():
+    # Σ map = f(x) − f(0) for each sample's own output (smooth model, many steps)
+    model, x = mlp(nn.Softplus), batch()
+    ig = lx.create_analyzer("integrated_gradients", model, neuron_selection_mode="index",
+                            steps=512)
+    selected = torch.tensor(INDICES)[:, None]
+    with torch.no_grad():
+        difference = (model(x) - model(torch.zeros_like(x))).gather(1, selected).squeeze(1)
+    torch.testing.assert_close(ig.analyze(x, INDICES).sum(1), difference, atol=2e-3, rtol=0)
+
+
+class TokenModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.out = nn.Embedding(20, 6), nn.Linear(6, 3)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.emb(tokens)).mean(1))
+
+
+def test_token_model_integrated_gradients_with_per_sample_indices():
+    model, tokens, indices = TokenModel().eval(), torch.randint(0, 20, (4, 7)), [0, 2, 1, 0]
+    ig = lx.create_analyzer("integrated_gradients", model, neuron_selection_mode="index",
+                            steps=8)
+    alone = torch.cat([ig.analyze(tokens[i:i + 1], index) for i, index in enumerate(indices)])
+    torch.testing.assert_close(ig.analyze(tokens, indices), alone)
+
+
+# The explained output's first axis must be the samples ---------------------------------
+
+class SequenceFirst(nn.Module):  # (T, N, C), as an RNN with batch_first=False
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(12, 6)
+
+    def forward(self, x):
+        return self.linear(x).reshape(len(x), 2, 3).transpose(0, 1)
+
+
+class Reduced(nn.Module):  # reduced over the batch: (C,) or a scalar
+    def __init__(self, reduce) -> None:
+        super().__init__()
+        self.linear, self.reduce = nn.Linear(12, 3), reduce
+
+    def forward(self, x):
+        return self.reduce(self.linear(x))
+
+
+@pytest.mark.parametrize("name", ["gradient", "lrp.epsilon"])
+@pytest.mark.parametrize(("model", "shape"), [
+    (SequenceFirst(), r"\(2, 4, 3\)"),
+    (Reduced(lambda y: y.mean(0)), r"\(3,\)"),
+    (Reduced(torch.sum), r"\(\)"),
+])
+def test_an_output_whose_first_axis_is_not_the_samples_is_refused(name, model, shape):
+    analyzer = lx.create_analyzer(name, model.eval())
+    with pytest.raises(ValueError, match=f"shape {shape} for a batch of 4 samples; its first "
+                                         f"axis must be the samples"):
+        analyzer.analyze(batch())
+
+
+# Options: checked at construction, naming the value ------------------------------------
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(("name", "kwargs", "message"), [
+    ("lrp.epsilon", {"bias": "False"}, "bias='False' is not valid; expected True or False"),
+    ("lrp.epsilon", {"bias": 0}, "bias=0 is not valid"),
+    ("lrp.epsilon", {"bias": None}, "bias=None is not valid"),
+    ("lrp.epsilon", {"epsilon": NAN}, "epsilon=nan is not valid; expected a finite number"),
+    ("lrp.sequential_preset_a", {"epsilon": INF}, "epsilon=inf is not valid"),
+    ("lrp.alpha_beta", {"alpha": "2"}, "alpha='2' is not valid"),
+    ("lrp.alpha_beta", {"alpha": 0.5}, "alpha=0.5 is not valid; expected a finite number >= 1"),
+    ("lrp.alpha_beta", {"beta": NAN}, "beta=nan is not valid"),
+    ("smoothgrad", {"noise_scale": NAN}, "noise_scale=nan is not valid"),
+    ("smoothgrad", {"noise_scale": INF}, "noise_scale=inf is not valid"),
+    ("random", {"stddev": INF}, "stddev=inf is not valid"),
+    ("deep_taylor.bounded", {"low": "0", "high": 1}, "low='0' is not valid"),
+    ("deep_taylor.bounded", {"low": 0, "high": NAN}, "high=nan is not valid"),
+    ("integrated_gradients", {"reference_inputs": NAN}, "reference_inputs=nan is not valid"),
+    ("integrated_gradients", {"reference_inputs": None}, "reference_inputs=None is not valid"),
+    ("deep_lift", {"reference_inputs": "zero"}, "reference_inputs='zero' is not valid"),
+    ("deep_lift", {"reference_inputs": torch.tensor([0.0, INF])}, "not finite"),
+    ("smoothgrad", {"seed": None}, "seed=None is not valid; expected an integer"),
+    ("smoothgrad", {"seed": "s"}, "seed='s' is not valid"),
+    ("smoothgrad", {"seed": 2**70}, f"seed={2**70} is not valid"),
+    ("random", {"seed": 1.5}, "seed=1.5 is not valid"),
+])
+def test_invalid_options_are_refused_at_construction(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lx.create_analyzer(name, mlp(), **kwargs)
+
+
+# Index selections: integers only ---------------------------------------------------------
+
+@pytest.mark.parametrize("selection", [torch.tensor(2), np.int64(2), np.int32(2)])
+def test_index_selection_as_a_0d_tensor_or_a_numpy_integer(selection):
+    analyzer = lx.create_analyzer("gradient", mlp(), neuron_selection_mode="index")
+    x = batch()
+    torch.testing.assert_close(analyzer.analyze(x, selection),
+                               gradient_of_selected(mlp(), x, [2] * 4))
+
+
+@pytest.mark.parametrize(("selection", "message"), [
+    (torch.tensor([2.7] * 4), r" \(a torch.float32 tensor of shape \(4,\)\)"),
+    ([2.7] * 4, r"=\[2.7, 2.7, 2.7, 2.7\]"),
+    (True, "=True"),
+    (torch.tensor([[2]] * 4), r" \(a torch.int64 tensor of shape \(4, 1\)\)"),
+])
+def test_index_selection_that_is_not_integers_is_refused(selection, message):
+    analyzer = lx.create_analyzer("gradient", mlp(), neuron_selection_mode="index")
+    with pytest.raises(ValueError, match=f"neuron_selection{message} is not valid; expected an "
+                                         f"int, or one integer index per sample"):
+        analyzer.analyze(batch(), selection)
+
+
+# Non-finite values: the forward guard compares them as equal ---------------------------
+
+RULE_BASED = ["lrp.epsilon", "lrp.alpha_2_beta_1", "guided_backprop", "deep_lift"]
+
+
+def spoilt(bad: float) -> torch.Tensor:
+    """The batch with ``bad`` in sample 0, the sample the forward guard compares."""
+    x = batch()
+    x[0, 0] = bad
+    return x
+
+
+@pytest.mark.parametrize("name", RULE_BASED)
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_a_non_finite_input_gets_a_non_finite_map(name, bad):
+    model = mlp()
+    result = lx.create_analyzer(name, model).analyze(spoilt(bad))
+    assert not bool(torch.isfinite(result[0]).all())
+    torch.testing.assert_close(result[1:], lx.create_analyzer(name, model).analyze(batch())[1:])
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "guided_backprop"])
+def test_check_finite_raises_on_a_non_finite_input(name):
+    analyzer = lx.create_analyzer(name, mlp(), reverse_check_finite=True)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        analyzer.analyze(spoilt(NAN))
+
+
+@pytest.mark.parametrize("name", RULE_BASED)
+def test_a_nan_weight_gets_a_non_finite_map(name):
+    model = mlp()
+    with torch.no_grad():
+        model[1].weight[0, 0] = NAN
+    assert not bool(torch.isfinite(lx.create_analyzer(name, model).analyze(batch())).all())
+
+
+# Refusals that name what is wrong -------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "smoothgrad",
+                                  "lrp.epsilon", "deep_lift"])
+def test_an_empty_batch_is_refused(name):
+    with pytest.raises(ValueError, match=r"x has no samples \(shape \(0, 12\)\)"):
+        lx.create_analyzer(name, mlp()).analyze(torch.zeros(0, 12))
+
+
+@pytest.mark.parametrize("token", [20, -1])
+def test_a_token_id_out_of_the_embedding_is_named(token):
+    tokens = torch.full((2, 7), token)
+    with pytest.raises(ValueError, match=fr"embedding 'emb' \(20 rows, valid ids 0..19; the "
+                                         fr"input's token ids range from {token} to {token}\)"
+                       ) as info:
+        lx.create_analyzer("gradient", TokenModel().eval()).analyze(tokens)
+    assert isinstance(info.value.__cause__, IndexError)  # the model's own error
+
+
+@pytest.mark.parametrize("content", [b"junk", b"", bytes(range(256))])
+def test_a_file_that_is_not_a_saved_analyzer_is_named(tmp_path, content):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="junk.pt.*is not a saved lit_explain analyzer"):
+        lx.load_analyzer(path, mlp())
+
+
+# Threads: analyses of one model run one at a time ---------------------------------------
+
+@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "lrp.epsilon",
+                                  "deep_lift"])
+def test_threads_analysing_one_model_get_the_single_threaded_maps(name):
+    # a model left in train mode with dropout: a thread that restored train mode while
+    # another analyses would give that one a dropout map
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 5))
+    x = batch()
+    expected = lx.create_analyzer(name, model).analyze(x)
+    shared = lx.create_analyzer(name, model)
+    results, errors = [], []
+
+    def work(analyzer) -> None:
+        try:
+            results.extend(analyzer.analyze(x) for _ in range(50))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(analyzer,)) for analyzer in
+               (shared, shared, lx.create_analyzer(name, model),
+                lx.create_analyzer(name, model))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(results) == 200
+    for result in results:
+        torch.testing.assert_close(result, expected)
+    assert model.training and model[2].training  # as it was

@@ -33,7 +33,8 @@ The callback is on by default; change its options on the command line, e.g.
 or in a config file's trainer.callbacks (class_path: lit_explain.ExplainCallback,
 init_args: analyzers, metrics, num_samples, ...). Ready-made configs are in the
 repository's configs/ folder: digits.yaml (the main job), gradient_family.yaml,
-lrp_presets.yaml, metrics_drift.yaml, patterns.yaml, clever_hans.yaml; run one with
+lrp_presets.yaml, metrics_drift.yaml, patterns.yaml, clever_hans.yaml, transformer.yaml;
+run one with
 `lit-explain fit --config configs/digits.yaml` and look with `tensorboard --logdir runs`.
 A config that lists trainer.callbacks replaces the default callback.
 """

@@ -224,7 +224,10 @@ class _PatternBased(Analyzer):
             if tuple(pattern.shape) != tuple(weight.shape):
                 raise ValueError(f"pattern {path!r} has shape {tuple(pattern.shape)}, but the "
                                  f"module's weight has shape {tuple(weight.shape)}")
-        self._patterns = {path: pattern.detach() for path, pattern in patterns.items()}
+        with torch.inference_mode(False):  # (a pattern made in inference mode, as under
+            self._patterns = {  # trainer.validate(), cannot be saved for the backward pass)
+                path: pattern.clone() if pattern.is_inference() else pattern.detach()
+                for path, pattern in patterns.items()}
 
     def fit(self, data: Tensor | Iterable[Any] | None = None, batch_size: int = 32,
             max_batches: int | None = None, progress: bool = True,

@@ -23,6 +23,7 @@ from ..analyzers.registry import parameters_of
 from ..analyzers.validation import check_choice, check_positive_int
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
+from ..patterns.statistics import PATTERN_TYPES
 from .evaluation import (
     DEFAULT_LOCALIZATION,
     DriftTracker,
@@ -227,6 +228,9 @@ class ExplainCallback(Callback):
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_choice("cmap", cmap, ["auto", *sorted(viz.cmaps)])
         check_choice("pattern_source", pattern_source, SOURCES)
+        check_choice("pattern_type", pattern_type, PATTERN_TYPES)  # (also where unused: a
+        if pattern_every_n_batches is not None:  # typo is caught before a long run)
+            check_positive_int("pattern_every_n_batches", pattern_every_n_batches)
         check_choice("grids", grids, GRIDS)
         if curves_every_n_epochs is not None:
             check_positive_int("curves_every_n_epochs", curves_every_n_epochs)
@@ -587,7 +591,10 @@ class ExplainCallback(Callback):
     def _explain(self, analyzer: Analyzer) -> Tensor:
         if analyzer.name.startswith("pattern."):
             if not (self.patterns and self.patterns.patterns):
-                raise RuntimeError("no patterns yet: no statistics were collected")
+                hint = (" (pattern_source='train' collects from training batches, which "
+                        "trainer.validate() does not run: use pattern_source='val')"
+                        if self.patterns and self.patterns.source == "train" else "")
+                raise RuntimeError(f"no patterns yet: no statistics were collected{hint}")
             analyzer.patterns = self.patterns.patterns
         device = self.probe.inputs.device
         for param in analyzer.model.parameters():

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..analyzers.validation import check_positive_int
+
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
     """The 1,797 digits as (N, 1, 8, 8) float images in [0, 1] and (N,) int64 labels."""
@@ -65,6 +67,8 @@ class DigitsDataModule(L.LightningDataModule):
 
 def digits_cnn(channels: int = 16, num_classes: int = 10) -> nn.Sequential:
     """Conv-ReLU ×2, max-pool, conv-ReLU, max-pool, dense-ReLU, dense: 8×8 in, logits out."""
+    check_positive_int("channels", channels)
+    check_positive_int("num_classes", num_classes)
     return nn.Sequential(
         nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
         nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

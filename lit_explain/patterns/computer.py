@@ -18,6 +18,7 @@ the following ReLU sees, as if the BatchNorm were folded into the kernel layer (
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -231,7 +232,8 @@ class PatternComputer:
         """
         from tqdm.auto import tqdm
 
-        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
+        if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(
+                max_batches, int) or max_batches < 1):
             raise ValueError(f"max_batches={max_batches!r} is not valid; expected an integer "
                              f">= 1 or None")
         try:
@@ -241,11 +243,11 @@ class PatternComputer:
         if max_batches is not None:
             total = max_batches if total is None else min(total, max_batches)
         device = next(iter(self.model.parameters())).device
-        bar = tqdm(dataloader, total=total, desc="fitting patterns", disable=not progress,
+        batches = dataloader if max_batches is None else itertools.islice(dataloader,
+                                                                          max_batches)
+        bar = tqdm(batches, total=total, desc="fitting patterns", disable=not progress,
                    leave=False)
-        for index, batch in enumerate(bar):
-            if max_batches is not None and index >= max_batches:
-                break
+        for batch in bar:  # (islice pulls no batch beyond max_batches)
             self.update(_first_input(batch).to(device))
         bar.close()
         return self.compute()
@@ -304,7 +306,8 @@ class PatternComputer:
         if all(int(s.rows) == 0 for s in statistics.values()):
             raise RuntimeError("PatternComputer has no statistics yet: call update(x) or "
                                "fit(dataloader) first")
-        return self.patterns_from(statistics)
+        with torch.inference_mode(False):  # (normal tensors, also under trainer.validate())
+            return self.patterns_from(statistics)
 
     def patterns_from(self, statistics: Mapping[str, LayerStatistics]) -> dict[str, Tensor]:
         """The patterns of given statistics (layers with data), each normalised against the
@@ -382,7 +385,15 @@ class PatternComputer:
         if set(layers) != set(self.layers):
             raise ValueError(f"statistics for layers {sorted(layers)} do not match this "
                              f"model's kernel layers {sorted(self.layers)}")
-        return {path: LayerStatistics(**layers[path]) for path in self.layers}
+        statistics = {path: LayerStatistics(**layers[path]) for path in self.layers}
+        for path, stats in statistics.items():  # all checked before any is changed
+            for name, tensor in self.statistics[path].tensors():
+                given = getattr(stats, name)
+                if given.shape != tensor.shape:
+                    raise ValueError(f"the statistics of layer '{path}' do not fit it: {name} "
+                                     f"has shape {tuple(given.shape)}, expected "
+                                     f"{tuple(tensor.shape)}")
+        return statistics
 
 
 def _first_input(batch: Any) -> Tensor:

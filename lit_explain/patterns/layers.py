@@ -104,12 +104,15 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
 
     ``Σx`` and ``Σxy`` come back as ``(out, row_size)`` in the layout of :func:`weight_rows`.
     """
+    # in float64 from the start: E[xy] − E[x]E[y] cancels, and per-batch sums in float32
+    # already lose what it needs (a linear pattern 46 % off for inputs around 1000)
+    y = y.detach().double()
     mask = torch.ones_like(y) if mask is None else mask.to(y.dtype)
     masked_y = y * mask
     if isinstance(module, nn.Linear):
-        rows = x.detach().reshape(-1, x.shape[-1]).float()
+        rows = x.detach().reshape(-1, x.shape[-1]).double()
         both = torch.cat([mask.reshape(len(rows), -1), masked_y.reshape(len(rows), -1)],
-                         dim=1).float()  # (M, 2 out)
+                         dim=1)  # (M, 2 out)
         out = both.shape[1] // 2
         product, sums = both.t() @ rows, both.sum(dim=0)
         return len(rows), sums[:out], product[:out], sums[out:], product[out:]
@@ -119,8 +122,8 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
     groups, out = module.groups, out_features(module)
     # output gradients [mask, mask·y], interleaved per group so that groups stay aligned
     both = torch.stack([mask.unflatten(1, (groups, -1)), masked_y.unflatten(1, (groups, -1))],
-                       dim=2).flatten(1, 3).float()
-    x = x.detach().float()
+                       dim=2).flatten(1, 3)
+    x = x.detach().double()
     transposed = is_transposed(module)
     padding, output_padding = module.padding, [0] * spatial
     if not transposed and (module.padding_mode != "zeros" or isinstance(padding, str)):

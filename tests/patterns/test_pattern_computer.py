@@ -199,3 +199,61 @@ def test_bad_configuration_fails_at_construction():
         PatternComputer(nn.Linear(2, 2), "relu.both")
     with pytest.raises(ValueError, match="no kernel layer"):
         PatternComputer(nn.Sequential(nn.ReLU()))
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_statistics_are_summed_in_float64_for_inputs_far_from_zero(offset):
+    # cov(x, y) = E[xy] - E[x]E[y] cancels: per-batch sums in float32 gave this pattern
+    # 46 % (offset 1e3) and 720 % (1e4) off numpy's
+    generator = torch.Generator().manual_seed(0)
+    layer = nn.Linear(3, 2).double()
+    x = offset + torch.randn(4096, 3, dtype=torch.float64, generator=generator)
+    computer = PatternComputer(layer, "linear")
+    computer.fit(x.split(512), progress=False)
+    y = (x @ layer.weight.T).detach()
+    expected = torch.stack([  # a = cov(x, y) / (wᵀ cov(x, y)), per output neuron
+        (cov := ((x - x.mean(0)) * (y[:, [k]] - y[:, k].mean())).mean(0)) / (
+            layer.weight[k].detach() @ cov) for k in range(2)])
+    torch.testing.assert_close(computer.compute()[""], expected, rtol=1e-5, atol=0)
+
+
+def test_patterns_computed_in_inference_mode_serve_pattern_net():
+    import lit_explain as lx
+
+    model = small_cnn().eval()
+    x = torch.randn(4, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():  # as under trainer.validate()
+        patterns = PatternComputer(model).fit([x], progress=False)
+    for name in ("pattern.net", "pattern.attribution"):
+        assert torch.isfinite(lx.create_analyzer(name, model, patterns=patterns).analyze(x)).all()
+
+
+def test_a_failed_load_or_merge_changes_nothing():
+    model = small_cnn().eval()
+    computer = PatternComputer(model)
+    computer.fit([torch.randn(4, 2, 6, 6, generator=torch.Generator().manual_seed(2))],
+                 progress=False)
+    before = computer.state_dict()
+    state = computer.state_dict()
+    last = sorted(state["statistics"])[-1]
+    state["statistics"][last]["count"] = torch.zeros(99, dtype=torch.float64)
+    for action in (computer.load_state_dict, computer.merge):
+        with pytest.raises(ValueError, match=f"layer '{last}' do not fit it: count"):
+            action(state)
+        after = computer.state_dict()["statistics"]
+        assert all(torch.equal(t, after[p][n]) for p, s in before["statistics"].items()
+                   for n, t in s.items())
+
+
+def test_fit_pulls_no_batch_beyond_max_batches():
+    pulled = []
+
+    def batches():
+        for i in range(10):
+            pulled.append(i)
+            yield torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(i))
+
+    PatternComputer(small_cnn().eval()).fit(batches(), max_batches=3, progress=False)
+    assert pulled == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"max_batches=2.5 is not valid"):
+        PatternComputer(small_cnn().eval()).fit(batches(), max_batches=2.5, progress=False)

@@ -93,11 +93,13 @@ def test_adds_split_the_signal_by_the_summands_magnitudes():
 
 
 def test_a_signal_that_blows_up_warns_or_raises_naming_the_layer():
-    """A BatchNorm with γ = 1e-8 multiplies PatternNet's signal by 1e8 (its pattern is 1/s)."""
+    """A BatchNorm with γ = 1e-4 multiplies PatternNet's signal by 1e4 (its pattern is 1/s).
+    (With γ = 1e-8 its float32 outputs 1 + 1e-8·z are all 1: the next layer sees a constant
+    input, whose pattern is 0, and no signal reaches the BatchNorm.)"""
     torch.manual_seed(5)
     bn = nn.BatchNorm1d(4)
     with torch.no_grad():
-        bn.weight.fill_(1e-8)
+        bn.weight.fill_(1e-4)
         bn.bias.fill_(1.0)
     model = nn.Sequential(nn.Linear(3, 4), bn, nn.ReLU(), nn.Linear(4, 2)).eval()
     data = torch.randn(64, 3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,10 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..analyzers.validation import check_bool, check_number, check_positive_int, check_seed
+
 __all__ = [
     "RegionGrid",
     "as_nc",
+    "check_bool",
     "check_choice",
+    "check_finite_map",
+    "check_number",
+    "check_positive_int",
+    "check_seed",
     "eval_mode",
     "forward_scores",
     "make_generator",
@@ -34,6 +42,22 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """Raise ``ValueError`` naming the parameter, the bad value and the valid choices."""
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def check_finite_map(owner: str, attributions: Tensor, name: str = "attributions") -> None:
+    """Refuse a map holding NaN or infinite values: it has no ordering and no mass to share.
+
+    Raises ``ValueError`` naming the metric (``owner``), the argument and how many samples
+    are affected.
+    """
+    finite = torch.isfinite(attributions.detach())
+    if bool(finite.all()):
+        return
+    rows = finite.reshape(finite.shape[0], -1).all(1) if finite.dim() > 0 else finite
+    bad = int((~rows).sum())
+    raise ValueError(
+        f"{owner}: {name} hold NaN or infinite values in {bad} of {rows.numel()} samples; a "
+        f"map with NaN has no ordering: drop or repair those samples before the metric")
 
 
 def as_nc(x: Tensor) -> Tensor:
@@ -112,15 +136,23 @@ def forward_scores(
     """Score of the target class for each row of ``x``; returns ``(scores, target)``.
 
     A model with one output per sample (``(N,)`` or ``(N, 1)``) is scored by that output
-    and ``target`` is ignored. Otherwise ``target=None`` selects the predicted class.
+    (its sigmoid with ``softmax=True``: the probability of a one-logit binary classifier)
+    and ``target`` is ignored. Otherwise ``target=None`` selects the predicted class. The
+    model must return logits: with ``softmax=True`` they are normalized here.
     """
     out = model(x)
     if out.dim() == 1 or (out.dim() == 2 and out.shape[1] == 1):
         out = out.reshape(-1)
+        if softmax:
+            out = out.sigmoid()
         return out.double(), torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
     out = out.reshape(out.shape[0], -1)
     if target is None:
         target = out.argmax(1)
+    elif bool(((target < 0) | (target >= out.shape[1])).any()):
+        bad = target[(target < 0) | (target >= out.shape[1])][0].item()
+        raise ValueError(f"target={bad} is out of range: the model has {out.shape[1]} outputs; "
+                         f"use a class index from 0 to {out.shape[1] - 1}")
     if softmax:
         out = out.softmax(1)
     return out.gather(1, target.view(-1, 1)).squeeze(1).double(), target
@@ -130,7 +162,12 @@ def normalize_target(target: Tensor | int | None, n: int, device: torch.device) 
     """``None``, an int or one class per sample → ``None`` or a long tensor of shape ``(n,)``."""
     if target is None:
         return None
-    t = torch.as_tensor(target, device=device).long().reshape(-1)
+    if isinstance(target, bool) or (isinstance(target, Tensor) and target.dtype == torch.bool):
+        raise ValueError(f"target={target!r} is not valid; use class indices (ints), not bools")
+    t = torch.as_tensor(target, device=device)
+    if t.is_complex() or (t.is_floating_point() and not bool((t == t.round()).all())):
+        raise ValueError(f"target={target!r} is not valid; class indices must be integers")
+    t = t.long().reshape(-1)
     if t.numel() == 1:
         t = t.expand(n)
     if t.numel() != n:
@@ -139,14 +176,20 @@ def normalize_target(target: Tensor | int | None, n: int, device: torch.device) 
 
 
 def as_tuple(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
-    """An int or a sequence of ``dims`` positive ints as a tuple."""
-    try:
-        shape = (value,) * dims if isinstance(value, int) else tuple(int(v) for v in value)
-    except TypeError:
+    """An int or a sequence of ``dims`` positive ints as a tuple (bools and floats refused)."""
+    def is_positive_int(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+
+    if is_positive_int(value):
+        shape = (value,) * dims
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        shape = tuple(value)
+    else:
         shape = ()
-    if len(shape) != dims or any(v < 1 for v in shape):
-        raise ValueError(f"{name}={value!r} must be a positive int or {dims} positive ints")
-    return shape
+    if len(shape) != dims or not all(is_positive_int(v) for v in shape):
+        many = "" if dims == 1 else f" or {dims} positive ints, one per spatial dimension"
+        raise ValueError(f"{name}={value!r} is not valid; expected a positive int{many}")
+    return tuple(int(v) for v in shape)
 
 
 @dataclass(frozen=True)
@@ -214,20 +257,23 @@ class RegionGrid:
         blocks = ids.reshape(1, 1, self.n_regions, *ones).expand(1, 1, self.n_regions, *self.region)
         return self.from_blocks(blocks).reshape(-1)
 
-    def region_scores(
-        self, a: Tensor, region_reduce: str = "sum", pad_mode: str = "constant"
-    ) -> Tensor:
+    def region_sizes(self, device: torch.device) -> Tensor:
+        """Real (unpadded) positions of every region, ``(n_regions,)``."""
+        ones = torch.ones(1, 1, *self.spatial, device=device)
+        return self.to_blocks(self.pad(ones)).flatten(3).sum(-1).reshape(-1)
+
+    def region_scores(self, a: Tensor, region_reduce: str = "sum") -> Tensor:
         """Aggregate a one-channel map ``(N, 1, *S)`` per region: ``(N, n_regions)``.
 
-        The map is padded with ``pad_mode`` (zeros by default, so a partial border region
-        sums only its real positions) and reduced by ``"sum"``, ``"mean"`` or ``"max"``.
+        ``"sum"``, ``"mean"`` or ``"max"`` over the real positions of each region only: a
+        partial border region's padding never counts (its mean divides by its real size).
         """
-        blocks = self.to_blocks(self.pad(a, pad_mode)).flatten(3).squeeze(1)
+        if region_reduce == "max":
+            return self.to_blocks(self.pad(a, value=-math.inf)).flatten(3).amax(-1).squeeze(1)
+        sums = self.to_blocks(self.pad(a)).flatten(3).sum(-1).squeeze(1)
         if region_reduce == "sum":
-            return blocks.sum(-1)
-        if region_reduce == "mean":
-            return blocks.mean(-1)
-        return blocks.amax(-1)
+            return sums
+        return sums / self.region_sizes(a.device).to(sums.dtype)
 
 
 def gaussian_blur(x_nc: Tensor, sigma: float) -> Tensor:

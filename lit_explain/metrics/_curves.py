@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -13,7 +15,12 @@ from ._common import (
     RegionGrid,
     as_nc,
     as_tuple,
+    check_bool,
     check_choice,
+    check_finite_map,
+    check_number,
+    check_positive_int,
+    check_seed,
     eval_mode,
     forward_scores,
     gaussian_blur,
@@ -55,23 +62,46 @@ def default_region_shape(spatial: Sequence[int]) -> tuple[int, ...]:
 
 
 def check_perturbation(name: str, value: object) -> None:
-    """Accept a known name, a number (a constant baseline) or a callable."""
+    """Accept a known name, a finite number (a constant baseline) or a callable."""
     if isinstance(value, str):
         check_choice(name, value, PERTURBATIONS)
-    elif not (isinstance(value, int | float) or callable(value)):
+    elif not (callable(value) or (isinstance(value, int | float) and not isinstance(value, bool)
+                                  and math.isfinite(value))):
         raise ValueError(
             f"{name}={value!r} is not valid; choose one of {list(PERTURBATIONS)}, "
-            "a number or a callable"
+            "a finite number or a callable"
         )
 
 
 def check_value_range(value_range: Sequence[float] | None) -> tuple[float, float] | None:
+    """``None`` or ``(min, max)``: two finite numbers with ``min < max``."""
     if value_range is None:
         return None
+    message = (f"value_range={value_range!r} is not valid; expected (min, max), two finite "
+               f"numbers with min < max, or None")
+    pair = isinstance(value_range, Sequence) and not isinstance(value_range, str)
+    if not pair or len(value_range) != 2:
+        raise ValueError(message)
+    for v in value_range:
+        try:
+            check_number("value_range", v)
+        except ValueError:
+            raise ValueError(message) from None
     lo, hi = (float(v) for v in value_range)
     if not lo < hi:
-        raise ValueError(f"value_range={tuple(value_range)!r} must be (min, max) with min < max")
+        raise ValueError(message)
     return lo, hi
+
+
+def _same_points(points: Tensor) -> Tensor:
+    """``dist_reduce_fx`` of the ``points`` state: the curve length all updated metrics
+    share (0 counts as "no update yet"); metrics with curves of other lengths are refused."""
+    seen = points[points > 0].unique()
+    if seen.numel() > 1:
+        raise ValueError(
+            f"cannot merge curves of {sorted(int(p) - 1 for p in seen)} steps; metrics whose "
+            f"curves add up need the same steps (set steps= explicitly)")
+    return seen[0] if seen.numel() else points.new_zeros(())
 
 
 def replacement_values(
@@ -183,10 +213,18 @@ def perturbation_curves(
 
 
 class RegionCurveMetric(Metric):
-    """Base of the perturbation-curve metrics: options, generator, ordering, model calls."""
+    """Base of the perturbation-curve metrics: options, generator, ordering, model calls.
+
+    Subclasses name their curve states in ``_STATES``. Every state exists from construction
+    on, so an un-updated metric merges (``merge_state``, DDP, ``forward``) like any other:
+    with ``steps=None`` the curves are kept at their largest length (``MAX_DEFAULT_STEPS +
+    1``) and the ``points`` state holds how many of them the inputs use (0 before the first
+    update; metrics whose curves differ in length refuse to merge).
+    """
 
     full_state_update = False
     is_differentiable = False
+    _STATES: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -215,19 +253,25 @@ class RegionCurveMetric(Metric):
         if output_key is not None and not isinstance(output_key, (int, str)):
             raise TypeError(f"output_key={output_key!r} is not valid; expected a tuple index "
                             f"(int), a mapping key (str) or None")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or steps < 1):
             raise ValueError(f"steps={steps!r} is not valid; use a positive int or None "
                              f"(derived from the input)")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} is not valid; use a positive int")
+        check_positive_int("batch_size", batch_size)
+        for name, flag in (("softmax", softmax), ("absolute", absolute),
+                           ("use_eval_mode", use_eval_mode)):
+            check_bool(name, flag)
         check_choice("channel_reduce", channel_reduce, REDUCTIONS)
         check_choice("region_reduce", region_reduce, REDUCTIONS)
-        if region_shape is None:
-            pass
-        elif isinstance(region_shape, int):
-            as_tuple(region_shape, 1, "region_shape")
-        else:
-            as_tuple(region_shape, len(region_shape), "region_shape")
+        check_number("noise_std", noise_std, at_least=0)
+        check_number("blur_sigma", blur_sigma)
+        if blur_sigma <= 0:
+            raise ValueError(f"blur_sigma={blur_sigma!r} is not valid; expected a finite "
+                             f"number > 0 (the blur's standard deviation, in positions)")
+        check_seed(seed)
+        if region_shape is not None:
+            many = isinstance(region_shape, Sequence) and not isinstance(region_shape, str)
+            as_tuple(region_shape, max(1, len(region_shape)) if many else 1, "region_shape")
         # Kept out of the module tree: metric.to()/.train()/state_dict() leave the model alone.
         self.__dict__["model"] = OutputSelector(model, output_key)
         self.region_shape = region_shape
@@ -243,7 +287,23 @@ class RegionCurveMetric(Metric):
         self.seed = seed
         self.use_eval_mode = use_eval_mode
         self._generator: torch.Generator | None = None
-        self._points: int | None = None
+        self._in_forward = False
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        if self._STATES:
+            self.add_state("points", default=torch.tensor(0, dtype=torch.long),
+                           dist_reduce_fx=_same_points)
+            size = (MAX_DEFAULT_STEPS if steps is None else steps) + 1
+            for name in self._STATES:
+                self.add_state(name, default=torch.zeros(size, dtype=torch.float64),
+                               dist_reduce_fx="sum")
+
+    @property
+    def _points(self) -> int | None:
+        """Points per curve, ``None`` while unknown (``steps=None`` before the first update)
+        or without curves (faithfulness correlation)."""
+        if not self._STATES:
+            return None
+        return int(self.points) or (None if self.steps is None else self.steps + 1)
 
     def resolved_steps(self, available: int) -> int:
         """``steps``, or for ``steps=None`` ``min(100, available)`` (at least 1)."""
@@ -251,28 +311,34 @@ class RegionCurveMetric(Metric):
             return self.steps
         return max(1, min(MAX_DEFAULT_STEPS, available))
 
-    def _curve_states(self, names: Sequence[str], steps: int, device: torch.device) -> None:
-        """Declare the curve states (``steps + 1`` points each) once the steps are known.
+    def _add_curves(self, curves: dict[str, Tensor], n: int) -> None:
+        """Add summed curves ``{state: (points,)}`` of ``n`` samples to the states.
 
-        With ``steps=None`` they depend on the first input's shape; a later input that
-        needs another number of steps is refused rather than mixed in.
+        With ``steps=None`` the length is fixed by the first update (until :meth:`reset`);
+        curves of another length are refused rather than mixed in.
         """
-        if self._points is None:
-            for name in names:
-                self.add_state(name, default=torch.zeros(steps + 1, dtype=torch.float64,
-                                                          device=device),
-                               dist_reduce_fx="sum")
-            self._points = steps + 1
-        elif self._points != steps + 1:
+        points = next(iter(curves.values())).numel()
+        expected = self._points
+        if expected is not None and points != expected:
             raise ValueError(
-                f"inputs of this shape need {steps} steps, but the metric's curve has "
-                f"{self._points - 1} (from earlier inputs); set steps= to compare inputs of "
+                f"inputs of this shape need {points - 1} steps, but the metric's curve has "
+                f"{expected - 1} (from earlier inputs); set steps= to compare inputs of "
                 f"different shapes")
+        if points > getattr(self, self._STATES[0]).numel():
+            raise ValueError(f"curves of {points - 1} steps are longer than steps=None allows "
+                             f"({MAX_DEFAULT_STEPS}); set steps= explicitly")
+        self.points = torch.tensor(points, dtype=torch.long, device=self.points.device)
+        for name, total in curves.items():
+            state = getattr(self, name)
+            state[:points] += total.to(state)
+        self.count += n
 
-    def _curve_state(self, name: str) -> Tensor:
-        """A curve state, or one zero point before the first update."""
-        state = getattr(self, name, None)
-        return state if state is not None else torch.zeros(1, dtype=torch.float64)
+    def _mean_curve(self, name: str) -> Tensor:
+        """A curve state divided by the count; empty before any update."""
+        state = getattr(self, name)
+        if int(self.count) == 0:
+            return state[:0]
+        return state[: int(self.points)] / self.count.to(state.device)
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The metric's own generator, seeded from ``seed`` on first use after a reset."""
@@ -283,13 +349,27 @@ class RegionCurveMetric(Metric):
     def reset(self) -> None:
         """Reset the states and re-seed, so every epoch sees the same random draws."""
         super().reset()
-        self._generator = None
+        if not self._in_forward:
+            self._generator = None
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        """torchmetrics' forward: ``update`` and the batch's own value. Its internal reset
+        does not re-seed: the random draws continue as with ``update``."""
+        self._in_forward = True
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._in_forward = False
 
     def _prepare(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None
     ) -> tuple[Tensor, RegionGrid, Tensor, Tensor | None]:
         """``(x_nc, grid, region scores (N, R), target)`` with the target resolved."""
         x_nc = as_nc(x)
+        if x_nc.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__}: x of shape {tuple(x.shape)} holds no "
+                             f"samples; pass a batch of at least one sample")
+        check_finite_map(type(self).__name__, attributions)
         spatial = tuple(x_nc.shape[2:])
         tokens = is_token_input(x_nc)
         if self.region_shape is not None:
@@ -354,7 +434,7 @@ class RegionCurveMetric(Metric):
         counts: Tensor,
         target: Tensor | None,
     ) -> Tensor:
-        with eval_mode(self.model, self.use_eval_mode):
+        with eval_mode(self.model, self.use_eval_mode), self._token_errors():
             return perturbation_curves(
                 self.model,
                 x,
@@ -366,3 +446,16 @@ class RegionCurveMetric(Metric):
                 self.softmax,
                 self.batch_size,
             )
+
+    @contextlib.contextmanager
+    def _token_errors(self) -> Iterator[None]:
+        """Name ``mask_token_id`` when the model cannot index the perturbed token inputs."""
+        try:
+            yield
+        except IndexError as error:
+            if self.mask_token_id is None:
+                raise
+            raise ValueError(
+                f"mask_token_id={self.mask_token_id}: the model fails on the inputs with "
+                f"tokens replaced by it ({error}); use an id of the model's vocabulary"
+            ) from error

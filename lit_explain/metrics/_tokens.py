@@ -61,4 +61,8 @@ def token_replacement(x_nc: Tensor, mask_token_id: int | None) -> Tensor:
             f"mask_token_id= to the id that replaces a deleted token (a [MASK] or the "
             f"padding id), e.g. metrics={{'pixel_flipping': {{'mask_token_id': 0}}}} in "
             f"ExplainCallback")
+    if mask_token_id > torch.iinfo(x_nc.dtype).max:
+        raise ValueError(
+            f"mask_token_id={mask_token_id} does not fit the inputs' id dtype {x_nc.dtype} "
+            f"(largest id {torch.iinfo(x_nc.dtype).max}); use an id of the model's vocabulary")
     return torch.full_like(x_nc, mask_token_id)

@@ -8,12 +8,17 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from ._common import check_bool, check_finite_map
+
 __all__ = ["Complexity", "Sparseness", "gini", "entropy"]
 
 
-def _flat_abs(attributions: Tensor) -> Tensor:
-    if attributions.dim() < 2:
-        raise ValueError(f"attributions need a batch axis; got shape {tuple(attributions.shape)}")
+def _flat_abs(attributions: Tensor, owner: str) -> Tensor:
+    """``|a|`` as float64 rows ``(N, n)``; refuses maps without entries or with NaN/inf."""
+    if attributions.dim() < 2 or attributions[0].numel() == 0:
+        raise ValueError(f"{owner}: attributions of shape {tuple(attributions.shape)} are not "
+                         f"valid; expected a batch axis and at least one entry per map (N, ...)")
+    check_finite_map(owner, attributions)
     return attributions.detach().flatten(1).abs().double()
 
 
@@ -22,9 +27,10 @@ def gini(attributions: Tensor) -> Tensor:
 
     With :math:`a_{(1)} \le \dots \le a_{(n)}` sorted,
     :math:`G = \sum_i (2i - n - 1)\, a_{(i)} / (n \sum_i a_{(i)})`: 0 for a constant map,
-    :math:`(n-1)/n` for a one-hot map. An all-zero map counts as constant (0).
+    :math:`(n-1)/n` for a one-hot map. An all-zero map counts as constant (0). Maps with
+    NaN or infinite values are refused (``ValueError``).
     """
-    a = _flat_abs(attributions).sort(dim=1).values
+    a = _flat_abs(attributions, "gini").sort(dim=1).values
     n = a.shape[1]
     i = torch.arange(1, n + 1, device=a.device, dtype=a.dtype)
     total = a.sum(1)
@@ -35,9 +41,10 @@ def gini(attributions: Tensor) -> Tensor:
 def entropy(attributions: Tensor) -> Tensor:
     r"""Shannon entropy (nats) of :math:`p = |a| / \sum |a|` per sample, ``(N,)``.
 
-    :math:`0 \log 0 = 0`; an all-zero map counts as uniform (:math:`\log n`).
+    :math:`0 \log 0 = 0`; an all-zero map counts as uniform (:math:`\log n`). Maps with NaN
+    or infinite values are refused (``ValueError``).
     """
-    a = _flat_abs(attributions)
+    a = _flat_abs(attributions, "entropy")
     total = a.sum(1, keepdim=True)
     uniform = torch.full_like(a, 1.0 / a.shape[1])
     p = torch.where(total > 0, a / total.clamp_min(1e-300), uniform)
@@ -59,13 +66,16 @@ class _MeanOverSamples(Metric):
 
     def update(self, attributions: Tensor) -> None:
         """Add a batch of maps ``(N, ...)`` (any layout; every entry after the batch axis)."""
+        _flat_abs(attributions, type(self).__name__)  # names this metric in the errors
         values = self._per_sample(attributions)
         self.value_sum += values.sum().to(self.value_sum)
         self.count += values.numel()
 
     def compute(self) -> Tensor:
-        """Mean over all samples seen."""
-        return self.value_sum / self.count.clamp_min(1)
+        """Mean over all samples seen; NaN before any update."""
+        if int(self.count) == 0:
+            return torch.full_like(self.value_sum, math.nan)
+        return self.value_sum / self.count
 
 
 class Sparseness(_MeanOverSamples):
@@ -102,6 +112,7 @@ class Complexity(_MeanOverSamples):
 
     def __init__(self, normalized: bool = False, **kwargs: object) -> None:
         super().__init__(**kwargs)
+        check_bool("normalized", normalized)
         self.normalized = normalized
 
     def _per_sample(self, attributions: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from ._common import check_bool, check_finite_map
+
 __all__ = ["AttributionDrift", "average_ranks", "drift_measures", "spearman", "ssim",
            "topk_intersection"]
 
@@ -133,8 +135,10 @@ class AttributionDrift(Metric):
     ) -> None:
         super().__init__(**kwargs)
         ok_fraction = isinstance(top_k, float) and 0 < top_k <= 1
-        if not (ok_fraction or (isinstance(top_k, int) and top_k >= 1)):
+        ok_count = isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1
+        if not (ok_fraction or ok_count):
             raise ValueError(f"top_k={top_k!r} is not valid; use an int >= 1 or a float in (0, 1]")
+        check_bool("keep_per_sample", keep_per_sample)
         self.top_k = top_k
         self.keep_per_sample = keep_per_sample
         zero = torch.tensor(0.0, dtype=torch.float64)
@@ -159,6 +163,8 @@ class AttributionDrift(Metric):
                 f"reference_maps {tuple(reference_maps.shape)} and current_maps "
                 f"{tuple(current_maps.shape)} must have the same shape (N, ...)"
             )
+        check_finite_map("AttributionDrift", reference_maps, "reference_maps")
+        check_finite_map("AttributionDrift", current_maps, "current_maps")
         ref = reference_maps.detach().to(current_maps.device)
         cur = current_maps.detach()
         values = drift_measures(ref, cur, self.top_k) if measured is None else measured
@@ -174,8 +180,9 @@ class AttributionDrift(Metric):
         self.count += cur.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
-        """Mean ``{"spearman", "topk_intersection"}``, and ``"ssim"`` when image maps were seen."""
-        n = self.count.clamp_min(1)
+        """Mean ``{"spearman", "topk_intersection"}``, and ``"ssim"`` when image maps were seen;
+        NaN before any update."""
+        n = self.count.double().where(self.count > 0, torch.nan)
         out = {
             "spearman": self.spearman_sum / n,
             "topk_intersection": self.topk_intersection_sum / n,

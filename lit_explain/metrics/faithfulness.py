@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -81,10 +82,11 @@ class FaithfulnessCorrelation(RegionCurveMetric):
             noise_std, blur_sigma, value_range, batch_size, seed, use_eval_mode,
             output_key=output_key, mask_token_id=mask_token_id, **kwargs,
         )  # fmt: skip
-        if not isinstance(n_subsets, int) or n_subsets < 2:
+        if isinstance(n_subsets, bool) or not isinstance(n_subsets, int) or n_subsets < 2:
             raise ValueError(f"n_subsets={n_subsets!r} is not valid; use an int >= 2")
         is_fraction = isinstance(subset_size, float) and 0 < subset_size < 1
-        if not (is_fraction or (isinstance(subset_size, int) and subset_size >= 1)):
+        is_count = isinstance(subset_size, int) and not isinstance(subset_size, bool)
+        if not (is_fraction or (is_count and subset_size >= 1)):
             raise ValueError(
                 f"subset_size={subset_size!r} is not valid; use an int >= 1 or a float in (0, 1)"
             )
@@ -94,7 +96,6 @@ class FaithfulnessCorrelation(RegionCurveMetric):
         self.perturbation = perturbation
         zero = torch.tensor(0.0, dtype=torch.float64)
         self.add_state("correlation_sum", default=zero, dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _size(self, n_regions: int) -> int:
         if isinstance(self.subset_size, float):
@@ -126,7 +127,7 @@ class FaithfulnessCorrelation(RegionCurveMetric):
         pixel_region = grid.pixel_region(x.device)
         total = n * self.n_subsets
         perturbed = torch.empty(total, dtype=torch.float64, device=x.device)
-        with eval_mode(self.model, self.use_eval_mode):
+        with eval_mode(self.model, self.use_eval_mode), self._token_errors():
             for start in range(0, total, self.batch_size):
                 idx = torch.arange(start, min(start + self.batch_size, total), device=x.device)
                 i, s = idx // self.n_subsets, idx % self.n_subsets
@@ -145,5 +146,7 @@ class FaithfulnessCorrelation(RegionCurveMetric):
         self.count += corr.numel()
 
     def compute(self) -> Tensor:
-        """Mean per-sample correlation."""
-        return self.correlation_sum / self.count.clamp_min(1)
+        """Mean per-sample correlation; NaN before any update."""
+        if int(self.count) == 0:
+            return torch.full_like(self.correlation_sum, math.nan)
+        return self.correlation_sum / self.count

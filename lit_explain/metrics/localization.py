@@ -12,14 +12,18 @@ takes ``update(attributions, masks)`` and scores each sample on its own:
 
 Shapes: attributions are ``(N, C, *S)``, ``(N, *S)`` (no channel axis) or tabular
 ``(N, F)``; masks are boolean or {0, 1}, either the attributions' shape or the spatial
-shape (``(N, *S)`` or ``(N, 1, *S)``). A spatial mask with a multi-channel map: the map's
-channels are summed first (``channel_reduce="sum"``, one value per pixel, as in the
-papers) or the mask is broadcast over them (``channel_reduce=None``).
+shape (``(N, *S)`` or ``(N, 1, *S)``). For the pointing game's tolerance, a 3-D map with a
+mask of its own shape is an image ``(N, H, W)``, a 2-D one a sequence ``(N, L)``. A spatial
+mask with a multi-channel map: the map's channels are summed first
+(``channel_reduce="sum"``, one value per pixel, as in the papers) or the mask is broadcast
+over them (``channel_reduce=None``).
 
 A sample whose mask is empty has nothing to localize: it is *skipped* — left out of the
 mean and counted in ``skipped`` — never a NaN in the sum. So is a sample whose map has no
 relevance to share out (a zero denominator in the mass-based scores). ``compute()`` is the
-mean over the scored samples; NaN only when no sample could be scored at all.
+mean over the scored samples; NaN only when no sample could be scored at all (as before
+any update, like every metric here). Maps holding NaN or infinite values are refused with a
+``ValueError`` naming the metric: such a map has no ordering and no mass to share.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from ._common import check_choice
+from ._common import check_bool, check_choice, check_finite_map, check_number
 
 __all__ = [
     "AttributionLocalisation",
@@ -108,15 +112,20 @@ class _Localization(Metric):
     def _prepare(self, a: Tensor) -> Tensor:
         return a
 
+    def _align(self, attributions: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`align_masks`, after refusing maps with NaN or infinite values."""
+        check_finite_map(type(self).__name__, attributions)
+        return align_masks(attributions, masks, self.channel_reduce)
+
     def per_sample(self, attributions: Tensor, masks: Tensor) -> Tensor:
         """Each sample's score ``(N,)``, NaN where the sample is skipped (nothing is stored)."""
-        a, m = align_masks(attributions, masks, self.channel_reduce)
+        a, m = self._align(attributions, masks)
         values, valid = self._score(self._prepare(a), m)
         return torch.where(valid, values, torch.full_like(values, math.nan))
 
     def update(self, attributions: Tensor, masks: Tensor) -> None:
         """Add a batch of maps and their masks (see the module docstring for the shapes)."""
-        a, m = align_masks(attributions, masks, self.channel_reduce)
+        a, m = self._align(attributions, masks)
         values, valid = self._score(self._prepare(a), m)
         self.value_sum += values[valid].sum().to(self.value_sum)
         self.count += int(valid.sum())
@@ -232,6 +241,7 @@ class RelevanceRankAccuracy(_Localization):
     def __init__(self, absolute: bool = False, channel_reduce: str | None = "sum",
                  **kwargs: object) -> None:
         super().__init__(channel_reduce=channel_reduce, **kwargs)
+        check_bool("absolute", absolute)
         self.absolute = absolute
 
     def _prepare(self, a: Tensor) -> Tensor:
@@ -252,7 +262,8 @@ class TopKIntersection(_Localization):
 
     :math:`|P_k \cap M| / k` for a fixed ``k`` (Quantus's default: 1000; it must not exceed
     the entries per map), in [0, 1]. ``concept_influence=True`` multiplies by
-    ``entries / |M|`` (how much more often than chance the top ``k`` fall in the mask).
+    ``entries / |M|`` (how much more often than chance the top ``k`` fall in the mask): 1
+    is chance, and the value lies in [0, ``entries / |M|``], no longer in [0, 1].
     Ties go to the earlier position. ``absolute=True`` ranks ``|R|``.
     ``higher_is_better = True``. Samples with an empty mask are skipped.
     """
@@ -264,6 +275,8 @@ class TopKIntersection(_Localization):
         super().__init__(channel_reduce=channel_reduce, **kwargs)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k={k!r} is not valid; expected a positive int")
+        check_bool("concept_influence", concept_influence)
+        check_bool("absolute", absolute)
         self.k = k
         self.concept_influence = concept_influence
         self.absolute = absolute
@@ -286,7 +299,8 @@ class TopKIntersection(_Localization):
 
 def _dilate(m: Tensor, tolerance: float) -> Tensor:
     """Grow a boolean ``(N, C, *S)`` mask by every position within Euclidean ``tolerance``."""
-    radius = int(math.floor(tolerance))
+    # no two positions are further apart than the largest side along any axis
+    radius = min(int(math.floor(tolerance)), max(m.shape[2:], default=0))
     if radius < 1 or m.dim() not in (3, 4):
         return m
     t = torch.arange(-radius, radius + 1, device=m.device, dtype=torch.float32)
@@ -321,17 +335,30 @@ class PointingGame(_Localization):
     def __init__(self, tolerance: float = 0, absolute: bool = False,
                  channel_reduce: str | None = "sum", **kwargs: object) -> None:
         super().__init__(channel_reduce=channel_reduce, **kwargs)
-        if not isinstance(tolerance, int | float) or tolerance < 0:
-            raise ValueError(f"tolerance={tolerance!r} is not valid; expected pixels >= 0")
+        check_number("tolerance", tolerance, at_least=0)
+        check_bool("absolute", absolute)
         self.tolerance = tolerance
         self.absolute = absolute
 
     def _prepare(self, a: Tensor) -> Tensor:
         return a.abs() if self.absolute else a
 
+    def _align(self, attributions: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """Aligned ``(N, C, *S)`` pairs, so the tolerance runs along the spatial axes only.
+
+        A tabular or sequence map ``(N, L)`` becomes ``(N, 1, L)``; a 3-D map with a mask of
+        its own shape is an image without channel axis ``(N, H, W)`` and becomes
+        ``(N, 1, H, W)`` (a sequence with channels ``(N, C, L)`` takes a spatial mask
+        ``(N, L)`` or ``(N, 1, L)``).
+        """
+        a, m = super()._align(attributions, masks)
+        if a.dim() == 2 or (a.dim() == 3 and tuple(masks.shape) == tuple(attributions.shape)):
+            a, m = a.unsqueeze(1), m.unsqueeze(1)
+        return a, m
+
     def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         valid = m.flatten(1).any(1)
-        grown = _dilate(m, self.tolerance) if a.dim() > 2 else m
+        grown = _dilate(m, self.tolerance)
         a, grown = a.flatten(1), grown.flatten(1)
         top = a == a.amax(1, keepdim=True)
         return (top & grown).any(1).double(), valid
@@ -357,8 +384,12 @@ class AttributionLocalisation(_Localization):
     def __init__(self, weighted: bool = False, max_size: float = 1.0, absolute: bool = False,
                  channel_reduce: str | None = "sum", **kwargs: object) -> None:
         super().__init__(channel_reduce=channel_reduce, **kwargs)
-        if not 0 < max_size <= 1:
-            raise ValueError(f"max_size={max_size!r} is not valid; expected 0 < max_size <= 1")
+        if not (isinstance(max_size, int | float) and not isinstance(max_size, bool)
+                and 0 < max_size <= 1):
+            raise ValueError(f"max_size={max_size!r} is not valid; expected a number with "
+                             f"0 < max_size <= 1 (the largest share of the map a mask may cover)")
+        check_bool("weighted", weighted)
+        check_bool("absolute", absolute)
         self.weighted = weighted
         self.max_size = max_size
         self.absolute = absolute

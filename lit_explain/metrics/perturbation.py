@@ -9,12 +9,13 @@ replaced, for every step ``k`` at once, ``batch_size`` inputs at a time under
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ._common import check_choice
+from ._common import check_choice, check_positive_int
 from ._curves import (
     ORDERS,
     Perturbation,
@@ -84,7 +85,10 @@ class RegionPerturbation(RegionCurveMetric):
     value_range
         ``(min, max)`` to clip replacement values to (and the range ``"invert"`` reflects in).
     softmax
-        Score the softmax probability instead of the logit.
+        Score the softmax probability instead of the logit; for a model with one output,
+        its sigmoid (a binary classifier's probability). The model must return logits: the
+        scores of a model that returns probabilities would be normalized twice (pass
+        ``softmax=False`` for it; nothing is detected).
     channel_reduce, region_reduce
         How the map becomes one number per region: over channels, then over the region
         (``"sum"``, ``"mean"`` or ``"max"``).
@@ -94,7 +98,11 @@ class RegionPerturbation(RegionCurveMetric):
         Model inputs per forward call (bounds memory).
     seed
         Seed of the metric's own generator (random order, Gaussian noise); re-seeded on
-        :meth:`reset`, the global RNG is never used.
+        :meth:`reset`, the global RNG is never used. Calling the metric directly
+        (``metric(x, a)``, torchmetrics' forward) continues the draws like ``update``.
+
+    Before any update :meth:`compute` is NaN and :meth:`curve` is empty. Maps holding NaN
+    or infinite values are refused (``ValueError``): they have no ordering.
     mask_token_id
         For token inputs (integer ids ``(N, L)``, one attribution per token): the id that
         replaces a deleted token (a ``[MASK]`` id, or the padding id of a model that ignores
@@ -111,6 +119,7 @@ class RegionPerturbation(RegionCurveMetric):
     """
 
     higher_is_better = True
+    _STATES = ("curve_sum",)
 
     def __init__(
         self,
@@ -141,14 +150,10 @@ class RegionPerturbation(RegionCurveMetric):
         )  # fmt: skip
         check_choice("order", order, ORDERS)
         check_perturbation("perturbation", perturbation)
-        if not isinstance(regions_per_step, int) or regions_per_step < 1:
-            raise ValueError(f"regions_per_step={regions_per_step!r} is not valid; use an int >= 1")
+        check_positive_int("regions_per_step", regions_per_step)
         self.order = order
         self.perturbation = perturbation
         self.regions_per_step = regions_per_step
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        if steps is not None:
-            self._curve_states(("curve_sum",), steps, torch.device("cpu"))
 
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
@@ -178,18 +183,19 @@ class RegionPerturbation(RegionCurveMetric):
         calls and credited to each map's metric)."""
         if curves is None:
             curves = self.sample_curves(*_batch(x, attributions), target)
-        self._curve_states(("curve_sum",), curves.shape[1] - 1, curves.device)
-        self.curve_sum += curves.sum(0).to(self.curve_sum)
-        self.count += curves.shape[0]
+        self._add_curves({"curve_sum": curves.sum(0)}, curves.shape[0])
 
     def curve(self) -> Tensor:
-        """Mean perturbation curve ``(steps + 1,)``, for plotting (index = step)."""
-        curve_sum = self._curve_state("curve_sum")
-        return curve_sum / self.count.clamp_min(1).to(curve_sum.device)
+        """Mean perturbation curve ``(steps + 1,)``, for plotting (index = step); empty
+        before any update."""
+        return self._mean_curve("curve_sum")
 
     def compute(self) -> Tensor:
-        """AOPC of the mean curve (equal to the mean of the per-sample AOPCs)."""
+        """AOPC of the mean curve (equal to the mean of the per-sample AOPCs); NaN before
+        any update."""
         c = self.curve()
+        if c.numel() == 0:
+            return torch.tensor(math.nan, dtype=torch.float64, device=c.device)
         return (c[0] - c).mean()
 
 
@@ -225,7 +231,8 @@ class InsertionDeletion(RegionCurveMetric):
     the area large (**higher is better**). Curves have ``steps + 1`` points over the
     fraction of regions changed, from 0 to 1 (``ceil(R / steps)`` regions per step), and
     the AUC is the trapezoid rule over that fraction. Scores are softmax probabilities by
-    default, as in the paper.
+    default, as in the paper (the sigmoid of a one-output model); the model must return
+    logits (``softmax=False`` for a model that returns probabilities).
 
     ``higher_is_better = None`` because the two numbers point in opposite directions;
     :meth:`compute` returns ``{"insertion_auc": ↑, "deletion_auc": ↓}``.
@@ -270,9 +277,6 @@ class InsertionDeletion(RegionCurveMetric):
         check_perturbation("deletion_baseline", deletion_baseline)
         self.insertion_baseline = insertion_baseline
         self.deletion_baseline = deletion_baseline
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        if steps is not None:
-            self._curve_states(self._STATES, steps, torch.device("cpu"))
 
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
@@ -300,22 +304,23 @@ class InsertionDeletion(RegionCurveMetric):
         ``curves``: per-sample curves from :meth:`sample_curves` instead of ``x`` and
         ``attributions``."""
         c = self.sample_curves(*_batch(x, attributions), target) if curves is None else curves
-        self._curve_states(self._STATES, c["deletion"].shape[1] - 1, c["deletion"].device)
         n = c["deletion"].shape[0]
-        self.insertion_sum += c["insertion"].sum(0).to(self.insertion_sum)
-        self.deletion_sum += c["deletion"].sum(0).to(self.deletion_sum)
-        self.fraction_sum += (c["fraction"] * n).to(self.fraction_sum)
-        self.count += n
+        self._add_curves({"insertion_sum": c["insertion"].sum(0),
+                          "deletion_sum": c["deletion"].sum(0),
+                          "fraction_sum": c["fraction"] * n}, n)
 
     def curves(self) -> dict[str, Tensor]:
-        """Mean ``{"insertion", "deletion", "fraction"}`` curves ``(steps + 1,)`` for plotting."""
-        n = self.count.clamp_min(1)
-        sums = {name.removesuffix("_sum"): self._curve_state(name) for name in self._STATES}
-        return {name: total / n.to(total.device) for name, total in sums.items()}
+        """Mean ``{"insertion", "deletion", "fraction"}`` curves ``(steps + 1,)`` for
+        plotting; empty before any update."""
+        return {name.removesuffix("_sum"): self._mean_curve(name) for name in self._STATES}
 
     def compute(self) -> dict[str, Tensor]:
-        """``{"insertion_auc", "deletion_auc"}``: trapezoid areas of the mean curves."""
+        """``{"insertion_auc", "deletion_auc"}``: trapezoid areas of the mean curves; NaN
+        before any update."""
         c = self.curves()
+        if c["fraction"].numel() == 0:
+            nan = torch.tensor(math.nan, dtype=torch.float64, device=c["fraction"].device)
+            return {"insertion_auc": nan, "deletion_auc": nan.clone()}
         return {
             "insertion_auc": torch.trapezoid(c["insertion"], c["fraction"]),
             "deletion_auc": torch.trapezoid(c["deletion"], c["fraction"]),

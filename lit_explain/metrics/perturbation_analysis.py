@@ -25,7 +25,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..analyzers.forward import OutputSelector
-from ._common import RegionGrid, as_tuple, check_choice, eval_mode, make_generator
+from ._common import (
+    RegionGrid,
+    as_tuple,
+    check_bool,
+    check_choice,
+    check_finite_map,
+    check_positive_int,
+    check_seed,
+    eval_mode,
+    make_generator,
+)
 from ._curves import check_value_range, region_ranks
 
 __all__ = ["Perturbation", "PerturbationAnalysis"]
@@ -102,6 +112,14 @@ class Perturbation:
             elif not callable(fn):
                 raise ValueError(f"{name}={fn!r} is not valid; use {list(_REDUCE)} or a callable")
         check_choice("pad_mode", pad_mode, list(_PAD_MODES))
+        if (isinstance(num_perturbed_regions, bool) or not isinstance(num_perturbed_regions, int)
+                or num_perturbed_regions < 0):
+            raise ValueError(f"num_perturbed_regions={num_perturbed_regions!r} is not valid; "
+                             f"expected an integer >= 0")
+        many = isinstance(region_shape, Sequence) and not isinstance(region_shape, str)
+        as_tuple(region_shape, max(1, len(region_shape)) if many else 1, "region_shape")
+        check_bool("in_place", in_place)
+        check_seed(seed)
         self.num_perturbed_regions = num_perturbed_regions
         self.region_shape = region_shape
         self.reduce_function = _REDUCE.get(reduce_function, reduce_function)
@@ -121,9 +139,17 @@ class Perturbation:
     def _grid(self, t: Tensor) -> RegionGrid:
         if t.dim() not in (3, 4):
             raise ValueError(f"expected (N, C, L) or (N, C, H, W); got shape {tuple(t.shape)}")
-        return RegionGrid(
+        grid = RegionGrid(
             tuple(t.shape[2:]), as_tuple(self.region_shape, t.dim() - 2, "region_shape")
         )
+        if _PAD_MODES[self.pad_mode] == "reflect" and any(
+                max(pad) >= size for pad, size in zip(grid.padding, grid.spatial, strict=True)):
+            raise ValueError(
+                f"region_shape={self.region_shape!r} with pad_mode='reflect' needs padding "
+                f"{grid.padding} that reflect cannot make on inputs of spatial shape "
+                f"{grid.spatial} (each side's padding must be smaller than the size); use a "
+                f"smaller region_shape or pad_mode='edge', 'wrap' or 'constant'")
+        return grid
 
     def pad(self, analysis: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """Pad to a multiple of the region shape; returns ``(padded, padding before)``."""
@@ -195,6 +221,7 @@ class Perturbation:
             raise ValueError(
                 f"analysis {tuple(analysis.shape)} must have x's shape {tuple(x.shape)}"
             )
+        check_finite_map("Perturbation", analysis, "analysis")
         grid = self._grid(x)
         a = self.reduce_function(analysis.to(x.device, x.dtype), dim=1, keepdim=True)
         a_pad, _ = self.pad(a)
@@ -208,11 +235,31 @@ class Perturbation:
         return out
 
 
+def _labels(logits: Tensor, y: Tensor) -> Tensor:
+    """Labels as class indices ``(N,)`` or as rows ``(N, C)`` (one-hot or probabilities).
+
+    Accepted: ``(N,)``, ``(N, 1)`` (squeezed) and ``(N, C)`` with the logits' ``C``;
+    anything else raises ``ValueError`` naming both shapes.
+    """
+    n, classes = logits.shape[0], logits.shape[-1]
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape[0] != n or not (y.dim() == 1 or (y.dim() == 2 and y.shape[1] == classes)):
+        raise ValueError(
+            f"labels y of shape {tuple(y.shape)} do not fit logits of shape "
+            f"{tuple(logits.shape)}: expected class indices ({n},) or ({n}, 1), or one-hot / "
+            f"probability rows ({n}, {classes})")
+    return y
+
+
 def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    return (logits.argmax(1) == y).double()
+    y = _labels(logits, y)
+    return (logits.argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).double()
 
 
 def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    y = _labels(logits, y)
+    y = y.double() if y.dim() == 2 else y.long()
     return F.cross_entropy(logits.double(), y, reduction="none")
 
 
@@ -243,7 +290,9 @@ class PerturbationAnalysis:
         Print progress and timing.
     score
         ``"accuracy"`` (Keras' metric), ``"cross_entropy"`` or a callable
-        ``(logits, y) -> per-sample scores``.
+        ``(logits, y) -> per-sample scores``. The built-in scores take labels ``y`` as
+        class indices ``(N,)`` or ``(N, 1)``, or as one-hot / probability rows ``(N, C)``
+        (accuracy compares their argmax); other shapes are refused.
     output_key
         For a model returning a tuple (an index) or a mapping (a key): the logits. ``None``:
         the first tensor of a tuple, ``"logits"`` of a mapping.
@@ -268,6 +317,10 @@ class PerturbationAnalysis:
         self.score = scores.get(score, score)
         if not isinstance(perturbation, Perturbation):
             raise ValueError(f"perturbation={perturbation!r} is not valid; pass a Perturbation")
+        check_positive_int("steps", steps)
+        check_positive_int("regions_per_step", regions_per_step)
+        check_bool("recompute_analysis", recompute_analysis)
+        check_bool("verbose", verbose)
         self.analyzer = analyzer
         self.model = OutputSelector(model, output_key)
         self.generator = generator

@@ -160,17 +160,20 @@ def test_seeded_and_reset_reproduces():
     assert not torch.allclose(m3.compute(), first)
 
 
-def test_states_merge_by_addition_like_ddp():
+@pytest.mark.parametrize("steps", [6, None])
+def test_states_merge_by_addition_like_ddp(steps):
+    # DDP stacks the ranks' states and applies each state's dist_reduce_fx; a third rank
+    # that saw no batch must change nothing.
     model, x, a = tiny_cnn(), torch.rand(8, 3, 8, 8), torch.randn(8, 3, 8, 8)
-    whole = RegionPerturbation(model, region_shape=2, steps=6)
+    whole = RegionPerturbation(model, region_shape=2, steps=steps)
     whole.update(x, a)
-    ranks = [RegionPerturbation(model, region_shape=2, steps=6) for _ in range(2)]
+    ranks = [RegionPerturbation(model, region_shape=2, steps=steps) for _ in range(3)]
     ranks[0].update(x[:3], a[:3])
     ranks[1].update(x[3:], a[3:])
-    merged = RegionPerturbation(model, region_shape=2, steps=6)
+    merged = RegionPerturbation(model, region_shape=2, steps=steps)
     for name, reduce in merged._reductions.items():
-        assert reduce is not None and reduce.__name__ in ("dim_zero_sum", "sum"), name
-        setattr(merged, name, getattr(ranks[0], name) + getattr(ranks[1], name))
+        assert reduce is not None, name
+        setattr(merged, name, reduce(torch.stack([getattr(r, name) for r in ranks])))
     merged._update_count = 1
     torch.testing.assert_close(merged.compute(), whole.compute())
     ranks[0].merge_state(ranks[1])

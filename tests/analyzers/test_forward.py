@@ -3,6 +3,7 @@ in-place operations, input preprocessing and a softmax in forward."""
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 
@@ -289,14 +290,21 @@ GRADIENT_METHODS = ("gradient", "input_t_gradient", "smoothgrad", "integrated_gr
                     "input", "random")
 
 
+@functools.cache
+def hidden(how: str) -> nn.Module:
+    """The model for ``how``, made once (TorchScript compiles once per form, not per test;
+    analyses leave a model as they found it)."""
+    if how == "whole script":
+        return torch.jit.script(_Hidden("plain").eval())
+    return _Hidden(how).eval()
+
+
 @pytest.mark.parametrize("how", ["script", "trace", "function", "whole script"])
 @pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers)
                                   if not n.startswith("pattern.")])
 def test_code_the_engine_cannot_see_is_refused_by_rules_and_differentiated_by_gradients(
         how, name):
-    model = _Hidden(how.split()[-1]).eval()
-    if how == "whole script":
-        model = torch.jit.script(_Hidden("plain").eval())
+    model = hidden(how)
     x = torch.randn(2, 2, 5, 5)
     kwargs = {"lrp": {"rule": "Z"}, "lrp.alpha_beta": {"alpha": 1.0},
               "deep_taylor.bounded": {"low": -3.0, "high": 3.0}}.get(name, {})

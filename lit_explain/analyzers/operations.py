@@ -227,8 +227,8 @@ class OperationRules(TorchFunctionMode):
         kind = gate.kind if gate is not None else self._kind(func, args, kwargs)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
-        tensors = tensors_in(args, kwargs)
-        first = tensors[0] if tensors else None  # (as the model passed it)
+        tensors = given_tensors = tensors_in(args, kwargs)  # (as the model passed them)
+        first = tensors[0] if tensors else None
         if self.state.provenance.made_unseen(tensors):
             raise NotAnalyzableModelError(
                 f"{self._call(func, args, kwargs, kind).where()} receives a tensor computed by "
@@ -252,7 +252,7 @@ class OperationRules(TorchFunctionMode):
                 self.state.provenance.add_made(tensors_in(args, kwargs))
         # Calls that run as written (most of them) need no OperationCall: it is made for a
         # handler, an error or the diagnostics' record only.
-        call = self._call(func, args, kwargs, kind) if (
+        call = self._call(func, args, kwargs, kind, given_tensors) if (
             handler is not None or self.record is not None) else None
         if self.record is not None:
             # the ids the model passed (a hook may swap a tensor), the values the call got
@@ -357,11 +357,11 @@ class OperationRules(TorchFunctionMode):
         args, kwargs = replace_tensors(args, kwargs, cross)
         return args, kwargs, tensors_in(args, kwargs)
 
-    def _from_input(self, args: tuple) -> bool:
-        first = tensors_in(args)[:1]
-        return bool(first) and id(first[0]) in self.state.input_derived
-
-    def _call(self, func, args, kwargs, kind) -> OperationCall:
+    def _call(self, func, args, kwargs, kind,
+              given: list[Tensor] | None = None) -> OperationCall:
+        """The call as handlers see it; ``given``: its tensors as the model passed them, before
+        the relevance flow swapped any (which decides whether a kernel layer is the input
+        layer: the swapped tensors are no longer the input's)."""
         path, module = self.state.module_stack[-1] if self.state.module_stack else ("", None)
         call = OperationCall(func, args, kwargs, kind, module, path)
         if kind == ATTENTION:
@@ -369,12 +369,13 @@ class OperationRules(TorchFunctionMode):
         if kind == KERNEL or kind == WEIGHT_PRODUCT:
             call.layer_index = self.state.kernel_calls
             self.state.kernel_calls += 1
-            if kind == KERNEL:
-                call.is_input_layer = self._from_input(args)
+            given = tensors_in(args, kwargs) if given is None else given
+            derived = self.state.input_derived
+            if kind == KERNEL:  # (its input is its first tensor)
+                call.is_input_layer = bool(given) and id(given[0]) in derived
             else:
                 call.weight_index = weight_operand(func, args, kwargs, self._is_weight)
-                call.is_input_layer = any(id(t) in self.state.input_derived
-                                          for t in call.inputs)
+                call.is_input_layer = any(id(t) in derived for t in given)
         return call
 
     @contextmanager

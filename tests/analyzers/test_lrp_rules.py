@@ -323,6 +323,23 @@ def test_rule_specifications():
         run(rule=["Flat", "Flat", EpsilonRule(0.1)]))
 
 
+@pytest.mark.parametrize("input_rule", ["Z", "ZPlus", "Alpha1Beta0", "Alpha2Beta1", "Flat"])
+def test_an_input_layer_rule_is_the_first_layer_rule_in_either_relevance_flow(input_rule):
+    # proportional rules run with relevance per unit of tensor, where the input crosses into
+    # relevance at the first layer: that layer was then no longer seen as the input layer
+    # and any proportional input_layer_rule was silently ignored
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(
+        LRP(net, rule="Epsilon", input_layer_rule=input_rule).analyze(x),
+        LRP(net, rule=[input_rule, "Epsilon", "Epsilon"]).analyze(x))
+    condition = LRP(net, rule=[(lambda call: call.is_input_layer, input_rule),
+                               (lambda call: True, "Epsilon")]).analyze(x)
+    torch.testing.assert_close(condition, LRP(net, rule=[input_rule, "Epsilon", "Epsilon"])
+                               .analyze(x))
+
+
 def test_rule_specification_errors():
     net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="valid names"):

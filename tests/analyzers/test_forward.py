@@ -512,3 +512,25 @@ def test_values_written_into_a_new_tensor_explain_as_their_concatenation(name):
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(lx.create_analyzer(name, WrittenInto(True)).analyze(x),
                                lx.create_analyzer(name, WrittenInto(False)).analyze(x))
+
+
+class Cast(nn.Module):
+    """small_cnn with its hidden activations cast (``cast``: how) and back."""
+
+    def __init__(self, cast) -> None:
+        super().__init__()
+        self.body, self.cast = small_cnn(), cast
+
+    def forward(self, x):
+        h = self.body[:2](x)
+        return self.body[2:](self.cast(h).type(h.dtype))
+
+
+@pytest.mark.parametrize("cast", [lambda h: h.type(torch.float64), lambda h: h.to(torch.float64),
+                                  lambda h: h.type(h.type())], ids=["type", "to", "type-str"])
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "guided_backprop"])
+def test_casts_move_values_as_they_are(name, cast):
+    # Tensor.type(dtype) was an unknown operation (GPT-2's eager attention casts with it)
+    x = torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(lx.create_analyzer(name, Cast(cast)).analyze(x),
+                               lx.create_analyzer(name, small_cnn()).analyze(x))

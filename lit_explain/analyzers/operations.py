@@ -301,10 +301,14 @@ class OperationRules(TorchFunctionMode):
                 func, args, kwargs, self._is_weight) is not None:
             return WEIGHT_PRODUCT
         if kind == LINEAR and func in ELEMENTWISE_AFFINE:
-            operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
+            tensors = tensors_in(args, kwargs)
+            operands = [a for a in tensors if differentiable(a)]
+            # (a statistic of the input held constant is no constant: a normalisation
+            # written out, which F.rms_norm's rule sees as no preprocessing either)
             if len(operands) == 1 and id(operands[0]) in self.state.input_derived and (
                     INPUT_PREPROCESSING in self.handlers
-                    or INPUT_PREPROCESSING in self.passthrough):
+                    or INPUT_PREPROCESSING in self.passthrough) and not any(
+                    self.state.provenance.is_held(t) for t in tensors):
                 return INPUT_PREPROCESSING
         return kind
 

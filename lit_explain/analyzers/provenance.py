@@ -75,7 +75,7 @@ class Provenance:
         # a tensor made in sight carries this pass's own token (an attribute: cheaper than a
         # weak reference per tensor, and no id of a freed tensor can be mistaken for it)
         self._token = object()
-        self._statistics, self._magnitudes = _WeakSet(), _WeakSet()
+        self._statistics, self._magnitudes, self._held = _WeakSet(), _WeakSet(), _WeakSet()
 
     def add_made(self, tensors: Iterable[Tensor]) -> None:
         """Record the differentiable ones among ``tensors`` as made in sight."""
@@ -120,8 +120,14 @@ class Provenance:
             statistic, other = args[i], args[1 - i]
             if statistic in self._statistics and other not in self._statistics \
                     and statistic.numel() < other.numel():
-                return (other, statistic.detach()) if i == 1 else (statistic.detach(), other)
+                held = statistic.detach()
+                self._held.add(held)
+                return (other, held) if i == 1 else (held, other)
         return args
+
+    def is_held(self, t: Tensor) -> bool:
+        """Whether ``t`` is a statistic held constant (a value of the input, no constant)."""
+        return t in self._held
 
     def note_statistic(self, func: Callable, kind: str, args: tuple, output: Tensor) -> None:
         """Record ``output`` of the call as a statistic, or as squares or absolute values."""

@@ -417,6 +417,38 @@ def test_a_normalisation_written_out_gets_the_rule_of_its_functional_form(
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
 
 
+class _NormalisedInput(nn.Module):
+    """A normalisation (``form`` of :class:`_Normalised`) of the input, then Linear → ReLU →
+    Linear: the first Linear is the input layer in every written form."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.first, self.last = nn.Linear(16, 8), nn.Linear(8, 3)
+        self.weight = nn.Parameter(torch.rand(16) + 0.5)
+        self.bias = nn.Parameter(0.1 * torch.randn(16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = _Normalised.FORMS[self.form](x, self.weight, self.bias)
+        return self.last(torch.relu(self.first(h)))
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("lrp.sequential_preset_a_flat", {}), ("deep_taylor.bounded", {"low": -4.0, "high": 4.0}),
+    ("lrp", {"rule": "Epsilon", "input_layer_rule": "WSquare"})])
+@pytest.mark.parametrize(("form", "function"), [
+    ("rms_norm by hand", "rms_norm"), ("layer_norm by hand, var", "layer_norm")])
+def test_a_normalisation_of_the_input_written_out_leaves_the_input_layer_where_it_is(
+        form, function, name, kwargs):
+    # the statistic held constant is no constant: the written-out form was taken for input
+    # preprocessing and moved the input layer's rule onto the next layer (maps 68-81 % apart)
+    x = torch.randn(4, 16)
+    expected = lx.create_analyzer(name, _NormalisedInput(function).eval(), **kwargs).analyze(x)
+    result = lx.create_analyzer(name, _NormalisedInput(form).eval(), **kwargs).analyze(x)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("form", ["softmax by hand", "sum normalisation"])
 def test_a_division_by_a_sum_is_no_normalisation_and_stays_refused(form):
     with pytest.raises(lx.NotAnalyzableModelError, match="div"):

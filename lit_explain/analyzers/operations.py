@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,14 +31,18 @@ from torch.overrides import TorchFunctionMode
 from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
 from .kinds import (
+    ACTIVATION,
     ATTENTION,
     ELEMENTWISE_AFFINE,
+    ELEMENTWISE_PRODUCTS,
     ELEMENTWISE_SCALINGS,
     INPUT_PREPROCESSING,
     KERNEL,
     LINEAR,
     MATRIX_PRODUCTS,
+    PRODUCT,
     QUERIES,
+    RELU,
     SOFTMAX,
     STATISTIC,
     STRUCTURE,
@@ -81,6 +86,11 @@ class OperationCall:
     parts:
         For fused attention calls: runs the call through its parts with the analysis
         active, so that each part gets its own rule (see :meth:`decompose`).
+    elementwise_of:
+        For an elementwise product whose factors are all elementwise functions of one tensor
+        (GELU written out, ``0.5 * x * (1 + tanh(...))``): that tensor, as the call's own
+        tensors reach it (after the relevance flow's swaps); the product is one elementwise
+        function of it.
     """
 
     func: Callable
@@ -95,6 +105,7 @@ class OperationCall:
     observe_input: Callable[[Tensor], Tensor] | None = None
     observe_output: Callable[[Tensor], Tensor] | None = None
     parts: Callable[[tuple, dict], object] | None = None
+    elementwise_of: Tensor | None = None
 
     def run(self, *args, **kwargs) -> Tensor:
         """Run the operation, on new ``args``/``kwargs`` where given."""
@@ -139,6 +150,52 @@ def article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+class ElementwiseRoots:
+    """Which tensor each output of a chain of elementwise operations is a function of (its
+    *root*): ``0.5 * x``, ``x ** 3``, ``tanh(...)``, ``1 + ...`` and sums of such terms
+    all have root ``x``. An elementwise product of factors of one root is one elementwise
+    function of it (see :attr:`OperationCall.elementwise_of`)."""
+
+    def __init__(self) -> None:
+        self._token = object()  # this pass's marks only
+
+    def _root(self, t: Tensor) -> Tensor:
+        mark = getattr(t, "_lit_explain_root", None)
+        root = mark[1]() if mark is not None and mark[0] is self._token else None
+        return t if root is None else root
+
+    def common(self, func: Callable, tensors: list[Tensor]) -> Tensor | None:
+        """The one root of an elementwise product's differentiable factors (two or more,
+        the product shaped like the root), or ``None``."""
+        operands = [t for t in tensors if differentiable(t)]
+        if func not in ELEMENTWISE_PRODUCTS or len(operands) < 2:
+            return None
+        roots = {id(r): r for r in map(self._root, operands)}
+        if len(roots) != 1:
+            return None
+        (root,) = roots.values()
+        shapes = [t.shape for t in operands]
+        return root if torch.broadcast_shapes(*shapes) == root.shape else None
+
+    def note(self, func: Callable, kind: str, tensors: list[Tensor],
+             produced: list[Tensor]) -> None:
+        """Give the output of an elementwise call the root its differentiable operands
+        share."""
+        if len(produced) != 1 or not produced[0].requires_grad or not (
+                kind in _ELEMENTWISE_KINDS or func in ELEMENTWISE_AFFINE
+                or func in ELEMENTWISE_PRODUCTS):
+            return
+        roots = {id(r): r for r in map(self._root, (t for t in tensors if differentiable(t)))}
+        if len(roots) == 1:
+            (root,) = roots.values()
+            if produced[0].shape == root.shape:
+                produced[0]._lit_explain_root = (self._token, weakref.ref(root))
+
+
+#: Kinds whose calls are elementwise functions of their operands.
+_ELEMENTWISE_KINDS = frozenset({ACTIVATION, RELU, INPUT_PREPROCESSING})
+
+
 @dataclass
 class _ForwardState:
     module_stack: list[tuple[str, nn.Module]] = field(default_factory=list)
@@ -148,6 +205,7 @@ class _ForwardState:
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
     provenance: Provenance = field(default_factory=Provenance)
     masks: Masks = field(default_factory=Masks)
+    roots: ElementwiseRoots = field(default_factory=lambda: ElementwiseRoots())
 
 
 class OperationRules(TorchFunctionMode):
@@ -242,18 +300,25 @@ class OperationRules(TorchFunctionMode):
                 f"account for how that value differs between the input and the reference, and "
                 f"its map would not sum to the output's difference")
         held = [id(t) for t in tensors] if self.record is not None else []
+        root = self.state.roots.common(func, given_tensors) if kind == PRODUCT else None
         if routed:
             given = args, kwargs
             if self.input_boundary is not None and kind not in _INPUT_KINDS:
                 args, kwargs, tensors = self._cross_boundary(args, kwargs, tensors)
+                if root is not None:
+                    root = self._cross_boundary((root,), {}, [root])[0][0]
             if self.prepare is not None:
                 args, kwargs = self.prepare(kind, args, kwargs, tensors)
+                if root is not None:
+                    root = self.prepare(kind, (root,), {}, [root])[0][0]
             if args is not given[0] or kwargs is not given[1]:  # the engine's own tensors
                 self.state.provenance.add_made(tensors_in(args, kwargs))
         # Calls that run as written (most of them) need no OperationCall: it is made for a
         # handler, an error or the diagnostics' record only.
         call = self._call(func, args, kwargs, kind, given_tensors) if (
             handler is not None or self.record is not None) else None
+        if call is not None:
+            call.elementwise_of = root
         if self.record is not None:
             # the ids the model passed (a hook may swap a tensor), the values the call got
             inputs = [(i, _snapshot(t)) for i, t in zip(held, tensors_in(args, kwargs),
@@ -284,6 +349,7 @@ class OperationRules(TorchFunctionMode):
         self.state.provenance.add_made(produced if first is None else [*produced, first])
         self.state.masks.note(made, args, kwargs, output)
         self._note_weights(tensors, produced)
+        self.state.roots.note(func, kind, given_tensors, produced)
         if self.refuse_detached:
             self.state.provenance.note_detached(made, tensors, produced)
         if holds and len(produced) == 1:

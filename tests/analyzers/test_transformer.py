@@ -488,3 +488,49 @@ def test_a_learned_query_is_a_weight_however_it_is_written(name, form):
     expected = lx.create_analyzer(name, LearnedQueryPooling("scaled weight").double()).analyze(x)
     result = lx.create_analyzer(name, LearnedQueryPooling(form).double()).analyze(x)
     torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-9)
+
+
+#: GELU as Hugging Face writes it (GPT-2's NewGELUActivation, BERT's gelu_python), and the
+#: torch function each equals.
+HAND_GELUS = {
+    "new_gelu": (lambda x: 0.5 * x * (1.0 + torch.tanh(
+        math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0)))),
+        lambda x: F.gelu(x, approximate="tanh")),
+    "gelu_python": (lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))), F.gelu),
+    "silu": (lambda x: x * torch.sigmoid(x), F.silu),
+}
+
+
+class _MLP(nn.Module):
+    def __init__(self, activation) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.activation = activation
+        self.up, self.down = nn.Linear(6, 12, bias=False), nn.Linear(12, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.activation(self.up(x)))
+
+
+@pytest.mark.parametrize("attention_rule", ["attnlrp", "cp"])
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.w_square",
+                                  "lrp.sequential_preset_a"])
+@pytest.mark.parametrize("form", sorted(HAND_GELUS))
+def test_an_activation_written_out_is_one_elementwise_function(form, name, attention_rule):
+    # 0.5 * x * (1 + tanh(...)) is a product of two functions of x: it got the uniform rule,
+    # and the constant 1 absorbed relevance (GPT-2's map 14-1160 % off F.gelu's; 0.18 off
+    # LXT's, which applies the identity rule to the whole activation)
+    hand, function = HAND_GELUS[form]
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kwargs = {"attention_rule": attention_rule}
+    result = lx.create_analyzer(name, _MLP(hand).double(), **kwargs).analyze(x)
+    expected = lx.create_analyzer(name, _MLP(function).double(), **kwargs).analyze(x)
+    torch.testing.assert_close(result, expected, rtol=1e-7, atol=1e-10)
+
+
+def test_an_activation_written_out_conserves_relevance():
+    model = _MLP(HAND_GELUS["new_gelu"][0]).double()
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    relevance = lx.create_analyzer("lrp.epsilon", model, epsilon=1e-12).analyze(x)
+    logits = model(x).detach()
+    torch.testing.assert_close(relevance.sum(1), logits.max(1).values, rtol=1e-8, atol=1e-10)

@@ -76,6 +76,7 @@ from .transformer import (
     held_constant,
     identity_rule,
     normalization_rule,
+    passed_through,
     softmax_rule,
     uniform_rule,
 )
@@ -280,6 +281,11 @@ class LRP(Analyzer):
             return output
 
         def product(call: OperationCall) -> Tensor:
+            if call.elementwise_of is not None:  # x * g(x): one elementwise function of x
+                output = passed_through(call.elementwise_of, call.run(), flow)
+                if cp:
+                    gates[id(output)] = output
+                return output
             constants = frozenset()
             if cp and call.func in ELEMENTWISE_PRODUCTS:
                 held = frozenset(id(t) for t in call.inputs if id(t) in gates)

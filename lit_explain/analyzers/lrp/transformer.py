@@ -71,7 +71,11 @@ def identity_rule(call: OperationCall, flow: Flow) -> Tensor:
         raise NotAnalyzableModelError(
             f"{call.where()} is an elementwise operation of {len(inputs)} computed tensors; "
             f"the identity rule is defined for one")
-    source, y = inputs[0], call.run()
+    return passed_through(inputs[0], call.run(), flow)
+
+
+def passed_through(source: Tensor, y: Tensor, flow: Flow) -> Tensor:
+    """``y``, an elementwise function of ``source``, with the identity rule ``R_x = R_y``."""
     shape = source.shape
     if not flow.relative:
         return with_gradient(source, y, lambda grad: grad.sum_to_size(shape))

@@ -106,7 +106,12 @@ def conservation_report(analyzer: Analyzer, x: Tensor,
     -------
     ConservationReport
         Per-sample sums at the output, at the input and at every layer. For a sequential
-        network the absorbed amounts of the layers add up to the total.
+        network the absorbed amounts of the layers add up to the total. The analyzer's
+        ``reverse_clip_values`` and ``reverse_project_bottleneck_layers`` are off for the
+        report: it measures what the rules absorb. Relevance lost at an operation that is no
+        kernel layer (the z-rule of an average pooling over a dead channel under the w² and
+        flat rules, whose relevance does not vanish where the activation does) shows in the
+        total, not in a layer's row.
 
     Raises
     ------
@@ -121,7 +126,10 @@ def conservation_report(analyzer: Analyzer, x: Tensor,
                         f"{analyzer.name or type(analyzer).__name__!r} does not propagate "
                         f"relevance")
     options = analyzer.reverse
-    analyzer.reverse = dataclasses.replace(options, keep_tensors=True)
+    # the rules' own losses: the diagnostics that rescale relevance (clipping, projection)
+    # are off for the report, or their rescaling would read as absorbed relevance
+    analyzer.reverse = dataclasses.replace(options, keep_tensors=True, clip_values=None,
+                                           project_bottleneck_layers=False)
     try:
         result = analyzer.analyze(x, neuron_selection)
         inputs, outputs = analyzer.reversed_tensors, analyzer._reversed_outputs

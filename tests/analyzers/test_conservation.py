@@ -90,3 +90,16 @@ def test_residual_networks_report_every_layer_and_add_up(canonize):
 def test_only_relevance_methods_have_a_report():
     with pytest.raises(TypeError, match="'gradient' does not propagate relevance"):
         lx.conservation_report(lx.create_analyzer("gradient", mlp()), torch.randn(2, 6))
+
+
+@pytest.mark.parametrize("options", [{"reverse_project_bottleneck_layers": True},
+                                     {"reverse_clip_values": (-0.01, 0.01)}])
+def test_the_report_measures_the_rules_not_the_rescaling_diagnostics(options):
+    # a bias-free MLP under lrp.z_IB absorbs nothing; with projection or clipping on, the
+    # report counted their rescaling as absorbed relevance (-1.5, or most of the logit)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4, bias=False), nn.ReLU(), nn.Linear(4, 3, bias=False))
+    x = torch.randn(2, 5, dtype=torch.float64)
+    report = lx.conservation_report(lx.create_analyzer("lrp.z_IB", net.double(), **options), x)
+    torch.testing.assert_close(report.absorbed, torch.zeros(2, dtype=torch.float64),
+                               atol=1e-12, rtol=0)

@@ -352,7 +352,7 @@ class ExplainCallback(Callback):
         with torch.inference_mode(False):
             sample, maps = sample.clone(), maps.detach().clone()
             masks = None if masks is None else masks.clone()
-            target = self._predict(sample)
+            target = self._predict(sample).argmax(1)
             probe = ProbeMetrics(self._metrics.specs, self._selector, ["preflight"])
             failures: list[tuple[str, Exception]] = []
             probe.evaluate(sample, {"preflight": maps}, target, masks,
@@ -460,9 +460,12 @@ class ExplainCallback(Callback):
         prefix = f"{self.name}_validate" if validating else self.name
         inputs = self.probe.inputs.to(pl_module.device)
         masks = None if self.probe.masks is None else self.probe.masks.to(pl_module.device)
-        predictions = self._guarded("prediction", lambda: self._predict(inputs))
-        if predictions is None:
+        outputs = self._guarded("prediction", lambda: self._predict(inputs))
+        if outputs is None:
             return
+        predictions = outputs.argmax(1)  # the explained outputs (max_activation)
+        # the predicted classes, as the pictures show them: a one-logit model's is logit > 0
+        classes = (outputs[:, 0] > 0).long() if outputs.shape[1] == 1 else predictions
         maps: dict[str, Tensor] = {}
         scalars: dict[str, float] = {}
         plots: dict[str, Tensor] = {}
@@ -478,7 +481,7 @@ class ExplainCallback(Callback):
             # The pictures are drawn and logged while the metrics run (the colour mapping and
             # PNG encoding release the GIL most of the time); joined before the hook returns.
             pictures = pool.submit(self._log_pictures, trainer, prefix, {
-                k: v.cpu() for k, v in maps.items()}, predictions.cpu()) if (
+                k: v.cpu() for k, v in maps.items()}, classes.cpu()) if (
                 trainer.is_global_zero and maps) else None
             metrics_seconds = self._score(trainer, prefix, inputs, maps, predictions, masks,
                                           validating, scalars, plots)
@@ -642,9 +645,10 @@ class ExplainCallback(Callback):
     # Errors: warn once per cause, or raise.
 
     def _predict(self, inputs: Tensor) -> Tensor:
+        """The model's explained outputs for ``inputs``, flattened per sample (N, K)."""
         with torch.inference_mode(False), torch.no_grad():
             outputs = self._selector(inputs.clone())
-        return outputs.reshape(len(inputs), -1).argmax(1)
+        return outputs.reshape(len(inputs), -1)
 
     def _guarded(self, what: str, action: Callable[[], T]) -> T | None:
         try:

@@ -119,7 +119,10 @@ def _class_ids(v: Tensor | Sequence[int] | None, n: int, what: str) -> list[int]
     if v is None:
         return None
     t = v.detach().cpu() if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v))
-    if t.ndim == 2:  # one-hot, probabilities or logits
+    if t.ndim == 2 and t.shape[1] == 1:  # a column: class ids, or one logit (class: > 0)
+        whole = not t.is_floating_point() or bool((t == t.round()).all())
+        t = t[:, 0].long() if whole else (t[:, 0] > 0).long()
+    elif t.ndim == 2:  # one-hot, probabilities or logits
         t = t.argmax(1)
     t = t.reshape(-1)
     if t.numel() != n:
@@ -453,7 +456,8 @@ def explanation_grid(
         already channel-reduced (``(N, H, W)``, ``(N, L)``), or flat with as many values
         per sample. Image maps of another spatial size (a hidden layer's) are stretched
         to the input's size by nearest neighbour.
-    labels, predictions : (N,) ints or (N, K) scores (arg-maxed), optional
+    labels, predictions : (N,) ints, (N, K) scores (arg-maxed), or an (N, 1) column (class
+        ids; a column of one logit per sample: class ``logit > 0``), optional
         Written left of each row as ``true: ...`` and ``pred: ...``; the prediction is
         green when it matches the label and red when not.
     class_names : sequence or mapping, optional

@@ -202,3 +202,40 @@ def test_training_that_ends_before_a_validation_says_nothing_was_explained(tmp_p
                                          "explained"):
         make_trainer(tmp_path, [callback], max_steps=2, limit_train_batches=4,
                      num_sanity_val_steps=0).fit(Regularised(), DigitsDataModule(batch_size=32))
+
+
+def test_class_ids_of_a_label_column_and_of_one_logit():
+    from lit_explain.viz.grid import _class_ids
+
+    assert _class_ids(torch.tensor([[3], [1], [4]]), 3, "labels") == [3, 1, 4]
+    assert _class_ids(torch.tensor([[1.0], [0.0]]), 2, "labels") == [1, 0]
+    assert _class_ids(torch.tensor([[0.7], [-1.3]]), 2, "predictions") == [1, 0]  # logits
+    assert _class_ids(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), 2, "predictions") == [1, 0]
+
+
+class Binary(Classifier):
+    """One logit: digit 0 or not."""
+
+    def __init__(self) -> None:
+        super().__init__(3e-3)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return F.binary_cross_entropy_with_logits(self(batch[0])[:, 0],
+                                                  (batch[1] == 0).float())
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_a_one_logit_model_is_explained_and_scored(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=4,
+                                  metrics=["pixel_flipping"], target_key=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, [callback], max_epochs=1).fit(Binary(),
+                                                             DigitsDataModule(batch_size=32))
+    assert callback.drift.first["lrp.epsilon"].shape == (4, 1, 8, 8)

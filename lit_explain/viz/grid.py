@@ -607,12 +607,14 @@ def explanation_grid(
     max_label = 18 * 6 * s
     label_w = max((min(text_width(t, s), max_label) for ln in row_text for t, _ in ln), default=0)
 
-    # canvas
+    # canvas: a row is as tall as its cells or its labels (a one-line token strip is lower
+    # than two lines of labels, whose text then ran into the next rows)
     x_cells = pad + (label_w + 2 * pad if label_w else 0)
     width = x_cells + sum(w + 2 * pad for w in col_w)
     top = pad + header_h + pad
     bar_h = line_h + 12 * s + 2 * pad if colorbar and ms else 0
-    height = top + N * (ch + 2 * pad) + bar_h
+    step = max(ch, max((len(lines) for lines in row_text), default=0) * line_h) + 2 * pad
+    height = top + N * step + bar_h
     img = canvas(height, width, WHITE)
 
     x0 = x_cells
@@ -622,9 +624,9 @@ def explanation_grid(
                       anchor="center")
         x0 += w + 2 * pad
     for i in range(N):
-        y = top + i * (ch + 2 * pad)
+        y = top + i * step
         lines = row_text[i]
-        ly = y + (ch - len(lines) * line_h) // 2 + s
+        ly = y + max(ch - len(lines) * line_h, 0) // 2 + s
         for k, (t, color) in enumerate(lines):
             draw_text(img, _fit(t, max_label, s), pad, ly + k * line_h, color, s)
     x0 = x_cells
@@ -632,11 +634,11 @@ def explanation_grid(
         cells, factor = in_column if j == 0 else map_columns[names[j - 1]]
         cx = x0 + (w - cw) // 2
         # the frame: its box filled, then the cell over all of it but the 1-pixel border
-        if pad >= 1:  # the boxes do not overlap: a whole column at once
-            paste_column(img, cells, cx, top, ch + 2 * pad, FRAME, factor)
+        if pad >= 1 or step >= ch + 2:  # the boxes do not overlap: a whole column at once
+            paste_column(img, cells, cx, top, step, FRAME, factor)
         else:  # each box overlaps its neighbours: drawn in order, as it always was
             for i, cell in enumerate(cells):
-                y = top + i * (ch + 2 * pad)
+                y = top + i * step
                 fill_rect(img, cx - 1, y - 1, cx + cw + 1, y + ch + 1, FRAME)
                 paste(img, upscale(cell, factor), cx, y)
         x0 += w + 2 * pad

@@ -107,6 +107,18 @@ def test_sequences_get_a_channel_picture_and_a_summed_strip():
     assert one.shape == tab.shape
 
 
+def test_rows_are_tall_enough_for_their_labels():
+    # a one-line token strip is lower than two lines of labels: the labels of each row ran
+    # into the next rows, the last prediction below the last row
+    ids = torch.tensor([[0, 1, 2], [2, 1, 0], [1, 1, 1]])
+    maps = {"g": torch.randn(3, 3)}
+    plain = viz.explanation_grid(ids, maps, colorbar=False)
+    labelled = viz.explanation_grid(ids, maps, labels=[0, 1, 2], predictions=[0, 1, 1],
+                                    colorbar=False)
+    grown = labelled.shape[1] - plain.shape[1]
+    assert grown > 0 and grown % 3 == 0  # every row alike
+
+
 def test_token_inputs_show_their_words_and_one_cell_per_token():
     ids = torch.tensor([[0, 1, 2]])
     maps = {"g": torch.tensor([[1.0, 0.0, -1.0]])}

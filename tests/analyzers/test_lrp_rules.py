@@ -375,3 +375,18 @@ def test_deep_taylor_explains_only_positive_outputs():
     analyzer = lx.create_analyzer("deep_taylor", net, neuron_selection_mode="index")
     torch.testing.assert_close(analyzer.analyze(x, neuron_selection=0), x)
     assert analyzer.analyze(x, neuron_selection=1).abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["lrp.z_IB", "lrp.epsilon_IB"])
+def test_rules_without_the_bias_divide_by_the_product_itself_in_float32(name):
+    # W x was recovered as y - b, which cancels where the bias dominates: at inputs of 1e-6
+    # with biases of 0.5, lrp.z_IB's float32 map was 87 % off its float64 map
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.bias.fill_(0.5)
+    x = 1e-6 * torch.randn(4, 6)
+    single = lx.create_analyzer(name, net).analyze(x)
+    double = lx.create_analyzer(name, net.double()).analyze(x.double())
+    torch.testing.assert_close(single.double(), double, rtol=1e-4, atol=1e-6 * double.abs().max())

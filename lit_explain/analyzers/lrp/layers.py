@@ -81,6 +81,13 @@ class AffineLayer:
         """The layer's output value, detached."""
         return self.linear_term().detach()
 
+    @functools.cached_property
+    def product_term(self) -> Tensor:
+        """``W·term_input`` without the bias, with its ordinary backward: what rules that
+        leave the bias out divide by, computed as such (the output minus the bias cancels
+        where the bias dominates: in float32 ``lrp.z_IB`` was 87 % off at inputs of 1e-6)."""
+        return self.run(self.term_input, self.weight)
+
     def part(self, x: Tensor, positive: bool) -> Tensor:
         """The layer on ``x`` with ``W⁺`` (``positive``) or ``W⁻`` and no bias (computed once
         per input: a rule's output value and its backward both use it)."""

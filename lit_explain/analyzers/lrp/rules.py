@@ -178,10 +178,17 @@ class _RescalingRule(Rule):
         """The denominator for ``z``: a new tensor with no zeros."""
         raise NotImplementedError
 
+    def output_value(self, layer: AffineLayer) -> Tensor:
+        if self.bias:
+            return super().output_value(layer)
+        return layer.product_term.detach() + layer.bias_term()  # (the product made once)
+
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        y = layer.linear_term()
-        z = y.detach() if self.bias else y.detach() - layer.bias_term()
-        return flow.rescale(y, self.stabilize(z))
+        if self.bias:
+            y = layer.linear_term()
+            return flow.rescale(y, self.stabilize(y.detach()))
+        wx = layer.product_term  # W x itself: y − b cancels where b dominates
+        return flow.rescale(wx + layer.bias_term(), self.stabilize(wx.detach()))
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,7 @@ class MagnitudeShareRule(Rule):
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         y = layer.linear_term()
-        z = y.detach() - layer.bias_term()
+        z = layer.product_term.detach()  # W x itself (y − b cancels where b dominates)
         bias = torch.as_tensor(layer.bias_term(), dtype=z.dtype, device=z.device).abs()
         # sign(z)·(|z| + |b|): R_y times |z| / (|z| + |b|), the input's share, reaches z
         denominator = z.abs().add_(bias).clamp_(min=SAFE_EPSILON).copysign_(z)
@@ -391,7 +398,7 @@ class BoundedRule(Rule):
         x, weight = layer.input, layer.weight
         low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
         y = layer.linear_term()
-        z = (y - layer.bias_term() - layer.run(gate(x, low, low), weight.clamp(min=0))
+        z = (layer.product_term - layer.run(gate(x, low, low), weight.clamp(min=0))
              - layer.run(gate(x, high, high), weight.clamp(max=0)))
         return flow.output(y.detach(), (z, safe(z.detach()), 1.0))
 

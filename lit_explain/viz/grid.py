@@ -191,10 +191,13 @@ def _ink_for(rgb: Tensor) -> tuple[float, float, float]:
     return (0.0, 0.0, 0.0) if luminance > 0.45 else (1.0, 1.0, 1.0)
 
 
-def _middle_slices(t: Tensor, keep: int) -> Tensor:
-    """Index the middle of every axis between the batch and the last ``keep`` axes."""
-    while t.ndim > keep + 1:
-        t = t.select(1, t.shape[1] // 2)
+def _middle_slices(t: Tensor, channels: bool) -> Tensor:
+    """The middle slice of a volume ``(N, C, D, ..., H, W)`` (``channels``) or
+    ``(N, D, ..., H, W)``: every axis between the batch (and channel) axes and the last two
+    indexed at its middle."""
+    first = 2 if channels else 1
+    while t.ndim > first + 2:
+        t = t.select(first, t.shape[first] // 2)
     return t
 
 
@@ -216,8 +219,8 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
     for name, m in maps.items():
         if m.ndim == 2 and m.shape[1] in (C * H * W, H * W):
             m = m.reshape(N, -1, H, W)
-        if m.ndim > 4:
-            m = _middle_slices(m, 3) if m.shape[1] == C else _middle_slices(m, 2)
+        if m.ndim > 4:  # (a volume's maps are sliced where the input is)
+            m = _middle_slices(m, channels=m.shape[1] == C)
         if m.ndim not in (3, 4):
             raise ValueError(
                 f"map {name!r} has shape {tuple(m.shape)}; for images {tuple(x.shape)} a map "
@@ -527,8 +530,10 @@ def explanation_grid(
                 else {2: "tabular", 3: "sequence"}.get(x.ndim, "image"))
     if kind != "tokens":
         x = x.float()
+    given_ndim = x.ndim  # a volume (N, C, D, ..., H, W) is shown by its middle slice
     if kind == "image":
-        x = x[:, None] if x.ndim == 3 else _middle_slices(x, 3) if x.ndim > 4 else x
+        x = x[:, None] if x.ndim == 3 else _middle_slices(x, channels=True) if x.ndim > 4 \
+            else x
         if x.ndim != 4:
             raise ValueError(f"kind='image' needs (N, C, H, W) or (N, H, W), got {tuple(x.shape)}")
     elif kind == "tabular":
@@ -549,6 +554,8 @@ def explanation_grid(
             t = _token_map(name, t, x.shape[1])
         elif kind != "image":
             t = _strip_map(name, t, x.shape[1], x.shape[2])
+        elif given_ndim > 4 and t.ndim == given_ndim - 1:  # a volume's map without channels
+            t = _middle_slices(t, channels=False)  # the slice the input column shows
         ms[name] = t
     if isinstance(absmax, str):
         if absmax != "shared":
@@ -567,7 +574,10 @@ def explanation_grid(
         in_column = (shown, factor)
         if masks is not None:  # outlined on the magnified inputs
             in_column = (upscale(shown, factor), 1)
-            _outline_masks(in_column[0], _cpu(masks, "masks"), x.shape)
+            m = _cpu(masks, "masks")
+            if given_ndim > 4:  # a volume's masks: the slice the input column shows
+                m = _middle_slices(m, channels=m.ndim == given_ndim)
+            _outline_masks(in_column[0], m, x.shape)
         map_columns = {name: (rgb, factor) for name, rgb in rgbs.items()}
     else:
         in_cells, map_cells = (

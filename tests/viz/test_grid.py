@@ -136,6 +136,20 @@ def test_token_inputs_show_their_words_and_one_cell_per_token():
     assert (image[:, :, red_cols.min() : red_cols.max() + 1] > 0.99).all(0).any()
 
 
+def test_a_volume_shows_its_middle_slice_with_the_masks_and_maps_of_that_slice():
+    x = torch.rand(1, 1, 5, 8, 8)
+    channel_free = -torch.ones(1, 5, 8, 8)
+    channel_free[:, 2] = 1.0  # positive on the middle slice only
+    image = viz.explanation_grid(x, {"g": channel_free}, cmap="seismic", colorbar=False)
+    # (summed over the depth, as the channels of an image, it was all blue)
+    assert is_colour(image, DARK_RED).any() and not is_colour(image, DARK_BLUE).any()
+    mask = torch.zeros(1, 1, 5, 8, 8, dtype=torch.bool)
+    mask[:, :, 0, 2:6, 2:6] = True  # on the first slice only: nothing on the middle one
+    plain = viz.explanation_grid(x, {"g": channel_free}, colorbar=False)
+    outlined = viz.explanation_grid(x, {"g": channel_free}, masks=mask, colorbar=False)
+    assert torch.equal(plain, outlined)
+
+
 def test_odd_shapes_give_a_picture_or_a_clear_error():
     volume = viz.explanation_grid(torch.randn(2, 1, 5, 8, 8), {"g": torch.randn(2, 1, 5, 8, 8)})
     assert volume.shape[0] == 3  # the middle slice

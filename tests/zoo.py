@@ -564,6 +564,155 @@ class LeakyCNN(nn.Module):
         return self.fc(self.features(x))
 
 
+# Multi-branch and multi-resolution nets --------------------------------------------------
+
+def _cbr(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(*_conv_bn(cin, cout, kernel, stride), nn.ReLU(inplace=True))
+
+
+class InceptionBlock(nn.Module):
+    """GoogLeNet's block: 1×1, 1×1→3×3, 1×1→5×5 and max-pool→1×1 branches, concatenated."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.b1 = _cbr(cin, 4, 1)
+        self.b3 = nn.Sequential(_cbr(cin, 3, 1), _cbr(3, 6))
+        self.b5 = nn.Sequential(_cbr(cin, 2, 1), _cbr(2, 3, 5))
+        self.pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), _cbr(cin, 3, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.pool(x)], 1)
+
+
+class Inception(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.inc1 = _cbr(3, 8), InceptionBlock(8)
+        self.inc2, self.fc = InceptionBlock(16), nn.Linear(16, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inc2(F.max_pool2d(self.inc1(self.stem(x)), 2))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+class Fire(nn.Module):
+    """SqueezeNet's fire module: a 1×1 squeeze, then 1×1 and 3×3 expands concatenated."""
+
+    def __init__(self, cin: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = _cbr(cin, squeeze, 1)
+        self.e1, self.e3 = _cbr(squeeze, expand, 1), _cbr(squeeze, expand)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.squeeze(x)
+        return torch.cat([self.e1(x), self.e3(x)], 1)
+
+
+class SqueezeNet(nn.Module):
+    """Fire modules, ceil-mode max-pooling, a convolutional classifier (conv-ReLU-pool)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _cbr(3, 8, 3, 2), nn.MaxPool2d(3, 2, 1, ceil_mode=True), Fire(8, 4, 6),
+            Fire(12, 4, 6), nn.MaxPool2d(3, 2, 1, ceil_mode=True), Fire(12, 6, 8))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(16, CLASSES, 1),
+                                        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+                                        nn.Flatten())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class HRNet(nn.Module):
+    """Two resolutions fused both ways: the low one upsampled (``F.interpolate``) and added to
+    the high one, the high one strided down and added to the low one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.hi1 = _cbr(3, 8), _cbr(8, 8)
+        self.to_lo, self.lo1 = _cbr(8, 12, 3, 2), _cbr(12, 12)
+        self.lo_to_hi = nn.Sequential(*_conv_bn(12, 8, 1))
+        self.hi_to_lo = nn.Sequential(*_conv_bn(8, 12, 3, 2))
+        self.hi2, self.lo2 = _cbr(8, 8), _cbr(12, 12)
+        self.lo_to_hi2 = nn.Sequential(*_conv_bn(12, 8, 1))
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hi = self.hi1(self.stem(x))
+        lo = self.lo1(self.to_lo(hi))
+        hi, lo = (F.relu(hi + F.interpolate(self.lo_to_hi(lo), scale_factor=2)),
+                  F.relu(lo + self.hi_to_lo(hi)))
+        out = F.relu(self.hi2(hi) + F.interpolate(self.lo_to_hi2(self.lo2(lo)), scale_factor=2))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class Res2Block(nn.Module):
+    """Res2Net's block: the channels split (``torch.split``) into groups, each group's conv
+    taking the previous group's output added to its own input."""
+
+    def __init__(self, channels: int, scale: int = 4, width: int = 3) -> None:
+        super().__init__()
+        self.conv1 = _cbr(channels, scale * width, 1)
+        self.convs = nn.ModuleList(_cbr(width, width) for _ in range(scale - 1))
+        self.conv3 = nn.Sequential(*_conv_bn(scale * width, channels, 1))
+        self.width = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = torch.split(self.conv1(x), self.width, 1)
+        outs, y = [], None
+        for i, conv in enumerate(self.convs):
+            y = conv(parts[i] if y is None else parts[i] + y)
+            outs.append(y)
+        return F.relu(x + self.conv3(torch.cat([*outs, parts[-1]], 1)))
+
+
+class Res2Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_cbr(3, 8), nn.MaxPool2d(2))
+        self.blocks, self.fc = nn.Sequential(Res2Block(8), Res2Block(8)), nn.Linear(8, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+
+
+class AttentionGate(nn.Module):
+    """Attention U-Net's gate: the skip features times a sigmoid of the gating signal."""
+
+    def __init__(self, gating: int, skip: int, inner: int) -> None:
+        super().__init__()
+        self.wg = nn.Sequential(*_conv_bn(gating, inner, 1))
+        self.wx = nn.Sequential(*_conv_bn(skip, inner, 1))
+        self.psi = nn.Sequential(*_conv_bn(inner, 1, 1), nn.Sigmoid())
+
+    def forward(self, g: Tensor, x: Tensor) -> Tensor:
+        return x * self.psi(F.relu(self.wg(g) + self.wx(x)))
+
+
+class AttentionUNet(nn.Module):
+    """A U-Net classifier whose skip connections pass attention gates (Oktay et al. 2018)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e1 = nn.Sequential(_cbr(3, 4), _cbr(4, 4))
+        self.e2 = nn.Sequential(_cbr(4, 8), _cbr(8, 8))
+        self.bottom = nn.Sequential(_cbr(8, 16), _cbr(16, 16))
+        self.up2 = nn.Sequential(nn.Upsample(scale_factor=2), *_conv_bn(16, 8), nn.ReLU())
+        self.att2, self.d2 = AttentionGate(8, 8, 4), nn.Sequential(_cbr(16, 8), _cbr(8, 8))
+        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2), *_conv_bn(8, 4), nn.ReLU())
+        self.att1, self.d1 = AttentionGate(4, 4, 2), nn.Sequential(_cbr(8, 4), _cbr(4, 4))
+        self.fc = nn.Linear(4, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1 = self.e1(x)
+        e2 = self.e2(F.max_pool2d(e1, 2))
+        g2 = self.up2(self.bottom(F.max_pool2d(e2, 2)))
+        g1 = self.up1(self.d2(torch.cat([self.att2(g2, e2), g2], 1)))
+        d1 = self.d1(torch.cat([self.att1(g1, e1), g1], 1))
+        return self.fc(F.adaptive_avg_pool2d(d1, 1).flatten(1))
+
+
 # The zoo ----------------------------------------------------------------------------------
 
 def _small_resnet() -> nn.Module:
@@ -593,6 +742,11 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "leaky_relu": lambda: _build(13, LeakyCNN, (3, 16, 16)),
     "convnext": lambda: _build(14, ConvNeXt, (3, 16, 16)),
     "efficientnet": lambda: _build(15, EfficientNet, (3, 16, 16)),
+    "inception": lambda: _build(16, Inception, (3, 16, 16)),
+    "squeezenet": lambda: _build(17, SqueezeNet, (3, 16, 16)),
+    "hrnet": lambda: _build(18, HRNet, (3, 16, 16)),
+    "res2net": lambda: _build(19, Res2Net, (3, 16, 16)),
+    "attention_unet": lambda: _build(20, AttentionUNet, (3, 16, 16)),
 }
 """Model name → factory returning ``(model in eval mode, input batch)``, the same each call."""
 

@@ -43,7 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from zoo import ZOO, Checkpointed, Head, MBConv, compiled, out_of_place_twin
+from zoo import (
+    ZOO,
+    AttentionGate,
+    Checkpointed,
+    Head,
+    MBConv,
+    compiled,
+    out_of_place_twin,
+)
 
 import lit_explain as lx
 
@@ -58,14 +66,15 @@ ANALYZERS = tuple(sorted(lx.analyzers))
 # (y/x = the slope), so LRP-z is Input×Gradient there too.
 PIECEWISE_LINEAR = {"vgg16_bn", "resnet18", "bottleneck", "unet", "audio1d",
                     "inplace_statements", "tuple_output", "dict_output", "float64",
-                    "channels_last", "leaky_relu"}
+                    "channels_last", "leaky_relu", "inception", "squeezenet", "hrnet",
+                    "res2net"}
 # ... and whose relevance is conserved by the bias-free rules: every BatchNorm follows a
 # kernel layer (canonized), no scaling or masking statements. normalized_input: relevance
 # passes (x - mean) / std unchanged; mobilenet_v2, leaky_relu: the identity rule on ReLU6
 # and LeakyReLU (in place) passes it unchanged.
 CONSERVING = {"vgg16_bn", "resnet18", "bottleneck", "unet", "audio1d", "tuple_output",
               "dict_output", "float64", "channels_last", "normalized_input", "mobilenet_v2",
-              "leaky_relu"}
+              "leaky_relu", "inception", "squeezenet", "hrnet", "res2net"}
 CONSERVATION = ("lrp.z_IB", "lrp.epsilon_IB", "lrp.w_square", "lrp.flat")
 Z_RULE = ("lrp.z", "lrp", "lrp.epsilon")
 
@@ -82,10 +91,12 @@ UNSUPPORTED = {
     "leaky_relu": [(("leaky_relu",), nn.LeakyReLU)],
     "convnext": [(("group_norm",), nn.GroupNorm)],
     "efficientnet": [(("silu",), nn.SiLU)],
+    "attention_unet": [(("sigmoid",), nn.Sigmoid)],
 }
 DEEP_LIFT_UNSUPPORTED = {
     "convnext": [(("group_norm",), nn.GroupNorm)],
     "efficientnet": [(("mul",), MBConv)],
+    "attention_unet": [(("mul",), AttentionGate)],
 }
 # PatternComputer may refuse transposed convolutions at fit time (issue 10, item 9).
 PATTERN_REFUSALS = {"unet": [(("conv_transpose",), nn.ConvTranspose2d)]}

@@ -695,13 +695,11 @@ class AttentionUNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.e1 = nn.Sequential(_cbr(3, 4), _cbr(4, 4))
-        self.e2 = nn.Sequential(_cbr(4, 8), _cbr(8, 8))
-        self.bottom = nn.Sequential(_cbr(8, 16), _cbr(16, 16))
+        self.e1, self.e2, self.bottom = _double_conv(3, 4), _double_conv(4, 8), _double_conv(8, 16)
         self.up2 = nn.Sequential(nn.Upsample(scale_factor=2), *_conv_bn(16, 8), nn.ReLU())
-        self.att2, self.d2 = AttentionGate(8, 8, 4), nn.Sequential(_cbr(16, 8), _cbr(8, 8))
+        self.att2, self.d2 = AttentionGate(8, 8, 4), _double_conv(16, 8)
         self.up1 = nn.Sequential(nn.Upsample(scale_factor=2), *_conv_bn(8, 4), nn.ReLU())
-        self.att1, self.d1 = AttentionGate(4, 4, 2), nn.Sequential(_cbr(8, 4), _cbr(4, 4))
+        self.att1, self.d1 = AttentionGate(4, 4, 2), _double_conv(8, 4)
         self.fc = nn.Linear(4, CLASSES)
 
     def forward(self, x: Tensor) -> Tensor:

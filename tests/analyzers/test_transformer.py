@@ -358,8 +358,10 @@ def test_cp_differs_from_attnlrp_only_through_attention():
 
 
 class _Normalised(nn.Module):
-    """Linear → a normalisation (``form``) → ReLU → Linear. The ``F`` forms and the same
-    normalisations written out by hand, as LLaMA's RMSNorm and many LayerNorms are."""
+    """Linear → a normalisation (``form``) → ReLU → Linear, or with ``of_input`` the
+    normalisation of the input first, then Linear → ReLU → Linear (the first Linear is the
+    input layer in every written form). The ``F`` forms and the same normalisations written
+    out by hand, as LLaMA's RMSNorm and many LayerNorms are."""
 
     FORMS = {
         "rms_norm": lambda h, w, b: F.rms_norm(h, (16,), w, 1e-6),
@@ -378,17 +380,20 @@ class _Normalised(nn.Module):
         "sum normalisation": lambda h, w, b: (h.exp() + 1) / (h.exp() + 1).sum(-1, keepdim=True),
     }
 
-    def __init__(self, form: str) -> None:
+    def __init__(self, form: str, of_input: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.form = form
-        self.first, self.last = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.form, self.of_input = form, of_input
+        self.first = nn.Linear(16, 8) if of_input else nn.Linear(8, 16)
+        self.last = nn.Linear(8, 3) if of_input else nn.Linear(16, 3)
         self.weight = nn.Parameter(torch.rand(16) + 0.5)
         self.bias = nn.Parameter(0.1 * torch.randn(16))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.FORMS[self.form](self.first(x), self.weight, self.bias)
-        return self.last(torch.relu(h))
+        normalise = self.FORMS[self.form]
+        if self.of_input:
+            return self.last(torch.relu(self.first(normalise(x, self.weight, self.bias))))
+        return self.last(torch.relu(normalise(self.first(x), self.weight, self.bias)))
 
 
 def _centred_scaled(h: Tensor) -> Tensor:
@@ -417,23 +422,6 @@ def test_a_normalisation_written_out_gets_the_rule_of_its_functional_form(
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
 
 
-class _NormalisedInput(nn.Module):
-    """A normalisation (``form`` of :class:`_Normalised`) of the input, then Linear → ReLU →
-    Linear: the first Linear is the input layer in every written form."""
-
-    def __init__(self, form: str) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.form = form
-        self.first, self.last = nn.Linear(16, 8), nn.Linear(8, 3)
-        self.weight = nn.Parameter(torch.rand(16) + 0.5)
-        self.bias = nn.Parameter(0.1 * torch.randn(16))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = _Normalised.FORMS[self.form](x, self.weight, self.bias)
-        return self.last(torch.relu(self.first(h)))
-
-
 @pytest.mark.parametrize(("name", "kwargs"), [
     ("lrp.sequential_preset_a_flat", {}), ("deep_taylor.bounded", {"low": -4.0, "high": 4.0}),
     ("lrp", {"rule": "Epsilon", "input_layer_rule": "WSquare"})])
@@ -444,8 +432,10 @@ def test_a_normalisation_of_the_input_written_out_leaves_the_input_layer_where_i
     # the statistic held constant is no constant: the written-out form was taken for input
     # preprocessing and moved the input layer's rule onto the next layer (maps 68-81 % apart)
     x = torch.randn(4, 16)
-    expected = lx.create_analyzer(name, _NormalisedInput(function).eval(), **kwargs).analyze(x)
-    result = lx.create_analyzer(name, _NormalisedInput(form).eval(), **kwargs).analyze(x)
+    expected = lx.create_analyzer(name, _Normalised(function, of_input=True).eval(),
+                                  **kwargs).analyze(x)
+    result = lx.create_analyzer(name, _Normalised(form, of_input=True).eval(),
+                                **kwargs).analyze(x)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -24,6 +24,7 @@ from .forward import (
     check_same_forward,
     eager,
     final_softmax,
+    forward_signature,
     select_output,
     uncompiled,
     without_checkpointing,
@@ -182,6 +183,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         self.output_key = output_key
         self.neuron_selection_mode = neuron_selection_mode
         self._softmax_checked = False
+        #: The :func:`~.forward.forward_signature` of the last forward pass found to compute
+        #: the model's output (see :meth:`_forward`).
+        self._checked_forward: tuple | None = None
         self.reverse = ReverseOptions(reverse_keep_tensors, reverse_check_finite,
                                       reverse_clip_values, reverse_check_min_max_values,
                                       reverse_project_bottleneck_layers)
@@ -418,7 +422,14 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         """The explained output (batch, K) of a forward pass of ``x`` with the handlers'
         rules, checked against the model's own output (:func:`~.forward.check_same_forward`).
         The model gets a copy of ``x`` (it may modify its input in place). Refused in 16-bit
-        floating point (see :data:`LOW_PRECISION`)."""
+        floating point (see :data:`LOW_PRECISION`).
+
+        The check is made once per :func:`~.forward.forward_signature` (the model's modules,
+        parameters and buffers as they are, the input's shape, dtype and device): a later
+        analysis with the same signature runs the same operations on the same parameters.
+        It is made for every analysis of a model whose forward pass reads a tensor value
+        into Python (``if x.sum() > 0:``), which may run other operations for other inputs.
+        """
         if x.dtype in LOW_PRECISION:
             raise NotAnalyzableModelError(
                 f"{self.name or type(self).__name__} runs its rules in the model's dtype, "
@@ -428,15 +439,23 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                 f"methods (gradient, input_t_gradient, smoothgrad, integrated_gradients) "
                 f"work in {x.dtype}.")
 
+        reads_values = False
+
         def analysed(inputs: Tensor, record: list | None = None) -> Tensor:
+            nonlocal reads_values
             rules = OperationRules(self.model, handlers, passthrough, inputs, prepare=prepare,
                                    input_boundary=input_boundary, record=record,
                                    refuse_detached=refuse_detached)
             with rules.tracking_modules():  # the reshape too: it may use a rule's output
-                return self.logits(self.model(inputs), len(inputs))
+                logits = self.logits(self.model(inputs), len(inputs))
+            reads_values = reads_values or rules.reads_values
+            return logits
 
         logits = analysed(x.clone())
-        check_same_forward(self.model, x.detach(), logits, analysed, self.logits)
+        signature = None if reads_values else forward_signature(self.model, x)
+        if signature is None or signature != self._checked_forward:
+            check_same_forward(self.model, x.detach(), logits, analysed, self.logits)
+            self._checked_forward = signature
         return logits
 
     def _warn_on_final_softmax(self, x: Tensor) -> None:

@@ -14,7 +14,8 @@ that the analysed forward computes what the model computes.
 - **Outputs other than a tensor.** :func:`select_output` picks the explained tensor of a
   tuple or mapping output (``output_key``).
 - **The guard.** :func:`check_same_forward` compares the output of a rule-based forward
-  pass with the model's own and names the first operation where they part.
+  pass with the model's own and names the first operation where they part;
+  :func:`forward_signature` says when an earlier check still holds.
 - **A final softmax.** :func:`final_softmax` finds a softmax made in ``forward``.
 """
 
@@ -171,10 +172,13 @@ class OutputSelector(nn.Module):
 def _close(got: Tensor, expected: Tensor) -> bool:
     """Whether ``got`` equals ``expected`` up to :data:`TOLERANCE` of the largest finite
     value of ``expected``; NaNs and infinities (of one sign) at the same places count as
-    equal, so that a non-finite input or weight gets its non-finite map, not an error."""
+    equal, so that a non-finite input or weight gets its non-finite map, not an error.
+    Integer and boolean tensors (indices, masks) must be equal."""
     if got.shape != expected.shape:
         return False
     expected = expected.detach()
+    if not (expected.is_floating_point() or expected.is_complex()):
+        return torch.equal(got.detach().to(expected.dtype), expected)
     finite = expected[torch.isfinite(expected)]
     scale = float(finite.abs().max()) if finite.numel() else 0.0
     return bool(torch.allclose(got.detach().to(expected.dtype), expected, rtol=TOLERANCE,
@@ -207,6 +211,26 @@ def _first_difference(expected: list[Recorded], got: list[Recorded]) -> str:
         return (f"operation {min(len(expected), len(got))}: the model makes {len(expected)} "
                 f"calls, the analysis {len(got)}")
     return "no single operation (the model's output depends on the whole batch)"
+
+
+def forward_signature(model: nn.Module, x: Tensor) -> tuple | None:
+    """What decides which operations a forward pass of ``x`` runs, for a model whose forward
+    reads no tensor value into Python (no ``if x.sum() > 0:``, see
+    :data:`~.kinds.VALUE_READS`): its modules (each one's identity and type), each parameter
+    and buffer (its storage and its version, which every in-place change raises: an
+    optimizer step, ``load_state_dict``) and the input's shape, dtype and device.
+
+    Equal signatures mean the same operations on the same parameters, so that an analysis
+    whose forward pass was checked against the model's (:func:`check_same_forward`) need not
+    be checked again for another input of the same signature. ``None`` where a parameter or
+    buffer is an inference tensor (made under ``torch.inference_mode()``), which keeps no
+    version."""
+    tensors = (*model.parameters(), *model.buffers())
+    if any(t.is_inference() for t in tensors):
+        return None
+    return (tuple((id(m), type(m)) for m in model.modules()),
+            tuple((t.data_ptr(), t._version) for t in tensors),
+            tuple(x.shape), x.dtype, x.device)
 
 
 def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,

@@ -3,8 +3,9 @@
 Every torch call of an analysed forward pass is sorted into a *kind* (``"kernel"``,
 ``"relu"``, ``"softmax"``, ...) by :func:`classify`; an analyzer gives each kind a rule
 (see :mod:`.operations`). Also here: the in-place calls' out-of-place twins
-(:func:`out_of_place`), the metadata queries that need no rule (:data:`QUERIES`), and the
-walks over call arguments (:func:`tensors_in`, :func:`replace_tensors`).
+(:func:`out_of_place`), the metadata queries that need no rule (:data:`QUERIES`), the calls
+that read tensor values (:data:`VALUE_READS`), and the walks over call arguments
+(:func:`tensors_in`, :func:`replace_tensors`).
 """
 
 from __future__ import annotations
@@ -172,6 +173,14 @@ QUERIES = frozenset({
     Tensor_.nelement, Tensor_.stride, Tensor_.element_size, Tensor_.is_contiguous,
     Tensor_.is_floating_point, torch.is_floating_point, Tensor_.is_complex, torch.is_complex,
     Tensor_.get_device, Tensor_.data_ptr, torch.numel})
+#: Calls that turn tensor values into Python values, with which a forward pass can choose
+#: what to compute (``if x.sum() > 0:``): a model that makes one may run other operations
+#: for other inputs of the same shape (see :func:`~.forward.forward_signature`).
+VALUE_READS = frozenset({
+    Tensor_.__bool__, Tensor_.__int__, Tensor_.__float__, Tensor_.__index__,
+    Tensor_.__complex__, Tensor_.item, Tensor_.tolist, Tensor_.numpy, Tensor_.__array__,
+    torch.equal, Tensor_.equal, torch.allclose, Tensor_.allclose, torch.is_nonzero,
+    Tensor_.is_nonzero})
 _INPLACE_OPERATORS = {Tensor_.__iadd__: Tensor_.__add__, Tensor_.__isub__: Tensor_.__sub__,
                       Tensor_.__imul__: Tensor_.__mul__, Tensor_.__itruediv__: Tensor_.__truediv__}
 

@@ -46,6 +46,7 @@ from .kinds import (
     SOFTMAX,
     STATISTIC,
     STRUCTURE,
+    VALUE_READS,
     WEIGHT_PRODUCT,
     classify,
     differentiable,
@@ -270,12 +271,16 @@ class OperationRules(TorchFunctionMode):
         # statistics held constant where they scale a tensor: analyzers with a rule for them
         self.holds_statistics = STATISTIC in handlers
         self.state = _ForwardState(input_derived={id(model_input): model_input})
+        #: Whether the forward pass turned a tensor value into a Python value (``VALUE_READS``).
+        self.reads_values = False
         self.state.provenance.add_made([model_input])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in QUERIES:
             return func(*args, **kwargs)
+        if func in VALUE_READS:
+            self.reads_values = True
         made, gate = func, self.state.masks.rewrite(func, args, kwargs)
         if gate is not None:  # a gate by a mask of activations, as what it computes
             func, args, kwargs = gate.func, gate.args, gate.kwargs

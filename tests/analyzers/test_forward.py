@@ -47,6 +47,70 @@ def test_a_rule_that_changes_the_forward_is_refused_naming_the_operation():
     assert "operation 3 of the forward pass, torch._C._nn.linear in module '3' (Linear)" in message
 
 
+@pytest.fixture
+def forward_checks(monkeypatch) -> list[tuple[int, ...]]:
+    """The input shapes of the forward checks made (``check_same_forward`` calls)."""
+    from lit_explain.analyzers import base
+
+    made: list[tuple[int, ...]] = []
+
+    def check(model, x, *args):
+        made.append(tuple(x.shape))
+        return original(model, x, *args)
+
+    original = base.check_same_forward
+    monkeypatch.setattr(base, "check_same_forward", check)
+    return made
+
+
+def test_the_forward_check_is_made_again_where_the_model_or_the_input_shape_changes(
+        forward_checks):
+    model = small_cnn()
+    analyzer = lx.create_analyzer("lrp.epsilon", model)
+    x = torch.randn(4, 2, 5, 5)
+    analyzer.analyze(x)
+    analyzer.analyze(torch.randn(4, 2, 5, 5))  # same modules, parameters and shape
+    assert forward_checks == [(4, 2, 5, 5)]
+    analyzer.analyze(x[:3])  # another shape
+    with torch.no_grad():
+        model[0].weight.mul_(1.5)  # an in-place change of a parameter (an optimizer step)
+    analyzer.analyze(x[:3])
+    model[1] = nn.ReLU()  # another module
+    analyzer.analyze(x[:3])
+    model[3].weight = nn.Parameter(model[3].weight.detach().clone())  # a new parameter
+    analyzer.analyze(x[:3])
+    assert forward_checks == [(4, 2, 5, 5)] + [(3, 2, 5, 5)] * 4
+    other = lx.create_analyzer("lrp.epsilon", model)  # each analyzer checks its own rules
+    other.analyze(x[:3])
+    assert len(forward_checks) == 6
+
+
+class _BranchOnValue(nn.Module):
+    """One dense layer, or two, depending on the sign of the input's mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:  # a tensor value read into Python
+            return self.second(torch.relu(self.first(x)))
+        return self.second(x)
+
+
+def test_a_model_that_branches_on_a_value_is_checked_at_every_analysis(forward_checks):
+    # DoublingRule is the rule of the second kernel layer, which only the first branch
+    # reaches: its wrong forward must be found although the second branch was checked first
+    analyzer = LRP(_BranchOnValue().eval(), rule=[ZRule(), DoublingRule()])
+    negative = -torch.rand(2, 6)
+    analyzer.analyze(negative)
+    analyzer.analyze(negative)
+    assert len(forward_checks) == 2
+    with pytest.raises(lx.NotAnalyzableModelError, match="does not compute the model's"):
+        analyzer.analyze(torch.rand(2, 6))
+
+
 class BareInPlace(nn.Module):
     """In-place statements whose results are not assigned: the tensors held change."""
 

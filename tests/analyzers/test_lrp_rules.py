@@ -53,12 +53,15 @@ RULES = [  # (rule, its explicit matrix form; "flat" needs the layer's connectiv
 
 LAYERS = {
     "linear": (lambda: nn.Linear(6, 4), (6,)),
+    "linear_on_tokens": (lambda: nn.Linear(6, 4), (3, 6)),
     "conv2d_stride_padding": (lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1), (2, 5, 5)),
     "conv2d_dilation_groups": (lambda: nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2),
                                (4, 4, 4)),
     "conv1d": (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 7)),
     "conv3d": (lambda: nn.Conv3d(1, 2, 2, padding=1), (1, 3, 3, 3)),
     "conv_transpose2d": (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1), (2, 3, 3)),
+    "conv_transpose2d_groups": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2),
+                                (4, 3, 3)),
     "batch_norm2d": (lambda: nn.BatchNorm2d(3), (3, 2, 2)),
 }
 

@@ -301,8 +301,10 @@ class AlphaBetaRule(Rule):
     bias ``b`` into both ``z⁺`` and ``z⁻``; this follows the papers (and Zennit) instead.
     Cost: where ``x ≥ 0`` (after a ReLU) the calls with ``W⁺`` and ``W⁻`` give ``z⁺``,
     ``z⁻`` and so the output, and the backward is their two transposed calls; β = 0 needs
-    ``W⁺`` and the ordinary call forward, one transposed call backward. Inputs of both signs
-    (the first layer) take twice as many.
+    ``W⁺`` and the ordinary call forward, one transposed call backward. On inputs of both
+    signs (the first layer) each of ``z⁺``, ``z⁻`` is one call on ``x⁺`` and ``x⁻`` stacked
+    along the input channels (:meth:`~.layers.AffineLayer.mixed_part`), two where the
+    layer groups its channels.
     """
 
     proportional = True
@@ -336,7 +338,7 @@ class AlphaBetaRule(Rule):
             z_plus = layer.part(layer.term_input, True)
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
             positive, negative = layer.input_parts(flow)
-            z_plus = layer.part(positive, True) + layer.part(negative, False)
+            z_plus = layer.mixed_part(positive, negative, True)
         # The denominators z⁺ + b⁺ ≥ 0, kept ε away from 0 (where it is below ε, every
         # contribution is smaller still; iNNvestigate replaces exact zeros only), and
         # z⁻ + b⁻ ≤ −ε, for the term −β R (z⁻-part) / (z⁻ + b⁻).
@@ -347,7 +349,7 @@ class AlphaBetaRule(Rule):
         if not signed:
             z_minus = layer.part(layer.term_input, False)
         else:
-            z_minus = layer.part(positive, False) + layer.part(negative, True)
+            z_minus = layer.mixed_part(positive, negative, False)
         inhibitor = torch.add(z_minus.detach(), bias_minus)
         y = activator + inhibitor  # W x + b
         if not self.bias and layer.bias is not None:  # the denominators leave b out

@@ -76,8 +76,10 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     with model_lock(model):
         # only the modules in train mode are switched (and back): a model validated in eval
         # mode costs nothing here
-        training = [module for module in model.modules() if module.training]
-        requires_grad = [param for param in model.parameters() if param.requires_grad]
+        modules = list(model.modules())
+        training = [module for module in modules if module.training]
+        requires_grad = [param for module in modules for param in module._parameters.values()
+                         if param is not None and param.requires_grad]
         try:
             if training:
                 model.eval()  # through train(False), which a module may override

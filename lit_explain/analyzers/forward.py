@@ -225,10 +225,12 @@ def forward_signature(model: nn.Module, x: Tensor) -> tuple | None:
     be checked again for another input of the same signature. ``None`` where a parameter or
     buffer is an inference tensor (made under ``torch.inference_mode()``), which keeps no
     version."""
-    tensors = (*model.parameters(), *model.buffers())
+    modules = list(model.modules())
+    tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
+               if t is not None]
     if any(t.is_inference() for t in tensors):
         return None
-    return (tuple((id(m), type(m)) for m in model.modules()),
+    return (tuple((id(m), type(m)) for m in modules),
             tuple((t.data_ptr(), t._version) for t in tensors),
             tuple(x.shape), x.dtype, x.device)
 

@@ -213,24 +213,37 @@ def _first_difference(expected: list[Recorded], got: list[Recorded]) -> str:
     return "no single operation (the model's output depends on the whole batch)"
 
 
+_SETTINGS = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> tuple:
+    """A module's plain attributes (numbers, strings, flags, tuples of them: ``stride``,
+    ``self.use_mask = True``) and how many forward hooks it has."""
+    return (*(v for v in module.__dict__.values() if isinstance(v, _SETTINGS) or (
+        isinstance(v, tuple) and all(isinstance(item, _SETTINGS) for item in v))),
+            len(module._forward_hooks), len(module._forward_pre_hooks))
+
+
 def forward_signature(model: nn.Module, x: Tensor) -> tuple | None:
     """What decides which operations a forward pass of ``x`` runs, for a model whose forward
     reads no tensor value into Python (no ``if x.sum() > 0:``, see
-    :data:`~.kinds.VALUE_READS`): its modules (each one's identity and type), each parameter
-    and buffer (its storage and its version, which every in-place change raises: an
-    optimizer step, ``load_state_dict``) and the input's shape, dtype and device.
+    :data:`~.kinds.VALUE_READS`): its modules (each one's identity, type, plain attributes
+    and hooks), each parameter and buffer (its storage and its version, which every in-place
+    change raises: an optimizer step, ``load_state_dict``) and the input's shape, dtype and
+    device.
 
     Equal signatures mean the same operations on the same parameters, so that an analysis
     whose forward pass was checked against the model's (:func:`check_same_forward`) need not
-    be checked again for another input of the same signature. ``None`` where a parameter or
-    buffer is an inference tensor (made under ``torch.inference_mode()``), which keeps no
-    version."""
+    be checked again for another input of the same signature (state outside the modules, a
+    configuration object or a global that the forward pass branches on, is not seen).
+    ``None`` where a parameter or buffer is an inference tensor (made under
+    ``torch.inference_mode()``), which keeps no version."""
     modules = list(model.modules())
     tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
                if t is not None]
     if any(t.is_inference() for t in tensors):
         return None
-    return (tuple((id(m), type(m)) for m in modules),
+    return (tuple((id(m), type(m), *_settings(m)) for m in modules),
             tuple((t.data_ptr(), t._version) for t in tensors),
             tuple(x.shape), x.dtype, x.device)
 

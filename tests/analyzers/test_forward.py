@@ -79,10 +79,16 @@ def test_the_forward_check_is_made_again_where_the_model_or_the_input_shape_chan
     analyzer.analyze(x[:3])
     model[3].weight = nn.Parameter(model[3].weight.detach().clone())  # a new parameter
     analyzer.analyze(x[:3])
-    assert forward_checks == [(4, 2, 5, 5)] + [(3, 2, 5, 5)] * 4
+    model[1].inplace = True  # a module's setting
+    analyzer.analyze(x[:3])
+    handle = model[1].register_forward_hook(lambda module, args, output: output)  # a hook
+    analyzer.analyze(x[:3])
+    handle.remove()
+    analyzer.analyze(x[:3])
+    assert forward_checks == [(4, 2, 5, 5)] + [(3, 2, 5, 5)] * 7
     other = lx.create_analyzer("lrp.epsilon", model)  # each analyzer checks its own rules
     other.analyze(x[:3])
-    assert len(forward_checks) == 6
+    assert len(forward_checks) == 9
 
 
 class _BranchOnValue(nn.Module):

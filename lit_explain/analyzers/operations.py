@@ -186,11 +186,16 @@ class ElementwiseRoots:
                 kind in _ELEMENTWISE_KINDS or func in ELEMENTWISE_AFFINE
                 or func in ELEMENTWISE_PRODUCTS):
             return
-        roots = {id(r): r for r in map(self._root, (t for t in tensors if differentiable(t)))}
-        if len(roots) == 1:
-            (root,) = roots.values()
-            if produced[0].shape == root.shape:
-                produced[0]._lit_explain_root = (self._token, weakref.ref(root))
+        root = None  # (a plain loop: once per call of every analysed forward pass)
+        for t in tensors:
+            if t.requires_grad and t.is_floating_point():
+                operand_root = self._root(t)
+                if root is None:
+                    root = operand_root
+                elif operand_root is not root:
+                    return
+        if root is not None and produced[0].shape == root.shape:
+            produced[0]._lit_explain_root = (self._token, weakref.ref(root))
 
 
 #: Kinds whose calls are elementwise functions of their operands.
@@ -270,6 +275,8 @@ class OperationRules(TorchFunctionMode):
         self.refuse_detached = refuse_detached
         # statistics held constant where they scale a tensor: analyzers with a rule for them
         self.holds_statistics = STATISTIC in handlers
+        # elementwise roots: for the handler of products (x * g(x) is elementwise in x)
+        self.tracks_roots = PRODUCT in handlers
         self.state = _ForwardState(input_derived={id(model_input): model_input})
         #: Whether the forward pass turned a tensor value into a Python value (``VALUE_READS``).
         self.reads_values = False
@@ -287,10 +294,10 @@ class OperationRules(TorchFunctionMode):
         holds = self.holds_statistics
         if holds and func in ELEMENTWISE_SCALINGS:
             args = self.state.provenance.hold_statistic(func, args)
-        kind = gate.kind if gate is not None else self._kind(func, args, kwargs)
+        tensors = given_tensors = tensors_in(args, kwargs)  # (as the model passed them)
+        kind = gate.kind if gate is not None else self._kind(func, args, kwargs, tensors)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
-        tensors = given_tensors = tensors_in(args, kwargs)  # (as the model passed them)
         first = tensors[0] if tensors else None
         if self.state.provenance.made_unseen(tensors):
             raise NotAnalyzableModelError(
@@ -305,7 +312,8 @@ class OperationRules(TorchFunctionMode):
                 f"account for how that value differs between the input and the reference, and "
                 f"its map would not sum to the output's difference")
         held = [id(t) for t in tensors] if self.record is not None else []
-        root = self.state.roots.common(func, given_tensors) if kind == PRODUCT else None
+        root = self.state.roots.common(func, given_tensors) if (
+            kind == PRODUCT and self.tracks_roots) else None
         if routed:
             given = args, kwargs
             if self.input_boundary is not None and kind not in _INPUT_KINDS:
@@ -354,7 +362,8 @@ class OperationRules(TorchFunctionMode):
         self.state.provenance.add_made(produced if first is None else [*produced, first])
         self.state.masks.note(made, args, kwargs, output)
         self._note_weights(tensors, produced)
-        self.state.roots.note(func, kind, given_tensors, produced)
+        if self.tracks_roots:
+            self.state.roots.note(func, kind, given_tensors, produced)
         if self.refuse_detached:
             self.state.provenance.note_detached(made, tensors, produced)
         if holds and len(produced) == 1:
@@ -366,13 +375,12 @@ class OperationRules(TorchFunctionMode):
                 self.state.input_derived[id(o)] = o
         return output
 
-    def _kind(self, func, args: tuple, kwargs: dict) -> str:
+    def _kind(self, func, args: tuple, kwargs: dict, tensors: list[Tensor]) -> str:
         kind = classify(func, args, kwargs)
         if kind == LINEAR and func in MATRIX_PRODUCTS and weight_operand(
                 func, args, kwargs, self._is_weight) is not None:
             return WEIGHT_PRODUCT
         if kind == LINEAR and func in ELEMENTWISE_AFFINE:
-            tensors = tensors_in(args, kwargs)
             operands = [a for a in tensors if differentiable(a)]
             # (a statistic of the input held constant is no constant: a normalisation
             # written out, which F.rms_norm's rule sees as no preprocessing either)
@@ -404,7 +412,10 @@ class OperationRules(TorchFunctionMode):
     def _note_weights(self, tensors: list[Tensor], produced: list[Tensor]) -> None:
         """Mark what a call computes from weights alone, a parameter among them (no
         differentiable output)."""
-        if produced and not any(t.requires_grad for t in produced) and any(
+        for t in produced:  # (most calls: a differentiable output, nothing to mark)
+            if t.requires_grad:
+                return
+        if produced and any(
                 self._is_parameter_made(t) for t in tensors) and all(
                 self._is_weight(t) for t in tensors):
             for t in produced:
@@ -425,7 +436,10 @@ class OperationRules(TorchFunctionMode):
     def _cross_boundary(self, args: tuple, kwargs: dict, tensors: list[Tensor]
                         ) -> tuple[tuple, dict, list[Tensor]]:
         derived = self.state.input_derived
-        if not any(id(t) in derived and t.requires_grad for t in tensors):
+        for t in tensors:  # (a plain loop: most calls take no input-derived tensor)
+            if id(t) in derived and t.requires_grad:
+                break
+        else:
             return args, kwargs, tensors
         cross = lambda t: self.input_boundary(t) if (  # noqa: E731
             id(t) in derived and t.requires_grad) else t

@@ -90,8 +90,11 @@ class KernelOutputs:
         if kind == BATCH_NORM and self.canonize:
             tensors = tensors[1:]  # its input may merge
         deferred = self.deferred  # most tensors are not kernel outputs: one lookup each
-        swaps = {id(t): r for t in tensors
-                 if id(t) in deferred and (r := self.resolve(t)) is not t}
-        if not swaps:
+        swaps = None
+        for t in tensors:
+            if id(t) in deferred and (r := self.resolve(t)) is not t:
+                swaps = {} if swaps is None else swaps
+                swaps[id(t)] = r
+        if swaps is None:
             return args, kwargs
         return replace_tensors(args, kwargs, lambda t: swaps.get(id(t), t))

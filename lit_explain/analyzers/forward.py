@@ -213,15 +213,16 @@ def _first_difference(expected: list[Recorded], got: list[Recorded]) -> str:
     return "no single operation (the model's output depends on the whole batch)"
 
 
-_SETTINGS = (bool, int, float, str, type(None))
+_SETTINGS = frozenset({bool, int, float, str, type(None)})
 
 
-def _settings(module: nn.Module) -> tuple:
+def _settings(module: nn.Module) -> list:
     """A module's plain attributes (numbers, strings, flags, tuples of them: ``stride``,
     ``self.use_mask = True``) and how many forward hooks it has."""
-    return (*(v for v in module.__dict__.values() if isinstance(v, _SETTINGS) or (
-        isinstance(v, tuple) and all(isinstance(item, _SETTINGS) for item in v))),
-            len(module._forward_hooks), len(module._forward_pre_hooks))
+    found = [v for v in module.__dict__.values() if type(v) in _SETTINGS or (
+        type(v) is tuple and all(type(item) in _SETTINGS for item in v))]
+    found += len(module._forward_hooks), len(module._forward_pre_hooks)
+    return found
 
 
 def forward_signature(model: nn.Module, x: Tensor) -> tuple | None:

@@ -383,6 +383,9 @@ class FusedLayer(AffineLayer):
     def input_parts(self, flow: Flow) -> tuple[Tensor, Tensor]:
         return self.kernel.input_parts(flow)
 
+    def input_non_negative(self) -> bool:
+        return self.kernel.input_non_negative()  # (the kernel's output value asked it)
+
     def stacking_axes(self) -> tuple[int, int] | None:
         return self.kernel.stacking_axes()
 

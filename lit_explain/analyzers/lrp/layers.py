@@ -97,6 +97,13 @@ class AffineLayer:
             self._parts[key] = (x, self.run(x, weight))
         return self._parts[key][1]
 
+    def scaled_parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(q⁺, q⁻, s)`` with ``part(x, True) = s ⊙ q⁺`` and ``part(x, False) = s ⊙ q⁻``, ``s``
+        a positive per-output-channel scale shaped like :meth:`bias_term` (``None``: 1). A
+        rule that divides by the parts can divide by the ``q`` (its bias divided by ``s``)
+        and skip the scaling, forward and backward."""
+        return self.part(x, True), self.part(x, False), None
+
     def has_parts(self, x: Tensor) -> bool:
         """Whether both parts of ``x`` are made already."""
         return (id(x), True) in self._parts and (id(x), False) in self._parts
@@ -379,6 +386,15 @@ class FusedLayer(AffineLayer):
         if not terms:  # every a is 0: the fused layer is constant
             return self.kernel.part(x, positive) * 0
         return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    def scaled_parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Where the kernel layer has made its parts of ``x`` and every BatchNorm scale ``a``
+        is positive, ``(W⁺x, W⁻x, a)``: the fused parts are ``a·W⁺x`` and ``a·W⁻x``."""
+        scale = self.norm.weight
+        if not self.kernel.has_parts(x) or not bool((scale > 0).all()):
+            return super().scaled_parts(x)
+        return (self.kernel.part(x, True), self.kernel.part(x, False),
+                self.kernel.per_channel(scale))
 
     def input_parts(self, flow: Flow) -> tuple[Tensor, Tensor]:
         return self.kernel.input_parts(flow)

@@ -334,11 +334,18 @@ class AlphaBetaRule(Rule):
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
         signed = not layer.input_non_negative()
-        if not signed:  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻
+        scale, floor = None, SAFE_EPSILON
+        if not signed and not self.beta:  # x⁻ = 0: z⁺ = xW⁺
             z_plus = layer.part(layer.term_input, True)
+        elif not signed:  # and z⁻ = xW⁻; where both are s ⊙ q, the rule is written in q
+            z_plus, z_minus, scale = layer.scaled_parts(layer.term_input)
+            if scale is not None:  # (s z + b) / (s z + b) · s = (z + b/s) / (z + b/s)
+                bias_plus, bias_minus = bias_plus / scale, bias_minus / scale
+                floor = SAFE_EPSILON / scale
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
             positive, negative = layer.input_parts(flow)
             z_plus = layer.mixed_part(positive, negative, True)
+            z_minus = layer.mixed_part(positive, negative, False)
         # The denominators z⁺ + b⁺ ≥ 0, kept ε away from 0 (where it is below ε, every
         # contribution is smaller still; iNNvestigate replaces exact zeros only), and
         # z⁻ + b⁻ ≤ −ε, for the term −β R (z⁻-part) / (z⁻ + b⁻).
@@ -346,16 +353,14 @@ class AlphaBetaRule(Rule):
         if not self.beta:  # z⁺ only; the output value is the layer's own
             return flow.output(layer.output_value(),
                                (z_plus, activator.clamp_(min=SAFE_EPSILON), self.alpha))
-        if not signed:
-            z_minus = layer.part(layer.term_input, False)
-        else:
-            z_minus = layer.mixed_part(positive, negative, False)
         inhibitor = torch.add(z_minus.detach(), bias_minus)
         y = activator + inhibitor  # W x + b
+        if scale is not None:
+            y.mul_(scale)
         if not self.bias and layer.bias is not None:  # the denominators leave b out
             y.add_(layer.bias_term())
-        return flow.output(y, (z_plus, activator.clamp_(min=SAFE_EPSILON), self.alpha),
-                           (z_minus, inhibitor.clamp_(max=-SAFE_EPSILON), -self.beta))
+        return flow.output(y, (z_plus, activator.clamp_(min=floor), self.alpha),
+                           (z_minus, inhibitor.clamp_(max=-floor), -self.beta))
 
 
 @dataclass(frozen=True)

@@ -173,14 +173,43 @@ QUERIES = frozenset({
     Tensor_.nelement, Tensor_.stride, Tensor_.element_size, Tensor_.is_contiguous,
     Tensor_.is_floating_point, torch.is_floating_point, Tensor_.is_complex, torch.is_complex,
     Tensor_.get_device, Tensor_.data_ptr, torch.numel})
+
 #: Calls that turn tensor values into Python values, with which a forward pass can choose
-#: what to compute (``if x.sum() > 0:``): a model that makes one may run other operations
-#: for other inputs of the same shape (see :func:`~.forward.forward_signature`).
+#: what to compute (``if x.sum() > 0:``), or whose output's shape depends on the values
+#: (``nonzero``, ``unique``, a boolean mask's selection): a model that makes one may run
+#: other operations for other inputs of the same shape (see :func:`reads_values` and
+#: :func:`~.forward.forward_signature`).
 VALUE_READS = frozenset({
     Tensor_.__bool__, Tensor_.__int__, Tensor_.__float__, Tensor_.__index__,
     Tensor_.__complex__, Tensor_.item, Tensor_.tolist, Tensor_.numpy, Tensor_.__array__,
     torch.equal, Tensor_.equal, torch.allclose, Tensor_.allclose, torch.is_nonzero,
-    Tensor_.is_nonzero})
+    Tensor_.is_nonzero,
+    torch.nonzero, Tensor_.nonzero, torch.argwhere, Tensor_.argwhere, torch.masked_select,
+    Tensor_.masked_select, torch.unique, Tensor_.unique, torch.unique_consecutive,
+    Tensor_.unique_consecutive, torch.bincount, Tensor_.bincount})
+_SELECTIONS = {Tensor_.__getitem__, torch.where, torch.repeat_interleave,
+               Tensor_.repeat_interleave}
+
+
+def reads_values(func: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether a call reads tensor values into Python or into its output's shape
+    (:data:`VALUE_READS`; a selection by a boolean mask ``x[mask]``, ``torch.where(mask)``
+    with the mask alone, ``repeat_interleave`` by counts in a tensor)."""
+    if func in VALUE_READS:
+        return True
+    if func not in _SELECTIONS:
+        return False
+    if func is torch.where:
+        return len(args) + len(kwargs) == 1
+    if func is Tensor_.__getitem__:
+        index = args[1] if len(args) > 1 else None
+        indices = index if isinstance(index, (tuple, list)) else (index,)
+        return any(isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8)
+                   for i in indices)
+    repeats = args[1] if len(args) > 1 else kwargs.get("repeats", args[0] if args else None)
+    return isinstance(repeats, Tensor)  # (repeat_interleave(counts): the counts alone)
+
+
 _INPLACE_OPERATORS = {Tensor_.__iadd__: Tensor_.__add__, Tensor_.__isub__: Tensor_.__sub__,
                       Tensor_.__imul__: Tensor_.__mul__, Tensor_.__itruediv__: Tensor_.__truediv__}
 

@@ -46,12 +46,12 @@ from .kinds import (
     SOFTMAX,
     STATISTIC,
     STRUCTURE,
-    VALUE_READS,
     WEIGHT_PRODUCT,
     classify,
     differentiable,
     operation_name,
     out_of_place,
+    reads_values,
     replace_tensors,
     tensors_in,
     weight_operand,
@@ -278,7 +278,8 @@ class OperationRules(TorchFunctionMode):
         # elementwise roots: for the handler of products (x * g(x) is elementwise in x)
         self.tracks_roots = PRODUCT in handlers
         self.state = _ForwardState(input_derived={id(model_input): model_input})
-        #: Whether the forward pass turned a tensor value into a Python value (``VALUE_READS``).
+        #: Whether the forward pass read a tensor value into Python or a shape
+        #: (:func:`~.kinds.reads_values`).
         self.reads_values = False
         self.state.provenance.add_made([model_input])
 
@@ -286,7 +287,7 @@ class OperationRules(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in QUERIES:
             return func(*args, **kwargs)
-        if func in VALUE_READS:
+        if reads_values(func, args, kwargs):
             self.reads_values = True
         made, gate = func, self.state.masks.rewrite(func, args, kwargs)
         if gate is not None:  # a gate by a mask of activations, as what it computes

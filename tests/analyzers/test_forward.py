@@ -105,16 +105,47 @@ class _BranchOnValue(nn.Module):
         return self.second(x)
 
 
-def test_a_model_that_branches_on_a_value_is_checked_at_every_analysis(forward_checks):
+class _BranchOnCount(_BranchOnValue):
+    """The same branches, chosen by how many inputs are positive: a shape made by values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positive = (x.detach() > 0).nonzero()  # (or x[x > 0], torch.where(x > 0), ...)
+        if len(positive):  # a shape the values made
+            x = torch.relu(self.first(x))
+        return self.second(x)
+
+
+@pytest.mark.parametrize("model", [_BranchOnValue, _BranchOnCount])
+def test_a_model_that_branches_on_a_value_is_checked_at_every_analysis(model, forward_checks):
     # DoublingRule is the rule of the second kernel layer, which only the first branch
     # reaches: its wrong forward must be found although the second branch was checked first
-    analyzer = LRP(_BranchOnValue().eval(), rule=[ZRule(), DoublingRule()])
+    analyzer = LRP(model().eval(), rule=[ZRule(), DoublingRule()])
     negative = -torch.rand(2, 6)
     analyzer.analyze(negative)
     analyzer.analyze(negative)
     assert len(forward_checks) == 2
     with pytest.raises(lx.NotAnalyzableModelError, match="does not compute the model's"):
         analyzer.analyze(torch.rand(2, 6))
+
+
+@pytest.mark.parametrize("read", [
+    lambda x: bool(x[0, 0] > 0), lambda x: x.sum().item(), lambda x: x.tolist(),
+    lambda x: torch.equal(x, x), lambda x: (x > 0).nonzero(), lambda x: torch.where(x > 0),
+    lambda x: x.unique(), lambda x: x[x > 0], lambda x: x.masked_select(x > 0),
+    lambda x: torch.repeat_interleave((x[0] > 0).long()), lambda x: x.argwhere(),
+])
+def test_reads_of_values_into_python_or_shapes_are_seen(read):
+    from lit_explain.analyzers.operations import OperationRules
+
+    x = torch.randn(3, 4)
+    rules = OperationRules(nn.Identity(), {}, frozenset(), x)
+    with rules:
+        read(x)
+    assert rules.reads_values
+    shapes_only = OperationRules(nn.Identity(), {}, frozenset(), x)
+    with shapes_only:  # shapes, integer indices, a three-argument where: no value read
+        x[torch.tensor([0, 2])], torch.where(x > 0, x, 0.0), x.repeat_interleave(2), x.shape[0]
+    assert not shapes_only.reads_values
 
 
 class BareInPlace(nn.Module):

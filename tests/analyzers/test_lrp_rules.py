@@ -393,3 +393,30 @@ def test_rules_without_the_bias_divide_by_the_product_itself_in_float32(name):
     single = lx.create_analyzer(name, net).analyze(x)
     double = lx.create_analyzer(name, net.double()).analyze(x.double())
     torch.testing.assert_close(single.double(), double, rtol=1e-4, atol=1e-6 * double.abs().max())
+
+
+class _Unbatched(nn.Module):
+    """Layers called the way some models call them: a convolution on one sample at a time
+    (unbatched, channels first), a dense layer with a 1-D weight (a dot product)."""
+
+    def __init__(self, per_sample: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.per_sample = per_sample
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(4 * 4 * 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.stack([self.conv(s) for s in x]) if self.per_sample else self.conv(x)
+        h = h.flatten(1)
+        dot = F.linear(h, self.w) if self.per_sample else F.linear(h, self.w[None])[:, 0]
+        return torch.stack([dot, -dot], dim=1)
+
+
+@pytest.mark.parametrize("name", ["lrp.alpha_2_beta_1", "lrp.alpha_1_beta_0", "lrp.z_plus"])
+def test_alpha_beta_on_unbatched_calls_and_one_dimensional_weights(name):
+    # inputs of both signs (the stacked parts): the same maps as the batched, 2-D forms
+    x = torch.randn(3, 3, 4, 4, dtype=torch.double)
+    maps = [lx.create_analyzer(name, _Unbatched(per_sample).double().eval()).analyze(x)
+            for per_sample in (True, False)]
+    torch.testing.assert_close(maps[0], maps[1], rtol=1e-10, atol=1e-12)

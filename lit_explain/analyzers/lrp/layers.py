@@ -204,10 +204,11 @@ class KernelLayer(AffineLayer):
 
     def stacking_axes(self) -> tuple[int, int] | None:
         if self.is_linear:
-            return -1, 1
+            return (-1, 1) if self.weight.dim() == 2 else None  # (a 1-D weight: a dot product)
         if (_argument(self.call, 6, "groups") or 1) != 1:  # channels interleaved by group
             return None
-        return (1, 0) if self.is_transposed else (1, 1)
+        channels = 1 - self.weight.dim()  # counted from the end: the input may be unbatched
+        return (channels, 0) if self.is_transposed else (channels, 1)
 
     def channels_scalable(self) -> bool:
         """Whether the output channels are one axis of the weight (not so for grouped

@@ -25,6 +25,7 @@ from .forward import (
     eager,
     final_softmax,
     forward_signature,
+    refusing_compiled_control_flow,
     select_output,
     uncompiled,
     without_checkpointing,
@@ -64,8 +65,9 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
 
     Inside: every module in eval mode, no parameter requires grad (so no parameter's
     ``.grad`` can be touched and no weight gradient is computed), grad enabled, inference
-    mode off, autocast off (:mod:`~lit_explain.precision`), compiled code run eagerly and
-    activation checkpoints run directly (see :mod:`.forward`). On exit every module's train
+    mode off, autocast off (:mod:`~lit_explain.precision`) and activation checkpoints run
+    directly (see :mod:`.forward`; a rule-based forward pass also runs compiled submodules
+    eagerly, see :meth:`Analyzer._forward`). On exit every module's train
     flag and every parameter's ``requires_grad`` are put back as they were, also when the
     analysis raises.
 
@@ -85,7 +87,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
                 model.eval()  # through train(False), which a module may override
             for param in requires_grad:
                 param.requires_grad_(False)
-            with torch.inference_mode(False), torch.enable_grad(), eager(), full_precision(), \
+            with torch.inference_mode(False), torch.enable_grad(), full_precision(), \
                     without_checkpointing():
                 yield
         finally:
@@ -185,6 +187,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         self.output_key = output_key
         self.neuron_selection_mode = neuron_selection_mode
         self._softmax_checked = False
+        #: The :func:`~.forward.forward_signature` of the model and input being analysed.
+        self._signature: tuple | None = None
         #: The :func:`~.forward.forward_signature` of the last forward pass found to compute
         #: the model's output (see :meth:`_forward`).
         self._checked_forward: tuple | None = None
@@ -226,6 +230,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             # a private copy: the model may modify its input in place (x.sub_(mean)), and the
             # caller's tensor must not change; also an inference tensor becomes a normal one
             inputs = x.detach().clone()
+            # (taken before the analysis adds hooks of its own: the model as the user has it)
+            self._signature = forward_signature(self.model, inputs)
             if is_token_input(inputs):  # analyze from the embedding; one value per token
                 inputs = stack.enter_context(token_input(self.model, inputs))
                 result = self._analyze(inputs, neuron_selection).sum(dim=-1)
@@ -448,16 +454,18 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             rules = OperationRules(self.model, handlers, passthrough, inputs, prepare=prepare,
                                    input_boundary=input_boundary, record=record,
                                    refuse_detached=refuse_detached)
-            with rules.tracking_modules():  # the reshape too: it may use a rule's output
+            with rules.tracking_modules(), refusing_compiled_control_flow():
+                # (the reshape too: it may use a rule's output)
                 logits = self.logits(self.model(inputs), len(inputs))
             reads_values = reads_values or rules.reads_values
             return logits
 
-        logits = analysed(x.clone())
-        signature = None if reads_values else forward_signature(self.model, x)
-        if signature is None or signature != self._checked_forward:
-            check_same_forward(self.model, x.detach(), logits, analysed, self.logits)
-            self._checked_forward = signature
+        with eager():  # compiled submodules through their Python code, where the rules are
+            logits = analysed(x.clone())
+            signature = None if reads_values else self._signature
+            if signature is None or signature != self._checked_forward:
+                check_same_forward(self.model, x.detach(), logits, analysed, self.logits)
+                self._checked_forward = signature
         return logits
 
     def _warn_on_final_softmax(self, x: Tensor) -> None:

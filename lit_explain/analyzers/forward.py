@@ -2,9 +2,10 @@
 that the analysed forward computes what the model computes.
 
 - **Compiled models.** ``torch.compile(model)`` is analysed through its original module
-  (:func:`uncompiled`), and every analysis runs under ``torch.compiler.set_stance(
-  "force_eager")``, so that compiled submodules run their Python code (where the rules are)
-  instead of a compiled graph. Training stays compiled.
+  (:func:`uncompiled`), and every rule-based forward pass runs under
+  ``torch.compiler.set_stance("force_eager")``, so that compiled submodules run their
+  Python code (where the rules are) instead of a compiled graph; the gradient methods
+  differentiate the compiled code as it is. Training stays compiled.
 - **Activation checkpointing.** ``torch.utils.checkpoint`` runs its function directly
   during an analysis (:func:`without_checkpointing`): a rule must see the forward pass it
   modifies, and a checkpoint recomputes its part of it in the backward pass, outside the
@@ -22,12 +23,14 @@ that the analysed forward computes what the model computes.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
 from .errors import NotAnalyzableModelError
@@ -213,40 +216,104 @@ def _first_difference(expected: list[Recorded], got: list[Recorded]) -> str:
     return "no single operation (the model's output depends on the whole batch)"
 
 
-_SETTINGS = frozenset({bool, int, float, str, type(None)})
+#: Attribute values recorded as they are (immutable, comparable).
+_PLAIN = frozenset({bool, int, float, complex, str, bytes, type(None), torch.dtype,
+                    torch.device, torch.layout, torch.memory_format})
+#: nn.Module's own attributes (parameters, buffers, submodules and hooks: recorded apart).
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__)
+_FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                  "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
-def _settings(module: nn.Module) -> list:
-    """A module's plain attributes (numbers, strings, flags, tuples of them: ``stride``,
-    ``self.use_mask = True``) and how many forward hooks it has."""
-    found = [v for v in module.__dict__.values() if type(v) in _SETTINGS or (
-        type(v) is tuple and all(type(item) in _SETTINGS for item in v))]
-    found += len(module._forward_hooks), len(module._forward_pre_hooks)
-    return found
+def _state(value: object, depth: int = 1) -> object:
+    """A comparable record of an attribute's value: plain values as they are, tuples item by
+    item, a tensor by its storage and version, a list, dict or object with attributes
+    (``self.config``) item by item ``depth`` levels deep, anything else (a function, a
+    class, an object deeper down) by its identity."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is tuple:
+        return tuple(_state(item, depth) for item in value)
+    if isinstance(value, Tensor):
+        return id(value), value.data_ptr(), None if value.is_inference() else value._version
+    if depth and isinstance(value, (list, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+    elif depth and not isinstance(value, (type, nn.Module)) and isinstance(
+            getattr(value, "__dict__", None), dict) and not callable(value):
+        items = vars(value).items()
+    else:
+        return kind, id(value)
+    return kind, id(value), tuple((key, _state(item, depth - 1)) for key, item in items)
+
+
+def _module_state(module: nn.Module) -> tuple:
+    """A module's identity, class (and the class's ``forward``), attributes and hooks."""
+    attributes = tuple((name, _state(value)) for name, value in module.__dict__.items()
+                       if name not in _MODULE_INTERNALS)
+    hooks = tuple(tuple(getattr(module, name)) for name in _FORWARD_HOOKS)  # (handle ids)
+    # the class's forward as defined (TorchScript's is a descriptor that fails on a class)
+    forward = next((vars(c)["forward"] for c in type(module).__mro__ if "forward" in vars(c)),
+                   None)
+    return id(module), type(module), id(forward), attributes, hooks
 
 
 def forward_signature(model: nn.Module, x: Tensor) -> tuple | None:
     """What decides which operations a forward pass of ``x`` runs, for a model whose forward
-    reads no tensor value into Python (no ``if x.sum() > 0:``, see
-    :data:`~.kinds.VALUE_READS`): its modules (each one's identity, type, plain attributes
-    and hooks), each parameter and buffer (its storage and its version, which every in-place
-    change raises: an optimizer step, ``load_state_dict``) and the input's shape, dtype and
-    device.
+    reads no tensor value into Python or into a shape (no ``if x.sum() > 0:``, see
+    :func:`~.kinds.reads_values`): each module (its identity, class, attributes (see
+    :func:`_state`) and forward hooks), each parameter and buffer (its storage and its
+    version, which every in-place change raises: an optimizer step, ``load_state_dict``),
+    the global module hooks, and the input's shape, strides, dtype and device.
 
     Equal signatures mean the same operations on the same parameters, so that an analysis
     whose forward pass was checked against the model's (:func:`check_same_forward`) need not
-    be checked again for another input of the same signature (state outside the modules, a
-    configuration object or a global that the forward pass branches on, is not seen).
-    ``None`` where a parameter or buffer is an inference tensor (made under
-    ``torch.inference_mode()``), which keeps no version."""
+    be checked again for another input of the same signature. Not seen: state the forward
+    pass reaches otherwise (a global variable, an object two levels down an attribute, what
+    a hook or closure holds). ``None`` where a parameter or buffer is an inference tensor
+    (made under ``torch.inference_mode()``), which keeps no version."""
     modules = list(model.modules())
     tensors = [t for m in modules for t in (*m._parameters.values(), *m._buffers.values())
                if t is not None]
     if any(t.is_inference() for t in tensors):
         return None
-    return (tuple((id(m), type(m), *_settings(m)) for m in modules),
-            tuple((t.data_ptr(), t._version) for t in tensors),
-            tuple(x.shape), x.dtype, x.device)
+    global_hooks = tuple(tuple(getattr(module_hooks, name))  # (handle ids, never reused)
+                         for name in ("_global_forward_hooks", "_global_forward_pre_hooks"))
+    return (tuple(_module_state(m) for m in modules),
+            tuple((t.data_ptr(), t._version) for t in tensors), global_hooks,
+            tuple(x.shape), x.stride(), x.dtype, x.device)
+
+
+def _in_compiled_control_flow(error: BaseException) -> bool:
+    """Whether ``error`` was raised from within torch's higher-order operators
+    (``torch.cond``, ``torch.while_loop``, ``torch.map``): torch compiles or traces them
+    whenever a function mode is active, and they fail with whatever error that meets."""
+    return any(_HIGHER_ORDER_OPS in frame.filename.replace("\\", "/")
+               for frame in traceback.extract_tb(error.__traceback__))
+
+
+_HIGHER_ORDER_OPS = "/torch/_higher_order_ops/"
+
+
+@contextmanager
+def refusing_compiled_control_flow() -> Iterator[None]:
+    """Turn the failure of a control-flow operator that runs only compiled under a function
+    mode (see :func:`_in_compiled_control_flow`), which every rule-based analysis runs,
+    into :class:`NotAnalyzableModelError`."""
+    try:
+        yield
+    except NotAnalyzableModelError:
+        raise
+    except Exception as error:
+        if not _in_compiled_control_flow(error):
+            raise
+        raise NotAnalyzableModelError(
+            "the model's forward uses a control-flow operator such as torch.cond or "
+            "torch.while_loop, which torch runs only compiled under an analysis; a rule-based "
+            "analysis runs the forward pass operation by operation and cannot follow it "
+            f"({type(error).__name__}: {str(error)[:200]}). Write the branch in Python "
+            "(if/else) for the analysis; the gradient methods (gradient, input_t_gradient, "
+            "smoothgrad, integrated_gradients) differentiate it as it is.") from error
 
 
 def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
@@ -306,6 +373,11 @@ class _SoftmaxOutputs(TorchFunctionMode):
 def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], Tensor]) -> bool:
     """Whether the explained output of ``model`` on ``x`` is made by a softmax (or
     log-softmax) call, possibly reshaped (one forward pass of ``x``)."""
-    with torch.no_grad(), _SoftmaxOutputs() as mode:
-        output = logits_of(model(x), len(x))
-        return any(output.data_ptr() == t.data_ptr() for t in mode.outputs.values())
+    try:
+        with torch.no_grad(), _SoftmaxOutputs() as mode:
+            output = logits_of(model(x), len(x))
+    except Exception as error:  # (torch.cond cannot run under the mode: not found)
+        if _in_compiled_control_flow(error):
+            return False
+        raise
+    return any(output.data_ptr() == t.data_ptr() for t in mode.outputs.values())

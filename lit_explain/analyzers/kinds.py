@@ -186,25 +186,36 @@ VALUE_READS = frozenset({
     Tensor_.is_nonzero,
     torch.nonzero, Tensor_.nonzero, torch.argwhere, Tensor_.argwhere, torch.masked_select,
     Tensor_.masked_select, torch.unique, Tensor_.unique, torch.unique_consecutive,
-    Tensor_.unique_consecutive, torch.bincount, Tensor_.bincount})
-_SELECTIONS = {Tensor_.__getitem__, torch.where, torch.repeat_interleave,
-               Tensor_.repeat_interleave}
+    Tensor_.unique_consecutive, torch.bincount, Tensor_.bincount,
+    Tensor_.__contains__, Tensor_.__repr__, Tensor_.__format__})
+_SELECTIONS = {Tensor_.__getitem__, Tensor_.__setitem__, torch.where, torch.repeat_interleave,
+               Tensor_.repeat_interleave, torch.tensordot}
 
 
-def reads_values(func: Callable, args: tuple, kwargs: dict) -> bool:
+def reads_values(func: Callable, args: tuple, kwargs: dict, tensors: list[Tensor]) -> bool:
     """Whether a call reads tensor values into Python or into its output's shape
     (:data:`VALUE_READS`; a selection by a boolean mask ``x[mask]``, ``torch.where(mask)``
-    with the mask alone, ``repeat_interleave`` by counts in a tensor)."""
+    with the mask alone, ``repeat_interleave`` by counts in a tensor), or may turn a
+    one-element integer tensor among its arguments (``tensors``) into a size, an index or a
+    slice bound (``torch.zeros(n)``, ``x.view(n, -1)``, ``x[:, :n]``, ``tensordot(dims=t)``):
+    torch reads such a value in C++, out of the analysis' sight."""
     if func in VALUE_READS:
         return True
+    for t in tensors:
+        if t.numel() == 1 and not (t.is_floating_point() or t.is_complex()):
+            return True
     if func not in _SELECTIONS:
         return False
     if func is torch.where:
         return len(args) + len(kwargs) == 1
-    if func is Tensor_.__getitem__:
+    if func is torch.tensordot:
+        return isinstance(args[2] if len(args) > 2 else kwargs.get("dims"), Tensor)
+    if func is Tensor_.__getitem__ or func is Tensor_.__setitem__:
         index = args[1] if len(args) > 1 else None
         indices = index if isinstance(index, (tuple, list)) else (index,)
         return any(isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8)
+                   and func is Tensor_.__getitem__ or isinstance(i, slice) and any(
+                       isinstance(bound, Tensor) for bound in (i.start, i.stop, i.step))
                    for i in indices)
     repeats = args[1] if len(args) > 1 else kwargs.get("repeats", args[0] if args else None)
     return isinstance(repeats, Tensor)  # (repeat_interleave(counts): the counts alone)

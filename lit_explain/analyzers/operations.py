@@ -287,7 +287,8 @@ class OperationRules(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in QUERIES:
             return func(*args, **kwargs)
-        if reads_values(func, args, kwargs):
+        model_args, tensors = args, tensors_in(args, kwargs)
+        if not self.reads_values and reads_values(func, args, kwargs, tensors):
             self.reads_values = True
         made, gate = func, self.state.masks.rewrite(func, args, kwargs)
         if gate is not None:  # a gate by a mask of activations, as what it computes
@@ -295,7 +296,9 @@ class OperationRules(TorchFunctionMode):
         holds = self.holds_statistics
         if holds and func in ELEMENTWISE_SCALINGS:
             args = self.state.provenance.hold_statistic(func, args)
-        tensors = given_tensors = tensors_in(args, kwargs)  # (as the model passed them)
+        if gate is not None or args is not model_args:
+            tensors = tensors_in(args, kwargs)
+        given_tensors = tensors  # (as the model passed them)
         kind = gate.kind if gate is not None else self._kind(func, args, kwargs, tensors)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import types
 import warnings
 
 import pytest
@@ -84,11 +85,48 @@ def test_the_forward_check_is_made_again_where_the_model_or_the_input_shape_chan
     handle = model[1].register_forward_hook(lambda module, args, output: output)  # a hook
     analyzer.analyze(x[:3])
     handle.remove()
+    handle = model[1].register_forward_hook(lambda module, args, output: output)  # another
     analyzer.analyze(x[:3])
-    assert forward_checks == [(4, 2, 5, 5)] + [(3, 2, 5, 5)] * 7
+    handle.remove()
+    analyzer.analyze(x[:3])
+    assert forward_checks == [(4, 2, 5, 5)] + [(3, 2, 5, 5)] * 8
     other = lx.create_analyzer("lrp.epsilon", model)  # each analyzer checks its own rules
     other.analyze(x[:3])
-    assert len(forward_checks) == 9
+    assert len(forward_checks) == 10
+
+
+class _Configured(nn.Sequential):
+    """small_cnn with a configuration dict, as models keep them."""
+
+
+def test_the_forward_check_is_made_again_where_state_the_forward_may_read_changes(
+        forward_checks):
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model = _Configured(*small_cnn())
+    model.config = {"scale": 1.0, "names": ["a"]}
+    analyzer = lx.create_analyzer("lrp.epsilon", model)
+    x = torch.randn(3, 2, 5, 5)
+    analyzer.analyze(x)
+    analyzer.analyze(x)
+    model.config["scale"] = 2.0  # an entry of a dict attribute
+    analyzer.analyze(x)
+    model.options = types.SimpleNamespace(deep=False)  # an object's attribute
+    analyzer.analyze(x)
+    model.options.deep = True
+    analyzer.analyze(x)
+    analyzer.analyze(x.contiguous(memory_format=torch.channels_last))  # other strides
+    handle = register_module_forward_hook(lambda module, args, output: output)  # global
+    try:
+        analyzer.analyze(x)
+    finally:
+        handle.remove()
+    _Configured.forward = lambda self, x: nn.Sequential.forward(self, x)  # (replaced)
+    try:
+        analyzer.analyze(x)
+    finally:
+        del _Configured.forward
+    assert len(forward_checks) == 7  # the first analysis and one after each change
 
 
 class _BranchOnValue(nn.Module):
@@ -129,6 +167,9 @@ def test_a_model_that_branches_on_a_value_is_checked_at_every_analysis(model, fo
 
 
 @pytest.mark.parametrize("read", [
+    lambda x: x[:, :(x > 0).sum()], lambda x: torch.zeros((x > 0).sum()),  # sizes in C++
+    lambda x: x.new_zeros((x > 0).sum()),
+    lambda x: True in (x > 0), lambda x: str(x), lambda x: f"{x.sum():.2f}",
     lambda x: bool(x[0, 0] > 0), lambda x: x.sum().item(), lambda x: x.tolist(),
     lambda x: torch.equal(x, x), lambda x: (x > 0).nonzero(), lambda x: torch.where(x > 0),
     lambda x: x.unique(), lambda x: x[x > 0], lambda x: x.masked_select(x > 0),
@@ -635,3 +676,33 @@ def test_casts_move_values_as_they_are(name, cast):
     x = torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(lx.create_analyzer(name, Cast(cast)).analyze(x),
                                lx.create_analyzer(name, small_cnn()).analyze(x))
+
+
+class _Cond(nn.Module):
+    """A branch written with torch.cond (a control-flow operator torch runs compiled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def deep(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x)))
+
+    def shallow(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.mean() > 0, self.deep, self.shallow, (x,))
+
+
+def test_torch_cond_is_refused_by_rules_and_differentiated_by_gradients():
+    model, x = _Cond().eval(), torch.rand(2, 6)
+    for name in ("lrp.epsilon", "guided_backprop"):
+        with pytest.raises(lx.NotAnalyzableModelError, match="torch.cond"):
+            lx.create_analyzer(name, model).analyze(x)
+    # (torch.cond fails under torch's force_eager stance, which only the rules use)
+    expected = torch.autograd.grad(model(x.requires_grad_())[:, 0].sum(), x)[0]
+    gradient = lx.create_analyzer("gradient", model, neuron_selection_mode="index").analyze(
+        x.detach(), 0)
+    torch.testing.assert_close(gradient, expected)

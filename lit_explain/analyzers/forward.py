@@ -326,28 +326,29 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
     batch (for models whose output depends on the batch). If that differs too, both forward
     passes are recorded on the first sample and the first operation whose output differs
     is named. ``analysed(inputs, record)`` reruns the analysed forward pass.
+
+    The model runs in the analysis' grad mode (enabled; nothing requires grad, so no graph
+    is built): a forward that branches on ``torch.is_grad_enabled()`` takes the branch the
+    analysed forward took.
     """
-    with torch.no_grad():
-        try:
-            if _close(logits[:1], logits_of(model(x[:1]), 1)):
-                return
-        except (RuntimeError, TypeError, ValueError):  # one that cannot run a sample alone
-            pass
-        expected = logits_of(model(x), len(x))
+    try:
+        if _close(logits[:1], logits_of(model(x[:1]), 1)):
+            return
+    except (RuntimeError, TypeError, ValueError):  # one that cannot run a sample alone
+        pass
+    expected = logits_of(model(x), len(x))
     if _close(logits, expected):
         return
     difference = float((logits.detach() - expected).abs().max())
     plain: list[Recorded] = []
     sample = x[:1]
     try:
-        with torch.no_grad(), OperationRules(model, {}, ALL_KINDS, sample,
-                                             record=plain).tracking_modules():
+        with OperationRules(model, {}, ALL_KINDS, sample, record=plain).tracking_modules():
             logits_of(model(sample), len(sample))
     except (RuntimeError, TypeError, ValueError):
         plain.clear()
         sample = x
-        with torch.no_grad(), OperationRules(model, {}, ALL_KINDS, sample,
-                                             record=plain).tracking_modules():
+        with OperationRules(model, {}, ALL_KINDS, sample, record=plain).tracking_modules():
             logits_of(model(sample), len(sample))
     recorded: list[Recorded] = []
     analysed(sample.detach().clone().requires_grad_(x.is_floating_point()), recorded)

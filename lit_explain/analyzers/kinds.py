@@ -85,7 +85,7 @@ _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.res
           torch.unsqueeze, Tensor_.unsqueeze, Tensor_.__getitem__, torch.cat, torch.concat,
           torch.stack, torch.split, Tensor_.split, torch.chunk, Tensor_.chunk, Tensor_.clone,
           torch.clone, Tensor_.to, Tensor_.float, Tensor_.double, Tensor_.type, Tensor_.type_as,
-          Tensor_.expand,
+          Tensor_.cpu, Tensor_.cuda, Tensor_.expand,
           Tensor_.expand_as, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
           F.feature_alpha_dropout, F.pad,
           Tensor_.unflatten, torch.unflatten, F.embedding, Tensor_.__setitem__,

@@ -669,7 +669,8 @@ class Cast(nn.Module):
 
 
 @pytest.mark.parametrize("cast", [lambda h: h.type(torch.float64), lambda h: h.to(torch.float64),
-                                  lambda h: h.type(h.type())], ids=["type", "to", "type-str"])
+                                  lambda h: h.type(h.type()), lambda h: h.cpu()],
+                         ids=["type", "to", "type-str", "cpu"])
 @pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "guided_backprop"])
 def test_casts_move_values_as_they_are(name, cast):
     # Tensor.type(dtype) was an unknown operation (GPT-2's eager attention casts with it)
@@ -706,3 +707,29 @@ def test_torch_cond_is_refused_by_rules_and_differentiated_by_gradients():
     gradient = lx.create_analyzer("gradient", model, neuron_selection_mode="index").analyze(
         x.detach(), 0)
     torch.testing.assert_close(gradient, expected)
+
+
+class _GradModeBranch(nn.Module):
+    """A forward that branches on the grad mode (as checkpointing code does); here the two
+    branches even compute different functions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.layer(x)
+        return self.layer(x) * 2
+
+
+def test_the_forward_check_runs_the_model_in_the_analysis_grad_mode():
+    # an analysis runs with grad enabled (also under Lightning's no_grad validation), and so
+    # does its check: the same branch (run without grad, it took the other and refused)
+    x = torch.randn(3, 6)
+    model = _GradModeBranch().eval()
+    with torch.no_grad():
+        result = lx.create_analyzer("lrp.epsilon", model).analyze(x)
+    plain = lx.create_analyzer("lrp.epsilon", nn.Sequential(model.layer).eval())
+    torch.testing.assert_close(result, plain.analyze(x))

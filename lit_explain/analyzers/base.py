@@ -230,8 +230,10 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             # a private copy: the model may modify its input in place (x.sub_(mean)), and the
             # caller's tensor must not change; also an inference tensor becomes a normal one
             inputs = x.detach().clone()
-            # (taken before the analysis adds hooks of its own: the model as the user has it)
+            # (taken before the analysis adds hooks of its own: the model as the user has it;
+            # forgotten after it, so that no other call finds it)
             self._signature = forward_signature(self.model, inputs)
+            stack.callback(setattr, self, "_signature", None)
             if is_token_input(inputs):  # analyze from the embedding; one value per token
                 inputs = stack.enter_context(token_input(self.model, inputs))
                 result = self._analyze(inputs, neuron_selection).sum(dim=-1)

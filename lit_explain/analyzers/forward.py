@@ -263,12 +263,14 @@ def forward_signature(model: nn.Module, x: Tensor) -> tuple | None:
     reads no tensor value into Python or into a shape (no ``if x.sum() > 0:``, see
     :func:`~.kinds.reads_values`): each module (its identity, class, attributes (see
     :func:`_state`) and forward hooks), each parameter and buffer (its storage and its
-    version, which every in-place change raises: an optimizer step, ``load_state_dict``),
+    version, which most in-place changes raise: an optimizer step, ``load_state_dict``),
     the global module hooks, and the input's shape, strides, dtype and device.
 
-    Equal signatures mean the same operations on the same parameters, so that an analysis
-    whose forward pass was checked against the model's (:func:`check_same_forward`) need not
-    be checked again for another input of the same signature. Not seen: state the forward
+    Equal signatures mean the same operations, so that an analysis whose forward pass was
+    checked against the model's (:func:`check_same_forward`) need not be checked again for
+    another input of the same signature. Parameter values decide no operation except
+    through a value read, which is seen: a change that keeps the version (a fused
+    optimizer's step, a write through ``.data``) needs no new check. Not seen: state the forward
     pass reaches otherwise (a global variable, an object two levels down an attribute, what
     a hook or closure holds). ``None`` where a parameter or buffer is an inference tensor
     (made under ``torch.inference_mode()``), which keeps no version."""

@@ -244,7 +244,8 @@ def _state(value: object, depth: int = 1) -> object:
         items = vars(value).items()
     else:
         return kind, id(value)
-    return kind, id(value), tuple((key, _state(item, depth - 1)) for key, item in items)
+    return kind, id(value), tuple((_state(key, 0), _state(item, depth - 1))
+                                  for key, item in items)  # (a key may be a tensor)
 
 
 def _module_state(module: nn.Module) -> tuple:

@@ -221,8 +221,6 @@ _PLAIN = frozenset({bool, int, float, complex, str, bytes, type(None), torch.dty
                     torch.device, torch.layout, torch.memory_format})
 #: nn.Module's own attributes (parameters, buffers, submodules and hooks: recorded apart).
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
-_FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-                  "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
 def _state(value: object, depth: int = 1) -> object:
@@ -250,9 +248,11 @@ def _state(value: object, depth: int = 1) -> object:
 
 def _module_state(module: nn.Module) -> tuple:
     """A module's identity, class (and the class's ``forward``), attributes and hooks."""
-    attributes = tuple((name, _state(value)) for name, value in module.__dict__.items()
+    attributes = tuple((name, value if type(value) in _PLAIN else _state(value))
+                       for name, value in module.__dict__.items()
                        if name not in _MODULE_INTERNALS)
-    hooks = tuple(tuple(getattr(module, name)) for name in _FORWARD_HOOKS)  # (handle ids)
+    # hooks by handle id (never reused; the with-kwargs and always-call tables share them)
+    hooks = tuple(module._forward_hooks), tuple(module._forward_pre_hooks)
     # the class's forward as defined (TorchScript's is a descriptor that fails on a class)
     forward = next((vars(c)["forward"] for c in type(module).__mro__ if "forward" in vars(c)),
                    None)

@@ -73,6 +73,12 @@ class AffineLayer:
         """The layer with its own parameters on input ``x``."""
         return self.run(x, self.weight, self.bias)
 
+    def biased(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer on ``x`` with ``weight``, plus ``bias`` (a per-output-channel vector or
+        ``None``): kernel layers add it in their own call, at no pass of its own."""
+        output = self.run(x, weight)
+        return output if bias is None else output + self.bias_term(bias)
+
     def linear_term(self) -> Tensor:
         """``layer(term_input)`` with its ordinary backward (computed once)."""
         raise NotImplementedError
@@ -118,23 +124,25 @@ class AffineLayer:
             self._input_parts = (flow.part(self.input, True), flow.part(self.input, False))
         return self._input_parts
 
-    def mixed_part(self, positive_input: Tensor, negative_input: Tensor,
-                   positive: bool) -> Tensor:
-        """``W⁺ x⁺ + W⁻ x⁻`` (``positive``) or ``W⁻ x⁺ + W⁺ x⁻``, no bias: the αβ rules'
-        ``z⁺`` and ``z⁻`` of an input of both signs. Where the layer has its input channels on
-        one axis (:meth:`stacking_axes`), one call on the two inputs stacked along it, with the
-        two weights stacked likewise: for a first layer of few input channels it costs about
-        what one call costs, not two. Otherwise two calls."""
+    def mixed_part(self, positive_input: Tensor, negative_input: Tensor, positive: bool,
+                   bias: Tensor | None = None) -> Tensor:
+        """``W⁺ x⁺ + W⁻ x⁻`` (``positive``) or ``W⁻ x⁺ + W⁺ x⁻``, plus ``bias`` (see
+        :meth:`biased`): the αβ rules' ``z⁺`` and ``z⁻`` of an input of both signs. Where the
+        layer has its input channels on one axis (:meth:`stacking_axes`), one call on the two
+        inputs stacked along it, with the two weights stacked likewise: for a first layer of
+        few input channels it costs about what one call costs, not two. Otherwise two calls."""
         axes = self.stacking_axes()
         if axes is None:
-            return self.part(positive_input, positive) + self.part(negative_input, not positive)
+            total = self.part(positive_input, positive) + self.part(negative_input, not positive)
+            return total if bias is None else total + self.bias_term(bias)
         input_axis, weight_axis = axes
-        weights = self._weight_parts if positive else self._weight_parts[::-1]
-        return self.run(torch.cat([positive_input, negative_input], input_axis),
-                        torch.cat(weights, weight_axis))
+        weights = self.weight_parts if positive else self.weight_parts[::-1]
+        return self.biased(torch.cat([positive_input, negative_input], input_axis),
+                           torch.cat(weights, weight_axis), bias)
 
     @functools.cached_property
-    def _weight_parts(self) -> tuple[Tensor, Tensor]:
+    def weight_parts(self) -> tuple[Tensor, Tensor]:
+        """``W⁺`` and ``W⁻`` (made once)."""
         return self.weight.clamp(min=0), self.weight.clamp(max=0)
 
     def stacking_axes(self) -> tuple[int, int] | None:
@@ -202,6 +210,9 @@ class KernelLayer(AffineLayer):
             self._linear_term = weakref.ref(term)
         return term
 
+    def biased(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self.run(x, weight, bias)
+
     def stacking_axes(self) -> tuple[int, int] | None:
         if self.is_linear:
             return (-1, 1) if self.weight.dim() == 2 else None  # (a 1-D weight: a dot product)
@@ -262,6 +273,8 @@ class MatrixLayer(KernelLayer):
             args[self._input_index], args[self._weight_index] = x, weight
             output = self.call.func(*args, **self.call.kwargs)
         return output if bias is None else output + bias
+
+    biased = AffineLayer.biased  # (its run adds a bias shaped for addmm only)
 
     def stacking_axes(self) -> None:
         return None  # (which axes depends on the product)
@@ -405,6 +418,9 @@ class FusedLayer(AffineLayer):
 
     def stacking_axes(self) -> tuple[int, int] | None:
         return self.kernel.stacking_axes()
+
+    def biased(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self.kernel.biased(x, weight, bias)
 
     def linear_term(self) -> Tensor:
         if self._linear_term is None:

@@ -329,15 +329,15 @@ class AlphaBetaRule(Rule):
         return torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
+        signed = not layer.input_non_negative()
+        if not self.beta:
+            return self._positive_only(layer, flow, signed)
         bias_plus = bias_minus = 0.0
         if self.bias and layer.bias is not None:
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        signed = not layer.input_non_negative()
         scale, floor = None, SAFE_EPSILON
-        if not signed and not self.beta:  # x⁻ = 0: z⁺ = xW⁺
-            z_plus = layer.part(layer.term_input, True)
-        elif not signed:  # and z⁻ = xW⁻; where both are s ⊙ q, the rule is written in q
+        if not signed:  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻; where both are s ⊙ q, in q
             z_plus, z_minus, scale = layer.scaled_parts(layer.term_input)
             if scale is not None:  # (s z + b) / (s z + b) · s = (z + b/s) / (z + b/s)
                 bias_plus, bias_minus = bias_plus / scale, bias_minus / scale
@@ -350,9 +350,6 @@ class AlphaBetaRule(Rule):
         # contribution is smaller still; iNNvestigate replaces exact zeros only), and
         # z⁻ + b⁻ ≤ −ε, for the term −β R (z⁻-part) / (z⁻ + b⁻).
         activator = torch.add(z_plus.detach(), bias_plus)
-        if not self.beta:  # z⁺ only; the output value is the layer's own
-            return flow.output(layer.output_value(),
-                               (z_plus, activator.clamp_(min=SAFE_EPSILON), self.alpha))
         inhibitor = torch.add(z_minus.detach(), bias_minus)
         y = activator + inhibitor  # W x + b
         if scale is not None:
@@ -361,6 +358,18 @@ class AlphaBetaRule(Rule):
             y.add_(layer.bias_term())
         return flow.output(y, (z_plus, activator.clamp_(min=floor), self.alpha),
                            (z_minus, inhibitor.clamp_(max=-floor), -self.beta))
+
+
+    def _positive_only(self, layer: AffineLayer, flow: Flow, signed: bool) -> Tensor:
+        """β = 0: ``z⁺ + b⁺`` alone (the layer's call adds ``b⁺``), kept ``ε`` from 0; the
+        output value is the layer's own."""
+        bias = layer.bias.clamp(min=0) if self.bias and layer.bias is not None else None
+        if signed:
+            z_plus = layer.mixed_part(*layer.input_parts(flow), True, bias)
+        else:
+            z_plus = layer.biased(layer.term_input, layer.weight_parts[0], bias)
+        activator = z_plus.detach().clamp(min=SAFE_EPSILON)
+        return flow.output(layer.output_value(), (z_plus, activator, self.alpha))
 
 
 @dataclass(frozen=True)

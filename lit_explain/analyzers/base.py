@@ -144,6 +144,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
     needs_logits: ClassVar[bool] = True
     #: Whether the backward pass starts from the selected output's value (LRP family) or 1.
     seed_with_value: ClassVar[bool] = False
+    #: Whether the analysis runs the forward pass under operation rules (:meth:`_forward`),
+    #: which is checked against the model's own (the gradient methods run the model as is).
+    rule_based: ClassVar[bool] = False
 
     #: Constructor parameters that the fitted state replaces when an analyzer is saved.
     fitted_parameters: ClassVar[frozenset[str]] = frozenset()
@@ -232,8 +235,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             inputs = x.detach().clone()
             # (taken before the analysis adds hooks of its own: the model as the user has it;
             # forgotten after it, so that no other call finds it)
-            self._signature = forward_signature(self.model, inputs)
-            stack.callback(setattr, self, "_signature", None)
+            if self.rule_based:
+                self._signature = forward_signature(self.model, inputs)
+                stack.callback(setattr, self, "_signature", None)
             if is_token_input(inputs):  # analyze from the embedding; one value per token
                 inputs = stack.enter_context(token_input(self.model, inputs))
                 result = self._analyze(inputs, neuron_selection).sum(dim=-1)

@@ -182,6 +182,8 @@ class DeepLIFT(Analyzer):
         The reference x₀: a number or a tensor broadcastable to the input.
     """
 
+    rule_based = True
+
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  reference_inputs: float | Tensor = 0.0, *,
                  output_key: int | str | None = None) -> None:

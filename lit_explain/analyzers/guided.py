@@ -38,6 +38,7 @@ def relu_rule(backward: Callable[[Tensor, Tensor], Tensor]):
 
 class _ReluRuleAnalyzer(Analyzer):
     seed_with_value = True
+    rule_based = True
 
     @staticmethod
     def relu_backward(grad: Tensor, relu_output: Tensor) -> Tensor:

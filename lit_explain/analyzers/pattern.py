@@ -178,6 +178,7 @@ class _PatternBased(Analyzer):
     """The shared machinery: look a kernel layer's pattern up by its module path."""
 
     seed_with_value = True
+    rule_based = True
 
     fitted_parameters = frozenset({"patterns"})
 

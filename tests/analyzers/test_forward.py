@@ -679,13 +679,9 @@ def test_casts_move_values_as_they_are(name, cast):
                                lx.create_analyzer(name, small_cnn()).analyze(x))
 
 
-class _Cond(nn.Module):
-    """A branch written with torch.cond (a control-flow operator torch runs compiled)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.first, self.second = nn.Linear(6, 6), nn.Linear(6, 3)
+class _Cond(_BranchOnValue):
+    """The same branches written with torch.cond (a control-flow operator torch runs
+    compiled)."""
 
     def deep(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(torch.relu(self.first(x)))

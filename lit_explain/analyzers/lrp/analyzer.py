@@ -158,6 +158,7 @@ class LRP(Analyzer):
     """
 
     seed_with_value = True
+    rule_based = True
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
                  rule: RuleSpec | Sequence[Any] | None = None,

@@ -104,19 +104,22 @@ def multi_head_attention_forward(
             key_padding_mask = key_padding_mask.unsqueeze(0)
     targets, batch, embed = query.shape
     sources, head_dim = key.shape[0], embed // num_heads
-    if use_separate_proj_weight:
-        weights = (q_proj_weight, k_proj_weight, v_proj_weight)
-    else:
-        weights = in_proj_weight.chunk(3)
-    biases = (None,) * 3 if in_proj_bias is None else in_proj_bias.chunk(3)
     # batch first from here on: the layers' relevance is per sample along the first axis
-    q, k, v = (F.linear(t.transpose(0, 1), w, b) for t, w, b in zip(
-        (query, key, value), weights, biases, strict=True))
-
-    def heads(t: Tensor) -> Tensor:  # (N, L, E) -> (N, H, L, hd)
-        return t.view(*t.shape[:-1], num_heads, head_dim).transpose(1, 2)
-
-    q, k, v = heads(q), heads(k), heads(v)
+    if query is key is value and not use_separate_proj_weight:
+        # self-attention: one projection, as torch makes it (an LRP rule is one per output
+        # neuron, so one layer of 3E outputs is the three layers of E)
+        packed = F.linear(query.transpose(0, 1), in_proj_weight, in_proj_bias)
+        q, k, v = packed.view(batch, targets, 3, num_heads, head_dim).permute(
+            2, 0, 3, 1, 4).unbind(0)
+    else:
+        if use_separate_proj_weight:
+            weights = (q_proj_weight, k_proj_weight, v_proj_weight)
+        else:
+            weights = in_proj_weight.chunk(3)
+        biases = (None,) * 3 if in_proj_bias is None else in_proj_bias.chunk(3)
+        q, k, v = (F.linear(t.transpose(0, 1), w, b).unflatten(-1, (num_heads, head_dim))
+                   .transpose(1, 2) for t, w, b in zip((query, key, value), weights, biases,
+                                                       strict=True))
     bias = _additive(attn_mask, q, keep=False)
     if is_causal and attn_mask is None:
         bias = _causal(targets, sources, q)

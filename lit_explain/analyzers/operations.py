@@ -445,8 +445,15 @@ class OperationRules(TorchFunctionMode):
                 break
         else:
             return args, kwargs, tensors
-        cross = lambda t: self.input_boundary(t) if (  # noqa: E731
-            id(t) in derived and t.requires_grad) else t
+        crossed: dict[int, Tensor] = {}  # one crossing per tensor: `q is k` stays true
+
+        def cross(t: Tensor) -> Tensor:
+            if id(t) not in derived or not t.requires_grad:
+                return t
+            if id(t) not in crossed:
+                crossed[id(t)] = self.input_boundary(t)
+            return crossed[id(t)]
+
         args, kwargs = replace_tensors(args, kwargs, cross)
         return args, kwargs, tensors_in(args, kwargs)
 

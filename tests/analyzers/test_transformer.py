@@ -275,16 +275,49 @@ def test_multi_head_attention_parts_equal_torch(batch_first):
                    {"average_attn_weights": False}):
         expected = mha(x, x, x, **kwargs)
         inputs = x if not batch_first else x.transpose(0, 1)
-        ours = multi_head_attention_forward(
-            inputs, inputs, inputs, 8, 2, mha.in_proj_weight, mha.in_proj_bias, None, None,
-            False, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
-            key_padding_mask=kwargs.get("key_padding_mask"),
-            need_weights=kwargs.get("need_weights", True), attn_mask=kwargs.get("attn_mask"),
-            average_attn_weights=kwargs.get("average_attn_weights", True))
-        output = ours[0].transpose(0, 1) if batch_first else ours[0]
-        torch.testing.assert_close(output, expected[0])
-        if expected[1] is not None:
-            torch.testing.assert_close(ours[1], expected[1])
+        # self-attention (one packed projection) and distinct key/value tensors (three)
+        for key in (inputs, inputs.clone()):
+            ours = multi_head_attention_forward(
+                inputs, key, key, 8, 2, mha.in_proj_weight, mha.in_proj_bias, None, None,
+                False, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
+                key_padding_mask=kwargs.get("key_padding_mask"),
+                need_weights=kwargs.get("need_weights", True),
+                attn_mask=kwargs.get("attn_mask"),
+                average_attn_weights=kwargs.get("average_attn_weights", True))
+            output = ours[0].transpose(0, 1) if batch_first else ours[0]
+            torch.testing.assert_close(output, expected[0])
+            if expected[1] is not None:
+                torch.testing.assert_close(ours[1], expected[1])
+
+
+class SelfAttention(nn.Module):
+    """``nn.MultiheadAttention`` on one tensor, or on copies of it (``copies``)."""
+
+    def __init__(self, copies: bool) -> None:
+        super().__init__()
+        self.copies = copies
+        self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.norm(x)
+        kv = n.clone() if self.copies else n
+        return self.head(self.attn(n, kv, kv, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.w_square",
+                                  "lrp.sequential_preset_a"])
+def test_one_packed_projection_gives_the_maps_of_three(name):
+    # An LRP rule is one per output neuron: the Q, K, V projection as one layer of 3E
+    # outputs (self-attention, as torch computes it) must give the relevance of three
+    # layers of E (distinct key and value tensors).
+    torch.manual_seed(8)
+    packed = SelfAttention(copies=False).double().eval()
+    three = SelfAttention(copies=True).double().eval()
+    three.load_state_dict(packed.state_dict())
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    torch.testing.assert_close(lx.create_analyzer(name, packed).analyze(x),
+                               lx.create_analyzer(name, three).analyze(x))
 
 
 # The three transformers ------------------------------------------------------------------------

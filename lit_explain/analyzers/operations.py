@@ -529,19 +529,24 @@ def _snapshot(tensor: Tensor) -> Tensor:
 
 class _ScaleGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: Tensor, factor: Tensor) -> Tensor:
-        ctx.save_for_backward(factor)
+    def forward(ctx, tensor: Tensor, factor: Tensor | float) -> Tensor:
+        if isinstance(factor, Tensor):
+            ctx.save_for_backward(factor)
+        else:
+            ctx.factor = factor
         return tensor.detach()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (factor,) = ctx.saved_tensors
+        factor = ctx.saved_tensors[0] if ctx.saved_tensors else ctx.factor
         return grad * factor, None
 
 
-def scale_gradient(tensor: Tensor, factor: Tensor) -> Tensor:
+def scale_gradient(tensor: Tensor, factor: Tensor | float) -> Tensor:
     """``tensor`` unchanged forward; its incoming gradient is multiplied by ``factor``."""
-    return _ScaleGradient.apply(tensor, factor.detach())
+    if isinstance(factor, Tensor):
+        factor = factor.detach()
+    return _ScaleGradient.apply(tensor, factor)
 
 
 class _ReplaceGradient(torch.autograd.Function):

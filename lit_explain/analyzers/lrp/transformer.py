@@ -54,7 +54,7 @@ def proportional_rule(flow: Flow, operation: Callable[..., Tensor], args: tuple,
     operation linear in each input, the uniform rule (``share = 1/n``) of a product of n."""
     if flow.relative:  # gradient = R/t: the rule is the operation's own backward, times share
         y = operation(*args, **kwargs)
-        return y if share == 1.0 else scale_gradient(y, y.new_tensor(share))
+        return y if share == 1.0 else scale_gradient(y, share)
     args, kwargs = map_differentiable(flow.input, args, kwargs)
     y = operation(*args, **kwargs)
     factor = safe_reciprocal(y.detach())
@@ -120,7 +120,7 @@ def attention_as_gradient(call: OperationCall) -> Tensor:
         return call.decompose()
     for i, (name, tensor, share) in enumerate(zip(names, tensors, (0.25, 0.25, 0.5),
                                                   strict=True)):
-        scaled = scale_gradient(tensor, tensor.new_tensor(share))
+        scaled = scale_gradient(tensor, share)
         if len(args) > i:
             args[i] = scaled
         else:
@@ -154,13 +154,13 @@ def uniform_rule(call: OperationCall, flow: Flow, constants: frozenset[int] = fr
 def normalization_rule(call: OperationCall, flow: Flow) -> Tensor:
     """LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: the statistic held constant, the
     z-rule on the affine map that remains (Prop. 3.4; LXT's ``layer_norm``)."""
-    if not call.inputs:
+    inputs = call.inputs
+    if not inputs:
         return call.run()
     arguments = _bind(call.func, call.args, call.kwargs)
     normalize = _NORMALIZED[call.func]
     x = arguments.pop("input")
-    if flow.relative and call.func is F.layer_norm and len(call.inputs) == 1 and \
-            call.inputs[0] is x:
+    if flow.relative and call.func is F.layer_norm and len(inputs) == 1 and inputs[0] is x:
         return _layer_norm_as_gradient(x, **arguments)
     return proportional_rule(flow, lambda t: normalize(t, **arguments), (x,), {})
 
@@ -229,10 +229,14 @@ _LOG_SOFTMAX = {F.log_softmax, torch.log_softmax, Tensor.log_softmax}
 
 
 @functools.cache
-def _signature(func: Callable) -> inspect.Signature:
-    return inspect.signature(func)
+def _parameter_names(func: Callable) -> tuple[str, ...]:
+    return tuple(inspect.signature(func).parameters)
 
 
 def _bind(func: Callable, args: tuple, kwargs: dict) -> dict:
-    bound = _signature(func).bind(*args, **kwargs)
-    return dict(bound.arguments)
+    """The arguments of a call the model made (and torch accepted) by parameter name; those
+    left out keep their defaults where the rule calls with them."""
+    names = _parameter_names(func)
+    if len(args) > len(names):
+        raise TypeError(f"{func.__name__}() takes {len(names)} arguments, {len(args)} given")
+    return {**dict(zip(names[:len(args)], args, strict=True)), **kwargs}

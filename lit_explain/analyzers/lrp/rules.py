@@ -325,7 +325,7 @@ class AlphaBetaRule(Rule):
         the layer's own call is not needed."""
         if not self.beta or not layer.input_non_negative():
             return super().output_value(layer)
-        z_plus, z_minus = layer.part(layer.term_input, True), layer.part(layer.term_input, False)
+        z_plus, z_minus = layer.parts(layer.term_input)
         return torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:

@@ -420,3 +420,62 @@ def test_alpha_beta_on_unbatched_calls_and_one_dimensional_weights(name):
     maps = [lx.create_analyzer(name, _Unbatched(per_sample).double().eval()).analyze(x)
             for per_sample in (True, False)]
     torch.testing.assert_close(maps[0], maps[1], rtol=1e-10, atol=1e-12)
+
+
+class _DotProducts(nn.Module):
+    """``F.linear`` of each unbatched sample with a 1-D weight and a 0-d bias: a scalar."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.5, -1.0, 0.3], dtype=torch.double))
+        self.b = nn.Parameter(torch.tensor(0.2, dtype=torch.double))
+
+    def forward(self, x):
+        return torch.stack([F.linear(s, self.w, self.b) for s in x])[:, None]
+
+
+@pytest.mark.parametrize(("name", "alpha", "beta", "bias"), [
+    ("lrp.alpha_2_beta_1", 2, 1, True), ("lrp.alpha_2_beta_1_IB", 2, 1, False),
+    ("lrp.alpha_1_beta_0", 1, 0, True)])
+def test_alpha_beta_on_a_dot_product_with_a_scalar_bias(name, alpha, beta, bias):
+    model = _DotProducts()
+    x = torch.tensor([[1.0, 2.0, 0.5], [1.0, -2.0, 0.5]], dtype=torch.double)
+    for sample, result in zip(x, lx.create_analyzer(name, model).analyze(x), strict=True):
+        c = sample * model.w.detach()  # the contributions, by hand
+        b = model.b.detach() if bias else torch.zeros((), dtype=torch.double)
+        y = (sample * model.w.detach()).sum() + model.b.detach()
+        # (a part without contributions: a denominator kept 1e-7 from 0, a term of 0)
+        positive = alpha * c.clamp(min=0) / (c.clamp(min=0).sum() + b.clamp(min=0)).clamp(
+            min=1e-7)
+        negative = beta * c.clamp(max=0) / (c.clamp(max=0).sum() + b.clamp(max=0)).clamp(
+            max=-1e-7)
+        torch.testing.assert_close(result, (positive - negative) * y)
+
+
+class _UnbatchedConvNorm(nn.Module):
+    """A BatchNorm1d on each sample's unbatched conv output (C, L): it normalises along L,
+    which is not the convolution's output channel axis."""
+
+    def __init__(self, channels: int, length: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, channels, 3, padding=1)
+        self.norm = nn.BatchNorm1d(length)
+        with torch.no_grad():
+            self.norm.weight.uniform_(-1.0, 2.0)
+            self.norm.running_mean.uniform_(-0.5, 0.5)
+            self.norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return torch.stack([self.norm(self.conv(s)) for s in x]).flatten(1)
+
+
+@pytest.mark.parametrize("channels", [3, 4])  # 4: as many channels as positions
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_1_beta_0", "lrp.alpha_2_beta_1",
+                                  "deep_taylor"])
+def test_a_batch_norm_across_an_unbatched_convolutions_positions_is_not_merged(name, channels):
+    torch.manual_seed(4)
+    model = _UnbatchedConvNorm(channels, 4).double().eval()
+    x = torch.rand(2, 2, 4, dtype=torch.double)
+    merged = lx.create_analyzer(name, model).analyze(x)
+    own_rule = lx.create_analyzer(name, model, canonize=False).analyze(x)
+    torch.testing.assert_close(merged, own_rule)

@@ -179,8 +179,9 @@ class AffineLayer:
         return self._non_negative
 
     def per_channel(self, vector: Tensor) -> Tensor:
-        """A per-output-channel vector (bias-like) shaped to broadcast against the output."""
-        return vector.reshape(self.channel_shape)
+        """A per-output-channel vector (bias-like) shaped to broadcast against the output (a
+        0-d one, the bias of a dot product ``F.linear(x, w)`` with a 1-D ``w``, as it is)."""
+        return vector if vector.dim() == 0 else vector.reshape(self.channel_shape)
 
     def bias_term(self, bias: Tensor | None = None) -> Tensor | float:
         """``bias`` (default: the layer's own) shaped to broadcast against the output."""
@@ -397,10 +398,10 @@ class FusedLayer(AffineLayer):
     @classmethod
     def merge(cls, kernel: KernelLayer, norm: BatchNormLayer) -> FusedLayer | None:
         """The fused layer, or ``None`` where the BatchNorm's channels are not the kernel's
-        output channels (a linear layer on more than two dimensions, grouped transposed
-        convolutions)."""
-        if kernel.is_linear and kernel.input.dim() != 2:
-            return None
+        output channels (a linear layer on more than two dimensions, an unbatched
+        convolution, grouped transposed convolutions)."""
+        if kernel.input.dim() != (2 if kernel.is_linear else kernel.weight.dim()):
+            return None  # (unbatched, a BatchNorm's channels are the kernel's second axis)
         return cls(kernel, norm) if kernel.channels_scalable() else None
 
     @functools.cached_property

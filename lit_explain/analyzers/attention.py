@@ -79,6 +79,15 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     return attend(query, key, value, bias, scale, dropout_p)[0]
 
 
+def _projected(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int, heads: int
+               ) -> tuple[Tensor, ...]:
+    """``parts`` projections of ``x`` (L, N, E) by one ``F.linear`` with their weights
+    stacked, each split into heads, batch first: (N, H, L, head_dim)."""
+    output = F.linear(x.transpose(0, 1), weight, bias)  # batch first: relevance per sample
+    batch, length = output.shape[:2]
+    return output.view(batch, length, parts, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 def multi_head_attention_forward(
         query: Tensor, key: Tensor, value: Tensor, embed_dim_to_check: int, num_heads: int,
         in_proj_weight: Tensor | None, in_proj_bias: Tensor | None, bias_k: Tensor | None,
@@ -104,22 +113,26 @@ def multi_head_attention_forward(
             key_padding_mask = key_padding_mask.unsqueeze(0)
     targets, batch, embed = query.shape
     sources, head_dim = key.shape[0], embed // num_heads
-    # batch first from here on: the layers' relevance is per sample along the first axis
-    if query is key is value and not use_separate_proj_weight:
-        # self-attention: one projection, as torch makes it (an LRP rule is one per output
-        # neuron, so one layer of 3E outputs is the three layers of E)
-        packed = F.linear(query.transpose(0, 1), in_proj_weight, in_proj_bias)
-        q, k, v = packed.view(batch, targets, 3, num_heads, head_dim).permute(
-            2, 0, 3, 1, 4).unbind(0)
+    # The projections as torch makes them (its _in_projection_packed), so that the kernel
+    # layers are the calls torch makes: one for self-attention (query is key is value), two
+    # where key is value, three otherwise. (An LRP rule is one per output neuron: one layer
+    # of 3E outputs gives the relevance of three layers of E; layer-indexed rule lists and
+    # the reverse-pass diagnostics count the calls.)
+    if use_separate_proj_weight:  # (input, how many projections, their stacked weights)
+        calls = [(query, 1, q_proj_weight), (key, 1, k_proj_weight), (value, 1, v_proj_weight)]
+    elif query is key is value:
+        calls = [(query, 3, in_proj_weight)]
+    elif key is value:
+        calls = [(query, 1, in_proj_weight[:embed]), (key, 2, in_proj_weight[embed:])]
     else:
-        if use_separate_proj_weight:
-            weights = (q_proj_weight, k_proj_weight, v_proj_weight)
-        else:
-            weights = in_proj_weight.chunk(3)
-        biases = (None,) * 3 if in_proj_bias is None else in_proj_bias.chunk(3)
-        q, k, v = (F.linear(t.transpose(0, 1), w, b).unflatten(-1, (num_heads, head_dim))
-                   .transpose(1, 2) for t, w, b in zip((query, key, value), weights, biases,
-                                                       strict=True))
+        calls = [(t, 1, w) for t, w in zip((query, key, value), in_proj_weight.chunk(3),
+                                           strict=True)]
+    projected, start = [], 0
+    for x, parts, weight in calls:
+        part_bias = None if in_proj_bias is None else in_proj_bias[start:start + len(weight)]
+        projected += _projected(x, weight, part_bias, parts, num_heads)
+        start += len(weight)
+    q, k, v = projected
     bias = _additive(attn_mask, q, keep=False)
     if is_causal and attn_mask is None:
         bias = _causal(targets, sources, q)

@@ -275,10 +275,11 @@ def test_multi_head_attention_parts_equal_torch(batch_first):
                    {"average_attn_weights": False}):
         expected = mha(x, x, x, **kwargs)
         inputs = x if not batch_first else x.transpose(0, 1)
-        # self-attention (one packed projection) and distinct key/value tensors (three)
-        for key in (inputs, inputs.clone()):
+        # self-attention (one packed projection), key is value (two), all distinct (three)
+        copy = inputs.clone()
+        for key, value in ((inputs, inputs), (copy, copy), (copy, copy.clone())):
             ours = multi_head_attention_forward(
-                inputs, key, key, 8, 2, mha.in_proj_weight, mha.in_proj_bias, None, None,
+                inputs, key, value, 8, 2, mha.in_proj_weight, mha.in_proj_bias, None, None,
                 False, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
                 key_padding_mask=kwargs.get("key_padding_mask"),
                 need_weights=kwargs.get("need_weights", True),
@@ -290,34 +291,58 @@ def test_multi_head_attention_parts_equal_torch(batch_first):
                 torch.testing.assert_close(ours[1], expected[1])
 
 
-class SelfAttention(nn.Module):
-    """``nn.MultiheadAttention`` on one tensor, or on copies of it (``copies``)."""
+class Attention(nn.Module):
+    """``nn.MultiheadAttention`` on one tensor (``"self"``), on a query and one copy as key
+    and value (``"key is value"``), or on three tensors (``"distinct"``)."""
 
-    def __init__(self, copies: bool) -> None:
+    FORMS = ("self", "key is value", "distinct")
+
+    def __init__(self, form: str, kdim: int | None = None) -> None:
         super().__init__()
-        self.copies = copies
+        self.form = form
         self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, kdim=kdim, vdim=kdim)
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.norm(x)
-        kv = n.clone() if self.copies else n
-        return self.head(self.attn(n, kv, kv, need_weights=False)[0].mean(1))
+        key = n if self.form == "self" else n.clone()
+        value = n.clone() if self.form == "distinct" else key
+        return self.head(self.attn(n, key, value, need_weights=False)[0].mean(1))
 
 
+@pytest.mark.parametrize("form", Attention.FORMS[1:])
 @pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.w_square",
                                   "lrp.sequential_preset_a"])
-def test_one_packed_projection_gives_the_maps_of_three(name):
-    # An LRP rule is one per output neuron: the Q, K, V projection as one layer of 3E
-    # outputs (self-attention, as torch computes it) must give the relevance of three
-    # layers of E (distinct key and value tensors).
+def test_packed_projections_give_the_maps_of_separate_ones(name, form):
+    # An LRP rule is one per output neuron: the Q, K, V projections as one layer of 3E
+    # outputs (self-attention, as torch computes it) or two (key is value) must give the
+    # relevance of three layers of E.
     torch.manual_seed(8)
-    packed = SelfAttention(copies=False).double().eval()
-    three = SelfAttention(copies=True).double().eval()
-    three.load_state_dict(packed.state_dict())
+    packed = Attention("self").double().eval()
+    other = Attention(form).double().eval()
+    other.load_state_dict(packed.state_dict())
     x = torch.randn(4, 5, 8, dtype=torch.float64)
     torch.testing.assert_close(lx.create_analyzer(name, packed).analyze(x),
-                               lx.create_analyzer(name, three).analyze(x))
+                               lx.create_analyzer(name, other).analyze(x))
+
+
+@pytest.mark.parametrize(("form", "kdim"), [*((f, None) for f in Attention.FORMS),
+                                            ("distinct", 8)])
+def test_the_kernel_layers_are_the_linear_calls_torch_makes(monkeypatch, form, kdim):
+    # torch projects self-attention with one linear call and key-is-value attention with
+    # two: a rule list, one rule per kernel layer, counts those calls
+    model = Attention(form, kdim).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    calls = []
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
+    model(x)
+    monkeypatch.setattr(F, "linear", linear)
+    layers = len(calls)  # the projections, the output projection and the head
+    assert layers == {"self": 3, "key is value": 4, "distinct": 5}[form]
+    lx.create_analyzer("lrp", model, rule=["Epsilon"] * layers).analyze(x)
+    with pytest.raises(ValueError, match=f"rule= lists {layers - 1} rules"):
+        lx.create_analyzer("lrp", model, rule=["Epsilon"] * (layers - 1)).analyze(x)
 
 
 # The three transformers ------------------------------------------------------------------------

@@ -78,7 +78,9 @@ class OperationCall:
         For kernel calls: their position among the kernel calls of this forward pass.
     is_input_layer:
         For kernel calls: the layer is fed by the model input through reshapes and input
-        preprocessing only.
+        preprocessing only. For fused attention: one of its tensors is (then it has not
+        crossed the relevance flow's input boundary; its parts do, see
+        :meth:`decompose`).
     weight_index:
         For weight products (kind ``"weight_product"``): where ``args`` hold the weight.
     observe_input, observe_output:
@@ -145,6 +147,10 @@ Prepare = Callable[[str, tuple, dict, list[Tensor]], tuple[tuple, dict]]
 
 #: Kinds that carry the model input to the first kernel layer unchanged in meaning.
 _INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
+#: Kinds whose tensors cross the relevance flow's input boundary where they enter: not the
+#: input kinds, nor fused attention, whose parts cross it (its projections may be the input
+#: layer; a handler that runs it whole is told by ``is_input_layer``).
+_NOT_CROSSING = _INPUT_KINDS | {ATTENTION}
 
 def article(word: str) -> str:
     """``"a"`` or ``"an"`` for ``word``."""
@@ -320,7 +326,7 @@ class OperationRules(TorchFunctionMode):
             kind == PRODUCT and self.tracks_roots) else None
         if routed:
             given = args, kwargs
-            if self.input_boundary is not None and kind not in _INPUT_KINDS:
+            if self.input_boundary is not None and kind not in _NOT_CROSSING:
                 args, kwargs, tensors = self._cross_boundary(args, kwargs, tensors)
                 if root is not None:
                     root = self._cross_boundary((root,), {}, [root])[0][0]
@@ -466,6 +472,8 @@ class OperationRules(TorchFunctionMode):
         call = OperationCall(func, args, kwargs, kind, module, path)
         if kind == ATTENTION:
             call.parts = functools.partial(self._through_parts, DECOMPOSITIONS[func])
+            given = tensors_in(args, kwargs) if given is None else given
+            call.is_input_layer = any(id(t) in self.state.input_derived for t in given)
         if kind == KERNEL or kind == WEIGHT_PRODUCT:
             call.layer_index = self.state.kernel_calls
             self.state.kernel_calls += 1

@@ -373,6 +373,41 @@ def test_both_relevance_flows_agree(name):
         torch.testing.assert_close(absolute.analyze(x), relative.analyze(x))
 
 
+class AttentionOnTheInput(nn.Module):
+    """The model input straight into attention: ``nn.MultiheadAttention``, or
+    ``F.scaled_dot_product_attention`` of the input itself."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.form == "module":
+            h = self.attn(x, x, x, need_weights=False)[0]
+        else:
+            h = F.scaled_dot_product_attention(x, x, x)
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("form", ["module", "sdpa"])
+@pytest.mark.parametrize("input_rule", ["ZPlus", "Alpha2Beta1", "Flat"])
+def test_an_input_layer_rule_reaches_attention_on_the_model_input(form, input_rule):
+    # relevance per unit of tensor turns into relevance where the input enters attention's
+    # parts: the projection (the input layer) gets the input layer rule in either flow
+    torch.manual_seed(9)
+    model = AttentionOnTheInput(form).double().eval()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    relative = lx.create_analyzer("lrp.epsilon", model, input_layer_rule=input_rule)
+    absolute = lx.create_analyzer("lrp.epsilon", model, input_layer_rule=input_rule)
+    absolute.flow = Flow()
+    torch.testing.assert_close(relative.analyze(x), absolute.analyze(x))
+    if form == "module":  # (SDPA of the input has no kernel layer before it)
+        plain = lx.create_analyzer("lrp.epsilon", model).analyze(x)
+        assert (relative.analyze(x) - plain).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("rule", ["attnlrp", "cp"])
 @pytest.mark.parametrize("name", ["text", "decoder"])
 def test_conservation_report_accounts_for_what_the_rules_absorb(name, rule):

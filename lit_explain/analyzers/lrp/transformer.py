@@ -108,15 +108,16 @@ def attention_as_gradient(call: OperationCall) -> Tensor:
     No part meets the analysis on its own. On a GPU the call runs as the model made it (a
     fused kernel); on a CPU as its parts in plain torch, which is faster there (torch's CPU
     kernel took 6× as long, forward and backward, at 256 × 4 heads × 33 tokens × 8). With
-    dropout, or where one of Q, K and V is a constant (a learned query is a model weight,
-    whose product is a kernel layer with the analyzer's kernel rule), the call goes through
-    the analysis part by part."""
+    dropout, where one of Q, K and V is a constant (a learned query is a model weight, whose
+    product is a kernel layer with the analyzer's kernel rule) or the model input itself
+    (where the parts turn relevance per unit into relevance), the call goes through the
+    analysis part by part."""
     names = ("query", "key", "value")
     args = list(call.args)
     kwargs = dict(call.kwargs)
     dropout = args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)
     tensors = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
-    if dropout or not all(differentiable(t) for t in tensors):
+    if dropout or call.is_input_layer or not all(differentiable(t) for t in tensors):
         return call.decompose()
     for i, (name, tensor, share) in enumerate(zip(names, tensors, (0.25, 0.25, 0.5),
                                                   strict=True)):

@@ -729,3 +729,33 @@ def test_the_forward_check_runs_the_model_in_the_analysis_grad_mode():
         result = lx.create_analyzer("lrp.epsilon", model).analyze(x)
     plain = lx.create_analyzer("lrp.epsilon", nn.Sequential(model.layer).eval())
     torch.testing.assert_close(result, plain.analyze(x))
+
+
+class _BatchMask(nn.Module):
+    """Cross-attention with a key padding mask the model holds for the whole batch: it
+    cannot run one sample alone (torch asserts the mask's batch size)."""
+
+    def __init__(self, padding: torch.Tensor) -> None:
+        super().__init__()
+        self.padding = padding
+        self.attn, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(x)
+        return self.head(self.attn(x, h, h, key_padding_mask=self.padding)[0].mean(1))
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "deep_taylor", "lrp.alpha_2_beta_1"])
+def test_the_forward_check_of_a_model_that_cannot_run_one_sample_compares_the_batch(name):
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[1, 3:] = True
+    torch.manual_seed(0)
+    model = _BatchMask(padding).double().eval()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    with pytest.raises(AssertionError):
+        model(x[:1])
+    result = lx.create_analyzer(name, model).analyze(x)
+    for i in range(len(x)):  # the samples are independent: each alone, with its own mask
+        model.padding = padding[i:i + 1]
+        alone = lx.create_analyzer(name, model).analyze(x[i:i + 1])
+        torch.testing.assert_close(result[i:i + 1], alone)

@@ -32,7 +32,7 @@ from lit_explain.analyzers.lrp import (
     ZPlusRule,
     ZRule,
 )
-from lit_explain.analyzers.lrp.rules import Flow, RelativeFlow
+from lit_explain.analyzers.lrp.rules import SAFE_EPSILON, Flow, RelativeFlow, safe
 from lit_explain.demo.models import ResNetStyle
 
 RULES = [  # (rule, its explicit matrix form; "flat" needs the layer's connectivity)
@@ -479,3 +479,12 @@ def test_a_batch_norm_across_an_unbatched_convolutions_positions_is_not_merged(n
     merged = lx.create_analyzer(name, model).analyze(x)
     own_rule = lx.create_analyzer(name, model, canonize=False).analyze(x)
     torch.testing.assert_close(merged, own_rule)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_safe_division_treats_zero_and_subnormal_denominators_alike(dtype):
+    tiny = torch.finfo(dtype).tiny  # the smallest normal number: 1 / (tiny / 4) overflows
+    z = torch.tensor([0.0, -0.0, tiny / 4, -tiny / 4, tiny, -2.0], dtype=dtype)
+    expected = torch.tensor([SAFE_EPSILON] * 4 + [tiny, -2.0], dtype=dtype)
+    torch.testing.assert_close(safe(z), expected, rtol=0, atol=0)
+    assert bool(torch.isfinite(safe(z).reciprocal()).all())

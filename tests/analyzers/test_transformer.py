@@ -95,6 +95,23 @@ def test_softmax_rule(absolute):
     torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
 
 
+@pytest.mark.parametrize("name", ["lrp.flat", "lrp.w_square", "lrp.z"])
+def test_a_softmax_output_below_the_smallest_float32_normal_keeps_the_map(name):
+    # exp(−89) is a subnormal float32 number, whose reciprocal overflows: the rule divides
+    # by no softmax output, so float32 gives the float64 map (it was all NaN)
+    torch.manual_seed(1)
+    model = SoftmaxNet().eval()
+    with torch.no_grad():
+        model.fc1.weight.zero_()
+        model.fc1.bias.copy_(torch.tensor([0.0, -89.0, -5.0, -1.0, 0.5]))
+    x = torch.randn(4, 4)
+    with torch.no_grad():
+        assert 0 < float(torch.softmax(model.fc1(x), -1)[0, 1]) < torch.finfo(torch.float32).tiny
+    single = lx.create_analyzer(name, model).analyze(x)
+    double = lx.create_analyzer(name, model.double()).analyze(x.double())
+    torch.testing.assert_close(single, double.float(), rtol=1e-4, atol=1e-6)
+
+
 #: Gates: SwiGLU's SiLU, ReGLU's ReLU, and that ReLU written with a mask of its input.
 GATES = {"silu": F.silu, "relu": F.relu, "relu_as_mask": lambda h: h * (h > 0)}
 

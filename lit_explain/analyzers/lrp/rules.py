@@ -40,9 +40,10 @@ SAFE_EPSILON = 1e-7
 
 
 def safe(z: Tensor) -> Tensor:
-    """``z + (z == 0)·ε`` (a new tensor): iNNvestigate's safe division, for denominators of
-    either sign."""
-    return torch.where(z == 0, SAFE_EPSILON, z)
+    """``z`` with ε where it is 0 (a new tensor): iNNvestigate's safe division, for
+    denominators of either sign. Subnormal values count as 0: their reciprocal overflows (a
+    float32 softmax output of ``exp(−89)`` made a map of NaN)."""
+    return torch.where(z.abs() < torch.finfo(z.dtype).tiny, SAFE_EPSILON, z)
 
 
 def safe_reciprocal(z: Tensor) -> Tensor:

@@ -90,12 +90,25 @@ def softmax_rule(call: OperationCall, flow: Flow) -> Tensor:
         raise NotAnalyzableModelError(f"{call.where()}: log-softmax has no LRP rule here")
     if flow.relative or not call.inputs:
         return call.run()
+    # as written, with no division by s (1/s of a float32 softmax output of exp(−89), a
+    # subnormal number, overflows)
     x = call.inputs[0]
     finite = torch.where(torch.isinf(x.detach()), 0.0, x.detach())
-    args, kwargs = map_differentiable(lambda t: scale_gradient(t, finite), call.args,
-                                      call.kwargs)
-    s = call.run(*args, **kwargs)
-    return scale_gradient(s, safe_reciprocal(s.detach()))
+    s = call.run()
+    held, dim = s.detach(), _softmax_dim(call, x)
+
+    def backward(relevance: Tensor) -> Tensor:
+        kept = relevance - held * relevance.sum(dim, keepdim=True)
+        return (finite * kept).to(x.dtype)
+
+    return with_gradient(x, s, backward)
+
+
+def _softmax_dim(call: OperationCall, x: Tensor) -> int:
+    """The dimension a softmax call normalises (``F.softmax``'s legacy default where none
+    is given)."""
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
+    return (0 if x.dim() in (0, 1, 3) else 1) if dim is None else dim
 
 
 def attention_as_gradient(call: OperationCall) -> Tensor:

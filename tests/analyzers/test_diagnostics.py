@@ -114,7 +114,8 @@ def test_project_bottleneck_layers_scales_every_layer_and_keeps_the_direction(na
 
 
 def test_check_finite_names_the_first_layer_with_bad_relevance():
-    # forward finite (logits ~1e10), but w² = 1e60 overflows in the backward pass
+    # forward finite (logits ~1e10), but layer 0's w² = 1e60 overflows in the backward pass
+    # (layer 2's w² = 1e-40, a subnormal sum, is divided by as a zero would be)
     model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
     with torch.no_grad():
         model[0].weight.fill_(1e30)
@@ -124,7 +125,7 @@ def test_check_finite_names_the_first_layer_with_bad_relevance():
     x = torch.rand(2, 3)
     assert torch.isfinite(model(x)).all()
     assert not torch.isfinite(lx.create_analyzer("lrp.w_square", model).analyze(x)).all()
-    with pytest.raises(FloatingPointError, match=r"relevance at the input of layer '2' is not"):
+    with pytest.raises(FloatingPointError, match=r"relevance at the input of layer '0' is not"):
         lx.create_analyzer("lrp.w_square", model, reverse_check_finite=True).analyze(x)
 
 

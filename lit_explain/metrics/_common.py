@@ -72,6 +72,16 @@ def as_nc(x: Tensor) -> Tensor:
     )
 
 
+def ranking_dtype(attributions: Tensor) -> torch.dtype:
+    """The dtype a map's values are summed and ranked in: the map's own (the default dtype
+    for an integer map), at least float32. Never the input's: a bfloat16 or float16 input
+    would tie or overflow values the map tells apart (a map of 1.000 and 1.003 ties in
+    bfloat16)."""
+    dtype = attributions.dtype if attributions.is_floating_point() else \
+        torch.get_default_dtype()
+    return torch.promote_types(dtype, torch.float32)
+
+
 def match_attributions(attributions: Tensor, x_nc: Tensor) -> Tensor:
     """Bring attributions to ``(N, C', *S)`` with ``C'`` equal to 1 or to x's channels.
 

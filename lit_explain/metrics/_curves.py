@@ -27,6 +27,7 @@ from ._common import (
     make_generator,
     match_attributions,
     normalize_target,
+    ranking_dtype,
     reduce_channels,
 )
 from ._tokens import check_mask_token_id, is_token_input, token_replacement
@@ -377,9 +378,7 @@ class RegionCurveMetric(Metric):
         else:  # one token per region; else derived from the shape
             region = (1,) * len(spatial) if tokens else default_region_shape(spatial)
         grid = RegionGrid(spatial, region)
-        dtype = x_nc.dtype if not tokens else (
-            attributions.dtype if attributions.is_floating_point() else torch.get_default_dtype())
-        a = match_attributions(attributions.detach(), x_nc).to(dtype)
+        a = match_attributions(attributions.detach(), x_nc).to(ranking_dtype(attributions))
         if self.absolute:
             a = a.abs()
         scores = grid.region_scores(reduce_channels(a, self.channel_reduce), self.region_reduce)

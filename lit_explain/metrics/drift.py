@@ -46,13 +46,17 @@ def spearman(a: Tensor, b: Tensor, ranks_a: Tensor | None = None,
 
 
 def topk_intersection(a: Tensor, b: Tensor, k: int | float) -> Tensor:
-    """Fraction of the ``k`` largest-``|value|`` entries the two maps share, per sample."""
+    """Fraction of the ``k`` largest-``|value|`` entries the two maps share, per sample; ties
+    go to the earlier row-major position (``topk`` leaves their order unspecified)."""
     a, b = a.flatten(1).abs(), b.flatten(1).abs()
     n = a.shape[1]
     kk = min(n, max(1, round(k * n)) if isinstance(k, float) else int(k))
-    mask_a = torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(kk, 1).indices, True)
-    mask_b = torch.zeros_like(b, dtype=torch.bool).scatter_(1, b.topk(kk, 1).indices, True)
-    return (mask_a & mask_b).sum(1).double() / kk
+
+    def top(values: Tensor) -> Tensor:
+        first = values.argsort(dim=1, descending=True, stable=True)[:, :kk]
+        return torch.zeros_like(values, dtype=torch.bool).scatter_(1, first, True)
+
+    return (top(a) & top(b)).sum(1).double() / kk
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5) -> Tensor:

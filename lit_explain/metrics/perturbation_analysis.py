@@ -35,6 +35,7 @@ from ._common import (
     check_seed,
     eval_mode,
     make_generator,
+    ranking_dtype,
 )
 from ._curves import check_value_range, region_ranks
 
@@ -223,7 +224,8 @@ class Perturbation:
             )
         check_finite_map("Perturbation", analysis, "analysis")
         grid = self._grid(x)
-        a = self.reduce_function(analysis.to(x.device, x.dtype), dim=1, keepdim=True)
+        a = self.reduce_function(analysis.to(x.device, ranking_dtype(analysis)), dim=1,
+                                 keepdim=True)
         a_pad, _ = self.pad(a)
         x_pad, _ = self.pad(x)
         ranks = self.compute_region_ordering(self.aggregate_regions(a_pad))

@@ -299,3 +299,17 @@ def test_update_with_precomputed_curves_is_an_update(make, linear_setup, recwarn
         torch.testing.assert_close(second, first)
     with pytest.raises(TypeError, match="curves="):
         make(model).update(x)
+
+
+@pytest.mark.parametrize(("input_dtype", "attributions"), [
+    (torch.bfloat16, torch.tensor([[1.000, 1.003]])),  # a tie in bfloat16
+    (torch.float16, torch.tensor([[7e4, 8e4]])),  # infinite in float16
+    (torch.float32, torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64)),  # a float32 tie
+])
+def test_a_map_is_ranked_in_its_own_precision_not_the_inputs(input_dtype, attributions):
+    # score x0 + 10·x1: the map ranks feature 1 first, so deleting it leaves 1 of 11
+    weight = torch.tensor([[1.0, 10.0]], dtype=input_dtype)
+    x = torch.ones(1, 2, dtype=input_dtype)
+    metric = PixelFlipping(lambda v: v @ weight.T, steps=1)
+    metric.update(x, attributions)
+    torch.testing.assert_close(metric.curve().float(), torch.tensor([11.0, 1.0]))

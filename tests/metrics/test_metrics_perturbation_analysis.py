@@ -89,3 +89,14 @@ def test_perturbation_analysis_scores():
     assert len(losses) == 3 and losses[0] < losses[1] < losses[2]
     with pytest.raises(ValueError, match="score"):
         PerturbationAnalysis(None, Brightness(), [(x, y, x)], p, score="f1")
+
+
+def test_perturbation_ranks_a_map_in_its_own_precision():
+    # region 1 (columns 2-3) sums 258.5, region 0 257.2: one region apart in bfloat16 only
+    # by the map's own float32 precision
+    x = torch.ones(1, 1, 2, 4, dtype=torch.bfloat16)
+    analysis = torch.tensor([[[[256.0, 0.4, 257.0, 0.5], [0.4, 0.4, 0.5, 0.5]]]])
+    p = Perturbation("zeros", num_perturbed_regions=1, region_shape=2)
+    out = p.perturbate_on_batch(x, analysis)
+    expected = torch.tensor([[[[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]])
+    torch.testing.assert_close(out.float(), expected)

@@ -237,3 +237,15 @@ def test_spearman_with_known_ranks_equals_spearman_alone():
     torch.testing.assert_close(spearman(a, b, ra, rb), expected, rtol=0, atol=0)
     torch.testing.assert_close(spearman(a, b, ranks_b=rb), expected, rtol=0, atol=0)
     assert expected[0] == 1.0
+
+
+def test_topk_intersection_breaks_ties_by_row_major_position():
+    # one-hot at (0, 0) against the same plus an entry at (0, 1); the other 4094 entries tie
+    # at 0: the top 1024 are the first row-major positions in both, sharing all but one
+    a = torch.zeros(1, 64, 64)
+    a[0, 0, 0] = 1.0
+    b = a.clone()
+    b[0, 0, 1] = 0.5
+    assert topk_intersection(a, b, 0.25).tolist() == [1.0]
+    b[0, 63, 63] = 0.5  # now in b's top 1024, not in a's (which ends at row-major 1023)
+    assert topk_intersection(a, b, 0.25).tolist() == [1023 / 1024]

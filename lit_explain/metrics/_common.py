@@ -174,7 +174,11 @@ def normalize_target(target: Tensor | int | None, n: int, device: torch.device) 
         return None
     if isinstance(target, bool) or (isinstance(target, Tensor) and target.dtype == torch.bool):
         raise ValueError(f"target={target!r} is not valid; use class indices (ints), not bools")
-    t = torch.as_tensor(target, device=device)
+    try:
+        t = torch.as_tensor(target, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"target={target!r} is not valid; give a class index (int) or one per "
+                         f"sample (a list or tensor of ints)") from error
     if t.is_complex() or (t.is_floating_point() and not bool((t == t.round()).all())):
         raise ValueError(f"target={target!r} is not valid; class indices must be integers")
     t = t.long().reshape(-1)

@@ -19,7 +19,7 @@ def _flat_abs(attributions: Tensor, owner: str) -> Tensor:
         raise ValueError(f"{owner}: attributions of shape {tuple(attributions.shape)} are not "
                          f"valid; expected a batch axis and at least one entry per map (N, ...)")
     check_finite_map(owner, attributions)
-    return attributions.detach().flatten(1).abs().double()
+    return attributions.detach().flatten(1).double().abs()  # (a bool map: 0 and 1)
 
 
 def gini(attributions: Tensor) -> Tensor:

@@ -68,12 +68,14 @@ def align_masks(attributions: Tensor, masks: Tensor, channel_reduce: str | None 
     if attributions.dim() < 2:
         raise ValueError(f"attributions need a batch axis; got shape {tuple(attributions.shape)}")
     a = attributions.detach().double()
-    m = masks.detach().to(a.device)
+    m = torch.as_tensor(masks).detach().to(a.device)  # (also a numpy array)
     if m.dtype != torch.bool:
         if m.is_complex() or not ((m == 0) | (m == 1)).all():
             raise ValueError(f"masks must be boolean or hold only 0 and 1; got dtype {m.dtype} "
                              f"with other values")
         m = m != 0
+    if m.dim() == a.dim() + 1 and m.shape[1] == 1 and m.shape[2:] == a.shape[1:]:
+        m = m.squeeze(1)  # a channel-less map, a mask with its one channel
     if m.shape == a.shape:
         return a, m
     n, spatial = a.shape[0], a.shape[2:]

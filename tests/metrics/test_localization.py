@@ -170,3 +170,20 @@ def test_states_are_sums_and_counts_that_merge_by_addition():
                for fx in whole._reductions.values())
     per = whole.per_sample(a, m)
     assert float(whole.compute()) == pytest.approx(float(per[~per.isnan()].mean()))
+
+
+def test_a_channel_less_map_takes_a_mask_with_one_channel_and_array_masks():
+    torch.manual_seed(3)
+    a = torch.rand(2, 4, 5)
+    m = torch.rand(2, 4, 5) > 0.6
+    expected = lm.RelevanceMassAccuracy().per_sample(a, m)
+    torch.testing.assert_close(lm.RelevanceMassAccuracy().per_sample(a, m[:, None]), expected)
+    torch.testing.assert_close(lm.RelevanceMassAccuracy().per_sample(a, m.numpy()), expected)
+
+
+def test_odd_inputs_get_named_errors_or_their_numeric_meaning():
+    flags = torch.tensor([[True, False, True, True]])
+    torch.testing.assert_close(lm.Complexity()(flags), lm.Complexity()(flags.double()))
+    metric = lm.PixelFlipping(lambda z: z @ torch.ones(3, 2))
+    with pytest.raises(ValueError, match="target='a' is not valid"):
+        metric.update(torch.randn(2, 3), torch.randn(2, 3), "a")

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -497,8 +498,8 @@ class ExplainCallback(Callback):
         if trainer.is_global_zero:  # every scalar of the epoch in one write
             scalars.update({f"{prefix}/time_s": seconds,
                             f"{prefix}/metrics_time_s": metrics_seconds})
-            self._guarded("logging", lambda: log_scalars(trainer.loggers, scalars,
-                                                         trainer.global_step))
+            self._to_each_logger(trainer, lambda loggers: log_scalars(loggers, scalars,
+                                                                      trainer.global_step))
         rank_zero_info(f"ExplainCallback {self.name!r}, epoch {trainer.current_epoch}: "
                        f"{_count(len(maps), 'analyzer')} ({', '.join(maps)}) x "
                        f"{_count(len(inputs), 'sample')} in {seconds:.2f} s, of which "
@@ -562,8 +563,8 @@ class ExplainCallback(Callback):
         for tag, (name, metric, curve) in self._last_curves.items():
             plot = self._guarded("plot", lambda n=name, m=metric, c=curve: _curve_plot(n, m, *c))
             if plot is not None:
-                self._guarded("logging", lambda t=tag, p=plot: log_images(
-                    trainer.loggers, t, [viz.to_uint8_hwc(p)], trainer.global_step,
+                self._to_each_logger(trainer, lambda loggers, t=tag, p=plot: log_images(
+                    loggers, t, [viz.to_uint8_hwc(p)], trainer.global_step,
                     captions=[f"{t}, last explained epoch"],
                     default_root=trainer.default_root_dir))
         self._last_curves = {}
@@ -573,8 +574,8 @@ class ExplainCallback(Callback):
             plot = self._guarded("drift plot", lambda n=name: viz.line_plot(
                 **_drift_plot_args(n, self.drift.curves(n), self.drift.epochs[n])))
             if plot is not None:
-                self._guarded("logging", lambda n=name, p=plot: log_images(
-                    trainer.loggers, f"{self.name}/{n}/drift", [viz.to_uint8_hwc(p)],
+                self._to_each_logger(trainer, lambda loggers, n=name, p=plot: log_images(
+                    loggers, f"{self.name}/{n}/drift", [viz.to_uint8_hwc(p)],
                     trainer.global_step, captions=[f"{n}: drift over the epochs"],
                     default_root=trainer.default_root_dir))
 
@@ -637,10 +638,19 @@ class ExplainCallback(Callback):
 
     def _log_images(self, trainer: L.Trainer, images: dict[str, Tensor]) -> None:
         for tag, image in images.items():
-            self._guarded("logging", lambda t=tag, i=image: log_images(
-                trainer.loggers, t, [viz.to_uint8_hwc(i)], trainer.global_step,
+            self._to_each_logger(trainer, lambda loggers, t=tag, i=image: log_images(
+                loggers, t, [viz.to_uint8_hwc(i)], trainer.global_step,
                 captions=[f"{t}, epoch {trainer.current_epoch}"],
                 default_root=trainer.default_root_dir))
+
+    def _to_each_logger(self, trainer: L.Trainer,
+                        write: Callable[[list[Logger]], None]) -> None:
+        """``write`` to each of the trainer's loggers on its own, so that one that fails is
+        named and the others still get everything (with no logger, ``write([])``: pictures
+        go to PNG files)."""
+        for logger in trainer.loggers or [None]:
+            where = "logging" if logger is None else f"logging to {type(logger).__name__}"
+            self._guarded(where, lambda one=logger: write([] if one is None else [one]))
 
     # Errors: warn once per cause, or raise.
 

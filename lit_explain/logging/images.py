@@ -45,7 +45,7 @@ def log_images(loggers: Sequence[Logger], tag: str, images: Sequence[np.ndarray]
     for logger in loggers or [None]:
         if isinstance(logger, TensorBoardLogger):
             for index, image in enumerate(images):
-                name = tag if len(images) == 1 else f"{tag}/{index}"
+                name = _prefixed(logger, tag if len(images) == 1 else f"{tag}/{index}")
                 add_png_summary(logger.experiment, name, image, step)
         elif logger is not None and _is_wandb(logger):
             logger.log_image(key=tag, images=list(images), step=step,
@@ -90,6 +90,12 @@ def log_scalars(loggers: Sequence[Logger], values: dict[str, float], step: int) 
             logger.log_metrics(values, step=step)
 
 
+def _prefixed(logger: TensorBoardLogger, tag: str) -> str:
+    """``tag`` as ``TensorBoardLogger.log_metrics`` names it (after the logger's ``prefix``)."""
+    prefix = getattr(logger, "_prefix", "")
+    return f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', '-')}{tag}" if prefix else tag
+
+
 def add_scalar_summary(logger: TensorBoardLogger, values: dict[str, float], step: int) -> None:
     """Write ``values`` as one TensorBoard summary event at ``step``.
 
@@ -100,9 +106,6 @@ def add_scalar_summary(logger: TensorBoardLogger, values: dict[str, float], step
     """
     if rank_zero_only.rank != 0 or not values:
         return
-    prefix = getattr(logger, "_prefix", "")
-    join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
-    summary = Summary(value=[
-        Summary.Value(tag=f"{prefix}{join}{tag}" if prefix else tag, simple_value=float(value))
-        for tag, value in values.items()])
+    summary = Summary(value=[Summary.Value(tag=_prefixed(logger, tag), simple_value=float(value))
+                             for tag, value in values.items()])
     logger.experiment._get_file_writer().add_summary(summary, step)

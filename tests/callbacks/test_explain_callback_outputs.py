@@ -148,9 +148,14 @@ def test_a_failing_logger_warns_and_training_finishes(tmp_path):
             super().log_metrics(metrics, step)
 
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, metrics=["sparseness"])
-    with pytest.warns(UserWarning, match="logging failed.*disk full"):
-        _, trainer = train(tmp_path, [callback], BrokenLogger(str(tmp_path)), max_epochs=2)
+    healthy = TensorBoardLogger(str(tmp_path), name="tb", prefix="run")
+    with pytest.warns(UserWarning, match="logging to BrokenLogger failed.*disk full"):
+        _, trainer = train(tmp_path, [callback], [BrokenLogger(str(tmp_path)), healthy],
+                           max_epochs=2)
     assert trainer.current_epoch == 2
+    # the other logger still gets every value and picture, under its prefix
+    assert len(scalar_series(healthy.log_dir)["run-explain/gradient/sparseness"]) == 2
+    assert "run-explain/gradient" in image_tags(healthy.log_dir)
 
 
 def test_under_raise_a_model_the_analyzer_cannot_handle_stops_before_training_step_1(tmp_path):

@@ -280,8 +280,6 @@ class ExplainCallback(Callback):
                            if name not in self._dropped}
         self._selector = OutputSelector(pl_module, self.output_key)
         self._metrics = ProbeMetrics(self.metric_specs, self._selector, list(self._analyzers))
-        if self.patterns is not None:
-            self.patterns.setup(pl_module)
         if not trainer.loggers:
             self._warn_once("no logger", "the Trainer has no logger: pictures go to PNG files "
                             f"under {image_directory(None, trainer.default_root_dir)} and the "
@@ -310,8 +308,22 @@ class ExplainCallback(Callback):
                 return  # validation batch is checked instead
             raise
         self._checked = True
+        if self.patterns is not None:
+            self._check_patterns(pl_module)
         with _training_untouched(pl_module):
             self._try_on_one_sample(inputs[:1], batch)
+
+    def _check_patterns(self, pl_module: L.LightningModule) -> None:
+        """The pattern analyzers' statistics need kernel layers: checked here, where the model
+        is complete (``configure_model`` runs after ``setup``); a model without them drops
+        those analyzers (or raises)."""
+        try:
+            self.patterns.setup(pl_module)
+        except (ValueError, NotAnalyzableModelError) as error:
+            if self.on_error == "raise":
+                raise
+            for name in [n for n in self._analyzers if n.startswith("pattern.")]:
+                self._drop(name, error)
 
     def _try_on_one_sample(self, sample: Tensor, batch: Any) -> None:
         """The preflight proper: every analyzer and metric on one sample."""
@@ -338,6 +350,10 @@ class ExplainCallback(Callback):
         self._dropped.add(name)
         if self._metrics is not None:
             self._metrics.drop_analyzer(name)
+        if self.patterns is not None and not any(
+                n.startswith("pattern.") for n in self._analyzers):
+            self.patterns.batch_end()  # no pattern analyzer left: no statistics to collect
+            self.patterns = None
         remaining = sorted(self._analyzers)
         rank_zero_warn(
             f"ExplainCallback: analyzer {name!r} cannot explain this model and is dropped "
@@ -558,6 +574,17 @@ class ExplainCallback(Callback):
         if trainer.is_global_zero:
             self._plot_at_end(trainer)
         trainer.strategy.barrier("ExplainCallback.on_train_end")
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if self.patterns is not None:  # (a step that raised left its hooks on the model)
+            self.patterns.batch_end()
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.patterns is not None:
+            self.patterns.batch_end()
 
     def _plot_at_end(self, trainer: L.Trainer) -> None:
         for tag, (name, metric, curve) in self._last_curves.items():

@@ -120,3 +120,60 @@ def test_a_wrong_output_key_warns_and_training_goes_on(tmp_path):
     with pytest.warns(UserWarning, match="output_key='probs'"):
         trainer = fit(WithAux(mapping=True), callback, tmp_path)
     assert trainer.current_epoch == 1  # fit ran to the end
+
+
+class _BuiltLate(Classifier):
+    """Its network is made in ``configure_model``, which Lightning calls after the
+    callbacks' ``setup``."""
+
+    def __init__(self) -> None:
+        super().__init__(learning_rate=1e-2)
+        self.net: torch.nn.Module | None = None
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            self.net = digits_cnn(channels=4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class _Functional(Classifier):
+    """Parameters used by ``F.linear`` directly: no kernel layer module for patterns."""
+
+    def __init__(self) -> None:
+        super().__init__(learning_rate=1e-2)
+        self.weight = torch.nn.Parameter(0.1 * torch.randn(10, 64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.flatten(1), self.weight)
+
+
+def test_pattern_analyzers_on_a_model_built_in_configure_model(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient", "pattern.attribution"], num_samples=2,
+                                  pattern_source="val")
+    fit(_BuiltLate(), callback, tmp_path)
+    assert set(callback.drift.previous) == {"gradient", "pattern.attribution"}
+
+
+def test_pattern_analyzers_without_kernel_layers_are_dropped_not_fatal(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient", "pattern.net"], num_samples=2)
+    with pytest.warns(UserWarning, match="'pattern.net' cannot explain this model.*no kernel"):
+        fit(_Functional(), callback, tmp_path)
+    assert set(callback.drift.previous) == {"gradient"}
+    assert callback.patterns is None  # nothing is collected for no analyzer
+
+
+def test_a_failing_training_step_leaves_no_pattern_hooks(tmp_path):
+    class Failing(_BuiltLate):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise RuntimeError("a bug in the step")
+            return super().training_step(batch, batch_idx)
+
+    model = Failing()
+    callback = lx.ExplainCallback(analyzers=["pattern.net"], num_samples=2,
+                                  pattern_every_n_batches=1)
+    with pytest.raises(RuntimeError, match="a bug in the step"):
+        fit(model, callback, tmp_path)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

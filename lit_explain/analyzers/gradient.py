@@ -52,6 +52,11 @@ class DeviceGenerators:
             self._by_device[device] = torch.Generator(device).manual_seed(self.seed)
         return self._by_device[device]
 
+    def restart(self) -> None:
+        """Draw from the start again: the next draws are those after construction."""
+        for generator in self._by_device.values():
+            generator.manual_seed(self.seed)
+
 
 def check_reference(reference_inputs: float | Tensor) -> None:
     """Raise ``ValueError`` unless ``reference_inputs`` is a finite number or a tensor of

@@ -174,7 +174,9 @@ class ExplainCallback(Callback):
     parameters and take gradients with ``torch.autograd.grad``; the random number generators
     of the CPU and of the model's GPU are forked around the callback's work, so that a model
     drawing random numbers in eval mode (MC dropout) draws in training what it would have
-    drawn without the callback. Before the first training step (on the first sanity-check
+    drawn without the callback. Analyzers that draw noise (SmoothGrad, random) draw the same
+    every explained epoch (their own generator restarts from its seed), so that drift
+    measures the model, not the noise. Before the first training step (on the first sanity-check
     batch, or the first training batch where there is no sanity check and it is shaped like
     a validation batch) the preflight checks ``input_key``, ``target_key`` and ``mask_key``
     against the batch (a bad key raises, naming the batch's keys) and tries every analyzer
@@ -631,6 +633,9 @@ class ExplainCallback(Callback):
         for param in analyzer.model.parameters():
             device = param.device
             break
+        generators = getattr(analyzer, "generators", None)
+        if generators is not None:  # the same noise each epoch: drift is the model's
+            generators.restart()
         chunks = [analyzer.analyze(chunk.to(device))
                   for chunk in self.probe.inputs.split(self.analysis_batch_size)]
         result = torch.cat(chunks)

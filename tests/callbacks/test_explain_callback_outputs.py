@@ -201,3 +201,20 @@ def test_shared_normalization_does_not_saturate_as_the_maps_grow(tmp_path):
     # the range is the 99.5th percentile of |R|: about 0.5 % of the values reach the ends
     assert ends.sum() <= 0.02 * heatmap_pixels
     assert "shared_absmax" not in callback.state_dict()  # a range per epoch, nothing kept
+
+
+def test_noise_drawing_analyzers_draw_the_same_noise_each_epoch(tmp_path):
+    # a model that does not change (learning rate 0): SmoothGrad's maps must not drift, and
+    # each is the map a fresh analyzer with the same seed gives
+    L.seed_everything(0, verbose=False)
+    model = DigitsClassifier(channels=4, learning_rate=0.0)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    callback = lx.ExplainCallback(analyzers={"smoothgrad": {"augment_by_n": 4}},
+                                  num_samples=3)
+    make_trainer(tmp_path, [callback], logger, max_epochs=3).fit(
+        model, DigitsDataModule(batch_size=32))
+    assert scalar_series(logger.log_dir)["explain/smoothgrad/drift_previous_spearman"] == \
+        [1.0, 1.0]
+    fresh = lx.create_analyzer("smoothgrad", model, augment_by_n=4).analyze(
+        callback.probe.inputs)
+    torch.testing.assert_close(callback.drift.previous["smoothgrad"], fresh)

@@ -730,13 +730,15 @@ class ExplainCallback(Callback):
         self._last_epoch = state_dict.get("last_epoch")
         probe = state_dict.get("probe", {})
         saved_inputs = probe.get("inputs")
+        drift = state_dict.get("drift", {})
         if saved_inputs is not None and len(saved_inputs) != self.probe.num_samples:
             self._warn_once("resume probe", (
                 f"the checkpoint's {len(saved_inputs)} probe samples do not match "
-                f"num_samples={self.probe.num_samples}: new ones are taken"))
+                f"num_samples={self.probe.num_samples}: new ones are taken, and drift starts "
+                f"again from them (the saved references are maps of the old samples)"))
+            drift = {}
         else:
             self.probe.load_state_dict(probe)
-        drift = state_dict.get("drift", {})
         saved = set(state_dict.get("analyzers", [])) | set(drift.get("first", {}))
         self.drift.load_state_dict({key: {a: v for a, v in value.items() if a in configured}
                                     for key, value in drift.items()})

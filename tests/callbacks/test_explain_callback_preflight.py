@@ -270,6 +270,20 @@ def test_resume_keeps_the_state_of_analyzers_still_configured_and_names_the_rest
     assert resumed.drift.epochs["gradient"] == [1]  # drift against epoch 0's saved maps
 
 
+def test_resume_with_other_probe_samples_starts_drift_again(tmp_path):
+    first = lx.ExplainCallback(analyzers=["gradient"], num_samples=3)
+    _, trainer = train(tmp_path, [first], max_epochs=2)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    resumed = lx.ExplainCallback(analyzers=["gradient"], num_samples=5)
+    with pytest.warns(UserWarning, match="new ones are taken, and drift starts again"):
+        make_trainer(tmp_path, [resumed], max_epochs=4).fit(
+            DigitsClassifier(channels=4), DigitsDataModule(batch_size=32),
+            ckpt_path=tmp_path / "last.ckpt")
+    assert len(resumed.probe.inputs) == 5
+    assert resumed.drift.first["gradient"].shape[0] == 5  # the new samples' first maps
+    assert resumed.drift.epochs["gradient"] == [3]  # drift of epoch 3 against epoch 2
+
+
 # Item 8: says what it does and what it costs.
 
 def test_time_scalar_and_one_log_line_per_explained_epoch(tmp_path, caplog):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ from .. import viz
 from ..analyzers import Analyzer, NotAnalyzableModelError, analyzers, create_analyzer
 from ..analyzers.forward import OutputSelector, eager
 from ..analyzers.registry import parameters_of
-from ..analyzers.validation import check_choice, check_positive_int
+from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
 from ..patterns.statistics import PATTERN_TYPES
@@ -243,19 +243,28 @@ class ExplainCallback(Callback):
         check_choice("on_error", on_error, ON_ERROR)
         self.probe = ProbeCollector(num_samples, sample_selection, seed)
         self.every_n_epochs = every_n_epochs
+        for option, key in (("input_key", input_key), ("target_key", target_key),
+                            ("mask_key", mask_key)):
+            if not (isinstance(key, (int, str)) and not isinstance(key, bool)) and not (
+                    key is None and option != "input_key"):
+                raise TypeError(f"{option}={key!r} is not valid; give a tuple index (int) or "
+                                f"a mapping key (str) of the batch"
+                                + ("" if option == "input_key" else ", or None"))
         self.input_key = input_key
         self.target_key = target_key
         self.mask_key = mask_key
-        if output_key is not None and not isinstance(output_key, (int, str)):
+        if output_key is not None and (not isinstance(output_key, (int, str))
+                                       or isinstance(output_key, bool)):
             raise TypeError(f"output_key={output_key!r} is not valid; expected a tuple index "
                             f"(int), a mapping key (str) or None")
         self.output_key = output_key
         self.analysis_batch_size = analysis_batch_size
         self.normalization = normalization
         self.cmap = cmap
-        self.overlay = bool(overlay)
-        self.class_names = list(class_names) if class_names is not None else None
-        self.token_names = list(token_names) if token_names is not None else None
+        check_bool("overlay", overlay)
+        self.overlay = overlay
+        self.class_names = _names("class_names", class_names)
+        self.token_names = _names("token_names", token_names)
         self.on_error = on_error
         uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
         self.patterns = PatternCollector(pattern_type, pattern_source,
@@ -304,7 +313,7 @@ class ExplainCallback(Callback):
         try:
             inputs, targets = check_batch(batch, self.input_key, self.target_key)
             if self.mask_key is not None:  # a configuration error: raised whatever on_error
-                check_masks(pick(batch, self.mask_key), inputs, self.mask_key)  # says
+                check_masks(self._masks_in(batch), inputs, self.mask_key)  # says
         except (ValueError, TypeError, KeyError):
             if training_batch:  # training batches may be shaped otherwise: the first
                 return  # validation batch is checked instead
@@ -367,7 +376,7 @@ class ExplainCallback(Callback):
 
     def _check_metrics(self, sample: Tensor, maps: Tensor, batch: Any) -> None:
         """Try every metric on one sample's map; drop (or raise on) one that fails."""
-        masks = None if self.mask_key is None else pick(batch, self.mask_key)[:1]
+        masks = None if self.mask_key is None else self._masks_in(batch)[:1]
         with torch.inference_mode(False):
             sample, maps = sample.clone(), maps.detach().clone()
             masks = None if masks is None else masks.clone()
@@ -429,7 +438,16 @@ class ExplainCallback(Callback):
         if trainer.sanity_checking or dataloader_idx != 0 or self.probe.ready:
             return
         self.probe.add(pick(batch, self.input_key), pick(batch, self.target_key),
-                       pick(batch, self.mask_key))
+                       self._masks_in(batch))
+
+    def _masks_in(self, batch: Any) -> Tensor | None:
+        """The batch's masks at ``mask_key`` (``None`` without one); a key the batch lacks
+        raises a ``ValueError`` naming the option and the batch's keys."""
+        try:
+            return pick(batch, self.mask_key)
+        except KeyError as error:
+            raise ValueError(f"mask_key={self.mask_key!r} does not fit the validation batch: "
+                             f"{error.args[0]}. Set mask_key= to where the masks sit") from None
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -701,6 +719,8 @@ class ExplainCallback(Callback):
 
     def _warn_or_raise(self, what: str, error: Exception) -> None:
         if self.on_error == "raise":
+            if hasattr(error, "add_note"):  # (Python 3.11+: the traceback says where)
+                error.add_note(f"ExplainCallback {self.name!r}: raised by {what}")
             raise error
         self._warn_once(f"{what}: {type(error).__name__}",
                         f"{what} failed and is skipped ({type(error).__name__}: {error}); "
@@ -750,6 +770,17 @@ class ExplainCallback(Callback):
                 f"{sorted(configured - saved)}."))
         if self.patterns is not None and "patterns" in state_dict:
             self.patterns.load_state_dict(state_dict["patterns"])
+
+
+def _names(option: str, names: Any) -> list[str] | None:
+    """``names`` (class or token names) as a list of strings; a string or a non-iterable is
+    refused naming the option."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(f"{option}={names!r} is not valid; give a list of names (strings), "
+                        f"one per class or token id, or None")
+    return [str(name) for name in names]
 
 
 @contextmanager

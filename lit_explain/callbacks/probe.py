@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..analyzers.validation import check_choice
+from ..analyzers.validation import check_choice, check_seed
 
 SELECTIONS = ("first", "stratified")
 
@@ -132,6 +132,7 @@ class ProbeCollector:
         check_choice("sample_selection", selection, SELECTIONS)
         self.num_samples = num_samples
         self.selection = selection
+        check_seed(seed)
         self.seed = seed
         self.inputs: Tensor | None = None
         self.targets: Tensor | None = None

@@ -101,6 +101,20 @@ def test_bad_configuration_fails_at_construction():
         lx.ExplainCallback(drift=["last"])
     with pytest.raises(ValueError, match=r"cmap='jet'.*seismic"):
         lx.ExplainCallback(cmap="jet")
+    with pytest.raises(ValueError, match="seed='a' is not valid"):
+        lx.ExplainCallback(seed="a")
+    with pytest.raises(TypeError, match=r"input_key=None.*tuple index \(int\) or a mapping"):
+        lx.ExplainCallback(input_key=None)
+    with pytest.raises(TypeError, match=r"target_key=\[1\] is not valid"):
+        lx.ExplainCallback(target_key=[1])
+    with pytest.raises(TypeError, match="output_key=True is not valid"):
+        lx.ExplainCallback(output_key=True)
+    with pytest.raises(TypeError, match="class_names='abc' is not valid; give a list"):
+        lx.ExplainCallback(class_names="abc")
+    with pytest.raises(TypeError, match="token_names=3 is not valid"):
+        lx.ExplainCallback(token_names=3)
+    with pytest.raises(ValueError, match="overlay='yes' is not valid"):
+        lx.ExplainCallback(overlay="yes")
 
 
 def test_bad_analyzer_parameter_value_fails_at_setup_before_training(tmp_path):

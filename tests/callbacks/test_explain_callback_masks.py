@@ -85,6 +85,13 @@ def test_bad_masks_fail_at_the_preflight_even_with_on_error_warn(tmp_path, masks
         fit(tmp_path, callback, masked_data(masks))
 
 
+def test_a_mask_key_the_batch_lacks_is_named(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, mask_key=3)
+    with pytest.raises(ValueError, match=r"mask_key=3 does not fit the validation batch: "
+                                         r"index 3 is not valid for a batch of 3 parts"):
+        fit(tmp_path, callback, masked_data(torch.zeros(16, 8, 8, dtype=torch.bool)))
+
+
 def test_localization_metrics_need_a_mask_key():
     with pytest.raises(ValueError, match="set mask_key"):
         lx.ExplainCallback(metrics=["pointing_game"])

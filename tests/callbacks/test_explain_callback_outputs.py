@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import lightning as L
 import numpy as np
@@ -138,6 +139,20 @@ def test_nan_maps_warn_once_and_training_finishes(tmp_path):
         make_trainer(tmp_path, [callback], max_epochs=2, num_sanity_val_steps=0).fit(
             model, DigitsDataModule(batch_size=32))
     assert sum("NaN or infinite" in str(w.message) for w in record) == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes: Python 3.11+")
+def test_under_raise_the_error_says_which_analyzer_raised_it(tmp_path):
+    class NaNNet(DigitsClassifier):
+        def forward(self, x):
+            out = super().forward(x)
+            return out + (x.sum() * float("nan") if not self.training else 0.0)
+
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, on_error="raise")
+    with pytest.raises(FloatingPointError, match="NaN") as raised:
+        make_trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=0).fit(
+            NaNNet(channels=4), DigitsDataModule(batch_size=32))
+    assert "ExplainCallback 'explain': raised by analyzer 'gradient'" in raised.value.__notes__
 
 
 def test_a_failing_logger_warns_and_training_finishes(tmp_path):

@@ -743,9 +743,9 @@ class ExplainCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what still applies: the probe set (when ``num_samples`` is unchanged) and
-        the drift references of the analyzers that are still configured;
-        warn about the rest."""
+        """Restore what still applies: the probe set (when ``num_samples`` is unchanged; new
+        samples start drift again) and the drift references of the analyzers that are still
+        configured; warn about the rest."""
         configured = set(self.analyzer_specs)
         self._last_epoch = state_dict.get("last_epoch")
         probe = state_dict.get("probe", {})

@@ -195,6 +195,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         #: The :func:`~.forward.forward_signature` of the last forward pass found to compute
         #: the model's output (see :meth:`_forward`).
         self._checked_forward: tuple | None = None
+        #: Whether the last rule-based forward pass read a tensor value into Python or a
+        #: shape (:func:`~.kinds.reads_values`): it may branch on the batch it was given.
+        self._forward_read_values = False
         self.reverse = ReverseOptions(reverse_keep_tensors, reverse_check_finite,
                                       reverse_clip_values, reverse_check_min_max_values,
                                       reverse_project_bottleneck_layers)
@@ -468,6 +471,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
 
         with eager():  # compiled submodules through their Python code, where the rules are
             logits = analysed(x.clone())
+            self._forward_read_values = reads_values
             signature = None if reads_values else self._signature
             if signature is None or signature != self._checked_forward:
                 check_same_forward(self.model, x.detach(), logits, analysed, self.logits)

@@ -6,10 +6,10 @@ non-linearity sees both. In the backward pass an elementwise non-linearity f (Re
 sigmoid, tanh, GELU, ...) multiplies the incoming multiplier by Δy/Δx =
 (f(x) − f(x₀)) / (x − x₀), falling back to f'(x) where a difference is lost in rounding
 (see :func:`lost_in_rounding`). Max-pooling sends g·Δy to the winner for x (Δy ≥ 0) or for
-x₀ (Δy < 0) and divides by Δx, so that Σ Δx·m = Σ g·Δy holds there too (the rule Captum
-uses). Linear layers, convolutions,
-BatchNorm in eval mode, additions, average pooling and reshapes are linear and keep their
-gradient. The result (x − x₀)·m sums to f(x) − f(x₀) for the selected output
+x₀ (Δy < 0) and divides by Δx, so that Σ Δx·m = Σ g·Δy holds there too (Captum's
+max-pooling rule, which does not sum to the output's difference, differs). Linear layers,
+convolutions, BatchNorm in eval mode, additions, average pooling and reshapes are linear and
+keep their gradient. The result (x − x₀)·m sums to f(x) − f(x₀) for the selected output
 ("summation to delta"). Softmax and products of two activations have no rescale rule and
 raise :class:`~lit_explain.NotAnalyzableModelError`, and so does a value computed from the
 input without a gradient (``detach()``, ``torch.no_grad()``, an ``argmax`` index) where it
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
 from .errors import NotAnalyzableModelError
+from .forward import outputs_close
 from .gradient import check_reference, reference_like
 from .kinds import (
     ACTIVATION,
@@ -198,6 +199,8 @@ class DeepLIFT(Analyzer):
         handlers = {RELU: rescale_rule, ACTIVATION: rescale_rule, MAX_POOL: max_pool_rule}
         logits, logits_of_reference = self._forward(both, handlers, LINEAR_KINDS,
                                                     refuse_detached=True).chunk(2)
+        if self._forward_read_values:  # a branch on [x; x₀] may not be the one x takes alone
+            self._check_stacking_changes_nothing(x, reference, logits, logits_of_reference)
         seed = self._seed(logits, self.selector(neuron_selection)(logits))
         multiplier = None
         if logits.requires_grad:
@@ -211,3 +214,18 @@ class DeepLIFT(Analyzer):
                     "for its difference to the reference, and a zero map would not sum to it")
             return self._no_path_to_input(x)
         return (x - reference) * multiplier
+
+    def _check_stacking_changes_nothing(self, x: Tensor, reference: Tensor, logits: Tensor,
+                                        logits_of_reference: Tensor) -> None:
+        """Raise unless the model gives ``x`` and the reference, each run alone, the outputs
+        it gave them stacked (a model that reads values, ``if x.sum() > 0:``, may branch on
+        the whole batch)."""
+        with torch.no_grad():
+            alone = [self.logits(self.model(t.detach().clone()), len(t)) for t in (x, reference)]
+        if not all(outputs_close(s, a) for s, a in zip((logits, logits_of_reference), alone,
+                                                          strict=True)):
+            raise NotAnalyzableModelError(
+                "the model reads tensor values (a branch such as `if x.sum() > 0:`) and gives "
+                "the input stacked with its reference another output than the input alone: "
+                "DeepLIFT runs them as one batch, so its map would explain another function. "
+                "Make the branch per sample, or use a gradient method")

@@ -172,7 +172,7 @@ class OutputSelector(nn.Module):
         return select_output(self.model(x), self.output_key)
 
 
-def _close(got: Tensor, expected: Tensor) -> bool:
+def outputs_close(got: Tensor, expected: Tensor) -> bool:
     """Whether ``got`` equals ``expected`` up to :data:`TOLERANCE` of the largest finite
     value of ``expected``; NaNs and infinities (of one sign) at the same places count as
     equal, so that a non-finite input or weight gets its non-finite map, not an error.
@@ -190,7 +190,7 @@ def _close(got: Tensor, expected: Tensor) -> bool:
 
 def _all_close(got: list[Tensor], expected: list[Tensor]) -> bool:
     return len(got) == len(expected) and all(
-        _close(g, e) for g, e in zip(got, expected, strict=True))
+        outputs_close(g, e) for g, e in zip(got, expected, strict=True))
 
 
 def _first_difference(expected: list[Recorded], got: list[Recorded]) -> str:
@@ -203,7 +203,8 @@ def _first_difference(expected: list[Recorded], got: list[Recorded]) -> str:
         values = [value for _, value in analysed.inputs]
         if not _all_close(values, [value for _, value in plain.inputs]):
             differing = {i for (i, value), (_, expected_value) in zip(
-                analysed.inputs, plain.inputs, strict=False) if not _close(value, expected_value)}
+                analysed.inputs, plain.inputs, strict=False)
+                if not outputs_close(value, expected_value)}
             for earlier in range(index - 1, -1, -1):
                 if got[earlier].output_ids & differing:
                     return f"operation {earlier} of the forward pass, {got[earlier].where}"
@@ -335,31 +336,33 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
     analysed forward took.
     """
     try:
-        if _close(logits[:1], logits_of(model(x[:1]), 1)):
+        if outputs_close(logits[:1], logits_of(model(x[:1]), 1)):
             return
     except Exception:  # one that cannot run a sample alone (one holding a mask for the
         pass  # whole batch fails a torch assertion): the whole batch is compared
     expected = logits_of(model(x), len(x))
-    if _close(logits, expected):
+    if outputs_close(logits, expected):
         return
     difference = float((logits.detach() - expected).abs().max())
-    plain: list[Recorded] = []
-    sample = x[:1]
-    try:
-        with OperationRules(model, {}, ALL_KINDS, sample, record=plain).tracking_modules():
-            logits_of(model(sample), len(sample))
-    except Exception:  # (as above)
-        plain.clear()
-        sample = x
-        with OperationRules(model, {}, ALL_KINDS, sample, record=plain).tracking_modules():
-            logits_of(model(sample), len(sample))
-    recorded: list[Recorded] = []
-    analysed(sample.detach().clone().requires_grad_(x.is_floating_point()), recorded)
+    where = "an operation not found (neither forward pass could be recorded)"
+    # both passes recorded on one sample, or on the batch where either cannot run one alone
+    # (DeepLIFT's rules take the input and its reference stacked)
+    for sample in (x[:1], x):
+        plain: list[Recorded] = []
+        recorded: list[Recorded] = []
+        try:
+            with OperationRules(model, {}, ALL_KINDS, sample, record=plain).tracking_modules():
+                logits_of(model(sample), len(sample))
+            analysed(sample.detach().clone().requires_grad_(x.is_floating_point()), recorded)
+        except Exception:  # (as above)
+            continue
+        where = _first_difference(plain, recorded)
+        break
     raise NotAnalyzableModelError(
         f"the analysed forward pass does not compute the model's function (its output differs "
-        f"by up to {difference:.3g}); they part at {_first_difference(plain, recorded)}. A map "
-        f"would explain a different network, so none is returned. Please report this model "
-        f"with the operation named here.")
+        f"by up to {difference:.3g}); they part at {where}. A map would explain a different "
+        f"network, so none is returned. Please report this model with the operation named "
+        f"here.")
 
 
 class _SoftmaxOutputs(TorchFunctionMode):

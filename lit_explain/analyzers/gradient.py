@@ -246,10 +246,14 @@ class SmoothGrad(_BatchedPathAnalyzer):
     batch_size:
         At most this many inputs go through the model at once (at least the whole batch).
         ``None``: chosen from the input's size (see :meth:`points_per_chunk`): 64 for
-        small inputs, one copy of the batch for images of 3×64×64 and larger.
+        small inputs, one copy of the batch for images of 3×64×64 and larger. The noisy
+        copies of several samples share a forward pass, so the model must treat its samples
+        independently (no branch on a value of the whole batch).
     seed:
         Seed of the analyzer's own generator on the input's device (see
-        :class:`DeviceGenerators`); the global RNG is never used.
+        :class:`DeviceGenerators`); the global RNG is never used. The same seed and
+        ``batch_size`` give the same map (the noise is drawn chunk by chunk, and a CPU
+        generator's stream depends on the sizes drawn).
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",
@@ -301,7 +305,9 @@ class IntegratedGradients(_BatchedPathAnalyzer):
     batch_size:
         At most this many inputs go through the model at once (at least the whole batch).
         ``None``: chosen from the input's size (see :meth:`points_per_chunk`): 64 for
-        small inputs, one copy of the batch for images of 3×64×64 and larger.
+        small inputs, one copy of the batch for images of 3×64×64 and larger. The path
+        points of several samples share a forward pass, so the model must treat its samples
+        independently (no branch on a value of the whole batch).
     """
 
     def __init__(self, model: nn.Module, neuron_selection_mode: str = "max_activation",

@@ -759,3 +759,47 @@ def test_the_forward_check_of_a_model_that_cannot_run_one_sample_compares_the_ba
         model.padding = padding[i:i + 1]
         alone = lx.create_analyzer(name, model).analyze(x[i:i + 1])
         torch.testing.assert_close(result[i:i + 1], alone)
+
+
+class _BranchOnTheBatch(nn.Module):
+    """Reads a value of the whole batch: ``threshold`` decides whether the branch differs
+    between the input alone and the input stacked with a zero reference."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        if x.mean() > self.threshold:  # on the batch: [x; 0] has half x's mean
+            h = 2 * h
+        return self.fc2(h)
+
+
+def test_deep_lift_refuses_a_model_whose_branch_depends_on_the_stacked_batch():
+    torch.manual_seed(0)
+    x = torch.rand(3, 4, dtype=torch.float64) + 1.0  # mean ≈ 1.5, [x; 0] ≈ 0.75
+    with pytest.raises(lx.NotAnalyzableModelError, match="reads tensor values"):
+        lx.create_analyzer("deep_lift", _BranchOnTheBatch(1.0).double().eval()).analyze(x)
+    model = _BranchOnTheBatch(100.0).double().eval()  # the same branch either way
+    result = lx.create_analyzer("deep_lift", model).analyze(x)
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x))).gather(1, model(x).argmax(1, True))
+    torch.testing.assert_close(result.sum(1, keepdim=True), delta)
+
+
+class _MonteCarloDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.fc2(F.dropout(torch.relu(self.fc1(x)), 0.5, training=True))
+
+
+@pytest.mark.parametrize("name", ["deep_lift", "guided_backprop", "lrp.epsilon"])
+def test_a_forward_that_differs_each_run_is_refused_naming_the_operation(name):
+    torch.manual_seed(0)
+    with pytest.raises(lx.NotAnalyzableModelError, match="part at .*dropout"):
+        lx.create_analyzer(name, _MonteCarloDropout().eval()).analyze(torch.rand(8, 4))

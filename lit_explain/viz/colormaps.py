@@ -165,7 +165,7 @@ def get_cmap(cmap: str | Colormap) -> Colormap:
     ----------
     cmap : str or Colormap
         One of :data:`cmaps`: ``"seismic"``, ``"gray"``, ``"bwr"``, ``"coolwarm"``,
-        ``"viridis"``.
+        ``"viridis"``, ``"oranges"``.
 
     Returns
     -------
@@ -299,7 +299,8 @@ def heatmap(
         (no channel axis: not reduced; ``(N, F)`` comes out as a 1-pixel-high strip).
         Higher ranks, e.g. ``(N, C, D, H, W)``, are reduced over ``reduce_axis`` too.
     cmap_type : str or Colormap
-        ``"seismic"`` (default), ``"gray"``, ``"bwr"``, ``"coolwarm"``, ``"viridis"``.
+        ``"seismic"`` (default), ``"gray"``, ``"bwr"``, ``"coolwarm"``, ``"viridis"``,
+        ``"oranges"``.
     reduce_op : {"sum", "absmax", "mean"}
         How channels are combined: their sum (iNNvestigate's default), the signed value of
         largest magnitude, or the mean.
@@ -333,11 +334,18 @@ def heatmap(
     T, was_numpy = _to_tensor(X)
     if T.ndim < 2:
         raise ValueError(f"heatmap needs a batch axis and at least one more, got {tuple(T.shape)}")
+    if not bool(torch.isfinite(T).all()):  # (they would make their samples blank)
+        raise ValueError("heatmap of values with NaN or infinity: they have no colour; "
+                         "drop or repair those samples")
     if T.ndim == 2:
         T = T[:, None, :]
     elif T.ndim >= 4 and reduce_axis is not None:
         T = _reduce(T, reduce_op, reduce_axis)
     if shared_absmax is not None:
+        scale = _per_sample(shared_absmax, T)
+        if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+            raise ValueError(f"shared_absmax={shared_absmax!r} is not valid; a scale must be "
+                             f"a finite number above 0 (or one per sample)")
         absmax = shared_absmax
     elif normalize:
         absmax = None

@@ -76,6 +76,8 @@ def colorbar_ticks(absmax: float | None, one_sided: bool) -> list[tuple[float, s
     ``-1 ... 1``.
     """
     a = 1.0 if absmax is None else float(absmax)
+    if not (math.isfinite(a) and a > 0):
+        raise ValueError(f"absmax={absmax!r} is not valid; a scale is a finite number above 0")
     fractions = (0.0, 0.5, 1.0) if one_sided else (0.0, 0.25, 0.5, 0.75, 1.0)
     ticks = []
     for f in fractions:
@@ -176,6 +178,20 @@ def _minmax(x: Tensor, dims: tuple[int, ...]) -> Tensor:
 
 def _scale_for(name: str, absmax: Scale) -> float | Tensor | None:
     return absmax.get(name) if isinstance(absmax, Mapping) else absmax
+
+
+def _check_scale(name: str, scale: object, n: int) -> None:
+    """Refuse a fixed heatmap scale that is not positive and finite, or not one per sample."""
+    if scale is None:
+        return
+    values = torch.as_tensor(np.asarray(scale, dtype=np.float64) if not isinstance(
+        scale, Tensor) else scale.detach().cpu().double())
+    if values.ndim > 1 or (values.ndim == 1 and len(values) not in (1, n)):
+        raise ValueError(f"absmax for map {name!r} has shape {tuple(values.shape)}; give one "
+                         f"number or one per sample ({n})")
+    if not bool((torch.isfinite(values) & (values > 0)).all()):
+        raise ValueError(f"absmax for map {name!r} is {scale!r}; a scale must be a finite "
+                         f"number above 0")
 
 
 def _scalar(v: object) -> float | None:
@@ -550,17 +566,29 @@ def explanation_grid(
         t = _cpu(m, f"map {name!r}").float()
         if t.ndim < 2 or t.shape[0] != N:
             raise ValueError(f"map {name!r} has shape {tuple(t.shape)}, but there are {N} inputs")
+        if not bool(torch.isfinite(t).all()):  # (it would draw its samples blank)
+            bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
+            raise ValueError(f"map {name!r} holds NaN or infinite values in {bad} of {N} "
+                             f"samples; a heatmap has no colour for them")
         if kind == "tokens":
             t = _token_map(name, t, x.shape[1])
         elif kind != "image":
             t = _strip_map(name, t, x.shape[1], x.shape[2])
         elif given_ndim > 4 and t.ndim == given_ndim - 1:  # a volume's map without channels
             t = _middle_slices(t, channels=False)  # the slice the input column shows
+        if kind == "image" and given_ndim <= 4 and t.ndim not in (3, 4):
+            raise ValueError(f"map {name!r} has shape {tuple(t.shape)}; for inputs of shape "
+                             f"{tuple(inputs.shape)} give (N, C, H, W) or (N, H, W) maps")
         ms[name] = t
     if isinstance(absmax, str):
         if absmax != "shared":
             raise ValueError(f"absmax={absmax!r} is not valid; give numbers or 'shared'")
         absmax = {n: robust_absmax(_channel_reduced(kind, t, reduce_op)) for n, t in ms.items()}
+    for n in ms:
+        _check_scale(n, _scale_for(n, absmax), N)
+    if isinstance(cmap, Mapping) and set(ms) - set(cmap):
+        raise ValueError(f"cmap= has no colour map for the maps {sorted(set(ms) - set(cmap))}; "
+                         f"give one per map (it has {sorted(cmap)}) or one for all")
     cms: dict[str, Colormap] = {}
     for n, t in ms.items():
         chosen = cmap[n] if isinstance(cmap, Mapping) else cmap
@@ -674,7 +702,7 @@ def _colorbars(img: Tensor, bars: list[Colormap], absmax: float | None, y: int, 
     (:func:`colorbar_ticks`) and, when the maps have their own scales, what the numbers are
     relative to."""
     _, _, W = img.shape
-    note = "" if absmax is not None else "x max|R| of each map"
+    note = "" if absmax is not None else "x each map's scale"
     room = W - 2 * pad - (text_width(note, s) + 8 * s if note else 0)
     step = room // len(bars)
     bw = min(step - 24 * s, 160 * s)

@@ -37,12 +37,12 @@ def _as_xy(data: CurveData | tuple[CurveData, CurveData], x: CurveData | None,
            name: str) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = data if isinstance(data, tuple) and len(data) == 2 else (x, data)
     if isinstance(ys, Tensor):
-        ys = ys.detach().cpu()
+        ys = ys.detach().cpu().double()  # (numpy has no bfloat16)
     y = np.asarray(ys, dtype=np.float64).reshape(-1)
     if xs is None:
         xv = np.arange(len(y), dtype=np.float64)
     else:
-        xs = xs.detach().cpu() if isinstance(xs, Tensor) else xs
+        xs = xs.detach().cpu().double() if isinstance(xs, Tensor) else xs
         xv = np.asarray(xs, dtype=np.float64).reshape(-1)
     if len(xv) != len(y):
         raise ValueError(f"curve {name!r} has {len(y)} values but {len(xv)} x positions")

@@ -203,3 +203,30 @@ def test_every_cell_is_framed_at_any_padding(padding):
     lost = 16 if padding == 0 else 0  # the last pixel row of the upper two cells
     assert red.sum() == 3 * 16 * 16 - 2 * lost
     assert is_colour(image, (0.72, 0.72, 0.72)).sum() > 0
+
+
+def test_pictures_that_would_mislead_are_refused_naming_the_value():
+    x = torch.rand(2, 1, 4, 4)
+    bad = torch.rand(2, 1, 4, 4)
+    bad[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"map 'g' holds NaN or infinite values in 1 of 2"):
+        viz.explanation_grid(x, {"g": bad})
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        viz.heatmap(bad)
+    for scale in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="a scale must be a finite number above 0"):
+            viz.explanation_grid(x, {"g": x}, absmax=scale)
+        with pytest.raises(ValueError, match="not valid; a scale must be"):
+            viz.heatmap(x, shared_absmax=scale)
+    with pytest.raises(ValueError, match=r"absmax for map 'g' has shape \(3,\)"):
+        viz.explanation_grid(x, {"g": x}, absmax=torch.ones(3))
+    with pytest.raises(ValueError, match=r"no colour map for the maps \['h'\]"):
+        viz.explanation_grid(x, {"g": x, "h": x}, cmap={"g": "bwr"})
+    with pytest.raises(ValueError, match=r"map 'g' has shape \(2, 1, 4, 4, 2\)"):
+        viz.explanation_grid(x, {"g": torch.rand(2, 1, 4, 4, 2)})
+
+
+def test_line_plot_takes_bfloat16_values():
+    values = torch.tensor([1.0, 0.5, 0.25], dtype=torch.bfloat16)
+    np.testing.assert_array_equal(viz.line_plot({"a": values}),
+                                  viz.line_plot({"a": values.float()}))

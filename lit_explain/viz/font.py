@@ -1,9 +1,12 @@
-"""Text on ``(3, H, W)`` float canvases, set in Pillow's scalable default font.
+"""Text on ``(3, H, W)`` float canvases, set in DejaVu Sans.
 
-Pillow (>= 10.1, with FreeType) ships a scalable sans-serif font:
-``ImageFont.load_default(size=...)``. A line of text is :data:`LINE_HEIGHT` pixels high at
-scale 1 (the font's ascent plus descent at :data:`FONT_SIZE` pixels); ``scale`` multiplies
-the font size, so text stays sharp when it is larger. Glyphs are anti-aliased: the text's
+The font is the DejaVu Sans that matplotlib ships (Latin with its accents, Greek, Cyrillic
+and many symbols: "café", "naïve", "Ω"; Pillow's default font has ASCII only and drew
+boxes for the rest), loaded by Pillow's FreeType; where it is missing, Pillow's scalable
+default font. Scripts neither has (CJK) still come out as boxes. A line of text is
+:data:`LINE_HEIGHT` pixels high at scale 1 (the font's ascent plus descent at
+:data:`FONT_SIZE` pixels); ``scale`` multiplies the font size, so text stays sharp when it
+is larger. Glyphs are anti-aliased: the text's
 coverage of each pixel blends the colour into the canvas.
 """
 
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -23,9 +28,16 @@ __all__ = ["FONT_SIZE", "LINE_HEIGHT", "draw_text", "line_height", "text_mask", 
 FONT_SIZE = 11
 
 
+#: matplotlib's copy of DejaVu Sans (a dependency of this package).
+DEJAVU_SANS = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
 @lru_cache(maxsize=8)
 def _font(scale: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=FONT_SIZE * scale)
+    try:
+        return ImageFont.truetype(str(DEJAVU_SANS), FONT_SIZE * scale)
+    except OSError:  # (no such file, or Pillow without FreeType)
+        return ImageFont.load_default(size=FONT_SIZE * scale)
 
 
 def line_height(scale: int = 1) -> int:

@@ -10,7 +10,14 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from lit_explain import viz
-from lit_explain.viz.font import FONT_SIZE, draw_text, line_height, text_mask, text_width
+from lit_explain.viz.font import (
+    DEJAVU_SANS,
+    FONT_SIZE,
+    draw_text,
+    line_height,
+    text_mask,
+    text_width,
+)
 
 
 def test_text_is_pillows_scalable_font():
@@ -35,7 +42,8 @@ def test_draw_text_puts_ink_in_the_text_box_only():
     # the same pixels that Pillow draws on its own canvas at (10, 5)
     reference = Image.new("L", (80, 40), 0)
     ImageDraw.Draw(reference).text((10, 5), "Hg", fill=255,
-                                   font=ImageFont.load_default(size=FONT_SIZE), anchor="la")
+                                   font=ImageFont.truetype(str(DEJAVU_SANS), FONT_SIZE),
+                                   anchor="la")
     expected = torch.from_numpy(np.asarray(reference) / 255.0).float()
     torch.testing.assert_close(1 - image[0], expected, atol=1e-6, rtol=0)
 
@@ -99,3 +107,11 @@ def test_write_png_takes_a_grid_tensor(tmp_path):
     decoded = np.asarray(Image.open(path))
     assert np.array_equal(decoded, viz.to_uint8_hwc(grid))
     assert viz.encode_png(grid) == path.read_bytes()  # (3, H, W) floats converted the same
+
+
+@pytest.mark.parametrize("text", ["é", "ï", "Ω", "ж"])
+def test_accented_greek_and_cyrillic_letters_have_glyphs(text):
+    missing = text_mask("\u0378")  # an unassigned code point: the font's box for no glyph
+    drawn = text_mask(text)
+    assert drawn.sum() > 0
+    assert drawn.shape != missing.shape or not torch.equal(drawn, missing)

@@ -230,6 +230,10 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         if x.dim() == 0 or len(x) == 0:
             raise ValueError(f"x has no samples (shape {tuple(x.shape)}); give a batch, first "
                              f"axis the samples")
+        if x.is_meta or next((p.is_meta for p in self.model.parameters()), False):
+            raise ValueError("the model or x is on the 'meta' device, which holds no values: "
+                             "give the model real weights (model.to_empty(device=...), then "
+                             "load them) and x on that device before analysing")
         neuron_selection = self._checked_selection(neuron_selection, len(x))
         with analysis_context(self.model), ExitStack() as stack:
             self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -491,13 +492,15 @@ class OperationRules(TorchFunctionMode):
         """Enter the mode and track which submodule runs, removing every hook on exit."""
         stack = self.state.module_stack
         paths = {id(module): (path, module) for path, module in self.model.named_modules()}
+        # (global hooks fire in every thread; the mode, and so the analysis, is this one's)
+        thread = threading.get_ident()
 
         def enter(module: nn.Module, args: tuple) -> None:
-            if id(module) in paths:
+            if id(module) in paths and threading.get_ident() == thread:
                 stack.append(paths[id(module)])
 
         def leave(module: nn.Module, args: tuple, output: object) -> None:
-            if id(module) in paths:
+            if id(module) in paths and threading.get_ident() == thread:
                 path, _ = stack.pop()
                 with torch._C.DisableTorchFunction():  # (the checks read tensor attributes)
                     unseen = self.state.provenance.made_unseen(tensors_in(output))

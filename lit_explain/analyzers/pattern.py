@@ -217,6 +217,9 @@ class _PatternBased(Analyzer):
                             f"PatternComputer.compute() returns), got {type(patterns).__name__}")
         modules = dict(self.model.named_modules())
         for path, pattern in patterns.items():
+            if not isinstance(pattern, Tensor):
+                raise TypeError(f"pattern {path!r} is {type(pattern).__name__}; patterns must "
+                                f"be tensors shaped like their module's weight")
             weight = getattr(modules.get(path), "weight", None)
             if not isinstance(weight, Tensor):
                 raise ValueError(f"patterns has an entry {path!r}, which is not a module with "

@@ -132,9 +132,10 @@ def check_layers(saved: list, model: nn.Module) -> None:
 
 def analyzer_state(analyzer: Analyzer) -> dict[str, Any]:
     """What :meth:`Analyzer.save` writes: name, parameters, fitted state, layer signature."""
-    if not analyzer.name:
-        raise ValueError(f"{type(analyzer).__name__} is not a registered analyzer; only "
-                         f"analyzers made by name can be saved")
+    if not analyzer.name or analyzers.get(analyzer.name) is not type(analyzer):
+        raise ValueError(f"{type(analyzer).__name__} is not a registered analyzer (a "
+                         f"subclass of one would load as its parent); only analyzers made by "
+                         f"name can be saved")
     parameters = {name: encode(value, name) for name, value in analyzer.init_arguments.items()
                   if name not in analyzer.fitted_parameters}
     state = {name: encode(value, name) for name, value in analyzer.fitted_state().items()}

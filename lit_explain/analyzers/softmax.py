@@ -44,5 +44,7 @@ def model_wo_softmax(model: nn.Module) -> nn.Module:
         stripped = model_wo_softmax(last)
         if not isinstance(stripped, nn.Identity):
             body.append((name, stripped))
-        return nn.Sequential(OrderedDict(body))
+        stripped = nn.Sequential(OrderedDict(body))
+        stripped.training = model.training  # (its modules keep theirs)
+        return stripped
     return model

@@ -85,7 +85,12 @@ class _KernelCalls(TorchFunctionMode):
         for made, weight, bias in self.calls:
             if made is output:
                 return weight, bias
-        return module.weight, module.bias
+        if not self.calls:
+            return module.weight, module.bias
+        raise ValueError(f"{type(module).__name__}'s output is not the output of one kernel "
+                         f"call (it adds {len(self.calls)} calls, as a LoRA adapter does): "
+                         f"it has no one weight to fit a pattern to. Fit patterns to the layers "
+                         f"it is made of, or merge the adapter into the weight first")
 
 
 def computes_its_weight(module: nn.Module) -> bool:
@@ -274,7 +279,10 @@ class PatternComputer:
         with torch.no_grad():
             y = pre_activation(module, output, bias)
             mask = neuron_mask(self.pattern_type, output.detach())
-        self._pending[id(output)] = _Pending(path, module, args[0], y, mask, output)
+        x = args[0]
+        if self.pattern_type != "linear":  # held until the next layer or BatchNorm runs,
+            x = x.detach().clone()  # which the model may have changed it before (h += fc(h))
+        self._pending[id(output)] = _Pending(path, module, x, y, mask, output)
         if self.pattern_type == "linear":
             self._flush()
 
@@ -302,6 +310,7 @@ class PatternComputer:
         Layers that saw no data are left out. With ``sync`` and an initialized process group,
         the statistics of all ranks are summed first (a collective: call it on every rank).
         """
+        self._flush()  # (a batch the hooks hold for a BatchNorm that has not come)
         statistics = self.synced_statistics() if sync else self.statistics
         if all(int(s.rows) == 0 for s in statistics.values()):
             raise RuntimeError("PatternComputer has no statistics yet: call update(x) or "
@@ -332,8 +341,10 @@ class PatternComputer:
     def synced_statistics(self) -> dict[str, LayerStatistics]:
         """The statistics summed over all DDP ranks (the local ones without a process group).
 
-        One ``all_reduce`` of one flat buffer; the local state is not changed.
+        One ``all_reduce`` of one flat buffer; the local state is not changed (except that a
+        batch the hooks still hold is added to it first).
         """
+        self._flush()
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return self.statistics
         paths = sorted(self.statistics)
@@ -366,6 +377,7 @@ class PatternComputer:
 
     def state_dict(self) -> dict[str, Any]:
         """The state as plain types and tensors (``torch.load(weights_only=True)`` safe)."""
+        self._flush()
         return {"pattern_type": self.pattern_type,
                 "statistics": {path: {name: t.detach().clone() for name, t in s.tensors()}
                                for path, s in self.statistics.items()}}

@@ -265,3 +265,78 @@ def test_threads_analysing_one_model_get_the_single_threaded_maps(name):
     for result in results:
         torch.testing.assert_close(result, expected)
     assert model.training and model[2].training  # as it was
+
+
+class _Interleaved(nn.Module):
+    """A plain forward in thread ``plain`` that starts before an analysis in thread
+    ``analysing`` and ends after the analysis' forward has ended, while its hooks are on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.plain: int | None = None
+        self.analysing: int | None = None
+        self.plain_started, self.analysis_ended, self.plain_done = (
+            threading.Event(), threading.Event(), threading.Event())
+        self.register_forward_hook(self._after_the_analysis_forward)
+
+    def _after_the_analysis_forward(self, module, args, output) -> None:
+        if threading.get_ident() == self.analysing and not self.analysis_ended.is_set():
+            self.analysis_ended.set()
+            assert self.plain_done.wait(10)
+
+    def forward(self, x):
+        if threading.get_ident() == self.plain and not self.plain_started.is_set():
+            self.plain_started.set()
+            assert self.analysis_ended.wait(10)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_plain_forward_in_another_thread_during_an_analysis_is_left_alone():
+    # the analysis' module hooks are global: they fire in the other thread's forward too,
+    # whose end (after the analysis' forward ended) popped the analysis' empty module stack
+    torch.manual_seed(0)
+    model = _Interleaved().eval()
+    x = torch.rand(3, 4)
+    expected = lx.create_analyzer("lrp.epsilon", model).analyze(x)
+    errors: list[BaseException] = []
+
+    def plain() -> None:
+        model.plain = threading.get_ident()
+        try:
+            with torch.no_grad():
+                model(x)
+        except BaseException as error:  # noqa: BLE001  (reported below)
+            errors.append(error)
+        finally:
+            model.plain_done.set()
+
+    other = threading.Thread(target=plain)
+    other.start()
+    assert model.plain_started.wait(10)
+    model.analysing = threading.get_ident()
+    result = lx.create_analyzer("lrp.epsilon", model).analyze(x)
+    other.join()
+    assert errors == []
+    torch.testing.assert_close(result, expected)
+
+
+def test_a_model_on_the_meta_device_is_refused_naming_it():
+    model = nn.Linear(4, 2, device="meta")
+    for name in ("gradient", "lrp.epsilon"):
+        with pytest.raises(ValueError, match="'meta' device"):
+            lx.create_analyzer(name, model).analyze(torch.rand(2, 4))
+
+
+def test_model_wo_softmax_keeps_the_models_eval_flag():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.Softmax(dim=1)).eval()
+    assert not lx.model_wo_softmax(model).training
+
+
+def test_a_subclass_of_a_registered_analyzer_is_not_saved_as_its_parent(tmp_path):
+    class Doubled(type(lx.create_analyzer("gradient", nn.Linear(4, 2)))):
+        def _analyze(self, x, neuron_selection):
+            return 2 * super()._analyze(x, neuron_selection)
+
+    with pytest.raises(ValueError, match="Doubled is not a registered analyzer"):
+        Doubled(nn.Linear(4, 2)).save(tmp_path / "a.pt")

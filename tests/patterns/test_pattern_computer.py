@@ -257,3 +257,67 @@ def test_fit_pulls_no_batch_beyond_max_batches():
     assert pulled == [0, 1, 2]
     with pytest.raises(ValueError, match=r"max_batches=2.5 is not valid"):
         PatternComputer(small_cnn().eval()).fit(batches(), max_batches=2.5, progress=False)
+
+
+class _Residual(nn.Module):
+    """``h + fc(h)`` written in place (``h += fc(h)``) or not: the same function."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.fc0, self.fc, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc0(x))
+        if self.in_place:
+            h += self.fc(h)
+        else:
+            h = h + self.fc(h)
+        return self.head(torch.relu(h))
+
+
+@pytest.mark.parametrize("pattern_type", PATTERN_TYPES)
+def test_a_layer_input_changed_in_place_afterwards_keeps_its_statistics(pattern_type):
+    torch.manual_seed(0)
+    written_out, in_place = _Residual(False), _Residual(True)
+    in_place.load_state_dict(written_out.state_dict())
+    x = torch.randn(64, 4)
+    expected = PatternComputer(written_out, pattern_type).fit([x], progress=False)
+    patterns = PatternComputer(in_place, pattern_type).fit([x], progress=False)
+    for path, pattern in expected.items():
+        torch.testing.assert_close(patterns[path], pattern)
+
+
+@pytest.mark.parametrize("pattern_type", PATTERN_TYPES)
+def test_compute_while_attached_counts_every_batch_seen(pattern_type):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    batches = [torch.randn(20, 4) for _ in range(3)]
+    attached = PatternComputer(model, pattern_type)
+    handle = attached.attach()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    while_attached = attached.compute()
+    handle.remove()
+    expected = PatternComputer(model, pattern_type).fit(batches, progress=False)
+    assert set(while_attached) == set(expected)
+    for path, pattern in expected.items():
+        torch.testing.assert_close(while_attached[path], pattern)
+
+
+class _WithAdapter(nn.Linear):
+    """A LoRA-style layer: ``W x + b + B(A x)``, two more kernel calls than its own."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 3)
+        self.a, self.b = nn.Parameter(torch.randn(2, 4)), nn.Parameter(torch.randn(3, 2))
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.a), self.b)
+
+
+def test_a_layer_adding_several_kernel_calls_is_refused_naming_it():
+    model = nn.Sequential(_WithAdapter(), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="_WithAdapter's output is not the output of one kernel"):
+        PatternComputer(model, "relu").fit([torch.randn(8, 4)], progress=False)

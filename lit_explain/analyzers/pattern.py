@@ -124,7 +124,10 @@ def input_gradient(call: OperationCall, weight: Tensor, grad: Tensor) -> Tensor:
 
 def least_squares_scale(image: Tensor, target: Tensor) -> Tensor:
     """Per sample, the ``c ≥ 0`` minimising ``‖P(c·image) − target‖``, ``P = [target ≠ 0]``,
-    shaped to broadcast over a tensor whose first axis is the batch (0 where ``P·image = 0``)."""
+    shaped to broadcast over a tensor whose first axis is the batch (0 where ``P·image = 0``).
+    Computed in float64: ``‖image‖²`` of a float32 signal from a large pattern overflows (a
+    pattern × 1e20 made an all-zero map)."""
+    image, target = image.double(), target.double()
     image = torch.where(target != 0, image, torch.zeros_like(image))
     numerator = (image * target).reshape(len(target), -1).sum(1)
     denominator = image.square().reshape(len(target), -1).sum(1)

@@ -165,3 +165,21 @@ def test_analysis_changes_nothing_in_the_model():
                                   for p in model.parameters())
     for name, p in model.state_dict().items():
         assert torch.equal(p, before[name])
+
+
+def test_patternnet_does_not_depend_on_a_patterns_scale_in_float32():
+    # each layer's signal is scaled by least squares to reproduce its output signal, so a
+    # pattern multiplied by any factor gives the same map; at 1e20 the float32 squares of
+    # the signal overflowed (the map was all zeros)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    x = torch.randn(16, 4)
+    patterns = PatternComputer(model, "relu").fit([x], progress=False)
+    # (scale_check off: a sample whose hidden units are all 0 has no scale to check against)
+    expected = lx.create_analyzer("pattern.net", model, patterns=patterns,
+                                  scale_check="off").analyze(x)
+    scaled = {**patterns, "2": patterns["2"] * 1e20}
+    result = lx.create_analyzer("pattern.net", model, patterns=scaled,
+                                scale_check="off").analyze(x)
+    assert float(expected.abs().max()) > 0
+    torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-6)

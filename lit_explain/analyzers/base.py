@@ -53,8 +53,10 @@ _model_locks_guard = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock held while ``model`` is analysed: reentrant, as an analysis may run another
-    analysis of the same model."""
+    """The lock held while ``model`` is analysed: reentrant, so that the thread that holds it
+    may start another analysis of the model (the gradient family's, from a forward hook of a
+    gradient analysis, works). Not from inside a rule-based analysis' forward pass: its rules
+    would see the inner analysis' operations (that raises ``NotAnalyzableModelError``)."""
     with _model_locks_guard:
         return _model_locks.setdefault(model, threading.RLock())
 

@@ -220,8 +220,10 @@ class ReverseRecorder:
 
     def _on_output(self, key: str, relevance: Tensor) -> None:
         self._check(key, relevance, "output")
-        if self.options.keep_tensors:
-            self.outputs[key] = relevance.detach()
+        if self.options.keep_tensors:  # (a layer whose output several uses observe, as a
+            # merged BatchNorm and a skip connection: the relevance of all of them)
+            kept = self.outputs.get(key)
+            self.outputs[key] = relevance.detach() if kept is None else kept + relevance.detach()
 
     def _on_input(self, key: str, relevance: Tensor) -> Tensor | None:
         self._check(key, relevance, "input")

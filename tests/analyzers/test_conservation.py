@@ -103,3 +103,32 @@ def test_the_report_measures_the_rules_not_the_rescaling_diagnostics(options):
     report = lx.conservation_report(lx.create_analyzer("lrp.z_IB", net.double(), **options), x)
     torch.testing.assert_close(report.absorbed, torch.zeros(2, dtype=torch.float64),
                                atol=1e-12, rtol=0)
+
+
+class _MergedAndSkipped(nn.Module):
+    """A convolution's output used by a BatchNorm (merged with it) and by a skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 2 * 4 * 4, 3, bias=False)
+        self.conv.bias = None
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.3, 0.3)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        t = self.conv(x)
+        return self.fc(torch.cat([torch.relu(self.bn(t)), torch.relu(t)], 1).flatten(1))
+
+
+def test_a_layer_output_with_several_uses_keeps_the_relevance_of_all():
+    # lrp.z_IB conserves on every layer without a bias: the conv's rows must show nothing
+    # absorbed (its output relevance is what both uses send it; the merged BatchNorm's shift
+    # is a bias of the fused layer and absorbs its share there)
+    torch.manual_seed(11)
+    model = _MergedAndSkipped().double().eval()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    report = lx.conservation_report(lx.create_analyzer("lrp.z_IB", model), x)
+    rows = sum(layer.absorbed for layer in report.layers.values())
+    torch.testing.assert_close(rows, report.absorbed)

@@ -26,9 +26,10 @@ from ..analyzers.validation import check_choice, check_positive_int
 from ..patterns import PATTERN_TYPES, CollectionHandle, PatternComputer
 
 SOURCES = ("train", "val")
-#: ``every_n_batches`` by source when not given: a tenth of the training batches keeps the
-#: training-step overhead under 10% on the demo (7-9%, benchmarks/patterns.py); validation
-#: is collected whole, so that its patterns are the exact fit.
+#: ``every_n_batches`` by source when not given: a tenth of the training batches bounds the
+#: training-step overhead on the demo (see docs/patterns.md for the measured share,
+#: benchmarks/patterns.py); validation is collected whole, so that its patterns are the
+#: exact fit.
 DEFAULT_EVERY_N_BATCHES = {"train": 10, "val": 1}
 
 

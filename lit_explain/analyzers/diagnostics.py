@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .kinds import ALL_KINDS, BATCH_NORM, KERNEL, NORMALIZATION, SOFTMAX, WEIGHT_PRODUCT
 from .operations import Handler, OperationCall
-from .validation import check_bool
+from .validation import check_bool, is_finite_number
 
 #: The operation kinds whose input and output are observed: the layers, and the
 #: transformer operations whose rules absorb relevance (a LayerNorm's bias, AttnLRP's
@@ -82,11 +82,10 @@ class ReverseOptions:
         clip = self.clip_values
         if clip is not None:
             valid = (isinstance(clip, (tuple, list)) and len(clip) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip)
-                and clip[0] < clip[1])
+                is_finite_number(v) for v in clip) and clip[0] < clip[1])
             if not valid:
                 raise ValueError(f"reverse_clip_values={clip!r} is not valid; expected None or "
-                                 f"(low, high) with low < high")
+                                 f"(low, high): two finite numbers (not tensors) with low < high")
             object.__setattr__(self, "clip_values", (float(clip[0]), float(clip[1])))
 
     @property

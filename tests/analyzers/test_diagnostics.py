@@ -182,3 +182,31 @@ def test_every_rule_based_analyzer_takes_the_options():
     rule_based += ["deconvnet", "guided_backprop", "input_t_gradient"]
     for name in rule_based:
         assert options <= set(parameters_of(lx.analyzers[name])), name
+
+
+@pytest.mark.parametrize("clip", [(0.01, 0.2), (-0.2, -0.01)])
+def test_a_clip_range_without_zero_reaches_the_layers_below_dead_units_too(clip):
+    # clipping gives relevance where an activation is 0 (a dead ReLU): the map is the one of
+    # relevance carried as itself, whatever the rules would otherwise allow
+    from lit_explain.analyzers.lrp.rules import Flow
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    analyzer = lx.create_analyzer("lrp.z", model, reverse_clip_values=clip)
+    absolute = lx.create_analyzer("lrp.z", model, reverse_clip_values=clip)
+    absolute.flow = Flow()
+    torch.testing.assert_close(analyzer.analyze(x), absolute.analyze(x))
+
+
+def test_clip_values_take_numpy_numbers_and_bounds_refuse_bools():
+    import numpy as np
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    analyzer = lx.create_analyzer("lrp.z", model,
+                                  reverse_clip_values=(np.float32(-1), np.float64(1)))
+    assert analyzer.reverse.clip_values == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="two finite numbers"):
+        lx.create_analyzer("lrp.z", model, reverse_clip_values=(torch.tensor(0.0), 1.0))
+    with pytest.raises(TypeError, match=r"input_layer_rule=\(True, 2\) is not a rule"):
+        lx.create_analyzer("lrp.epsilon", model, input_layer_rule=(True, 2))

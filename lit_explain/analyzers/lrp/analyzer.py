@@ -180,7 +180,11 @@ class LRP(Analyzer):
             bn_layer_rule, "bn_layer_rule")
         # Relevance per unit of input where every rule allows it: cheaper, same result.
         proportional = all(r.proportional for r in [*self.rules.rules(), self.bn_layer_rule])
-        self.flow = RelativeFlow() if proportional else Flow()
+        # (a clip range without 0 gives relevance where a tensor is 0, which relevance per
+        # unit of that tensor cannot carry)
+        clip = self.reverse.clip_values
+        moves_zero = clip is not None and not clip[0] <= 0 <= clip[1]
+        self.flow = RelativeFlow() if proportional and not moves_zero else Flow()
 
     def _kernel(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
         weight_index = call.weight_index

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import NotAnalyzableModelError
 from ..operations import OperationCall
+from ..validation import is_finite_number
 from .rules import RULES, AlphaBetaRule, BoundedRule, EpsilonRule, FlatRule, Rule
 
 Condition = Callable[[OperationCall], bool] | type[nn.Module]
@@ -61,8 +62,7 @@ def to_rule(spec: Any, name: str = "rule") -> Rule:
         if spec not in RULES:
             raise ValueError(f"{name}={spec!r} is not a rule name; valid names: {sorted(RULES)}")
         return RULES[spec]
-    if isinstance(spec, tuple) and len(spec) == 2 and all(
-            isinstance(v, (int, float)) for v in spec):
+    if isinstance(spec, tuple) and len(spec) == 2 and all(is_finite_number(v) for v in spec):
         low, high = spec
         return BoundedRule(float(low), float(high))
     raise TypeError(f"{name}={spec!r} is not a rule: give a rule name ({sorted(RULES)}), a "

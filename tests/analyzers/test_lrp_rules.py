@@ -6,6 +6,8 @@ and bias ``b``; each rule's explicit form is in ``lrp_reference``.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -488,3 +490,18 @@ def test_safe_division_treats_zero_and_subnormal_denominators_alike(dtype):
     expected = torch.tensor([SAFE_EPSILON] * 4 + [tiny, -2.0], dtype=dtype)
     torch.testing.assert_close(safe(z), expected, rtol=0, atol=0)
     assert bool(torch.isfinite(safe(z).reciprocal()).all())
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("deep_taylor.bounded", {"low": -3, "high": 3}),
+                                              ("lrp.sequential_preset_a_flat", {})])
+def test_an_input_layer_rule_that_applies_nowhere_is_said_once(name, kwargs):
+    torch.manual_seed(0)
+    first = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 2))
+    model = nn.Sequential(nn.BatchNorm2d(1), first).eval()  # a BatchNorm takes the input
+    analyzer = lx.create_analyzer(name, model, **kwargs)
+    with pytest.warns(UserWarning, match="no kernel layer receives the model input"):
+        analyzer.analyze(torch.rand(2, 1, 5, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        analyzer.analyze(torch.rand(2, 1, 5, 5))  # once per analyzer
+        lx.create_analyzer(name, first.eval(), **kwargs).analyze(torch.rand(2, 1, 5, 5))

@@ -27,6 +27,7 @@ Per operation kind:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -172,6 +173,8 @@ class LRP(Analyzer):
         self.canonize = canonize
         self.attention_rule = attention_rule
         self._softmax_outputs: dict[int, tuple[Tensor, str]] = {}
+        self._input_layer_seen = False  # whether an analysis met an input layer
+        self._warned_no_input_layer = False
         if rule is None:
             raise ValueError("lrp needs rule=: a rule name, a Rule, a list of them or a list "
                              "of (condition, rule) pairs")
@@ -187,6 +190,7 @@ class LRP(Analyzer):
         self.flow = RelativeFlow() if proportional and not moves_zero else Flow()
 
     def _kernel(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
+        self._input_layer_seen = self._input_layer_seen or call.is_input_layer
         weight_index = call.weight_index
         given = (call.inputs[0] if weight_index is not None
                  else call.args[0] if call.args else call.kwargs["input"])
@@ -244,13 +248,29 @@ class LRP(Analyzer):
             passthrough = PASSTHROUGH
         handlers.update(self._transformer_handlers(handlers.get(RELU, OperationCall.run)))
         boundary = self.flow.boundary if self.flow.relative else None
+        self._input_layer_seen = False
         try:
-            return self._backward(x, self.selector(neuron_selection), handlers, passthrough,
-                                  prepare=outputs.prepare, input_boundary=boundary,
-                                  self_observed=frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM}))
+            result = self._backward(x, self.selector(neuron_selection), handlers, passthrough,
+                                    prepare=outputs.prepare, input_boundary=boundary,
+                                    self_observed=frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM}))
+            self._warn_if_no_input_layer()
+            return result
         finally:
             self._softmax_outputs = {}
             outputs.deferred.clear()  # an output the model keeps (a feature cache) holds none
+
+    def _warn_if_no_input_layer(self) -> None:
+        """Warn once where an input layer rule was asked for and no kernel layer got it."""
+        if self.rules.input_layer_rule is None or self._input_layer_seen or \
+                self._warned_no_input_layer:
+            return
+        self._warned_no_input_layer = True
+        warnings.warn(
+            f"{self.name or type(self).__name__}: no kernel layer receives the model input "
+            f"through reshapes and elementwise operations with constants (an operation such "
+            f"as a BatchNorm comes first), so the input layer rule "
+            f"{type(self.rules.input_layer_rule).__name__} applies nowhere and the map is "
+            f"that of the other rules", UserWarning, stacklevel=4)
 
     def _why_no_path(self) -> str:
         if self.attention_rule == "cp":

@@ -32,7 +32,9 @@ def check_positive_int(name: str, value: Any) -> None:
 
 def check_seed(value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is an integer seed a torch generator takes."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value not in SEEDS:
+    # (int() first: `in range` walks the whole range for a numpy integer)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+            int(value) not in SEEDS:
         raise ValueError(f"seed={value!r} is not valid; expected an integer from -2**63 to "
                          f"2**64 - 1")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -245,10 +245,10 @@ class ExplainCallback(Callback):
         self.every_n_epochs = every_n_epochs
         for option, key in (("input_key", input_key), ("target_key", target_key),
                             ("mask_key", mask_key)):
-            if not (isinstance(key, (int, str)) and not isinstance(key, bool)) and not (
-                    key is None and option != "input_key"):
+            if isinstance(key, (bool, float)) or not isinstance(key, Hashable) or (
+                    key is None and option == "input_key"):
                 raise TypeError(f"{option}={key!r} is not valid; give a tuple index (int) or "
-                                f"a mapping key (str) of the batch"
+                                f"a mapping key (such as a str) of the batch"
                                 + ("" if option == "input_key" else ", or None"))
         self.input_key = input_key
         self.target_key = target_key
@@ -773,10 +773,13 @@ class ExplainCallback(Callback):
 
 
 def _names(option: str, names: Any) -> list[str] | None:
-    """``names`` (class or token names) as a list of strings; a string or a non-iterable is
+    """``names`` (class or token names) as a list of strings, a mapping of ids to names as
+    the list (an id it leaves out named by its number); a string or a non-iterable is
     refused naming the option."""
     if names is None:
         return None
+    if isinstance(names, Mapping) and all(isinstance(k, int) and k >= 0 for k in names):
+        return [str(names.get(i, i)) for i in range(max(names, default=-1) + 1)]
     if isinstance(names, str) or not isinstance(names, Iterable):
         raise TypeError(f"{option}={names!r} is not valid; give a list of names (strings), "
                         f"one per class or token id, or None")

@@ -231,3 +231,19 @@ def test_explains_on_the_device_and_in_the_precision_the_model_trains_in(tmp_pat
         expected = lx.create_analyzer(name, model).analyze(inputs).cpu()
         assert callback.drift.previous[name].dtype == torch.float32
         torch.testing.assert_close(callback.drift.previous[name], expected)
+
+
+def test_numpy_numbers_hashable_keys_and_name_mappings_are_accepted():
+    import enum
+
+    import numpy as np
+
+    class Part(enum.Enum):
+        IMAGE = "image"
+
+    callback = lx.ExplainCallback(seed=np.int64(3), input_key=np.int64(0), target_key=Part.IMAGE,
+                                  class_names={0: "zero", 2: "two"})
+    assert callback.probe.seed == 3
+    assert callback.class_names == ["zero", "1", "two"]
+    analyzer = lx.create_analyzer("smoothgrad", torch.nn.Linear(3, 2), seed=np.int64(3))
+    assert analyzer.generators.seed == 3

@@ -148,6 +148,10 @@ def max_pool_rule(call: OperationCall) -> Tensor:
         return call.run()
     output, winners = _pool_with_winners(call)
     values = output if isinstance(output, Tensor) else output[0]  # torch.max: (values, indices)
+    if values.dim() == 0:  # the maximum of the whole batch: of the input and the reference
+        # together, no difference of either; a value without a gradient (combined with a
+        # differentiable tensor it is refused, read into Python the batch check sees it)
+        return output.detach() if isinstance(output, Tensor) else output
     (delta_in, same), delta_out = _differences(source), _differences(values)[0]
 
     def to_winners(grad: Tensor) -> Tensor:  # max-pooling's own backward

@@ -803,3 +803,32 @@ def test_a_forward_that_differs_each_run_is_refused_naming_the_operation(name):
     torch.manual_seed(0)
     with pytest.raises(lx.NotAnalyzableModelError, match="part at .*dropout"):
         lx.create_analyzer(name, _MonteCarloDropout().eval()).analyze(torch.rand(8, 4))
+
+
+class _GlobalMaximum(nn.Module):
+    """Reads the maximum of the whole batch into Python, or (``scale``) multiplies by it."""
+
+    def __init__(self, scale: bool) -> None:
+        super().__init__()
+        self.scale = scale
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        if self.scale:
+            h = h * x.abs().max()
+        elif x.abs().max().item() > 100.0:  # never here
+            h = 2 * h
+        return self.fc2(h)
+
+
+def test_deep_lift_reads_a_whole_batch_maximum_and_refuses_to_scale_by_it():
+    torch.manual_seed(0)
+    x = torch.rand(3, 4, dtype=torch.float64)
+    model = _GlobalMaximum(scale=False).double().eval()
+    result = lx.create_analyzer("deep_lift", model).analyze(x)
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x))).gather(1, model(x).argmax(1, True))
+    torch.testing.assert_close(result.sum(1, keepdim=True), delta)
+    with pytest.raises(lx.NotAnalyzableModelError):
+        lx.create_analyzer("deep_lift", _GlobalMaximum(scale=True).double().eval()).analyze(x)

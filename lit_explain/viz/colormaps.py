@@ -202,6 +202,19 @@ def _back(Y: Tensor, was_numpy: bool) -> ArrayLike:
     return Y.detach().cpu().numpy().astype(np.float32) if was_numpy else Y
 
 
+def check_scale(option: str, scale: Any, n: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``scale`` is a finite number above 0, or several (with
+    ``n``: one, or one per sample of ``n``)."""
+    values = torch.as_tensor(scale.detach().cpu() if isinstance(scale, Tensor)
+                             else np.asarray(scale, dtype=np.float64), dtype=torch.float64)
+    if n is not None and (values.ndim > 1 or (values.ndim == 1 and len(values) not in (1, n))):
+        raise ValueError(f"{option} has shape {tuple(values.shape)}; give one number or one "
+                         f"per sample ({n})")
+    if not bool((torch.isfinite(values) & (values > 0)).all()):
+        raise ValueError(f"{option}={scale!r} is not valid; a scale must be a finite number "
+                         f"above 0")
+
+
 def _per_sample(value: Any, X: Tensor) -> Tensor:
     """A scalar or per-sample ``(N,)`` value, shaped to broadcast against ``X``."""
     if isinstance(value, np.ndarray):
@@ -342,10 +355,7 @@ def heatmap(
     elif T.ndim >= 4 and reduce_axis is not None:
         T = _reduce(T, reduce_op, reduce_axis)
     if shared_absmax is not None:
-        scale = _per_sample(shared_absmax, T)
-        if not bool((torch.isfinite(scale) & (scale > 0)).all()):
-            raise ValueError(f"shared_absmax={shared_absmax!r} is not valid; a scale must be "
-                             f"a finite number above 0 (or one per sample)")
+        check_scale("shared_absmax", shared_absmax)
         absmax = shared_absmax
     elif normalize:
         absmax = None

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._canvas import WHITE, canvas, fill_rect, outline_rect, paste, paste_column, upscale
-from .colormaps import Colormap, _reduce, get_cmap, heatmap, project
+from .colormaps import Colormap, _reduce, check_scale, get_cmap, heatmap, project
 from .font import LINE_HEIGHT, draw_text, line_height, text_width
 
 __all__ = ["colorbar_ticks", "explanation_grid", "robust_absmax"]
@@ -75,9 +75,9 @@ def colorbar_ticks(absmax: float | None, one_sided: bool) -> list[tuple[float, s
     (each map scaled by its own maximum): the same ticks relative to that maximum,
     ``-1 ... 1``.
     """
+    if absmax is not None:
+        check_scale("absmax", absmax)
     a = 1.0 if absmax is None else float(absmax)
-    if not (math.isfinite(a) and a > 0):
-        raise ValueError(f"absmax={absmax!r} is not valid; a scale is a finite number above 0")
     fractions = (0.0, 0.5, 1.0) if one_sided else (0.0, 0.25, 0.5, 0.75, 1.0)
     ticks = []
     for f in fractions:
@@ -178,20 +178,6 @@ def _minmax(x: Tensor, dims: tuple[int, ...]) -> Tensor:
 
 def _scale_for(name: str, absmax: Scale) -> float | Tensor | None:
     return absmax.get(name) if isinstance(absmax, Mapping) else absmax
-
-
-def _check_scale(name: str, scale: object, n: int) -> None:
-    """Refuse a fixed heatmap scale that is not positive and finite, or not one per sample."""
-    if scale is None:
-        return
-    values = torch.as_tensor(np.asarray(scale, dtype=np.float64) if not isinstance(
-        scale, Tensor) else scale.detach().cpu().double())
-    if values.ndim > 1 or (values.ndim == 1 and len(values) not in (1, n)):
-        raise ValueError(f"absmax for map {name!r} has shape {tuple(values.shape)}; give one "
-                         f"number or one per sample ({n})")
-    if not bool((torch.isfinite(values) & (values > 0)).all()):
-        raise ValueError(f"absmax for map {name!r} is {scale!r}; a scale must be a finite "
-                         f"number above 0")
 
 
 def _scalar(v: object) -> float | None:
@@ -585,7 +571,8 @@ def explanation_grid(
             raise ValueError(f"absmax={absmax!r} is not valid; give numbers or 'shared'")
         absmax = {n: robust_absmax(_channel_reduced(kind, t, reduce_op)) for n, t in ms.items()}
     for n in ms:
-        _check_scale(n, _scale_for(n, absmax), N)
+        if _scale_for(n, absmax) is not None:
+            check_scale(f"absmax for map {n!r}", _scale_for(n, absmax), N)
     if isinstance(cmap, Mapping) and set(ms) - set(cmap):
         raise ValueError(f"cmap= has no colour map for the maps {sorted(set(ms) - set(cmap))}; "
                          f"give one per map (it has {sorted(cmap)}) or one for all")

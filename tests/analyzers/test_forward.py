@@ -761,6 +761,14 @@ def test_the_forward_check_of_a_model_that_cannot_run_one_sample_compares_the_ba
         torch.testing.assert_close(result[i:i + 1], alone)
 
 
+def assert_sums_to_delta(model: nn.Module, x: torch.Tensor) -> None:
+    """DeepLIFT's map of ``x`` (zero reference) sums to the top logit's difference."""
+    result = lx.create_analyzer("deep_lift", model).analyze(x)
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x))).gather(1, model(x).argmax(1, True))
+    torch.testing.assert_close(result.sum(1, keepdim=True), delta)
+
+
 class _BranchOnTheBatch(nn.Module):
     """Reads a value of the whole batch: ``threshold`` decides whether the branch differs
     between the input alone and the input stacked with a zero reference."""
@@ -782,11 +790,7 @@ def test_deep_lift_refuses_a_model_whose_branch_depends_on_the_stacked_batch():
     x = torch.rand(3, 4, dtype=torch.float64) + 1.0  # mean ≈ 1.5, [x; 0] ≈ 0.75
     with pytest.raises(lx.NotAnalyzableModelError, match="reads tensor values"):
         lx.create_analyzer("deep_lift", _BranchOnTheBatch(1.0).double().eval()).analyze(x)
-    model = _BranchOnTheBatch(100.0).double().eval()  # the same branch either way
-    result = lx.create_analyzer("deep_lift", model).analyze(x)
-    with torch.no_grad():
-        delta = (model(x) - model(torch.zeros_like(x))).gather(1, model(x).argmax(1, True))
-    torch.testing.assert_close(result.sum(1, keepdim=True), delta)
+    assert_sums_to_delta(_BranchOnTheBatch(100.0).double().eval(), x)  # one branch either way
 
 
 class _MonteCarloDropout(nn.Module):
@@ -825,10 +829,6 @@ class _GlobalMaximum(nn.Module):
 def test_deep_lift_reads_a_whole_batch_maximum_and_refuses_to_scale_by_it():
     torch.manual_seed(0)
     x = torch.rand(3, 4, dtype=torch.float64)
-    model = _GlobalMaximum(scale=False).double().eval()
-    result = lx.create_analyzer("deep_lift", model).analyze(x)
-    with torch.no_grad():
-        delta = (model(x) - model(torch.zeros_like(x))).gather(1, model(x).argmax(1, True))
-    torch.testing.assert_close(result.sum(1, keepdim=True), delta)
+    assert_sums_to_delta(_GlobalMaximum(scale=False).double().eval(), x)
     with pytest.raises(lx.NotAnalyzableModelError):
         lx.create_analyzer("deep_lift", _GlobalMaximum(scale=True).double().eval()).analyze(x)

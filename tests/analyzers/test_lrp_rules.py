@@ -34,7 +34,15 @@ from lit_explain.analyzers.lrp import (
     ZPlusRule,
     ZRule,
 )
-from lit_explain.analyzers.lrp.rules import SAFE_EPSILON, Flow, RelativeFlow, safe
+from lit_explain.analyzers.lrp import rules as rules_module
+from lit_explain.analyzers.lrp.rules import (
+    SAFE_EPSILON,
+    Flow,
+    RelativeFlow,
+    redistribute,
+    safe,
+    stacked_parts,
+)
 from lit_explain.demo.models import ResNetStyle
 
 RULES = [  # (rule, its explicit matrix form; "flat" needs the layer's connectivity)
@@ -505,3 +513,36 @@ def test_an_input_layer_rule_that_applies_nowhere_is_said_once(name, kwargs):
         warnings.simplefilter("error")
         analyzer.analyze(torch.rand(2, 1, 5, 5))  # once per analyzer
         lx.create_analyzer(name, first.eval(), **kwargs).analyze(torch.rand(2, 1, 5, 5))
+
+
+def test_terms_that_tile_one_stacked_tensor_get_its_gradient_directly():
+    """The αβ rules' parts made by one call (``AffineLayer.parts``) are parts of one tensor:
+    the incoming gradient times each factor reaches that tensor as the concatenation of the
+    products, as it reaches separate terms."""
+    torch.manual_seed(0)
+    source = torch.randn(2, 4, 5, requires_grad=True)
+    stacked = source * 2.0
+    plus, minus = stacked.chunk(2, dim=1)
+    value = torch.randn(2, 2, 5)
+    factors = [torch.randn(2, 2, 5), -0.5]
+    found, axis = stacked_parts([plus, minus])
+    assert found is stacked and axis == 1
+    grad = torch.randn(2, 2, 5)
+    (got,) = torch.autograd.grad(redistribute([plus, minus], value, factors), source, grad)
+    expected = 2.0 * torch.cat([grad * factors[0], grad * factors[1]], 1)
+    torch.testing.assert_close(got, expected)
+    # parts out of order, with a gap, or of two tensors are separate terms
+    assert stacked_parts([minus, plus]) is None
+    assert stacked_parts([stacked[:, :1], stacked[:, 2:3]]) is None
+    assert stacked_parts([plus, (source * 2.0)[:, 2:]]) is None
+
+
+@pytest.mark.parametrize("name", ["lrp.alpha_2_beta_1", "lrp.sequential_preset_b"])
+def test_stacked_parts_give_the_maps_of_separate_terms(name, monkeypatch):
+    torch.manual_seed(0)
+    model = ResNetStyle().eval()
+    x = torch.randn(2, 3, 32, 32)
+    stacked = lx.create_analyzer(name, model).analyze(x)
+    monkeypatch.setattr(rules_module, "stacked_parts", lambda terms: None)
+    separate = lx.create_analyzer(name, model).analyze(x)
+    torch.testing.assert_close(stacked, separate, rtol=1e-5, atol=1e-7)

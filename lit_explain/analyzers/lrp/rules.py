@@ -73,9 +73,55 @@ class _Redistribute(torch.autograd.Function):
         return (None, None, *(grad * factor for factor in ctx.factors))
 
 
+class _RedistributeStacked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value: Tensor, factors: list, axis: int, stacked: Tensor,
+                sizes: list[int]) -> Tensor:
+        ctx.factors, ctx.axis, ctx.sizes = factors, axis, sizes
+        ctx.shape, ctx.strides = stacked.shape, stacked.stride()
+        return value.detach()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # g ⊙ factor written into each part of the stacked tensor's gradient: the parts' own
+        # gradients would be concatenated into it, one more pass over all of it
+        stacked = torch.empty_strided(ctx.shape, ctx.strides, dtype=grad.dtype,
+                                      device=grad.device)
+        for part, factor in zip(stacked.split(ctx.sizes, ctx.axis), ctx.factors, strict=True):
+            torch.mul(grad, factor, out=part)
+        return None, None, None, stacked, None
+
+
+def stacked_parts(terms: list[Tensor]) -> tuple[Tensor, int] | None:
+    """``(stacked, axis)`` where ``terms`` are views of one tensor that tile it along
+    ``axis`` in order (the parts :meth:`~.layers.AffineLayer.parts` makes by one call)."""
+    stacked = terms[0]._base
+    if stacked is None or any(t._base is not stacked or t.dim() != stacked.dim()
+                              for t in terms):
+        return None
+    strides, shape = stacked.stride(), stacked.shape
+    for axis in range(stacked.dim()):
+        if sum(t.shape[axis] for t in terms) != shape[axis]:
+            continue
+        offset = stacked.storage_offset()
+        for t in terms:
+            if t.stride() != strides or t.storage_offset() != offset or any(
+                    t.shape[d] != shape[d] for d in range(len(shape)) if d != axis):
+                break
+            offset += t.shape[axis] * strides[axis]
+        else:
+            return stacked, axis
+    return None
+
+
 def redistribute(terms: list[Tensor], value: Tensor, factors: list[Tensor | float]) -> Tensor:
     """``value`` forward; backward, the incoming gradient ``g`` enters the graph of each
-    ``terms[k]`` as ``g ⊙ factors[k]``."""
+    ``terms[k]`` as ``g ⊙ factors[k]`` (where the terms are the parts of one stacked
+    tensor, into that tensor's graph directly)."""
+    stacked = stacked_parts(terms) if len(terms) > 1 else None
+    if stacked is not None:
+        return _RedistributeStacked.apply(value.detach(), factors, stacked[1], stacked[0],
+                                          [t.shape[stacked[1]] for t in terms])
     return _Redistribute.apply(value.detach(), factors, *terms)
 
 

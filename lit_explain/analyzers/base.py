@@ -8,12 +8,14 @@ import os
 import threading
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 
 from ..precision import full_precision
 from .diagnostics import OUTPUT_KEY, ReverseOptions, ReverseRecorder, project
@@ -69,9 +71,13 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     ``.grad`` can be touched and no weight gradient is computed), grad enabled, inference
     mode off, autocast off (:mod:`~lit_explain.precision`) and activation checkpoints run
     directly (see :mod:`.forward`; a rule-based forward pass also runs compiled submodules
-    eagerly, see :meth:`Analyzer._forward`). On exit every module's train
-    flag and every parameter's ``requires_grad`` are put back as they were, also when the
-    analysis raises.
+    eagerly, see :meth:`Analyzer._forward`). The modules' backward hooks
+    (``register_full_backward_hook``, ``register_full_backward_pre_hook``,
+    ``register_backward_hook``) are set aside: they observe or change the gradients of
+    training (a Grad-CAM extractor, gradient logging), and an analysis' backward pass is
+    none (its gradients would reach them, and a hook that changes them would change the
+    map). On exit every module's train flag, backward hooks and every parameter's
+    ``requires_grad`` are put back as they were, also when the analysis raises.
 
     Analyses of one model are serialised: the context holds the model's lock
     (:func:`model_lock`) from before it switches the flags until after it has put them back,
@@ -84,11 +90,16 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
         training = [module for module in modules if module.training]
         requires_grad = [param for module in modules for param in module._parameters.values()
                          if param is not None and param.requires_grad]
+        backward_hooks = [(module, module._backward_hooks, module._backward_pre_hooks)
+                          for module in modules
+                          if module._backward_hooks or module._backward_pre_hooks]
         try:
             if training:
                 model.eval()  # through train(False), which a module may override
             for param in requires_grad:
                 param.requires_grad_(False)
+            for module, _, _ in backward_hooks:  # (their handles hold the dicts: put back)
+                module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
             with torch.inference_mode(False), torch.enable_grad(), full_precision(), \
                     without_checkpointing():
                 yield
@@ -97,6 +108,8 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
                 module.training = True
             for param in requires_grad:
                 param.requires_grad_(True)
+            for module, hooks, pre_hooks in backward_hooks:
+                module._backward_hooks, module._backward_pre_hooks = hooks, pre_hooks
 
 
 class Analyzer:
@@ -462,6 +475,14 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                 f"methods (gradient, input_t_gradient, smoothgrad, integrated_gradients) "
                 f"work in {x.dtype}.")
 
+        if module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks:
+            raise NotAnalyzableModelError(
+                "a global module backward hook is registered (torch.nn.modules.module."
+                "register_module_full_backward_hook or _pre_hook): it wraps the output of every "
+                "module in a function of its own, which the rules cannot see through, and would "
+                "receive their relevance as gradients. Remove it while a rule-based analyzer "
+                "runs (module hooks of the model itself are set aside), or use a gradient "
+                "method (gradient, input_t_gradient, smoothgrad, integrated_gradients).")
         reads_values = False
 
         def analysed(inputs: Tensor, record: list | None = None) -> Tensor:

@@ -36,7 +36,8 @@ STRUCTURE = "structure"  # reshapes, selections, concatenation, padding, dropout
 ACTIVATION = "activation"  # elementwise non-linearities other than ReLU
 SOFTMAX = "softmax"
 PRODUCT = "product"  # products of two differentiable tensors (attention, gating)
-#: LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: a normalisation by a statistic of the input
+#: LayerNorm, RMSNorm, GroupNorm, InstanceNorm, ``F.normalize``: a normalisation by a statistic
+#: of the input (or by running statistics)
 NORMALIZATION = "normalization"
 #: A spread of a tensor along dimensions (``var``, ``std``, ``norm``): what a normalisation
 #: written out by hand divides by
@@ -72,7 +73,10 @@ _register(BATCH_NORM, F.batch_norm)
 _register(RELU, F.relu, F.relu_, torch.relu, torch.relu_, Tensor_.relu, Tensor_.relu_)
 _register(MAX_POOL, F.max_pool1d, F.max_pool2d, F.max_pool3d,
           torch.max_pool1d, torch.max_pool2d, torch.max_pool3d, F.adaptive_max_pool1d,
-          F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.amax, Tensor_.amax)
+          F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.amax, Tensor_.amax,
+          F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices,
+          F.adaptive_max_pool1d_with_indices, F.adaptive_max_pool2d_with_indices,
+          F.adaptive_max_pool3d_with_indices)
 _register(LINEAR, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
           F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.add, Tensor_.add, Tensor_.add_,
           Tensor_.__add__, Tensor_.__iadd__, Tensor_.__radd__, torch.sub, Tensor_.sub,
@@ -93,7 +97,11 @@ _register(STRUCTURE, Tensor_.view, Tensor_.view_as, Tensor_.reshape, Tensor_.res
           Tensor_.repeat, Tensor_.repeat_interleave, torch.repeat_interleave, torch.unbind,
           Tensor_.unbind, Tensor_.narrow, torch.narrow, torch.t, Tensor_.t, torch.movedim,
           Tensor_.movedim, Tensor_.swapaxes, torch.swapaxes, Tensor_.T.__get__,
-          Tensor_.mT.__get__)
+          Tensor_.mT.__get__, F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle,
+          torch.pixel_unshuffle, torch.roll, Tensor_.roll, torch.flip, Tensor_.flip,
+          torch.fliplr, Tensor_.fliplr, torch.flipud, Tensor_.flipud, torch.rot90,
+          Tensor_.rot90, torch.index_select, Tensor_.index_select, torch.tile, Tensor_.tile,
+          F.max_unpool1d, F.max_unpool2d, F.max_unpool3d)
 _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.tanh,
           Tensor_.tanh, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
           F.hardtanh, F.relu6, F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
@@ -110,7 +118,7 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
           Tensor_.rsqrt)
 _register(SOFTMAX, F.softmax, torch.softmax, Tensor_.softmax, F.log_softmax, torch.log_softmax,
           Tensor_.log_softmax)
-_register(NORMALIZATION, F.layer_norm, F.group_norm, F.rms_norm, F.normalize)
+_register(NORMALIZATION, F.layer_norm, F.group_norm, F.rms_norm, F.normalize, F.instance_norm)
 _register(STATISTIC, torch.var, Tensor_.var, torch.std, Tensor_.std, torch.norm, Tensor_.norm,
           torch.linalg.vector_norm)
 _register(ATTENTION, *DECOMPOSITIONS)
@@ -173,6 +181,11 @@ QUERIES = frozenset({
     Tensor_.nelement, Tensor_.stride, Tensor_.element_size, Tensor_.is_contiguous,
     Tensor_.is_floating_point, torch.is_floating_point, Tensor_.is_complex, torch.is_complex,
     Tensor_.get_device, Tensor_.data_ptr, torch.numel})
+
+#: Gradient hooks a forward pass may register on a tensor (``h.register_hook(...)``, also
+#: from a module's forward hook, as Grad-CAM extractors do): not registered during a
+#: rule-based analysis, whose rules define the backward pass (see :mod:`.operations`).
+GRADIENT_HOOKS = frozenset({Tensor_.register_hook})
 
 #: Calls that turn tensor values into Python values, with which a forward pass can choose
 #: what to compute (``if x.sum() > 0:``), or whose output's shape depends on the values

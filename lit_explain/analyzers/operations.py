@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from torch.nn.modules.module import (
     register_module_forward_pre_hook,
 )
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
@@ -37,6 +39,7 @@ from .kinds import (
     ELEMENTWISE_AFFINE,
     ELEMENTWISE_PRODUCTS,
     ELEMENTWISE_SCALINGS,
+    GRADIENT_HOOKS,
     INPUT_PREPROCESSING,
     KERNEL,
     LINEAR,
@@ -259,7 +262,9 @@ class OperationRules(TorchFunctionMode):
     ``STATISTIC`` handler (LRP), a statistic that scales another tensor in an elementwise
     product or quotient (a normalisation written out by hand) is held constant there.
 
-    In-place operations keep their meaning: the tensor the model holds is the one that
+    Gradient hooks the forward pass registers on tensors (``Tensor.register_hook``) are not
+    registered: the rules define the backward pass, and such a hook would receive (or change)
+    relevance. In-place operations keep their meaning: the tensor the model holds is the one that
     changes. Kinds that pass run in place as written; for a kind with a handler, the
     handler gets the out-of-place twin of the call on a copy of the target, and its result
     is written back into the target (``target.copy_(result)``), whose gradient then flows
@@ -294,6 +299,8 @@ class OperationRules(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in QUERIES:
             return func(*args, **kwargs)
+        if func in GRADIENT_HOOKS:  # its gradient would be the rules' relevance: not registered
+            return RemovableHandle(OrderedDict())
         model_args, tensors = args, tensors_in(args, kwargs)
         if not self.reads_values and reads_values(func, args, kwargs, tensors):
             self.reads_values = True

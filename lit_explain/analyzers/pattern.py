@@ -218,12 +218,14 @@ class _PatternBased(Analyzer):
         if not isinstance(patterns, Mapping):
             raise TypeError(f"patterns must be a dict of module path -> tensor (what "
                             f"PatternComputer.compute() returns), got {type(patterns).__name__}")
+        from ..patterns.layers import current_weight
+
         modules = dict(self.model.named_modules())
         for path, pattern in patterns.items():
             if not isinstance(pattern, Tensor):
                 raise TypeError(f"pattern {path!r} is {type(pattern).__name__}; patterns must "
                                 f"be tensors shaped like their module's weight")
-            weight = getattr(modules.get(path), "weight", None)
+            weight = current_weight(modules.get(path))
             if not isinstance(weight, Tensor):
                 raise ValueError(f"patterns has an entry {path!r}, which is not a module with "
                                  f"a weight in {type(self.model).__name__}; fit the patterns on "

@@ -33,6 +33,7 @@ from ..precision import full_precision
 from .layers import (
     KERNEL_LAYERS,
     batch_sums,
+    current_weight,
     is_batch_norm,
     kernel_layers,
     out_features,
@@ -86,7 +87,7 @@ class _KernelCalls(TorchFunctionMode):
             if made is output:
                 return weight, bias
         if not self.calls:
-            return module.weight, module.bias
+            return current_weight(module), module.bias
         raise ValueError(f"{type(module).__name__}'s output is not the output of one kernel "
                          f"call (it adds {len(self.calls)} calls, as a LoRA adapter does): "
                          f"it has no one weight to fit a pattern to. Fit patterns to the layers "
@@ -164,7 +165,7 @@ class PatternComputer:
                              f"nn.ConvNd, nn.ConvTransposeNd): there is nothing to fit "
                              f"patterns for")
         self.statistics: dict[str, LayerStatistics] = {
-            path: LayerStatistics.zeros(out_features(m), row_size(m), m.weight.device)
+            path: LayerStatistics.zeros(out_features(m), row_size(m), current_weight(m).device)
             for path, m in self.layers.items()}
         self._pending: dict[int, _Pending] = {}
         #: module path -> the kernel calls of its forward, while it runs (layers with a
@@ -271,7 +272,7 @@ class PatternComputer:
             calls.__exit__(None, None, None)
         if output is None:  # the forward raised
             return
-        weight, bias = (module.weight, module.bias) if calls is None else \
+        weight, bias = (current_weight(module), module.bias) if calls is None else \
             calls.weight_and_bias(module, output)
         if calls is not None:
             self._kernel_weights[path] = weight.detach()
@@ -335,7 +336,7 @@ class PatternComputer:
                     f"computer has not seen it run (its statistics were loaded or merged): "
                     f"collect one batch (update(x)) before computing the patterns")
             patterns[path] = rows_to_weight(module, statistics[path].pattern(
-                weight_rows(module, module.weight if weight is None else weight)))
+                weight_rows(module, current_weight(module) if weight is None else weight)))
         return patterns
 
     def synced_statistics(self) -> dict[str, LayerStatistics]:
@@ -349,7 +350,7 @@ class PatternComputer:
             return self.statistics
         paths = sorted(self.statistics)
         # the model's device: a layer that never ran on this rank still has CPU statistics
-        device = next(iter(self.layers.values())).weight.device
+        device = current_weight(next(iter(self.layers.values()))).device
         tensors = [t for p in paths for _, t in self.statistics[p].tensors()]
         with torch.inference_mode(False), torch.no_grad():
             flat = torch.cat([t.reshape(-1).to(device) for t in tensors])

@@ -23,10 +23,29 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_CONVOLUTIONS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 KERNEL_LAYERS = (nn.Linear, *CONVOLUTIONS, *TRANSPOSED_CONVOLUTIONS)
+
+
+def current_weight(module: nn.Module) -> Tensor | None:
+    """``module.weight`` (``None`` where it has none) read without side effects: a
+    parametrized weight (``torch.nn.utils.parametrize``) is computed with its
+    parametrizations in eval mode. In training mode ``spectral_norm`` runs a step of its
+    power iteration at every read and updates its vectors, a change to the model (and to its
+    training) no reader may make."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return getattr(module, "weight", None)
+    training = [m for m in module.parametrizations.weight.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        return module.weight
+    finally:
+        for m in training:
+            m.training = True
 
 
 def kernel_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -46,13 +65,13 @@ def is_transposed(module: nn.Module) -> bool:
 def out_features(module: nn.Module) -> int:
     """How many neurons (output channels) the layer has."""
     if is_transposed(module):
-        return module.weight.shape[1] * module.groups
-    return module.weight.shape[0]
+        return current_weight(module).shape[1] * module.groups
+    return current_weight(module).shape[0]
 
 
 def row_size(module: nn.Module) -> int:
     """The length of one neuron's input row (``weight[j].numel()`` for Linear and ConvNd)."""
-    return module.weight.numel() // out_features(module)
+    return current_weight(module).numel() // out_features(module)
 
 
 def weight_rows(module: nn.Module, weight: Tensor) -> Tensor:
@@ -70,7 +89,7 @@ def weight_rows(module: nn.Module, weight: Tensor) -> Tensor:
 
 def rows_to_weight(module: nn.Module, rows: Tensor) -> Tensor:
     """The inverse of :func:`weight_rows`: rows back into the weight's shape."""
-    shape = module.weight.shape
+    shape = current_weight(module).shape
     if not is_transposed(module):
         return rows.reshape(shape)
     groups, (cin, cout_g) = module.groups, shape[:2]
@@ -84,7 +103,7 @@ def pre_activation(module: nn.Module, output: Tensor, bias: Tensor | None) -> Te
     if bias is None:
         return output.clone()  # the model may change its output in place later
     channel_shape = [-1] if isinstance(module, nn.Linear) else \
-        [-1] + [1] * (module.weight.dim() - 2)
+        [-1] + [1] * (current_weight(module).dim() - 2)
     return output - bias.detach().to(output.dtype).reshape(channel_shape)
 
 
@@ -116,7 +135,7 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
         out = both.shape[1] // 2
         product, sums = both.t() @ rows, both.sum(dim=0)
         return len(rows), sums[:out], product[:out], sums[out:], product[out:]
-    spatial = module.weight.dim() - 2
+    spatial = current_weight(module).dim() - 2
     if x.dim() == spatial + 1:  # unbatched input
         x, mask, masked_y = x.unsqueeze(0), mask.unsqueeze(0), masked_y.unsqueeze(0)
     groups, out = module.groups, out_features(module)
@@ -129,7 +148,7 @@ def batch_sums(module: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None
     if not transposed and (module.padding_mode != "zeros" or isinstance(padding, str)):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), [0] * spatial
-    weight = module.weight
+    weight = current_weight(module)
     if transposed:  # doubled weight (in, 2 · out / groups, *kernel); output padding from y
         doubled = (weight.shape[0], 2 * weight.shape[1], *weight.shape[2:])
         output_padding = [

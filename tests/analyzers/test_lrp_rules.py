@@ -546,3 +546,70 @@ def test_stacked_parts_give_the_maps_of_separate_terms(name, monkeypatch):
     monkeypatch.setattr(rules_module, "stacked_parts", lambda terms: None)
     separate = lx.create_analyzer(name, model).analyze(x)
     torch.testing.assert_close(stacked, separate, rtol=1e-5, atol=1e-7)
+
+
+class _Moves(nn.Module):
+    """Operations that move, copy or scatter values: flips, rolls, rot90, pixel (un)shuffle,
+    max-unpooling, index_select (a channel twice) and tile."""
+
+    def __init__(self, unpool: bool) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 8, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8 * 36, 3)
+        self.unpool = unpool
+
+    def forward(self, x):
+        h = F.pixel_shuffle(F.relu(self.c1(x)), 2)  # (N, 2, 12, 12)
+        h = torch.roll(h.flip(-1), 1, dims=-2).rot90(1, (-2, -1)).fliplr()
+        if self.unpool:
+            pooled, indices = F.max_pool2d(h, 2, return_indices=True)
+            h = F.max_unpool2d(pooled, indices, 2)
+        h = F.pixel_unshuffle(h, 2).index_select(1, torch.tensor([0, 2, 2, 5]))
+        return self.fc(F.relu(self.c2(h)).tile(1, 2, 1, 1).flatten(1))
+
+
+@pytest.mark.parametrize("unpool", [False, True])
+def test_operations_that_move_values_move_relevance(unpool):
+    torch.manual_seed(0)
+    model = _Moves(unpool).double().eval()
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    inputs = x.clone().requires_grad_()
+    output = model(inputs)
+    (gradient,) = torch.autograd.grad(output.max(1).values.sum(), inputs)
+    torch.testing.assert_close(lx.create_analyzer("lrp.z", model).analyze(x), x * gradient)
+    lx.create_analyzer("guided_backprop", model).analyze(x)  # a map, no refusal
+    if not unpool:  # (max-unpooling by the input's own indices: refused by DeepLIFT)
+        delta = lx.create_analyzer("deep_lift", model).analyze(x).sum((1, 2, 3))
+        with torch.no_grad():
+            selected = output.argmax(1, keepdim=True)
+            expected = (output - model(torch.zeros_like(x))).gather(1, selected)[:, 0]
+        torch.testing.assert_close(delta, expected)
+
+
+def test_instance_norm_is_a_group_norm_of_one_channel_per_group():
+    """Its rule is the normalisation rule (statistic held constant); with running statistics
+    in eval mode, the z-rule of the affine map they make, as a BatchNorm's own z-rule."""
+    torch.manual_seed(0)
+    conv, head = nn.Conv2d(2, 4, 3), nn.Linear(4 * 16, 3)
+    instance, group = nn.InstanceNorm2d(4, affine=True), nn.GroupNorm(4, 4)
+    with torch.no_grad():
+        instance.weight.uniform_(0.5, 1.5), instance.bias.normal_(0, 0.3)
+    group.load_state_dict(instance.state_dict())
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    for name in ("lrp.epsilon", "lrp.z"):
+        maps = [lx.create_analyzer(name, nn.Sequential(conv, norm, nn.ReLU(), nn.Flatten(),
+                                                       head).double().eval()).analyze(x)
+                for norm in (instance, group)]
+        torch.testing.assert_close(maps[0], maps[1])
+    running = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+    batch_norm = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        for norm in (running, batch_norm):
+            norm.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+            norm.running_var.copy_(torch.tensor([0.5, 1.5, 1.0, 2.0]))
+            norm.weight.copy_(instance.weight), norm.bias.copy_(instance.bias)
+    maps = [lx.create_analyzer("lrp", nn.Sequential(
+        nn.ReLU(), norm, nn.ReLU(), nn.Flatten(), head).double().eval(), rule="Epsilon",
+        canonize=False, bn_layer_rule="Z").analyze(x[:, :1].expand(3, 4, 6, 6)[:, :, :4, :4])
+        for norm in (running, batch_norm)]
+    torch.testing.assert_close(maps[0], maps[1])

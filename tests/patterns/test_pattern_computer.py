@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pattern_helpers import cosine, linear_toy, small_cnn
 from torch import nn
 
+import lit_explain as lx
 from lit_explain.patterns import PATTERN_TYPES, PatternComputer
 
 
@@ -321,3 +322,28 @@ def test_a_layer_adding_several_kernel_calls_is_refused_naming_it():
     model = nn.Sequential(_WithAdapter(), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="_WithAdapter's output is not the output of one kernel"):
         PatternComputer(model, "relu").fit([torch.randn(8, 4)], progress=False)
+
+
+def test_patterns_read_a_parametrized_weight_without_stepping_spectral_norm():
+    """In training mode every read of a spectral_norm weight runs a step of its power
+    iteration: fitting patterns from the training stream (the callback collects with
+    attach() while the model trains), computing them and creating the analyzers must leave
+    its vectors, and so training, as they would be without them."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), spectral_norm(nn.Conv2d(4, 4, 3)),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).train()
+
+    x = torch.randn(4, 2, 6, 6)
+    plain, collected = model(), model()
+    plain(x)  # one training forward: one step of the power iteration
+    computer = PatternComputer(collected)
+    with computer.collecting():
+        collected(x)
+    patterns = computer.compute()
+    for name in ("pattern.net", "pattern.attribution"):
+        lx.create_analyzer(name, collected, patterns=patterns)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, collected.state_dict()[key]), key

@@ -20,7 +20,8 @@ Per operation kind:
   subtraction, sums and means, padding, products with constants: the z-rule, which splits
   the relevance of ``a + b`` in proportion to ``a`` and ``b``;
 - max-pooling: the winner takes the relevance (first element on ties); reshapes, views,
-  flatten, ``torch.cat``, indexing and dropout move relevance as they move values;
+  flatten, ``torch.cat``, indexing, flips, rolls, pixel shuffles, tiling, max-unpooling and
+  dropout move relevance as they move values;
 - anything else with a differentiable output (sigmoid, GELU, softmax, attention products):
   :class:`~lit_explain.NotAnalyzableModelError`, naming the module path and type.
 """

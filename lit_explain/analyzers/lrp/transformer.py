@@ -10,7 +10,8 @@ for Transformers", ICML), with ``R`` the relevance at an operation's output ``y`
 - a product of ``n`` activations (``QKᵀ``, ``AV``, gating ``a ⊙ b``): the **uniform rule**
   after the z-rule over the sum of a matrix product (Eq. 7, Prop. 3.3),
   ``R_a = (1/n) · a ⊙ Jᵀ_a (R_y / y)``, each factor gets ``1/n`` of every term;
-- LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: the normalising statistic held constant
+- LayerNorm, RMSNorm, GroupNorm, InstanceNorm, ``F.normalize``: the normalising statistic
+  held constant
   (Prop. 3.4; Ali et al. 2022), which leaves an affine map of ``x``
   (``(x − mean)/σ · γ + β``); the z-rule on it, so that the centring redistributes, the
   scaling passes relevance unchanged (identity) and β takes its share.
@@ -166,7 +167,8 @@ def uniform_rule(call: OperationCall, flow: Flow, constants: frozenset[int] = fr
 
 
 def normalization_rule(call: OperationCall, flow: Flow) -> Tensor:
-    """LayerNorm, RMSNorm, GroupNorm, ``F.normalize``: the statistic held constant, the
+    """LayerNorm, RMSNorm, GroupNorm, InstanceNorm, ``F.normalize``: the statistic held
+    constant (InstanceNorm with running statistics: those), the
     z-rule on the affine map that remains (Prop. 3.4; LXT's ``layer_norm``)."""
     inputs = call.inputs
     if not inputs:
@@ -232,13 +234,23 @@ def _group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps=1e-5) ->
     return y if bias is None else y + bias.reshape(channel)
 
 
+def _instance_norm(x: Tensor, running_mean=None, running_var=None, weight=None, bias=None,
+                   use_input_stats=True, momentum=0.1, eps=1e-5) -> Tensor:
+    if use_input_stats:  # per sample and channel: a GroupNorm of one channel per group
+        return _group_norm(x, x.shape[1], weight, bias, eps)
+    channel = (-1, *[1] * (x.dim() - 2))  # the running statistics: an affine map
+    y = (x - running_mean.reshape(channel)) * torch.rsqrt(running_var + eps).reshape(channel)
+    y = y if weight is None else y * weight.reshape(channel)
+    return y if bias is None else y + bias.reshape(channel)
+
+
 def _normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12, out=None) -> Tensor:
     norm = x.detach().norm(p, dim=dim, keepdim=True).clamp_min(eps)
     return x / norm
 
 
 _NORMALIZED = {F.layer_norm: _layer_norm, F.rms_norm: _rms_norm, F.group_norm: _group_norm,
-               F.normalize: _normalize}
+               F.normalize: _normalize, F.instance_norm: _instance_norm}
 _LOG_SOFTMAX = {F.log_softmax, torch.log_softmax, Tensor.log_softmax}
 
 

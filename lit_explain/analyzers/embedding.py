@@ -14,7 +14,8 @@ applies to the tokens themselves (not a position or token-type embedding of othe
 whichever runs first), reads its per-token output, then, while the analysis runs, the model
 is called with ``e`` in place of the tokens: a forward pre-hook on the model hands the
 *tokens* to its ``forward`` (so masks and other token logic still see integers) and a
-forward hook on the embedding replaces its output by ``e``. An ``EmbeddingBag`` over a 2-D
+forward hook on the embedding replaces by ``e`` its output for those tokens (not for other
+ids it embeds, before or after). An ``EmbeddingBag`` over a 2-D
 ``(N, L)`` input is reduced from ``e`` as it reduces (``"sum"``, ``"mean"`` or ``"max"``,
 ``per_sample_weights`` and ``padding_idx`` honoured), so each token keeps its own share.
 Batches of several stacked copies of ``e`` (Integrated Gradients' path, SmoothGrad's
@@ -116,8 +117,9 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
         path, module = entered[-1]
         raise ValueError(f"the model's forward failed in its embedding '{path}' "
                          f"({module.num_embeddings} rows, valid ids 0.."
-                         f"{module.num_embeddings - 1}; the input's token ids range from "
-                         f"{int(tokens.min())} to {int(tokens.max())}): "
+                         f"{module.num_embeddings - 1}, of dtype int64 or int32; the input's "
+                         f"token ids, {tokens.dtype}, range from {int(tokens.min())} to "
+                         f"{int(tokens.max())}): "
                          f"{type(failure).__name__}: {failure}") from failure
     if not called:
         raise TypeError(f"the input has dtype {tokens.dtype} (token ids), but "
@@ -177,6 +179,16 @@ def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,
     return InputEmbedding(path, bag, vectors, reduce)
 
 
+def _same_ids(ids: object, tokens: Tensor) -> bool:
+    """Whether an embedding call's ``ids`` are the tokens the model was given (that tensor,
+    or its values unchanged: ``t.long()``), as :func:`find_input_embedding` chose its call."""
+    if ids is tokens:
+        return True
+    with torch._C.DisableTorchFunction():  # (no value read an analysis would see)
+        return isinstance(ids, Tensor) and ids.shape == tokens.shape and bool(
+            torch.equal(ids.to(tokens.device), tokens))
+
+
 @contextmanager
 def token_input(model: nn.Module, tokens: Tensor) -> Iterator[Tensor]:
     """While open, ``model(e)`` means ``model(tokens)`` with the input embedding's output
@@ -192,19 +204,21 @@ def token_input(model: nn.Module, tokens: Tensor) -> Iterator[Tensor]:
                             f"vectors shaped {tuple(tokens.shape)} + (D,), possibly stacked, or "
                             f"those of the first samples; got {type(e).__name__} "
                             f"{tuple(getattr(e, 'shape', ()))}")
-        state["vectors"], state["used"] = e, False
-        if len(e) < len(tokens):  # the first samples (the forward guard's)
-            return (tokens[:len(e)],)
-        return (tokens.repeat(len(e) // len(tokens), *([1] * (tokens.dim() - 1))),)
+        given = tokens[:len(e)] if len(e) < len(tokens) else tokens.repeat(  # (the forward
+            len(e) // len(tokens), *([1] * (tokens.dim() - 1)))  # guard's first samples)
+        state["vectors"], state["tokens"], state["used"] = e, given, False
+        return (given,)
 
-    def give_vectors(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
-        if state.get("used", True):
-            return None  # a second call of the same embedding in one forward: as it is
+    def give_vectors(module: nn.Module, args: tuple, kwargs: dict,
+                     output: Tensor) -> Tensor | None:
+        ids = args[0] if args else kwargs.get("input")
+        if state.get("used", True) or not _same_ids(ids, state["tokens"]):
+            return None  # other ids (a previous token's), or a second call on the tokens
         state["used"] = True
-        return embedding.reduce(state["vectors"], args[0] if args else None)
+        return embedding.reduce(state["vectors"], ids)
 
     handles = [model.register_forward_pre_hook(take_vectors),
-               embedding.module.register_forward_hook(give_vectors)]
+               embedding.module.register_forward_hook(give_vectors, with_kwargs=True)]
     try:
         yield embedding.vectors
     finally:

@@ -332,9 +332,12 @@ class OperationRules(TorchFunctionMode):
         held = [id(t) for t in tensors] if self.record is not None else []
         root = self.state.roots.common(func, given_tensors) if (
             kind == PRODUCT and self.tracks_roots) else None
+        # (taken before the call: an in-place one may make its target differentiable)
+        input_derived = self._input_derived(tensors) if kind == STRUCTURE else None
         if routed:
             given = args, kwargs
-            if self.input_boundary is not None and kind not in _NOT_CROSSING:
+            if self.input_boundary is not None and (
+                    kind not in _NOT_CROSSING or input_derived is False):
                 args, kwargs, tensors = self._cross_boundary(args, kwargs, tensors)
                 if root is not None:
                     root = self._cross_boundary((root,), {}, [root])[0][0]
@@ -386,12 +389,27 @@ class OperationRules(TorchFunctionMode):
             self.state.provenance.note_detached(made, tensors, produced)
         if holds and len(produced) == 1:
             self.state.provenance.note_statistic(func, kind, args, produced[0])
-        # preprocessing: its one differentiable operand is input-derived, wherever it stands
-        if kind == INPUT_PREPROCESSING or (kind == STRUCTURE and first is not None
-                                           and id(first) in self.state.input_derived):
-            for o in produced:
+        # preprocessing: its one differentiable operand is input-derived, wherever it stands;
+        # a reshape, selection or concatenation of input-derived tensors and constants (a
+        # class token put before the input): so is its output, or its target, in place
+        if kind == INPUT_PREPROCESSING or input_derived:
+            in_place = first is not None and (output is None or output is first)
+            for o in [*produced, first] if in_place else produced:
                 self.state.input_derived[id(o)] = o
         return output
+
+    def _input_derived(self, tensors: list[Tensor]) -> bool | None:
+        """Whether the differentiable ones among a call's tensors are all input-derived
+        (``True``), some of them (``False``: the call mixes the input with computed values,
+        and the relevance flow's input boundary is crossed there), or none (``None``)."""
+        derived = self.state.input_derived
+        found = None
+        for t in tensors:
+            if t.requires_grad:
+                if id(t) not in derived:
+                    return False if found else None
+                found = True
+        return found
 
     def _kind(self, func, args: tuple, kwargs: dict, tensors: list[Tensor]) -> str:
         kind = classify(func, args, kwargs)

@@ -218,8 +218,9 @@ def test_an_empty_batch_is_refused(name):
 @pytest.mark.parametrize("token", [20, -1])
 def test_a_token_id_out_of_the_embedding_is_named(token):
     tokens = torch.full((2, 7), token)
-    with pytest.raises(ValueError, match=fr"embedding 'emb' \(20 rows, valid ids 0..19; the "
-                                         fr"input's token ids range from {token} to {token}\)"
+    with pytest.raises(ValueError, match=fr"embedding 'emb' \(20 rows, valid ids 0..19, of "
+                                         fr"dtype int64 or int32; the input's token ids, "
+                                         fr"torch.int64, range from {token} to {token}\)"
                        ) as info:
         lx.create_analyzer("gradient", TokenModel().eval()).analyze(tokens)
     assert isinstance(info.value.__cause__, IndexError)  # the model's own error

@@ -243,6 +243,28 @@ def test_the_input_embedding_is_the_one_applied_to_the_tokens(name, order):
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-7)
 
 
+class PreviousToken(Positions):
+    """The token embedding applied to each position's previous token too, before or after
+    the tokens themselves (one function): only the call on the tokens is the input's."""
+
+    def forward(self, tokens):
+        if self.order == "previous_first":
+            h = self.token(tokens.roll(1, 1)) + self.token(tokens)
+        else:
+            h = self.token(tokens) + self.token(tokens.roll(1, 1))
+        return self.out(torch.relu(self.fc(h)).mean(1))
+
+
+@pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "integrated_gradients",
+                                  "deep_lift", "lrp.epsilon", "lrp.z"])
+def test_other_ids_embedded_first_are_not_the_input(name):
+    tokens = torch.tensor([[1, 4, 2, 8, 3], [5, 5, 7, 1, 6]])
+    kwargs = {"steps": 4} if name == "integrated_gradients" else {}
+    expected = lx.create_analyzer(name, PreviousToken("tokens_first"), **kwargs).analyze(tokens)
+    result = lx.create_analyzer(name, PreviousToken("previous_first"), **kwargs).analyze(tokens)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_input_times_gradient_of_a_token_model_is_the_embedding_times_its_gradient():
     model, tokens = Positions("position_first"), torch.tensor([[1, 4, 2, 8, 3]])
     e = model.token(tokens).detach().requires_grad_(True)

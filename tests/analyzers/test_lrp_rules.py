@@ -613,3 +613,62 @@ def test_instance_norm_is_a_group_norm_of_one_channel_per_group():
         canonize=False, bn_layer_rule="Z").analyze(x[:, :1].expand(3, 4, 6, 6)[:, :, :4, :4])
         for norm in (running, batch_norm)]
     torch.testing.assert_close(maps[0], maps[1])
+
+
+class _TokenBeforeInput(nn.Module):
+    """A learned token put before the input (or the input placed into a tensor of constants)
+    before the first kernel layer: CLS, register and soft-prompt tokens."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.norm, self.fc, self.head = nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        cls = self.cls.expand(len(x), -1, -1)
+        if self.how == "cat":
+            h = torch.cat([cls, x], 1)
+        elif self.how == "stack":
+            h = torch.stack([cls[:, 0], *x.unbind(1)], 1)
+        elif self.how == "where":
+            h = torch.where(torch.arange(x.shape[1])[:, None] > 0, x, 0.0)
+        else:  # written into a buffer of zeros, in place
+            h = torch.zeros(len(x), x.shape[1] + 1, 8, dtype=x.dtype)
+            h[:, 1:] = x
+            h[:, 0] = cls[:, 0]
+        h = h + torch.linspace(0, 1, 8, dtype=x.dtype)  # a position term: preprocessing
+        return self.head(F.relu(self.fc(self.norm(h))).mean(1))
+
+
+class _InputBesideFeatures(nn.Module):
+    """DenseNet-style: the raw input concatenated with features computed from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(5, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.cat([x, F.relu(self.c1(x))], 1)
+        return self.fc(F.relu(self.c2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("model", "shape"), [
+    *[(lambda how=how: _TokenBeforeInput(how), (3, 4, 8))
+      for how in ("cat", "stack", "where", "setitem")],
+    (_InputBesideFeatures, (3, 2, 6, 6))])
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
+                                  "lrp.sequential_preset_a"])
+def test_constants_or_features_beside_the_input_keep_both_flows_equal(model, shape, name):
+    """Relevance per unit of tensor turns into relevance where the input meets computed
+    values, and stays per unit through constants put beside it (a map of relevance per unit
+    at the input was 1e-17 where it should be 1e-2)."""
+    torch.manual_seed(0)
+    model = model().double().eval()
+    x = torch.randn(*shape, dtype=torch.double)
+    analyzer = lx.create_analyzer(name, model)
+    relative = analyzer.analyze(x)
+    analyzer.flow = Flow()
+    torch.testing.assert_close(relative, analyzer.analyze(x), rtol=1e-7, atol=1e-12)
+    assert relative.abs().sum() > 1e-3

@@ -223,12 +223,14 @@ def test_normalisation_rule(norm, absolute):
 # Attention through its parts -----------------------------------------------------------------
 
 class _Attention(nn.Module):
-    """Q, K, V from the input or constants (``computed``), one SDPA call, one head layer."""
+    """Q, K, V from the input or constants (``computed``), one SDPA call, one head layer; a
+    causal mask, or a float mask computed from the input (a learned attention bias)."""
 
-    def __init__(self, computed: str, mask: bool) -> None:
+    def __init__(self, computed: str, mask: bool | str) -> None:
         super().__init__()
         self.computed, self.mask = computed, mask
         self.project = nn.ModuleDict({n: nn.Linear(4, 4) for n in "qkv"})
+        self.bias = nn.Linear(4, 5)
         self.memory = nn.Parameter(torch.randn(6, 4))
         self.head = nn.Linear(4, 3)
 
@@ -238,14 +240,14 @@ class _Attention(nn.Module):
             return self.project[name](source).unflatten(-1, (2, 2)).transpose(1, 2)
 
         mask = (torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
-                if self.mask else None)
+                if self.mask is True else self.bias(x).unsqueeze(1) if self.mask else None)
         out = F.scaled_dot_product_attention(heads("q", x.shape[1]), heads("k", x.shape[1]),
                                              heads("v", x.shape[1]), attn_mask=mask)
         return self.head(out.transpose(1, 2).flatten(2)).sum(1)
 
 
 @pytest.mark.parametrize("computed", ["qkv", "q", "kv", "v", "qk"])
-@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("mask", [False, True, "computed"])
 @pytest.mark.parametrize("device", [
     "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                          reason="needs a CUDA device"))])

@@ -118,7 +118,8 @@ def attention_as_gradient(call: OperationCall) -> Tensor:
 
     Per unit, the softmax rule is softmax's own gradient and the uniform rule a product's own
     gradient times ``1/2``, so the rules of the parts make the attention's ordinary backward
-    with Q, K and V's gradients scaled by their shares: ``1/4`` for Q and K, ``1/2`` for V.
+    with Q, K and V's gradients scaled by their shares: ``1/4`` for Q and K, ``1/2`` for V
+    (and for a computed float mask, which takes its share of the scores' half).
     No part meets the analysis on its own. On a GPU the call runs as the model made it (a
     fused kernel); on a CPU as its parts in plain torch, which is faster there (torch's CPU
     kernel took 6× as long, forward and backward, at 256 × 4 heads × 33 tokens × 8). With
@@ -133,8 +134,12 @@ def attention_as_gradient(call: OperationCall) -> Tensor:
     tensors = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
     if dropout or call.is_input_layer or not all(differentiable(t) for t in tensors):
         return call.decompose()
-    for i, (name, tensor, share) in enumerate(zip(names, tensors, (0.25, 0.25, 0.5),
-                                                  strict=True)):
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    shares = [(0, "query", tensors[0], 0.25), (1, "key", tensors[1], 0.25),
+              (2, "value", tensors[2], 0.5)]
+    if differentiable(mask):  # added to the scores: it takes the scores' half (the z-rule)
+        shares.append((3, "attn_mask", mask, 0.5))
+    for i, name, tensor, share in shares:
         scaled = scale_gradient(tensor, share)
         if len(args) > i:
             args[i] = scaled

@@ -137,6 +137,12 @@ class AffineLayer:
     def _parts(self) -> dict[tuple[int, bool], tuple[Tensor, Tensor]]:
         return {}
 
+    @functools.cached_property
+    def memo(self) -> dict[str, object]:
+        """What a rule computes once per layer for both the output value the model receives
+        and the rule itself (see :meth:`~.rules.Rule.output_value`)."""
+        return {}
+
     def input_parts(self, flow: Flow) -> tuple[Tensor, Tensor]:
         """``x⁺`` and ``x⁻`` as the flow feeds them to terms (made once per layer)."""
         if getattr(self, "_input_parts", None) is None:

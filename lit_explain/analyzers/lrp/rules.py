@@ -25,6 +25,7 @@ need the first, and an analyzer using one of them runs in it.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -369,11 +370,14 @@ class AlphaBetaRule(Rule):
 
     def output_value(self, layer: AffineLayer) -> Tensor:
         """With β > 0 on a non-negative input the two parts this rule needs give the output;
-        the layer's own call is not needed."""
+        the layer's own call is not needed. The rule reuses it (held weakly, as the model
+        holds it: once the model lets go, so does the layer)."""
         if not self.beta or not layer.input_non_negative():
             return super().output_value(layer)
         z_plus, z_minus = layer.parts(layer.term_input)
-        return torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
+        output = torch.add(z_plus.detach(), z_minus.detach()).add_(layer.bias_term())
+        layer.memo["output"] = weakref.ref(output)
+        return output
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         signed = not layer.input_non_negative()
@@ -383,12 +387,14 @@ class AlphaBetaRule(Rule):
         if self.bias and layer.bias is not None:
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        scale, floor = None, SAFE_EPSILON
+        scale, floor, y = None, SAFE_EPSILON, None
         if not signed:  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻; where both are s ⊙ q, in q
             z_plus, z_minus, scale = layer.scaled_parts(layer.term_input)
             if scale is not None:  # (s z + b) / (s z + b) · s = (z + b/s) / (z + b/s)
                 bias_plus, bias_minus = bias_plus / scale, bias_minus / scale
                 floor = SAFE_EPSILON / scale
+            else:  # the output value made of the same parts (a fused layer's is another)
+                y = layer.memo.pop("output", lambda: None)()
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
             positive, negative = layer.input_parts(flow)
             z_plus = layer.mixed_part(positive, negative, True)
@@ -398,14 +404,14 @@ class AlphaBetaRule(Rule):
         # z⁻ + b⁻ ≤ −ε, for the term −β R (z⁻-part) / (z⁻ + b⁻).
         activator = torch.add(z_plus.detach(), bias_plus)
         inhibitor = torch.add(z_minus.detach(), bias_minus)
-        y = activator + inhibitor  # W x + b
-        if scale is not None:
-            y.mul_(scale)
-        if not self.bias and layer.bias is not None:  # the denominators leave b out
-            y.add_(layer.bias_term())
+        if y is None:
+            y = activator + inhibitor  # W x + b
+            if scale is not None:
+                y.mul_(scale)
+            if not self.bias and layer.bias is not None:  # the denominators leave b out
+                y.add_(layer.bias_term())
         return flow.output(y, (z_plus, activator.clamp_(min=floor), self.alpha),
                            (z_minus, inhibitor.clamp_(max=-floor), -self.beta))
-
 
     def _positive_only(self, layer: AffineLayer, flow: Flow, signed: bool) -> Tensor:
         """β = 0: ``z⁺ + b⁺`` alone (the layer's call adds ``b⁺``), kept ``ε`` from 0; the

@@ -18,6 +18,7 @@ from torchmetrics import Metric
 from ..analyzers.validation import check_choice
 from ..metrics import create_metric, localization_metrics, metrics
 from ..metrics.drift import average_ranks, drift_measures
+from .agreement import Agree, local
 
 DRIFT_REFERENCES = ("previous", "first")
 #: Metrics that the ``metrics`` option takes (drift has its own option).
@@ -100,9 +101,11 @@ class ProbeMetrics:
     """
 
     def __init__(self, specs: Mapping[str, Mapping[str, Any]], model: nn.Module,
-                 analyzers: Sequence[str]) -> None:
+                 analyzers: Sequence[str], sync: bool = True) -> None:
         self.specs = {name: dict(kwargs) for name, kwargs in specs.items()}
-        self.metrics = {analyzer: {name: build_metric(name, model, kwargs)
+        # (sync=False: computed from this process's samples alone, as the preflight's one)
+        options = {} if sync else {"sync_on_compute": False}
+        self.metrics = {analyzer: {name: build_metric(name, model, {**kwargs, **options})
                                    for name, kwargs in self.specs.items()}
                         for analyzer in analyzers}
 
@@ -116,8 +119,12 @@ class ProbeMetrics:
         self.metrics.pop(analyzer, None)
 
     def evaluate(self, inputs: Tensor, maps: Mapping[str, Tensor], targets: Tensor | None,
-                 masks: Tensor | None, on_failure: OnFailure) -> dict[str, Scores]:
-        """Scores of every analyzer in ``maps``; ``targets``: the class each map explains."""
+                 masks: Tensor | None, on_failure: OnFailure,
+                 agree: Agree = local) -> dict[str, Scores]:
+        """Scores of every analyzer in ``maps``; ``targets``: the class each map explains.
+        Under DDP (``agree``, see :mod:`.agreement`) a metric is computed, which reduces its
+        states across the processes, for the analyzers whose update succeeded on all of
+        them."""
         results: dict[str, Scores] = {analyzer: ({}, {}) for analyzer in maps}
         for name in list(self.specs):
             chosen = {a: self.metrics[a][name] for a in maps if name in self.metrics.get(a, {})}
@@ -126,8 +133,13 @@ class ProbeMetrics:
                 if metric.device != inputs.device:
                     metric.to(inputs.device)
             failed = self._update(name, chosen, inputs, maps, targets, masks, on_failure)
+            succeeded = agree({a: a not in failed for a in chosen}) if chosen else {}
             for analyzer, metric in chosen.items():
-                if analyzer in failed:
+                if not succeeded[analyzer]:
+                    if analyzer not in failed:
+                        on_failure(name, analyzer, RuntimeError(
+                            "it failed on another process's probe samples, and is skipped on "
+                            "every process (whose states it reduces together)"))
                     continue
                 try:
                     scalars, curves = _read(name, metric)
@@ -226,12 +238,6 @@ class DriftTracker:
         stored = (self.first if reference == "first" else self.previous).get(analyzer)
         return None if stored is None or stored.shape != maps.shape else stored.to(maps.device)
 
-    def measure_all(self, maps: Mapping[str, Tensor]) -> dict[tuple[str, str], dict[str, Tensor]]:
-        """The per-sample drift measures of every analyzer against every reference, computed
-        in one call per map shape (the pairs concatenated): ``{(analyzer, reference):
-        measures}``, for :meth:`update`."""
-        return self._measure(maps)[0]
-
     def _reference_ranks(self, analyzer: str, reference: str, stored: Tensor) -> Tensor:
         ranks = self._ranks.get((reference, analyzer))
         if ranks is None or ranks.shape != (len(stored), stored[0].numel()):
@@ -240,7 +246,9 @@ class DriftTracker:
 
     def _measure(self, maps: Mapping[str, Tensor]
                  ) -> tuple[dict[tuple[str, str], dict[str, Tensor]], dict[str, Tensor]]:
-        """:meth:`measure_all`, and the ranks of the maps that were measured."""
+        """The per-sample drift measures of every analyzer against every reference, computed
+        in one call per map shape (the pairs concatenated): ``{(analyzer, reference):
+        measures}``, and the ranks of the maps that were measured."""
         groups: dict[tuple, list[tuple[str, str, Tensor, Tensor]]] = {}
         for analyzer, current in maps.items():
             current = current.detach()
@@ -267,36 +275,40 @@ class DriftTracker:
                     k: v[index * n:(index + 1) * n] for k, v in values.items()}
         return measured, ranks
 
-    def update(self, analyzer: str, maps: Tensor, epoch: int,
-               measured: Mapping[tuple[str, str], Mapping[str, Tensor]] | None = None
-               ) -> dict[str, float]:
-        """Drift of ``maps`` against the references; then ``maps`` become "previous".
-        ``measured``: what :meth:`measure_all` gave for these maps (else computed here)."""
-        maps = maps.detach()
-        values: dict[str, float] = {}
-        for reference in self.references:
-            stored = self._stored(analyzer, reference, maps)
-            if stored is None:
-                continue
-            drift = self._metric.to(maps.device)
-            drift.reset()
-            given = (measured or {}).get((analyzer, reference))
-            drift.update(stored, maps, None if given is None else dict(given))
-            for measure, value in drift.compute().items():
-                values[f"drift_{reference}_{measure}"] = float(value)
-        self._record(analyzer, maps, epoch, values)
-        return values
-
-    def update_all(self, maps: Mapping[str, Tensor], epoch: int) -> dict[str, dict[str, float]]:
-        """What :meth:`update` gives for each analyzer of ``maps`` (``{analyzer: {key:
-        value}}``, analyzers without a reference yet left out), with the measures of all
-        analyzers and references computed in one call (:meth:`measure_all`) and their means
-        reduced at once, one metric and one reduction across processes for all of them.
-        Nothing is stored unless all of it succeeds."""
+    def update_all(self, maps: Mapping[str, Tensor], epoch: int,
+                   on_failure: Callable[[str, Exception], None],
+                   agree: Agree = local) -> dict[str, dict[str, float]]:
+        """Drift of each analyzer's ``maps`` against the references (``{analyzer: {key:
+        value}}``, analyzers without a reference yet left out); then the maps become the
+        references. The measures of all analyzers and references are computed in one call
+        and their means reduced at once, one metric and one reduction across processes for
+        all of them. An analyzer whose measures fail is reported to ``on_failure`` and
+        skipped (its maps not kept); under DDP (``agree``, see :mod:`.agreement`) one that
+        failed on any process is skipped on all of them."""
         current = {analyzer: m.detach() for analyzer, m in maps.items()}
-        measured, ranks = self._measure(current)
+        failed: set[str] = set()
+        try:
+            measured, ranks = self._measure(current)
+        except Exception:  # find out which analyzer's maps fail: the others go on
+            measured, ranks = {}, {}
+            for analyzer, m in current.items():
+                try:
+                    one, one_ranks = self._measure({analyzer: m})
+                except Exception as error:
+                    failed.add(analyzer)
+                    on_failure(analyzer, error)
+                else:
+                    measured.update(one)
+                    ranks.update(one_ranks)
+        succeeded = agree({a: a not in failed for a in current}) if current else {}
+        for analyzer in current:
+            if not succeeded[analyzer] and analyzer not in failed:
+                on_failure(analyzer, RuntimeError(
+                    "it failed on another process's probe samples, and is skipped on every "
+                    "process (whose means it reduces together)"))
         keys = [(analyzer, reference, measure)
-                for (analyzer, reference), values in measured.items() for measure in values]
+                for (analyzer, reference), values in measured.items() if succeeded[analyzer]
+                for measure in values]
         means: list[float] = []
         if keys:
             values = torch.stack([measured[a, r][m] for a, r, m in keys])  # (K, samples)
@@ -310,7 +322,8 @@ class DriftTracker:
         for (analyzer, reference, measure), value in zip(keys, means, strict=True):
             drift.setdefault(analyzer, {})[f"drift_{reference}_{measure}"] = value
         for analyzer, m in current.items():
-            self._record(analyzer, m, epoch, drift.get(analyzer, {}), ranks.get(analyzer))
+            if succeeded[analyzer]:
+                self._record(analyzer, m, epoch, drift.get(analyzer, {}), ranks.get(analyzer))
         return drift
 
     def _record(self, analyzer: str, maps: Tensor, epoch: int, values: dict[str, float],

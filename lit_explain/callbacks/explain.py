@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -11,6 +13,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -25,6 +28,7 @@ from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
 from ..patterns.statistics import PATTERN_TYPES
+from .agreement import agreed, distributed
 from .evaluation import (
     DEFAULT_LOCALIZATION,
     DriftTracker,
@@ -48,18 +52,34 @@ def normalize_analyzers(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]
     Raises ``KeyError`` for an unknown name and ``TypeError`` for an unknown keyword, listing
     the valid ones, so that a bad configuration fails before training starts.
     """
-    specs = {spec: {}} if isinstance(spec, str) else (
-        dict(spec) if isinstance(spec, Mapping) else {name: {} for name in spec})
+    if isinstance(spec, str):
+        specs = {spec: {}}
+    elif isinstance(spec, Mapping):
+        specs = dict(spec)
+    elif isinstance(spec, Iterable) and all(isinstance(name, str) for name in spec):
+        specs = {name: {} for name in spec}
+    else:
+        raise TypeError(f"analyzers={spec!r} is not valid; give analyzer names (a list of str) "
+                        f"or a mapping of names to their parameters; valid names: "
+                        f"{sorted(analyzers)}")
     if not specs:
         raise ValueError("analyzers is empty; give at least one analyzer name")
     for name, kwargs in specs.items():
         if name not in analyzers:
             raise KeyError(f"unknown analyzer {name!r}; valid names: {sorted(analyzers)}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"analyzer {name!r}: parameters must be a mapping of parameter "
+                            f"names to values, got {kwargs!r}")
         accepted = parameters_of(analyzers[name])
         unknown = sorted(set(kwargs or {}) - set(accepted))
         if unknown:
             raise TypeError(f"analyzer {name!r} got unknown parameter(s) {unknown}; "
                             f"it accepts {sorted(accepted)}")
+        if (kwargs or {}).get("neuron_selection_mode") == "index":
+            raise ValueError(f"analyzer {name!r}: neuron_selection_mode='index' needs the "
+                             f"output to explain at each analysis, which the callback does not "
+                             f"give: it explains each sample's predicted class "
+                             f"('max_activation', the default), or with 'all' all outputs")
     return {name: dict(kwargs or {}) for name, kwargs in specs.items()}
 
 
@@ -223,7 +243,13 @@ class ExplainCallback(Callback):
                              f"to where the masks sit in a validation batch")
         if mask_key is not None and not localizing:
             self.metric_specs.update({name: {} for name in DEFAULT_LOCALIZATION})
-        self.drift = DriftTracker(normalize_drift(drift))
+        self._drift_references = normalize_drift(drift)
+        # (numpy integers, as a config or sweep may give them, become ints: the checkpoint
+        # holds plain types)
+        num_samples, every_n_epochs, analysis_batch_size, pattern_every_n_batches, \
+            curves_every_n_epochs = (_plain_int(v) for v in (
+                num_samples, every_n_epochs, analysis_batch_size, pattern_every_n_batches,
+                curves_every_n_epochs))
         for name, value in (("num_samples", num_samples), ("every_n_epochs", every_n_epochs),
                             ("analysis_batch_size", analysis_batch_size)):
             check_positive_int(name, value)
@@ -239,9 +265,9 @@ class ExplainCallback(Callback):
             check_positive_int("curves_every_n_epochs", curves_every_n_epochs)
         self.grids = grids
         self.curves_every_n_epochs = curves_every_n_epochs
-        self._last_curves: dict[str, Any] = {}  # the last explained epoch's curves, unplotted
         check_choice("on_error", on_error, ON_ERROR)
-        self.probe = ProbeCollector(num_samples, sample_selection, seed)
+        ProbeCollector(num_samples, sample_selection, seed)  # (its checks, at construction)
+        self._probe_options = (num_samples, sample_selection, seed)
         self.every_n_epochs = every_n_epochs
         for option, key in (("input_key", input_key), ("target_key", target_key),
                             ("mask_key", mask_key)):
@@ -266,15 +292,32 @@ class ExplainCallback(Callback):
         self.class_names = _names("class_names", class_names)
         self.token_names = _names("token_names", token_names)
         self.on_error = on_error
-        uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
-        self.patterns = PatternCollector(pattern_type, pattern_source,
-                                         pattern_every_n_batches) if uses_patterns else None
+        self._pattern_options = (pattern_type, pattern_source, pattern_every_n_batches)
+        PatternCollector(*self._pattern_options)  # (its checks, at construction)
+        self._configured_metrics = {name: dict(kwargs)
+                                    for name, kwargs in self.metric_specs.items()}
         self._analyzers: dict[str, Analyzer] = {}
         self._metrics: ProbeMetrics | None = None
+        self._rank = 0  # (this process's, for its own warnings under DDP)
+        self._device = torch.device("cpu")  # the model's, where the processes agree
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        """The state of one run: probe samples, drift references, pattern statistics, what
+        the preflight dropped and what was warned. Made anew at every ``fit`` (a callback
+        reused for another run, a fold of a cross-validation, explains that run; before, its
+        stale state explained nothing there); a checkpoint restores it after this."""
+        self.probe = ProbeCollector(*self._probe_options)
+        self.drift = DriftTracker(self._drift_references)
+        uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
+        self.patterns = PatternCollector(*self._pattern_options) if uses_patterns else None
+        self.metric_specs = {name: dict(kwargs)
+                             for name, kwargs in self._configured_metrics.items()}
         self._dropped: set[str] = set()
         self._checked = False
         self._warned: set[str] = set()
         self._last_epoch: int | None = None  # the last epoch explained in fit
+        self._last_curves: dict[str, Any] = {}  # the last explained epoch's curves, unplotted
 
     @property
     @override
@@ -285,16 +328,26 @@ class ExplainCallback(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._analyzers = {name: create_analyzer(name, pl_module, **{
-                               "output_key": self.output_key, **kwargs})
+        if stage == "fit":
+            self._start_afresh()
+        self._analyzers = {name: self._create(name, kwargs, pl_module)
                            for name, kwargs in self.analyzer_specs.items()
                            if name not in self._dropped}
         self._selector = OutputSelector(pl_module, self.output_key)
         self._metrics = ProbeMetrics(self.metric_specs, self._selector, list(self._analyzers))
+        self._metric_names = tuple(self.metric_specs)  # (as configured: the same on every rank)
+        self._rank = trainer.global_rank
         if not trainer.loggers:
             self._warn_once("no logger", "the Trainer has no logger: pictures go to PNG files "
                             f"under {image_directory(None, trainer.default_root_dir)} and the "
                             "metrics are not recorded. Give the Trainer a logger to keep them.")
+
+    def _create(self, name: str, kwargs: Mapping[str, Any], model: nn.Module) -> Analyzer:
+        """Analyzer ``name`` of ``model``; a bad parameter value names the analyzer."""
+        try:
+            return create_analyzer(name, model, **{"output_key": self.output_key, **kwargs})
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"analyzer {name!r}: {error}") from error
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -321,8 +374,27 @@ class ExplainCallback(Callback):
         self._checked = True
         if self.patterns is not None:
             self._check_patterns(pl_module)
+        self._device = pl_module.device
         with _training_untouched(pl_module):
             self._try_on_one_sample(inputs[:1], batch)
+        self._agree_on_the_preflight()
+
+    def _agree_on_the_preflight(self) -> None:
+        """Under DDP: drop on every rank an analyzer or metric the preflight dropped on any
+        (each rank checks its own first sample), so that all of them reduce the same states."""
+        if not distributed():
+            return
+        metrics = self._metrics.specs if self._metrics is not None else {}
+        held = self._agree({**{(name, "analyzer"): name in self._analyzers
+                               for name in self.analyzer_specs},
+                            **{(name, "metric"): name in metrics for name in self._metric_names}})
+        why = RuntimeError("it failed the preflight on another process")
+        for name in self.analyzer_specs:
+            if name in self._analyzers and not held[name, "analyzer"]:
+                self._drop(name, why)
+        for name in self._metric_names:
+            if name in metrics and not held[name, "metric"]:
+                self._drop_metric(name, why)
 
     def _check_patterns(self, pl_module: L.LightningModule) -> None:
         """The pattern analyzers' statistics need kernel layers: checked here, where the model
@@ -350,8 +422,10 @@ class ExplainCallback(Callback):
                         raise NotAnalyzableModelError(f"analyzer {name!r}: {error}") from error
                     raise
                 self._drop(name, error)
-            else:
-                first_map = result if first_map is None else first_map
+            else:  # (the metrics are checked on a finite map: a map of NaN, which an epoch
+                # skips with a warning, would fail them)
+                if first_map is None and bool(torch.isfinite(result).all()):
+                    first_map = result
         if first_map is not None and self._metrics is not None:
             self._check_metrics(sample, first_map, batch)
 
@@ -366,13 +440,13 @@ class ExplainCallback(Callback):
             self.patterns.batch_end()  # no pattern analyzer left: no statistics to collect
             self.patterns = None
         remaining = sorted(self._analyzers)
-        rank_zero_warn(
-            f"ExplainCallback: analyzer {name!r} cannot explain this model and is dropped "
+        self._warn(
+            f"analyzer {name!r} cannot explain this model and is dropped "
             f"({type(error).__name__}: {error}). "
             + (f"Training goes on with {remaining}. " if remaining else
                "No analyzer is left; training goes on without explanations. ")
             + f"Remove {name!r} from analyzers (or pick one with a rule for that operation) "
-            f"to silence this, or set on_error='raise' to stop instead.")
+            f"to silence this, or set on_error='raise' to stop instead.", every_rank=True)
 
     def _check_metrics(self, sample: Tensor, maps: Tensor, batch: Any) -> None:
         """Try every metric on one sample's map; drop (or raise on) one that fails."""
@@ -381,19 +455,24 @@ class ExplainCallback(Callback):
             sample, maps = sample.clone(), maps.detach().clone()
             masks = None if masks is None else masks.clone()
             target = self._predict(sample).argmax(1)
-            probe = ProbeMetrics(self._metrics.specs, self._selector, ["preflight"])
+            # (this rank's sample alone: no reduction across processes)
+            probe = ProbeMetrics(self._metrics.specs, self._selector, ["preflight"], sync=False)
             failures: list[tuple[str, Exception]] = []
             probe.evaluate(sample, {"preflight": maps}, target, masks,
                            lambda metric, _, error: failures.append((metric, error)))
         for metric, error in failures:
             if self.on_error == "raise":
                 raise type(error)(f"metric {metric!r}: {error}") from error
-            self._metrics.drop_metric(metric)
-            self.metric_specs.pop(metric, None)  # not rebuilt for validate() after fit
-            rank_zero_warn(f"ExplainCallback: metric {metric!r} cannot score this model's maps "
-                           f"and is dropped ({type(error).__name__}: {error}); the other "
-                           f"metrics go on. Change its parameters or remove it from metrics, "
-                           f"or set on_error='raise' to stop instead.")
+            self._drop_metric(metric, error)
+
+    def _drop_metric(self, metric: str, error: Exception) -> None:
+        """Drop a metric that failed at the preflight, with one warning."""
+        self._metrics.drop_metric(metric)
+        self.metric_specs.pop(metric, None)  # not rebuilt for validate() after fit
+        self._warn(f"metric {metric!r} cannot score this model's maps and is dropped "
+                   f"({type(error).__name__}: {error}); the other metrics go on. Change its "
+                   f"parameters or remove it from metrics, or set on_error='raise' to stop "
+                   f"instead.", every_rank=True)
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
@@ -458,7 +537,15 @@ class ExplainCallback(Callback):
             self._say_what_the_probe_is()
         if self.patterns is not None:
             self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
-        if not self.probe.ready or not self._analyzers or not self._due(trainer):
+        if not self.probe.ready or not self._analyzers:
+            return
+        if not self._due(trainer):
+            if self._last_epoch == trainer.current_epoch:
+                self._warn_once("once per epoch", (
+                    "validation runs more than once per epoch (val_check_interval), and the "
+                    "callback explains at the first validation of an epoch only "
+                    "(every_n_epochs counts epochs): a run of one long epoch (an iterable "
+                    "dataset with max_steps) is explained once."))
             return
         with eager(), _training_untouched(pl_module):  # (compiled: through its Python code)
             self._explain_and_log(trainer, pl_module)
@@ -493,20 +580,16 @@ class ExplainCallback(Callback):
 
     def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         started = time.perf_counter()
+        self._device = pl_module.device
         validating = trainer.state.fn == "validate"
         prefix = f"{self.name}_validate" if validating else self.name
         inputs = self.probe.inputs.to(pl_module.device)
         masks = None if self.probe.masks is None else self.probe.masks.to(pl_module.device)
         outputs = self._guarded("prediction", lambda: self._predict(inputs))
-        if outputs is None:
-            return
-        predictions = outputs.argmax(1)  # the explained outputs (max_activation)
-        # the predicted classes, as the pictures show them: a one-logit model's is logit > 0
-        classes = (outputs[:, 0] > 0).long() if outputs.shape[1] == 1 else predictions
         maps: dict[str, Tensor] = {}
         scalars: dict[str, float] = {}
         plots: dict[str, Tensor] = {}
-        names = list(self._analyzers)
+        names = list(self._analyzers) if outputs is not None else []
         progress = _progress(trainer, len(names) + 2, f"{self.name}: explaining "
                              f"{len(inputs)} samples")
         for name in names:
@@ -514,6 +597,12 @@ class ExplainCallback(Callback):
             progress(1)
             if result is not None:
                 maps[name] = result
+        if not self._agree_on_maps(outputs is not None, maps):
+            progress(0, close=True)
+            return
+        predictions = outputs.argmax(1)  # the explained outputs (max_activation)
+        # the predicted classes, as the pictures show them: a one-logit model's is logit > 0
+        classes = (outputs[:, 0] > 0).long() if outputs.shape[1] == 1 else predictions
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The pictures are drawn and logged while the metrics run (the colour mapping and
             # PNG encoding release the GIL most of the time); joined before the hook returns.
@@ -554,7 +643,7 @@ class ExplainCallback(Callback):
                 inputs, maps, predictions, masks,
                 lambda metric, analyzer, error: self._warn_or_raise(
                     f"metric {metric!r}" + (f" of analyzer {analyzer!r}" if analyzer else ""),
-                    error))
+                    error), self._agree)
             curves_now = validating or (self.curves_every_n_epochs is not None and (
                 trainer.current_epoch % self.curves_every_n_epochs == 0))
             self._last_curves = {}
@@ -571,13 +660,11 @@ class ExplainCallback(Callback):
 
     def _drift(self, epoch: int, prefix: str, maps: dict[str, Tensor],
                scalars: dict[str, float]) -> None:
-        """Update the drift of every map into ``scalars``: all analyzers' measures and means
-        at once; should that fail, each analyzer's own, so that a map that cannot be
-        measured costs only its own drift."""
-        drifts = self._guarded("drift", lambda: self.drift.update_all(maps, epoch))
-        if drifts is None:
-            drifts = {name: self._guarded(f"drift of {name!r}", lambda n=name, r=result: (
-                self.drift.update(n, r, epoch))) for name, result in maps.items()}
+        """Update the drift of every map into ``scalars`` (all analyzers' measures and means
+        at once; a map that cannot be measured costs only its own drift)."""
+        drifts = self._guarded("drift", lambda: self.drift.update_all(
+            maps, epoch, lambda name, error: self._warn_or_raise(f"drift of {name!r}", error),
+            self._agree)) or {}
         for name, drift in drifts.items():
             if drift:
                 scalars.update({f"{prefix}/{name}/{key}": v for key, v in drift.items()})
@@ -724,12 +811,46 @@ class ExplainCallback(Callback):
             raise error
         self._warn_once(f"{what}: {type(error).__name__}",
                         f"{what} failed and is skipped ({type(error).__name__}: {error}); "
-                        f"training goes on. Set on_error='raise' to stop instead.")
+                        f"training goes on. Set on_error='raise' to stop instead.",
+                        every_rank=True)
 
-    def _warn_once(self, key: str, message: str) -> None:
+    def _warn_once(self, key: str, message: str, every_rank: bool = False) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            rank_zero_warn(f"ExplainCallback: {message}")
+            self._warn(message, every_rank)
+
+    def _warn(self, message: str, every_rank: bool = False) -> None:
+        """Warn on rank zero, or (``every_rank``: a failure, which may happen on one rank's
+        probe samples only) on the rank where it happens, which the message names."""
+        message = f"ExplainCallback: {message}"
+        if every_rank and distributed():
+            warnings.warn(rank_prefixed_message(message, self._rank), UserWarning, stacklevel=3)
+        else:
+            rank_zero_warn(message)
+
+    # Under DDP: what the ranks agree on before they reduce (see .agreement).
+
+    def _agree(self, outcomes: Mapping[Hashable, bool]) -> dict[Hashable, bool]:
+        return agreed(outcomes, self._device)
+
+    def _agree_on_maps(self, predicted: bool, maps: dict[str, Tensor]) -> bool:
+        """Keep the maps of the analyzers that explained the probe on every rank (and drop
+        one that another rank dropped); whether every rank predicted its probe samples."""
+        if not distributed():
+            return predicted
+        held = self._agree({("prediction", ""): predicted,
+                            **{(name, "active"): name in self._analyzers
+                               for name in self.analyzer_specs},
+                            **{(name, "explained"): name in maps for name in self.analyzer_specs}})
+        for name in self.analyzer_specs:
+            if name in self._analyzers and not held[name, "active"]:
+                self._drop(name, RuntimeError("it was dropped on another process"))
+            if name in maps and not held[name, "explained"]:
+                del maps[name]
+                self._warn_or_raise(f"analyzer {name!r}", RuntimeError(
+                    "it failed on another process's probe samples, and is skipped on every "
+                    "process this epoch"))
+        return held["prediction", ""]
 
     # Checkpoint state: tensors and plain types only.
 
@@ -770,6 +891,12 @@ class ExplainCallback(Callback):
                 f"{sorted(configured - saved)}."))
         if self.patterns is not None and "patterns" in state_dict:
             self.patterns.load_state_dict(state_dict["patterns"])
+
+
+def _plain_int(value: Any) -> Any:
+    """A numpy integer as an int; anything else as it is (for the checks to judge)."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(
+        value, bool) else value
 
 
 def _names(option: str, names: Any) -> list[str] | None:

@@ -81,7 +81,17 @@ class PatternCollector:
                              f"{type(pl_module).__name__}") from error
 
     def setup(self, pl_module: nn.Module) -> None:
-        """Create the computer for ``pl_module`` (fails early for a model without kernels)."""
+        """Create the computer for ``pl_module`` (fails early for a model without kernels, or
+        one that runs compiled: see :func:`compiled_part`)."""
+        compiled = compiled_part(pl_module)
+        if compiled is not None:
+            raise ValueError(
+                f"{compiled} runs compiled (torch.compile), and the pattern statistics are "
+                f"collected by hooks on its kernel layers while it runs: they make the compiled "
+                f"code recompile, which changes the random numbers training draws (and so the "
+                f"trained weights), and miss layers. Leave the pattern analyzers out of a "
+                f"compiled run, or fit the patterns with lit_explain.PatternComputer on the "
+                f"uncompiled module and analyse with them there")
         target = self.target(pl_module)
         if self.computer is None or self.computer.model is not target:
             self.computer = PatternComputer(target, self.pattern_type)
@@ -134,6 +144,18 @@ class PatternCollector:
         self.patterns = dict(state.get("patterns") or {})
         refreshed = state.get("refreshed_at")
         self.refreshed_at = None if refreshed is None else tuple(refreshed)
+
+
+def compiled_part(pl_module: nn.Module) -> str | None:
+    """Which part of ``pl_module`` runs compiled, named (``None``: none): a submodule made by
+    ``torch.compile`` (it holds the original as ``_orig_mod``), or the LightningModule itself,
+    compiled by Lightning (``from_compiled`` leaves ``_compiler_ctx`` on it)."""
+    if getattr(pl_module, "_compiler_ctx", None):
+        return f"the model ({type(pl_module).__name__})"
+    for path, module in pl_module.named_modules():
+        if isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            return f"module '{path}'" if path else f"the model ({type(pl_module).__name__})"
+    return None
 
 
 class PatternCallback(Callback):

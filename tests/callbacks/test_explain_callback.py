@@ -115,13 +115,32 @@ def test_bad_configuration_fails_at_construction():
         lx.ExplainCallback(token_names=3)
     with pytest.raises(ValueError, match="overlay='yes' is not valid"):
         lx.ExplainCallback(overlay="yes")
+    for bad in (None, 5, [3]):
+        with pytest.raises(TypeError, match=r"analyzers=.* is not valid; give analyzer names.*"
+                                            r"valid names: \['deconvnet'"):
+            lx.ExplainCallback(analyzers=bad)
+    with pytest.raises(TypeError, match="analyzer 'gradient': parameters must be a mapping"):
+        lx.ExplainCallback(analyzers={"gradient": 3})
+    with pytest.raises(ValueError, match=r"'lrp.z': neuron_selection_mode='index' needs"):
+        lx.ExplainCallback(analyzers={"lrp.z": {"neuron_selection_mode": "index"}})
+
+
+def test_numpy_integers_are_options_and_become_ints():
+    import numpy as np
+
+    callback = lx.ExplainCallback(num_samples=np.int64(4), every_n_epochs=np.int32(2),
+                                  analysis_batch_size=np.int16(8),
+                                  curves_every_n_epochs=np.int64(3))
+    values = (callback.probe.num_samples, callback.every_n_epochs, callback.analysis_batch_size,
+              callback.curves_every_n_epochs)
+    assert values == (4, 2, 8, 3) and all(type(v) is int for v in values)
 
 
 def test_bad_analyzer_parameter_value_fails_at_setup_before_training(tmp_path):
     callback = lx.ExplainCallback(analyzers={"integrated_gradients": {"steps": 0}})
     model = DigitsClassifier(channels=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="steps=0"):
+    with pytest.raises(ValueError, match="analyzer 'integrated_gradients': steps=0"):
         make_trainer(tmp_path, [callback]).fit(model, DigitsDataModule())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
@@ -192,6 +211,20 @@ def test_checkpoint_state_is_tensors_and_resumes_with_weights_only(tmp_path):
     make_trainer(tmp_path, [resumed], max_epochs=2).fit(model, DigitsDataModule(batch_size=32),
                                                          ckpt_path=path)
     assert torch.equal(resumed.probe.inputs, callback.probe.inputs)
+
+
+def test_a_callback_reused_for_another_run_explains_that_run(tmp_path):
+    """Cross-validation folds, sweeps: one callback, several fits. Each fit is a run of its
+    own (probe samples, drift references, what the preflight dropped); before, the second
+    run explained nothing, silently, as its epochs came before the first run's last."""
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, drift=["first"])
+    first, _ = train(tmp_path / "one", [callback], max_epochs=3)
+    logger = TensorBoardLogger(str(tmp_path), name="two")
+    second, _ = train(tmp_path / "two", [callback], logger, max_epochs=2)
+    assert image_tags(logger.log_dir)["explain/gradient"] == 2  # both epochs
+    assert callback.drift.epochs == {"gradient": [1]}  # against the second run's first epoch
+    expected = lx.create_analyzer("gradient", second).analyze(callback.probe.inputs)
+    torch.testing.assert_close(callback.drift.previous["gradient"], expected)
 
 
 def test_two_callbacks_with_the_same_settings_live_on_one_trainer_by_name(tmp_path):

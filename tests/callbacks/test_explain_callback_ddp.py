@@ -48,3 +48,43 @@ def test_two_gloo_processes_log_once_with_metrics_reduced_across_ranks(tmp_path)
     rank_zero_only = lx.metrics.Sparseness()
     rank_zero_only.update(maps[:2])
     assert logged[-1] != pytest.approx(float(rank_zero_only.compute()), rel=1e-4)
+
+
+class GradientNaNOnRankOne(DigitsClassifier):
+    """On rank 1 the input gradient is NaN (∂√(0·x)/∂x = ∞ · 0), its output as on rank 0:
+    an analyzer that fails on one rank's probe samples only."""
+
+    def forward(self, x):
+        output = super().forward(x)
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            output = output + torch.sqrt(x[:, :1, 0, 0] * 0.0)
+        return output
+
+
+@pytest.mark.slow
+def test_an_analyzer_failing_on_one_rank_is_skipped_on_all_and_training_goes_on(tmp_path):
+    """The ranks agree on what succeeded before they reduce metrics and drift: a rank that
+    skipped a failed analyzer while the other reduced its metric hung until the process
+    group's timeout (thirty minutes by default), then stopped training."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    L.seed_everything(0, verbose=False)
+    logger = TensorBoardLogger(str(tmp_path), name="ddp")
+    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=2,
+                                  metrics=["sparseness"], drift=["previous"])
+    trainer = L.Trainer(strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
+                        accelerator="cpu", devices=2, max_epochs=2, limit_train_batches=2,
+                        limit_val_batches=2, logger=logger, callbacks=[callback],
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(GradientNaNOnRankOne(channels=4), DigitsDataModule(batch_size=16))
+
+    (log_dir,) = {os.path.dirname(p) for p in glob.glob(
+        os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
+    scalars = scalar_series(log_dir)
+    assert len(scalars["explain/lrp.epsilon/sparseness"]) == 2  # both epochs: trained on
+    assert len(scalars["explain/lrp.epsilon/drift_previous_spearman"]) == 1
+    assert not any(tag.startswith("explain/gradient") for tag in scalars)
+    assert "explain/gradient" not in image_tags(log_dir)

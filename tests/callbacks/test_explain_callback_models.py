@@ -84,6 +84,35 @@ def test_a_module_holding_a_compiled_network(tmp_path):
         torch.testing.assert_close(callback.last[name], expected)
 
 
+class HoldsCompiledWithDropout(HoldsCompiled):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.net(x), 0.3, training=self.training)
+
+
+@pytest.mark.parametrize("compiled", ["module", "lightning_module"])
+def test_pattern_analyzers_are_refused_on_a_compiled_run_which_trains_unchanged(tmp_path,
+                                                                                 compiled):
+    """Their statistics come from hooks on the kernel layers while the model trains: on a
+    compiled model those made the compiled code recompile, which changed the random numbers
+    training drew (weights 0.08 off with dropout) and missed layers."""
+    def model() -> L.LightningModule:
+        torch.manual_seed(0)
+        if compiled == "module":
+            return HoldsCompiledWithDropout()
+        return torch.compile(Unlogged(), backend="eager")
+
+    def weights(network: L.LightningModule | torch.nn.Module) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in network.state_dict().items()}
+
+    without, with_callback = model(), model()
+    fit(without, lx.ExplainCallback(analyzers=["gradient"], num_samples=2), tmp_path / "a")
+    callback = lx.ExplainCallback(analyzers=["gradient", "pattern.attribution"], num_samples=2)
+    with pytest.warns(UserWarning, match=r"'pattern.attribution'.*runs compiled"):
+        fit(with_callback, callback, tmp_path / "b")
+    expected = weights(without)
+    assert all(torch.equal(v, expected[k]) for k, v in weights(with_callback).items())
+
+
 class WithAux(Classifier):
     """Returns (logits, features) or {"logits", "features"}, like many real models."""
 

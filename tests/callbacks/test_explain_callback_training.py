@@ -82,9 +82,13 @@ def test_every_n_epochs_spaces_the_explained_epochs(tmp_path):
         == [2, 4]
 
 
-def test_several_validations_per_epoch_explain_once_per_epoch(tmp_path):
-    assert explained_epochs(tmp_path, max_epochs=3, limit_train_batches=4,
-                            val_check_interval=2)[1:] == [1, 2]
+def test_several_validations_per_epoch_explain_once_per_epoch_and_say_so(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, drift=["first"])
+    L.seed_everything(0, verbose=False)
+    with pytest.warns(UserWarning, match="explains at the first validation of an epoch only"):
+        make_trainer(tmp_path, [callback], max_epochs=3, limit_train_batches=4,
+                     val_check_interval=2).fit(Regularised(), DigitsDataModule(batch_size=32))
+    assert callback.drift.epochs["gradient"] == [1, 2]
 
 
 class PaddedText(L.LightningDataModule):

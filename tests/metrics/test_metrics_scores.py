@@ -14,7 +14,13 @@ from lit_explain.metrics import (
     Sparseness,
     create_metric,
 )
-from lit_explain.metrics.drift import average_ranks, spearman, ssim, topk_intersection
+from lit_explain.metrics.drift import (
+    average_ranks,
+    drift_measures,
+    spearman,
+    ssim,
+    topk_intersection,
+)
 
 
 def test_faithfulness_correlation_is_one_for_the_exact_linear_map(linear_setup):
@@ -143,29 +149,6 @@ def test_registry_and_create_metric(linear_setup):
         assert "higher_is_better" in cls.__doc__ or "lower is better" in cls.__doc__.lower()
 
 
-def test_drift_tracker_batched_measures_equal_each_analyzers_own():
-    from lit_explain.callbacks.evaluation import DriftTracker
-
-    g = torch.Generator().manual_seed(3)
-    tracker = DriftTracker(("previous", "first"))
-    epochs = [{"a": torch.randn(4, 1, 8, 8, generator=g), "b": torch.randn(4, 1, 8, 8, generator=g),
-               "flat": torch.randn(4, 30, generator=g)} for _ in range(3)]
-    for epoch, maps in enumerate(epochs):
-        measured = tracker.measure_all(maps)  # all analyzers and references concatenated
-        assert set(measured) == ({(a, r) for a in maps for r in ("previous", "first")}
-                                 if epoch else set())
-        for name, current in maps.items():
-            got = tracker.update(name, current, epoch, measured)
-            for reference, index in (("first", 0), ("previous", epoch - 1)):
-                if epoch == 0:
-                    continue
-                alone = AttributionDrift()  # this analyzer and reference on their own
-                alone.update(epochs[index][name], current)
-                for measure, value in alone.compute().items():
-                    assert got[f"drift_{reference}_{measure}"] == pytest.approx(float(value))
-            assert ("drift_first_ssim" in got) == (epoch > 0 and name != "flat")
-
-
 def test_drift_tracker_update_all_equals_each_metric_alone_and_keeps_the_references():
     from lit_explain.callbacks.evaluation import DriftTracker
 
@@ -175,7 +158,7 @@ def test_drift_tracker_update_all_equals_each_metric_alone_and_keeps_the_referen
                "flat": torch.randn(4, 30, generator=g)} for _ in range(4)]
     got_by_epoch = []
     for epoch, maps in enumerate(epochs):
-        got = tracker.update_all(maps, epoch)
+        got = tracker.update_all(maps, epoch, on_failure=pytest.fail)
         got_by_epoch.append(got)
         if epoch == 0:
             assert got == {}  # nothing to compare with yet
@@ -200,6 +183,33 @@ def test_drift_tracker_update_all_equals_each_metric_alone_and_keeps_the_referen
         got_by_epoch[e]["a"]["drift_first_ssim"] for e in (1, 2, 3)]
     assert "drift_first_ssim" not in tracker.history["flat"]  # no SSIM of flat maps
 
+
+
+def test_drift_tracker_skips_only_the_analyzer_whose_maps_cannot_be_measured(monkeypatch):
+    from lit_explain.callbacks import evaluation
+    from lit_explain.callbacks.evaluation import DriftTracker
+
+    def measures(reference, current, *args, **kwargs):  # one that fails on infinite values
+        if not bool(torch.isfinite(current).all()):
+            raise ValueError("not finite")
+        return drift_measures(reference, current, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "drift_measures", measures)
+    g = torch.Generator().manual_seed(6)
+    tracker = DriftTracker(("previous",))
+    first = {name: torch.randn(3, 1, 6, 6, generator=g) for name in ("good", "bad")}
+    tracker.update_all(first, 0, on_failure=pytest.fail)
+    failures = []
+    second = {"good": torch.randn(3, 1, 6, 6, generator=g),
+              "bad": torch.full((3, 1, 6, 6), float("inf"))}
+    got = tracker.update_all(second, 1, on_failure=lambda name, error: failures.append(name))
+    assert failures == ["bad"] and set(got) == {"good"}
+    assert torch.equal(tracker.previous["good"], second["good"])
+    assert torch.equal(tracker.previous["bad"], first["bad"])  # not kept
+    alone = AttributionDrift()
+    alone.update(first["good"], second["good"])
+    for measure, value in alone.compute().items():
+        assert got["good"][f"drift_previous_{measure}"] == pytest.approx(float(value))
 
 def test_ssim_is_the_mean_over_gaussian_windows_of_the_ssim_formula():
     # Wang et al. 2004, eq. 13, with a 7x7 Gaussian window (sigma 1.5) at every position

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import numbers
 import os
@@ -222,6 +223,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         #: With ``reverse_check_min_max_values``: module path → (min, max) of that relevance.
         self.reversed_min_max: dict[str, tuple[float, float]] = {}
         self._reversed_outputs: dict[str, Tensor] = {}
+        #: Layer key → its input relevance's shape for one sample (see :meth:`analyze`).
+        self._one_sample: dict[str, torch.Size] | None = None
 
     def analyze(self, x: Tensor, neuron_selection: NeuronSelection = None) -> Tensor:
         """Explain the model's output for the batch ``x``.
@@ -250,6 +253,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                              "give the model real weights (model.to_empty(device=...), then "
                              "load them) and x on that device before analysing")
         neuron_selection = self._checked_selection(neuron_selection, len(x))
+        self._one_sample = None
+        if self.reverse.project_bottleneck_layers and len(x) > 1:  # (per sample: which axis)
+            self._one_sample = self.one_sample_shapes(x, neuron_selection)[0]
         with analysis_context(self.model), ExitStack() as stack:
             self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}
             # a private copy: the model may modify its input in place (x.sub_(mean)), and the
@@ -270,6 +276,24 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         if self.reverse.check_finite and not bool(torch.isfinite(result).all()):
             raise FloatingPointError("the map at the model input is not finite")
         return result.detach().to(dtype=inputs.dtype)
+
+    def one_sample_shapes(self, x: Tensor, neuron_selection: NeuronSelection = None
+                          ) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
+        """The shapes of every layer's input and output relevance (see
+        :mod:`~.diagnostics`) when the first sample of ``x`` is analysed alone: against them,
+        the per-sample diagnostics find the axis of each layer's tensors that holds the
+        samples (:func:`~.diagnostics.sample_axis`)."""
+        options = self.reverse
+        self.reverse = dataclasses.replace(options, keep_tensors=True,
+                                           project_bottleneck_layers=False)
+        selection = neuron_selection[:1] if isinstance(neuron_selection, Tensor) and \
+            neuron_selection.dim() else neuron_selection
+        try:
+            self.analyze(x[:1], selection)
+            return ({key: t.shape for key, t in self.reversed_tensors.items()},
+                    {key: t.shape for key, t in self._reversed_outputs.items()})
+        finally:
+            self.reverse = options
 
     # iNNvestigate's training and saving interface ----------------------------------------
 
@@ -410,6 +434,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         x = x.detach().requires_grad_(True)
         recorder = self.reverse.recorder(self._relevance_scale)
         if recorder is not None:  # observe every layer; nothing is inserted otherwise
+            recorder.one_sample = self._one_sample
             handlers, passthrough = recorder.wrap(handlers, passthrough, self_observed)
         if handlers is None:
             self._warn_on_final_softmax(x)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .errors import NotAnalyzableModelError
 from .kinds import ALL_KINDS, BATCH_NORM, KERNEL, NORMALIZATION, SOFTMAX, WEIGHT_PRODUCT
 from .operations import Handler, OperationCall
 from .validation import check_bool, is_finite_number
@@ -99,11 +100,35 @@ class ReverseOptions:
         return ReverseRecorder(self, relevance_scale) if self.active else None
 
 
-def project(relevance: Tensor) -> Tensor:
-    """Each sample scaled so that its largest absolute value is 1 (zero maps stay zero)."""
-    peak = relevance.detach().abs().reshape(len(relevance), -1).amax(dim=1)
-    peak = peak.clamp(min=torch.finfo(relevance.dtype).tiny)
-    return relevance / peak.reshape(-1, *([1] * (relevance.dim() - 1)))
+def project(relevance: Tensor, axis: int = 0) -> Tensor:
+    """Each sample (along ``axis``) scaled so that its largest absolute value is 1 (zero maps
+    stay zero)."""
+    samples = relevance.detach().abs().movedim(axis, 0)
+    peak = samples.reshape(len(samples), -1).amax(dim=1).clamp(
+        min=torch.finfo(relevance.dtype).tiny)
+    shape = [1] * relevance.dim()
+    shape[axis] = -1
+    return relevance / peak.reshape(shape)
+
+
+def sample_axis(key: str, shape: torch.Size, one_sample: torch.Size | None) -> int:
+    """The axis of a layer's tensor (``shape``) that holds the samples, found against the
+    shape of the same tensor for one sample alone (``one_sample``; ``None``: the batch was
+    one sample, any axis holds it): the axis where the two differ. A sequence-first layer
+    (``(L, N, E)``, as inside ``nn.TransformerEncoderLayer(batch_first=False)``) has it second:
+    taking the first for it made per-position sums of "samples" (a crash of the conservation
+    report, maps 57 % off under ``reverse_project_bottleneck_layers``)."""
+    if one_sample is None:
+        return 0
+    differing = [a for a in range(len(shape)) if len(one_sample) != len(shape)
+                 or shape[a] != one_sample[a]]
+    if len(differing) == 1 and one_sample[differing[0]] == 1:
+        return differing[0]
+    raise NotAnalyzableModelError(
+        f"layer {key!r}: its tensors (shape {tuple(shape)}; for one sample "
+        f"{None if one_sample is None else tuple(one_sample)}) have no one axis of the "
+        f"samples, which the per-sample diagnostics (reverse_project_bottleneck_layers, "
+        f"conservation_report) need: the model mixes its samples there")
 
 
 class _Observe(torch.autograd.Function):
@@ -138,6 +163,9 @@ class ReverseRecorder:
     inputs: dict[str, Tensor] = field(default_factory=dict)
     outputs: dict[str, Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Layer key → the shape of its input relevance for the batch's first sample alone
+    #: (``None``: the batch is one sample), where a per-sample option needs the samples' axis.
+    one_sample: dict[str, torch.Size] | None = None
     #: Layer keys in the order of the forward pass.
     order: list[str] = field(default_factory=list)
     _calls: dict[str, int] = field(default_factory=dict)
@@ -230,7 +258,9 @@ class ReverseRecorder:
         if options.clip_values is not None:
             changed = relevance.clamp(*options.clip_values)
         if options.project_bottleneck_layers:
-            changed = project(relevance if changed is None else changed)
+            axis = sample_axis(key, relevance.shape, None if self.one_sample is None
+                               else self.one_sample.get(key, ()))
+            changed = project(relevance if changed is None else changed, axis)
         final = relevance if changed is None else changed
         if options.keep_tensors:
             self.inputs[key] = final.detach()

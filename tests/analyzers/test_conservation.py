@@ -132,3 +132,40 @@ def test_a_layer_output_with_several_uses_keeps_the_relevance_of_all():
     report = lx.conservation_report(lx.create_analyzer("lrp.z_IB", model), x)
     rows = sum(layer.absorbed for layer in report.layers.values())
     torch.testing.assert_close(rows, report.absorbed)
+
+
+class _Encoder(nn.Module):
+    """A transformer encoder layer on (N, L, E) input, batch first or sequence first inside:
+    one function, two layouts of every layer's tensors."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.batch_first = batch_first
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=batch_first)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.layer(x if self.batch_first else x.transpose(0, 1))
+        return self.head(h.mean(1 if self.batch_first else 0))
+
+
+def test_sequence_first_layers_are_summed_per_sample():
+    # (their first axis holds the positions: sums over it were per position, a crash)
+    x = torch.randn(2, 5, 8, dtype=torch.double)
+    reports = [lx.conservation_report(lx.create_analyzer("lrp.epsilon", _Encoder(first).double()
+                                                         .eval()), x)
+               for first in (True, False)]
+    assert list(reports[0].layers) == list(reports[1].layers)
+    for path, layer in reports[0].layers.items():
+        torch.testing.assert_close(reports[1].layers[path].absorbed, layer.absorbed)
+        assert layer.absorbed.shape == (2,)
+    torch.testing.assert_close(reports[1].absorbed, reports[0].absorbed)
+
+
+def test_projection_scales_each_sample_of_sequence_first_layers():
+    x = torch.randn(2, 5, 8, dtype=torch.double)
+    maps = [lx.create_analyzer("lrp.epsilon", _Encoder(first).double().eval(),
+                               reverse_project_bottleneck_layers=True).analyze(x)
+            for first in (True, False)]
+    torch.testing.assert_close(maps[1], maps[0])

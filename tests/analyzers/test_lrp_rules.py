@@ -43,6 +43,7 @@ from lit_explain.analyzers.lrp.rules import (
     safe,
     stacked_parts,
 )
+from lit_explain.analyzers.operations import OperationRules
 from lit_explain.demo.models import ResNetStyle
 
 RULES = [  # (rule, its explicit matrix form; "flat" needs the layer's connectivity)
@@ -672,3 +673,50 @@ def test_constants_or_features_beside_the_input_keep_both_flows_equal(model, sha
     analyzer.flow = Flow()
     torch.testing.assert_close(relative, analyzer.analyze(x), rtol=1e-7, atol=1e-12)
     assert relative.abs().sum() > 1e-3
+
+
+class _Normalising(nn.Module):
+    """(x − mean) / std in forward: its rule passes relevance unchanged, no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = ResNetStyle(in_channels=3, num_classes=4, width=4)
+
+    def forward(self, x):
+        return self.net((x - 0.5) / 0.25)
+
+
+@pytest.mark.parametrize("model", [lambda: ResNetStyle(in_channels=3, num_classes=4, width=4),
+                                   _Normalising], ids=["resnet", "normalising"])
+def test_rules_that_are_all_gradients_run_as_the_plain_gradient_once_checked(model,
+                                                                             monkeypatch):
+    """LRP-z on a ReLU network with its BatchNorms merged applies only gradients: once an
+    analysis has found so for a model and input signature, the next ones run Input × Gradient
+    without the rules' machinery (the same map), until the model changes."""
+    from lit_explain.analyzers import base
+
+    torch.manual_seed(0)
+    network = model().double().eval()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.double)
+    analyzer = lx.create_analyzer("lrp.z", network)
+    ruled = []
+    monkeypatch.setattr(base, "OperationRules", lambda *a, **k: ruled.append(1) or
+                        OperationRules(*a, **k))
+
+    def input_times_gradient(net: nn.Module) -> torch.Tensor:
+        return lx.create_analyzer("input_t_gradient", net).analyze(x)
+
+    first = analyzer.analyze(x)
+    runs = len(ruled)
+    second = analyzer.analyze(x)
+    torch.testing.assert_close(second, first, rtol=1e-10, atol=1e-12)
+    plain = isinstance(network, ResNetStyle)
+    assert (len(ruled) == runs) == plain  # no rules run for the plain gradient
+    if plain:
+        torch.testing.assert_close(second, input_times_gradient(network))
+    with torch.no_grad():
+        next(network.parameters()).mul_(1.5)  # a step changes the model: checked anew
+    third = analyzer.analyze(x)
+    assert len(ruled) > runs
+    if plain:
+        torch.testing.assert_close(third, input_times_gradient(network))

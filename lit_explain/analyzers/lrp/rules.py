@@ -206,6 +206,10 @@ class Rule:
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         raise NotImplementedError
 
+    def is_gradient(self, flow: Flow) -> bool:
+        """Whether in ``flow`` the rule is the layer's own backward pass (nothing added)."""
+        return False
+
     def output_value(self, layer: AffineLayer) -> Tensor:
         """The layer's output value, computed the way this rule will need anyway: what the
         model receives while the rule waits to be applied (see the LRP analyzer)."""
@@ -254,9 +258,12 @@ class ZRule(_RescalingRule):
         return safe(z)
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        if flow.relative and self.bias:  # R_y / z = gradient: the layer's own backward
+        if self.is_gradient(flow):  # R_y / z = gradient: the layer's own backward
             return layer.linear_term()
         return super().__call__(layer, flow)
+
+    def is_gradient(self, flow: Flow) -> bool:
+        return flow.relative and self.bias
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import numbers
 import os
 import threading
 import warnings
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -48,20 +47,16 @@ NeuronSelection = int | Sequence[int] | Tensor | None
 Selector = Callable[[Tensor], Tensor | None]
 
 
-#: One lock per model, so that analyses of one model run one at a time (see
-#: :func:`analysis_context`); a model's entry goes with the model.
-_model_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = (
-    weakref.WeakKeyDictionary())
-_model_locks_guard = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock held while ``model`` is analysed: reentrant, so that the thread that holds it
-    may start another analysis of the model (the gradient family's, from a forward hook of a
-    gradient analysis, works). Not from inside a rule-based analysis' forward pass: its rules
-    would see the inner analysis' operations (that raises ``NotAnalyzableModelError``)."""
-    with _model_locks_guard:
-        return _model_locks.setdefault(model, threading.RLock())
+#: Held while any analysis runs (see :func:`analysis_context`): analyses run one at a time
+#: in a process. Reentrant, so that the thread that holds it may start another analysis
+#: (the gradient family's, from a forward hook of a gradient analysis, works); not from
+#: inside a rule-based analysis' forward pass, whose rules would see the inner analysis'
+#: operations (that raises ``NotAnalyzableModelError``). One lock per model let two models
+#: that share a submodule (two heads on one backbone) switch its flags under each other (a
+#: map 1.4× its size off, BatchNorm statistics updated), and two analyses overlap their
+#: switches of torch's process-wide state (checkpointing, the compiler's stance), which the
+#: later one then restored wrongly, for good.
+ANALYSIS_LOCK = threading.RLock()
 
 
 @contextmanager
@@ -80,17 +75,26 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     map). On exit every module's train flag, backward hooks and every parameter's
     ``requires_grad`` are put back as they were, also when the analysis raises.
 
-    Analyses of one model are serialised: the context holds the model's lock
-    (:func:`model_lock`) from before it switches the flags until after it has put them back,
-    so that no thread restores train mode while another one analyses.
+    Analyses are serialised: the context holds :data:`ANALYSIS_LOCK` from before it switches
+    the flags until after it has put them back, so that no thread restores train mode (or
+    torch's process-wide state) while another one analyses.
     """
-    with model_lock(model):
+    with ANALYSIS_LOCK:
         # only the modules in train mode are switched (and back): a model validated in eval
         # mode costs nothing here
         modules = list(model.modules())
         training = [module for module in modules if module.training]
-        requires_grad = [param for module in modules for param in module._parameters.values()
-                         if param is not None and param.requires_grad]
+        parameters = [(module, name, param) for module in modules
+                      for name, param in module._parameters.items() if param is not None]
+        made_in_inference = next((f"{type(module).__name__}.{name}" for module, name, param
+                                  in parameters if param.is_inference()), None)
+        if made_in_inference is not None:  # (before any flag is switched)
+            raise NotAnalyzableModelError(
+                f"the model's parameters (such as {made_in_inference}) are inference tensors, "
+                f"made or loaded under torch.inference_mode(), which autograd cannot "
+                f"differentiate through: build or load the model outside inference mode (or "
+                f"clone its parameters there, under torch.no_grad())")
+        requires_grad = [param for _, _, param in parameters if param.requires_grad]
         backward_hooks = [(module, module._backward_hooks, module._backward_pre_hooks)
                           for module in modules
                           if module._backward_hooks or module._backward_pre_hooks]
@@ -142,10 +146,12 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
     buffer, ``.grad``, ``requires_grad`` or train/eval flag changes. It works inside
     ``torch.no_grad()`` and ``torch.inference_mode()``.
 
-    Threads: analyses of one model run one at a time (each holds the model's lock, see
-    :func:`analysis_context`), whether they share an analyzer or not; analyses of different
-    models run in parallel. Training the same model in another thread while it is analysed
-    is not supported: the analysis switches it to eval mode and freezes its parameters.
+    Threads: analyses run one at a time in a process (each holds :data:`ANALYSIS_LOCK`, see
+    :func:`analysis_context`), whether they share an analyzer or a model or not: models may
+    share submodules, and an analysis switches torch's process-wide state (checkpointing,
+    the compiler's stance) while it runs. Training the same model in another thread while it
+    is analysed is not supported: the analysis switches it to eval mode and freezes its
+    parameters.
 
     Token models: an integer input (token ids) is analyzed from the output of the model's
     input ``nn.Embedding``/``nn.EmbeddingBag`` and the map summed over the embedding axis,
@@ -248,6 +254,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         if x.dim() == 0 or len(x) == 0:
             raise ValueError(f"x has no samples (shape {tuple(x.shape)}); give a batch, first "
                              f"axis the samples")
+        if x.is_complex():
+            raise TypeError(f"x is complex ({x.dtype}); analyzers explain real inputs (or "
+                            f"integer token ids)")
         if x.is_meta or next((p.is_meta for p in self.model.parameters()), False):
             raise ValueError("the model or x is on the 'meta' device, which holds no values: "
                              "give the model real weights (model.to_empty(device=...), then "
@@ -266,16 +275,28 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             if self.rule_based:
                 self._signature = forward_signature(self.model, inputs)
                 stack.callback(setattr, self, "_signature", None)
-            if is_token_input(inputs):  # analyze from the embedding; one value per token
-                inputs = stack.enter_context(token_input(self.model, inputs))
-                result = self._analyze(inputs, neuron_selection).sum(dim=-1)
-            else:
-                result = self._analyze(inputs, neuron_selection)
+            try:
+                if is_token_input(inputs):  # analyze from the embedding; one value per token
+                    inputs = stack.enter_context(token_input(self.model, inputs))
+                    result = self._analyze(inputs, neuron_selection).sum(dim=-1)
+                else:
+                    result = self._analyze(inputs, neuron_selection)
+            except RuntimeError as error:  # (torch's own, naming an operation: say why)
+                self._note_dtypes(error, x)
+                raise
         if self.reverse.project_bottleneck_layers:
             result = project(result)
         if self.reverse.check_finite and not bool(torch.isfinite(result).all()):
             raise FloatingPointError("the map at the model input is not finite")
         return result.detach().to(dtype=inputs.dtype)
+
+    def _note_dtypes(self, error: RuntimeError, x: Tensor) -> None:
+        """Add to ``error`` that ``x`` and the model's parameters differ in dtype, where so."""
+        parameter = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        if x.is_floating_point() and parameter is not None and parameter.dtype != x.dtype:
+            error.add_note(f"x has dtype {x.dtype} and the model's parameters "
+                           f"{parameter.dtype}: give x in the model's dtype "
+                           f"(x.to({parameter.dtype}))")
 
     def one_sample_shapes(self, x: Tensor, neuron_selection: NeuronSelection = None
                           ) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
@@ -354,6 +375,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                              "or one index per sample")
         if isinstance(neuron_selection, numbers.Integral) and not isinstance(
                 neuron_selection, bool):  # an int or a numpy integer
+            if not -2 ** 63 <= int(neuron_selection) < 2 ** 63:
+                raise ValueError(f"neuron_selection={neuron_selection!r} is out of range; "
+                                 f"give the index of an output")
             return int(neuron_selection)
         try:
             indices = torch.as_tensor(neuron_selection)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 import weakref
 
 import pytest
@@ -294,3 +296,73 @@ def test_16_bit_models_get_the_gradient_methods_and_a_clear_refusal_of_rules(nam
     else:
         with pytest.raises(lx.NotAnalyzableModelError, match=rf"{dtype}.*float32 copy"):
             analyzer.analyze(x)
+
+
+class _Sleep(nn.Module):
+    """Holds the thread a while, so that two analyses overlap."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+def test_analyses_in_threads_of_models_sharing_a_backbone_are_one_at_a_time():
+    """Two heads on one backbone (in train mode), analysed in two threads at once: one
+    analysis put the shared BatchNorm back into train mode while the other still ran (its
+    map 1.4× its size off, the running statistics updated), and the overlapping switches of
+    torch's process-wide checkpointing were restored wrongly, for good."""
+    import torch.utils.checkpoint as checkpoint
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU())
+    first = nn.Sequential(backbone, _Sleep(0.2), nn.Linear(8, 3)).train()
+    second = nn.Sequential(_Sleep(0.3), backbone, nn.Linear(8, 3)).train()
+    x = torch.randn(4, 6)
+    expected = {name: lx.create_analyzer(name, second).analyze(x)
+                for name in ("gradient", "lrp.epsilon")}
+    statistics = backbone[1].running_mean.clone()
+    apply = checkpoint.CheckpointFunction.apply
+    got = {}
+
+    def analyse(name: str, model: nn.Module) -> None:
+        got[name, model] = lx.create_analyzer(name, model).analyze(x)
+
+    for name in expected:
+        threads = [threading.Thread(target=analyse, args=(name, model))
+                   for model in (first, second)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join()
+        torch.testing.assert_close(got[name, second], expected[name])
+    assert torch.equal(backbone[1].running_mean, statistics)
+    assert first.training and second.training and backbone[1].training
+    assert checkpoint.CheckpointFunction.apply == apply  # torch's own again
+
+
+def test_a_model_with_inference_tensor_parameters_is_refused_before_any_flag_changes():
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    model.train()
+    for name in ("gradient", "lrp.z"):
+        with pytest.raises(lx.NotAnalyzableModelError, match=r"Linear.weight\) are inference"):
+            lx.create_analyzer(name, model).analyze(torch.randn(2, 4))
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_input_and_selection_errors_name_the_argument():
+    model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(TypeError, match=r"x is complex \(torch.complex64\)"):
+        lx.create_analyzer("gradient", model).analyze(torch.randn(2, 4, dtype=torch.cfloat))
+    with pytest.raises(ValueError, match="neuron_selection=9223372036854775808 is out of range"):
+        lx.create_analyzer("gradient", model, neuron_selection_mode="index").analyze(
+            torch.randn(2, 4), neuron_selection=2 ** 63)
+    with pytest.raises(RuntimeError) as info:
+        lx.create_analyzer("gradient", model).analyze(torch.randn(2, 4, dtype=torch.double))
+    assert "x has dtype torch.float64 and the model's parameters torch.float32" in "".join(
+        info.value.__notes__)

@@ -47,6 +47,16 @@ def safe(z: Tensor) -> Tensor:
     return torch.where(z.abs() < torch.finfo(z.dtype).tiny, SAFE_EPSILON, z)
 
 
+def nonzero(z: Tensor, replacement: Tensor | float) -> Tensor:
+    """A denominator of one sign (``z⁺ + b⁺ ≥ 0``, ``z⁻ + b⁻ ≤ 0``) with ``replacement`` (of
+    its sign) where it is 0 or subnormal, where every contribution to it is 0 too: as
+    iNNvestigate, exact zeros only. Elsewhere the rule's ratios stay exact at any scale (a
+    floor of ε = 1e-7 took αβ 38 % off, Deep Taylor to all zeros, at inputs of 1e-5 to 1e-8,
+    where these positively homogeneous rules scale with the input). A new tensor."""
+    tiny = torch.finfo(z.dtype).tiny
+    return torch.where(z.abs() < tiny, replacement, z)
+
+
 def safe_reciprocal(z: Tensor) -> Tensor:
     """``1 / safe(z)``."""
     return safe(z).reciprocal_()
@@ -406,9 +416,8 @@ class AlphaBetaRule(Rule):
             positive, negative = layer.input_parts(flow)
             z_plus = layer.mixed_part(positive, negative, True)
             z_minus = layer.mixed_part(positive, negative, False)
-        # The denominators z⁺ + b⁺ ≥ 0, kept ε away from 0 (where it is below ε, every
-        # contribution is smaller still; iNNvestigate replaces exact zeros only), and
-        # z⁻ + b⁻ ≤ −ε, for the term −β R (z⁻-part) / (z⁻ + b⁻).
+        # The denominators z⁺ + b⁺ ≥ 0 and z⁻ + b⁻ ≤ 0 (for the term −β R (z⁻-part) /
+        # (z⁻ + b⁻)), ±ε where they are 0 (see nonzero)
         activator = torch.add(z_plus.detach(), bias_plus)
         inhibitor = torch.add(z_minus.detach(), bias_minus)
         if y is None:
@@ -417,8 +426,8 @@ class AlphaBetaRule(Rule):
                 y.mul_(scale)
             if not self.bias and layer.bias is not None:  # the denominators leave b out
                 y.add_(layer.bias_term())
-        return flow.output(y, (z_plus, activator.clamp_(min=floor), self.alpha),
-                           (z_minus, inhibitor.clamp_(max=-floor), -self.beta))
+        return flow.output(y, (z_plus, nonzero(activator, floor), self.alpha),
+                           (z_minus, nonzero(inhibitor, -floor), -self.beta))
 
     def _positive_only(self, layer: AffineLayer, flow: Flow, signed: bool) -> Tensor:
         """β = 0: ``z⁺ + b⁺`` alone (the layer's call adds ``b⁺``), kept ``ε`` from 0; the
@@ -428,7 +437,7 @@ class AlphaBetaRule(Rule):
             z_plus = layer.mixed_part(*layer.input_parts(flow), True, bias)
         else:
             z_plus = layer.biased(layer.term_input, layer.weight_parts[0], bias)
-        activator = z_plus.detach().clamp(min=SAFE_EPSILON)
+        activator = nonzero(z_plus.detach(), SAFE_EPSILON)
         return flow.output(layer.output_value(), (z_plus, activator, self.alpha))
 
 

@@ -33,6 +33,7 @@ from .forward import (
     without_checkpointing,
 )
 from .operations import Handler, OperationRules, Prepare
+from .replay import Diverged, Plan, Replayed
 from .softmax import check_ends_without_softmax
 from .validation import check_choice
 
@@ -231,6 +232,10 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         self._reversed_outputs: dict[str, Tensor] = {}
         #: Layer key → its input relevance's shape for one sample (see :meth:`analyze`).
         self._one_sample: dict[str, torch.Size] | None = None
+        #: The replay plan of the last analysis, where it was replayable (see :meth:`_forward`).
+        self._plan: Plan | None = None
+        #: Whether the last rule-based forward pass was a replay of a plan.
+        self.replayed = False
 
     def analyze(self, x: Tensor, neuron_selection: NeuronSelection = None) -> Tensor:
         """Explain the model's output for the batch ``x``.
@@ -514,6 +519,11 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         analysis with the same signature runs the same operations on the same parameters.
         It is made for every analysis of a model whose forward pass reads a tensor value
         into Python (``if x.sum() > 0:``), which may run other operations for other inputs.
+
+        An analysis whose rules depend each on its call alone records its forward pass in a
+        :class:`~.replay.Plan`; the next one with the same signature, reverse-pass options and
+        settings replays it (:mod:`~.replay`, :attr:`replayed`): the same map, without the
+        routing of every call.
         """
         if x.dtype in LOW_PRECISION:
             raise NotAnalyzableModelError(
@@ -534,25 +544,58 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                 "method (gradient, input_t_gradient, smoothgrad, integrated_gradients).")
         reads_values = False
 
-        def analysed(inputs: Tensor, record: list | None = None) -> Tensor:
+        def analysed(inputs: Tensor, record: list | None = None, plan: Plan | None = None
+                     ) -> Tensor:
             nonlocal reads_values
             rules = OperationRules(self.model, handlers, passthrough, inputs, prepare=prepare,
                                    input_boundary=input_boundary, record=record,
-                                   refuse_detached=refuse_detached)
+                                   refuse_detached=refuse_detached, plan=plan)
             with rules.tracking_modules(), refusing_compiled_control_flow():
                 # (the reshape too: it may use a rule's output)
                 logits = self.logits(self.model(inputs), len(inputs))
             reads_values = reads_values or rules.reads_values
             return logits
 
+        key = (self._signature, self.reverse, self._settings())
         with eager():  # compiled submodules through their Python code, where the rules are
-            logits = analysed(x.clone())
+            plan = self._plan
+            self.replayed = plan is not None and self._signature is not None and plan.key == key
+            if self.replayed:
+                try:
+                    return self._replay(x, plan, input_boundary)
+                except Diverged:  # (another call than recorded: the analysis in full)
+                    self._plan, self.replayed = None, False
+            recording = None if refuse_detached or self.reverse.active or \
+                self._signature is None else Plan()
+            logits = analysed(x.clone(), plan=recording)
             self._forward_read_values = reads_values
             signature = None if reads_values else self._signature
             if signature is None or signature != self._checked_forward:
                 check_same_forward(self.model, x.detach(), logits, analysed, self.logits)
                 self._checked_forward = signature
+            self._plan = recording if recording is not None and recording.replayable and \
+                signature is not None else None
+            if self._plan is not None:
+                self._plan.key = key
         return logits
+
+    def _replay(self, x: Tensor, plan: Plan, input_boundary: Callable[[Tensor], Tensor] | None
+                ) -> Tensor:
+        """The explained output of a forward pass of ``x`` run by ``plan`` (see
+        :mod:`~.replay`). Where the relevance flow crosses an input boundary it crosses it at
+        ``x`` itself: a replayable plan meets no input preprocessing, and the tensors that
+        cross at their first use are ``x`` moved or copied."""
+        inputs = x.clone() if input_boundary is None else input_boundary(x.clone()).clone()
+        replayed = Replayed(plan)
+        with replayed, refusing_compiled_control_flow():
+            logits = self.logits(self.model(inputs), len(inputs))
+        replayed.finish()
+        return logits
+
+    def _settings(self) -> tuple:
+        """What decides the rules an analysis applies besides the model, the input and the
+        reverse-pass options (a replay plan holds for them, see :meth:`_forward`)."""
+        return ()
 
     def _warn_on_final_softmax(self, x: Tensor) -> None:
         if self._softmax_checked:

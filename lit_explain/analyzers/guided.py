@@ -19,6 +19,7 @@ from .base import Analyzer, NeuronSelection
 from .kinds import BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE, WEIGHT_PRODUCT
 from .operations import OperationCall, with_gradient
 from .registry import register
+from .replay import stateless
 
 GRADIENT_KINDS = frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM, MAX_POOL, LINEAR, STRUCTURE})
 
@@ -27,6 +28,7 @@ def relu_rule(backward: Callable[[Tensor, Tensor], Tensor]):
     """A ReLU handler whose backward is ``backward(grad, relu_output)`` (the output, which
     the next layer keeps anyway, not the input, which would be held only for this)."""
 
+    @stateless  # (replayed as it is: see .replay)
     def handler(call: OperationCall) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
         output = call.run()

@@ -62,6 +62,7 @@ from .kinds import (
 )
 from .masks import Masks
 from .provenance import UNSEEN_CODE, Provenance
+from .replay import Plan, Step
 
 
 @dataclass
@@ -98,6 +99,10 @@ class OperationCall:
         (GELU written out, ``0.5 * x * (1 + tanh(...))``): that tensor, as the call's own
         tensors reach it (after the relevance flow's swaps); the product is one elementwise
         function of it.
+    index, plan:
+        The call's position among the forward pass's calls, and the :class:`~.replay.Plan`
+        the analysis records (``None``: none), which a handler whose rule depends on the
+        call alone gives the call's step (:meth:`replay`).
     """
 
     func: Callable
@@ -113,10 +118,18 @@ class OperationCall:
     observe_output: Callable[[Tensor], Tensor] | None = None
     parts: Callable[[tuple, dict], object] | None = None
     elementwise_of: Tensor | None = None
+    index: int = -1
+    plan: Plan | None = None
 
     def run(self, *args, **kwargs) -> Tensor:
         """Run the operation, on new ``args``/``kwargs`` where given."""
         return self.func(*(args or self.args), **{**self.kwargs, **kwargs})
+
+    def replay(self, step: Step | None) -> None:
+        """How a replay of the analysis (:mod:`.replay`) runs this call: by ``step``, or
+        (``None``) as written, for a rule found to be the call's own gradient."""
+        if self.plan is not None:
+            self.plan.add(self.index, step)
 
     def decompose(self) -> object:
         """The output of a fused call (attention) computed from its parts, each part routed to
@@ -254,6 +267,10 @@ class OperationRules(TorchFunctionMode):
         with a value computed from the input without a gradient (``detach()``, a
         ``torch.no_grad()`` region, an ``argmax`` index): DeepLIFT, which must account for
         every difference to the reference, cannot.
+    plan:
+        A :class:`~.replay.Plan` to record the forward pass in: every call's function, and
+        the steps handlers give their calls; one that gives none, a gate, a held statistic
+        or input preprocessing makes it unreplayable.
 
     What made each tensor is tracked (:mod:`.provenance`): a differentiable tensor that
     reaches a call or leaves a submodule without having been made by a routed call —
@@ -276,9 +293,11 @@ class OperationRules(TorchFunctionMode):
                  passthrough: frozenset[str], model_input: Tensor, *,
                  prepare: Prepare | None = None,
                  input_boundary: Callable[[Tensor], Tensor] | None = None,
-                 record: list[Recorded] | None = None, refuse_detached: bool = False) -> None:
+                 record: list[Recorded] | None = None, refuse_detached: bool = False,
+                 plan: Plan | None = None) -> None:
         super().__init__()
         self.model = model
+        self.plan = plan
         self.handlers = handlers
         self.passthrough = passthrough
         self.prepare = prepare
@@ -297,6 +316,10 @@ class OperationRules(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        plan = self.plan
+        if plan is not None:
+            index = len(plan.funcs)
+            plan.funcs.append(func)
         if func in QUERIES:
             return func(*args, **kwargs)
         if func in GRADIENT_HOOKS:  # its gradient would be the rules' relevance: not registered
@@ -310,10 +333,14 @@ class OperationRules(TorchFunctionMode):
         holds = self.holds_statistics
         if holds and func in ELEMENTWISE_SCALINGS:
             args = self.state.provenance.hold_statistic(func, args)
+        if plan is not None and (gate is not None or args is not model_args):
+            plan.unreplayable()  # (a gate or a held statistic: more than the call)
         if gate is not None or args is not model_args:
             tensors = tensors_in(args, kwargs)
         given_tensors = tensors  # (as the model passed them)
         kind = gate.kind if gate is not None else self._kind(func, args, kwargs, tensors)
+        if plan is not None and kind == INPUT_PREPROCESSING:
+            plan.unreplayable()  # (its relevance passes as itself: a replay crosses at x)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         first = tensors[0] if tensors else None
@@ -353,6 +380,8 @@ class OperationRules(TorchFunctionMode):
             handler is not None or self.record is not None) else None
         if call is not None:
             call.elementwise_of = root
+            if plan is not None:
+                call.index, call.plan = index, plan
         if self.record is not None:
             # the ids the model passed (a hook may swap a tensor), the values the call got
             inputs = [(i, _snapshot(t)) for i, t in zip(held, tensors_in(args, kwargs),
@@ -375,6 +404,11 @@ class OperationRules(TorchFunctionMode):
             twin = (func, args, kwargs) if in_place else out_of_place(func, args, kwargs)
             output = handler(call) if twin is None else self._in_place(call, handler, twin)
             produced = tensors_in(output)
+            if plan is not None:
+                if getattr(handler, "stateless", False):
+                    plan.add(index, handler_step(handler, kind))
+                elif index not in plan.planned:  # (a handler that gives its own step)
+                    plan.unreplayable()
         if self.record is not None:
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in produced],
                                         {id(t) for t in produced}))
@@ -544,6 +578,17 @@ class OperationRules(TorchFunctionMode):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def handler_step(handler: Handler, kind: str) -> Step:
+    """The replay step of a handler whose rule depends on its call alone: the handler on the
+    call, an in-place call as :class:`OperationRules` runs it (on its out-of-place twin)."""
+    def step(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+        call = OperationCall(func, args, kwargs, kind)
+        twin = out_of_place(func, args, kwargs)
+        return handler(call) if twin is None else OperationRules._in_place(call, handler, twin)
+
+    return step
 
 
 @dataclass

@@ -690,9 +690,10 @@ class _Normalising(nn.Module):
                                    _Normalising], ids=["resnet", "normalising"])
 def test_rules_that_are_all_gradients_run_as_the_plain_gradient_once_checked(model,
                                                                              monkeypatch):
-    """LRP-z on a ReLU network with its BatchNorms merged applies only gradients: once an
-    analysis has found so for a model and input signature, the next ones run Input × Gradient
-    without the rules' machinery (the same map), until the model changes."""
+    """LRP-z on a ReLU network with its BatchNorms merged applies only gradients, each rule a
+    function of its call: once an analysis has recorded so for a model and input signature,
+    the next ones replay it without the rules' machinery (the same map: Input × Gradient),
+    until the model changes. Input preprocessing keeps the rules."""
     from lit_explain.analyzers import base
 
     torch.manual_seed(0)

@@ -461,3 +461,30 @@ def test_variant_gives_the_plain_models_map(variant: str, analyzer: str) -> None
     if analyzer == "random" and variant in ("float64", *CUDA):
         return  # the noise is drawn in the input's dtype and on its device
     close(actual.to(expected.device, expected.dtype), expected, rtol=RTOL.get(variant, 1e-4))
+
+
+REPLAYABLE = ("guided_backprop", "deconvnet", "lrp.z", "lrp.epsilon", "lrp")
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("analyzer", REPLAYABLE)
+def test_a_replayed_analysis_gives_the_full_analysis_map(model_name: str, analyzer: str) -> None:
+    """The second analysis of a model and input signature replays the first one's plan where
+    its rules depend each on its call alone (see lit_explain.analyzers.replay): the same map.
+    A model with preprocessing, gates or transformer rules is analysed in full again."""
+    model, x = ZOO[model_name]()
+    kwargs = {"rule": "Epsilon"} if analyzer == "lrp" else {}
+    explainer = lx.create_analyzer(analyzer, model, **kwargs)
+    try:
+        first = explainer.analyze(x)
+    except lx.NotAnalyzableModelError:
+        return
+    second = explainer.analyze(x)
+    assert not explainer.replayed or explainer._plan is not None
+    torch.testing.assert_close(second, first, rtol=1e-6, atol=1e-6 * float(first.abs().max()))
+    if model_name in ("vgg16_bn", "resnet18", "float64", "channels_last"):
+        assert explainer.replayed  # (plain CNNs: every rule replayable)
+    third = explainer.analyze(x * 0.5)  # the same signature, another input: the plan holds
+    expected = lx.create_analyzer(analyzer, model, **kwargs).analyze(x * 0.5)
+    torch.testing.assert_close(third, expected, rtol=1e-6, atol=1e-6 * float(
+        expected.abs().max()))

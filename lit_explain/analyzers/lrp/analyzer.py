@@ -62,7 +62,7 @@ from ..kinds import (
 from ..operations import OperationCall, scale_gradient, through_parts, with_gradient
 from ..registry import register
 from ..validation import check_bool, check_choice
-from .deferred import KernelOutputs
+from .deferred import KernelOutputs, plan_rule
 from .layers import BatchNormLayer, FusedLayer, KernelLayer, MatrixLayer
 from .presets import RuleMap, RuleSpec, to_rule
 from .rules import (
@@ -84,8 +84,6 @@ from .transformer import (
 )
 
 PASSTHROUGH = frozenset({MAX_POOL, STRUCTURE})
-#: Kinds whose handlers say themselves whether their rule was the gradient (the others' is not).
-_OWN_GRADIENT_CHECK = frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM})
 
 
 def pass_relevance(call: OperationCall) -> Tensor:
@@ -176,11 +174,6 @@ class LRP(Analyzer):
         self.canonize = canonize
         self.attention_rule = attention_rule
         self._softmax_outputs: dict[int, tuple[Tensor, str]] = {}
-        #: Whether every rule the running analysis applied was the operation's own gradient,
-        #: and the forward signature (and settings) of the last analysis found so (see
-        #: :meth:`_analyze`).
-        self._only_gradients = False
-        self._gradient_signature: tuple | None = None
         self._input_layer_seen = False  # whether an analysis met an input layer
         self._warned_no_input_layer = False
         if rule is None:
@@ -199,9 +192,7 @@ class LRP(Analyzer):
 
     def _kernel(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
         self._input_layer_seen = self._input_layer_seen or call.is_input_layer
-        rule = self.rules(call)
-        if not rule.is_gradient(self.flow):
-            self._only_gradients = False
+        call.replay(None)  # (the kernel call as written; its rule, where it is applied)
         weight_index = call.weight_index
         given = (call.inputs[0] if weight_index is not None
                  else call.args[0] if call.args else call.kwargs["input"])
@@ -213,7 +204,7 @@ class LRP(Analyzer):
             call = call.replace_input(given, source)
         layer = (KernelLayer(call, self.flow.input(source)) if weight_index is None
                  else MatrixLayer(call, self.flow.input(source), weight_index))
-        return outputs.defer(layer, rule)
+        return outputs.defer(layer, self.rules(call))
 
     def _batch_norm(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
@@ -222,8 +213,8 @@ class LRP(Analyzer):
             fused = FusedLayer.merge(entry.layer, BatchNormLayer(call, source))
             if fused is not None:  # one layer: observed as the kernel layer
                 output = entry.rule(fused, self.flow)
+                plan_rule(call, entry.rule, self.flow)  # (at the BatchNorm's output)
                 return output if entry.observe is None else entry.observe(output)
-        self._only_gradients = False
         relevance = outputs.resolve(source)  # not merged: the kernel's own rule
         if relevance is not source:
             call, source = call.replace_input(source, relevance), relevance
@@ -247,13 +238,6 @@ class LRP(Analyzer):
         return seed * safe_reciprocal(logits.detach()) if self.flow.relative else seed
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
-        select = self.selector(neuron_selection)
-        if self._signature is not None and (self._signature, self._settings()) == \
-                self._gradient_signature:
-            # Every rule was the operation's own gradient on this model (LRP-z on a ReLU
-            # network, BatchNorms merged), and the signature says it runs the same operations:
-            # relevance per unit of input is the plain gradient, the map Input × Gradient.
-            return x * self._backward(x, select)
         outputs = KernelOutputs(self.flow, self.canonize)
         kernel = partial(self._kernel, outputs=outputs)
         handlers = {KERNEL: kernel, WEIGHT_PRODUCT: kernel,
@@ -266,40 +250,25 @@ class LRP(Analyzer):
             handlers.update({RELU: pass_relevance, LINEAR: z_rule_operation})
             passthrough = PASSTHROUGH
         handlers.update(self._transformer_handlers(handlers.get(RELU, OperationCall.run)))
-        handlers = {kind: handler if kind in _OWN_GRADIENT_CHECK else self._not_gradient(handler)
-                    for kind, handler in handlers.items()}
         boundary = self.flow.boundary if self.flow.relative else None
         self._input_layer_seen = False
-        self._only_gradients = self.flow.relative and not self.reverse.active
         try:
-            result = self._backward(x, select, handlers, passthrough,
+            result = self._backward(x, self.selector(neuron_selection), handlers, passthrough,
                                     prepare=outputs.prepare, input_boundary=boundary,
                                     self_observed=frozenset({KERNEL, WEIGHT_PRODUCT, BATCH_NORM}))
             self._warn_if_no_input_layer()
-            self._gradient_signature = (self._signature, self._settings()) if (
-                self._only_gradients and not self._forward_read_values) else None
             return result
         finally:
             self._softmax_outputs = {}
             outputs.deferred.clear()  # an output the model keeps (a feature cache) holds none
 
     def _settings(self) -> tuple:
-        """What decides the rules an analysis applies, besides the model and the input."""
-        return self.flow, self.rules, self.canonize, self.attention_rule, self.reverse
-
-    def _not_gradient(self, handler: Callable[[OperationCall], Tensor]
-                      ) -> Callable[[OperationCall], Tensor]:
-        """``handler``, noting that the analysis applied a rule other than a gradient."""
-        def noted(call: OperationCall) -> Tensor:
-            self._only_gradients = False
-            return handler(call)
-
-        return noted
+        return self.flow, self.rules, self.canonize, self.attention_rule, self.bn_layer_rule
 
     def _warn_if_no_input_layer(self) -> None:
         """Warn once where an input layer rule was asked for and no kernel layer got it."""
         if self.rules.input_layer_rule is None or self._input_layer_seen or \
-                self._warned_no_input_layer:
+                self._warned_no_input_layer or self.replayed:  # (a replay sees no layer)
             return
         self._warned_no_input_layer = True
         warnings.warn(

@@ -26,6 +26,7 @@ need the first, and an analyzer using one of them runs in it.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -45,6 +46,11 @@ def safe(z: Tensor) -> Tensor:
     denominators of either sign. Subnormal values count as 0: their reciprocal overflows (a
     float32 softmax output of ``exp(−89)`` made a map of NaN)."""
     return torch.where(z.abs() < torch.finfo(z.dtype).tiny, SAFE_EPSILON, z)
+
+
+def unchanged(y: Tensor) -> Tensor:
+    """The :meth:`Rule.output_gradient` of a rule that is its layer's own gradient."""
+    return y
 
 
 def nonzero(z: Tensor, replacement: Tensor | float) -> Tensor:
@@ -216,9 +222,12 @@ class Rule:
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         raise NotImplementedError
 
-    def is_gradient(self, flow: Flow) -> bool:
-        """Whether in ``flow`` the rule is the layer's own backward pass (nothing added)."""
-        return False
+    def output_gradient(self, flow: Flow) -> Callable[[Tensor], Tensor] | None:
+        """Where in ``flow`` the rule is the layer's plain output with its incoming gradient
+        transformed (nothing else of the layer needed), that transform (:func:`unchanged`:
+        the layer's own backward); otherwise ``None``. A replay of the analysis applies it to
+        the layer's output (:mod:`~..replay`)."""
+        return None
 
     def output_value(self, layer: AffineLayer) -> Tensor:
         """The layer's output value, computed the way this rule will need anyway: what the
@@ -268,12 +277,12 @@ class ZRule(_RescalingRule):
         return safe(z)
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        if self.is_gradient(flow):  # R_y / z = gradient: the layer's own backward
+        if flow.relative and self.bias:  # R_y / z = gradient: the layer's own backward
             return layer.linear_term()
         return super().__call__(layer, flow)
 
-    def is_gradient(self, flow: Flow) -> bool:
-        return flow.relative and self.bias
+    def output_gradient(self, flow: Flow) -> Callable[[Tensor], Tensor] | None:
+        return unchanged if flow.relative and self.bias else None
 
 
 @dataclass(frozen=True)
@@ -296,14 +305,24 @@ class EpsilonRule(_RescalingRule):
         return z.abs().add_(self.epsilon).copysign_(z)  # sign(z)·(|z| + ε) = z + ε·sign(z)
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
-        if not (flow.relative and self.bias and self.epsilon):
+        transform = self.output_gradient(flow)
+        if transform is None:
             return super().__call__(layer, flow)
-        # Per unit: R_y / (y + ε·sign y) · y = |y| / (|y| + ε) times the gradient g, that is
-        # g − ε·g / (|y| + ε): one pass forward, one backward.
-        y = layer.linear_term()
-        denominator, epsilon = y.detach().abs().add_(self.epsilon), self.epsilon
-        return with_gradient(y, y, lambda grad: torch.addcdiv(grad, grad, denominator,
-                                                              value=-epsilon))
+        return transform(layer.linear_term())
+
+    def output_gradient(self, flow: Flow) -> Callable[[Tensor], Tensor] | None:
+        if not (flow.relative and self.bias and self.epsilon):
+            return None
+        epsilon = self.epsilon
+
+        def transform(y: Tensor) -> Tensor:
+            # Per unit: R_y / (y + ε·sign y) · y = |y| / (|y| + ε) times the gradient g, that
+            # is g − ε·g / (|y| + ε): one pass forward, one backward.
+            denominator = y.detach().abs().add_(epsilon)
+            return with_gradient(y, y, lambda grad: torch.addcdiv(grad, grad, denominator,
+                                                                  value=-epsilon))
+
+        return transform
 
 
 @dataclass(frozen=True)

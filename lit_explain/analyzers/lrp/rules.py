@@ -53,16 +53,6 @@ def unchanged(y: Tensor) -> Tensor:
     return y
 
 
-def nonzero(z: Tensor, replacement: Tensor | float) -> Tensor:
-    """A denominator of one sign (``z⁺ + b⁺ ≥ 0``, ``z⁻ + b⁻ ≤ 0``) with ``replacement`` (of
-    its sign) where it is 0 or subnormal, where every contribution to it is 0 too: as
-    iNNvestigate, exact zeros only. Elsewhere the rule's ratios stay exact at any scale (a
-    floor of ε = 1e-7 took αβ 38 % off, Deep Taylor to all zeros, at inputs of 1e-5 to 1e-8,
-    where these positively homogeneous rules scale with the input). A new tensor."""
-    tiny = torch.finfo(z.dtype).tiny
-    return torch.where(z.abs() < tiny, replacement, z)
-
-
 def safe_reciprocal(z: Tensor) -> Tensor:
     """``1 / safe(z)``."""
     return safe(z).reciprocal_()
@@ -159,13 +149,21 @@ class Flow:
         value = x.detach().clamp(min=0) if positive else x.detach().clamp(max=0)
         return gate(x, value, value)
 
-    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor, float]) -> Tensor:
+    def output(self, y: Tensor, *terms: tuple[Tensor, Tensor, float],
+               exact: bool = False) -> Tensor:
         """``y`` forward; backward, ``R_y ⊙ scale / denominator`` enters ``z`` for each term
-        ``(z, denominator, scale)``. A denominator is stabilised (no zeros) and owned by the
-        caller, which lets it be overwritten: one elementwise pass makes the factor."""
-        return redistribute([z for z, _, _ in terms], y,
-                            [self._factor(y, denominator, scale)
-                             for _, denominator, scale in terms])
+        ``(z, denominator, scale)``. A denominator is owned by the caller, which lets it be
+        overwritten: one elementwise pass makes the factor. It is stabilised (no zeros), or,
+        with ``exact``, 0 only where every contribution to its term is 0 (αβ's ``z⁺ + b⁺ ≥
+        0``): the factor is 0 there (one more pass, where a floor took one too), the ratio
+        exact everywhere else, at any scale (a floor of ε = 1e-7 took αβ 38 % off, Deep Taylor
+        to all zeros, at inputs of 1e-5 to 1e-8, where these positively homogeneous rules
+        scale with the input). A factor too large for the dtype counts as such a 0."""
+        factors = [self._factor(y, denominator, scale) for _, denominator, scale in terms]
+        if exact:
+            for factor in factors:
+                factor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return redistribute([z for z, _, _ in terms], y, factors)
 
     def rescale(self, y: Tensor, denominator: Tensor) -> Tensor:
         """``y`` forward; backward, ``R_y / denominator`` enters ``y``'s own graph (the
@@ -423,12 +421,11 @@ class AlphaBetaRule(Rule):
         if self.bias and layer.bias is not None:
             bias_plus = layer.bias_term(layer.bias.clamp(min=0))
             bias_minus = layer.bias_term(layer.bias.clamp(max=0))
-        scale, floor, y = None, SAFE_EPSILON, None
+        scale, y = None, None
         if not signed:  # x⁻ = 0: z⁺ = xW⁺, z⁻ = xW⁻; where both are s ⊙ q, in q
             z_plus, z_minus, scale = layer.scaled_parts(layer.term_input)
             if scale is not None:  # (s z + b) / (s z + b) · s = (z + b/s) / (z + b/s)
                 bias_plus, bias_minus = bias_plus / scale, bias_minus / scale
-                floor = SAFE_EPSILON / scale
             else:  # the output value made of the same parts (a fused layer's is another)
                 y = layer.memo.pop("output", lambda: None)()
         else:  # x⁺ with W⁺ | W⁻, x⁻ with W⁻ | W⁺
@@ -436,7 +433,7 @@ class AlphaBetaRule(Rule):
             z_plus = layer.mixed_part(positive, negative, True)
             z_minus = layer.mixed_part(positive, negative, False)
         # The denominators z⁺ + b⁺ ≥ 0 and z⁻ + b⁻ ≤ 0 (for the term −β R (z⁻-part) /
-        # (z⁻ + b⁻)), ±ε where they are 0 (see nonzero)
+        # (z⁻ + b⁻)), exact (see Flow.output)
         activator = torch.add(z_plus.detach(), bias_plus)
         inhibitor = torch.add(z_minus.detach(), bias_minus)
         if y is None:
@@ -445,19 +442,19 @@ class AlphaBetaRule(Rule):
                 y.mul_(scale)
             if not self.bias and layer.bias is not None:  # the denominators leave b out
                 y.add_(layer.bias_term())
-        return flow.output(y, (z_plus, nonzero(activator, floor), self.alpha),
-                           (z_minus, nonzero(inhibitor, -floor), -self.beta))
+        return flow.output(y, (z_plus, activator, self.alpha),
+                           (z_minus, inhibitor, -self.beta), exact=True)
 
     def _positive_only(self, layer: AffineLayer, flow: Flow, signed: bool) -> Tensor:
-        """β = 0: ``z⁺ + b⁺`` alone (the layer's call adds ``b⁺``), kept ``ε`` from 0; the
-        output value is the layer's own."""
+        """β = 0: ``z⁺ + b⁺`` alone (the layer's call adds ``b⁺``), exact; the output value
+        is the layer's own."""
         bias = layer.bias.clamp(min=0) if self.bias and layer.bias is not None else None
         if signed:
             z_plus = layer.mixed_part(*layer.input_parts(flow), True, bias)
         else:
             z_plus = layer.biased(layer.term_input, layer.weight_parts[0], bias)
-        activator = nonzero(z_plus.detach(), SAFE_EPSILON)
-        return flow.output(layer.output_value(), (z_plus, activator, self.alpha))
+        activator = z_plus.detach().clone()
+        return flow.output(layer.output_value(), (z_plus, activator, self.alpha), exact=True)
 
 
 @dataclass(frozen=True)

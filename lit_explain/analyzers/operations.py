@@ -339,7 +339,7 @@ class OperationRules(TorchFunctionMode):
             tensors = tensors_in(args, kwargs)
         given_tensors = tensors  # (as the model passed them)
         kind = gate.kind if gate is not None else self._kind(func, args, kwargs, tensors)
-        if plan is not None and kind == INPUT_PREPROCESSING:
+        if plan is not None and kind == INPUT_PREPROCESSING and self.input_boundary is not None:
             plan.unreplayable()  # (its relevance passes as itself: a replay crosses at x)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough

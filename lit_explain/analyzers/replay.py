@@ -47,6 +47,9 @@ class Plan:
         self.funcs: list[Callable] = []
         self.steps: dict[int, Step] = {}
         self.planned: set[int] = set()  # the handled calls given a step (or none: as written)
+        #: What a step leaves for a later one in the same replay (a kernel layer for the
+        #: BatchNorm merged with it), by the index of the call that left it.
+        self.held: dict[int, Any] = {}
         self.replayable = True
         self.key: tuple | None = None
 
@@ -89,6 +92,7 @@ class Replayed(TorchFunctionMode):
         super().__init__()
         self.plan = plan
         self.index = 0
+        plan.held.clear()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         index = self.index
@@ -103,5 +107,6 @@ class Replayed(TorchFunctionMode):
         return step(func, args, kwargs or {})
 
     def finish(self) -> None:
+        self.plan.held.clear()
         if self.index != len(self.plan.funcs):
             raise Diverged(f"{self.index} calls, {len(self.plan.funcs)} recorded")

@@ -463,7 +463,10 @@ def test_variant_gives_the_plain_models_map(variant: str, analyzer: str) -> None
     close(actual.to(expected.device, expected.dtype), expected, rtol=RTOL.get(variant, 1e-4))
 
 
-REPLAYABLE = ("guided_backprop", "deconvnet", "lrp.z", "lrp.epsilon", "lrp")
+REPLAYABLE = ("guided_backprop", "deconvnet", "lrp.z", "lrp.epsilon", "lrp", "lrp.epsilon_IB",
+              "lrp.alpha_2_beta_1", "lrp.alpha_1_beta_0_IB", "lrp.z_plus", "lrp.w_square",
+              "lrp.flat", "lrp.sequential_preset_a", "lrp.sequential_preset_b_flat",
+              "deep_taylor", "deep_taylor.bounded")
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -473,7 +476,8 @@ def test_a_replayed_analysis_gives_the_full_analysis_map(model_name: str, analyz
     its rules depend each on its call alone (see lit_explain.analyzers.replay): the same map.
     A model with preprocessing, gates or transformer rules is analysed in full again."""
     model, x = ZOO[model_name]()
-    kwargs = {"rule": "Epsilon"} if analyzer == "lrp" else {}
+    kwargs = {"lrp": {"rule": "Epsilon", "canonize": False},
+              "deep_taylor.bounded": {"low": -4.0, "high": 4.0}}.get(analyzer, {})
     explainer = lx.create_analyzer(analyzer, model, **kwargs)
     try:
         first = explainer.analyze(x)

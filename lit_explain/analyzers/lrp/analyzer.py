@@ -61,9 +61,10 @@ from ..kinds import (
 )
 from ..operations import OperationCall, scale_gradient, through_parts, with_gradient
 from ..registry import register
+from ..replay import stateless
 from ..validation import check_bool, check_choice
-from .deferred import KernelOutputs, plan_rule
-from .layers import BatchNormLayer, FusedLayer, KernelLayer, MatrixLayer
+from .deferred import KernelOutputs
+from .layers import BatchNormLayer, FusedLayer
 from .presets import RuleMap, RuleSpec, to_rule
 from .rules import (
     Flow,
@@ -71,6 +72,7 @@ from .rules import (
     RelativeFlow,
     safe_reciprocal,
 )
+from .steps import batch_norm_step, kernel_value_step, layer_of, merged_step
 from .transformer import (
     ATTENTION_RULES,
     attention_as_gradient,
@@ -86,6 +88,7 @@ from .transformer import (
 PASSTHROUGH = frozenset({MAX_POOL, STRUCTURE})
 
 
+@stateless
 def pass_relevance(call: OperationCall) -> Tensor:
     """Relevance passes unchanged (ReLU; elementwise preprocessing of the input, summed
     over the axes a constant broadcast it to) to the call's one differentiable operand,
@@ -98,6 +101,7 @@ def pass_relevance(call: OperationCall) -> Tensor:
     return with_gradient(source, call.run(), lambda grad: grad.sum_to_size(shape))
 
 
+@stateless
 def z_rule_operation(call: OperationCall) -> Tensor:
     """The z-rule on an operation linear in its inputs: ``R_x = x ⊙ Jᵀ (R_y / y)``."""
     if not call.inputs:
@@ -192,19 +196,16 @@ class LRP(Analyzer):
 
     def _kernel(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
         self._input_layer_seen = self._input_layer_seen or call.is_input_layer
-        call.replay(None)  # (the kernel call as written; its rule, where it is applied)
-        weight_index = call.weight_index
-        given = (call.inputs[0] if weight_index is not None
-                 else call.args[0] if call.args else call.kwargs["input"])
-        if not differentiable(given):
-            return call.run()
-        source = given
+        rule = self.rules(call)
+        if call.plan is not None:  # (its own rule, where it is applied, replaces this step)
+            call.replay(kernel_value_step(call, rule, self.flow, call.plan.held))
+        source = None
         if call.observe_input is not None:
-            source = call.observe_input(given)
-            call = call.replace_input(given, source)
-        layer = (KernelLayer(call, self.flow.input(source)) if weight_index is None
-                 else MatrixLayer(call, self.flow.input(source), weight_index))
-        return outputs.defer(layer, self.rules(call))
+            given = call.inputs[0] if call.weight_index is not None else (
+                call.args[0] if call.args else call.kwargs["input"])
+            source = call.observe_input(given) if differentiable(given) else None
+        layer = layer_of(call, self.flow, source)
+        return call.run() if layer is None else outputs.defer(layer, rule)
 
     def _batch_norm(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:
         source = call.args[0] if call.args else call.kwargs["input"]
@@ -213,7 +214,12 @@ class LRP(Analyzer):
             fused = FusedLayer.merge(entry.layer, BatchNormLayer(call, source))
             if fused is not None:  # one layer: observed as the kernel layer
                 output = entry.rule(fused, self.flow)
-                plan_rule(call, entry.rule, self.flow)  # (at the BatchNorm's output)
+                if call.plan is not None:  # (a replay merges them the same way)
+                    kernel = entry.layer.call
+                    call.replay(merged_step(entry.rule, self.flow, call.plan.held,
+                                            kernel.index))
+                    if entry.rule.output_gradient(self.flow) is not None:
+                        kernel.replay(None)  # (the fused layer needs no kernel layer)
                 return output if entry.observe is None else entry.observe(output)
         relevance = outputs.resolve(source)  # not merged: the kernel's own rule
         if relevance is not source:
@@ -224,6 +230,7 @@ class LRP(Analyzer):
             call = call.replace_input(source, call.observe_input(source))
             source = call.args[0] if call.args else call.kwargs["input"]
         output = self.bn_layer_rule(BatchNormLayer(call, self.flow.input(source)), self.flow)
+        call.replay(batch_norm_step(self.bn_layer_rule, self.flow))
         return output if call.observe_output is None else call.observe_output(output)
 
     def _relevance_scale(self, tensor: Tensor) -> Tensor | None:

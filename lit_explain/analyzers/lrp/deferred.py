@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..kinds import BATCH_NORM, replace_tensors
-from ..operations import OperationCall
-from ..replay import with_output_gradient
 from .layers import KernelLayer
-from .rules import Flow, Rule, unchanged
+from .rules import Flow, Rule
+from .steps import kernel_rule_step
 
 
 @dataclass
@@ -28,18 +27,6 @@ class _Deferred:
     observe: Callable[[Tensor], Tensor] | None  # the diagnostics' observer of its output
     resolved: bool = False  # whether the kernel's own rule has been applied
     relevance: Tensor | None = None  # the output with that rule, where it is another tensor
-
-
-def plan_rule(call: OperationCall, rule: Rule, flow: Flow) -> None:
-    """Give the replay plan (:mod:`~..replay`) the step of a call whose output took ``rule``:
-    its output with the rule's gradient transform, or nothing to replay."""
-    if call.plan is None:
-        return
-    transform = rule.output_gradient(flow)
-    if transform is None:
-        call.plan.unreplayable()
-    else:
-        call.replay(None if transform is unchanged else with_output_gradient(transform))
 
 
 class KernelOutputs:
@@ -91,7 +78,9 @@ class KernelOutputs:
             return tensor
         if not entry.resolved:
             relevance = entry.rule(entry.layer, self.flow)
-            plan_rule(entry.layer.call, entry.rule, self.flow)
+            call = entry.layer.call
+            if call.plan is not None:  # a replay applies the rule at the kernel call
+                call.replay(kernel_rule_step(call, entry.rule, self.flow))
             if entry.observe is not None:
                 relevance = entry.observe(relevance)
             entry.resolved = True

@@ -453,8 +453,9 @@ class AlphaBetaRule(Rule):
             z_plus = layer.mixed_part(*layer.input_parts(flow), True, bias)
         else:
             z_plus = layer.biased(layer.term_input, layer.weight_parts[0], bias)
-        activator = z_plus.detach().clone()
-        return flow.output(layer.output_value(), (z_plus, activator, self.alpha), exact=True)
+        # (z⁺'s own values are not needed backward, only its graph: the factor is made in them)
+        return flow.output(layer.output_value(), (z_plus, z_plus.detach(), self.alpha),
+                           exact=True)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ that the analysed forward computes what the model computes.
 from __future__ import annotations
 
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -90,19 +91,39 @@ def without_checkpointing() -> Iterator[None]:
                 setattr(owner, name, value)
 
 
+#: How many :func:`eager` contexts are open (in any thread), and the stance they set.
+_eager_depth = 0
+_eager_stance: Any = None
+_eager_lock = threading.Lock()
+
+
 @contextmanager
 def eager() -> Any:
     """Run compiled modules and functions eagerly (their Python code) while open.
 
-    Where dynamo was never imported nothing can have been compiled, and nothing is done:
-    importing it only for this costs about a second and starts its machinery in every
-    process (DDP workers included).
+    The compiler's stance is process-wide: the first context to open sets it, the last to
+    close puts back what was before, whichever threads open and close them (the training
+    callback's and a standalone analysis' overlap; each putting back what it found restored
+    the wrong stance, for good). Where dynamo was never imported nothing can have been
+    compiled, and nothing is done: importing it only for this costs about a second and
+    starts its machinery in every process (DDP workers included).
     """
+    global _eager_depth, _eager_stance
     if "torch._dynamo" not in sys.modules:
         yield
         return
-    with torch.compiler.set_stance("force_eager"):
+    with _eager_lock:
+        if _eager_depth == 0:
+            _eager_stance = torch.compiler.set_stance("force_eager")  # (set as made)
+        _eager_depth += 1
+    try:
         yield
+    finally:
+        with _eager_lock:
+            _eager_depth -= 1
+            if _eager_depth == 0:
+                _eager_stance.__exit__(None, None, None)  # (the stance before the first)
+                _eager_stance = None
 
 
 def select_output(output: Any, key: OutputKey = None) -> Tensor:

@@ -832,3 +832,33 @@ def test_deep_lift_reads_a_whole_batch_maximum_and_refuses_to_scale_by_it():
     assert_sums_to_delta(_GlobalMaximum(scale=False).double().eval(), x)
     with pytest.raises(lx.NotAnalyzableModelError):
         lx.create_analyzer("deep_lift", _GlobalMaximum(scale=True).double().eval()).analyze(x)
+
+
+def test_overlapping_eager_contexts_in_threads_put_the_stance_back():
+    """The compiler's stance is process-wide: the training callback's eager context and a
+    standalone analysis' overlap; each restoring what it found left it force_eager for good."""
+    import threading
+    import time
+
+    import torch._dynamo
+
+    from lit_explain.analyzers.forward import eager
+
+    def stance() -> str:
+        return torch._dynamo.eval_frame._stance.stance
+
+    def hold(wait: float, seconds: float) -> None:
+        time.sleep(wait)
+        with eager():
+            time.sleep(seconds)
+
+    assert stance() == "default"
+    threads = [threading.Thread(target=hold, args=(0.0, 0.2)),
+               threading.Thread(target=hold, args=(0.05, 0.3))]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    assert stance() == "force_eager"
+    for thread in threads:
+        thread.join()
+    assert stance() == "default"

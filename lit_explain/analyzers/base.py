@@ -33,7 +33,7 @@ from .forward import (
     without_checkpointing,
 )
 from .operations import Handler, OperationRules, Prepare
-from .replay import Diverged, Plan, Replayed
+from .replay import Plan, Replayed
 from .softmax import check_ends_without_softmax
 from .validation import check_choice
 
@@ -556,14 +556,15 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             reads_values = reads_values or rules.reads_values
             return logits
 
-        key = (self._signature, self.reverse, self._settings())
+        key = (self._signature, self.reverse, self.output_key, self._settings())
         with eager():  # compiled submodules through their Python code, where the rules are
             plan = self._plan
             self.replayed = plan is not None and self._signature is not None and plan.key == key
             if self.replayed:
                 try:
-                    return self._replay(x, plan, input_boundary)
-                except Diverged:  # (another call than recorded: the analysis in full)
+                    return self._replay(x, plan)
+                except Exception:  # (another call than recorded, Diverged, or the model's
+                    # own error, which the full analysis meets again)
                     self._plan, self.replayed = None, False
             recording = None if refuse_detached or self.reverse.active or \
                 self._signature is None else Plan()
@@ -579,18 +580,18 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                 self._plan.key = key
         return logits
 
-    def _replay(self, x: Tensor, plan: Plan, input_boundary: Callable[[Tensor], Tensor] | None
-                ) -> Tensor:
+    def _replay(self, x: Tensor, plan: Plan) -> Tensor:
         """The explained output of a forward pass of ``x`` run by ``plan`` (see
-        :mod:`~.replay`). Where the relevance flow crosses an input boundary it crosses it at
-        ``x`` itself: a replayable plan meets no input preprocessing, and the tensors that
-        cross at their first use are ``x`` moved or copied."""
-        inputs = x.clone() if input_boundary is None else input_boundary(x.clone()).clone()
-        replayed = Replayed(plan)
+        :mod:`~.replay`)."""
+        inputs, replayed = x.clone(), Replayed(plan)  # (the copy is no call of the forward)
         with replayed, refusing_compiled_control_flow():
             logits = self.logits(self.model(inputs), len(inputs))
         replayed.finish()
         return logits
+
+    def __getstate__(self) -> dict[str, Any]:
+        # (a replay plan holds local functions, which do not pickle: it is made again)
+        return {**self.__dict__, "_plan": None}
 
     def _settings(self) -> tuple:
         """What decides the rules an analysis applies besides the model, the input and the

@@ -56,13 +56,12 @@ from .kinds import (
     operation_name,
     out_of_place,
     reads_values,
-    replace_tensors,
     tensors_in,
     weight_operand,
 )
 from .masks import Masks
 from .provenance import UNSEEN_CODE, Provenance
-from .replay import Plan, Step
+from .replay import Plan, Step, crossed
 
 
 @dataclass
@@ -298,6 +297,8 @@ class OperationRules(TorchFunctionMode):
         super().__init__()
         self.model = model
         self.plan = plan
+        if plan is not None:
+            plan.boundary = input_boundary
         self.handlers = handlers
         self.passthrough = passthrough
         self.prepare = prepare
@@ -323,7 +324,9 @@ class OperationRules(TorchFunctionMode):
         if func in QUERIES:
             return func(*args, **kwargs)
         if func in GRADIENT_HOOKS:  # its gradient would be the rules' relevance: not registered
-            return RemovableHandle(OrderedDict())
+            if plan is not None:
+                plan.add(index, unregistered_hook)
+            return unregistered_hook(func, args, kwargs)
         model_args, tensors = args, tensors_in(args, kwargs)
         if not self.reads_values and reads_values(func, args, kwargs, tensors):
             self.reads_values = True
@@ -339,8 +342,6 @@ class OperationRules(TorchFunctionMode):
             tensors = tensors_in(args, kwargs)
         given_tensors = tensors  # (as the model passed them)
         kind = gate.kind if gate is not None else self._kind(func, args, kwargs, tensors)
-        if plan is not None and kind == INPUT_PREPROCESSING and self.input_boundary is not None:
-            plan.unreplayable()  # (its relevance passes as itself: a replay crosses at x)
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         first = tensors[0] if tensors else None
@@ -365,9 +366,14 @@ class OperationRules(TorchFunctionMode):
             given = args, kwargs
             if self.input_boundary is not None and (
                     kind not in _NOT_CROSSING or input_derived is False):
-                args, kwargs, tensors = self._cross_boundary(args, kwargs, tensors)
-                if root is not None:
-                    root = self._cross_boundary((root,), {}, [root])[0][0]
+                crossing = self._crossing(tensors)
+                if crossing:
+                    args, kwargs = crossed(args, kwargs, crossing, self.input_boundary)
+                    tensors = tensors_in(args, kwargs)
+                    if plan is not None:
+                        plan.crossings[index] = crossing
+                if root is not None and self._crossing([root]):
+                    root = self.input_boundary(root)
             if self.prepare is not None:
                 args, kwargs = self.prepare(kind, args, kwargs, tensors)
                 if root is not None:
@@ -503,25 +509,17 @@ class OperationRules(TorchFunctionMode):
         with self:  # a handler runs with the mode popped: the parts must be seen
             return parts(*args, **kwargs)
 
-    def _cross_boundary(self, args: tuple, kwargs: dict, tensors: list[Tensor]
-                        ) -> tuple[tuple, dict, list[Tensor]]:
+    def _crossing(self, tensors: list[Tensor]) -> frozenset[int]:
+        """The positions among a call's tensors of those that cross the input boundary: the
+        differentiable input-derived ones (most calls take none)."""
         derived = self.state.input_derived
         for t in tensors:  # (a plain loop: most calls take no input-derived tensor)
             if id(t) in derived and t.requires_grad:
                 break
         else:
-            return args, kwargs, tensors
-        crossed: dict[int, Tensor] = {}  # one crossing per tensor: `q is k` stays true
-
-        def cross(t: Tensor) -> Tensor:
-            if id(t) not in derived or not t.requires_grad:
-                return t
-            if id(t) not in crossed:
-                crossed[id(t)] = self.input_boundary(t)
-            return crossed[id(t)]
-
-        args, kwargs = replace_tensors(args, kwargs, cross)
-        return args, kwargs, tensors_in(args, kwargs)
+            return frozenset()
+        return frozenset(i for i, t in enumerate(tensors)
+                         if id(t) in derived and t.requires_grad)
 
     def _call(self, func, args, kwargs, kind,
               given: list[Tensor] | None = None) -> OperationCall:
@@ -578,6 +576,12 @@ class OperationRules(TorchFunctionMode):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def unregistered_hook(func: Callable, args: tuple, kwargs: dict) -> RemovableHandle:
+    """A gradient hook the forward registers on a tensor, not registered (see
+    :class:`OperationRules`): a handle that removes nothing."""
+    return RemovableHandle(OrderedDict())
 
 
 def handler_step(handler: Handler, kind: str) -> Step:

@@ -21,11 +21,14 @@ preprocessing or the reverse-pass diagnostics leave nothing to replay.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
+
+from .kinds import replace_tensors
 
 #: How a replayed call runs: ``step(func, args, kwargs)`` returns its output with its rule.
 Step = Callable[[Callable, tuple, dict], Any]
@@ -50,6 +53,10 @@ class Plan:
         #: What a step leaves for a later one in the same replay (a kernel layer for the
         #: BatchNorm merged with it), by the index of the call that left it.
         self.held: dict[int, Any] = {}
+        #: Where the relevance flow's input boundary was crossed: call index → the positions
+        #: (among the call's tensors, :func:`~.kinds.tensors_in`) that crossed it, and how.
+        self.crossings: dict[int, frozenset[int]] = {}
+        self.boundary: Callable[[Tensor], Tensor] | None = None
         self.replayable = True
         self.key: tuple | None = None
 
@@ -79,6 +86,23 @@ def with_output_gradient(transform: Callable[[Tensor], Tensor]) -> Step:
     return lambda func, args, kwargs: transform(func(*args, **kwargs))
 
 
+def crossed(args: tuple, kwargs: dict, positions: frozenset[int],
+            boundary: Callable[[Tensor], Tensor]) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with the tensors at ``positions`` through ``boundary``, once
+    per tensor (``q is k`` stays true)."""
+    count = itertools.count()
+    done: dict[int, Tensor] = {}
+
+    def swap(t: Tensor) -> Tensor:
+        if next(count) not in positions:
+            return t
+        if id(t) not in done:
+            done[id(t)] = boundary(t)
+        return done[id(t)]
+
+    return replace_tensors(args, kwargs, swap)
+
+
 class Diverged(Exception):
     """The forward pass made another call than the plan recorded."""
 
@@ -97,14 +121,18 @@ class Replayed(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         index = self.index
         self.index = index + 1
-        funcs = self.plan.funcs
-        if index >= len(funcs) or funcs[index] is not func:
+        plan = self.plan
+        funcs = plan.funcs
+        # (equal, not only the same: a property's getter, x.shape, is a new object each time)
+        if index >= len(funcs) or (funcs[index] is not func and funcs[index] != func):
             raise Diverged(f"call {index} is {getattr(func, '__name__', func)}, not the "
                            f"recorded one")
-        step = self.plan.steps.get(index)
-        if step is None:
-            return func(*args, **(kwargs or {}))
-        return step(func, args, kwargs or {})
+        kwargs = kwargs or {}
+        crossing = plan.crossings.get(index)
+        if crossing is not None:  # where the recorded analysis crossed it, as it did
+            args, kwargs = crossed(args, kwargs, crossing, plan.boundary)
+        step = plan.steps.get(index)
+        return func(*args, **kwargs) if step is None else step(func, args, kwargs)
 
     def finish(self) -> None:
         self.plan.held.clear()

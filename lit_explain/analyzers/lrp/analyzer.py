@@ -215,11 +215,7 @@ class LRP(Analyzer):
             if fused is not None:  # one layer: observed as the kernel layer
                 output = entry.rule(fused, self.flow)
                 if call.plan is not None:  # (a replay merges them the same way)
-                    kernel = entry.layer.call
-                    call.replay(merged_step(entry.rule, self.flow, call.plan.held,
-                                            kernel.index))
-                    if entry.rule.output_gradient(self.flow) is not None:
-                        kernel.replay(None)  # (the fused layer needs no kernel layer)
+                    self._plan_merge(call, entry, fused)
                 return output if entry.observe is None else entry.observe(output)
         relevance = outputs.resolve(source)  # not merged: the kernel's own rule
         if relevance is not source:
@@ -232,6 +228,23 @@ class LRP(Analyzer):
         output = self.bn_layer_rule(BatchNormLayer(call, self.flow.input(source)), self.flow)
         call.replay(batch_norm_step(self.bn_layer_rule, self.flow))
         return output if call.observe_output is None else call.observe_output(output)
+
+    def _plan_merge(self, call: OperationCall, entry: Any, fused: FusedLayer) -> None:
+        """The replay steps of a kernel call and the BatchNorm ``call`` merged with it: the
+        rule on the fused layer at the BatchNorm; where the rule is the fused layer's output
+        with its gradient transformed (z, ε), that, and the kernel call as written. Not
+        replayable where another BatchNorm merged with the same output."""
+        kernel, plan = entry.layer.call, call.plan
+        if entry.merged:
+            plan.unreplayable()
+            return
+        entry.merged = True
+        # (a BatchNorm with batch statistics: its own gradient is not the fused layer's)
+        transform = None if fused.norm.batch_statistics else entry.rule.output_gradient(
+            self.flow)
+        call.replay(merged_step(entry.rule, self.flow, plan.held, kernel.index, transform))
+        if transform is not None:
+            kernel.replay(None)  # (the fused layer's output needs no kernel layer)
 
     def _relevance_scale(self, tensor: Tensor) -> Tensor | None:
         if not self.flow.relative:

@@ -27,6 +27,7 @@ class _Deferred:
     observe: Callable[[Tensor], Tensor] | None  # the diagnostics' observer of its output
     resolved: bool = False  # whether the kernel's own rule has been applied
     relevance: Tensor | None = None  # the output with that rule, where it is another tensor
+    merged: bool = False  # whether a BatchNorm has merged with it
 
 
 class KernelOutputs:
@@ -79,8 +80,11 @@ class KernelOutputs:
         if not entry.resolved:
             relevance = entry.rule(entry.layer, self.flow)
             call = entry.layer.call
-            if call.plan is not None:  # a replay applies the rule at the kernel call
-                call.replay(kernel_rule_step(call, entry.rule, self.flow))
+            if call.plan is not None:  # a replay applies the rule at the kernel call, unless
+                if entry.merged:  # a BatchNorm merged with the output first: two rules
+                    call.plan.unreplayable()
+                else:
+                    call.replay(kernel_rule_step(call, entry.rule, self.flow))
             if entry.observe is not None:
                 relevance = entry.observe(relevance)
             entry.resolved = True

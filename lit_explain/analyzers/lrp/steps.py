@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..kinds import BATCH_NORM, differentiable
 from ..operations import OperationCall
-from ..replay import Step, with_output_gradient
+from ..replay import Diverged, Step, with_output_gradient
 from .layers import BatchNormLayer, FusedLayer, KernelLayer, MatrixLayer
 from .rules import Flow, Rule, unchanged
 
@@ -66,9 +66,9 @@ def kernel_rule_step(call: OperationCall, rule: Rule, flow: Flow) -> Step | None
 
 
 def kernel_value_step(call: OperationCall, rule: Rule, flow: Flow,
-                      layers: dict[int, KernelLayer]) -> Step:
+                      layers: dict[int, tuple[KernelLayer, Tensor]]) -> Step:
     """A kernel call whose output a BatchNorm merges with: its output value as ``rule``
-    makes it, the layer left in ``layers`` for the BatchNorm's step."""
+    makes it, the layer (and the output) left in ``layers`` for the BatchNorm's step."""
     recall, index = _recall(call), call.index
 
     def step(func: Callable, args: tuple, kwargs: dict) -> Tensor:
@@ -76,17 +76,20 @@ def kernel_value_step(call: OperationCall, rule: Rule, flow: Flow,
         layer = layer_of(replayed, flow)
         if layer is None:
             return replayed.run()
-        layers[index] = layer
-        return rule.output_value(layer)
+        output = rule.output_value(layer)
+        layers[index] = layer, output
+        return output
 
     return step
 
 
-def merged_step(rule: Rule, flow: Flow, layers: dict[int, KernelLayer],
-                kernel_index: int) -> Step | None:
-    """A BatchNorm merged with the kernel call ``kernel_index``: the rule on the fused layer
-    (``None``: as written, the rule being the fused layer's own gradient)."""
-    transform = rule.output_gradient(flow)
+def merged_step(rule: Rule, flow: Flow, layers: dict[int, tuple[KernelLayer, Tensor]],
+                kernel_index: int, transform: Callable[[Tensor], Tensor] | None) -> Step | None:
+    """A BatchNorm merged with the kernel call ``kernel_index``: its output with
+    ``transform`` (the rule's :meth:`~.rules.Rule.output_gradient`; ``None``: as written,
+    the fused layer's own gradient), or, where there is none, the rule on the fused layer.
+    A BatchNorm that gets another tensor than that kernel call's output (a forward whose
+    data flow a global flag changed) ends the replay."""
     if transform is unchanged:
         return None
     if transform is not None:
@@ -95,8 +98,11 @@ def merged_step(rule: Rule, flow: Flow, layers: dict[int, KernelLayer],
     def step(func: Callable, args: tuple, kwargs: dict) -> Tensor:
         call = OperationCall(func, args, kwargs, BATCH_NORM)
         source = call.args[0] if call.args else call.kwargs["input"]
-        return rule(FusedLayer.merge(layers.pop(kernel_index), BatchNormLayer(call, source)),
-                    flow)
+        layer, output = layers.pop(kernel_index, (None, None))
+        if output is not source:
+            raise Diverged("the BatchNorm takes another tensor than the recorded kernel "
+                           "call's output")
+        return rule(FusedLayer.merge(layer, BatchNormLayer(call, source)), flow)
 
     return step
 

@@ -1,0 +1,143 @@
+"""A replayed analysis (lit_explain.analyzers.replay) gives the map of a full analysis by a
+fresh analyzer, on the models an adversarial probe of the replay found it wrong, raising or
+slow on: a kernel output used again after the BatchNorm that merged with it, BatchNorms with
+batch statistics, gradient hooks registered in forward, property reads, a data flow a global
+flag changes, a changed output_key, value-changing operations before the first layer."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import lit_explain as lx
+from lit_explain.analyzers.lrp import EpsilonRule
+
+ANALYZERS = [("lrp.alpha_2_beta_1", {}), ("lrp.epsilon", {}), ("lrp.z_plus", {}),
+             ("lrp.sequential_preset_a", {}), ("lrp", {"rule": EpsilonRule(epsilon=0.5)}),
+             ("guided_backprop", {})]
+
+
+def _batch_norm(channels: int, track_running_stats: bool = True) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, track_running_stats=track_running_stats)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+        if track_running_stats:
+            norm.running_mean.uniform_(-1.0, 1.0)
+            norm.running_var.uniform_(0.5, 2.0)
+    return norm
+
+
+class _Net(nn.Module):
+    """conv → BatchNorm(s) → head, the conv output used as ``how`` says."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = _batch_norm(4, track_running_stats=how != "batch_statistics")
+        self.bn2 = _batch_norm(4)
+        self.fc = nn.Linear(4 * 36, 5)
+        self.swap = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "rounded":  # a value-changing step before the first layer
+            x = x.to(torch.bfloat16).to(x.dtype)
+        y = self.conv(x)
+        if self.how == "hook" and y.requires_grad:  # a Grad-CAM model keeps a gradient
+            y.register_hook(lambda grad: grad * 3.0)
+        if self.how == "reused":  # the conv output used again after its BatchNorm
+            h = self.bn(y) + y
+        elif self.how == "two_norms":  # one conv output, two BatchNorms
+            h = self.bn(y) + self.bn2(y)
+        elif self.how == "shape":  # property reads, each a new getter object
+            h = self.bn(y).reshape(y.shape[0], *y.shape[1:]) * (1.0 if y.requires_grad else 1.0)
+        else:
+            h = self.bn(y)
+        h = F.relu(h)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["reused", "two_norms", "batch_statistics", "hook", "shape",
+                                 "rounded"])
+@pytest.mark.parametrize(("name", "kwargs"), ANALYZERS)
+def test_a_replay_gives_the_full_analysis_map(how, name, kwargs):
+    torch.manual_seed(0)
+    model = _Net(how).eval() if how == "rounded" else _Net(how).double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=next(model.parameters()).dtype)
+    analyzer = lx.create_analyzer(name, model, **kwargs)
+    analyzer.analyze(x)
+    for inputs in (x, x * 0.5):  # a replay (where the rules allow one), then another input
+        replayed = analyzer.analyze(inputs)
+        fresh = lx.create_analyzer(name, model, **kwargs).analyze(inputs)
+        torch.testing.assert_close(replayed, fresh, rtol=1e-6, atol=1e-6 * float(
+            fresh.abs().max()))
+    if how == "shape":
+        assert analyzer.replayed  # (x.shape's getter is a new object at every read)
+
+
+def test_a_data_flow_that_a_global_flag_changes_is_not_replayed_wrongly():
+    torch.manual_seed(0)
+
+    class Swapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+            self.norm_a, self.norm_b = _batch_norm(4), _batch_norm(4)
+            self.fc = nn.Linear(8 * 36, 5)
+
+        def forward(self, x: Tensor) -> Tensor:
+            a, b = self.a(x), self.b(x)
+            if SWAP[0]:  # (state the forward signature does not see)
+                a, b = b, a
+            return self.fc(F.relu(torch.cat([self.norm_a(a), self.norm_b(b)], 1)).flatten(1))
+
+    model = Swapped().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.double)
+    for name, kwargs in ANALYZERS[:4]:
+        SWAP[0] = False
+        analyzer = lx.create_analyzer(name, model, **kwargs)
+        analyzer.analyze(x)
+        SWAP[0] = True
+        torch.testing.assert_close(analyzer.analyze(x),
+                                   lx.create_analyzer(name, model, **kwargs).analyze(x))
+    SWAP[0] = False
+
+
+SWAP = [False]
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = F.relu(x)
+        return self.first(h), self.second(h)
+
+
+def test_output_key_is_part_of_what_a_replay_holds_for():
+    torch.manual_seed(0)
+    model = _TwoOutputs().double().eval()
+    x = torch.randn(4, 6, dtype=torch.double)
+    for name in ("lrp.alpha_2_beta_1", "lrp.z_plus", "lrp.w_square"):
+        analyzer = lx.create_analyzer(name, model)
+        analyzer.analyze(x)
+        analyzer.output_key = 1
+        torch.testing.assert_close(analyzer.analyze(x), lx.create_analyzer(
+            name, model, output_key=1).analyze(x))
+
+
+def test_an_analyzer_pickles_after_an_analysis():
+    torch.manual_seed(0)
+    model = _Net("plain").double().eval()
+    analyzer = lx.create_analyzer("lrp.epsilon", model)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.double)
+    expected = analyzer.analyze(x)
+    copy = pickle.loads(pickle.dumps(analyzer))  # (its replay plan holds local functions)
+    torch.testing.assert_close(copy.analyze(x), expected)

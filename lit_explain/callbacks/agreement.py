@@ -20,6 +20,11 @@ import torch.distributed as dist
 Agree = Callable[[Mapping[Hashable, bool]], dict[Hashable, bool]]
 
 
+class FailedElsewhere(RuntimeError):
+    """What this process skips because it failed on another one (its own warning: not one
+    of this process's own failures of the same kind)."""
+
+
 def distributed() -> bool:
     """Whether a process group of more than one process is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

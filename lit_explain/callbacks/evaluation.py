@@ -18,7 +18,7 @@ from torchmetrics import Metric
 from ..analyzers.validation import check_choice
 from ..metrics import create_metric, localization_metrics, metrics
 from ..metrics.drift import average_ranks, drift_measures
-from .agreement import Agree, local
+from .agreement import Agree, FailedElsewhere, local
 
 DRIFT_REFERENCES = ("previous", "first")
 #: Metrics that the ``metrics`` option takes (drift has its own option).
@@ -133,14 +133,21 @@ class ProbeMetrics:
                 if metric.device != inputs.device:
                     metric.to(inputs.device)
             failed = self._update(name, chosen, inputs, maps, targets, masks, on_failure)
-            succeeded = agree({a: a not in failed for a in chosen}) if chosen else {}
+            # what succeeded on every process, and (a localization metric) which have no
+            # mask to score on any: a process without one reduces its states all the same
+            outcomes = {(a, "succeeded"): a not in failed for a in chosen}
+            if name in localization_metrics:
+                outcomes.update({(a, "no masks"): int(m.count) == 0 for a, m in chosen.items()})
+            held = agree(outcomes) if chosen else {}
             for analyzer, metric in chosen.items():
-                if not succeeded[analyzer]:
+                if not held[analyzer, "succeeded"]:
                     if analyzer not in failed:
-                        on_failure(name, analyzer, RuntimeError(
+                        on_failure(name, analyzer, FailedElsewhere(
                             "it failed on another process's probe samples, and is skipped on "
                             "every process (whose states it reduces together)"))
                     continue
+                if held.get((analyzer, "no masks")):
+                    continue  # no probe sample has a mask to score: nothing to log
                 try:
                     scalars, curves = _read(name, metric)
                 except Exception as error:
@@ -199,19 +206,21 @@ def _update_one(name: str, metric: Metric, inputs: Tensor, maps: Tensor,
 
 
 def _read(name: str, metric: Metric) -> Scores:
-    """A metric's scalars and curves (none for a localization metric with no mask)."""
-    if name in localization_metrics and int(metric.count) == 0:
-        return {}, {}  # no probe sample has a mask to score: nothing to log
+    """A metric's scalars and curves, of the states of all processes (``compute`` reduces
+    them and puts the local ones back, so the curves are read in a reduction of their own:
+    a curve read after it was this process's alone)."""
     value = metric.compute()
     scalars = ({f"{name}/{part}": float(v) for part, v in value.items()}
                if isinstance(value, Mapping) else {name: float(value)})
     curves: dict[str, Curves] = {}
     score = "probability" if getattr(metric, "softmax", False) else "logit"
-    if hasattr(metric, "curve"):
-        curves[name] = ({name: metric.curve().detach().cpu()}, None, score)
-    elif hasattr(metric, "curves"):
-        parts = {k: v.detach().cpu() for k, v in metric.curves().items()}
-        curves[name] = (parts, parts.pop("fraction", None), score)
+    if hasattr(metric, "curve") or hasattr(metric, "curves"):
+        with metric.sync_context(should_sync=metric.sync_on_compute):
+            if hasattr(metric, "curve"):
+                curves[name] = ({name: metric.curve().detach().cpu()}, None, score)
+            else:
+                parts = {k: v.detach().cpu() for k, v in metric.curves().items()}
+                curves[name] = (parts, parts.pop("fraction", None), score)
     return scalars, curves
 
 
@@ -303,7 +312,7 @@ class DriftTracker:
         succeeded = agree({a: a not in failed for a in current}) if current else {}
         for analyzer in current:
             if not succeeded[analyzer] and analyzer not in failed:
-                on_failure(analyzer, RuntimeError(
+                on_failure(analyzer, FailedElsewhere(
                     "it failed on another process's probe samples, and is skipped on every "
                     "process (whose means it reduces together)"))
         keys = [(analyzer, reference, measure)

@@ -28,7 +28,7 @@ from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
 from ..patterns.statistics import PATTERN_TYPES
-from .agreement import agreed, distributed
+from .agreement import FailedElsewhere, agreed, distributed
 from .evaluation import (
     DEFAULT_LOCALIZATION,
     DriftTracker,
@@ -363,18 +363,25 @@ class ExplainCallback(Callback):
                          training_batch: bool) -> None:
         if self._checked:
             return
+        self._device = pl_module.device
         try:
             inputs, targets = check_batch(batch, self.input_key, self.target_key)
             if self.mask_key is not None:  # a configuration error: raised whatever on_error
                 check_masks(self._masks_in(batch), inputs, self.mask_key)  # says
+            fits = True
         except (ValueError, TypeError, KeyError):
-            if training_batch:  # training batches may be shaped otherwise: the first
-                return  # validation batch is checked instead
-            raise
+            if not training_batch:
+                raise
+            fits = False  # training batches may be shaped otherwise: the first validation
+        # batch is checked instead (under DDP where one rank's does not fit: every rank's,
+        # so that all of them run the preflight's reductions together)
+        if training_batch and distributed():
+            fits = self._agree({("batch fits", ""): fits})["batch fits", ""]
+        if not fits:
+            return
         self._checked = True
         if self.patterns is not None:
             self._check_patterns(pl_module)
-        self._device = pl_module.device
         with _training_untouched(pl_module):
             self._try_on_one_sample(inputs[:1], batch)
         self._agree_on_the_preflight()
@@ -388,7 +395,7 @@ class ExplainCallback(Callback):
         held = self._agree({**{(name, "analyzer"): name in self._analyzers
                                for name in self.analyzer_specs},
                             **{(name, "metric"): name in metrics for name in self._metric_names}})
-        why = RuntimeError("it failed the preflight on another process")
+        why = FailedElsewhere("it failed the preflight on another process")
         for name in self.analyzer_specs:
             if name in self._analyzers and not held[name, "analyzer"]:
                 self._drop(name, why)
@@ -537,7 +544,11 @@ class ExplainCallback(Callback):
             self._say_what_the_probe_is()
         if self.patterns is not None:
             self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
-        if not self.probe.ready or not self._analyzers:
+        ready = self.probe.ready and bool(self._analyzers)
+        if distributed():  # (a rank with no validation sample has no probe: none explains)
+            self._device = pl_module.device
+            ready = self._agree({("probe ready", ""): ready})["probe ready", ""]
+        if not ready:
             return
         if not self._due(trainer):
             if self._last_epoch == trainer.current_epoch:
@@ -842,12 +853,16 @@ class ExplainCallback(Callback):
                             **{(name, "active"): name in self._analyzers
                                for name in self.analyzer_specs},
                             **{(name, "explained"): name in maps for name in self.analyzer_specs}})
+        if predicted and not held["prediction", ""]:
+            self._warn_or_raise("prediction", FailedElsewhere(
+                "it failed on another process's probe samples: nothing is explained this "
+                "epoch"))
         for name in self.analyzer_specs:
             if name in self._analyzers and not held[name, "active"]:
-                self._drop(name, RuntimeError("it was dropped on another process"))
-            if name in maps and not held[name, "explained"]:
+                self._drop(name, FailedElsewhere("it was dropped on another process"))
+            if name in maps and not held[name, "explained"] and held["prediction", ""]:
                 del maps[name]
-                self._warn_or_raise(f"analyzer {name!r}", RuntimeError(
+                self._warn_or_raise(f"analyzer {name!r}", FailedElsewhere(
                     "it failed on another process's probe samples, and is skipped on every "
                     "process this epoch"))
         return held["prediction", ""]
@@ -872,7 +887,14 @@ class ExplainCallback(Callback):
         probe = state_dict.get("probe", {})
         saved_inputs = probe.get("inputs")
         drift = state_dict.get("drift", {})
-        if saved_inputs is not None and len(saved_inputs) != self.probe.num_samples:
+        if saved_inputs is not None and distributed():
+            # the checkpoint holds rank zero's probe set: every rank would explain it (and
+            # measure drift against rank zero's maps) instead of its own samples
+            self._warn_once("resume probe", (
+                "under DDP the checkpoint holds rank zero's probe samples only: each rank "
+                "takes its own again, and drift starts again from them"))
+            drift = {}
+        elif saved_inputs is not None and len(saved_inputs) != self.probe.num_samples:
             self._warn_once("resume probe", (
                 f"the checkpoint's {len(saved_inputs)} probe samples do not match "
                 f"num_samples={self.probe.num_samples}: new ones are taken, and drift starts "

@@ -88,3 +88,48 @@ def test_an_analyzer_failing_on_one_rank_is_skipped_on_all_and_training_goes_on(
     assert len(scalars["explain/lrp.epsilon/drift_previous_spearman"]) == 1
     assert not any(tag.startswith("explain/gradient") for tag in scalars)
     assert "explain/gradient" not in image_tags(log_dir)
+
+
+class _MasksOnRankZeroOnly(DigitsDataModule):
+    """Validation masks for the even samples (rank zero's under DistributedSampler) only."""
+
+    def setup(self, stage=None):
+        super().setup(stage)
+
+        def with_masks(dataset, odd_empty: bool):
+            x, y = dataset.tensors
+            masks = torch.zeros(len(x), 8, 8, dtype=torch.bool)
+            masks[:, 2:6, 2:6] = True
+            if odd_empty:
+                masks[1::2] = False
+            return torch.utils.data.TensorDataset(x, y, masks)
+
+        self.train_set = with_masks(self.train_set, False)
+        self.val_set = with_masks(self.val_set, True)
+
+
+@pytest.mark.slow
+def test_metrics_of_ranks_without_masks_and_curves_reduce_with_the_others(tmp_path):
+    """A localization metric on a rank whose probe masks are all empty still reduces its
+    states with the others (it skipped the reduction: a hang until the timeout)."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    L.seed_everything(0, verbose=False)
+    logger = TensorBoardLogger(str(tmp_path), name="ddp")
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, mask_key=2,
+                                  metrics={"relevance_mass_accuracy": {},
+                                           "pixel_flipping": {"steps": 8}},
+                                  drift=["previous"], curves_every_n_epochs=1)
+    trainer = L.Trainer(strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
+                        accelerator="cpu", devices=2, max_epochs=1, limit_train_batches=2,
+                        limit_val_batches=2, logger=logger, callbacks=[callback],
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(DigitsClassifier(channels=4), _MasksOnRankZeroOnly(batch_size=16))
+    (log_dir,) = {os.path.dirname(p) for p in glob.glob(
+        os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
+    scalars = scalar_series(log_dir)
+    assert len(scalars["explain/gradient/relevance_mass_accuracy"]) == 1
+    assert "explain/gradient/pixel_flipping_curve" in image_tags(log_dir)

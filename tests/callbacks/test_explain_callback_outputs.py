@@ -233,3 +233,33 @@ def test_noise_drawing_analyzers_draw_the_same_noise_each_epoch(tmp_path):
     fresh = lx.create_analyzer("smoothgrad", model, augment_by_n=4).analyze(
         callback.probe.inputs)
     torch.testing.assert_close(callback.drift.previous["smoothgrad"], fresh)
+
+
+def test_curves_are_read_in_a_reduction_of_their_own():
+    """``compute()`` reduces the states across processes and puts the local ones back: a
+    curve read after it was one process's own while its scalar was all processes' (under DDP
+    the plotted curve was rank zero's). The curve is read inside a sync context."""
+    from contextlib import contextmanager
+
+    from lit_explain.callbacks.evaluation import _read
+    from lit_explain.metrics import create_metric
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    metric = create_metric("pixel_flipping", model, steps=4)
+    x = torch.randn(2, 1, 4, 4)
+    metric.update(x, torch.randn(2, 1, 4, 4), torch.tensor([0, 1]))
+    depth, read_at = [0], []
+    sync_context, curve = metric.sync_context, metric.curve
+
+    @contextmanager
+    def spied(**kwargs):
+        depth[0] += 1
+        with sync_context(**kwargs):
+            yield
+        depth[0] -= 1
+
+    metric.sync_context = spied
+    metric.curve = lambda: read_at.append(depth[0]) or curve()
+    scalars, curves = _read("pixel_flipping", metric)
+    assert set(read_at) == {1} and "pixel_flipping" in curves and "pixel_flipping" in scalars

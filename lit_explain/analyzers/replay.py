@@ -8,15 +8,19 @@ forward signature (:func:`~.forward.forward_signature`) has not changed, the nex
 pass makes the same calls in the same order, and what the first analysis found holds again.
 
 Where every handled call's rule is a function of that call alone — a ReLU rule (Guided
-Backprop, Deconvnet), or the call's plain output with its gradient transformed (the z and ε
-rules of a kernel layer, or of a kernel layer merged with the BatchNorm after it) — the
-analysis records a :class:`Plan`: the function of every call, and for the handled ones a
-:data:`Step` that runs them with their rule. The next analysis runs the forward pass under
-:class:`Replayed`, which checks each call against the plan and applies its steps: no kinds,
-no provenance, no module hooks. A forward pass that makes another call than recorded raises
-:class:`Diverged`, and the analysis runs in full again. A rule that depends on more than its
-call (αβ, the transformer rules, DeepLIFT), a gate by a mask, a held statistic, input
-preprocessing or the reverse-pass diagnostics leave nothing to replay.
+Backprop, Deconvnet), the LRP rules of a kernel layer, which build the layer from the call's
+own arguments (or, for a BatchNorm merged with it, from that kernel call's, see
+:mod:`~.lrp.steps`), relevance passing preprocessing — the analysis records a
+:class:`Plan`: the function of every call, where the relevance flow's input boundary was
+crossed, and for the handled calls a :data:`Step` that runs them with their rule. The next
+analysis runs the forward pass under :class:`Replayed`, which checks each call against the
+plan (by identity, or equality: a property's getter is a new object at every read),
+crosses the boundary where it was crossed and applies the steps: no kinds, no provenance,
+no module hooks. A forward pass that makes another call than recorded raises
+:class:`Diverged`, and the analysis runs in full again. A rule that depends on more than
+its call (the transformer rules, DeepLIFT, the pattern analyzers), a gate by a mask, a held
+statistic, a kernel output that keeps two rules (used again after the BatchNorm merged with
+it) or the reverse-pass diagnostics leave nothing to replay.
 """
 
 from __future__ import annotations

@@ -267,9 +267,9 @@ class OperationRules(TorchFunctionMode):
         ``torch.no_grad()`` region, an ``argmax`` index): DeepLIFT, which must account for
         every difference to the reference, cannot.
     plan:
-        A :class:`~.replay.Plan` to record the forward pass in: every call's function, and
-        the steps handlers give their calls; one that gives none, a gate, a held statistic
-        or input preprocessing makes it unreplayable.
+        A :class:`~.replay.Plan` to record the forward pass in: every call's function, where
+        the input boundary is crossed, and the steps handlers give their calls; a handler
+        that gives none, a gate or a held statistic makes it unreplayable.
 
     What made each tensor is tracked (:mod:`.provenance`): a differentiable tensor that
     reaches a call or leaves a submodule without having been made by a routed call —
@@ -511,15 +511,10 @@ class OperationRules(TorchFunctionMode):
 
     def _crossing(self, tensors: list[Tensor]) -> frozenset[int]:
         """The positions among a call's tensors of those that cross the input boundary: the
-        differentiable input-derived ones (most calls take none)."""
+        differentiable input-derived ones."""
         derived = self.state.input_derived
-        for t in tensors:  # (a plain loop: most calls take no input-derived tensor)
-            if id(t) in derived and t.requires_grad:
-                break
-        else:
-            return frozenset()
         return frozenset(i for i, t in enumerate(tensors)
-                         if id(t) in derived and t.requires_grad)
+                         if t.requires_grad and id(t) in derived)
 
     def _call(self, func, args, kwargs, kind,
               given: list[Tensor] | None = None) -> OperationCall:

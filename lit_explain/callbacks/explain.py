@@ -299,7 +299,6 @@ class ExplainCallback(Callback):
         self._analyzers: dict[str, Analyzer] = {}
         self._metrics: ProbeMetrics | None = None
         self._rank = 0  # (this process's, for its own warnings under DDP)
-        self._device = torch.device("cpu")  # the model's, where the processes agree
         self._start_afresh()
 
     def _start_afresh(self) -> None:
@@ -363,7 +362,6 @@ class ExplainCallback(Callback):
                          training_batch: bool) -> None:
         if self._checked:
             return
-        self._device = pl_module.device
         try:
             inputs, targets = check_batch(batch, self.input_key, self.target_key)
             if self.mask_key is not None:  # a configuration error: raised whatever on_error
@@ -546,7 +544,6 @@ class ExplainCallback(Callback):
             self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
         ready = self.probe.ready and bool(self._analyzers)
         if distributed():  # (a rank with no validation sample has no probe: none explains)
-            self._device = pl_module.device
             ready = self._agree({("probe ready", ""): ready})["probe ready", ""]
         if not ready:
             return
@@ -591,7 +588,6 @@ class ExplainCallback(Callback):
 
     def _explain_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         started = time.perf_counter()
-        self._device = pl_module.device
         validating = trainer.state.fn == "validate"
         prefix = f"{self.name}_validate" if validating else self.name
         inputs = self.probe.inputs.to(pl_module.device)
@@ -842,7 +838,7 @@ class ExplainCallback(Callback):
     # Under DDP: what the ranks agree on before they reduce (see .agreement).
 
     def _agree(self, outcomes: Mapping[Hashable, bool]) -> dict[Hashable, bool]:
-        return agreed(outcomes, self._device)
+        return agreed(outcomes, self._selector.model.device)  # (the model's: NCCL's GPU)
 
     def _agree_on_maps(self, predicted: bool, maps: dict[str, Tensor]) -> bool:
         """Keep the maps of the analyzers that explained the probe on every rank (and drop

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
+from datetime import timedelta
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from test_explain_callback import image_tags
 from test_explain_callback_outputs import scalar_series
 
@@ -50,6 +52,24 @@ def test_two_gloo_processes_log_once_with_metrics_reduced_across_ranks(tmp_path)
     assert logged[-1] != pytest.approx(float(rank_zero_only.compute()), rel=1e-4)
 
 
+def fit_on_two_processes(tmp_path, callback: lx.ExplainCallback, model: L.LightningModule,
+                         data: L.LightningDataModule, max_epochs: int) -> str:
+    """Fit on two gloo processes with a short process-group timeout (a rank left waiting in
+    a reduction fails in a minute, not thirty); the TensorBoard log folder."""
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
+                        accelerator="cpu", devices=2, max_epochs=max_epochs,
+                        limit_train_batches=2, limit_val_batches=2,
+                        logger=TensorBoardLogger(str(tmp_path), name="ddp"),
+                        callbacks=[callback], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(model, data)
+    (log_dir,) = {os.path.dirname(p) for p in glob.glob(
+        os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
+    return log_dir
+
+
 class GradientNaNOnRankOne(DigitsClassifier):
     """On rank 1 the input gradient is NaN (∂√(0·x)/∂x = ∞ · 0), its output as on rank 0:
     an analyzer that fails on one rank's probe samples only."""
@@ -66,23 +86,10 @@ def test_an_analyzer_failing_on_one_rank_is_skipped_on_all_and_training_goes_on(
     """The ranks agree on what succeeded before they reduce metrics and drift: a rank that
     skipped a failed analyzer while the other reduced its metric hung until the process
     group's timeout (thirty minutes by default), then stopped training."""
-    from datetime import timedelta
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    L.seed_everything(0, verbose=False)
-    logger = TensorBoardLogger(str(tmp_path), name="ddp")
     callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=2,
                                   metrics=["sparseness"], drift=["previous"])
-    trainer = L.Trainer(strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
-                        accelerator="cpu", devices=2, max_epochs=2, limit_train_batches=2,
-                        limit_val_batches=2, logger=logger, callbacks=[callback],
-                        enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0)
-    trainer.fit(GradientNaNOnRankOne(channels=4), DigitsDataModule(batch_size=16))
-
-    (log_dir,) = {os.path.dirname(p) for p in glob.glob(
-        os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
+    log_dir = fit_on_two_processes(tmp_path, callback, GradientNaNOnRankOne(channels=4),
+                                   DigitsDataModule(batch_size=16), max_epochs=2)
     scalars = scalar_series(log_dir)
     assert len(scalars["explain/lrp.epsilon/sparseness"]) == 2  # both epochs: trained on
     assert len(scalars["explain/lrp.epsilon/drift_previous_spearman"]) == 1
@@ -112,24 +119,12 @@ class _MasksOnRankZeroOnly(DigitsDataModule):
 def test_metrics_of_ranks_without_masks_and_curves_reduce_with_the_others(tmp_path):
     """A localization metric on a rank whose probe masks are all empty still reduces its
     states with the others (it skipped the reduction: a hang until the timeout)."""
-    from datetime import timedelta
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    L.seed_everything(0, verbose=False)
-    logger = TensorBoardLogger(str(tmp_path), name="ddp")
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, mask_key=2,
                                   metrics={"relevance_mass_accuracy": {},
                                            "pixel_flipping": {"steps": 8}},
                                   drift=["previous"], curves_every_n_epochs=1)
-    trainer = L.Trainer(strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
-                        accelerator="cpu", devices=2, max_epochs=1, limit_train_batches=2,
-                        limit_val_batches=2, logger=logger, callbacks=[callback],
-                        enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0)
-    trainer.fit(DigitsClassifier(channels=4), _MasksOnRankZeroOnly(batch_size=16))
-    (log_dir,) = {os.path.dirname(p) for p in glob.glob(
-        os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
+    log_dir = fit_on_two_processes(tmp_path, callback, DigitsClassifier(channels=4),
+                                   _MasksOnRankZeroOnly(batch_size=16), max_epochs=1)
     scalars = scalar_series(log_dir)
     assert len(scalars["explain/gradient/relevance_mass_accuracy"]) == 1
     assert "explain/gradient/pixel_flipping_curve" in image_tags(log_dir)

@@ -199,12 +199,7 @@ class LRP(Analyzer):
         rule = self.rules(call)
         if call.plan is not None:  # (its own rule, where it is applied, replaces this step)
             call.replay(kernel_value_step(call, rule, self.flow, call.plan.held))
-        source = None
-        if call.observe_input is not None:
-            given = call.inputs[0] if call.weight_index is not None else (
-                call.args[0] if call.args else call.kwargs["input"])
-            source = call.observe_input(given) if differentiable(given) else None
-        layer = layer_of(call, self.flow, source)
+        layer = layer_of(call, self.flow)
         return call.run() if layer is None else outputs.defer(layer, rule)
 
     def _batch_norm(self, call: OperationCall, outputs: KernelOutputs) -> Tensor:

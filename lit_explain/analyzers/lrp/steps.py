@@ -23,20 +23,18 @@ from .layers import BatchNormLayer, FusedLayer, KernelLayer, MatrixLayer
 from .rules import Flow, Rule, unchanged
 
 
-def layer_of(call: OperationCall, flow: Flow, source: Tensor | None = None
-             ) -> KernelLayer | None:
+def layer_of(call: OperationCall, flow: Flow) -> KernelLayer | None:
     """The affine layer of a kernel call or weight product, its input fed as ``flow`` wants
-    (``source``: that input, where not the call's own); ``None`` where the input is not
-    differentiable (the call runs as written)."""
+    (through the diagnostics' observer of the call's input, where it has one); ``None``
+    where the input is not differentiable (the call runs as written)."""
     weight_index = call.weight_index
-    given = (call.inputs[0] if weight_index is not None
-             else call.args[0] if call.args else call.kwargs["input"])
-    if not differentiable(given):
+    source = (call.inputs[0] if weight_index is not None
+              else call.args[0] if call.args else call.kwargs["input"])
+    if not differentiable(source):
         return None
-    if source is not None and source is not given:
-        call = call.replace_input(given, source)
-    else:
-        source = given
+    if call.observe_input is not None:
+        observed = call.observe_input(source)
+        call, source = call.replace_input(source, observed), observed
     return (KernelLayer(call, flow.input(source)) if weight_index is None
             else MatrixLayer(call, flow.input(source), weight_index))
 

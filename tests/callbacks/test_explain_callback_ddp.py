@@ -18,23 +18,44 @@ import lit_explain as lx
 from lit_explain.demo import DigitsClassifier, DigitsDataModule
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_log_once_with_metrics_reduced_across_ranks(tmp_path):
-    L.seed_everything(0, verbose=False)
-    model = DigitsClassifier(channels=4)
-    data = DigitsDataModule(batch_size=16)
-    logger = TensorBoardLogger(str(tmp_path), name="ddp")
-    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2,
-                                  metrics=["sparseness"], drift=["previous"])
-    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=2,
-                        limit_train_batches=3, limit_val_batches=2, logger=logger,
-                        callbacks=[callback], enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False,
-                        num_sanity_val_steps=0)
-    trainer.fit(model, data)  # returns: no deadlock
+class ProcessGroupClosedAtTeardown(L.Callback):
+    """Each process closes its gloo process group, together with the other, before it exits.
 
+    Lightning leaves a gloo group to the interpreter's exit, where its threads were once
+    torn down while still joinable (``terminate called without an active exception``: the
+    spawned process aborted after fit had finished, failing a test that had passed)."""
+
+    def teardown(self, trainer, pl_module, stage):
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def fit_on_two_processes(tmp_path, callback: lx.ExplainCallback, model: L.LightningModule,
+                         data: L.LightningDataModule, max_epochs: int) -> str:
+    """Fit on two gloo processes with a short process-group timeout (a rank left waiting in
+    a reduction fails in a minute, not thirty); the TensorBoard log folder."""
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
+                        accelerator="cpu", devices=2, max_epochs=max_epochs,
+                        limit_train_batches=2, limit_val_batches=2,
+                        logger=TensorBoardLogger(str(tmp_path), name="ddp"),
+                        callbacks=[callback, ProcessGroupClosedAtTeardown()],
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(model, data)  # returns: no deadlock
     (log_dir,) = {os.path.dirname(p) for p in glob.glob(
         os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
+    return log_dir
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_log_once_with_metrics_reduced_across_ranks(tmp_path):
+    model = DigitsClassifier(channels=4)
+    data = DigitsDataModule(batch_size=16)
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2,
+                                  metrics=["sparseness"], drift=["previous"])
+    log_dir = fit_on_two_processes(tmp_path, callback, model, data, max_epochs=2)
     tags = image_tags(log_dir)
     assert tags["explain/gradient"] == 2 and tags["explain/gradient/drift"] == 1  # rank 0 only
 
@@ -50,24 +71,6 @@ def test_two_gloo_processes_log_once_with_metrics_reduced_across_ranks(tmp_path)
     rank_zero_only = lx.metrics.Sparseness()
     rank_zero_only.update(maps[:2])
     assert logged[-1] != pytest.approx(float(rank_zero_only.compute()), rel=1e-4)
-
-
-def fit_on_two_processes(tmp_path, callback: lx.ExplainCallback, model: L.LightningModule,
-                         data: L.LightningDataModule, max_epochs: int) -> str:
-    """Fit on two gloo processes with a short process-group timeout (a rank left waiting in
-    a reduction fails in a minute, not thirty); the TensorBoard log folder."""
-    L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
-                        accelerator="cpu", devices=2, max_epochs=max_epochs,
-                        limit_train_batches=2, limit_val_batches=2,
-                        logger=TensorBoardLogger(str(tmp_path), name="ddp"),
-                        callbacks=[callback], enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False,
-                        num_sanity_val_steps=0)
-    trainer.fit(model, data)
-    (log_dir,) = {os.path.dirname(p) for p in glob.glob(
-        os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)}
-    return log_dir
 
 
 class GradientNaNOnRankOne(DigitsClassifier):

@@ -135,6 +135,8 @@ class OperationCall:
         the handler of its own kind (:mod:`~.attention`)."""
         if self.parts is None:
             raise TypeError(f"{self.where()} has no decomposition into parts")
+        if self.plan is not None:  # (a replay runs the parts, each by its own step)
+            self.plan.add_parts(self.index, DECOMPOSITIONS[self.func])
         return self.parts(self.args, self.kwargs)
 
     def replace_input(self, old: Tensor, new: Tensor) -> OperationCall:

@@ -10,17 +10,21 @@ pass makes the same calls in the same order, and what the first analysis found h
 Where every handled call's rule is a function of that call alone — a ReLU rule (Guided
 Backprop, Deconvnet), the LRP rules of a kernel layer, which build the layer from the call's
 own arguments (or, for a BatchNorm merged with it, from that kernel call's, see
-:mod:`~.lrp.steps`), relevance passing preprocessing — the analysis records a
-:class:`Plan`: the function of every call, where the relevance flow's input boundary was
-crossed, and for the handled calls a :data:`Step` that runs them with their rule. The next
-analysis runs the forward pass under :class:`Replayed`, which checks each call against the
-plan (by identity, or equality: a property's getter is a new object at every read),
-crosses the boundary where it was crossed and applies the steps: no kinds, no provenance,
-no module hooks. A forward pass that makes another call than recorded raises
-:class:`Diverged`, and the analysis runs in full again. A rule that depends on more than
-its call (the transformer rules, DeepLIFT, the pattern analyzers), a gate by a mask, a held
-statistic, a kernel output that keeps two rules (used again after the BatchNorm merged with
-it) or the reverse-pass diagnostics leave nothing to replay.
+:mod:`~.lrp.steps`), relevance passing preprocessing, AttnLRP's and CP-LRP's rules
+(identity, softmax, uniform, normalisation; CP-LRP's gates held by their positions among a
+product's factors) — the analysis records a :class:`Plan`: the function of every call,
+where the relevance flow's input boundary was crossed, and for the handled calls a
+:data:`Step` that runs them with their rule, or, for attention analysed through its parts,
+the function that makes the parts, whose calls the plan holds next. The next analysis runs
+the forward pass under :class:`Replayed`, which checks each call against the plan (by
+identity, or equality: a property's getter is a new object at every read), crosses the
+boundary where it was crossed and applies the steps: no kinds, no provenance, no module
+hooks. A forward pass that makes another call than recorded raises :class:`Diverged`, and
+the analysis runs in full again. A rule that depends on more than its call (an elementwise
+product of functions of one tensor, ``x * sigmoid(x)``, whose rule passes relevance to
+that tensor; DeepLIFT; the pattern analyzers), a gate by a mask, a held statistic, a kernel
+output that keeps two rules (used again after the BatchNorm merged with it) or the
+reverse-pass diagnostics leave nothing to replay.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class Plan:
     def __init__(self) -> None:
         self.funcs: list[Callable] = []
         self.steps: dict[int, Step] = {}
+        #: Fused calls run through their parts (attention), whose calls the plan holds next:
+        #: call index → the function that makes the parts.
+        self.parts: dict[int, Callable] = {}
         self.planned: set[int] = set()  # the handled calls given a step (or none: as written)
         #: What a step leaves for a later one in the same replay (a kernel layer for the
         #: BatchNorm merged with it), by the index of the call that left it.
@@ -70,6 +77,11 @@ class Plan:
             self.steps.pop(index, None)
         else:
             self.steps[index] = step
+        self.planned.add(index)
+
+    def add_parts(self, index: int, parts: Callable) -> None:
+        """Run call ``index`` through ``parts(*args, **kwargs)``, its calls replayed in turn."""
+        self.parts[index] = parts
         self.planned.add(index)
 
     def unreplayable(self) -> None:
@@ -136,7 +148,13 @@ class Replayed(TorchFunctionMode):
         if crossing is not None:  # where the recorded analysis crossed it, as it did
             args, kwargs = crossed(args, kwargs, crossing, plan.boundary)
         step = plan.steps.get(index)
-        return func(*args, **kwargs) if step is None else step(func, args, kwargs)
+        if step is not None:
+            return step(func, args, kwargs)
+        parts = plan.parts.get(index)
+        if parts is not None:
+            with self:  # (a call runs with the mode popped: its parts must be seen)
+                return parts(*args, **kwargs)
+        return func(*args, **kwargs)
 
     def finish(self) -> None:
         self.plan.held.clear()

@@ -449,6 +449,26 @@ def test_every_lrp_analyzer_gives_a_map(name, analyzer):
     assert result.shape == x.shape and bool(torch.isfinite(result).all())
 
 
+@pytest.mark.parametrize("form", ["modules", "functional"])
+@pytest.mark.parametrize("name", ["vit", "text", "decoder"])
+@pytest.mark.parametrize("analyzer", LRP_ANALYZERS)
+def test_a_replayed_transformer_analysis_gives_the_full_analysis_map(name, form, analyzer):
+    """AttnLRP's and CP-LRP's rules are functions of their call alone (a gate held constant
+    by its position among a product's factors; attention through parts whose calls the plan
+    holds): the second analysis replays the first."""
+    model, x = make(name, functional=form == "functional", batch=2, dtype=torch.float64)
+    _, other = make(name, batch=2, seed=1, dtype=torch.float64)
+    for rule in ("attnlrp", "cp"):
+        kwargs = {**KWARGS.get(analyzer, {}), "attention_rule": rule}
+        explainer = lx.create_analyzer(analyzer, model, **kwargs)
+        explainer.analyze(x)
+        for inputs in (x, other):
+            replayed = explainer.analyze(inputs)
+            fresh = lx.create_analyzer(analyzer, model, **kwargs).analyze(inputs)
+            torch.testing.assert_close(replayed, fresh, rtol=1e-9, atol=1e-12)
+            assert explainer.replayed
+
+
 @pytest.mark.parametrize("analyzer", ["guided_backprop", "deconvnet"])
 def test_relu_only_methods_refuse_transformers_naming_the_operation(analyzer):
     model, x = make("vit", batch=2)

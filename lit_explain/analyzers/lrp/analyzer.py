@@ -59,7 +59,13 @@ from ..kinds import (
     differentiable,
     map_differentiable,
 )
-from ..operations import OperationCall, scale_gradient, through_parts, with_gradient
+from ..operations import (
+    OperationCall,
+    handler_step,
+    scale_gradient,
+    through_parts,
+    with_gradient,
+)
 from ..registry import register
 from ..replay import stateless
 from ..validation import check_bool, check_choice
@@ -313,14 +319,16 @@ class LRP(Analyzer):
             def handler(call: OperationCall) -> Tensor:
                 output = rule(call)
                 gates[id(output)] = output
+                # (a replay knows the gates among a product's factors by their positions)
+                call.replay(handler_step(rule, call.kind))
                 return output
 
             return handler
 
         activation = partial(identity_rule, flow=flow)
-        if cp:
-            activation = gate(activation)
+        activation = gate(activation) if cp else stateless(activation)
 
+        @stateless  # (the record of softmax outputs is the analyzer's, kept in a replay too)
         def softmax(call: OperationCall) -> Tensor:
             output = blocked(call) if cp else softmax_rule(call, flow)
             self._softmax_outputs[id(output)] = (output, call.where())
@@ -328,28 +336,33 @@ class LRP(Analyzer):
 
         def product(call: OperationCall) -> Tensor:
             if call.elementwise_of is not None:  # x * g(x): one elementwise function of x
+                if call.plan is not None:  # (the tensor x is no argument of the call)
+                    call.plan.unreplayable()
                 output = passed_through(call.elementwise_of, call.run(), flow)
                 if cp:
                     gates[id(output)] = output
                 return output
-            constants = frozenset()
+            held = frozenset()
             if cp and call.func in ELEMENTWISE_PRODUCTS:
-                held = frozenset(id(t) for t in call.inputs if id(t) in gates)
-                constants = held if len(held) < len(call.inputs) else frozenset()
-            return uniform_rule(call, flow, constants)
+                inputs = call.inputs
+                held = frozenset(i for i, t in enumerate(inputs) if id(t) in gates)
+                held = held if len(held) < len(inputs) else frozenset()
+            rule = partial(uniform_rule, flow=flow, held=held)
+            call.replay(handler_step(rule, PRODUCT))
+            return rule(call)
 
         # Per unit of tensor AttnLRP makes attention its own gradient, Q, K, V's scaled; the
         # reverse-pass diagnostics observe the softmax, so they get the parts
         fused = flow.relative and not cp and not self.reverse.active
 
-        def attention(call: OperationCall) -> object:
+        def attention(call: OperationCall) -> object:  # (each path plans its replay)
             if fused and call.func is F.scaled_dot_product_attention:
                 return attention_as_gradient(call)
             return through_parts(call)
 
         handlers = {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,
-                    NORMALIZATION: partial(normalization_rule, flow=flow), ATTENTION: attention,
-                    STATISTIC: held_constant}
+                    NORMALIZATION: stateless(partial(normalization_rule, flow=flow)),
+                    ATTENTION: attention, STATISTIC: stateless(held_constant)}
         if cp:
             handlers[RELU] = gate(relu_rule)
         return handlers

@@ -128,25 +128,30 @@ def attention_as_gradient(call: OperationCall) -> Tensor:
     (where the parts turn relevance per unit into relevance), the call goes through the
     analysis part by part."""
     names = ("query", "key", "value")
-    args = list(call.args)
-    kwargs = dict(call.kwargs)
-    dropout = args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)
-    tensors = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
+    dropout = call.args[4] if len(call.args) > 4 else call.kwargs.get("dropout_p", 0.0)
+    tensors = [call.args[i] if len(call.args) > i else call.kwargs[n]
+               for i, n in enumerate(names)]
     if dropout or call.is_input_layer or not all(differentiable(t) for t in tensors):
         return call.decompose()
+    call.replay(attention_with_shares)  # (in a replay: a function of the call alone)
+    return attention_with_shares(call.func, call.args, call.kwargs)
+
+
+def attention_with_shares(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+    """``func`` (``F.scaled_dot_product_attention``) with the gradients of Q, K, V and a
+    computed float mask scaled by their shares (see :func:`attention_as_gradient`)."""
+    args, kwargs = list(args), dict(kwargs)
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
-    shares = [(0, "query", tensors[0], 0.25), (1, "key", tensors[1], 0.25),
-              (2, "value", tensors[2], 0.5)]
+    shares = [(0, "query", 0.25), (1, "key", 0.25), (2, "value", 0.5)]
     if differentiable(mask):  # added to the scores: it takes the scores' half (the z-rule)
-        shares.append((3, "attn_mask", mask, 0.5))
-    for i, name, tensor, share in shares:
-        scaled = scale_gradient(tensor, share)
+        shares.append((3, "attn_mask", 0.5))
+    for i, name, share in shares:
         if len(args) > i:
-            args[i] = scaled
+            args[i] = scale_gradient(args[i], share)
         else:
-            kwargs[name] = scaled
-    attention = call.func if tensors[0].is_cuda else scaled_dot_product_attention
-    return attention(*args, **kwargs)
+            kwargs[name] = scale_gradient(kwargs[name], share)
+    query = args[0] if args else kwargs["query"]
+    return (func if query.is_cuda else scaled_dot_product_attention)(*args, **kwargs)
 
 
 def blocked(call: OperationCall) -> Tensor:
@@ -156,16 +161,18 @@ def blocked(call: OperationCall) -> Tensor:
     return call.run().detach()
 
 
-def uniform_rule(call: OperationCall, flow: Flow, constants: frozenset[int] = frozenset()
+def uniform_rule(call: OperationCall, flow: Flow, held: frozenset[int] = frozenset()
                  ) -> Tensor:
     """A product of computed tensors: the uniform rule, ``1/n`` of the z-rule's share to each
-    of its ``n`` factors (AttnLRP Eq. 7, Prop. 3.3). Factors whose id is in ``constants``
-    (CP-LRP's gates) are held constant: the other factors share all of it."""
-    args, kwargs = call.args, call.kwargs
-    if constants:
+    of its ``n`` factors (AttnLRP Eq. 7, Prop. 3.3). The factors at the positions ``held``
+    among the call's differentiable tensors (CP-LRP's gates) are held constant: the other
+    factors share all of it."""
+    args, kwargs, inputs = call.args, call.kwargs, call.inputs
+    if held:
+        constants = {id(inputs[i]) for i in held}
         hold = lambda t: t.detach() if id(t) in constants else t  # noqa: E731
         args, kwargs = map_differentiable(hold, args, kwargs)
-    factors = len([t for t in call.inputs if id(t) not in constants])
+    factors = len(inputs) - len(held)
     if not factors:
         return call.run(*args, **kwargs).detach()
     return proportional_rule(flow, call.func, args, kwargs, 1.0 / factors)

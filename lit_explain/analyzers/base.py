@@ -282,7 +282,11 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                 stack.callback(setattr, self, "_signature", None)
             try:
                 if is_token_input(inputs):  # analyze from the embedding; one value per token
-                    inputs = stack.enter_context(token_input(self.model, inputs))
+                    embedding = stack.enter_context(token_input(self.model, inputs))
+                    inputs = embedding.vectors
+                    if self.rule_based and self._signature is not None:
+                        # (chosen by the ids' values: where relevance enters the rules)
+                        self._signature = (self._signature, embedding.path, embedding.call)
                     result = self._analyze(inputs, neuron_selection).sum(dim=-1)
                 else:
                     result = self._analyze(inputs, neuron_selection)

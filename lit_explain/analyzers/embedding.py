@@ -56,6 +56,9 @@ class InputEmbedding:
     ----------
     path, module:
         The embedding module and its path in the model.
+    call:
+        Which call of the module is the input's (0: its first in the forward pass): the
+        call whose output ``e`` replaces, also where an earlier call gets equal ids.
     vectors:
         Its per-token output ``e`` for the tokens analyzed, ``tokens.shape + (D,)``.
     reduce:
@@ -66,6 +69,7 @@ class InputEmbedding:
     module: nn.Module
     vectors: Tensor
     reduce: Callable[[Tensor, Tensor], Tensor]
+    call: int = 0
 
 
 def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
@@ -131,21 +135,23 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
         args, kwargs = entry[2], entry[3]
         return args[0] if args else kwargs["input"]
 
-    chosen = next((e for e in called if ids_of(e) is tokens), None) or next(
-        (e for e in called if ids_of(e).shape == tokens.shape
-         and torch.equal(ids_of(e).to(tokens.device), tokens)), None)
-    if chosen is None:
+    position = next((i for i, e in enumerate(called) if ids_of(e) is tokens), None)
+    if position is None:
+        position = next((i for i, e in enumerate(called) if ids_of(e).shape == tokens.shape
+                         and torch.equal(ids_of(e).to(tokens.device), tokens)), None)
+    if position is None:
         seen = ", ".join(f"'{path}' ({type(module).__name__}) ids of shape "
                          f"{tuple(ids_of((path, module, args, kwargs, out)).shape)}"
                          for path, module, args, kwargs, out in called)
         raise ValueError(f"no embedding receives the input's ids as they are, shape "
                          f"{tuple(tokens.shape)} (seen: {seen}); per-token maps need the "
                          f"embedding applied to the input as it is")
-    path, module, args, kwargs, output = chosen
-    ids = ids_of(chosen)
-    if isinstance(module, nn.Embedding):
-        return InputEmbedding(path, module, output.detach(), lambda e, ids: e)
-    return _bag(path, module, ids, args, kwargs)
+    path, module, args, kwargs, output = called[position]
+    ids = ids_of(called[position])
+    found = InputEmbedding(path, module, output.detach(), lambda e, ids: e) if isinstance(
+        module, nn.Embedding) else _bag(path, module, ids, args, kwargs)
+    found.call = sum(1 for entry in called[:position] if entry[1] is module)
+    return found
 
 
 def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,
@@ -190,9 +196,10 @@ def _same_ids(ids: object, tokens: Tensor) -> bool:
 
 
 @contextmanager
-def token_input(model: nn.Module, tokens: Tensor) -> Iterator[Tensor]:
+def token_input(model: nn.Module, tokens: Tensor) -> Iterator[InputEmbedding]:
     """While open, ``model(e)`` means ``model(tokens)`` with the input embedding's output
-    replaced by ``e`` (stacked copies allowed); yields the tokens' own vectors ``e``."""
+    replaced by ``e`` (stacked copies allowed); yields the input embedding, whose
+    ``vectors`` are the tokens' own ``e``."""
     embedding = find_input_embedding(model, tokens)
     state: dict[str, Tensor | bool] = {}
 
@@ -206,21 +213,24 @@ def token_input(model: nn.Module, tokens: Tensor) -> Iterator[Tensor]:
                             f"{tuple(getattr(e, 'shape', ()))}")
         given = tokens[:len(e)] if len(e) < len(tokens) else tokens.repeat(  # (the forward
             len(e) // len(tokens), *([1] * (tokens.dim() - 1)))  # guard's first samples)
-        state["vectors"], state["tokens"], state["used"] = e, given, False
+        state["vectors"], state["tokens"], state["calls"] = e, given, 0
         return (given,)
 
     def give_vectors(module: nn.Module, args: tuple, kwargs: dict,
                      output: Tensor) -> Tensor | None:
         ids = args[0] if args else kwargs.get("input")
-        if state.get("used", True) or not _same_ids(ids, state["tokens"]):
-            return None  # other ids (a previous token's), or a second call on the tokens
-        state["used"] = True
+        call = state.get("calls")
+        if call is None:  # (not in a forward pass of the analysis)
+            return None
+        state["calls"] = call + 1
+        if call != embedding.call or not _same_ids(ids, state["tokens"]):
+            return None  # other ids (a previous token's), or another call on the tokens
         return embedding.reduce(state["vectors"], ids)
 
     handles = [model.register_forward_pre_hook(take_vectors),
                embedding.module.register_forward_hook(give_vectors, with_kwargs=True)]
     try:
-        yield embedding.vectors
+        yield embedding
     finally:
         for handle in handles:
             handle.remove()

@@ -265,6 +265,81 @@ def test_other_ids_embedded_first_are_not_the_input(name):
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-7)
 
 
+class PreviousTokenAttention(nn.Module):
+    """Features of each position's previous token (the token embedding on the rolled ids)
+    added to the tokens' own, then self-attention: a map that depends on which call of the
+    embedding is the input's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.token = nn.Embedding(20, 8)
+        self.previous, self.mix, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        h = self.previous(self.token(tokens.roll(1, -1))) + self.token(tokens)
+        q = self.mix(h).unsqueeze(1)
+        h = h + torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1)
+        return self.out(torch.nn.functional.silu(h)).mean(1)
+
+
+class SeparatePreviousTokenAttention(PreviousTokenAttention):
+    """The same function with the previous tokens embedded by a module of their own (the
+    same weights): its input embedding is not in doubt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token_again = nn.Embedding(20, 8)
+        self.token_again.weight = self.token.weight
+
+    def forward(self, tokens):
+        h = self.previous(self.token_again(tokens.roll(1, -1))) + self.token(tokens)
+        q = self.mix(h).unsqueeze(1)
+        h = h + torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1)
+        return self.out(torch.nn.functional.silu(h)).mean(1)
+
+
+class TokenTypesAttention(PreviousTokenAttention):
+    """A token-type embedding of zeros first, then the token embedding of a view of the ids
+    (as Hugging Face models make them): for all-zero ids both get ids equal to the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = nn.Embedding(2, 8)
+
+    def forward(self, tokens):
+        h = self.previous(self.kind(torch.zeros_like(tokens))) + self.token(
+            tokens.view(tokens.shape))
+        q = self.mix(h).unsqueeze(1)
+        h = h + torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1)
+        return self.out(torch.nn.functional.silu(h)).mean(1)
+
+
+@pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "lrp.epsilon"])
+def test_the_previous_tokens_are_not_the_input_where_they_equal_the_tokens(name):
+    """Rows of one token repeated: the rolled ids equal the tokens, yet only the call on the
+    tokens themselves is the input's (the call found, not the first with equal ids)."""
+    tokens = torch.tensor([[3, 3, 3, 3, 3], [5, 5, 5, 5, 5]])
+    expected = lx.create_analyzer(name, SeparatePreviousTokenAttention()).analyze(tokens)
+    result = lx.create_analyzer(name, PreviousTokenAttention()).analyze(tokens)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("model", [TokenTypesAttention(), PreviousTokenAttention()],
+                         ids=["zeros_equal_the_token_type_ids", "constant_rows"])
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1"])
+def test_an_analysis_after_another_embedding_choice_is_not_replayed_from_it(name, model):
+    """Which embedding takes the relevance may depend on the ids' values (all zeros equal the
+    token-type ids): an analysis after one that chose another is made afresh."""
+    first = torch.zeros(2, 5, dtype=torch.long) if isinstance(model, TokenTypesAttention) \
+        else torch.full((2, 5), 3)
+    tokens = torch.tensor([[1, 4, 2, 8, 3], [5, 5, 7, 1, 6]])
+    analyzer = lx.create_analyzer(name, model)
+    analyzer.analyze(first)
+    torch.testing.assert_close(analyzer.analyze(tokens),
+                               lx.create_analyzer(name, model).analyze(tokens))
+
+
 def test_input_times_gradient_of_a_token_model_is_the_embedding_times_its_gradient():
     model, tokens = Positions("position_first"), torch.tensor([[1, 4, 2, 8, 3]])
     e = model.token(tokens).detach().requires_grad_(True)

@@ -51,12 +51,15 @@ def _causal(queries: int, keys: int, like: Tensor) -> Tensor:
 
 
 def attend(query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, scale: float,
-           dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
-    """``softmax(scale·QKᵀ + bias) V`` and the attention weights, one torch call per part."""
+           dropout_p: float = 0.0, open_rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``softmax(scale·QKᵀ + bias) V`` and the attention weights, one torch call per part;
+    the weights times ``open_rows`` where given (0 for a query that attends to no key)."""
     scores = torch.matmul(query * scale, key.transpose(-2, -1))
     if bias is not None:
         scores = scores + bias
     weights = torch.softmax(scores, dim=-1)
+    if open_rows is not None:
+        weights = weights * open_rows
     if dropout_p > 0.0:
         weights = F.dropout(weights, dropout_p, training=True)
     return torch.matmul(weights, value), weights
@@ -76,7 +79,14 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     if is_causal:
         causal = _causal(query.size(-2), key.size(-2), query)
         bias = causal if bias is None else bias + causal
-    return attend(query, key, value, bias, scale, dropout_p)[0]
+    if bias is None or bias.requires_grad:  # (a computed float mask: as it is)
+        return attend(query, key, value, bias, scale, dropout_p)[0]
+    # A query whose mask blocks every key (a padded position under a causal mask) attends
+    # to none: torch's fused attention gives 0 there, a softmax of -inf alone NaN. Its row
+    # of the mask is opened (the softmax stays finite) and its weights multiplied by 0.
+    blocked = torch.isneginf(bias).all(dim=-1, keepdim=True)
+    bias = torch.where(blocked, 0.0, bias)
+    return attend(query, key, value, bias, scale, dropout_p, (~blocked).to(query.dtype))[0]
 
 
 def _projected(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int, heads: int

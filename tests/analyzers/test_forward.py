@@ -309,11 +309,14 @@ def test_a_bad_output_key_names_the_valid_ones():
 
 
 class SoftmaxInForward(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, squeezed: bool = False) -> None:
         super().__init__()
         self.body = small_cnn()
+        self.squeezed = squeezed
 
     def forward(self, x):
+        if self.squeezed:  # a view of the probabilities is returned
+            return F.softmax(self.body(x).unsqueeze(1), dim=-1).squeeze(1)
         return F.softmax(self.body(x), dim=1)
 
 
@@ -326,9 +329,10 @@ def test_a_softmax_in_forward_warns_the_gradient_family_once():
         analyzer.analyze(torch.randn(2, 2, 5, 5))  # once
 
 
-def test_a_softmax_in_forward_is_refused_by_rule_based_analyzers_pointing_to_the_fix():
+@pytest.mark.parametrize("squeezed", [False, True])
+def test_a_softmax_in_forward_is_refused_by_rule_based_analyzers_pointing_to_the_fix(squeezed):
     with pytest.raises(lx.NotAnalyzableModelError, match="(?i)explain the logits instead"):
-        lx.create_analyzer("lrp.epsilon", SoftmaxInForward().eval()).analyze(
+        lx.create_analyzer("lrp.epsilon", SoftmaxInForward(squeezed).eval()).analyze(
             torch.randn(2, 2, 5, 5))
 
 

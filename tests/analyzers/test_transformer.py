@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformer_models import make
+from transformer_models import PAD, VOCAB, make
 
 import lit_explain as lx
 from lit_explain.analyzers.attention import (
@@ -278,6 +278,60 @@ def test_scaled_dot_product_attention_parts_equal_torch():
     kv = torch.randn(2, 2, 5, 8, dtype=torch.float64)
     torch.testing.assert_close(scaled_dot_product_attention(q, kv, kv, enable_gqa=True),
                                F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True))
+
+
+def test_a_query_that_attends_to_no_key_gets_zero_as_in_torch():
+    """Left padding under a causal mask blocks every key of the padded queries: torch's
+    attention gives them 0 (and no gradient), where a softmax of -inf alone gives NaN."""
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(2, 4, 5, 8, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    keep[0, :2] = False  # sample 0 is left-padded by two tokens
+    bool_mask = keep[:, None, None, :] & torch.ones(5, 5, dtype=torch.bool).tril()
+    float_mask = torch.zeros(bool_mask.shape, dtype=torch.float64).masked_fill(
+        ~bool_mask, float("-inf"))
+    for mask in (bool_mask, float_mask):
+        ours = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(ours, theirs)
+        assert bool((ours[0, :, :2] == 0).all())
+        seed = torch.randn_like(ours)
+        torch.testing.assert_close(torch.autograd.grad(ours, (q, k, v), seed),
+                                   torch.autograd.grad(theirs, (q, k, v), seed))
+
+
+class LeftPaddedDecoder(nn.Module):
+    """Token embedding, causal attention with a key padding mask, a head on the last token
+    (no position embedding: the padding moves no token's function)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(VOCAB, 8, padding_idx=PAD)
+        self.qkv, self.mlp, self.head = nn.Linear(8, 24), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        h = self.embedding(tokens)
+        keep = (tokens != PAD)[:, None, None, :]
+        causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril()
+        q, k, v = self.qkv(h).unsqueeze(1).chunk(3, dim=-1)
+        h = h + F.scaled_dot_product_attention(q, k, v, attn_mask=keep & causal).squeeze(1)
+        return self.head(F.gelu(self.mlp(h))[:, -1])
+
+
+@pytest.mark.parametrize("rule", ["attnlrp", "cp"])
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1"])
+def test_a_left_padded_sequence_has_the_map_of_its_tokens(name, rule):
+    """The padded queries attend to no key; the tokens' map is that of the unpadded sequence
+    and the padding gets none (it was NaN for every LRP analyzer)."""
+    model = LeftPaddedDecoder().double()
+    short = torch.tensor([[4, 7, 2, 9]])
+    padded = torch.tensor([[PAD, PAD, 4, 7, 2, 9]])
+    maps = [lx.create_analyzer(name, model, attention_rule=rule).analyze(x)
+            for x in (short, padded)]
+    torch.testing.assert_close(maps[1][:, 2:], maps[0])
+    assert bool((maps[1][:, :2] == 0).all())
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

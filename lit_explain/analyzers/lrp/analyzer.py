@@ -369,10 +369,12 @@ class LRP(Analyzer):
 
     def logits(self, output: Any, batch: int) -> Tensor:
         selected = select_output(output, self.output_key)
-        made = self._softmax_outputs.get(id(selected))
-        if made is not None and made[0] is selected:
+        # (the output or a view of it: reshaped, squeezed, a dtype cast to its own dtype)
+        made = next((where for made, where in self._softmax_outputs.values()
+                     if made.data_ptr() == selected.data_ptr() and selected.numel()), None)
+        if made is not None:
             raise NotAnalyzableModelError(
-                f"the model's output is made by {made[1]}: LRP explains logits, not "
+                f"the model's output is made by {made}: LRP explains logits, not "
                 f"probabilities. Explain the logits instead: remove it from forward, or pass "
                 f"lit_explain.model_wo_softmax(model) for a trailing nn.Softmax.")
         return super().logits(output, batch)

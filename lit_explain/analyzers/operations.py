@@ -98,6 +98,9 @@ class OperationCall:
         (GELU written out, ``0.5 * x * (1 + tanh(...))``): that tensor, as the call's own
         tensors reach it (after the relevance flow's swaps); the product is one elementwise
         function of it.
+    in_place_target:
+        For the out-of-place twin of an in-place call: the tensor the model's call writes
+        (a copy of it stands in the twin's arguments, see :class:`OperationRules`).
     index, plan:
         The call's position among the forward pass's calls, and the :class:`~.replay.Plan`
         the analysis records (``None``: none), which a handler whose rule depends on the
@@ -117,6 +120,7 @@ class OperationCall:
     observe_output: Callable[[Tensor], Tensor] | None = None
     parts: Callable[[tuple, dict], object] | None = None
     elementwise_of: Tensor | None = None
+    in_place_target: Tensor | None = None
     index: int = -1
     plan: Plan | None = None
 
@@ -504,7 +508,8 @@ class OperationRules(TorchFunctionMode):
                   twin: tuple[Callable, tuple, dict]) -> Tensor:
         func, args, kwargs = twin
         target = args[0] if args else kwargs["input"]
-        twin_call = dataclasses.replace(call, func=func, args=args, kwargs=kwargs)
+        twin_call = dataclasses.replace(call, func=func, args=args, kwargs=kwargs,
+                                        in_place_target=target)
         return target.copy_(handler(twin_call.replace_input(target, target.clone())))
 
     def _through_parts(self, parts: Callable, args: tuple, kwargs: dict) -> object:

@@ -319,6 +319,8 @@ class LRP(Analyzer):
             def handler(call: OperationCall) -> Tensor:
                 output = rule(call)
                 gates[id(output)] = output
+                if call.in_place_target is not None:  # (the tensor the model holds)
+                    gates[id(call.in_place_target)] = call.in_place_target
                 # (a replay knows the gates among a product's factors by their positions)
                 call.replay(handler_step(rule, call.kind))
                 return output
@@ -345,7 +347,12 @@ class LRP(Analyzer):
             held = frozenset()
             if cp and call.func in ELEMENTWISE_PRODUCTS:
                 inputs = call.inputs
-                held = frozenset(i for i, t in enumerate(inputs) if id(t) in gates)
+                # (in place, a copy of the target stands in the call: a gate if it is)
+                target = call.in_place_target
+                stand_in = (call.args[0] if call.args else call.kwargs["input"]) \
+                    if target is not None and id(target) in gates else None
+                held = frozenset(i for i, t in enumerate(inputs)
+                                 if id(t) in gates or t is stand_in)
                 held = held if len(held) < len(inputs) else frozenset()
             rule = partial(uniform_rule, flow=flow, held=held)
             call.replay(handler_step(rule, PRODUCT))

@@ -12,8 +12,9 @@ Backprop, Deconvnet), the LRP rules of a kernel layer, which build the layer fro
 own arguments (or, for a BatchNorm merged with it, from that kernel call's, see
 :mod:`~.lrp.steps`), relevance passing preprocessing, AttnLRP's and CP-LRP's rules
 (identity, softmax, uniform, normalisation; CP-LRP's gates held by their positions among a
-product's factors) — the analysis records a :class:`Plan`: the function of every call,
-where the relevance flow's input boundary was crossed, and for the handled calls a
+product's factors, each checked to be the output of the call that made it) — the analysis
+records a :class:`Plan`: the function of every call, where the relevance flow's input
+boundary was crossed, and for the handled calls a
 :data:`Step` that runs them with their rule, or, for attention analysed through its parts,
 the function that makes the parts, whose calls the plan holds next. The next analysis runs
 the forward pass under :class:`Replayed`, which checks each call against the plan (by

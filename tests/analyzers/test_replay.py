@@ -111,6 +111,32 @@ def test_a_data_flow_that_a_global_flag_changes_is_not_replayed_wrongly():
 SWAP = [False]
 
 
+class _SwiGLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up, self.out = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = F.silu(self.gate(x)), self.up(x)
+        return self.out(up * gate if SWAP[0] else gate * up)  # (the same calls either way)
+
+
+def test_cp_gates_that_a_global_flag_moves_are_not_replayed_wrongly():
+    """CP-LRP holds a gate by its position among a product's factors: a replay checks that
+    the factor there is the gate the recorded call made (it held ``up`` instead: 1.9 off)."""
+    torch.manual_seed(0)
+    model, x = _SwiGLU().double().eval(), torch.randn(3, 4, dtype=torch.double)
+    analyzer = lx.create_analyzer("lrp.epsilon", model, attention_rule="cp")
+    analyzer.analyze(x)
+    SWAP[0] = True
+    try:
+        torch.testing.assert_close(analyzer.analyze(x), lx.create_analyzer(
+            "lrp.epsilon", model, attention_rule="cp").analyze(x))
+        assert not analyzer.replayed
+    finally:
+        SWAP[0] = False
+
+
 class _TwoOutputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -176,6 +176,7 @@ def test_a_gate_written_in_place_is_held_as_written_out_of_place(rule, how):
     analyzer = lx.create_analyzer("lrp.epsilon", in_place, attention_rule=rule)
     for _ in range(2):  # a full analysis, then its replay
         torch.testing.assert_close(analyzer.analyze(x), expected)
+    assert analyzer.replayed
 
 
 class Scores(nn.Module):

@@ -67,7 +67,7 @@ from ..operations import (
     with_gradient,
 )
 from ..registry import register
-from ..replay import stateless
+from ..replay import Diverged, Step, stateless
 from ..validation import check_bool, check_choice
 from .deferred import KernelOutputs
 from .layers import BatchNormLayer, FusedLayer
@@ -116,6 +116,37 @@ def z_rule_operation(call: OperationCall) -> Tensor:
                                       call.kwargs)
     y = call.run(*args, **kwargs)
     return scale_gradient(y, safe_reciprocal(y.detach()))
+
+
+def _held(call: OperationCall, factor: Tensor) -> Tensor:
+    """The tensor the model holds for a factor of ``call``: the target of an in-place call
+    for the copy that stands in its out-of-place twin, else the factor itself."""
+    target = call.in_place_target
+    if target is not None and factor is (call.args[0] if call.args else call.kwargs["input"]):
+        return target
+    return factor
+
+
+def _made_gate(step: Step, index: int, gates: dict[int, Any]) -> Step:
+    """A CP-LRP gate's replay step: ``step``, its output kept for the products (by call)."""
+    def made(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+        output = gates[index] = step(func, args, kwargs)
+        return output
+
+    return made
+
+
+def _gated_product(call: OperationCall, rule: Callable[[OperationCall], Tensor],
+                   made: dict[int, int], gates: dict[int, Any]) -> Tensor:
+    """A CP-LRP product replayed: ``rule`` where the gates among its factors (position →
+    the call that made the gate) are those calls' outputs in this forward pass; else the
+    data flow changed (a global flag swapped the factors) and the replay ends."""
+    inputs = call.inputs
+    for position, index in made.items():
+        if _held(call, inputs[position]) is not gates.get(index):
+            raise Diverged(f"factor {position} of {call.where()} is not the gate made by "
+                           f"call {index}")
+    return rule(call)
 
 
 @register("lrp")
@@ -313,16 +344,17 @@ class LRP(Analyzer):
         activations, normalisations and attention (:mod:`.transformer`); under CP-LRP also
         ReLU's (``relu_rule``), whose outputs are gates like those of the others (ReGLU)."""
         flow, cp = self.flow, self.attention_rule == "cp"
-        gates: dict[int, Tensor] = {}  # CP-LRP: outputs of non-linearities, held constant
+        # CP-LRP: the outputs of non-linearities (held constant) and the calls that made them
+        gates: dict[int, tuple[Tensor, int]] = {}
 
         def gate(rule: Callable[[OperationCall], Tensor]) -> Callable[[OperationCall], Tensor]:
             def handler(call: OperationCall) -> Tensor:
                 output = rule(call)
-                gates[id(output)] = output
-                if call.in_place_target is not None:  # (the tensor the model holds)
-                    gates[id(call.in_place_target)] = call.in_place_target
-                # (a replay knows the gates among a product's factors by their positions)
-                call.replay(handler_step(rule, call.kind))
+                made = output if call.in_place_target is None else call.in_place_target
+                gates[id(made)] = made, call.index
+                if call.plan is not None:  # (a replay's products check their gates by it)
+                    call.replay(_made_gate(handler_step(rule, call.kind), call.index,
+                                           call.plan.held))
                 return output
 
             return handler
@@ -342,20 +374,19 @@ class LRP(Analyzer):
                     call.plan.unreplayable()
                 output = passed_through(call.elementwise_of, call.run(), flow)
                 if cp:
-                    gates[id(output)] = output
+                    gates[id(output)] = output, call.index
                 return output
-            held = frozenset()
+            made: dict[int, int] = {}  # position of a gate among the factors → its call
             if cp and call.func in ELEMENTWISE_PRODUCTS:
                 inputs = call.inputs
-                # (in place, a copy of the target stands in the call: a gate if it is)
-                target = call.in_place_target
-                stand_in = (call.args[0] if call.args else call.kwargs["input"]) \
-                    if target is not None and id(target) in gates else None
-                held = frozenset(i for i, t in enumerate(inputs)
-                                 if id(t) in gates or t is stand_in)
-                held = held if len(held) < len(inputs) else frozenset()
-            rule = partial(uniform_rule, flow=flow, held=held)
-            call.replay(handler_step(rule, PRODUCT))
+                made = {i: gates[id(_held(call, t))][1] for i, t in enumerate(inputs)
+                        if id(_held(call, t)) in gates}
+                made = made if len(made) < len(inputs) else {}
+            rule = partial(uniform_rule, flow=flow, held=frozenset(made))
+            if call.plan is not None:
+                call.replay(handler_step(partial(_gated_product, rule=rule, made=made,
+                                                 gates=call.plan.held) if made else rule,
+                                         PRODUCT))
             return rule(call)
 
         # Per unit of tensor AttnLRP makes attention its own gradient, Q, K, V's scaled; the

@@ -352,16 +352,22 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
     passes are recorded on the first sample and the first operation whose output differs
     is named. ``analysed(inputs, record)`` reruns the analysed forward pass.
 
-    The model runs in the analysis' grad mode (enabled; nothing requires grad, so no graph
-    is built): a forward that branches on ``torch.is_grad_enabled()`` takes the branch the
-    analysed forward took.
+    The model runs as in the analysis: grad enabled and its input requiring grad (a copy of
+    a leaf, which it may write in place), so that a forward that branches on either takes
+    the branch the analysed forward took (``nn.MultiheadAttention``'s inference fast path,
+    taken where nothing requires grad, gives NaN for a query whose keys are all masked, its
+    gradient path 0).
     """
+    def model_output(sample: Tensor) -> Tensor:
+        leaf = sample.detach().requires_grad_(sample.is_floating_point())
+        return logits_of(model(leaf.clone()), len(sample)).detach()
+
     try:
-        if outputs_close(logits[:1], logits_of(model(x[:1]), 1)):
+        if outputs_close(logits[:1], model_output(x[:1])):
             return
     except Exception:  # one that cannot run a sample alone (one holding a mask for the
         pass  # whole batch fails a torch assertion): the whole batch is compared
-    expected = logits_of(model(x), len(x))
+    expected = model_output(x)
     if outputs_close(logits, expected):
         return
     difference = float((logits.detach() - expected).abs().max())
@@ -372,8 +378,9 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
         plain: list[Recorded] = []
         recorded: list[Recorded] = []
         try:
-            with OperationRules(model, {}, ALL_KINDS, sample, record=plain).tracking_modules():
-                logits_of(model(sample), len(sample))
+            given = sample.detach().requires_grad_(x.is_floating_point()).clone()
+            with OperationRules(model, {}, ALL_KINDS, given, record=plain).tracking_modules():
+                logits_of(model(given), len(sample))
             analysed(sample.detach().clone().requires_grad_(x.is_floating_point()), recorded)
         except Exception:  # (as above)
             continue
@@ -400,7 +407,7 @@ class _SoftmaxOutputs(TorchFunctionMode):
 
 def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], Tensor]) -> bool:
     """Whether the explained output of ``model`` on ``x`` is made by a softmax (or
-    log-softmax) call, possibly reshaped (one forward pass of ``x``)."""
+    log-softmax) call, possibly reshaped or sliced (one forward pass of ``x``)."""
     try:
         with torch.no_grad(), _SoftmaxOutputs() as mode:
             output = logits_of(model(x), len(x))
@@ -408,4 +415,10 @@ def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], T
         if _in_compiled_control_flow(error):
             return False
         raise
-    return any(output.data_ptr() == t.data_ptr() for t in mode.outputs.values())
+    return any(same_storage(output, t) for t in mode.outputs.values())
+
+
+def same_storage(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are views of one storage (a softmax output and a slice of it)."""
+    return a.numel() > 0 and b.numel() > 0 and \
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

@@ -309,14 +309,16 @@ def test_a_bad_output_key_names_the_valid_ones():
 
 
 class SoftmaxInForward(nn.Module):
-    def __init__(self, squeezed: bool = False) -> None:
+    def __init__(self, view: str = "") -> None:
         super().__init__()
         self.body = small_cnn()
-        self.squeezed = squeezed
+        self.view = view
 
     def forward(self, x):
-        if self.squeezed:  # a view of the probabilities is returned
+        if self.view == "squeezed":  # a view of the probabilities is returned
             return F.softmax(self.body(x).unsqueeze(1), dim=-1).squeeze(1)
+        if self.view == "sliced":  # all classes but the first
+            return F.softmax(self.body(x), dim=1)[:, 1:]
         return F.softmax(self.body(x), dim=1)
 
 
@@ -329,10 +331,16 @@ def test_a_softmax_in_forward_warns_the_gradient_family_once():
         analyzer.analyze(torch.randn(2, 2, 5, 5))  # once
 
 
-@pytest.mark.parametrize("squeezed", [False, True])
-def test_a_softmax_in_forward_is_refused_by_rule_based_analyzers_pointing_to_the_fix(squeezed):
+@pytest.mark.parametrize("view", ["", "squeezed", "sliced"])
+def test_a_softmax_in_forward_is_refused_by_rule_based_analyzers_pointing_to_the_fix(view):
     with pytest.raises(lx.NotAnalyzableModelError, match="(?i)explain the logits instead"):
-        lx.create_analyzer("lrp.epsilon", SoftmaxInForward(squeezed).eval()).analyze(
+        lx.create_analyzer("lrp.epsilon", SoftmaxInForward(view).eval()).analyze(
+            torch.randn(2, 2, 5, 5))
+
+
+def test_a_sliced_softmax_in_forward_warns_the_gradient_family():
+    with pytest.warns(UserWarning, match="explains probabilities"):
+        lx.create_analyzer("gradient", SoftmaxInForward("sliced").eval()).analyze(
             torch.randn(2, 2, 5, 5))
 
 

@@ -366,6 +366,31 @@ def test_a_left_padded_sequence_has_the_map_of_its_tokens(name, rule):
     assert bool((maps[1][:, :2] == 0).all())
 
 
+class PaddedEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(VOCAB, 8, padding_idx=PAD)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        return self.head(self.layer(self.embedding(tokens),
+                                    src_key_padding_mask=tokens == PAD).sum(1))
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.z"])
+def test_a_batch_led_by_a_sequence_of_padding_only_is_analysed(name):
+    """A sequence of padding only attends to no key: 0 where gradients flow, NaN in
+    ``nn.MultiheadAttention``'s inference fast path, which the forward check took (it
+    refused every such batch whose first sample was all padding)."""
+    model = PaddedEncoder().double().eval()
+    tokens = torch.tensor([[PAD] * 4, [5, 4, 7, 2]])
+    result = lx.create_analyzer(name, model).analyze(tokens)
+    torch.testing.assert_close(result[1:], lx.create_analyzer(name, model).analyze(tokens[1:]))
+    assert bool((result[0] == 0).all())
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_multi_head_attention_parts_equal_torch(batch_first):
     torch.manual_seed(6)

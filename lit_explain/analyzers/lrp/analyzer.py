@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..base import Analyzer, NeuronSelection
 from ..errors import NotAnalyzableModelError
-from ..forward import select_output
+from ..forward import same_storage, select_output
 from ..kinds import (
     ACTIVATION,
     ATTENTION,
@@ -407,9 +407,10 @@ class LRP(Analyzer):
 
     def logits(self, output: Any, batch: int) -> Tensor:
         selected = select_output(output, self.output_key)
-        # (the output or a view of it: reshaped, squeezed, a dtype cast to its own dtype)
+        # (the output or a view of it: reshaped, squeezed, sliced; a softmax output's storage
+        # is its own)
         made = next((where for made, where in self._softmax_outputs.values()
-                     if made.data_ptr() == selected.data_ptr() and selected.numel()), None)
+                     if same_storage(made, selected)), None)
         if made is not None:
             raise NotAnalyzableModelError(
                 f"the model's output is made by {made}: LRP explains logits, not "

@@ -419,6 +419,8 @@ def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], T
 
 
 def same_storage(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` are views of one storage (a softmax output and a slice of it)."""
-    return a.numel() > 0 and b.numel() > 0 and \
-        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    """Whether ``a`` and ``b`` are views of one storage (a softmax output and a slice of it);
+    no call an analysis would see."""
+    with torch._C.DisableTorchFunction():
+        return a.numel() > 0 and b.numel() > 0 and \
+            a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

@@ -9,13 +9,13 @@ one value per token (N, L) — Σ_d of the gradient for ``gradient``, Σ_d e·gr
 (the tokens' relevance) for Input×Gradient and LRP, the attribution of the embedded token
 for Integrated Gradients and DeepLIFT (whose reference is then a zero embedding).
 
-How: :func:`token_input` finds the first ``Embedding``/``EmbeddingBag`` the forward pass
-applies to the tokens themselves (not a position or token-type embedding of other ids,
-whichever runs first), reads its per-token output, then, while the analysis runs, the model
-is called with ``e`` in place of the tokens: a forward pre-hook on the model hands the
-*tokens* to its ``forward`` (so masks and other token logic still see integers) and a
-forward hook on the embedding replaces by ``e`` its output for those tokens (not for other
-ids it embeds, before or after). An ``EmbeddingBag`` over a 2-D
+How: :func:`token_input` finds the first ``Embedding``/``EmbeddingBag`` call the forward
+pass applies to the tokens themselves (not a position or token-type embedding of other ids,
+whichever runs first, see :func:`find_input_embedding`), reads its per-token output, then,
+while the analysis runs, the model is called with ``e`` in place of the tokens: a forward
+pre-hook on the model hands the *tokens* to its ``forward`` (so masks and other token logic
+still see integers) and a forward hook on the embedding replaces by ``e`` the output of
+that call (not of others, on other ids, before or after). An ``EmbeddingBag`` over a 2-D
 ``(N, L)`` input is reduced from ``e`` as it reduces (``"sum"``, ``"mean"`` or ``"max"``,
 ``per_sample_weights`` and ``padding_idx`` honoured), so each token keeps its own share.
 Batches of several stacked copies of ``e`` (Integrated Gradients' path, SmoothGrad's
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import NotAnalyzableModelError
 
@@ -73,9 +74,11 @@ class InputEmbedding:
 
 
 def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
-    """The first ``nn.Embedding``/``nn.EmbeddingBag`` the forward applies to ``tokens``
-    themselves (the tensor given, or its values unchanged): position and token-type
-    embeddings applied to other ids, before or after it, are not the input's.
+    """The first ``nn.Embedding``/``nn.EmbeddingBag`` call the forward applies to ``tokens``
+    themselves: the tensor given, or one made from it by a cast, a copy, a view or a whole
+    slice (``t.long()``, ``t[:, :]``); where no call gets such ids, the first whose ids equal
+    the tokens. Position and token-type embeddings applied to other ids, before or after it,
+    are not the input's, even where their ids equal the tokens (all zeros).
 
     Raises ``NotAnalyzableModelError`` for an embedding that renormalises with ``max_norm``:
     every forward pass writes to its weight.
@@ -93,11 +96,13 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
     def enter(path: str) -> Callable:
         return lambda module, args: entered.append((path, module))
 
+    as_given = _IdsAsGiven(tokens)
+
     def hook(path: str) -> Callable:
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
             called.append((path, module, args, kwargs, output))
             ids = args[0] if args else kwargs.get("input")
-            if ids is tokens:
+            if as_given.holds(ids):
                 raise _Found
 
         return record
@@ -108,7 +113,7 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
     handles += [m.register_forward_pre_hook(enter(p)) for p, m in embeddings]
     failure: Exception | None = None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), as_given:
             model(tokens)
     except _Found:
         pass
@@ -135,8 +140,8 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
         args, kwargs = entry[2], entry[3]
         return args[0] if args else kwargs["input"]
 
-    position = next((i for i, e in enumerate(called) if ids_of(e) is tokens), None)
-    if position is None:
+    position = next((i for i, e in enumerate(called) if as_given.holds(ids_of(e))), None)
+    if position is None:  # (ids made otherwise that equal the tokens)
         position = next((i for i, e in enumerate(called) if ids_of(e).shape == tokens.shape
                          and torch.equal(ids_of(e).to(tokens.device), tokens)), None)
     if position is None:
@@ -152,6 +157,41 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
         module, nn.Embedding) else _bag(path, module, ids, args, kwargs)
     found.call = sum(1 for entry in called[:position] if entry[1] is module)
     return found
+
+
+#: Calls whose output holds their input's values as they are (a cast, a copy, a view).
+_KEEPING_VALUES = frozenset({
+    Tensor.long, Tensor.int, Tensor.to, Tensor.type, Tensor.clone, torch.clone,
+    Tensor.contiguous, Tensor.detach, torch.detach, Tensor.view, Tensor.reshape,
+    torch.reshape, Tensor.view_as, Tensor.reshape_as, Tensor.__getitem__})
+
+
+class _IdsAsGiven(TorchFunctionMode):
+    """While open, tracks the tensors that hold the input's ids as they are: the input, and
+    what a call that keeps values (:data:`_KEEPING_VALUES`, a slice only where it takes
+    everything) makes of one, shape unchanged. Ids made otherwise (``zeros_like(t)``,
+    ``t.roll(1)``) are other ids, whatever their values."""
+
+    def __init__(self, tokens: Tensor) -> None:
+        super().__init__()
+        self.kept: dict[int, Tensor] = {id(tokens): tokens}
+
+    def holds(self, ids: object) -> bool:
+        return id(ids) in self.kept and self.kept[id(ids)] is ids
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if func in _KEEPING_VALUES and args and self.holds(args[0]) and isinstance(
+                output, Tensor) and output.shape == args[0].shape and (
+                func is not Tensor.__getitem__ or _takes_everything(args[1])):
+            self.kept[id(output)] = output
+        return output
+
+
+def _takes_everything(index: object) -> bool:
+    """Whether an index (``t[:, :]``, ``t[...]``) selects every element in place."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is Ellipsis or i == slice(None) for i in items)
 
 
 def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,

@@ -340,6 +340,49 @@ def test_an_analysis_after_another_embedding_choice_is_not_replayed_from_it(name
                                lx.create_analyzer(name, model).analyze(tokens))
 
 
+class CastsItsIds(nn.Module):
+    """Casts its ids to int64 (a copy for int32 ids), then embeds token types (zeros) and
+    each position's previous token before the tokens themselves (sliced whole)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind, self.token = nn.Embedding(2, 6), nn.Embedding(12, 6)
+        self.previous, self.fc, self.out = nn.Linear(6, 6), nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        ids = ids.long()
+        h = self.kind(torch.zeros_like(ids)) + self.previous(self.token(ids.roll(1, -1)))
+        return self.out(torch.relu(self.fc(h + self.token(ids[:, :])))).sum(1)
+
+
+class ClearlyEmbedsItsIds(CastsItsIds):
+    """The same function, the previous tokens embedded by a module of their own (the same
+    weights) and the int64 input embedded as it is: its input embedding is not in doubt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token_again = nn.Embedding(12, 6)
+        self.token_again.weight = self.token.weight
+
+    def forward(self, ids):
+        h = self.kind(torch.zeros_like(ids)) + self.previous(self.token_again(ids.roll(1, -1)))
+        return self.out(torch.relu(self.fc(h + self.token(ids)))).sum(1)
+
+
+@pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "lrp.epsilon"])
+@pytest.mark.parametrize("ids", [[[0, 0, 0, 0], [0, 0, 0, 0]], [[3, 3, 3, 3], [5, 5, 5, 5]]],
+                         ids=["all_zero", "repeated"])
+def test_ids_cast_or_sliced_by_the_model_are_the_input_whatever_their_values(name, ids):
+    """The input's ids as they are (cast, copied, viewed, sliced whole) are the input's; ids
+    made otherwise (zeros, the previous tokens) are not, even where their values are equal
+    (ids the model copies gave the relevance to the token-type or previous-token
+    embedding)."""
+    ids = torch.tensor(ids)
+    torch.testing.assert_close(lx.create_analyzer(name, CastsItsIds()).analyze(ids.int()),
+                               lx.create_analyzer(name, ClearlyEmbedsItsIds()).analyze(ids))
+
+
 def test_input_times_gradient_of_a_token_model_is_the_embedding_times_its_gradient():
     model, tokens = Positions("position_first"), torch.tensor([[1, 4, 2, 8, 3]])
     e = model.token(tokens).detach().requires_grad_(True)

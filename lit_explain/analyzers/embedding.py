@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import NotAnalyzableModelError
+from .kinds import tensors_in
 
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
@@ -75,10 +76,12 @@ class InputEmbedding:
 
 def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
     """The first ``nn.Embedding``/``nn.EmbeddingBag`` call the forward applies to ``tokens``
-    themselves: the tensor given, or one made from it by a cast, a copy, a view or a whole
-    slice (``t.long()``, ``t[:, :]``); where no call gets such ids, the first whose ids equal
-    the tokens. Position and token-type embeddings applied to other ids, before or after it,
-    are not the input's, even where their ids equal the tokens (all zeros).
+    themselves: ids made from them by calls that keep every id where it is (a cast, a copy,
+    a reshape, a view of all of them such as ``t[:, :512]``, an elementwise guard such as
+    ``t.clamp(max=V - 1)``, see :class:`_IdsAsGiven`) and equal to them; where no call gets
+    such ids, the first whose ids equal the tokens. Position and token-type embeddings
+    applied to other ids, before or after it, are not the input's, even where their ids
+    equal the tokens (all zeros).
 
     Raises ``NotAnalyzableModelError`` for an embedding that renormalises with ``max_norm``:
     every forward pass writes to its weight.
@@ -159,39 +162,62 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
     return found
 
 
-#: Calls whose output holds their input's values as they are (a cast, a copy, a view).
-_KEEPING_VALUES = frozenset({
+#: Calls that keep every id where it is: casts, copies, views and reshapes that keep the
+#: order, and elementwise functions (``t.clamp(max=V - 1)``, ``t % V``, ``torch.where``,
+#: ``masked_fill``, ``t + 0``). What they make of the input's ids holds those ids as they
+#: are wherever its values equal them.
+_KEEPING_PLACES = frozenset({
     Tensor.long, Tensor.int, Tensor.to, Tensor.type, Tensor.clone, torch.clone,
     Tensor.contiguous, Tensor.detach, torch.detach, Tensor.view, Tensor.reshape,
-    torch.reshape, Tensor.view_as, Tensor.reshape_as, Tensor.__getitem__})
+    torch.reshape, Tensor.view_as, Tensor.reshape_as, Tensor.flatten, torch.flatten,
+    Tensor.unflatten, Tensor.squeeze, torch.squeeze, Tensor.unsqueeze, torch.unsqueeze,
+    Tensor.__getitem__, Tensor.clamp, torch.clamp, Tensor.clamp_min, torch.clamp_min,
+    Tensor.clamp_max, torch.clamp_max, Tensor.__mod__, Tensor.remainder, torch.remainder,
+    Tensor.fmod, torch.fmod, torch.where, Tensor.where, Tensor.masked_fill,
+    torch.masked_fill, Tensor.__add__, Tensor.__radd__, Tensor.__sub__, Tensor.add,
+    torch.add, Tensor.sub, torch.sub, Tensor.__mul__, Tensor.__rmul__, Tensor.mul,
+    torch.mul})
 
 
 class _IdsAsGiven(TorchFunctionMode):
-    """While open, tracks the tensors that hold the input's ids as they are: the input, and
-    what a call that keeps values (:data:`_KEEPING_VALUES`, a slice only where it takes
-    everything) makes of one, shape unchanged. Ids made otherwise (``zeros_like(t)``,
-    ``t.roll(1)``) are other ids, whatever their values."""
+    """While open, tracks the tensors made from the input's ids by calls that keep every id
+    where it is (:data:`_KEEPING_PLACES`; an index only where it views every element).
+    Ids made otherwise (``zeros_like(t)``, ``arange(L)``, ``t.roll(1)``) are other ids,
+    whatever their values."""
 
     def __init__(self, tokens: Tensor) -> None:
         super().__init__()
+        self.tokens = tokens
         self.kept: dict[int, Tensor] = {id(tokens): tokens}
 
+    def _tracked(self, t: object) -> bool:
+        return isinstance(t, Tensor) and self.kept.get(id(t)) is t
+
     def holds(self, ids: object) -> bool:
-        return id(ids) in self.kept and self.kept[id(ids)] is ids
+        """Whether ``ids`` are the input's ids as they are: made from them by calls that keep
+        every id where it is, and (now, after any write in place) equal to them."""
+        if not self._tracked(ids) or ids.shape != self.tokens.shape:
+            return False
+        with torch._C.DisableTorchFunction():
+            return bool(torch.equal(ids.to(self.tokens.device), self.tokens))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        output = func(*args, **(kwargs or {}))
-        if func in _KEEPING_VALUES and args and self.holds(args[0]) and isinstance(
-                output, Tensor) and output.shape == args[0].shape and (
-                func is not Tensor.__getitem__ or _takes_everything(args[1])):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if func in _KEEPING_PLACES and isinstance(output, Tensor) and \
+                output.numel() == self.tokens.numel() and any(
+                    self._tracked(t) for t in tensors_in(args, kwargs)) and (
+                func is not Tensor.__getitem__ or _views_everything(args[0], output)):
             self.kept[id(output)] = output
         return output
 
 
-def _takes_everything(index: object) -> bool:
-    """Whether an index (``t[:, :]``, ``t[...]``) selects every element in place."""
-    items = index if isinstance(index, tuple) else (index,)
-    return all(i is Ellipsis or i == slice(None) for i in items)
+def _views_everything(source: Tensor, output: Tensor) -> bool:
+    """Whether an index of ``source`` (``t[:, :]``, ``t[:, :512]`` on a shorter ``t``,
+    ``t[None]``) is a view of all its elements, in place."""
+    with torch._C.DisableTorchFunction():
+        return output.numel() == source.numel() and output.data_ptr() == source.data_ptr() \
+            and output.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
 
 
 def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,
@@ -263,8 +289,14 @@ def token_input(model: nn.Module, tokens: Tensor) -> Iterator[InputEmbedding]:
         if call is None:  # (not in a forward pass of the analysis)
             return None
         state["calls"] = call + 1
-        if call != embedding.call or not _same_ids(ids, state["tokens"]):
+        if call != embedding.call:
             return None  # other ids (a previous token's), or another call on the tokens
+        if not _same_ids(ids, state["tokens"]):  # (the vectors would enter nowhere)
+            raise ValueError(
+                f"the embedding '{embedding.path}' ({type(module).__name__}) got the input's "
+                f"ids in its call {call} when it was found, and other ids in an analysis' "
+                f"forward pass: the forward must apply it to the input's ids alike for "
+                f"every input of this shape")
         return embedding.reduce(state["vectors"], ids)
 
     handles = [model.register_forward_pre_hook(take_vectors),

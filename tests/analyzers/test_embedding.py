@@ -383,6 +383,60 @@ def test_ids_cast_or_sliced_by_the_model_are_the_input_whatever_their_values(nam
                                lx.create_analyzer(name, ClearlyEmbedsItsIds()).analyze(ids))
 
 
+KEEPING_PLACES = {
+    "clamp": lambda ids: ids.clamp(max=11), "remainder": lambda ids: ids % 12,
+    "where": lambda ids: torch.where(ids < 12, ids, 1),
+    "masked_fill": lambda ids: ids.masked_fill(ids >= 12, 1),
+    "truncation": lambda ids: ids[:, :512], "new_axis": lambda ids: ids[None].squeeze(0),
+    "flattened": lambda ids: ids.reshape(-1).reshape(ids.shape)}
+
+
+class TypesThenTokens(CastsItsIds):
+    """A token-type embedding of zeros, then the token embedding of what ``prepare`` makes of
+    the ids (an out-of-vocabulary guard, a truncation, ...)."""
+
+    def __init__(self, prepare: str = "") -> None:
+        super().__init__()
+        self.prepare = KEEPING_PLACES.get(prepare, lambda ids: ids)
+
+    def forward(self, ids):
+        h = self.kind(torch.zeros_like(ids)) + self.token(self.prepare(ids))
+        return self.out(torch.relu(self.fc(h))).sum(1)
+
+
+@pytest.mark.parametrize("prepare", sorted(KEEPING_PLACES))
+@pytest.mark.parametrize("name", ["input_t_gradient", "lrp.epsilon"])
+def test_ids_kept_in_place_by_the_model_are_the_input_on_an_all_zero_batch(name, prepare):
+    """Ids that the model guards, truncates or reshapes without moving any are the input's,
+    also where a token-type embedding of zeros gets equal ids first (it took the relevance)."""
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    torch.testing.assert_close(lx.create_analyzer(name, TypesThenTokens(prepare)).analyze(ids),
+                               lx.create_analyzer(name, TypesThenTokens()).analyze(ids))
+
+
+class RewritesItsIds(CastsItsIds):
+    def __init__(self, rewrites: bool = True) -> None:
+        super().__init__()
+        self.rewrites = rewrites
+
+    def forward(self, ids):
+        if self.rewrites:
+            ids = ids.clone()
+            ids[ids >= 12] = 1  # an out-of-vocabulary id, written in place
+        return self.out(torch.relu(self.fc(self.token(ids)))).sum(1)
+
+
+def test_ids_rewritten_in_place_are_not_the_input_where_they_differ():
+    """A copy of the ids holds them as they are only while its values are theirs: an
+    out-of-vocabulary id written over is refused as before (it gave all-zero maps)."""
+    ids = torch.tensor([[3, 4, 5]])  # (no id written over: the input's ids)
+    torch.testing.assert_close(
+        lx.create_analyzer("input_t_gradient", RewritesItsIds()).analyze(ids),
+        lx.create_analyzer("input_t_gradient", RewritesItsIds(rewrites=False)).analyze(ids))
+    with pytest.raises(ValueError, match="no embedding receives the input's ids"):
+        lx.create_analyzer("gradient", RewritesItsIds()).analyze(torch.tensor([[3, 40, 5]]))
+
+
 def test_input_times_gradient_of_a_token_model_is_the_embedding_times_its_gradient():
     model, tokens = Positions("position_first"), torch.tensor([[1, 4, 2, 8, 3]])
     e = model.token(tokens).detach().requires_grad_(True)

@@ -22,9 +22,11 @@ that the analysed forward computes what the model computes.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -363,12 +365,15 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
         return logits_of(model(leaf.clone()), len(sample)).detach()
 
     try:
-        if outputs_close(logits[:1], model_output(x[:1])):
+        expected = model_output(x[:1])
+        if outputs_close(logits[:1], expected):
+            _warn_if_inference_differs(model, x[:1], expected, logits_of)
             return
     except Exception:  # one that cannot run a sample alone (one holding a mask for the
         pass  # whole batch fails a torch assertion): the whole batch is compared
     expected = model_output(x)
     if outputs_close(logits, expected):
+        _warn_if_inference_differs(model, x, expected, logits_of)
         return
     difference = float((logits.detach() - expected).abs().max())
     where = "an operation not found (neither forward pass could be recorded)"
@@ -391,6 +396,26 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
         f"by up to {difference:.3g}); they part at {where}. A map would explain a different "
         f"network, so none is returned. Please report this model with the operation named "
         f"here.")
+
+
+def _warn_if_inference_differs(model: nn.Module, x: Tensor, output: Tensor,
+                               logits_of: Callable[[Any, int], Tensor]) -> None:
+    """Warn where the model's output for ``x`` under ``torch.no_grad()`` is not ``output``,
+    its output with gradients, which every analysis explains."""
+    with torch.no_grad():
+        inference = logits_of(model(x.detach().clone()), len(x))
+    if outputs_close(inference, output):
+        return
+    difference = float((inference - output).abs().nan_to_num(nan=float("inf")).max())
+    apart = f"up to {difference:.3g} apart" if math.isfinite(difference) else \
+        "one of them NaN or infinite where the other is a number"
+    warnings.warn(
+        f"the model computes another output under torch.no_grad() than with gradients "
+        f"({apart}): a branch on torch.is_grad_enabled() or on its input's "
+        f"requires_grad, or a fast path torch takes in inference (nn.MultiheadAttention's "
+        f"and nn.TransformerEncoder's with masks: NaN or 0 for padding). The map explains "
+        f"the output with gradients, as every gradient method does.", UserWarning,
+        stacklevel=7)  # (the caller of analyze)
 
 
 class _SoftmaxOutputs(TorchFunctionMode):

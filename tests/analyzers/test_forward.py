@@ -424,7 +424,8 @@ def test_checkpoints_run_directly_in_an_analysis_and_again_in_training(reentrant
     plain = nn.Sequential(model.body, model.head)
     result = lx.create_analyzer("lrp.alpha_2_beta_1", model).analyze(x)
     torch.testing.assert_close(result, lx.create_analyzer("lrp.alpha_2_beta_1", plain).analyze(x))
-    assert model.calls == 2  # the analysed forward and the guard's, no recomputation
+    # the analysed forward and the guard's, with gradients and without; no recomputation
+    assert model.calls == 3
     model.calls = 0
     model(x.requires_grad_(True)).sum().backward()  # training: recomputed in the backward
     assert model.calls == 2
@@ -757,10 +758,28 @@ def test_the_forward_check_runs_the_model_in_the_analysis_grad_mode():
     # does its check: the same branch (run without grad, it took the other and refused)
     x = torch.randn(3, 6)
     model = _GradModeBranch().eval()
-    with torch.no_grad():
+    with torch.no_grad(), pytest.warns(UserWarning, match="another output under torch.no_grad"):
         result = lx.create_analyzer("lrp.epsilon", model).analyze(x)
     plain = lx.create_analyzer("lrp.epsilon", nn.Sequential(model.layer).eval())
     torch.testing.assert_close(result, plain.analyze(x))
+
+
+class _RequiresGradBranch(_GradModeBranch):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) if x.requires_grad else self.layer(x) * 2
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "guided_backprop", "deep_lift"])
+def test_a_forward_that_branches_on_its_input_requiring_grad_is_explained_as_with_gradients(
+        name):
+    """The analysis and its check run the branch taken with gradients, as every gradient
+    method does, and say that the model computes otherwise without."""
+    x = torch.randn(3, 6)
+    model = _RequiresGradBranch().eval()
+    with pytest.warns(UserWarning, match="another output under torch.no_grad"):
+        result = lx.create_analyzer(name, model).analyze(x)
+    torch.testing.assert_close(
+        result, lx.create_analyzer(name, nn.Sequential(model.layer).eval()).analyze(x))
 
 
 class _BatchMask(nn.Module):

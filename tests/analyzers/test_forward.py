@@ -764,6 +764,22 @@ def test_the_forward_check_runs_the_model_in_the_analysis_grad_mode():
     torch.testing.assert_close(result, plain.analyze(x))
 
 
+class _RunsWithGradientsOnly(_GradModeBranch):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            raise RuntimeError("this model runs with gradients only")
+        return self.layer(x)
+
+
+def test_a_model_that_runs_with_gradients_only_is_analysed():
+    """The check's comparison with the output under torch.no_grad() is skipped where the
+    model cannot run so."""
+    x, model = torch.randn(3, 6), _RunsWithGradientsOnly().eval()
+    torch.testing.assert_close(
+        lx.create_analyzer("lrp.epsilon", model).analyze(x),
+        lx.create_analyzer("lrp.epsilon", nn.Sequential(model.layer).eval()).analyze(x))
+
+
 class _RequiresGradBranch(_GradModeBranch):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x) if x.requires_grad else self.layer(x) * 2

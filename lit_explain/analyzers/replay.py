@@ -14,9 +14,9 @@ own arguments (or, for a BatchNorm merged with it, from that kernel call's, see
 (identity, softmax, uniform, normalisation; CP-LRP's gates held by their positions among a
 product's factors, each checked to be the output of the call that made it) — the analysis
 records a :class:`Plan`: the function of every call, where the relevance flow's input
-boundary was crossed, and for the handled calls a
-:data:`Step` that runs them with their rule, or, for attention analysed through its parts,
-the function that makes the parts, whose calls the plan holds next. The next analysis runs
+boundary was crossed, and for the handled calls a :data:`Step` that runs them with their
+rule, or, for attention analysed through its parts, the function that makes the parts,
+whose calls the plan holds next. The next analysis runs
 the forward pass under :class:`Replayed`, which checks each call against the plan (by
 identity, or equality: a property's getter is a new object at every read), crosses the
 boundary where it was crossed and applies the steps: no kinds, no provenance, no module
@@ -63,7 +63,8 @@ class Plan:
         self.parts: dict[int, Callable] = {}
         self.planned: set[int] = set()  # the handled calls given a step (or none: as written)
         #: What a step leaves for a later one in the same replay (a kernel layer for the
-        #: BatchNorm merged with it), by the index of the call that left it.
+        #: BatchNorm merged with it, a CP-LRP gate for the products that hold it), by the
+        #: index of the call that left it.
         self.held: dict[int, Any] = {}
         #: Where the relevance flow's input boundary was crossed: call index → the positions
         #: (among the call's tensors, :func:`~.kinds.tensors_in`) that crossed it, and how.

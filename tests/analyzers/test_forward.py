@@ -905,7 +905,6 @@ def test_overlapping_eager_contexts_in_threads_put_the_stance_back():
     """The compiler's stance is process-wide: the training callback's eager context and a
     standalone analysis' overlap; each restoring what it found left it force_eager for good."""
     import threading
-    import time
 
     import torch._dynamo
 
@@ -914,18 +913,24 @@ def test_overlapping_eager_contexts_in_threads_put_the_stance_back():
     def stance() -> str:
         return torch._dynamo.eval_frame._stance.stance
 
-    def hold(wait: float, seconds: float) -> None:
-        time.sleep(wait)
+    entered = [threading.Event(), threading.Event()]
+    leave = [threading.Event(), threading.Event()]
+
+    def hold(i: int) -> None:  # (events, not sleeps: a loaded machine starts threads late)
         with eager():
-            time.sleep(seconds)
+            entered[i].set()
+            leave[i].wait(10)
 
     assert stance() == "default"
-    threads = [threading.Thread(target=hold, args=(0.0, 0.2)),
-               threading.Thread(target=hold, args=(0.05, 0.3))]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.1)
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(2)]
+    threads[0].start()
+    assert entered[0].wait(10)
+    threads[1].start()  # opens while the first is open, closes after it
+    assert entered[1].wait(10)
     assert stance() == "force_eager"
-    for thread in threads:
-        thread.join()
+    leave[0].set()
+    threads[0].join()
+    assert stance() == "force_eager"  # (the second is still open)
+    leave[1].set()
+    threads[1].join()
     assert stance() == "default"

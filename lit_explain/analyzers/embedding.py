@@ -145,8 +145,8 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
 
     position = next((i for i, e in enumerate(called) if as_given.holds(ids_of(e))), None)
     if position is None:  # (ids made otherwise that equal the tokens)
-        position = next((i for i, e in enumerate(called) if ids_of(e).shape == tokens.shape
-                         and torch.equal(ids_of(e).to(tokens.device), tokens)), None)
+        position = next((i for i, e in enumerate(called) if _same_ids(ids_of(e), tokens)),
+                        None)
     if position is None:
         seen = ", ".join(f"'{path}' ({type(module).__name__}) ids of shape "
                          f"{tuple(ids_of((path, module, args, kwargs, out)).shape)}"
@@ -196,10 +196,7 @@ class _IdsAsGiven(TorchFunctionMode):
     def holds(self, ids: object) -> bool:
         """Whether ``ids`` are the input's ids as they are: made from them by calls that keep
         every id where it is, and (now, after any write in place) equal to them."""
-        if not self._tracked(ids) or ids.shape != self.tokens.shape:
-            return False
-        with torch._C.DisableTorchFunction():
-            return bool(torch.equal(ids.to(self.tokens.device), self.tokens))
+        return self._tracked(ids) and _same_ids(ids, self.tokens)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -252,8 +249,8 @@ def _bag(path: str, bag: nn.EmbeddingBag, ids: Tensor, args: tuple,
 
 
 def _same_ids(ids: object, tokens: Tensor) -> bool:
-    """Whether an embedding call's ``ids`` are the tokens the model was given (that tensor,
-    or its values unchanged: ``t.long()``), as :func:`find_input_embedding` chose its call."""
+    """Whether an embedding call's ``ids`` are the tokens the model was given: that tensor,
+    or one of the same shape and values."""
     if ids is tokens:
         return True
     with torch._C.DisableTorchFunction():  # (no value read an analysis would see)

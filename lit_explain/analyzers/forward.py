@@ -360,9 +360,11 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
     taken where nothing requires grad, gives NaN for a query whose keys are all masked, its
     gradient path 0).
     """
+    def fed(sample: Tensor) -> Tensor:  # a copy of a leaf that requires grad, as analysed
+        return sample.detach().requires_grad_(sample.is_floating_point()).clone()
+
     def model_output(sample: Tensor) -> Tensor:
-        leaf = sample.detach().requires_grad_(sample.is_floating_point())
-        return logits_of(model(leaf.clone()), len(sample)).detach()
+        return logits_of(model(fed(sample)), len(sample)).detach()
 
     try:
         expected = model_output(x[:1])
@@ -383,7 +385,7 @@ def check_same_forward(model: nn.Module, x: Tensor, logits: Tensor,
         plain: list[Recorded] = []
         recorded: list[Recorded] = []
         try:
-            given = sample.detach().requires_grad_(x.is_floating_point()).clone()
+            given = fed(sample)
             with OperationRules(model, {}, ALL_KINDS, given, record=plain).tracking_modules():
                 logits_of(model(given), len(sample))
             analysed(sample.detach().clone().requires_grad_(x.is_floating_point()), recorded)

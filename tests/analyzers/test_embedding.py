@@ -277,8 +277,11 @@ class PreviousTokenAttention(nn.Module):
         self.token = nn.Embedding(20, 8)
         self.previous, self.mix, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
 
+    def features(self, tokens):
+        return self.previous(self.token(tokens.roll(1, -1))) + self.token(tokens)
+
     def forward(self, tokens):
-        h = self.previous(self.token(tokens.roll(1, -1))) + self.token(tokens)
+        h = self.features(tokens)
         q = self.mix(h).unsqueeze(1)
         h = h + torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1)
         return self.out(torch.nn.functional.silu(h)).mean(1)
@@ -293,11 +296,8 @@ class SeparatePreviousTokenAttention(PreviousTokenAttention):
         self.token_again = nn.Embedding(20, 8)
         self.token_again.weight = self.token.weight
 
-    def forward(self, tokens):
-        h = self.previous(self.token_again(tokens.roll(1, -1))) + self.token(tokens)
-        q = self.mix(h).unsqueeze(1)
-        h = h + torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1)
-        return self.out(torch.nn.functional.silu(h)).mean(1)
+    def features(self, tokens):
+        return self.previous(self.token_again(tokens.roll(1, -1))) + self.token(tokens)
 
 
 class TokenTypesAttention(PreviousTokenAttention):
@@ -308,12 +308,9 @@ class TokenTypesAttention(PreviousTokenAttention):
         super().__init__()
         self.kind = nn.Embedding(2, 8)
 
-    def forward(self, tokens):
-        h = self.previous(self.kind(torch.zeros_like(tokens))) + self.token(
+    def features(self, tokens):
+        return self.previous(self.kind(torch.zeros_like(tokens))) + self.token(
             tokens.view(tokens.shape))
-        q = self.mix(h).unsqueeze(1)
-        h = h + torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1)
-        return self.out(torch.nn.functional.silu(h)).mean(1)
 
 
 @pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "lrp.epsilon"])

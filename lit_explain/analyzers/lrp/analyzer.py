@@ -379,8 +379,8 @@ class LRP(Analyzer):
             made: dict[int, int] = {}  # position of a gate among the factors → its call
             if cp and call.func in ELEMENTWISE_PRODUCTS:
                 inputs = call.inputs
-                made = {i: gates[id(_held(call, t))][1] for i, t in enumerate(inputs)
-                        if id(_held(call, t)) in gates}
+                found = [gates.get(id(_held(call, t))) for t in inputs]
+                made = {i: entry[1] for i, entry in enumerate(found) if entry is not None}
                 made = made if len(made) < len(inputs) else {}
             rule = partial(uniform_rule, flow=flow, held=frozenset(made))
             if call.plan is not None:

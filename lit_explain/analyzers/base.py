@@ -230,8 +230,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         #: With ``reverse_check_min_max_values``: module path → (min, max) of that relevance.
         self.reversed_min_max: dict[str, tuple[float, float]] = {}
         self._reversed_outputs: dict[str, Tensor] = {}
-        #: Layer key → its input relevance's shape for one sample (see :meth:`analyze`).
-        self._one_sample: dict[str, torch.Size] | None = None
+        #: Layer key → its input relevance for the first sample alone (see :meth:`analyze`).
+        self._one_sample: dict[str, Tensor] | None = None
         #: The replay plan of the last analysis, where it was replayable (see :meth:`_forward`).
         self._plan: Plan | None = None
         #: Whether the last rule-based forward pass was a replay of a plan.
@@ -269,7 +269,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         neuron_selection = self._checked_selection(neuron_selection, len(x))
         self._one_sample = None
         if self.reverse.project_bottleneck_layers and len(x) > 1:  # (per sample: which axis)
-            self._one_sample = self.one_sample_shapes(x, neuron_selection)[0]
+            self._one_sample = self.one_sample_relevance(x, neuron_selection)[0]
         with analysis_context(self.model), ExitStack() as stack:
             self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}
             # a private copy: the model may modify its input in place (x.sub_(mean)), and the
@@ -307,12 +307,12 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                            f"{parameter.dtype}: give x in the model's dtype "
                            f"(x.to({parameter.dtype}))")
 
-    def one_sample_shapes(self, x: Tensor, neuron_selection: NeuronSelection = None
-                          ) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
-        """The shapes of every layer's input and output relevance (see
-        :mod:`~.diagnostics`) when the first sample of ``x`` is analysed alone: against them,
-        the per-sample diagnostics find the axis of each layer's tensors that holds the
-        samples (:func:`~.diagnostics.sample_axis`)."""
+    def one_sample_relevance(self, x: Tensor, neuron_selection: NeuronSelection = None
+                             ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every layer's input and output relevance (see :mod:`~.diagnostics`) when the
+        first sample of ``x`` is analysed alone: against them, the per-sample diagnostics
+        find which sample each element of a layer's tensors belongs to
+        (:func:`~.diagnostics.sample_index`)."""
         options = self.reverse
         self.reverse = dataclasses.replace(options, keep_tensors=True,
                                            project_bottleneck_layers=False)
@@ -320,8 +320,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             neuron_selection.dim() else neuron_selection
         try:
             self.analyze(x[:1], selection)
-            return ({key: t.shape for key, t in self.reversed_tensors.items()},
-                    {key: t.shape for key, t in self._reversed_outputs.items()})
+            return dict(self.reversed_tensors), dict(self._reversed_outputs)
         finally:
             self.reverse = options
 
@@ -587,7 +586,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
     def _replay(self, x: Tensor, plan: Plan) -> Tensor:
         """The explained output of a forward pass of ``x`` run by ``plan`` (see
         :mod:`~.replay`)."""
-        inputs, replayed = x.clone(), Replayed(plan)  # (the copy is no call of the forward)
+        inputs = x.clone()  # (the copy is no call of the forward)
+        replayed = Replayed(plan, inputs)
         with replayed, refusing_compiled_control_flow():
             logits = self.logits(self.model(inputs), len(inputs))
         replayed.finish()

@@ -15,17 +15,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from .base import Analyzer, NeuronSelection
-from .diagnostics import OUTPUT_KEY, sample_axis
-
-
-def per_sample_sum(relevance: Tensor, axis: int = 0) -> Tensor:
-    """Σ over everything but the sample axis (``axis``): → ``(N,)``."""
-    samples = relevance.movedim(axis, 0)
-    return samples.reshape(len(samples), -1).sum(dim=1)
+from .diagnostics import OUTPUT_KEY, per_sample_sum, sample_index
 
 
 @dataclass
@@ -133,17 +126,17 @@ def conservation_report(analyzer: Analyzer, x: Tensor,
     analyzer.reverse = dataclasses.replace(options, keep_tensors=True, clip_values=None,
                                            project_bottleneck_layers=False)
     try:
-        # each layer's axis of the samples (a sequence-first layer holds them second)
-        one_sample = ({}, {}) if len(x) == 1 else analyzer.one_sample_shapes(
+        # which sample each element of a layer's tensors belongs to (a sequence-first layer
+        # holds them on its second axis, a flattened one in blocks or interleaved)
+        one_sample = (None, None) if len(x) == 1 else analyzer.one_sample_relevance(
             x, neuron_selection)
         result = analyzer.analyze(x, neuron_selection)
         inputs, outputs = analyzer.reversed_tensors, analyzer._reversed_outputs
     finally:
         analyzer.reverse = options
 
-    def summed(relevance: Tensor, path: str, shapes: dict[str, torch.Size]) -> Tensor:
-        single = None if len(x) == 1 else shapes.get(path, ())
-        return per_sample_sum(relevance, sample_axis(path, relevance.shape, single))
+    def summed(relevance: Tensor, path: str, one_sample: dict[str, Tensor] | None) -> Tensor:
+        return per_sample_sum(relevance, sample_index(path, relevance, one_sample))
 
     layers = {path: LayerConservation(summed(outputs[path], path, one_sample[1]),
                                       summed(relevance, path, one_sample[0]))

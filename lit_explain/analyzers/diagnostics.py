@@ -100,35 +100,95 @@ class ReverseOptions:
         return ReverseRecorder(self, relevance_scale) if self.active else None
 
 
-def project(relevance: Tensor, axis: int = 0) -> Tensor:
-    """Each sample (along ``axis``) scaled so that its largest absolute value is 1 (zero maps
-    stay zero)."""
-    samples = relevance.detach().abs().movedim(axis, 0)
-    peak = samples.reshape(len(samples), -1).amax(dim=1).clamp(
-        min=torch.finfo(relevance.dtype).tiny)
-    shape = [1] * relevance.dim()
-    shape[axis] = -1
-    return relevance / peak.reshape(shape)
+def project(relevance: Tensor, samples: Tensor | None = None) -> Tensor:
+    """Each sample scaled so that its largest absolute value is 1 (zero maps stay zero).
+    ``samples``: the sample of each element (:func:`sample_index`); by default the first
+    axis holds them."""
+    samples = first_axis_index(relevance) if samples is None else samples
+    flat = samples.reshape(-1)
+    peak = relevance.new_zeros(int(flat.max()) + 1).scatter_reduce_(
+        0, flat, relevance.detach().abs().reshape(-1), "amax")
+    return relevance / peak.clamp(min=torch.finfo(relevance.dtype).tiny)[samples]
 
 
-def sample_axis(key: str, shape: torch.Size, one_sample: torch.Size | None) -> int:
-    """The axis of a layer's tensor (``shape``) that holds the samples, found against the
-    shape of the same tensor for one sample alone (``one_sample``; ``None``: the batch was
-    one sample, any axis holds it): the axis where the two differ. A sequence-first layer
-    (``(L, N, E)``, as inside ``nn.TransformerEncoderLayer(batch_first=False)``) has it second:
-    taking the first for it made per-position sums of "samples" (a crash of the conservation
-    report, maps 57 % off under ``reverse_project_bottleneck_layers``)."""
+def per_sample_sum(relevance: Tensor, samples: Tensor | None = None) -> Tensor:
+    """Σ of each sample's elements: → ``(N,)``. ``samples`` as for :func:`project`."""
+    if samples is None:
+        return relevance.reshape(len(relevance), -1).sum(dim=1)
+    flat = samples.reshape(-1)
+    return relevance.new_zeros(int(flat.max()) + 1).index_add_(0, flat, relevance.reshape(-1))
+
+
+def first_axis_index(tensor: Tensor) -> Tensor:
+    """The :func:`sample_index` of a tensor whose first axis holds the samples."""
+    return _along(torch.arange(len(tensor), device=tensor.device), 0, tensor.shape)
+
+
+def _along(index: Tensor, axis: int, shape: torch.Size) -> Tensor:
+    """``index`` (one value per position of ``axis``) spread over a tensor of ``shape``."""
+    view = [1] * len(shape)
+    view[axis] = -1
+    return index.reshape(view).expand(shape)
+
+
+def sample_index(key: str, tensor: Tensor, one_sample: dict[str, Tensor] | None) -> Tensor:
+    """Which sample each element of layer ``key``'s tensor (for a batch) belongs to, found
+    against the same layer's tensor when the batch's first sample is analysed alone
+    (``one_sample``, by layer key; ``None``: the batch is one sample, all of the tensor is
+    it): an integer tensor of ``tensor``'s shape.
+
+    The samples lie along the one axis where the two shapes differ. A sequence-first layer
+    (``(L, N, E)``, as inside ``nn.TransformerEncoderLayer(batch_first=False)``) has them on
+    its second axis: taking the first for it made per-position sums of "samples" (a crash
+    of the conservation report, maps 57 % off under ``reverse_project_bottleneck_layers``).
+    A layer fed the samples' rows flattened into one axis (``x.view(-1, d)`` before a
+    GPT-2 ``Conv1D``, ``(N·L, d)``) holds them in blocks when the samples were the outer
+    axis, interleaved when they were the inner one (a sequence-first ``(L, N, d)``
+    flattened); which one is told by the values: the layout whose first sample's elements
+    are the first sample's own tensor, up to a factor (the projection of the layers above
+    scales each sample's relevance)."""
+    shape = tensor.shape
     if one_sample is None:
-        return 0
-    differing = [a for a in range(len(shape)) if len(one_sample) != len(shape)
-                 or shape[a] != one_sample[a]]
-    if len(differing) == 1 and one_sample[differing[0]] == 1:
-        return differing[0]
+        return torch.zeros(shape, dtype=torch.long, device=tensor.device)
+    if key not in one_sample:
+        raise NotAnalyzableModelError(
+            f"layer {key!r} is not met when the batch's first sample is analysed alone, "
+            f"against which the per-sample diagnostics (reverse_project_bottleneck_layers, "
+            f"conservation_report) find each layer's axis of the samples: the model runs "
+            f"other layers for other batch sizes")
+    one_sample = one_sample[key]
+    differing = [a for a in range(len(shape)) if one_sample.dim() != len(shape)
+                 or shape[a] != one_sample.shape[a]]
+    if len(differing) == 1:
+        axis = differing[0]
+        length, size = one_sample.shape[axis], shape[axis]
+        if size % length == 0:
+            samples = torch.arange(size // length, device=tensor.device)
+            if length == 1:
+                return _along(samples, axis, shape)
+            layouts = (samples.repeat_interleave(length), samples.repeat(length))
+            fitting = [index for index in (_along(layout, axis, shape) for layout in layouts)
+                       if _proportional(tensor[index == 0], one_sample.reshape(-1))]
+            if len(fitting) == 1:
+                return fitting[0]
     raise NotAnalyzableModelError(
         f"layer {key!r}: its tensors (shape {tuple(shape)}; for one sample "
-        f"{None if one_sample is None else tuple(one_sample)}) have no one axis of the "
-        f"samples, which the per-sample diagnostics (reverse_project_bottleneck_layers, "
-        f"conservation_report) need: the model mixes its samples there")
+        f"{tuple(one_sample.shape)}) have no one axis of the samples, in blocks or "
+        f"interleaved, whose first sample's values are the first sample's own, which the "
+        f"per-sample diagnostics (reverse_project_bottleneck_layers, conservation_report) "
+        f"need: the model mixes its samples there, or the first sample's relevance there "
+        f"is zero or matches either layout")
+
+
+def _proportional(values: Tensor, reference: Tensor) -> bool:
+    """Whether two relevance tensors are equal up to a positive factor (float rounding
+    allowed); never for an all-zero reference, which any layout matches."""
+    peak, reference_peak = values.abs().max(), reference.abs().max()
+    if values.shape != reference.shape or not bool(reference_peak > 0):
+        return False
+    return bool(torch.allclose(values / peak.clamp(min=torch.finfo(values.dtype).tiny),
+                               (reference / reference_peak).to(values.dtype),
+                               rtol=1e-4, atol=1e-5))
 
 
 class _Observe(torch.autograd.Function):
@@ -163,9 +223,9 @@ class ReverseRecorder:
     inputs: dict[str, Tensor] = field(default_factory=dict)
     outputs: dict[str, Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
-    #: Layer key → the shape of its input relevance for the batch's first sample alone
-    #: (``None``: the batch is one sample), where a per-sample option needs the samples' axis.
-    one_sample: dict[str, torch.Size] | None = None
+    #: Layer key → its input relevance for the batch's first sample alone (``None``: the
+    #: batch is one sample), where a per-sample option needs the samples' axis.
+    one_sample: dict[str, Tensor] | None = None
     #: Layer keys in the order of the forward pass.
     order: list[str] = field(default_factory=list)
     _calls: dict[str, int] = field(default_factory=dict)
@@ -258,9 +318,8 @@ class ReverseRecorder:
         if options.clip_values is not None:
             changed = relevance.clamp(*options.clip_values)
         if options.project_bottleneck_layers:
-            axis = sample_axis(key, relevance.shape, None if self.one_sample is None
-                               else self.one_sample.get(key, ()))
-            changed = project(relevance if changed is None else changed, axis)
+            changed = relevance if changed is None else changed
+            changed = project(changed, sample_index(key, changed, self.one_sample))
         final = relevance if changed is None else changed
         if options.keep_tensors:
             self.inputs[key] = final.detach()

@@ -61,7 +61,7 @@ from .kinds import (
 )
 from .masks import Masks
 from .provenance import UNSEEN_CODE, Provenance
-from .replay import Plan, Step, crossed
+from .replay import DataFlow, Plan, Step, crossed
 
 
 @dataclass
@@ -305,6 +305,7 @@ class OperationRules(TorchFunctionMode):
         self.plan = plan
         if plan is not None:
             plan.boundary = input_boundary
+            self.flow = DataFlow(model_input)
         self.handlers = handlers
         self.passthrough = passthrough
         self.prepare = prepare
@@ -324,9 +325,23 @@ class OperationRules(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         plan = self.plan
-        if plan is not None:
-            index = len(plan.funcs)
-            plan.funcs.append(func)
+        if plan is None:
+            return self._route(func, args, kwargs)
+        index = len(plan.funcs)
+        plan.funcs.append(func)
+        if func in QUERIES:  # (as a replay runs them: unchecked)
+            plan.sources.append(None)
+            return self._route(func, args, kwargs, index)
+        plan.sources.append(self.flow.sources(args, kwargs))
+        output = self._route(func, args, kwargs, index)
+        self.flow.note(index, output)
+        return output
+
+    def _route(self, func: Callable, args: tuple, kwargs: dict, index: int | None = None
+               ) -> object:
+        """The call ``func(*args, **kwargs)`` (number ``index`` of the plan) as the rules
+        make it."""
+        plan = self.plan
         if func in QUERIES:
             return func(*args, **kwargs)
         if func in GRADIENT_HOOKS:  # its gradient would be the rules' relevance: not registered

@@ -16,12 +16,17 @@ product's factors, each checked to be the output of the call that made it) — t
 records a :class:`Plan`: the function of every call, where the relevance flow's input
 boundary was crossed, and for the handled calls a :data:`Step` that runs them with their
 rule, or, for attention analysed through its parts, the function that makes the parts,
-whose calls the plan holds next. The next analysis runs
-the forward pass under :class:`Replayed`, which checks each call against the plan (by
-identity, or equality: a property's getter is a new object at every read), crosses the
-boundary where it was crossed and applies the steps: no kinds, no provenance, no module
-hooks. A forward pass that makes another call than recorded raises :class:`Diverged`, and
-the analysis runs in full again. A rule that depends on more than its call (an elementwise
+whose calls the plan holds next. The plan also holds where each call's tensors came from
+(:class:`DataFlow`: the model input, the output of an earlier call, or neither, as a
+parameter). The next analysis runs the forward pass under :class:`Replayed`, which checks
+each call against the plan (its function, by identity, or equality: a property's getter is
+a new object at every read; and its tensors' sources), crosses the boundary where it was
+crossed and applies the steps: no kinds, no provenance, no module hooks. A forward pass that
+makes another call than recorded, or feeds a call from elsewhere (a flag in a global or a
+nested config, which the forward signature does not see, that routes the input past a
+layer), raises :class:`Diverged`, and the analysis runs in full again: which layer is the
+input layer, where the input boundary is crossed and which calls are kernel layers follow
+from the data flow. A rule that depends on more than its call (an elementwise
 product of functions of one tensor, ``x * sigmoid(x)``, whose rule passes relevance to
 that tensor; DeepLIFT; the pattern analyzers), a gate by a mask, a held statistic, a kernel
 output that keeps two rules (used again after the BatchNorm merged with it) or the
@@ -31,13 +36,14 @@ reverse-pass diagnostics leave nothing to replay.
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .kinds import replace_tensors
+from .kinds import QUERIES, replace_tensors, tensors_in
 
 #: How a replayed call runs: ``step(func, args, kwargs)`` returns its output with its rule.
 Step = Callable[[Callable, tuple, dict], Any]
@@ -57,6 +63,9 @@ class Plan:
 
     def __init__(self) -> None:
         self.funcs: list[Callable] = []
+        #: Where each call's tensors came from (see :class:`DataFlow`), by call index
+        #: (``None`` for a query of a tensor's metadata, which makes none).
+        self.sources: list[list | None] = []
         self.steps: dict[int, Step] = {}
         #: Fused calls run through their parts (attention), whose calls the plan holds next:
         #: call index → the function that makes the parts.
@@ -121,18 +130,51 @@ def crossed(args: tuple, kwargs: dict, positions: frozenset[int],
     return replace_tensors(args, kwargs, swap)
 
 
+#: The source of the model input among a call's tensors (see :class:`DataFlow`).
+MODEL_INPUT = -1
+
+
+class DataFlow:
+    """Where the tensors of a forward pass came from: the model input, the ``k``-th tensor
+    output of call ``i`` (``(i, k)``), or neither (``None``: a parameter, a buffer, a
+    tensor made outside the forward pass)."""
+
+    def __init__(self, model_input: Tensor) -> None:
+        # (by id, each with a weak reference to its tensor: an id is reused once its tensor
+        # is freed, and a forward pass frees what it no longer uses)
+        self.made: dict[int, tuple[weakref.ref, object]] = {
+            id(model_input): (weakref.ref(model_input), MODEL_INPUT)}
+
+    def sources(self, args: tuple, kwargs: dict) -> list:
+        """The sources of the tensors among a call's arguments (:func:`~.kinds.tensors_in`),
+        in order."""
+        made = self.made
+        return [entry[1] if (entry := made.get(id(t))) is not None and entry[0]() is t
+                else None for t in tensors_in(args, kwargs)]
+
+    def note(self, index: int, output: object) -> None:
+        """Call ``index`` made the tensors of ``output``."""
+        made = self.made
+        if isinstance(output, Tensor):
+            made[id(output)] = (weakref.ref(output), (index, 0))
+        else:
+            for k, t in enumerate(tensors_in(output)):
+                made[id(t)] = (weakref.ref(t), (index, k))
+
+
 class Diverged(Exception):
     """The forward pass made another call than the plan recorded."""
 
 
 class Replayed(TorchFunctionMode):
-    """Run a forward pass by a :class:`Plan`: each call checked against the recorded one, the
-    handled ones run by their steps. Use as a context manager; :meth:`finish` after the
-    forward pass checks that it made all the recorded calls."""
+    """Run a forward pass of ``model_input`` by a :class:`Plan`: each call checked against the
+    recorded one, the handled ones run by their steps. Use as a context manager;
+    :meth:`finish` after the forward pass checks that it made all the recorded calls."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, model_input: Tensor) -> None:
         super().__init__()
         self.plan = plan
+        self.flow = DataFlow(model_input)
         self.index = 0
         plan.held.clear()
 
@@ -141,22 +183,29 @@ class Replayed(TorchFunctionMode):
         self.index = index + 1
         plan = self.plan
         funcs = plan.funcs
+        kwargs = kwargs or {}
         # (equal, not only the same: a property's getter, x.shape, is a new object each time)
         if index >= len(funcs) or (funcs[index] is not func and funcs[index] != func):
             raise Diverged(f"call {index} is {getattr(func, '__name__', func)}, not the "
                            f"recorded one")
-        kwargs = kwargs or {}
+        if func in QUERIES:  # (no tensor made, no rule)
+            return func(*args, **kwargs)
+        if self.flow.sources(args, kwargs) != plan.sources[index]:
+            raise Diverged(f"call {index} ({getattr(func, '__name__', func)}) gets tensors "
+                           f"made elsewhere than recorded")
         crossing = plan.crossings.get(index)
         if crossing is not None:  # where the recorded analysis crossed it, as it did
             args, kwargs = crossed(args, kwargs, crossing, plan.boundary)
         step = plan.steps.get(index)
         if step is not None:
-            return step(func, args, kwargs)
-        parts = plan.parts.get(index)
-        if parts is not None:
+            output = step(func, args, kwargs)
+        elif index in plan.parts:
             with self:  # (a call runs with the mode popped: its parts must be seen)
-                return parts(*args, **kwargs)
-        return func(*args, **kwargs)
+                output = plan.parts[index](*args, **kwargs)
+        else:
+            output = func(*args, **kwargs)
+        self.flow.note(index, output)
+        return output
 
     def finish(self) -> None:
         self.plan.held.clear()

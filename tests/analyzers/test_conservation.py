@@ -150,22 +150,71 @@ class _Encoder(nn.Module):
         return self.head(h.mean(1 if self.batch_first else 0))
 
 
-def test_sequence_first_layers_are_summed_per_sample():
-    # (their first axis holds the positions: sums over it were per position, a crash)
-    x = torch.randn(2, 5, 8, dtype=torch.double)
+@pytest.mark.parametrize("batch", [2, 1])
+def test_sequence_first_layers_are_summed_per_sample(batch):
+    # (their first axis holds the positions: sums over it were per position, a crash; for a
+    # batch of one sample, one row per position)
+    x = torch.randn(batch, 5, 8, dtype=torch.double)
     reports = [lx.conservation_report(lx.create_analyzer("lrp.epsilon", _Encoder(first).double()
                                                          .eval()), x)
                for first in (True, False)]
     assert list(reports[0].layers) == list(reports[1].layers)
     for path, layer in reports[0].layers.items():
         torch.testing.assert_close(reports[1].layers[path].absorbed, layer.absorbed)
-        assert layer.absorbed.shape == (2,)
+        assert layer.absorbed.shape == (batch,)
     torch.testing.assert_close(reports[1].absorbed, reports[0].absorbed)
 
 
-def test_projection_scales_each_sample_of_sequence_first_layers():
-    x = torch.randn(2, 5, 8, dtype=torch.double)
+@pytest.mark.parametrize("batch", [2, 1])
+def test_projection_scales_each_sample_of_sequence_first_layers(batch):
+    # (for one sample, each position was scaled on its own: 0.59 off)
+    x = torch.randn(batch, 5, 8, dtype=torch.double)
     maps = [lx.create_analyzer("lrp.epsilon", _Encoder(first).double().eval(),
                                reverse_project_bottleneck_layers=True).analyze(x)
             for first in (True, False)]
     torch.testing.assert_close(maps[1], maps[0])
+
+
+class _TokenRows(nn.Module):
+    """Embedding → a layer on each token → ReLU → mean over the tokens → head. ``rows``: the
+    token layer as an ``nn.Linear`` on (N, L, D) (``""``), or on the tokens' rows flattened
+    into one axis, samples outer (GPT-2's ``Conv1D``: ``addmm(b, x.view(-1, D), W)``,
+    ``"blocks"``) or inner (a sequence-first (L, N, D) flattened, ``"interleaved"``)."""
+
+    def __init__(self, rows: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rows = rows
+        self.embedding, self.token, self.head = nn.Embedding(10, 4), nn.Linear(4, 4), \
+            nn.Linear(4, 3)
+
+    def forward(self, ids):
+        e = self.embedding(ids)
+        if self.rows == "blocks":
+            h = torch.addmm(self.token.bias, e.reshape(-1, 4), self.token.weight.T)
+            h = h.view(*ids.shape, 4)
+        elif self.rows == "interleaved":
+            h = torch.addmm(self.token.bias, e.transpose(0, 1).reshape(-1, 4),
+                            self.token.weight.T)
+            h = h.view(ids.shape[1], ids.shape[0], 4).transpose(0, 1)
+        else:
+            h = self.token(e)
+        return self.head(torch.relu(h).mean(1))
+
+
+@pytest.mark.parametrize("rows", ["blocks", "interleaved"])
+def test_layers_fed_the_samples_rows_flattened_are_summed_per_sample(rows):
+    """GPT-2's Conv1D flattens the samples' tokens into one axis: the report and the
+    projection find each sample's rows there, in blocks or interleaved, by the first sample's
+    own relevance (they were refused: "the model mixes its samples")."""
+    ids = torch.randint(0, 10, (3, 5))
+    flattened, plain = _TokenRows(rows).double().eval(), _TokenRows("").double().eval()
+    report = lx.conservation_report(lx.create_analyzer("lrp.epsilon", flattened), ids)
+    expected = lx.conservation_report(lx.create_analyzer("lrp.epsilon", plain), ids)
+    assert list(report.layers) == ["<model>", "head"]  # (addmm: a layer of the model itself)
+    torch.testing.assert_close(report.layers["<model>"].absorbed,
+                               expected.layers["token"].absorbed)
+    torch.testing.assert_close(report.absorbed, expected.absorbed)
+    maps = [lx.create_analyzer("lrp.epsilon", model, reverse_project_bottleneck_layers=True)
+            .analyze(ids) for model in (flattened, plain)]
+    torch.testing.assert_close(maps[0], maps[1])

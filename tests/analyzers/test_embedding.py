@@ -382,7 +382,9 @@ def test_ids_cast_or_sliced_by_the_model_are_the_input_whatever_their_values(nam
 
 
 KEEPING_PLACES = {
-    "clamp": lambda ids: ids.clamp(max=11), "remainder": lambda ids: ids % 12,
+    "clamp": lambda ids: ids.clamp(max=11), "clip": lambda ids: ids.clip(max=11),
+    "abs": lambda ids: ids.abs(), "float_and_back": lambda ids: ids.type_as(
+        torch.zeros(())).long(), "remainder": lambda ids: ids % 12,
     "where": lambda ids: torch.where(ids < 12, ids, 1),
     "masked_fill": lambda ids: ids.masked_fill(ids >= 12, 1),
     "truncation": lambda ids: ids[:, :512], "new_axis": lambda ids: ids[None].squeeze(0),

@@ -366,3 +366,30 @@ def test_input_and_selection_errors_name_the_argument():
         lx.create_analyzer("gradient", model).analyze(torch.randn(2, 4, dtype=torch.double))
     assert "x has dtype torch.float64 and the model's parameters torch.float32" in "".join(
         info.value.__notes__)
+
+
+class _HoldsALayerInAList(nn.Module):
+    """A layer the model holds in a plain list: not registered, so not frozen by the analysis
+    (its parameters still require grad)."""
+
+    def __init__(self, registered: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        first = nn.Linear(6, 6)
+        self.held = nn.ModuleList([first]) if registered else [first]
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.held[0](x)))
+
+
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
+                                  "lrp.alpha_1_beta_0", "lrp.z_plus", "lrp.w_square",
+                                  "lrp.flat", "lrp.sequential_preset_a", "deep_taylor"])
+def test_a_layer_held_unregistered_is_analysed_as_a_registered_one(name):
+    # (αβ's out= division into a denominator that required grad through it raised)
+    held, registered = _HoldsALayerInAList(False), _HoldsALayerInAList(True)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(lx.create_analyzer(name, held).analyze(x),
+                               lx.create_analyzer(name, registered).analyze(x))
+    assert held.held[0].weight.grad is None

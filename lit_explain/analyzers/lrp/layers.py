@@ -201,6 +201,13 @@ def _argument(call: OperationCall, index: int, name: str) -> object:
     return call.kwargs.get(name)
 
 
+def _frozen(value: object) -> object:
+    """A layer's weight or bias, detached where it is a leaf tensor: a parameter the
+    analysis did not freeze, of a module the model holds unregistered (in a list), which
+    still requires grad (an out= operation of a rule refused it)."""
+    return value.detach() if isinstance(value, Tensor) and value.is_leaf else value
+
+
 class KernelLayer(AffineLayer):
     """A linear, convolution or transposed convolution call in affine form.
 
@@ -216,8 +223,8 @@ class KernelLayer(AffineLayer):
 
     def __init__(self, call: OperationCall, term_input: Tensor) -> None:
         self.call = call
-        self.input, self.weight, self.bias = (
-            _argument(call, i, name) for i, name in enumerate(self._NAMES))
+        self.input, weight, bias = (_argument(call, i, name) for i, name in enumerate(self._NAMES))
+        self.weight, self.bias = _frozen(weight), _frozen(bias)
         self.term_input = term_input
         self._rest = call.args[3:]
         self._options = {k: v for k, v in call.kwargs.items() if k not in self._NAMES}
@@ -292,8 +299,9 @@ class MatrixLayer(KernelLayer):
         self._with_bias = call.func in ADDMM  # addmm(bias, x, W)
         self._input_index = next(i for i, a in enumerate(call.args) if isinstance(a, Tensor)
                                  and i != weight_index and not (self._with_bias and i == 0))
-        self.input, self.weight = call.args[self._input_index], call.args[weight_index]
-        self.bias = call.args[0] if self._with_bias else None
+        self.input = call.args[self._input_index]
+        self.weight = _frozen(call.args[weight_index])
+        self.bias = _frozen(call.args[0]) if self._with_bias else None
         self.term_input = term_input
         self.is_linear, self.is_transposed = False, False
         self.channel_shape = (-1,)

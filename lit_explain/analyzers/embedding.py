@@ -133,6 +133,14 @@ def find_input_embedding(model: nn.Module, tokens: Tensor) -> InputEmbedding:
                          f"token ids, {tokens.dtype}, range from {int(tokens.min())} to "
                          f"{int(tokens.max())}): "
                          f"{type(failure).__name__}: {failure}") from failure
+    if not called and failure is not None and embeddings:
+        raise TypeError(f"the model's forward, called with the input's token ids alone "
+                        f"(model(x), {tokens.dtype} {tuple(tokens.shape)}), raised before "
+                        f"applying its embedding ({', '.join(repr(p) for p, _ in embeddings)})"
+                        f": {type(failure).__name__}: {failure}. Analyzers call the model "
+                        f"with one input; for a forward that needs more (an attention mask), "
+                        f"analyze a module whose forward takes the ids alone and makes the "
+                        f"rest from them") from failure
     if not called:
         raise TypeError(f"the input has dtype {tokens.dtype} (token ids), but "
                         f"{type(model).__name__}'s forward applies no nn.Embedding or "

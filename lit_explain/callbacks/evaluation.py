@@ -161,7 +161,10 @@ class ProbeMetrics:
                 maps: Mapping[str, Tensor], targets: Tensor | None, masks: Tensor | None,
                 on_failure: OnFailure) -> set[str]:
         """Update every analyzer's metric ``name``; return the analyzers for which it failed."""
-        if len(chosen) > 1 and all(hasattr(m, "sample_curves") for m in chosen.values()):
+        # (not where the curves draw from the metric's generator: each map's own metric
+        # draws as it would alone, not a share of one stream for the stacked maps)
+        if len(chosen) > 1 and all(hasattr(m, "sample_curves") and not m.draws_at_random
+                                   for m in chosen.values()):
             first = next(iter(chosen.values()))
             count = len(chosen)
             try:  # one set of model calls for the curves of all analyzers

@@ -450,8 +450,10 @@ class ExplainCallback(Callback):
             f"({type(error).__name__}: {error}). "
             + (f"Training goes on with {remaining}. " if remaining else
                "No analyzer is left; training goes on without explanations. ")
-            + f"Remove {name!r} from analyzers (or pick one with a rule for that operation) "
-            f"to silence this, or set on_error='raise' to stop instead.", every_rank=True)
+            + f"Remove {name!r} from analyzers"
+            + (" (or pick one with a rule for that operation)" if isinstance(
+                error, NotAnalyzableModelError) else "")
+            + " to silence this, or set on_error='raise' to stop instead.", every_rank=True)
 
     def _check_metrics(self, sample: Tensor, maps: Tensor, batch: Any) -> None:
         """Try every metric on one sample's map; drop (or raise on) one that fails."""

@@ -155,6 +155,13 @@ class RegionPerturbation(RegionCurveMetric):
         self.perturbation = perturbation
         self.regions_per_step = regions_per_step
 
+    @property
+    def draws_at_random(self) -> bool:
+        """Whether the curves depend on draws from the metric's generator (a random order,
+        Gaussian noise): then the curves of several maps are not computed together, where
+        they would share one stream of draws (see :meth:`update`'s ``curves``)."""
+        return self.order == "random" or _is_gaussian(self.perturbation)
+
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
     ) -> Tensor:
@@ -278,6 +285,12 @@ class InsertionDeletion(RegionCurveMetric):
         self.insertion_baseline = insertion_baseline
         self.deletion_baseline = deletion_baseline
 
+    @property
+    def draws_at_random(self) -> bool:
+        """Whether the curves depend on draws from the metric's generator (Gaussian noise as
+        a baseline): see :attr:`RegionPerturbation.draws_at_random`."""
+        return _is_gaussian(self.insertion_baseline) or _is_gaussian(self.deletion_baseline)
+
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
     ) -> dict[str, Tensor]:
@@ -325,3 +338,7 @@ class InsertionDeletion(RegionCurveMetric):
             "insertion_auc": torch.trapezoid(c["insertion"], c["fraction"]),
             "deletion_auc": torch.trapezoid(c["deletion"], c["fraction"]),
         }
+
+
+def _is_gaussian(perturbation: object) -> bool:
+    return isinstance(perturbation, str) and perturbation == "gaussian"

@@ -168,6 +168,22 @@ def test_integer_input_without_an_embedding_is_a_clear_error():
         lx.create_analyzer("gradient", model).analyze(torch.ones(2, 3, dtype=torch.long))
 
 
+def test_a_forward_that_needs_more_than_the_ids_says_so():
+    # (it said the model applied no embedding; the missing argument was a hidden cause)
+    class NeedsAMask(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding, self.out = nn.Embedding(5, 2), nn.Linear(2, 3)
+
+        def forward(self, ids, attention_mask):
+            return self.out((self.embedding(ids) * attention_mask[..., None]).sum(1))
+
+    with pytest.raises(TypeError, match=r"raised before applying its embedding "
+                                        r"\('embedding'\).*missing 1 required positional "
+                                        r"argument: 'attention_mask'"):
+        lx.create_analyzer("gradient", NeedsAMask()).analyze(torch.ones(2, 3, dtype=torch.long))
+
+
 def test_an_embedding_applied_to_reshaped_tokens_is_refused():
     class Transposed(nn.Module):
         def __init__(self) -> None:

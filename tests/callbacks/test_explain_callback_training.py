@@ -144,6 +144,11 @@ def test_labels_that_name_no_single_class_are_taken_as_they_come():
     assert torch.equal(class_ids(one_hot), torch.tensor([2, 0]))
     assert class_ids(torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])) is None  # multi-hot
     assert class_ids(torch.tensor([0.25, 1.5])) is None  # regression targets
+    # a binary classifier's BCE targets, one column: each row sums to 1 where it is 1 (it
+    # was read as one-hot, class 0, and the grid drew every correct "positive" as wrong)
+    assert torch.equal(class_ids(torch.tensor([[1.0], [0.0], [1.0]])), torch.tensor([1, 0, 1]))
+    assert torch.equal(class_ids(torch.ones(2, 1)), torch.tensor([1, 1]))
+    assert class_ids(torch.tensor([[0.7], [0.2]])) is None  # soft targets
     probe = ProbeCollector(3, "stratified")
     targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     probe.add(torch.arange(4.0)[:, None], targets)

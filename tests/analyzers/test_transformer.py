@@ -206,6 +206,36 @@ def test_uniform_rule_on_a_matrix_product(absolute):
     torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
 
 
+class ComputedWeight(nn.Module):
+    """A layer whose weight the forward computes from the input (a hypernetwork; one sample,
+    whose weight it is), as ``F.linear`` or as the matrix product it is."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.functional = functional
+        self.make, self.head = nn.Linear(4, 12, bias=False), nn.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        weight = self.make(x).view(3, 4)
+        return self.head(F.linear(x, weight) if self.functional else x @ weight.T)
+
+
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
+                                  "lrp.sequential_preset_a"])
+def test_a_kernel_call_with_a_computed_weight_is_a_product_of_activations(name):
+    """``F.linear(x, W(x))`` is the product ``x @ W(x).T``: the uniform rule, the same map. As
+    a kernel layer it gave all its relevance to the input and, through the weight's own
+    gradient, to the weight as well: twice the logit in all (lrp.z)."""
+    x = torch.randn(1, 4, dtype=torch.float64)
+    maps = [lx.create_analyzer(name, ComputedWeight(functional).double().eval()).analyze(x)
+            for functional in (True, False)]
+    torch.testing.assert_close(maps[0], maps[1])
+    if name == "lrp.z":  # (bias-free: conserved)
+        logit = ComputedWeight(True).double().eval()(x).max()
+        torch.testing.assert_close(maps[0].sum(), logit.detach())
+
+
 class Normed(nn.Module):
     def __init__(self, norm: nn.Module, dim: int = 6) -> None:
         super().__init__()

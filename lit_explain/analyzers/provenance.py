@@ -85,15 +85,17 @@ class Provenance:
 
     def note_detached(self, func: Callable, tensors: list[Tensor],
                       produced: list[Tensor]) -> None:
-        """Mark ``produced`` as values of the input without a gradient where the call made
-        them, none differentiable, from a differentiable tensor or from such values."""
-        if not produced or func in SHAPE_ONLY or any(t.requires_grad for t in produced):
+        """Mark those of ``produced`` that are not differentiable as values of the input
+        without a gradient where the call made them from a differentiable tensor or from such
+        values (also beside a differentiable output: ``max_pool2d``'s indices)."""
+        if not produced or func in SHAPE_ONLY:
             return
         token = self._token
         if any(t.requires_grad or getattr(t, "_lit_explain_detached", None) is token
                for t in tensors):
             for t in produced:
-                t._lit_explain_detached = token
+                if not t.requires_grad:
+                    t._lit_explain_detached = token
 
     def detached(self, tensors: Iterable[Tensor]) -> Tensor | None:
         """The first of ``tensors`` that is a value of the input without a gradient."""

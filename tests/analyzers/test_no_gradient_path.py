@@ -173,12 +173,15 @@ class DetachedBranch(nn.Module):
             with torch.no_grad():
                 scale = self.b(x).abs().mean(-1, keepdim=True)
             h = h * scale
-        else:  # argmax
+        elif self.how == "argmax":
             h = h.gather(1, self.b(x).argmax(1, keepdim=True).expand(-1, 6))
+        else:  # max-unpooling (SegNet) at the indices of a max-pooling beside its values
+            pooled, indices = F.max_pool1d(h[:, None], 2, return_indices=True)
+            h = F.max_unpool1d(pooled, indices, 2, output_size=[6])[:, 0]
         return self.out(h)
 
 
-@pytest.mark.parametrize("how", ["detach", "no_grad", "argmax"])
+@pytest.mark.parametrize("how", ["detach", "no_grad", "argmax", "unpooling"])
 def test_deep_lift_refuses_values_of_the_input_without_a_gradient(how):
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(4))
     with pytest.raises(lx.NotAnalyzableModelError, match="without a gradient"):

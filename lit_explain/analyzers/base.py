@@ -18,7 +18,14 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
 from ..precision import full_precision
-from .diagnostics import OUTPUT_KEY, ReverseOptions, ReverseRecorder, project
+from .diagnostics import (
+    OUTPUT_KEY,
+    FirstSampleCopies,
+    ReverseOptions,
+    ReverseRecorder,
+    copies_for,
+    project,
+)
 from .embedding import is_token_input, token_input
 from .errors import NotAnalyzableModelError
 from .forward import (
@@ -230,8 +237,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         #: With ``reverse_check_min_max_values``: module path → (min, max) of that relevance.
         self.reversed_min_max: dict[str, tuple[float, float]] = {}
         self._reversed_outputs: dict[str, Tensor] = {}
-        #: Layer key → its input relevance for the first sample alone (see :meth:`analyze`).
-        self._one_sample: dict[str, Tensor] | None = None
+        #: Every layer's relevance for copies of the first sample (see :meth:`analyze`).
+        self._copies: FirstSampleCopies | None = None
         #: The replay plan of the last analysis, where it was replayable (see :meth:`_forward`).
         self._plan: Plan | None = None
         #: Whether the last rule-based forward pass was a replay of a plan.
@@ -267,9 +274,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                              "give the model real weights (model.to_empty(device=...), then "
                              "load them) and x on that device before analysing")
         neuron_selection = self._checked_selection(neuron_selection, len(x))
-        self._one_sample = None
+        self._copies = None
         if self.reverse.project_bottleneck_layers and len(x) > 1:  # (per sample: which axis)
-            self._one_sample = self.one_sample_relevance(x, neuron_selection)[0]
+            self._copies = self.first_sample_copies(x, neuron_selection)
         with analysis_context(self.model), ExitStack() as stack:
             self.reversed_tensors, self.reversed_min_max, self._reversed_outputs = {}, {}, {}
             # a private copy: the model may modify its input in place (x.sub_(mean)), and the
@@ -307,20 +314,22 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                            f"{parameter.dtype}: give x in the model's dtype "
                            f"(x.to({parameter.dtype}))")
 
-    def one_sample_relevance(self, x: Tensor, neuron_selection: NeuronSelection = None
-                             ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Every layer's input and output relevance (see :mod:`~.diagnostics`) when the
-        first sample of ``x`` is analysed alone: against them, the per-sample diagnostics
-        find which sample each element of a layer's tensors belongs to
+    def first_sample_copies(self, x: Tensor, neuron_selection: NeuronSelection = None
+                            ) -> FirstSampleCopies:
+        """Every layer's input and output relevance (see :mod:`~.diagnostics`) when a batch
+        of copies of the first sample of ``x`` is analysed: against them, the per-sample
+        diagnostics find which sample each element of a layer's tensors belongs to
         (:func:`~.diagnostics.sample_index`)."""
         options = self.reverse
         self.reverse = dataclasses.replace(options, keep_tensors=True,
                                            project_bottleneck_layers=False)
-        selection = neuron_selection[:1] if isinstance(neuron_selection, Tensor) and \
-            neuron_selection.dim() else neuron_selection
+        count = copies_for(len(x))
+        selection = neuron_selection[:1].repeat(count) if isinstance(
+            neuron_selection, Tensor) and neuron_selection.dim() else neuron_selection
         try:
-            self.analyze(x[:1], selection)
-            return dict(self.reversed_tensors), dict(self._reversed_outputs)
+            self.analyze(x[:1].repeat(count, *[1] * (x.dim() - 1)), selection)
+            return FirstSampleCopies(dict(self.reversed_tensors),
+                                     dict(self._reversed_outputs), count)
         finally:
             self.reverse = options
 
@@ -466,7 +475,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         x = x.detach().requires_grad_(True)
         recorder = self.reverse.recorder(self._relevance_scale)
         if recorder is not None:  # observe every layer; nothing is inserted otherwise
-            recorder.one_sample = self._one_sample
+            recorder.copies = self._copies
             handlers, passthrough = recorder.wrap(handlers, passthrough, self_observed)
         if handlers is None:
             self._warn_on_final_softmax(x)

@@ -128,18 +128,19 @@ def conservation_report(analyzer: Analyzer, x: Tensor,
     try:
         # which sample each element of a layer's tensors belongs to (a sequence-first layer
         # holds them on its second axis, a flattened one in blocks or interleaved)
-        one_sample = (None, None) if len(x) == 1 else analyzer.one_sample_relevance(
-            x, neuron_selection)
+        copies = None if len(x) == 1 else analyzer.first_sample_copies(x, neuron_selection)
         result = analyzer.analyze(x, neuron_selection)
         inputs, outputs = analyzer.reversed_tensors, analyzer._reversed_outputs
     finally:
         analyzer.reverse = options
 
-    def summed(relevance: Tensor, path: str, one_sample: dict[str, Tensor] | None) -> Tensor:
-        return per_sample_sum(relevance, sample_index(path, relevance, one_sample))
+    def summed(relevance: Tensor, path: str, side: str) -> Tensor:
+        copied = None if copies is None else getattr(copies, side)
+        return per_sample_sum(relevance, sample_index(
+            path, relevance, copied, 0 if copies is None else copies.count))
 
-    layers = {path: LayerConservation(summed(outputs[path], path, one_sample[1]),
-                                      summed(relevance, path, one_sample[0]))
+    layers = {path: LayerConservation(summed(outputs[path], path, "outputs"),
+                                      summed(relevance, path, "inputs"))
               for path, relevance in inputs.items() if path in outputs}
     return ConservationReport(per_sample_sum(outputs[OUTPUT_KEY]), per_sample_sum(result),
                               layers, result)

@@ -131,64 +131,83 @@ def _along(index: Tensor, axis: int, shape: torch.Size) -> Tensor:
     return index.reshape(view).expand(shape)
 
 
-def sample_index(key: str, tensor: Tensor, one_sample: dict[str, Tensor] | None) -> Tensor:
-    """Which sample each element of layer ``key``'s tensor (for a batch) belongs to, found
-    against the same layer's tensor when the batch's first sample is analysed alone
-    (``one_sample``, by layer key; ``None``: the batch is one sample, all of the tensor is
-    it): an integer tensor of ``tensor``'s shape.
+@dataclass(frozen=True)
+class FirstSampleCopies:
+    """Every layer's input and output relevance (by layer key) when a batch of ``count``
+    copies of the batch's first sample is analysed: against them, the per-sample diagnostics
+    find which sample each element of a layer's tensors belongs to (:func:`sample_index`)."""
 
-    The samples lie along the one axis where the two shapes differ. A sequence-first layer
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
+    count: int
+
+
+def copies_for(batch: int) -> int:
+    """How many copies of the first sample tell a batch of ``batch`` samples' layout: two,
+    or three for a batch of two (whose tensors would have the copies' shapes)."""
+    return 3 if batch == 2 else 2
+
+
+def sample_index(key: str, tensor: Tensor, copies: dict[str, Tensor] | None,
+                 count: int = 0) -> Tensor:
+    """Which sample each element of layer ``key``'s tensor (for a batch) belongs to: an
+    integer tensor of ``tensor``'s shape. ``copies``: the layer's tensors (by key) when
+    ``count`` copies of the batch's first sample are analysed (:class:`FirstSampleCopies`);
+    ``None``: the batch is one sample, all of the tensor is it.
+
+    The samples lie along the one axis where the shapes differ. A sequence-first layer
     (``(L, N, E)``, as inside ``nn.TransformerEncoderLayer(batch_first=False)``) has them on
     its second axis: taking the first for it made per-position sums of "samples" (a crash
     of the conservation report, maps 57 % off under ``reverse_project_bottleneck_layers``).
     A layer fed the samples' rows flattened into one axis (``x.view(-1, d)`` before a
     GPT-2 ``Conv1D``, ``(N·L, d)``) holds them in blocks when the samples were the outer
     axis, interleaved when they were the inner one (a sequence-first ``(L, N, d)``
-    flattened); which one is told by the values: the layout whose first sample's elements
-    are the first sample's own tensor, up to a factor (the projection of the layers above
-    scales each sample's relevance)."""
+    flattened): the copies' tensor repeats in blocks or row by row, whatever the other
+    samples are and whatever rescales them (clipping, the projection of the layers above)."""
     shape = tensor.shape
-    if one_sample is None:
+    if copies is None:
         return torch.zeros(shape, dtype=torch.long, device=tensor.device)
-    if key not in one_sample:
+    if key not in copies:
         raise NotAnalyzableModelError(
-            f"layer {key!r} is not met when the batch's first sample is analysed alone, "
+            f"layer {key!r} is not met when copies of the batch's first sample are analysed, "
             f"against which the per-sample diagnostics (reverse_project_bottleneck_layers, "
             f"conservation_report) find each layer's axis of the samples: the model runs "
-            f"other layers for other batch sizes")
-    one_sample = one_sample[key]
-    differing = [a for a in range(len(shape)) if one_sample.dim() != len(shape)
-                 or shape[a] != one_sample.shape[a]]
+            f"other layers for other batches")
+    copied = copies[key]
+    differing = [a for a in range(len(shape)) if copied.dim() != len(shape)
+                 or shape[a] != copied.shape[a]]
+    why = "the model mixes its samples there"
     if len(differing) == 1:
         axis = differing[0]
-        length, size = one_sample.shape[axis], shape[axis]
-        if size % length == 0:
+        length, size = copied.shape[axis] // count, shape[axis]
+        if length and copied.shape[axis] % count == 0 and size % length == 0:
             samples = torch.arange(size // length, device=tensor.device)
             if length == 1:
                 return _along(samples, axis, shape)
-            layouts = (samples.repeat_interleave(length), samples.repeat(length))
-            fitting = [index for index in (_along(layout, axis, shape) for layout in layouts)
-                       if _proportional(tensor[index == 0], one_sample.reshape(-1))]
-            if len(fitting) == 1:
-                return fitting[0]
+            in_blocks = _repeats(copied, axis, (count, length), axis)
+            row_by_row = _repeats(copied, axis, (length, count), axis + 1)
+            if in_blocks != row_by_row:
+                layout = samples.repeat_interleave(length) if in_blocks else samples.repeat(
+                    length)
+                return _along(layout, axis, shape)
+            if in_blocks:
+                why = (f"the first sample's relevance is the same in each of its {length} "
+                       f"rows, which tells no layout (analyze its samples one at a time, or "
+                       f"put first a sample whose relevance there differs between rows)")
     raise NotAnalyzableModelError(
-        f"layer {key!r}: its tensors (shape {tuple(shape)}; for one sample "
-        f"{tuple(one_sample.shape)}) have no one axis of the samples, in blocks or "
-        f"interleaved, whose first sample's values are the first sample's own, which the "
-        f"per-sample diagnostics (reverse_project_bottleneck_layers, conservation_report) "
-        f"need: the model mixes its samples there, or the first sample's relevance there "
-        f"is zero or matches either layout")
+        f"layer {key!r}: its tensors (shape {tuple(shape)}; for {count} copies of the first "
+        f"sample {tuple(copied.shape)}) hold the samples on no one axis, whole or flattened "
+        f"in blocks or interleaved with other axes, which the per-sample diagnostics "
+        f"(reverse_project_bottleneck_layers, conservation_report) need: {why}")
 
 
-def _proportional(values: Tensor, reference: Tensor) -> bool:
-    """Whether two relevance tensors are equal up to a positive factor (float rounding
-    allowed); never for an all-zero reference, which any layout matches."""
-    peak, reference_peak = values.abs().max(), reference.abs().max()
-    if values.shape != reference.shape or not bool(reference_peak > 0):
-        return False
-    return bool(torch.allclose(values / peak.clamp(min=torch.finfo(values.dtype).tiny),
-                               (reference / reference_peak).to(values.dtype),
-                               rtol=1e-4, atol=1e-5))
+def _repeats(tensor: Tensor, axis: int, split: tuple[int, int], along: int) -> bool:
+    """Whether ``tensor``, its ``axis`` split into ``split``, is the same at every index of
+    the axis ``along`` (float rounding allowed)."""
+    parts = tensor.unflatten(axis, split)
+    first = parts.narrow(along, 0, 1).expand_as(parts)
+    peak = float(tensor.abs().max()) if tensor.numel() else 0.0
+    return bool(torch.allclose(parts, first, rtol=1e-5, atol=1e-7 * peak))
 
 
 class _Observe(torch.autograd.Function):
@@ -223,9 +242,9 @@ class ReverseRecorder:
     inputs: dict[str, Tensor] = field(default_factory=dict)
     outputs: dict[str, Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
-    #: Layer key → its input relevance for the batch's first sample alone (``None``: the
-    #: batch is one sample), where a per-sample option needs the samples' axis.
-    one_sample: dict[str, Tensor] | None = None
+    #: Every layer's relevance for copies of the batch's first sample (``None``: the batch
+    #: is one sample), where a per-sample option needs to know each element's sample.
+    copies: FirstSampleCopies | None = None
     #: Layer keys in the order of the forward pass.
     order: list[str] = field(default_factory=list)
     _calls: dict[str, int] = field(default_factory=dict)
@@ -319,7 +338,10 @@ class ReverseRecorder:
             changed = relevance.clamp(*options.clip_values)
         if options.project_bottleneck_layers:
             changed = relevance if changed is None else changed
-            changed = project(changed, sample_index(key, changed, self.one_sample))
+            copies = self.copies
+            changed = project(changed, sample_index(
+                key, changed, None if copies is None else copies.inputs,
+                0 if copies is None else copies.count))
         final = relevance if changed is None else changed
         if options.keep_tensors:
             self.inputs[key] = final.detach()

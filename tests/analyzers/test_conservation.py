@@ -202,12 +202,16 @@ class _TokenRows(nn.Module):
         return self.head(torch.relu(h).mean(1))
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("rows", ["blocks", "interleaved"])
-def test_layers_fed_the_samples_rows_flattened_are_summed_per_sample(rows):
+def test_layers_fed_the_samples_rows_flattened_are_summed_per_sample(rows, padded):
     """GPT-2's Conv1D flattens the samples' tokens into one axis: the report and the
-    projection find each sample's rows there, in blocks or interleaved, by the first sample's
-    own relevance (they were refused: "the model mixes its samples")."""
-    ids = torch.randint(0, 10, (3, 5))
+    projection find each sample's rows there, in blocks or interleaved, by how copies of the
+    first sample repeat (they were refused: "the model mixes its samples"; then, told by the
+    first sample's relevance in the batch, padded batches, whose padding rows look alike in
+    either layout)."""
+    ids = torch.tensor([[5, 0, 0, 0, 0], [3, 7, 0, 0, 0], [2, 0, 0, 0, 0]]) if padded else \
+        torch.randint(0, 10, (3, 5))
     flattened, plain = _TokenRows(rows).double().eval(), _TokenRows("").double().eval()
     report = lx.conservation_report(lx.create_analyzer("lrp.epsilon", flattened), ids)
     expected = lx.conservation_report(lx.create_analyzer("lrp.epsilon", plain), ids)
@@ -218,3 +222,25 @@ def test_layers_fed_the_samples_rows_flattened_are_summed_per_sample(rows):
     maps = [lx.create_analyzer("lrp.epsilon", model, reverse_project_bottleneck_layers=True)
             .analyze(ids) for model in (flattened, plain)]
     torch.testing.assert_close(maps[0], maps[1])
+
+
+@pytest.mark.parametrize("rows", ["blocks", "interleaved"])
+def test_clipped_and_projected_flattened_layers_give_each_sample_its_own_map(rows):
+    # (clipping after the projection above rescaled the batch's relevance otherwise than the
+    # first sample's alone: refused)
+    ids = torch.randint(0, 10, (3, 5))
+    analyzer = lx.create_analyzer("lrp.epsilon", _TokenRows(rows).double().eval(),
+                                  reverse_project_bottleneck_layers=True,
+                                  reverse_clip_values=(-0.05, 0.05))
+    alone = torch.cat([analyzer.analyze(ids[i:i + 1]) for i in range(len(ids))])
+    torch.testing.assert_close(analyzer.analyze(ids), alone)
+
+
+def test_a_first_sample_whose_rows_look_alike_is_a_clear_error():
+    # (one token repeated, and no position embedding: its rows repeat in either layout)
+    ids = torch.tensor([[4, 4, 4, 4, 4], [3, 7, 1, 0, 0], [2, 0, 0, 0, 0]])
+    analyzer = lx.create_analyzer("lrp.epsilon", _TokenRows("blocks").double().eval())
+    with pytest.raises(lx.NotAnalyzableModelError, match=r"the first sample's relevance is "
+                                                          r"the same in each of its 5 rows"):
+        lx.conservation_report(analyzer, ids)
+    lx.conservation_report(analyzer, ids.flip(0))

@@ -334,7 +334,11 @@ class OperationRules(TorchFunctionMode):
             return self._route(func, args, kwargs, index)
         plan.sources.append(self.flow.sources(args, kwargs))
         output = self._route(func, args, kwargs, index)
-        self.flow.note(index, output)
+        target = None
+        if args and out_of_place(func, args, kwargs) is not None:
+            plan.in_place.add(index)
+            target = args[0]
+        self.flow.note(index, output, target)
         return output
 
     def _route(self, func: Callable, args: tuple, kwargs: dict, index: int | None = None

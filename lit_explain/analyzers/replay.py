@@ -66,6 +66,8 @@ class Plan:
         #: Where each call's tensors came from (see :class:`DataFlow`), by call index
         #: (``None`` for a query of a tensor's metadata, which makes none).
         self.sources: list[list | None] = []
+        #: The calls in place: their target, as the model holds it, is theirs too.
+        self.in_place: set[int] = set()
         self.steps: dict[int, Step] = {}
         #: Fused calls run through their parts (attention), whose calls the plan holds next:
         #: call index → the function that makes the parts.
@@ -152,14 +154,17 @@ class DataFlow:
         return [entry[1] if (entry := made.get(id(t))) is not None and entry[0]() is t
                 else None for t in tensors_in(args, kwargs)]
 
-    def note(self, index: int, output: object) -> None:
-        """Call ``index`` made the tensors of ``output``."""
+    def note(self, index: int, output: object, target: object = None) -> None:
+        """Call ``index`` made the tensors of ``output``, and, in place, its ``target`` as
+        the model holds it (whatever tensor the call returned: none for ``t[i] = v``)."""
         made = self.made
         if isinstance(output, Tensor):
             made[id(output)] = (weakref.ref(output), (index, 0))
         else:
             for k, t in enumerate(tensors_in(output)):
                 made[id(t)] = (weakref.ref(t), (index, k))
+        if isinstance(target, Tensor):
+            made[id(target)] = (weakref.ref(target), (index, 0))
 
 
 class Diverged(Exception):
@@ -193,6 +198,7 @@ class Replayed(TorchFunctionMode):
         if self.flow.sources(args, kwargs) != plan.sources[index]:
             raise Diverged(f"call {index} ({getattr(func, '__name__', func)}) gets tensors "
                            f"made elsewhere than recorded")
+        given = args
         crossing = plan.crossings.get(index)
         if crossing is not None:  # where the recorded analysis crossed it, as it did
             args, kwargs = crossed(args, kwargs, crossing, plan.boundary)
@@ -204,7 +210,7 @@ class Replayed(TorchFunctionMode):
                 output = plan.parts[index](*args, **kwargs)
         else:
             output = func(*args, **kwargs)
-        self.flow.note(index, output)
+        self.flow.note(index, output, given[0] if index in plan.in_place else None)
         return output
 
     def finish(self) -> None:

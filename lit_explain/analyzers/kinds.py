@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .attention import DECOMPOSITIONS
 
@@ -329,12 +329,6 @@ def _clamps_at_zero(func: Callable, args: tuple, kwargs: dict) -> bool:
 def classify(func: Callable, args: tuple, kwargs: dict) -> str:
     """The kind of a torch call: which rule family it belongs to."""
     kind = _KINDS.get(func)
-    if kind == KERNEL and _computed(args[1] if len(args) > 1 else kwargs.get("weight")):
-        # a layer whose weight the forward computes (a hypernetwork, a dynamic convolution):
-        # bilinear in its input and weight, a product of two activations; linear in the
-        # weight alone where the input is a constant
-        data = args[0] if args else kwargs.get("input")
-        return PRODUCT if differentiable(data) else LINEAR
     if kind == ACTIVATION and (func in _CLAMPS or func in _CLAMPS_MIN):
         return RELU if _clamps_at_zero(func, args, kwargs) else kind
     if kind is not None:
@@ -350,14 +344,6 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
             return LINEAR
         return UNKNOWN if func in _QUOTIENTS else PRODUCT
     return UNKNOWN
-
-
-def _computed(weight: object) -> bool:
-    """Whether a kernel call's ``weight`` is computed in the forward pass with a gradient: a
-    differentiable tensor that is no parameter (nor a view of one: a parameter of a module
-    held unregistered, which the analysis did not freeze, is a weight all the same)."""
-    return differentiable(weight) and not isinstance(
-        weight if weight._base is None else weight._base, nn.Parameter)
 
 
 def weight_operand(func: Callable, args: tuple, kwargs: dict,

@@ -234,6 +234,8 @@ _ELEMENTWISE_KINDS = frozenset({ACTIVATION, RELU, INPUT_PREPROCESSING})
 class _ForwardState:
     module_stack: list[tuple[str, nn.Module]] = field(default_factory=list)
     input_derived: dict[int, Tensor] = field(default_factory=dict)
+    #: The model input's node in the autograd graph (``None``: it requires no grad).
+    input_node: object = None
     kernel_calls: int = 0
     buffers: frozenset[int] | None = None  # ids of the model's buffers
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
@@ -317,6 +319,8 @@ class OperationRules(TorchFunctionMode):
         # elementwise roots: for the handler of products (x * g(x) is elementwise in x)
         self.tracks_roots = PRODUCT in handlers
         self.state = _ForwardState(input_derived={id(model_input): model_input})
+        if model_input.requires_grad:  # (what a weight computed from the input reaches)
+            self.state.input_node = torch.autograd.graph.get_gradient_edge(model_input).node
         #: Whether the forward pass read a tensor value into Python or a shape
         #: (:func:`~.kinds.reads_values`).
         self.reads_values = False
@@ -403,6 +407,8 @@ class OperationRules(TorchFunctionMode):
                 args, kwargs = self.prepare(kind, args, kwargs, tensors)
                 if root is not None:
                     root = self.prepare(kind, (root,), {}, [root])[0][0]
+                if plan is not None:  # (a replay's steps hand on what prepare resolves)
+                    self.flow.alias(tensors, tensors_in(args, kwargs))
             if args is not given[0] or kwargs is not given[1]:  # the engine's own tensors
                 self.state.provenance.add_made(tensors_in(args, kwargs))
         # Calls that run as written (most of them) need no OperationCall: it is made for a
@@ -478,6 +484,13 @@ class OperationRules(TorchFunctionMode):
 
     def _kind(self, func, args: tuple, kwargs: dict, tensors: list[Tensor]) -> str:
         kind = classify(func, args, kwargs)
+        if kind == KERNEL and self._from_input(args[1] if len(args) > 1 else kwargs.get(
+                "weight")):
+            # a layer whose weight the forward computes from the input (a hypernetwork, a
+            # dynamic convolution): bilinear in its input and weight, a product of two
+            # activations; linear in the weight alone where the input is a constant
+            data = args[0] if args else kwargs.get("input")
+            return PRODUCT if differentiable(data) else LINEAR
         if kind == LINEAR and func in MATRIX_PRODUCTS and weight_operand(
                 func, args, kwargs, self._is_weight) is not None:
             return WEIGHT_PRODUCT
@@ -491,6 +504,24 @@ class OperationRules(TorchFunctionMode):
                     self.state.provenance.is_held(t) for t in tensors):
                 return INPUT_PREPROCESSING
         return kind
+
+    def _from_input(self, t: object) -> bool:
+        """Whether ``t`` is computed from the model input with a gradient: autograd reaches
+        the input from it (not a weight that merely requires grad: a tensor the model holds
+        with ``requires_grad=True``, fast weights computed before the forward pass, a module
+        held unregistered)."""
+        if not differentiable(t) or self.state.input_node is None:
+            return False
+        seen, pending = set(), [t.grad_fn]
+        while pending:
+            node = pending.pop()
+            if node is None or node in seen:
+                continue
+            if node is self.state.input_node:
+                return True
+            seen.add(node)
+            pending.extend(next_node for next_node, _ in node.next_functions)
+        return False
 
     def _buffers(self) -> frozenset[int]:
         """The ids of the model's buffers (made at first use)."""

@@ -167,6 +167,17 @@ class DataFlow:
             made[id(target)] = (weakref.ref(target), (index, 0))
 
 
+    def alias(self, tensors: list[Tensor], replacements: list[Tensor]) -> None:
+        """Each of ``replacements`` stands for the tensor at its position in ``tensors``
+        (where the analysis swapped them: a kernel layer's output resolved for its use, which
+        a replay's step gives at once)."""
+        made = self.made
+        for t, new in zip(tensors, replacements, strict=True):
+            entry = made.get(id(t))
+            if new is not t and entry is not None and entry[0]() is t:
+                made[id(new)] = (weakref.ref(new), entry[1])
+
+
 class Diverged(Exception):
     """The forward pass made another call than the plan recorded."""
 

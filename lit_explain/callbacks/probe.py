@@ -73,8 +73,9 @@ def check_batch(batch: Any, input_key: int | str, target_key: int | str | None
 def class_ids(targets: Tensor | None) -> Tensor | None:
     """One class per sample: the labels themselves (N,) or as a column (N, 1) (a binary
     classifier's 0/1 targets, as BCE takes them), or the arg-max of one-hot or probability
-    rows (N, C > 1) that sum to 1; ``None`` for anything else (multi-hot labels, soft or
-    regression targets)."""
+    rows (N, C > 1) that sum to 1; ``None`` for anything else (multi-hot labels, soft
+    targets, regression targets that are not whole numbers: whole ones, counts or ratings,
+    read as class ids, in either shape)."""
     if targets is None:
         return None
     if targets.dim() == 2 and targets.shape[1] == 1:  # (a row [1.0] sums to 1: no one-hot)

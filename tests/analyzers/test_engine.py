@@ -9,6 +9,7 @@ import weakref
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lit_explain as lx
@@ -369,27 +370,44 @@ def test_input_and_selection_errors_name_the_argument():
 
 
 class _HoldsALayerInAList(nn.Module):
-    """A layer the model holds in a plain list: not registered, so not frozen by the analysis
-    (its parameters still require grad)."""
+    """A first layer whose weight requires grad where the analysis cannot freeze it, as
+    ``how`` says: a layer held in a plain list (not registered), its weight scaled in the
+    forward, a tensor attribute, fast weights (MAML) through ``torch.func.functional_call``;
+    ``"registered"``: the same layer registered."""
 
-    def __init__(self, registered: bool) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.how = how
         first = nn.Linear(6, 6)
-        self.held = nn.ModuleList([first]) if registered else [first]
+        self.held = nn.ModuleList([first]) if how == "registered" else [first]
+        self.weight = first.weight.detach().clone().requires_grad_(True)
+        self.fast = {name: p.detach().clone().requires_grad_(True)
+                     for name, p in first.named_parameters()}
         self.out = nn.Linear(6, 3)
 
     def forward(self, x):
-        return self.out(torch.relu(self.held[0](x)))
+        first = self.held[0]
+        if self.how == "scaled":
+            h = F.linear(x, first.weight * 1.0, first.bias)
+        elif self.how == "attribute":
+            h = F.linear(x, self.weight, first.bias)
+        elif self.how == "fast_weights":
+            h = torch.func.functional_call(first, self.fast, (x,))
+        else:
+            h = first(x)
+        return self.out(torch.relu(h))
 
 
 @pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
                                   "lrp.alpha_1_beta_0", "lrp.z_plus", "lrp.w_square",
                                   "lrp.flat", "lrp.sequential_preset_a", "deep_taylor"])
-def test_a_layer_held_unregistered_is_analysed_as_a_registered_one(name):
-    # (αβ's out= division into a denominator that required grad through it raised)
-    held, registered = _HoldsALayerInAList(False), _HoldsALayerInAList(True)
+@pytest.mark.parametrize("how", ["held", "scaled", "attribute", "fast_weights"])
+def test_a_weight_the_analysis_cannot_freeze_is_a_weight_all_the_same(name, how):
+    # (αβ's out= division into a denominator that required grad through it raised; a weight
+    # that requires grad but is no function of the input is no product of activations)
+    model, registered = _HoldsALayerInAList(how), _HoldsALayerInAList("registered")
     x = torch.randn(3, 6)
-    torch.testing.assert_close(lx.create_analyzer(name, held).analyze(x),
+    torch.testing.assert_close(lx.create_analyzer(name, model).analyze(x),
                                lx.create_analyzer(name, registered).analyze(x))
-    assert held.held[0].weight.grad is None
+    assert model.held[0].weight.grad is None and model.weight.grad is None

@@ -208,3 +208,42 @@ def test_an_analyzer_pickles_after_an_analysis():
     expected = analyzer.analyze(x)
     copy = pickle.loads(pickle.dumps(analyzer))  # (its replay plan holds local functions)
     torch.testing.assert_close(copy.analyze(x), expected)
+
+
+class _ProjectedAttention(nn.Module):
+    """A linear embedding feeding attention directly: sequence-first ``nn.MultiheadAttention``
+    (``"mha"``) or ``F.scaled_dot_product_attention`` on Q, K, V straight from linear
+    layers (``"sdpa"``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.embed = nn.Linear(2, 8)
+        self.attention = nn.MultiheadAttention(8, 2)
+        self.q, self.k, self.v = (nn.Linear(8, 8) for _ in range(3))
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "mha":  # (sequence first: the embedding's output goes in as it is)
+            h = self.embed(x.view(len(x), 4, 2).transpose(0, 1))
+            a = self.attention(h, h, h, need_weights=False)[0]
+            return self.out((a + h).mean(0))
+        h = self.embed(x.view(len(x), 4, 2))
+        a = F.scaled_dot_product_attention(self.q(h), self.k(h), self.v(h))
+        return self.out((a + h).mean(1))
+
+
+@pytest.mark.parametrize("how", ["mha", "sdpa"])
+@pytest.mark.parametrize(("name", "kwargs"), [("lrp.epsilon", {}), (
+    "lrp.epsilon", {"attention_rule": "cp"}), ("lrp.alpha_2_beta_1", {}), ("lrp.z_plus", {})])
+def test_attention_fed_by_kernel_outputs_is_replayed(how, name, kwargs):
+    """Attention's parts get the kernel outputs the analysis resolved for them, which a
+    replay's steps give at once: the same sources (the replay stopped at every call)."""
+    model, x = _ProjectedAttention(how).double().eval(), torch.randn(3, 8, dtype=torch.double)
+    analyzer = lx.create_analyzer(name, model, **kwargs)
+    analyzer.analyze(x)
+    replayed = analyzer.analyze(x * 0.5)
+    assert analyzer.replayed
+    torch.testing.assert_close(replayed, lx.create_analyzer(name, model, **kwargs).analyze(
+        x * 0.5))

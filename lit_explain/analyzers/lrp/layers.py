@@ -202,10 +202,11 @@ def _argument(call: OperationCall, index: int, name: str) -> object:
 
 
 def _frozen(value: object) -> object:
-    """A layer's weight or bias, detached where it is a leaf tensor: a parameter the
-    analysis did not freeze, of a module the model holds unregistered (in a list), which
-    still requires grad (an out= operation of a rule refused it)."""
-    return value.detach() if isinstance(value, Tensor) and value.is_leaf else value
+    """A layer's weight or bias, detached: a constant of the input (one computed from the
+    input makes the call a product of activations, see :mod:`~..kinds`), which may still
+    require grad, as a parameter of a module the model holds unregistered (in a list) does
+    (an out= operation of a rule refused it)."""
+    return value.detach() if isinstance(value, Tensor) else value
 
 
 class KernelLayer(AffineLayer):

@@ -330,6 +330,15 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             self.analyze(x[:1].repeat(count, *[1] * (x.dim() - 1)), selection)
             return FirstSampleCopies(dict(self.reversed_tensors),
                                      dict(self._reversed_outputs), count)
+        except NotAnalyzableModelError:
+            raise
+        except (RuntimeError, ValueError, TypeError) as error:  # (the model's own)
+            raise NotAnalyzableModelError(
+                f"the per-sample diagnostics (reverse_project_bottleneck_layers, "
+                f"conservation_report) analyse a batch of {count} copies of the first sample "
+                f"to find which sample each element of a layer's tensors belongs to, and the "
+                f"model fails on it (does it hold a tensor sized for one batch size, a mask "
+                f"of {len(x)}?): {type(error).__name__}: {error}") from error
         finally:
             self.reverse = options
 

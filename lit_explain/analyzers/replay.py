@@ -166,7 +166,6 @@ class DataFlow:
         if isinstance(target, Tensor):
             made[id(target)] = (weakref.ref(target), (index, 0))
 
-
     def alias(self, tensors: list[Tensor], replacements: list[Tensor]) -> None:
         """Each of ``replacements`` stands for the tensor at its position in ``tensors``
         (where the analysis swapped them: a kernel layer's output resolved for its use, which

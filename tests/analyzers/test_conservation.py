@@ -244,3 +244,20 @@ def test_a_first_sample_whose_rows_look_alike_is_a_clear_error():
                                                           r"the same in each of its 5 rows"):
         lx.conservation_report(analyzer, ids)
     lx.conservation_report(analyzer, ids.flip(0))
+
+
+def test_a_model_sized_for_one_batch_says_why_the_diagnostics_fail():
+    # (torch's shape error out of the analysis of copies of the first sample, unexplained)
+    class SizedMask(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.register_buffer("keep", torch.tensor([[1.0], [0.0], [1.0]]))
+
+        def forward(self, x):
+            return self.fc(x) * self.keep
+
+    analyzer = lx.create_analyzer("lrp.z", SizedMask())
+    with pytest.raises(lx.NotAnalyzableModelError, match=r"copies of the first sample.*"
+                                                          r"tensor sized for one batch size"):
+        lx.conservation_report(analyzer, torch.randn(3, 4))

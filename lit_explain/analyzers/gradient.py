@@ -109,6 +109,13 @@ CHUNK_VALUES = 2**18
 AUTO_CHUNK_INPUTS = 64
 
 
+def accumulation_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the path methods sum their points' gradients and place their points in: at
+    least float32 (a bfloat16 sum of 2048 SmoothGrad gradients kept 14 % of them; bfloat16
+    step numbers above 256 repeat, 300, 300, 302, ...), the input's where it is finer."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def chunk_sizes(total: int, per_chunk: int) -> list[int]:
     """Split ``total`` items into chunks of at most ``per_chunk``."""
     return [min(per_chunk, total - start) for start in range(0, total, per_chunk)]
@@ -210,16 +217,17 @@ class _BatchedPathAnalyzer(Analyzer):
         return max(1, batch_size // len(x))
 
     def _mean_gradient(self, x: Tensor, points: int, make_points, neuron_selection) -> Tensor:
-        """Mean over ``points`` of map(point); ``make_points(start, count)`` returns a
-        (count·N, ...) batch and its per-point map is given by ``self._point_map``."""
+        """Mean over ``points`` of map(point), in :func:`accumulation_dtype`;
+        ``make_points(start, count)`` returns a (count·N, ...) batch and its per-point map is
+        given by ``self._point_map``."""
         per_chunk = self.points_per_chunk(x)
         selector_for = path_selector(self, x, neuron_selection)
-        total = torch.zeros_like(x)
+        total = torch.zeros(x.shape, dtype=accumulation_dtype(x), device=x.device)
         start = 0
         for count in chunk_sizes(points, per_chunk):
             batch = make_points(start, count)
             maps = self._point_map(self._backward(batch, selector_for(count)))
-            total += maps.reshape(count, *x.shape).sum(dim=0)
+            total += maps.reshape(count, *x.shape).sum(dim=0, dtype=total.dtype)
             start += count
         return total / points
 
@@ -324,9 +332,13 @@ class IntegratedGradients(_BatchedPathAnalyzer):
         reference = reference_like(self.reference_inputs, x)
         difference = x - reference
 
-        def path(start: int, count: int) -> Tensor:
-            alphas = torch.arange(start, start + count, dtype=x.dtype, device=x.device)
-            alphas = (alphas / self.steps).reshape(count, *([1] * x.dim()))
-            return (reference + alphas * difference).reshape(count * len(x), *x.shape[1:])
+        precise = accumulation_dtype(x)
 
-        return difference * self._mean_gradient(x, self.steps, path, neuron_selection)
+        def path(start: int, count: int) -> Tensor:
+            alphas = torch.arange(start, start + count, dtype=precise, device=x.device)
+            alphas = (alphas / self.steps).reshape(count, *([1] * x.dim()))
+            points = reference.to(precise) + alphas * difference.to(precise)
+            return points.to(x.dtype).reshape(count * len(x), *x.shape[1:])
+
+        return difference.to(precise) * self._mean_gradient(x, self.steps, path,
+                                                            neuron_selection)

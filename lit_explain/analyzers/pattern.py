@@ -205,6 +205,8 @@ class _PatternBased(Analyzer):
         self.signal_scales: dict[str, float] = {}
         self._non_finite: str | None = None
         self._patterns: dict[str, Tensor] | None = None
+        self._weights_set: dict[str, tuple[int, int] | None] = {}
+        self._stale_warned = False
         if patterns is not None:
             self.patterns = patterns
 
@@ -218,7 +220,7 @@ class _PatternBased(Analyzer):
         if not isinstance(patterns, Mapping):
             raise TypeError(f"patterns must be a dict of module path -> tensor (what "
                             f"PatternComputer.compute() returns), got {type(patterns).__name__}")
-        from ..patterns.layers import current_weight
+        from ..patterns.layers import current_weight, normalised_for, weight_state
 
         modules = dict(self.model.named_modules())
         for path, pattern in patterns.items():
@@ -237,6 +239,11 @@ class _PatternBased(Analyzer):
             self._patterns = {  # trainer.validate(), cannot be saved for the backward pass)
                 path: pattern.clone() if pattern.is_inference() else pattern.detach()
                 for path, pattern in patterns.items()}
+        # the weights the patterns were computed for (where the computer noted them), else
+        # those they are set for: an optimizer step or load_state_dict changes their version
+        self._weights_set = {path: normalised_for(pattern) or weight_state(modules[path])
+                             for path, pattern in patterns.items()}
+        self._stale_warned = False
 
     def fit(self, data: Tensor | Iterable[Any] | None = None, batch_size: int = 32,
             max_batches: int | None = None, progress: bool = True,
@@ -322,6 +329,7 @@ class _PatternBased(Analyzer):
         pattern = self._patterns.get(call.module_path)
         if pattern is None:
             raise self._missing_pattern(call)
+        self._warn_if_stale(call)
         replacement = self.backward_weight(pattern.to(weight.device, weight.dtype), weight)
         source = kernel_arguments(call)["input"]
         forward = _kernel_map(call, weight)
@@ -335,6 +343,25 @@ class _PatternBased(Analyzer):
 
         # a copy, not with_gradient's view: the model may add into it in place (out += x)
         return with_gradient(source, call.run(), backward).clone()
+
+    def _warn_if_stale(self, call: OperationCall) -> None:
+        """Warn (once) where the layer's weight changed since its pattern was computed (or,
+        for patterns from elsewhere, set): a pattern is normalised with the weights it was
+        computed for, and PatternAttribution scales with any change (weights × 3: maps ×
+        3)."""
+        from ..patterns.layers import weight_state
+
+        set_for = self._weights_set.get(call.module_path)
+        if self._stale_warned or set_for is None or set_for == weight_state(call.module):
+            return
+        self._stale_warned = True
+        warnings.warn(
+            f"{self.name}: the weight of '{call.module_path}' changed since its pattern was "
+            f"computed (an optimizer step, load_state_dict): the patterns belong to the old "
+            f"weights, "
+            f"and the map is not the method's for the model as it is. Fit them again "
+            f"(analyzer.fit(data), or set analyzer.patterns from a PatternComputer fit now)",
+            UserWarning, stacklevel=2)
 
     def _missing_pattern(self, call: OperationCall) -> NotAnalyzableModelError:
         from ..patterns import KERNEL_LAYERS

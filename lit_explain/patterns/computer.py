@@ -36,6 +36,7 @@ from .layers import (
     current_weight,
     is_batch_norm,
     kernel_layers,
+    note_normalised_for,
     out_features,
     pre_activation,
     row_size,
@@ -337,8 +338,10 @@ class PatternComputer:
                     f"may call its kernel with another weight than module.weight, and this "
                     f"computer has not seen it run (its statistics were loaded or merged): "
                     f"collect one batch (update(x)) before computing the patterns")
-            patterns[path] = rows_to_weight(module, statistics[path].pattern(
+            pattern = rows_to_weight(module, statistics[path].pattern(
                 weight_rows(module, current_weight(module) if weight is None else weight)))
+            note_normalised_for(pattern, module)  # (a pattern analyzer checks it still is)
+            patterns[path] = pattern
         return patterns
 
     def synced_statistics(self) -> dict[str, LayerStatistics]:

@@ -20,6 +20,8 @@ for the weight gradient, no explicit patches in memory.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +30,36 @@ from torch.nn.utils import parametrize
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_CONVOLUTIONS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 KERNEL_LAYERS = (nn.Linear, *CONVOLUTIONS, *TRANSPOSED_CONVOLUTIONS)
+
+
+def weight_state(module: nn.Module | None) -> tuple[int, int] | None:
+    """A module weight's storage and version, which an optimizer step or ``load_state_dict``
+    changes (``None`` for a parametrized weight, made anew at every read, or none)."""
+    if module is None or parametrize.is_parametrized(module, "weight"):
+        return None
+    weight = getattr(module, "weight", None)
+    return None if not isinstance(weight, Tensor) or weight.is_inference() else (
+        weight.data_ptr(), weight._version)
+
+
+#: Pattern → the state of the weight it was normalised for (see :func:`note_normalised_for`),
+#: by id, with a weak reference that drops the entry with the pattern. (Not an attribute of
+#: the tensor: ``torch.save`` keeps those, and a pattern loaded with another copy of the
+#: model would name weights it never had.)
+_NORMALISED_FOR: dict[int, tuple[weakref.ref, tuple[int, int] | None]] = {}
+
+
+def note_normalised_for(pattern: Tensor, module: nn.Module) -> None:
+    """Note that ``pattern`` was normalised with ``module``'s weight as it is now."""
+    key = id(pattern)
+    _NORMALISED_FOR[key] = (weakref.ref(pattern, lambda _: _NORMALISED_FOR.pop(key, None)),
+                            weight_state(module))
+
+
+def normalised_for(pattern: Tensor) -> tuple[int, int] | None:
+    """The :func:`weight_state` ``pattern`` was normalised for, where a computer noted it."""
+    entry = _NORMALISED_FOR.get(id(pattern))
+    return entry[1] if entry is not None and entry[0]() is pattern else None
 
 
 def current_weight(module: nn.Module) -> Tensor | None:

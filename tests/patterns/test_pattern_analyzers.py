@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from pattern_helpers import linear_toy
@@ -183,3 +185,29 @@ def test_patternnet_does_not_depend_on_a_patterns_scale_in_float32():
                                 scale_check="off").analyze(x)
     assert float(expected.abs().max()) > 0
     torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("when", ["before_the_analyzer", "after_an_analysis"])
+def test_weights_changed_since_the_patterns_were_computed_are_a_warning(when):
+    # (patterns are normalised with the weights they were computed for: w ⊙ a summed to 3
+    # for every neuron, not 1, and the map changed without a word)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    data = torch.randn(64, 5)
+    patterns = PatternComputer(model).fit([data], progress=False)
+    analyzer = None
+    if when == "after_an_analysis":
+        analyzer = lx.create_analyzer("pattern.attribution", model, patterns=patterns)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (unchanged weights: no warning)
+            analyzer.analyze(data[:4])
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+    analyzer = analyzer or lx.create_analyzer("pattern.attribution", model, patterns=patterns)
+    with pytest.warns(UserWarning, match=r"the weight of '0' changed since its pattern was "
+                                         r"computed"):
+        analyzer.analyze(data[:4])
+    refitted = lx.create_analyzer("pattern.attribution", model).fit(data, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refitted.analyze(data[:4])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -333,6 +335,27 @@ class RegionCurveMetric(Metric):
             state = getattr(self, name)
             state[:points] += total.to(state)
         self.count += n
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """torchmetrics' merge, also of a metric whose curve states have another size
+        (``steps=10`` keeps 11 points, ``steps=None`` 101) where the curves have one length
+        (they raised torch's bare size error); curves of other lengths are refused."""
+        if self._STATES and (type(incoming_state) is type(self) or isinstance(
+                incoming_state, dict)):
+            state = dict(incoming_state.metric_state if isinstance(incoming_state, Metric)
+                         else incoming_state)
+            points = int(state.get("points", 0))
+            _same_points(torch.tensor([points, int(self.points)]))
+            for name in self._STATES:
+                theirs, size = state[name], getattr(self, name).numel()
+                if theirs.numel() != size:
+                    if points > size:
+                        raise ValueError(
+                            f"cannot merge curves of {points - 1} steps into a metric whose "
+                            f"curves hold at most {size - 1}; give both the same steps=")
+                    state[name] = F.pad(theirs[:size], (0, max(0, size - theirs.numel())))
+            incoming_state = state
+        super().merge_state(incoming_state)
 
     def _mean_curve(self, name: str) -> Tensor:
         """A curve state divided by the count; empty before any update."""

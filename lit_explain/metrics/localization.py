@@ -300,18 +300,16 @@ class TopKIntersection(_Localization):
 
 
 def _dilate(m: Tensor, tolerance: float) -> Tensor:
-    """Grow a boolean ``(N, C, *S)`` mask by every position within Euclidean ``tolerance``."""
+    """Grow a boolean ``(N, C, *S)`` mask (1 to 3 spatial axes) by every position within
+    Euclidean ``tolerance``."""
     # no two positions are further apart than the largest side along any axis
     radius = min(int(math.floor(tolerance)), max(m.shape[2:], default=0))
-    if radius < 1 or m.dim() not in (3, 4):
+    if radius < 1:
         return m
     t = torch.arange(-radius, radius + 1, device=m.device, dtype=torch.float32)
-    if m.dim() == 3:
-        kernel = (t.abs() <= tolerance).float().reshape(1, 1, -1)
-        conv = F.conv1d
-    else:
-        kernel = ((t[:, None] ** 2 + t[None, :] ** 2) <= tolerance**2).float()[None, None]
-        conv = F.conv2d
+    offsets = torch.meshgrid(*[t] * (m.dim() - 2), indexing="ij")
+    kernel = (sum(o**2 for o in offsets) <= tolerance**2).float()[None, None]
+    conv = (F.conv1d, F.conv2d, F.conv3d)[m.dim() - 3]
     n, c = m.shape[:2]
     flat = m.reshape(n * c, 1, *m.shape[2:]).float()
     grown = conv(flat, kernel, padding=radius) > 0
@@ -354,8 +352,13 @@ class PointingGame(_Localization):
         ``(N, L)`` or ``(N, 1, L)``).
         """
         a, m = super()._align(attributions, masks)
-        if a.dim() == 2 or (a.dim() == 3 and tuple(masks.shape) == tuple(attributions.shape)):
+        shape, given = tuple(attributions.shape), tuple(masks.shape)
+        image = a.dim() == 3 and (given == shape or given == (shape[0], 1, *shape[1:]))
+        if a.dim() == 2 or image:
             a, m = a.unsqueeze(1), m.unsqueeze(1)
+        if self.tolerance >= 1 and a.dim() > 5:
+            raise ValueError(f"PointingGame(tolerance={self.tolerance}) grows masks along up to "
+                             f"3 spatial axes; maps of shape {shape} have {a.dim() - 2}")
         return a, m
 
     def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:

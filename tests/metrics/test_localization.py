@@ -64,6 +64,28 @@ def test_pointing_game_tolerance_is_a_euclidean_radius():
     assert one(lm.PointingGame(tolerance=2), a, m) == 1.0
 
 
+@pytest.mark.parametrize("mask_shape", ["(N, H, W)", "(N, 1, H, W)"])
+def test_pointing_game_tolerance_on_a_map_without_channels(mask_shape):
+    # (with a one-channel mask the map was taken for a sequence of H channels: the mask grew
+    # along W only, a miss)
+    a, m = torch.zeros(1, 5, 5), torch.zeros(1, 5, 5, dtype=torch.bool)
+    a[0, 1, 2], m[0, 2, 2] = 1.0, True  # the maximum one pixel above the mask
+    masks = m if mask_shape == "(N, H, W)" else m[:, None]
+    metric = lm.PointingGame(tolerance=1)
+    metric.update(a, masks)
+    assert float(metric.compute()) == 1.0
+
+
+def test_pointing_game_tolerance_on_volumes():
+    # (masks of volumes were not grown: a miss at any tolerance)
+    a, m = torch.zeros(1, 1, 4, 5, 5), torch.zeros(1, 1, 4, 5, 5, dtype=torch.bool)
+    a[0, 0, 1, 2, 2], m[0, 0, 2, 3, 2] = 1.0, True  # distance √2
+    for tolerance, hit in ((1, 0.0), (1.5, 1.0)):
+        metric = lm.PointingGame(tolerance=tolerance)
+        metric.update(a, m)
+        assert float(metric.compute()) == hit
+
+
 def test_pointing_game_counts_any_of_tied_maxima():
     a = torch.zeros(3, 3)
     a[0, 0] = a[2, 2] = 1.0

@@ -89,6 +89,22 @@ def test_curves_of_different_lengths_refuse_to_merge():
         four.merge_state(three)
 
 
+def test_curves_of_one_length_merge_whatever_steps_made_them():
+    # (steps=10 keeps 11 points, steps=None 101: torch's bare size error)
+    model = lambda z: z.sum(1, keepdim=True)  # noqa: E731
+    x, a = torch.rand(3, 10), torch.rand(3, 10)
+    explicit, derived, twice = (lm.PixelFlipping(model, steps=10), lm.PixelFlipping(model),
+                                lm.PixelFlipping(model, steps=10))
+    explicit.update(x, a)
+    derived.update(x, a)
+    twice.update(x, a)
+    twice.update(x, a)
+    explicit.merge_state(derived)
+    torch.testing.assert_close(explicit.compute(), twice.compute())
+    derived.merge_state(lm.PixelFlipping(model, steps=10))  # (one that saw nothing)
+    torch.testing.assert_close(derived.compute(), twice.compute())
+
+
 def model_free(name):
     return name not in CURVE_METRICS
 

@@ -206,7 +206,7 @@ def _frozen(value: object) -> object:
     input makes the call a product of activations, see :mod:`~..kinds`), which may still
     require grad, as a parameter of a module the model holds unregistered (in a list) does
     (an out= operation of a rule refused it)."""
-    return value.detach() if isinstance(value, Tensor) else value
+    return value.detach() if isinstance(value, Tensor) and value.requires_grad else value
 
 
 class KernelLayer(AffineLayer):

@@ -22,13 +22,16 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import IO, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .base import Analyzer
+from .forward import uncompiled
 from .lrp import presets, rules
 from .registry import analyzers, create_analyzer
 
@@ -49,8 +52,10 @@ def encode(value: Any, where: str) -> Any:
     rule_classes, conditions = _rule_types()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
+    if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float)):
+        return value.item()  # (np.float32(0.5), which create_analyzer takes as a number)
+    if isinstance(value, Tensor):  # (a copy: the state must not change with the analyzer)
+        return value.detach().to("cpu", copy=True)
     if isinstance(value, (tuple, list)):
         items = [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
@@ -82,11 +87,11 @@ def decode(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     if "__rule__" in value:
-        return rule_classes[value["__rule__"]](**decode(value["fields"]))
+        return _named(rule_classes, value["__rule__"], "LRP rule")(**decode(value["fields"]))
     if "__rule_class__" in value:
-        return rule_classes[value["__rule_class__"]]
+        return _named(rule_classes, value["__rule_class__"], "LRP rule")
     if "__condition__" in value:
-        return conditions[value["__condition__"]]
+        return _named(conditions, value["__condition__"], "layer condition")
     if "__module_class__" in value:
         module, _, name = value["__module_class__"].rpartition(".")
         if not module.startswith("torch.nn"):
@@ -96,6 +101,13 @@ def decode(value: Any) -> Any:
             raise ValueError(f"{value['__module_class__']!r} is not a torch.nn module class")
         return cls
     return {k: decode(v) for k, v in value.items()}
+
+
+def _named(known: Mapping[str, Any], name: object, what: str) -> Any:
+    if name not in known:
+        raise ValueError(f"the saved analyzer names the {what} {name!r}, which this "
+                         f"lit_explain does not have; known: {sorted(known)}")
+    return known[name]
 
 
 def layer_signature(model: nn.Module) -> list[tuple[str, str, tuple[tuple[str, tuple], ...]]]:
@@ -114,8 +126,9 @@ def _describe(layer: tuple) -> str:
 
 
 def check_layers(saved: list, model: nn.Module) -> None:
-    """Raise ``ValueError`` naming the first layer where ``model`` differs from ``saved``."""
-    current = layer_signature(model)
+    """Raise ``ValueError`` naming the first layer where ``model`` differs from ``saved``
+    (a compiled model: the module it compiled, which its analyzers explain)."""
+    current = layer_signature(uncompiled(model))
     for index, (old, new) in enumerate(zip(saved, current, strict=False)):
         old = (old[0], old[1], tuple((n, tuple(s)) for n, s in old[2]))
         if old != new:
@@ -141,7 +154,7 @@ def analyzer_state(analyzer: Analyzer) -> dict[str, Any]:
     state = {name: encode(value, name) for name, value in analyzer.fitted_state().items()}
     return {"format": FORMAT, "version": VERSION, "name": analyzer.name,
             "parameters": parameters, "state": state,
-            "layers": [list(layer) for layer in layer_signature(analyzer.model)]}
+            "layers": [list(layer) for layer in layer_signature(uncompiled(analyzer.model))]}
 
 
 def save_analyzer(analyzer: Analyzer, path: str | os.PathLike | IO[bytes]) -> None:
@@ -172,18 +185,24 @@ def load_analyzer(source: str | os.PathLike | IO[bytes] | Mapping[str, Any],
         For a file that is not a saved analyzer, or a model whose layers differ (the message
         names the first difference).
     """
+    where = "the state given" if isinstance(source, Mapping) else repr(source)
     if isinstance(source, Mapping):
         state = source
     else:
+        _check_checksums(source)
         try:
             state = torch.load(source, map_location="cpu", weights_only=True)
-        except OSError:
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
             raise  # a missing or unreadable file: its error names the path
-        except Exception as error:  # on other files: KeyError, EOFError, struct.error, ...
+        except Exception as error:  # on other files: OSError, KeyError, EOFError, ...
             raise ValueError(f"{source!r} is not a saved lit_explain analyzer: torch.load "
-                             f"cannot read it ({type(error).__name__})") from error
+                             f"cannot read it ({type(error).__name__}: {error})") from error
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
-        raise ValueError(f"{source!r} is not a saved lit_explain analyzer")
+        raise ValueError(f"{where} is not a saved lit_explain analyzer")
+    missing = sorted({"name", "parameters", "state", "layers"} - set(state))
+    if missing:
+        raise ValueError(f"{where} is not a whole saved lit_explain analyzer: it lacks "
+                         f"{missing}")
     if state.get("version") != VERSION:
         raise ValueError(f"saved analyzer format version {state.get('version')!r} is not "
                          f"supported (this lit_explain reads version {VERSION})")
@@ -194,6 +213,23 @@ def load_analyzer(source: str | os.PathLike | IO[bytes] | Mapping[str, Any],
     analyzer = create_analyzer(state["name"], model, **decode(state["parameters"]))
     analyzer.load_fitted_state(decode(state["state"]))
     return analyzer
+
+
+def _check_checksums(source: str | os.PathLike | IO[bytes]) -> None:
+    """Raise ``ValueError`` where a member of ``source`` (a zip file, as :func:`torch.save`
+    writes) fails its CRC: ``torch.load`` does not check them, and a flipped byte in a pattern
+    loaded without a word (maps 1e20 off). Files of another layout are left to it."""
+    position = source.tell() if hasattr(source, "tell") else None
+    try:
+        with zipfile.ZipFile(source) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        return
+    finally:
+        if position is not None:
+            source.seek(position)
+    if bad is not None:
+        raise ValueError(f"{source!r} is corrupted: its part {bad!r} fails its checksum")
 
 
 Analyzer.saver = save_analyzer

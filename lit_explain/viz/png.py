@@ -15,14 +15,17 @@ _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> Pillow mode
 
 
 def _as_hwc_uint8(image: np.ndarray | Tensor) -> np.ndarray:
-    if isinstance(image, Tensor):
+    # where either end could hold the channels ((3, 1, 4): an RGB strip of 4 pixels, or 3×1
+    # RGBA pixels), a tensor follows torch's layout, channels first, an array numpy's
+    channels_first = isinstance(image, Tensor)
+    if channels_first:
         image = image.detach().cpu().numpy()
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3:
         raise ValueError(f"expected an (H, W), (H, W, C) or (C, H, W) image, got shape {a.shape}")
-    if a.shape[-1] not in _MODES and a.shape[0] in _MODES:
+    if a.shape[0] in _MODES and (channels_first or a.shape[-1] not in _MODES):
         a = np.moveaxis(a, 0, -1)  # channels first -> last
     if a.shape[-1] not in _MODES:
         raise ValueError(f"expected 1, 2, 3 or 4 channels, got shape {a.shape}")
@@ -45,7 +48,9 @@ def encode_png(image: np.ndarray | Tensor, compress_level: int = 6) -> bytes:
     ----------
     image : ndarray or Tensor
         ``uint8`` ``(H, W, C)`` with C in 1..4 (grey, grey+alpha, RGB, RGBA) or ``(H, W)``.
-        Channels-first ``(C, H, W)`` and float images in ``[0, 1]`` are converted.
+        Channels-first ``(C, H, W)`` and float images in ``[0, 1]`` are converted. Where
+        both ends of the shape could be the channels, a tensor is taken as channels-first
+        (torch's layout), an array as channels-last (numpy's and Pillow's).
     compress_level : int
         zlib level 0-9 (1 is fast and enough for the flat colour cells of a grid).
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lit_explain as lx
 from lit_explain.analyzers.lrp import EpsilonRule, ZPlusRule, is_dense_layer, is_input_layer
+from lit_explain.analyzers.persistence import analyzer_state
 
 
 def cnn(width: int = 4, seed: int = 0) -> nn.Sequential:
@@ -138,6 +141,47 @@ def test_files_that_are_not_saved_analyzers_are_refused(tmp_path):
     with pytest.raises(ValueError, match="evil.pt.*not a saved lit_explain analyzer") as info:
         lx.load_analyzer(tmp_path / "evil.pt", cnn())
     assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+
+
+def test_damaged_and_partial_files_are_refused_saying_so(tmp_path):
+    path = tmp_path / "analyzer.pt"
+    lx.create_analyzer("pattern.attribution", cnn()).fit(torch.randn(8, 1, 10, 10),
+                                                          progress=False).save(path)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:-10])  # (a bare OSError)
+    with pytest.raises(ValueError, match="cut.pt.*not a saved lit_explain analyzer"):
+        lx.load_analyzer(tmp_path / "cut.pt", cnn())
+    largest = max(zipfile.ZipFile(path).infolist(), key=lambda info: info.file_size)
+    flipped = bytearray(data)  # a byte of the patterns changed (loaded, maps 1e20 off)
+    flipped[largest.header_offset + 30 + len(largest.filename) + 100] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="flipped.pt.*fails its checksum"):
+        lx.load_analyzer(tmp_path / "flipped.pt", cnn())
+    state = torch.load(path, weights_only=True)
+    for key in ("name", "layers"):  # (bare KeyErrors)
+        with pytest.raises(ValueError, match=rf"lacks \['{key}'\]"):
+            lx.load_analyzer({k: v for k, v in state.items() if k != key}, cnn())
+
+
+def test_an_unknown_rule_and_a_numpy_number_are_handled_by_name(tmp_path):
+    state = analyzer_state(lx.create_analyzer("lrp", cnn(), rule=EpsilonRule(0.25)))
+    state["parameters"]["rule"]["__rule__"] = "NewRule"
+    with pytest.raises(ValueError, match="the LRP rule 'NewRule', which this lit_explain"):
+        lx.load_analyzer(state, cnn())
+    integrated = lx.create_analyzer("integrated_gradients", cnn(),
+                                    reference_inputs=np.float32(0.5))
+    x = torch.randn(2, 1, 10, 10)
+    torch.testing.assert_close(round_trip(integrated, cnn(), tmp_path).analyze(x),
+                               integrated.analyze(x))
+
+
+def test_a_compiled_model_saves_and_loads_as_the_module_it_compiled(tmp_path):
+    model = cnn()
+    compiled = torch.compile(model)  # (never run: its analyzers explain the module)
+    for saved_from in (model, compiled):
+        analyzer = lx.create_analyzer("lrp.epsilon", saved_from)
+        for target in (model, compiled):
+            assert round_trip(analyzer, target, tmp_path).name == "lrp.epsilon"
 
 
 # Training the iNNvestigate way: fit(data) -----------------------------------------------

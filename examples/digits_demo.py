@@ -18,7 +18,7 @@ How to look at it
 -----------------
 ::
 
-    python examples/digits_demo.py                  # about 20 s on two CPU cores
+    python examples/digits_demo.py                  # about 6 s on two CPU cores
     tensorboard --logdir runs                       # then open the IMAGES tab
 
 ``explain/all`` is one grid per epoch (rows: samples, with true/predicted label; columns:

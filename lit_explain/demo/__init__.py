@@ -66,7 +66,15 @@ class DigitsDataModule(L.LightningDataModule):
 
 
 def digits_cnn(channels: int = 16, num_classes: int = 10) -> nn.Sequential:
-    """Conv-ReLU ×2, max-pool, conv-ReLU, max-pool, dense-ReLU, dense: 8×8 in, logits out."""
+    """Conv-ReLU ×2, max-pool, conv-ReLU, max-pool, dense-ReLU, dense: 8×8 in, logits out.
+
+    Parameters
+    ----------
+    channels:
+        Width of the first convolutions (the third has twice as many).
+    num_classes:
+        Outputs (logits).
+    """
     check_positive_int("channels", channels)
     check_positive_int("num_classes", num_classes)
     return nn.Sequential(

@@ -30,7 +30,17 @@ class PreNormBlock(nn.Module):
 
 class TinyViT(nn.Module):
     """A vision transformer: patch convolution, class token, position embedding, pre-LN
-    blocks, a head on the class token (Dosovitskiy et al. 2021)."""
+    blocks, a head on the class token (Dosovitskiy et al. 2021).
+
+    Parameters
+    ----------
+    image, patch, channels:
+        Side of the square input images, side of the square patches, input channels.
+    dim, heads, depth, hidden:
+        Width, attention heads, blocks and the MLP's hidden width.
+    num_classes:
+        Outputs (logits).
+    """
 
     def __init__(self, image: int = 8, patch: int = 2, channels: int = 1, dim: int = 32,
                  heads: int = 4, depth: int = 2, hidden: int = 64, num_classes: int = 10
@@ -80,6 +90,8 @@ class TextTransformer(Classifier):
         Vocabulary size (id 0 pads) and the longest sentence.
     dim, heads, layers:
         Width, attention heads and encoder layers.
+    num_classes:
+        Outputs (logits).
     learning_rate:
         Adam's learning rate.
     """

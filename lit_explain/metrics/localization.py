@@ -380,8 +380,8 @@ class AttributionLocalisation(_Localization):
     entries per map), which rewards a mask that holds more relevance than its area would
     by chance (1: as much as chance). Samples whose mask covers more than ``max_size`` of
     the map (the paper keeps objects under a third of the image), whose mask is empty, or
-    whose map has no positive relevance, are skipped. ``abs=True`` uses ``|R|`` instead
-    of ``R^+``. ``higher_is_better = True``.
+    whose map has no positive relevance, are skipped. ``absolute=True`` uses ``|R|``
+    instead of ``R^+``. ``higher_is_better = True``.
     """
 
     higher_is_better = True

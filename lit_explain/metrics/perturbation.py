@@ -100,9 +100,10 @@ class RegionPerturbation(RegionCurveMetric):
         Seed of the metric's own generator (random order, Gaussian noise); re-seeded on
         :meth:`reset`, the global RNG is never used. Calling the metric directly
         (``metric(x, a)``, torchmetrics' forward) continues the draws like ``update``.
-
-    Before any update :meth:`compute` is NaN and :meth:`curve` is empty. Maps holding NaN
-    or infinite values are refused (``ValueError``): they have no ordering.
+    noise_std, blur_sigma
+        The standard deviation of ``"gaussian"`` values and the sigma of ``"blur"``.
+    use_eval_mode
+        Run the model in eval mode during the calls (see ``model``).
     mask_token_id
         For token inputs (integer ids ``(N, L)``, one attribution per token): the id that
         replaces a deleted token (a ``[MASK]`` id, or the padding id of a model that ignores
@@ -110,6 +111,9 @@ class RegionPerturbation(RegionCurveMetric):
         regions are then single tokens unless ``region_shape`` is given, and
         ``perturbation`` and ``value_range`` do not apply. See
         :mod:`~lit_explain.metrics._tokens`.
+
+    Before any update :meth:`compute` is NaN and :meth:`curve` is empty. Maps holding NaN
+    or infinite values are refused (``ValueError``): they have no ordering.
 
     Examples
     --------

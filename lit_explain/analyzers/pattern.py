@@ -205,7 +205,7 @@ class _PatternBased(Analyzer):
         self.signal_scales: dict[str, float] = {}
         self._non_finite: str | None = None
         self._patterns: dict[str, Tensor] | None = None
-        self._weights_set: dict[str, tuple[int, int] | None] = {}
+        self._weights_set: dict[str, Any] = {}  # path → WeightSeen
         self._stale_warned = False
         if patterns is not None:
             self.patterns = patterns
@@ -220,7 +220,7 @@ class _PatternBased(Analyzer):
         if not isinstance(patterns, Mapping):
             raise TypeError(f"patterns must be a dict of module path -> tensor (what "
                             f"PatternComputer.compute() returns), got {type(patterns).__name__}")
-        from ..patterns.layers import current_weight, normalised_for, weight_state
+        from ..patterns.layers import WeightSeen, current_weight, normalised_for
 
         modules = dict(self.model.named_modules())
         for path, pattern in patterns.items():
@@ -241,8 +241,10 @@ class _PatternBased(Analyzer):
                 for path, pattern in patterns.items()}
         # the weights the patterns were computed for (where the computer noted them), else
         # those they are set for: an optimizer step or load_state_dict changes their version
-        self._weights_set = {path: normalised_for(pattern) or weight_state(modules[path])
-                             for path, pattern in patterns.items()}
+        self._weights_set = {
+            path: normalised_for(pattern) or WeightSeen.of(modules[path],
+                                                           current_weight(modules[path]))
+            for path, pattern in patterns.items()}
         self._stale_warned = False
 
     def fit(self, data: Tensor | Iterable[Any] | None = None, batch_size: int = 32,
@@ -329,7 +331,7 @@ class _PatternBased(Analyzer):
         pattern = self._patterns.get(call.module_path)
         if pattern is None:
             raise self._missing_pattern(call)
-        self._warn_if_stale(call)
+        self._warn_if_stale(call, weight)
         replacement = self.backward_weight(pattern.to(weight.device, weight.dtype), weight)
         source = kernel_arguments(call)["input"]
         forward = _kernel_map(call, weight)
@@ -344,22 +346,20 @@ class _PatternBased(Analyzer):
         # a copy, not with_gradient's view: the model may add into it in place (out += x)
         return with_gradient(source, call.run(), backward).clone()
 
-    def _warn_if_stale(self, call: OperationCall) -> None:
-        """Warn (once) where the layer's weight changed since its pattern was computed (or,
-        for patterns from elsewhere, set): a pattern is normalised with the weights it was
-        computed for, and PatternAttribution scales with any change (weights × 3: maps ×
-        3)."""
-        from ..patterns.layers import weight_state
-
-        set_for = self._weights_set.get(call.module_path)
-        if self._stale_warned or set_for is None or set_for == weight_state(call.module):
+    def _warn_if_stale(self, call: OperationCall, weight: Tensor) -> None:
+        """Warn (once) where the weight a layer's call receives is not the one its pattern
+        was computed for (or, for patterns from elsewhere, set with): a pattern is normalised
+        with those weights, and PatternAttribution scales with any change (weights × 3: maps
+        × 3). A weight moved or copied with its values (``model.double()``, a deep copy) is
+        the same."""
+        seen = self._weights_set.get(call.module_path)
+        if self._stale_warned or seen is None or seen.holds_for(call.module, weight):
             return
         self._stale_warned = True
         warnings.warn(
             f"{self.name}: the weight of '{call.module_path}' changed since its pattern was "
             f"computed (an optimizer step, load_state_dict): the patterns belong to the old "
-            f"weights, "
-            f"and the map is not the method's for the model as it is. Fit them again "
+            f"weights, and the map is not the method's for the model as it is. Fit them again "
             f"(analyzer.fit(data), or set analyzer.patterns from a PatternComputer fit now)",
             UserWarning, stacklevel=2)
 

@@ -338,9 +338,9 @@ class PatternComputer:
                     f"may call its kernel with another weight than module.weight, and this "
                     f"computer has not seen it run (its statistics were loaded or merged): "
                     f"collect one batch (update(x)) before computing the patterns")
-            pattern = rows_to_weight(module, statistics[path].pattern(
-                weight_rows(module, current_weight(module) if weight is None else weight)))
-            note_normalised_for(pattern, module)  # (a pattern analyzer checks it still is)
+            weight = current_weight(module) if weight is None else weight
+            pattern = rows_to_weight(module, statistics[path].pattern(weight_rows(module, weight)))
+            note_normalised_for(pattern, module, weight)  # (a pattern analyzer checks it)
             patterns[path] = pattern
         return patterns
 

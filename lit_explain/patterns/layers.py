@@ -21,6 +21,7 @@ for the weight gradient, no explicit patches in memory.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,42 @@ TRANSPOSED_CONVOLUTIONS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTransp
 KERNEL_LAYERS = (nn.Linear, *CONVOLUTIONS, *TRANSPOSED_CONVOLUTIONS)
 
 
+@dataclass
+class WeightSeen:
+    """A weight as a pattern was normalised for it: its storage and version (which an
+    optimizer step or ``load_state_dict`` changes; ``None`` where it is made anew at every
+    read, as by a parametrization or ``weight_norm``'s hook) and a fingerprint of its values,
+    which tells a weight moved or copied (``model.double()``, a deep copy) from a changed one."""
+
+    state: tuple[int, int] | None
+    fingerprint: Tensor
+
+    @classmethod
+    def of(cls, module: nn.Module, weight: Tensor) -> WeightSeen:
+        return cls(weight_state(module), _fingerprint(weight))
+
+    def holds_for(self, module: nn.Module, weight: Tensor) -> bool:
+        """Whether ``weight`` (``module``'s, as its call receives it) is the one seen: the
+        same storage and version, else the same values (a move or copy: remembered)."""
+        state = weight_state(module)
+        if state is not None and state == self.state:
+            return True
+        if not torch.allclose(_fingerprint(weight), self.fingerprint, rtol=1e-9, atol=0.0):
+            return False
+        self.state = state
+        return True
+
+
+def _fingerprint(weight: Tensor) -> Tensor:
+    """Sum, sum of squares and position-weighted sum of the values, in float64 on the CPU."""
+    values = weight.detach().reshape(-1).double()
+    positions = torch.arange(1, len(values) + 1, dtype=values.dtype, device=values.device)
+    return torch.stack([values.sum(), values.square().sum(), (values * positions).sum()]).cpu()
+
+
 def weight_state(module: nn.Module | None) -> tuple[int, int] | None:
-    """A module weight's storage and version, which an optimizer step or ``load_state_dict``
-    changes (``None`` for a parametrized weight, made anew at every read, or none)."""
+    """A module weight's storage and version (``None`` for a parametrized weight, made anew
+    at every read, or none)."""
     if module is None or parametrize.is_parametrized(module, "weight"):
         return None
     weight = getattr(module, "weight", None)
@@ -42,22 +76,22 @@ def weight_state(module: nn.Module | None) -> tuple[int, int] | None:
         weight.data_ptr(), weight._version)
 
 
-#: Pattern → the state of the weight it was normalised for (see :func:`note_normalised_for`),
-#: by id, with a weak reference that drops the entry with the pattern. (Not an attribute of
-#: the tensor: ``torch.save`` keeps those, and a pattern loaded with another copy of the
-#: model would name weights it never had.)
-_NORMALISED_FOR: dict[int, tuple[weakref.ref, tuple[int, int] | None]] = {}
+#: Pattern → the weight it was normalised for (see :func:`note_normalised_for`), by id, with
+#: a weak reference that drops the entry with the pattern. (Not an attribute of the tensor:
+#: ``torch.save`` keeps those, and a pattern loaded with another copy of the model would
+#: name weights it never had.)
+_NORMALISED_FOR: dict[int, tuple[weakref.ref, WeightSeen]] = {}
 
 
-def note_normalised_for(pattern: Tensor, module: nn.Module) -> None:
-    """Note that ``pattern`` was normalised with ``module``'s weight as it is now."""
+def note_normalised_for(pattern: Tensor, module: nn.Module, weight: Tensor) -> None:
+    """Note that ``pattern`` was normalised with ``weight``, ``module``'s as it is now."""
     key = id(pattern)
     _NORMALISED_FOR[key] = (weakref.ref(pattern, lambda _: _NORMALISED_FOR.pop(key, None)),
-                            weight_state(module))
+                            WeightSeen.of(module, weight))
 
 
-def normalised_for(pattern: Tensor) -> tuple[int, int] | None:
-    """The :func:`weight_state` ``pattern`` was normalised for, where a computer noted it."""
+def normalised_for(pattern: Tensor) -> WeightSeen | None:
+    """The weight ``pattern`` was normalised for, where a computer noted it."""
     entry = _NORMALISED_FOR.get(id(pattern))
     return entry[1] if entry is not None and entry[0]() is pattern else None
 

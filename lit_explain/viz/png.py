@@ -16,9 +16,10 @@ _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> Pillow mode
 
 def _as_hwc_uint8(image: np.ndarray | Tensor) -> np.ndarray:
     # where either end could hold the channels ((3, 1, 4): an RGB strip of 4 pixels, or 3×1
-    # RGBA pixels), a tensor follows torch's layout, channels first, an array numpy's
-    channels_first = isinstance(image, Tensor)
-    if channels_first:
+    # RGBA pixels), a float tensor (a heatmap) follows torch's layout, channels first; an
+    # array or a uint8 tensor (a decoded image) is channels last
+    channels_first = isinstance(image, Tensor) and image.is_floating_point()
+    if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
     a = np.asarray(image)
     if a.ndim == 2:
@@ -49,8 +50,8 @@ def encode_png(image: np.ndarray | Tensor, compress_level: int = 6) -> bytes:
     image : ndarray or Tensor
         ``uint8`` ``(H, W, C)`` with C in 1..4 (grey, grey+alpha, RGB, RGBA) or ``(H, W)``.
         Channels-first ``(C, H, W)`` and float images in ``[0, 1]`` are converted. Where
-        both ends of the shape could be the channels, a tensor is taken as channels-first
-        (torch's layout), an array as channels-last (numpy's and Pillow's).
+        both ends of the shape could be the channels, a float tensor (a heatmap) is taken as
+        channels-first (torch's layout), an array or a ``uint8`` tensor as channels-last.
     compress_level : int
         zlib level 0-9 (1 is fast and enough for the flat colour cells of a grid).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -211,3 +212,27 @@ def test_weights_changed_since_the_patterns_were_computed_are_a_warning(when):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         refitted.analyze(data[:4])
+
+
+@pytest.mark.parametrize("how", ["double", "deep_copy", "same_state_dict", "weight_norm_hook"])
+def test_weights_moved_or_copied_with_their_values_are_no_change(how):
+    # (the check compared storage and version only: each of these warned, the map the method's)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    if how == "weight_norm_hook":  # (a weight made anew at every forward pass)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model[0] = nn.utils.weight_norm(model[0])
+    data = torch.randn(64, 5)
+    patterns = PatternComputer(model).fit([data], progress=False)
+    if how == "double":
+        model, data = model.double(), data.double()
+    elif how == "deep_copy":
+        model = copy.deepcopy(model)
+    elif how == "same_state_dict":
+        model.load_state_dict(copy.deepcopy(model.state_dict()))
+    analyzer = lx.create_analyzer("pattern.attribution", model, patterns=patterns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        analyzer.analyze(data[:4])
+        analyzer.analyze(data[4:8])

@@ -117,12 +117,14 @@ def test_accented_greek_and_cyrillic_letters_have_glyphs(text):
     assert drawn.shape != missing.shape or not torch.equal(drawn, missing)
 
 
-def test_a_tensor_whose_shape_could_end_in_channels_is_channels_first():
+def test_a_float_tensor_whose_shape_could_end_in_channels_is_channels_first():
     # (a (3, 1, 4) heatmap strip of four features was written as 3×1 RGBA pixels)
     strip = torch.rand(3, 1, 4)
     decoded = np.asarray(Image.open(io.BytesIO(viz.encode_png(strip))))
     assert decoded.shape == (1, 4, 3)
     assert np.array_equal(decoded, viz.to_uint8_hwc(strip))
-    # an array of that shape is numpy's layout, channels last: 3×1 pixels of RGBA
-    array = np.zeros((3, 1, 4), np.uint8)
-    assert np.asarray(Image.open(io.BytesIO(viz.encode_png(array)))).shape == (3, 1, 4)
+    # an array, or a uint8 tensor (a decoded image), of such a shape is channels last
+    image = torch.randint(0, 256, (3, 5, 3), dtype=torch.uint8)
+    for given in (image, image.numpy()):
+        decoded = np.asarray(Image.open(io.BytesIO(viz.encode_png(given))))
+        assert np.array_equal(decoded, image.numpy())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import random
 import re
 import time
 import warnings
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.callbacks import Callback
@@ -192,9 +194,12 @@ class ExplainCallback(Callback):
     Training is unchanged: the callback's forward passes run in eval mode (BatchNorm
     statistics and dropout untouched) and put every module's flag back; analyses freeze the
     parameters and take gradients with ``torch.autograd.grad``; the random number generators
-    of the CPU and of the model's GPU are forked around the callback's work, so that a model
-    drawing random numbers in eval mode (MC dropout) draws in training what it would have
-    drawn without the callback. Analyzers that draw noise (SmoothGrad, random) draw the same
+    (torch's of the CPU and of the model's GPU, numpy's and Python's) are forked around the
+    callback's work, so that a model drawing random numbers in eval mode (MC dropout) draws
+    in training what it would have drawn without the callback. The model's own forward hooks
+    run on the callback's forward passes, as they run in the model (they may change its
+    output): a hook with side effects (one that stores activations, or updates a buffer)
+    sees those passes too. Analyzers that draw noise (SmoothGrad, random) draw the same
     every explained epoch (their own generator restarts from its seed), so that drift
     measures the model, not the noise. Before the first training step (on the first sanity-check
     batch, or the first training batch where there is no sanity check and it is shaped like
@@ -937,11 +942,13 @@ def _names(option: str, names: Any) -> list[str] | None:
 def _training_untouched(module: nn.Module) -> Iterator[None]:
     """The callback's own work leaves training as it was: ``module`` in eval mode (BatchNorm
     statistics and dropout untouched, also when the preflight runs on a training batch),
-    every module's flag put back, and the random number generators of the CPU and of the
-    module's GPU forked (a model drawing random numbers in eval mode, MC dropout, would
-    otherwise draw other numbers in training)."""
+    every module's flag put back, and the random number generators forked: torch's of the
+    CPU and of the module's GPU, numpy's and Python's (a model drawing random numbers in eval
+    mode, MC dropout or a jitter drawn with ``np.random``, would otherwise draw other numbers
+    in training)."""
     training = [m for m in module.modules() if m.training]
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         module.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -949,6 +956,8 @@ def _training_untouched(module: nn.Module) -> Iterator[None]:
     finally:
         for m in training:
             m.training = True
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 def _count(n: int, noun: str) -> str:

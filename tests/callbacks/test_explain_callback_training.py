@@ -4,9 +4,11 @@ explains when validation runs on another schedule than every epoch."""
 
 from __future__ import annotations
 
+import random
 import warnings
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,11 +23,13 @@ from lit_explain.demo import Classifier, DigitsDataModule
 
 class Regularised(Classifier):
     """BatchNorm and dropout (``norm="1d"``: a dense net with BatchNorm1d), or dropout drawn
-    in eval mode too (``mc_dropout``, as MC-dropout models do)."""
+    in eval mode too (``mc_dropout``, as MC-dropout models do), or a jitter drawn from numpy's
+    and Python's generators in every mode (``jitter``)."""
 
-    def __init__(self, norm: str = "2d", mc_dropout: bool = False) -> None:
+    def __init__(self, norm: str = "2d", mc_dropout: bool = False, jitter: bool = False
+                 ) -> None:
         super().__init__(3e-3)
-        self.mc_dropout = mc_dropout
+        self.mc_dropout, self.jitter = mc_dropout, jitter
         if norm == "1d":
             self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32),
                                       nn.ReLU())
@@ -37,6 +41,8 @@ class Regularised(Classifier):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.body(x)
+        if self.jitter:
+            h = h + 1e-3 * (float(np.random.rand()) + random.random())
         return self.head(F.dropout(h, 0.3, training=self.training or self.mc_dropout))
 
 
@@ -47,6 +53,7 @@ def fit(tmp_path, model_kwargs: dict, callbacks: list, **trainer_kwargs) -> dict
         warnings.simplefilter("ignore")
         make_trainer(tmp_path, callbacks, **trainer_kwargs).fit(
             model, DigitsDataModule(batch_size=32))
+    _draws_after["with" if callbacks else "without"] = (np.random.rand(), random.random())
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -55,13 +62,19 @@ def fit(tmp_path, model_kwargs: dict, callbacks: list, **trainer_kwargs) -> dict
     ({"norm": "1d"}, {"num_sanity_val_steps": 0}),  # (BatchNorm1d of one sample raised)
     ({"norm": "2d"}, {"limit_val_batches": 0}),
     ({"mc_dropout": True}, {}),  # random numbers drawn by the callback's forward passes
-], ids=["no-sanity-bn2d", "no-sanity-bn1d", "no-validation", "mc-dropout"])
+    ({"jitter": True}, {}),  # (numpy's and Python's: their draws moved on, weights 9e-6 off)
+], ids=["no-sanity-bn2d", "no-sanity-bn1d", "no-validation", "mc-dropout", "numpy-jitter"])
 def test_training_is_bit_identical_with_the_callback(tmp_path, model_kwargs, trainer_kwargs):
     without = fit(tmp_path / "without", model_kwargs, [], **trainer_kwargs)
     callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=4,
                                   metrics=["pixel_flipping"])
     with_callback = fit(tmp_path / "with", model_kwargs, [callback], **trainer_kwargs)
     assert all(torch.equal(without[k], with_callback[k]) for k in without)
+    if model_kwargs.get("jitter"):  # (and the draws after fit are those without it)
+        assert _draws_after["without"] == _draws_after["with"]
+
+
+_draws_after: dict[str, tuple] = {}
 
 
 def explained_epochs(tmp_path, **trainer_kwargs) -> list[int]:

@@ -134,13 +134,11 @@ def conservation_report(analyzer: Analyzer, x: Tensor,
     finally:
         analyzer.reverse = options
 
-    def summed(relevance: Tensor, path: str, side: str) -> Tensor:
-        copied = None if copies is None else getattr(copies, side)
-        return per_sample_sum(relevance, sample_index(
-            path, relevance, copied, 0 if copies is None else copies.count))
+    def summed(relevance: Tensor, path: str, output: bool) -> Tensor:
+        return per_sample_sum(relevance, sample_index(path, relevance, copies, output))
 
-    layers = {path: LayerConservation(summed(outputs[path], path, "outputs"),
-                                      summed(relevance, path, "inputs"))
+    layers = {path: LayerConservation(summed(outputs[path], path, True),
+                                      summed(relevance, path, False))
               for path, relevance in inputs.items() if path in outputs}
     return ConservationReport(per_sample_sum(outputs[OUTPUT_KEY]), per_sample_sum(result),
                               layers, result)

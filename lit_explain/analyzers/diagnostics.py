@@ -148,12 +148,11 @@ def copies_for(batch: int) -> int:
     return 3 if batch == 2 else 2
 
 
-def sample_index(key: str, tensor: Tensor, copies: dict[str, Tensor] | None,
-                 count: int = 0) -> Tensor:
-    """Which sample each element of layer ``key``'s tensor (for a batch) belongs to: an
-    integer tensor of ``tensor``'s shape. ``copies``: the layer's tensors (by key) when
-    ``count`` copies of the batch's first sample are analysed (:class:`FirstSampleCopies`);
-    ``None``: the batch is one sample, all of the tensor is it.
+def sample_index(key: str, tensor: Tensor, copies: FirstSampleCopies | None,
+                 outputs: bool = False) -> Tensor:
+    """Which sample each element of layer ``key``'s input relevance (``outputs``: output
+    relevance) for a batch belongs to: an integer tensor of ``tensor``'s shape, found against
+    ``copies`` (``None``: the batch is one sample, all of the tensor is it).
 
     The samples lie along the one axis where the shapes differ. A sequence-first layer
     (``(L, N, E)``, as inside ``nn.TransformerEncoderLayer(batch_first=False)``) has them on
@@ -167,6 +166,7 @@ def sample_index(key: str, tensor: Tensor, copies: dict[str, Tensor] | None,
     shape = tensor.shape
     if copies is None:
         return torch.zeros(shape, dtype=torch.long, device=tensor.device)
+    count, copies = copies.count, copies.outputs if outputs else copies.inputs
     if key not in copies:
         raise NotAnalyzableModelError(
             f"layer {key!r} is not met when copies of the batch's first sample are analysed, "
@@ -338,10 +338,7 @@ class ReverseRecorder:
             changed = relevance.clamp(*options.clip_values)
         if options.project_bottleneck_layers:
             changed = relevance if changed is None else changed
-            copies = self.copies
-            changed = project(changed, sample_index(
-                key, changed, None if copies is None else copies.inputs,
-                0 if copies is None else copies.count))
+            changed = project(changed, sample_index(key, changed, self.copies))
         final = relevance if changed is None else changed
         if options.keep_tensors:
             self.inputs[key] = final.detach()

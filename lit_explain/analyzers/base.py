@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
-from ..precision import full_precision
+from ..precision import LOW_PRECISION, full_precision
 from .diagnostics import (
     OUTPUT_KEY,
     FirstSampleCopies,
@@ -39,17 +39,12 @@ from .forward import (
     uncompiled,
     without_checkpointing,
 )
-from .operations import Handler, OperationRules, Prepare
+from .operations import Handler, OperationRules, Prepare, too_coarse
 from .replay import Plan, Replayed
 from .softmax import check_ends_without_softmax
 from .validation import check_choice
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
-
-#: Floating-point types a rule-based analysis refuses: in float16, α2β1 gave maps of NaN on
-#: a MobileNetV2, and in bfloat16 the canonized BatchNorms of four zoo nets moved the
-#: analysed forward's logits by up to 0.5 from the model's.
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 NeuronSelection = int | Sequence[int] | Tensor | None
 Selector = Callable[[Tensor], Tensor | None]
@@ -298,6 +293,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                 else:
                     result = self._analyze(inputs, neuron_selection)
             except RuntimeError as error:  # (torch's own, naming an operation: say why)
+                self._refuse_inference_buffers(error)
                 self._note_dtypes(error, x)
                 raise
         if self.reverse.project_bottleneck_layers:
@@ -305,6 +301,24 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         if self.reverse.check_finite and not bool(torch.isfinite(result).all()):
             raise FloatingPointError("the map at the model input is not finite")
         return result.detach().to(dtype=inputs.dtype)
+
+    def _refuse_inference_buffers(self, error: RuntimeError) -> None:
+        """Raise a clear error for ``error`` where autograd met a buffer made under
+        ``torch.inference_mode()`` (statistics for an in-forward normalisation computed
+        there): training never differentiates with respect to the input, so the model
+        trains with it, but an analysis does."""
+        if "Inference tensors cannot be saved for backward" not in str(error):
+            return
+        made = [f"{type(module).__name__}.{name}" for module in self.model.modules()
+                for name, buffer in module._buffers.items()
+                if buffer is not None and buffer.is_inference()]
+        if made:
+            raise NotAnalyzableModelError(
+                f"the model's buffers {made} are inference tensors, made or loaded under "
+                f"torch.inference_mode(), and the analysis differentiates through them with "
+                f"respect to the input, which autograd cannot: make them outside inference "
+                f"mode (or replace them by clones made there, under torch.no_grad())"
+            ) from error
 
     def _note_dtypes(self, error: RuntimeError, x: Tensor) -> None:
         """Add to ``error`` that ``x`` and the model's parameters differ in dtype, where so."""
@@ -320,6 +334,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         of copies of the first sample of ``x`` is analysed: against them, the per-sample
         diagnostics find which sample each element of a layer's tensors belongs to
         (:func:`~.diagnostics.sample_index`)."""
+        # (checked here too: a list per sample becomes the tensor of which the first is taken,
+        # and a bad one is the caller's ValueError, not the model's failure below)
+        neuron_selection = self._checked_selection(neuron_selection, len(x))
         options = self.reverse
         self.reverse = dataclasses.replace(options, keep_tensors=True,
                                            project_bottleneck_layers=False)
@@ -533,7 +550,9 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         """The explained output (batch, K) of a forward pass of ``x`` with the handlers'
         rules, checked against the model's own output (:func:`~.forward.check_same_forward`).
         The model gets a copy of ``x`` (it may modify its input in place). Refused in 16-bit
-        floating point (see :data:`LOW_PRECISION`).
+        floating point (see :data:`~lit_explain.precision.LOW_PRECISION`), as is a
+        forward pass that computes a rule's operation in it (a 16-bit model casting its
+        float32 input, an autocast region inside forward).
 
         The check is made once per :func:`~.forward.forward_signature` (the model's modules,
         parameters and buffers as they are, the input's shape, dtype and device): a later
@@ -547,13 +566,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         routing of every call.
         """
         if x.dtype in LOW_PRECISION:
-            raise NotAnalyzableModelError(
-                f"{self.name or type(self).__name__} runs its rules in the model's dtype, "
-                f"{x.dtype}, too coarse for them: their divisions give maps of NaN and a "
-                f"canonized BatchNorm rounds away from the model's own output. Analyse a "
-                f"float32 copy (copy.deepcopy(model).float() and x.float()); the gradient "
-                f"methods (gradient, input_t_gradient, smoothgrad, integrated_gradients) "
-                f"work in {x.dtype}.")
+            raise too_coarse(f"{self.name or type(self).__name__} would run its rules in",
+                             x.dtype)
 
         if module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks:
             raise NotAnalyzableModelError(
@@ -575,7 +589,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
                 # (the reshape too: it may use a rule's output)
                 logits = self.logits(self.model(inputs), len(inputs))
             reads_values = reads_values or rules.reads_values
-            return logits
+            return rules.output(logits)
 
         key = (self._signature, self.reverse, self.output_key, self._settings())
         with eager():  # compiled submodules through their Python code, where the rules are
@@ -608,8 +622,7 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         replayed = Replayed(plan, inputs)
         with replayed, refusing_compiled_control_flow():
             logits = self.logits(self.model(inputs), len(inputs))
-        replayed.finish()
-        return logits
+        return replayed.finish(logits)
 
     def __getstate__(self) -> dict[str, Any]:
         # (a replay plan holds local functions, which do not pickle: it is made again)

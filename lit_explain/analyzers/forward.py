@@ -171,6 +171,15 @@ def select_output(output: Any, key: OutputKey = None) -> Tensor:
         noun = type(value).__name__
         raise TypeError(f"output_key={key!r} selects {'an' if noun[:1] in 'aeiou' else 'a'} "
                         f"{noun}, not a tensor")
+    if not value.is_floating_point():
+        items = output.items() if isinstance(output, Mapping) else enumerate(output) if \
+            isinstance(output, (tuple, list)) else []
+        scores = [k for k, v in items if isinstance(v, Tensor) and v.is_floating_point()]
+        raise ValueError(
+            f"the explained model output{'' if key is None else f' (output_key={key!r})'} is "
+            f"a {value.dtype} tensor (predicted classes or decisions?), which has no gradient "
+            f"to explain; explain the scores they come from"
+            f"{f' with output_key= one of {scores}' if scores else ''}")
     return value
 
 

@@ -31,6 +31,7 @@ from torch.nn.modules.module import (
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from ..precision import low_precision
 from .attention import DECOMPOSITIONS
 from .errors import NotAnalyzableModelError
 from .kinds import (
@@ -173,6 +174,17 @@ _INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
 #: input kinds, nor fused attention, whose parts cross it (its projections may be the input
 #: layer; a handler that runs it whole is told by ``is_input_layer``).
 _NOT_CROSSING = _INPUT_KINDS | {ATTENTION}
+
+def too_coarse(subject: str, dtype: torch.dtype) -> NotAnalyzableModelError:
+    """The refusal of a rule-based analysis whose rules would run in 16-bit ``dtype``
+    (``subject`` says what runs in it)."""
+    return NotAnalyzableModelError(
+        f"{subject} {dtype}, too coarse for the rules, which run in the dtype of the model's "
+        f"operations: their divisions give maps of NaN and a canonized BatchNorm rounds away "
+        f"from the model's own output. Analyse a float32 copy (copy.deepcopy(model).float() "
+        f"and x.float(), with no torch.autocast region in its forward); the gradient methods "
+        f"(gradient, input_t_gradient, smoothgrad, integrated_gradients) work in {dtype}.")
+
 
 def article(word: str) -> str:
     """``"a"`` or ``"an"`` for ``word``."""
@@ -438,6 +450,9 @@ class OperationRules(TorchFunctionMode):
                     f"{kind} operation, for which this analyzer has no rule. Supported "
                     f"operation kinds: {sorted(set(self.handlers) | self.passthrough)}.{hint}")
         else:
+            dtype = low_precision(tensors)
+            if dtype is not None:  # (a 16-bit model fed float32, or autocast in forward)
+                raise too_coarse(f"{call.where()} computes in", dtype)
             twin = (func, args, kwargs) if in_place else out_of_place(func, args, kwargs)
             output = handler(call) if twin is None else self._in_place(call, handler, twin)
             produced = tensors_in(output)
@@ -474,13 +489,8 @@ class OperationRules(TorchFunctionMode):
         (``True``), some of them (``False``: the call mixes the input with computed values,
         and the relevance flow's input boundary is crossed there), or none (``None``)."""
         derived = self.state.input_derived
-        found = None
-        for t in tensors:
-            if t.requires_grad:
-                if id(t) not in derived:
-                    return False if found else None
-                found = True
-        return found
+        flags = {id(t) in derived for t in tensors if t.requires_grad}
+        return len(flags) == 1 if True in flags else None
 
     def _kind(self, func, args: tuple, kwargs: dict, tensors: list[Tensor]) -> str:
         kind = classify(func, args, kwargs)
@@ -565,6 +575,16 @@ class OperationRules(TorchFunctionMode):
     def _through_parts(self, parts: Callable, args: tuple, kwargs: dict) -> object:
         with self:  # a handler runs with the mode popped: the parts must be seen
             return parts(*args, **kwargs)
+
+    def output(self, logits: Tensor) -> Tensor:
+        """The explained output, through the input boundary where it is input-derived (it
+        reaches the input through reshapes, selections and preprocessing only, and crossed
+        no other operation on the way: ``x[:, :2]`` as scores); the replay plan notes it."""
+        crossed = self.input_boundary is not None and logits.requires_grad and \
+            id(logits) in self.state.input_derived
+        if self.plan is not None:
+            self.plan.output_crossed = crossed
+        return self.input_boundary(logits) if crossed else logits
 
     def _crossing(self, tensors: list[Tensor]) -> frozenset[int]:
         """The positions among a call's tensors of those that cross the input boundary: the

@@ -81,6 +81,8 @@ class Plan:
         #: (among the call's tensors, :func:`~.kinds.tensors_in`) that crossed it, and how.
         self.crossings: dict[int, frozenset[int]] = {}
         self.boundary: Callable[[Tensor], Tensor] | None = None
+        #: Whether the explained output crossed the boundary (it is input-derived).
+        self.output_crossed = False
         self.replayable = True
         self.key: tuple | None = None
 
@@ -223,7 +225,10 @@ class Replayed(TorchFunctionMode):
         self.flow.note(index, output, given[0] if index in plan.in_place else None)
         return output
 
-    def finish(self) -> None:
+    def finish(self, logits: Tensor) -> Tensor:
+        """Check that the forward pass made all the recorded calls; the explained output
+        ``logits`` through the boundary where the recorded one crossed it."""
         self.plan.held.clear()
         if self.index != len(self.plan.funcs):
             raise Diverged(f"{self.index} calls, {len(self.plan.funcs)} recorded")
+        return self.plan.boundary(logits) if self.plan.output_crossed else logits

@@ -114,6 +114,35 @@ def test_an_output_whose_first_axis_is_not_the_samples_is_refused(name, model, s
         analyzer.analyze(batch())
 
 
+class Decisions(nn.Module):
+    """Returns its decisions (integer classes, bool labels) before the scores."""
+
+    def __init__(self, decide) -> None:
+        super().__init__()
+        self.linear, self.decide = nn.Linear(12, 3), decide
+
+    def forward(self, x):
+        scores = self.linear(x)
+        return {"decisions": self.decide(scores), "scores": scores}
+
+
+@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "guided_backprop",
+                                  "lrp.epsilon", "deep_taylor", "deep_lift"])
+@pytest.mark.parametrize(("decide", "dtype"), [(lambda y: y.argmax(1), "int64"),
+                                               (lambda y: y > 0, "bool")])
+def test_an_integer_or_bool_output_is_refused_naming_the_scores(name, decide, dtype):
+    model = Decisions(decide).eval()
+    with pytest.raises(ValueError, match=rf"output \(output_key='decisions'\) is a "
+                                         rf"torch.{dtype} tensor .* output_key= one of "
+                                         rf"\['scores'\]"):
+        lx.create_analyzer(name, model, output_key="decisions").analyze(batch())
+    # the scores they come from: the plain linear layer's map
+    x = batch()
+    torch.testing.assert_close(
+        lx.create_analyzer(name, model, output_key="scores").analyze(x),
+        lx.create_analyzer(name, model.linear).analyze(x))
+
+
 # Options: checked at construction, naming the value ------------------------------------
 
 NAN, INF = math.nan, math.inf

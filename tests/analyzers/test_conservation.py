@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -52,6 +53,23 @@ def test_a_conserving_rule_absorbs_nothing():
     report = lx.conservation_report(lx.create_analyzer("lrp.z_IB", model), x)
     torch.testing.assert_close(report.absorbed, torch.zeros(5, dtype=torch.float64))
     torch.testing.assert_close(report.input, model(x).detach().amax(1))
+
+
+@pytest.mark.parametrize("kind", [list, tuple, "numpy"])
+def test_one_index_per_sample_given_as_a_sequence(kind):
+    """A list, tuple or numpy array per sample works as in ``analyze``: the report explains
+    each sample's own output (the top layer absorbs that output's bias)."""
+    model = mlp()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    chosen = [3, 0, 2, 1]
+    selection = np.array(chosen) if kind == "numpy" else kind(chosen)
+    analyzer = lx.create_analyzer("lrp.z", model, neuron_selection_mode="index")
+    report = lx.conservation_report(analyzer, x, selection)
+    rows = torch.arange(4)
+    torch.testing.assert_close(report.output, model(x).detach()[rows, chosen])
+    torch.testing.assert_close(report.layers["4"].absorbed, model[4].bias.detach()[chosen])
+    with pytest.raises(ValueError, match="3 indices for 4 samples"):
+        lx.conservation_report(analyzer, x, chosen[:3])
 
 
 def test_the_report_leaves_the_analyzer_options_as_they_were():

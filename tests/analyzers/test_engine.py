@@ -272,15 +272,43 @@ def test_lrp_lets_go_of_kernel_outputs_the_model_let_go_of(name):
     assert model.alive and not any(model.alive)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+class _Casting(nn.Module):
+    """A 16-bit model fed float32 data, which it casts itself (as Hugging Face models do)."""
+
+    def __init__(self, body: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.body, self.dtype = body.to(dtype), dtype
+
+    def forward(self, x):
+        return self.body(x.to(self.dtype))
+
+
+class _Autocasting(nn.Module):
+    """A float32 model whose forward computes under autocast."""
+
+    def __init__(self, body: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.body, self.dtype = body, dtype
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self.body(x).float()
+
+
+@pytest.mark.parametrize(("dtype", "how"), [
+    (torch.float16, "model and input"), (torch.bfloat16, "model and input"),
+    (torch.float16, "model casting its input"), (torch.bfloat16, "model casting its input"),
+    (torch.bfloat16, "autocast in forward")])
 @pytest.mark.parametrize("name", [n for n in sorted(lx.analyzers) if not n.startswith("pattern.")])
-def test_16_bit_models_get_the_gradient_methods_and_a_clear_refusal_of_rules(name, dtype):
+def test_16_bit_models_get_the_gradient_methods_and_a_clear_refusal_of_rules(name, dtype, how):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 3))
     model[1].running_mean.uniform_(-1, 1)
-    model = model.eval().to(dtype)
-    x = torch.randn(2, 2, 6, 6, dtype=dtype)
+    model = {"model and input": lambda: model.to(dtype),
+             "model casting its input": lambda: _Casting(model, dtype),
+             "autocast in forward": lambda: _Autocasting(model, dtype)}[how]().eval()
+    x = torch.randn(2, 2, 6, 6, dtype=dtype if how == "model and input" else torch.float32)
     kwargs = {"smoothgrad": {"noise_scale": 0.0}, "integrated_gradients": {"steps": 1},
               "deep_taylor.bounded": {"low": -3.0, "high": 3.0}, "lrp": {"rule": "Z"},
               "lrp.alpha_beta": {"alpha": 1.0}}
@@ -293,10 +321,36 @@ def test_16_bit_models_get_the_gradient_methods_and_a_clear_refusal_of_rules(nam
         expected = grad if name in ("gradient", "smoothgrad") else x * grad
         torch.testing.assert_close(analyzer.analyze(x), expected)
     elif name in ("input", "random"):
-        assert analyzer.analyze(x).dtype == dtype
+        assert analyzer.analyze(x).dtype == x.dtype
     else:
         with pytest.raises(lx.NotAnalyzableModelError, match=rf"{dtype}.*float32 copy"):
             analyzer.analyze(x)
+
+
+class _Normalising(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("std", torch.ones(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        return self.conv((x - self.mean) / self.std).flatten(1)
+
+
+def test_a_buffer_made_in_inference_mode_is_named():
+    """Normalisation statistics computed under inference mode: training works (it never
+    differentiates with respect to the input), an analysis cannot, and says which buffer."""
+    model = _Normalising().eval()
+    with torch.inference_mode():
+        model.std = torch.full((1, 3, 1, 1), 0.5)
+    model.train()
+    model(torch.randn(2, 3, 4, 4)).sum().backward()  # (it trains)
+    model.eval()
+    for name in ["gradient", "lrp.epsilon"]:
+        with pytest.raises(lx.NotAnalyzableModelError,
+                           match=r"buffers \['_Normalising.std'\] are inference tensors"):
+            lx.create_analyzer(name, model).analyze(torch.randn(2, 3, 4, 4))
 
 
 class _Sleep(nn.Module):

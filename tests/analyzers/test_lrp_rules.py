@@ -266,6 +266,67 @@ def test_lrp_z_is_input_times_gradient_on_every_layer_kind():
     torch.testing.assert_close(analyzer.analyze(x), expected, rtol=1e-8, atol=1e-14)
 
 
+class PassedThrough(nn.Module):
+    """Scores of which some are input features themselves (a wide-and-deep model's wide
+    part): reached from the input through preprocessing, selection and concatenation only,
+    before or after a linear head's scores."""
+
+    def __init__(self, features_first: bool) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3, bias=False)
+        self.features_first = features_first
+
+    def forward(self, x):
+        features = ((x - 0.5) * 2.0)[:, :2]
+        parts = [features, self.head(x)] if self.features_first else [self.head(x), features]
+        return torch.cat(parts, dim=1)
+
+
+@pytest.mark.parametrize("features_first", [False, True])
+def test_scores_that_are_input_features_get_their_own_value(features_first):
+    """LRP-0 on a linear model is Input×Gradient of the (preprocessed) input, for a score
+    that is a feature itself too: relevance per unit crosses back into relevance at the
+    output (a map of 1.0 there), and a concatenation's later input-derived part crosses
+    where it meets the head's scores (it crossed nowhere)."""
+    torch.manual_seed(0)
+    model = PassedThrough(features_first).double().eval()
+    x = torch.randn(3, 4, dtype=torch.double)
+    analyzer = lx.create_analyzer("lrp.z", model, neuron_selection_mode="all")
+    features = (x - 0.5) * 2.0 * torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=x.dtype)
+    expected = model.head.weight.sum(0) * x + features
+    for _ in range(2):  # the analysis and its replay
+        torch.testing.assert_close(analyzer.analyze(x), expected)
+    assert analyzer.replayed
+
+
+@pytest.mark.parametrize("features_first", [False, True])
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_1_beta_0",
+                                  "lrp.sequential_preset_a", "deep_taylor"])
+def test_scores_that_are_input_features_in_both_flows(name, features_first):
+    """The same as relevance carried as itself (which needs no boundary)."""
+    torch.manual_seed(0)
+    model = PassedThrough(features_first).double().eval()
+    x = torch.randn(3, 4, dtype=torch.double)
+    analyzer = lx.create_analyzer(name, model, neuron_selection_mode="index")
+    assert analyzer.flow.relative
+    relative = [analyzer.analyze(x, i) for i in range(5)]
+    analyzer.flow = Flow()
+    for i, expected in enumerate(relative):
+        torch.testing.assert_close(expected, analyzer.analyze(x, i))
+
+
+def test_a_model_that_only_reshapes_its_input_is_explained_by_its_input():
+    x = torch.randn(2, 3, 2, dtype=torch.double)
+    for name in ["lrp.z", "lrp.epsilon", "deep_taylor"]:
+        analyzer = lx.create_analyzer(name, nn.Flatten(), neuron_selection_mode="index")
+        selected = torch.zeros_like(x).flatten(1)
+        selected[:, 1] = 1.0
+        expected = x * selected.view_as(x)
+        if name == "deep_taylor":
+            expected = expected.clamp(min=0)
+        torch.testing.assert_close(analyzer.analyze(x, 1), expected)
+
+
 def test_non_proportional_rules_run_with_relevance_as_itself():
     model = zoo()
     assert not lx.create_analyzer("lrp.sequential_preset_a_flat", model).flow.relative

@@ -10,13 +10,14 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
+from ..compiled import eager, holds_compiled, uncompiled
 from ..precision import LOW_PRECISION, full_precision
 from .diagnostics import (
     OUTPUT_KEY,
@@ -31,12 +32,10 @@ from .errors import NotAnalyzableModelError
 from .forward import (
     OutputKey,
     check_same_forward,
-    eager,
     final_softmax,
     forward_signature,
     refusing_compiled_control_flow,
     select_output,
-    uncompiled,
     without_checkpointing,
 )
 from .operations import Handler, OperationRules, Prepare, too_coarse
@@ -68,9 +67,10 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
 
     Inside: every module in eval mode, no parameter requires grad (so no parameter's
     ``.grad`` can be touched and no weight gradient is computed), grad enabled, inference
-    mode off, autocast off (:mod:`~lit_explain.precision`) and activation checkpoints run
-    directly (see :mod:`.forward`; a rule-based forward pass also runs compiled submodules
-    eagerly, see :meth:`Analyzer._forward`). The modules' backward hooks
+    mode off, autocast off (:mod:`~lit_explain.precision`), activation checkpoints run
+    directly (see :mod:`.forward`) and compiled submodules eagerly (not recompiled for the
+    analysis, see :mod:`~lit_explain.compiled`; a rule-based forward pass runs all compiled
+    code eagerly, see :meth:`Analyzer._forward`). The modules' backward hooks
     (``register_full_backward_hook``, ``register_full_backward_pre_hook``,
     ``register_backward_hook``) are set aside: they observe or change the gradients of
     training (a Grad-CAM extractor, gradient logging), and an analysis' backward pass is
@@ -109,7 +109,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
             for module, _, _ in backward_hooks:  # (their handles hold the dicts: put back)
                 module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
             with torch.inference_mode(False), torch.enable_grad(), full_precision(), \
-                    without_checkpointing():
+                    without_checkpointing(), eager() if holds_compiled(model) else nullcontext():
                 yield
         finally:
             for module in training:

@@ -15,7 +15,8 @@ whichever runs first, see :func:`find_input_embedding`), reads its per-token out
 while the analysis runs, the model is called with ``e`` in place of the tokens: a forward
 pre-hook on the model hands the *tokens* to its ``forward`` (so masks and other token logic
 still see integers) and a forward hook on the embedding replaces by ``e`` the output of
-that call (not of others, on other ids, before or after). An ``EmbeddingBag`` over a 2-D
+that call, and of any later call of it on ids equal to the tokens (a second use of them,
+whose relevance was lost), not of others, on other ids. An ``EmbeddingBag`` over a 2-D
 ``(N, L)`` input is reduced from ``e`` as it reduces (``"sum"``, ``"mean"`` or ``"max"``,
 ``per_sample_weights`` and ``padding_idx`` honoured), so each token keeps its own share.
 Batches of several stacked copies of ``e`` (Integrated Gradients' path, SmoothGrad's
@@ -296,8 +297,11 @@ def token_input(model: nn.Module, tokens: Tensor) -> Iterator[InputEmbedding]:
         if call is None:  # (not in a forward pass of the analysis)
             return None
         state["calls"] = call + 1
-        if call != embedding.call:
-            return None  # other ids (a previous token's), or another call on the tokens
+        if call < embedding.call:
+            return None  # other ids (a previous token's, found so)
+        if call > embedding.call:  # the tokens again (a second use): the same vectors
+            return embedding.reduce(state["vectors"], ids) if _same_ids(
+                ids, state["tokens"]) else None
         if not _same_ids(ids, state["tokens"]):  # (the vectors would enter nowhere)
             raise ValueError(
                 f"the embedding '{embedding.path}' ({type(module).__name__}) got the input's "

@@ -1,11 +1,8 @@
 """The analysed forward pass: which module runs, which output is explained, and the check
 that the analysed forward computes what the model computes.
 
-- **Compiled models.** ``torch.compile(model)`` is analysed through its original module
-  (:func:`uncompiled`), and every rule-based forward pass runs under
-  ``torch.compiler.set_stance("force_eager")``, so that compiled submodules run their
-  Python code (where the rules are) instead of a compiled graph; the gradient methods
-  differentiate the compiled code as it is. Training stays compiled.
+- **Compiled models.** ``torch.compile(model)`` is analysed through its original module,
+  and every analysis runs compiled submodules eagerly (:mod:`lit_explain.compiled`).
 - **Activation checkpointing.** ``torch.utils.checkpoint`` runs its function directly
   during an analysis (:func:`without_checkpointing`): a rule must see the forward pass it
   modifies, and a checkpoint recomputes its part of it in the backward pass, outside the
@@ -24,7 +21,6 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -46,13 +42,6 @@ OutputKey = int | str | None
 #: Relative tolerance of :func:`check_same_forward` (float32 reorderings of the same sum,
 #: such as a merged BatchNorm, stay far below it; a different function does not).
 TOLERANCE = 1e-3
-
-
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The original module of a ``torch.compile``d model (the model itself otherwise)."""
-    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod
-    return model
 
 
 def _run_directly(function: Callable, preserve_rng_state: bool, *args: Any) -> Any:
@@ -91,41 +80,6 @@ def without_checkpointing() -> Iterator[None]:
                 delattr(owner, name)
             else:
                 setattr(owner, name, value)
-
-
-#: How many :func:`eager` contexts are open (in any thread), and the stance they set.
-_eager_depth = 0
-_eager_stance: Any = None
-_eager_lock = threading.Lock()
-
-
-@contextmanager
-def eager() -> Any:
-    """Run compiled modules and functions eagerly (their Python code) while open.
-
-    The compiler's stance is process-wide: the first context to open sets it, the last to
-    close puts back what was before, whichever threads open and close them (the training
-    callback's and a standalone analysis' overlap; each putting back what it found restored
-    the wrong stance, for good). Where dynamo was never imported nothing can have been
-    compiled, and nothing is done: importing it only for this costs about a second and
-    starts its machinery in every process (DDP workers included).
-    """
-    global _eager_depth, _eager_stance
-    if "torch._dynamo" not in sys.modules:
-        yield
-        return
-    with _eager_lock:
-        if _eager_depth == 0:
-            _eager_stance = torch.compiler.set_stance("force_eager")  # (set as made)
-        _eager_depth += 1
-    try:
-        yield
-    finally:
-        with _eager_lock:
-            _eager_depth -= 1
-            if _eager_depth == 0:
-                _eager_stance.__exit__(None, None, None)  # (the stance before the first)
-                _eager_stance = None
 
 
 def select_output(output: Any, key: OutputKey = None) -> Tensor:
@@ -455,6 +409,14 @@ def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], T
             return False
         raise
     return any(same_storage(output, t) for t in mode.outputs.values())
+
+
+def storage_key(t: Tensor) -> int | None:
+    """What ``t`` and every view of it (a reshape, an added axis, a slice) share: its
+    storage's address; ``None`` for an empty tensor, which holds none. No call an analysis
+    would see."""
+    with torch._C.DisableTorchFunction():
+        return t.untyped_storage().data_ptr() if t.numel() else None
 
 
 def same_storage(a: Tensor, b: Tensor) -> bool:

@@ -303,8 +303,10 @@ def replace_tensors(args: tuple, kwargs: dict, replace: Callable[[Tensor], Tenso
 
 
 def differentiable(value: object) -> bool:
-    """Whether ``value`` is a floating-point tensor that requires grad."""
-    return isinstance(value, Tensor) and value.requires_grad and value.is_floating_point()
+    """Whether ``value`` is a floating-point or complex tensor that requires grad (a complex
+    one has no rule: the call that makes it is refused, not passed with its gradient)."""
+    return isinstance(value, Tensor) and value.requires_grad and (
+        value.is_floating_point() or value.is_complex())
 
 
 #: ``torch.max``: a max pooling over a dimension (or all), unless it takes the elementwise
@@ -368,9 +370,13 @@ def weight_operand(func: Callable, args: tuple, kwargs: dict,
 
 
 def operation_name(func: Callable) -> str:
-    """A readable name for a torch callable, e.g. ``torch.nn.functional.gelu``."""
+    """A readable name for a torch callable, e.g. ``torch.nn.functional.gelu``; a tensor
+    property's getter by the property (``torch.Tensor.real``)."""
     module = getattr(func, "__module__", None) or "torch.Tensor"
-    return f"{module}.{getattr(func, '__name__', repr(func))}"
+    name = getattr(func, "__name__", repr(func))
+    if name == "__get__":  # (a property: the getter of its descriptor)
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return f"{module}.{name}"
 
 
 def map_differentiable(fn: Callable[[Tensor], Tensor], args: tuple, kwargs: dict

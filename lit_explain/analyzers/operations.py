@@ -461,6 +461,12 @@ class OperationRules(TorchFunctionMode):
                     plan.add(index, handler_step(handler, kind))
                 elif index not in plan.planned:  # (a handler that gives its own step)
                     plan.unreplayable()
+        if any(o.is_complex() and differentiable(o) for o in produced):
+            raise NotAnalyzableModelError(
+                f"{self._call(func, args, kwargs, kind).where()} makes complex values of the "
+                f"input, through which no rule propagates relevance (its gradient would stand "
+                f"in for one); the gradient methods (gradient, input_t_gradient, smoothgrad, "
+                f"integrated_gradients) differentiate it as it is")
         if self.record is not None:
             self.record.append(Recorded(call.where(), inputs, [_snapshot(t) for t in produced],
                                         {id(t) for t in produced}))

@@ -220,7 +220,7 @@ class _PatternBased(Analyzer):
         if not isinstance(patterns, Mapping):
             raise TypeError(f"patterns must be a dict of module path -> tensor (what "
                             f"PatternComputer.compute() returns), got {type(patterns).__name__}")
-        from ..patterns.layers import WeightSeen, current_weight, normalised_for
+        from ..patterns.layers import WeightSeen, current_weight, kernel_layers, normalised_for
 
         modules = dict(self.model.named_modules())
         for path, pattern in patterns.items():
@@ -229,9 +229,13 @@ class _PatternBased(Analyzer):
                                 f"be tensors shaped like their module's weight")
             weight = current_weight(modules.get(path))
             if not isinstance(weight, Tensor):
-                raise ValueError(f"patterns has an entry {path!r}, which is not a module with "
-                                 f"a weight in {type(self.model).__name__}; fit the patterns on "
-                                 f"the same module the analyzer explains")
+                raise ValueError(
+                    f"patterns has an entry {path!r}, which is not a module with a weight in "
+                    f"{type(self.model).__name__} (its kernel layers: "
+                    f"{sorted(kernel_layers(self.model))}); the keys are module paths in the "
+                    f"module the analyzer explains (of a torch.compile'd model: its original "
+                    f"module, without '_orig_mod.'), as PatternComputer(model).compute() "
+                    f"gives them")
             if tuple(pattern.shape) != tuple(weight.shape):
                 raise ValueError(f"pattern {path!r} has shape {tuple(pattern.shape)}, but the "
                                  f"module's weight has shape {tuple(weight.shape)}")

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..compiled import uncompiled
 from .base import Analyzer
-from .forward import uncompiled
 from .lrp import presets, rules
 from .registry import analyzers, create_analyzer
 

@@ -24,9 +24,10 @@ from typing_extensions import override
 
 from .. import viz
 from ..analyzers import Analyzer, NotAnalyzableModelError, analyzers, create_analyzer
-from ..analyzers.forward import OutputSelector, eager
+from ..analyzers.forward import OutputSelector
 from ..analyzers.registry import parameters_of
 from ..analyzers.validation import check_bool, check_choice, check_positive_int
+from ..compiled import eager
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
 from ..patterns.statistics import PATTERN_TYPES

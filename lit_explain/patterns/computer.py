@@ -8,7 +8,12 @@ and DDP ranks merge by addition. The pattern is derived from them at :meth:`comp
 The weight and bias are those the layer's kernel call (``F.linear``, ``torch.convNd``,
 ``torch.conv_transposeNd``) receives, recorded while its forward runs: a layer that computes
 its weight in ``forward`` (weight standardisation, ``torch.nn.utils.parametrizations``) gets
-the pattern of the weight it uses, as the analyzers use that weight too.
+the pattern of the weight it uses, as the analyzers use that weight too; so does a layer run
+with parameters other than its own (``torch.func.functional_call``: an EMA teacher, an
+ensemble member).
+
+A ``torch.compile``d model is fit through its original module, as the analyzers explain it:
+the pattern keys are that module's paths, without ``_orig_mod.``.
 
 The mask of the ``"relu"`` types is read from the layer's real output (bias included). When
 that output goes straight into a BatchNorm, the BatchNorm's output is read instead: the value
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..compiled import uncompiled
 from ..precision import full_precision
 from .layers import (
     KERNEL_LAYERS,
@@ -132,7 +138,9 @@ class PatternComputer:
     model:
         The model whose kernel layers (``nn.Linear``, ``nn.Conv1d/2d/3d``,
         ``nn.ConvTranspose1d/2d/3d``) get patterns; convolutions are fit over their input
-        patches, transposed convolutions per output channel over every output position.
+        patches, transposed convolutions per output channel over every output position. A
+        ``torch.compile``d model is fit through its original module (kept as
+        :attr:`model`), whose module paths key the patterns, as the analyzers explain it.
     pattern_type:
         ``"linear"`` (every row counts), ``"relu"`` = ``"relu.positive"`` (rows where the
         layer's output is positive: the paper's two-component estimator, the right one for
@@ -158,9 +166,9 @@ class PatternComputer:
         if pattern_type not in PATTERN_TYPES:  # (no import from the analyzers: a layer below)
             raise ValueError(f"pattern_type={pattern_type!r} is not valid; expected one of "
                              f"{list(PATTERN_TYPES)}")
-        self.model = model
+        self.model = uncompiled(model)
         self.pattern_type = pattern_type
-        self.layers = kernel_layers(model)
+        self.layers = kernel_layers(self.model)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no kernel layer (nn.Linear, "
                              f"nn.ConvNd, nn.ConvTransposeNd): there is nothing to fit "
@@ -172,8 +180,9 @@ class PatternComputer:
         #: module path -> the kernel calls of its forward, while it runs (layers with a
         #: forward of their own only: see :func:`computes_its_weight`)
         self._kernel_calls: dict[str, _KernelCalls] = {}
-        #: module path -> the weight its kernel call received in the last collected forward
-        self._kernel_weights: dict[str, Tensor] = {}
+        #: module path -> the weight its kernel call received in the last collected forward,
+        #: and the parameters the layer held during that call
+        self._calls_seen: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(pattern_type={self.pattern_type!r}, "
@@ -277,8 +286,7 @@ class PatternComputer:
             return
         weight, bias = (current_weight(module), module.bias) if calls is None else \
             calls.weight_and_bias(module, output)
-        if calls is not None:
-            self._kernel_weights[path] = weight.detach()
+        self._calls_seen[path] = (weight.detach(), tuple(module.parameters()))
         self._flush()
         with torch.no_grad():
             y = pre_activation(module, output, bias)
@@ -324,25 +332,39 @@ class PatternComputer:
 
     def patterns_from(self, statistics: Mapping[str, LayerStatistics]) -> dict[str, Tensor]:
         """The patterns of given statistics (layers with data), each normalised against the
-        weight its layer's kernel call receives: ``module.weight``, or, for a layer with a
-        forward of its own (:func:`computes_its_weight`), the weight its call received in the
-        last forward pass this computer collected from."""
+        weight its layer's kernel call receives (see :meth:`_normalising_weight`)."""
         patterns = {}
         for path, module in self.layers.items():
             if int(statistics[path].rows) == 0:
                 continue
-            weight = self._kernel_weights.get(path)
-            if weight is None and computes_its_weight(module):
+            weight = self._normalising_weight(path, module)
+            pattern = rows_to_weight(module, statistics[path].pattern(weight_rows(module, weight)))
+            note_normalised_for(pattern, module, weight)  # (a pattern analyzer checks it)
+            patterns[path] = pattern
+        return patterns
+
+    def _normalising_weight(self, path: str, module: nn.Module) -> Tensor:
+        """The weight the kernel call of layer ``path`` receives: ``module.weight`` as it is
+        now (steps taken since the forward passes count), or the weight its call received
+        in the last forward pass this computer collected from where that differs: a layer
+        with a forward of its own (:func:`computes_its_weight`), or one that ran with
+        parameters other than those it holds now (``torch.func.functional_call``)."""
+        seen = self._calls_seen.get(path)
+        if seen is None:  # (statistics loaded or merged, no forward collected)
+            if computes_its_weight(module):
                 raise RuntimeError(
                     f"layer '{path}' ({type(module).__name__}) has a forward of its own, which "
                     f"may call its kernel with another weight than module.weight, and this "
                     f"computer has not seen it run (its statistics were loaded or merged): "
                     f"collect one batch (update(x)) before computing the patterns")
-            weight = current_weight(module) if weight is None else weight
-            pattern = rows_to_weight(module, statistics[path].pattern(weight_rows(module, weight)))
-            note_normalised_for(pattern, module, weight)  # (a pattern analyzer checks it)
-            patterns[path] = pattern
-        return patterns
+            return current_weight(module)
+        weight, parameters = seen
+        held = tuple(module.parameters())
+        ran_with_its_own = len(held) == len(parameters) and all(
+            now is then for now, then in zip(held, parameters, strict=True))
+        if ran_with_its_own and not computes_its_weight(module):
+            return current_weight(module)
+        return weight
 
     def synced_statistics(self) -> dict[str, LayerStatistics]:
         """The statistics summed over all DDP ranks (the local ones without a process group).

@@ -466,6 +466,29 @@ def test_input_times_gradient_of_a_token_model_is_the_embedding_times_its_gradie
                                (e * gradient).sum(-1).detach())
 
 
+class EmbedsTwice(Positions):
+    """The tokens embedded once and used twice, or embedded twice (one function)."""
+
+    def forward(self, tokens):
+        first = self.token(tokens)
+        second = self.token(tokens) if self.order == "twice" else first
+        return self.out(torch.relu(self.fc(first) + self.fc(second * 0.5)).mean(1))
+
+
+@pytest.mark.parametrize("name", ["gradient", "input_t_gradient", "integrated_gradients",
+                                  "smoothgrad", "deep_lift", "lrp.epsilon", "lrp.z"])
+def test_tokens_embedded_twice_give_the_map_of_one_embedding_used_twice(name):
+    """The second call's relevance was lost (maps 0.6–0.7 off); its output is the same
+    vectors (Input×Gradient: e · de, with e feeding both uses)."""
+    tokens = torch.tensor([[1, 4, 2, 8, 3], [5, 5, 7, 1, 6]])
+    kwargs = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"noise_scale": 0.0}}
+    expected = lx.create_analyzer(name, EmbedsTwice("once"), **kwargs.get(name, {})
+                                  ).analyze(tokens)
+    result = lx.create_analyzer(name, EmbedsTwice("twice"), **kwargs.get(name, {})
+                                ).analyze(tokens)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("bag", [False, True])
 def test_an_embedding_that_renormalises_its_weight_is_refused_before_it_runs(bag):
     model = Positions("token_first")

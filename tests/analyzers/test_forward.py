@@ -354,6 +354,42 @@ def test_a_compiled_model_gives_the_uncompiled_maps(backend):
                                    lx.create_analyzer(name, model).analyze(x))
 
 
+class _RegionallyCompiled(nn.Module):
+    """A convolution and a head each compiled on their own, ``fullgraph=True``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.compile(nn.Conv2d(3, 4, 3, padding=1), backend="eager",
+                                  fullgraph=True)
+        self.fc = torch.compile(nn.Linear(4 * 8 * 8, 5), backend="eager", fullgraph=True)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_analyses_recompile_no_compiled_submodule():
+    """Every analysis runs compiled submodules eagerly: the gradient methods ran them
+    compiled and recompiled them for every analysis (frozen parameters, other batch sizes),
+    until the recompile limit failed the analyses and the next training step."""
+    from torch._dynamo.utils import counters
+
+    model = _RegionallyCompiled()
+    for batch in (2, 8):  # training compiles what it runs
+        model.train()
+        model(torch.randn(batch, 3, 8, 8)).sum().backward()
+    model.eval()
+    compiled = counters["stats"]["unique_graphs"]
+    for _ in range(3):
+        for name in ("gradient", "smoothgrad", "integrated_gradients", "lrp.epsilon"):
+            lx.create_analyzer(name, model).analyze(torch.randn(2, 3, 8, 8))
+    assert counters["stats"]["unique_graphs"] == compiled
+    model.train()
+    for batch in (2, 8):
+        model(torch.randn(batch, 3, 8, 8)).sum().backward()  # (still compiled, no failure)
+    assert counters["stats"]["unique_graphs"] == compiled
+
+
 class NormalizesInPlace(nn.Module):
     """Normalises its input in place, as some preprocessing code does."""
 
@@ -908,7 +944,7 @@ def test_overlapping_eager_contexts_in_threads_put_the_stance_back():
 
     import torch._dynamo
 
-    from lit_explain.analyzers.forward import eager
+    from lit_explain.compiled import eager
 
     def stance() -> str:
         return torch._dynamo.eval_frame._stance.stance

@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 import lit_explain as lx
+from lit_explain.analyzers.kinds import operation_name
 from lit_explain.analyzers.lrp import (
     LRP,
     AlphaBetaRule,
@@ -356,18 +357,43 @@ class Recurrent(nn.Module):
         return self.head(self.lstm(x[:, None])[0][:, -1])
 
 
+class Spectral(nn.Module):
+    """Features mixed through complex values: FNet's ``|fft(h)|``, or a rotation by complex
+    phases (a product with a complex constant) and its real part."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.fc, self.head = how, nn.Linear(4, 4), nn.Linear(4, 2)
+        self.register_buffer("phases", torch.exp(1j * torch.arange(4.0)))
+
+    def forward(self, x):
+        if self.how == "magnitude":
+            return self.head(torch.relu(self.fc(x)) + torch.fft.fft(self.fc(x)).abs())
+        return self.head(torch.relu((self.fc(x) * self.phases).real))
+
+
 @pytest.mark.parametrize("block, where", [
     (Recurrent(), "'lstm' (LSTM)"),
     (nn.Sequential(nn.Linear(4, 4), nn.Softplus(), nn.Linear(4, 2), nn.LogSoftmax(1),
                    nn.Linear(2, 2)), "'3' (LogSoftmax)"),
     (Quotient(), "div in the model's own forward"),
+    # complex values: the Fourier transform is refused, not passed with its gradient (an
+    # FNet's map was Input×Gradient, an |STFT| front end's the bare gradient)
+    (Spectral("magnitude"), "fft_fft in the model's own forward"),
+    (Spectral("rotation"), "mul in the model's own forward makes complex values"),
 ])
 @pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.flat",
-                                  "deep_taylor"])
+                                  "deep_taylor", "guided_backprop", "deep_lift"])
 def test_an_operation_without_a_rule_is_an_error_naming_it(block, where, name):
+    if name == "guided_backprop" and "LogSoftmax" in where:
+        where = "softplus"  # (ReLU only: no rule for the activation before)
     with pytest.raises(lx.NotAnalyzableModelError, match=where.replace("(", r"\(")
                        .replace(")", r"\)")):
         lx.create_analyzer(name, block).analyze(torch.randn(2, 4))
+
+
+def test_a_tensor_property_is_named_as_written():
+    assert operation_name(torch.Tensor.real.__get__) == "torch.Tensor.real"
 
 
 def test_rule_specifications():

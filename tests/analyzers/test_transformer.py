@@ -179,6 +179,78 @@ def test_a_gate_written_in_place_is_held_as_written_out_of_place(rule, how):
     assert analyzer.replayed
 
 
+class HeadGated(nn.Module):
+    """Per-head output gates: ``sigmoid(g x)``, one per head, reshaped onto the head's
+    features after (``form``: ``unsqueeze(-1)``, ``[..., None]``, ``view``) or before the
+    non-linearity; bias-free, so that LRP-0 is Input×Gradient with the gate held."""
+
+    def __init__(self, form: str, hold: bool = False) -> None:
+        super().__init__()
+        self.form, self.hold = form, hold
+        self.v, self.g, self.head = (nn.Linear(8, 8, bias=False), nn.Linear(8, 2, bias=False),
+                                     nn.Linear(8, 3, bias=False))
+
+    def forward(self, x):
+        v = self.v(x).view(*x.shape[:-1], 2, 4)
+        g = self.g(x)
+        gate = {"before": lambda: torch.sigmoid(g.unsqueeze(-1)),
+                "unsqueeze": lambda: torch.sigmoid(g).unsqueeze(-1),
+                "index": lambda: torch.sigmoid(g)[..., None],
+                "view": lambda: torch.sigmoid(g).view(*g.shape, 1)}[self.form]()
+        gate = gate.detach() if self.hold else gate
+        return self.head((gate * v).flatten(-2).mean(1))
+
+
+@pytest.mark.parametrize("form", ["before", "unsqueeze", "index", "view"])
+def test_cp_holds_a_gate_reshaped_after_its_non_linearity(form):
+    """A view of a gate is the gate (CP's map was 6× its size off where the gate was
+    reshaped after the sigmoid): LRP-0 under CP is Input×Gradient with the gate detached."""
+    torch.manual_seed(0)
+    model = HeadGated(form).double().eval()
+    held = HeadGated(form, hold=True).double().eval()
+    held.load_state_dict(model.state_dict())
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    expected = lx.create_analyzer("input_t_gradient", held).analyze(x)
+    analyzer = lx.create_analyzer("lrp.z", model, attention_rule="cp")
+    for _ in range(2):  # a full analysis, then its replay
+        torch.testing.assert_close(analyzer.analyze(x), expected)
+    assert analyzer.replayed
+
+
+class TopKAttention(nn.Module):
+    """Sparse attention: each query keeps its 3 top scores, the others masked with −inf by a
+    mask of the scores themselves (``masked_fill`` or ``torch.where``), or by the same mask
+    detached (the same function: a mask is a constant)."""
+
+    def __init__(self, form: str, detached: bool = False) -> None:
+        super().__init__()
+        self.form, self.detached = form, detached
+        self.q, self.k, self.v, self.head = (nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8),
+                                             nn.Linear(8, 3))
+
+    def forward(self, x):
+        s = self.q(x) @ self.k(x).transpose(-2, -1)
+        source = s.detach() if self.detached else s
+        kept = source >= s.detach().topk(3, dim=-1).values[..., -1:]
+        s = s.masked_fill(~kept, -math.inf) if self.form == "masked_fill" else torch.where(
+            kept, s, -math.inf)
+        return self.head((torch.softmax(s, -1) @ self.v(x)).mean(1))
+
+
+@pytest.mark.parametrize("form", ["masked_fill", "where"])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_scores_masked_by_their_own_top_k_give_the_map_of_a_constant_mask(form, absolute):
+    """The masked (−inf) scores carry no relevance; per unit of tensor their ratio made the
+    0 they get NaN, and the whole map with it."""
+    torch.manual_seed(0)
+    model, held = TopKAttention(form).double().eval(), TopKAttention(form, True).double().eval()
+    held.load_state_dict(model.state_dict())
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    expected = lrp_z({}, held, x, absolute=False)
+    torch.testing.assert_close(lrp_z({}, model, x, absolute), expected)
+    assert expected.abs().sum() > 0
+
+
 class Scores(nn.Module):
     """Attention scores ``(X Wq)(X Wk)ᵀ`` read by a dense head."""
 

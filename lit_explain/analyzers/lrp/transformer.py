@@ -76,11 +76,14 @@ def identity_rule(call: OperationCall, flow: Flow) -> Tensor:
 
 
 def passed_through(source: Tensor, y: Tensor, flow: Flow) -> Tensor:
-    """``y``, an elementwise function of ``source``, with the identity rule ``R_x = R_y``."""
+    """``y``, an elementwise function of ``source``, with the identity rule ``R_x = R_y``.
+    An infinite output (a score masked with −inf by a mask of its own values, top-k
+    attention) carries no relevance, as the softmax rule gives it none."""
     shape = source.shape
     if not flow.relative:
         return with_gradient(source, y, lambda grad: grad.sum_to_size(shape))
-    ratio = torch.div(y.detach(), safe(source.detach()))
+    # (its ratio would make the 0 it gets NaN)
+    ratio = torch.div(y.detach(), safe(source.detach())).nan_to_num_(posinf=0.0, neginf=0.0)
     return with_gradient(source, y, lambda grad: (grad * ratio).sum_to_size(shape))
 
 

@@ -370,6 +370,19 @@ class RegionCurveMetric(Metric):
             self._generator = make_generator(self.seed, device)
         return self._generator
 
+    @contextlib.contextmanager
+    def _draws_kept(self) -> Iterator[None]:
+        """Leave the metric's generator as it was: what runs inside draws what the next
+        ``update`` will draw (the per-sample ``sample_*`` methods do not change the metric)."""
+        kept = self._generator
+        state = None if kept is None else kept.get_state()
+        try:
+            yield
+        finally:
+            if kept is not None:
+                kept.set_state(state)
+            self._generator = kept
+
     def reset(self) -> None:
         """Reset the states and re-seed, so every epoch sees the same random draws."""
         super().reset()

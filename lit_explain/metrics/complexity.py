@@ -14,12 +14,16 @@ __all__ = ["Complexity", "Sparseness", "gini", "entropy"]
 
 
 def _flat_abs(attributions: Tensor, owner: str) -> Tensor:
-    """``|a|`` as float64 rows ``(N, n)``; refuses maps without entries or with NaN/inf."""
-    if attributions.dim() < 2 or attributions[0].numel() == 0:
+    """``|a|`` as float64 rows ``(N, n)``, each divided by its maximum (the Gini index and the
+    entropy do not depend on the scale, and sums of entries near float64's maximum would
+    overflow); refuses maps without entries or with NaN/inf. An empty batch gives ``(0, n)``."""
+    if attributions.dim() < 2 or math.prod(attributions.shape[1:]) == 0:
         raise ValueError(f"{owner}: attributions of shape {tuple(attributions.shape)} are not "
                          f"valid; expected a batch axis and at least one entry per map (N, ...)")
     check_finite_map(owner, attributions)
-    return attributions.detach().flatten(1).double().abs()  # (a bool map: 0 and 1)
+    a = attributions.detach().flatten(1).double().abs()  # (a bool map: 0 and 1)
+    peak = a.amax(1, keepdim=True)
+    return a / torch.where(peak > 0, peak, 1.0)
 
 
 def gini(attributions: Tensor) -> Tensor:
@@ -65,7 +69,8 @@ class _MeanOverSamples(Metric):
         raise NotImplementedError
 
     def update(self, attributions: Tensor) -> None:
-        """Add a batch of maps ``(N, ...)`` (any layout; every entry after the batch axis)."""
+        """Add a batch of maps ``(N, ...)`` (any layout; every entry after the batch axis).
+        An empty batch (``N = 0``) adds nothing."""
         _flat_abs(attributions, type(self).__name__)  # names this metric in the errors
         values = self._per_sample(attributions)
         self.value_sum += values.sum().to(self.value_sum)
@@ -117,5 +122,5 @@ class Complexity(_MeanOverSamples):
 
     def _per_sample(self, attributions: Tensor) -> Tensor:
         h = entropy(attributions)
-        n = attributions[0].numel()
+        n = math.prod(attributions.shape[1:])
         return h / math.log(n) if self.normalized and n > 1 else h

@@ -47,8 +47,9 @@ def spearman(a: Tensor, b: Tensor, ranks_a: Tensor | None = None,
 
 def topk_intersection(a: Tensor, b: Tensor, k: int | float) -> Tensor:
     """Fraction of the ``k`` largest-``|value|`` entries the two maps share, per sample; ties
-    go to the earlier row-major position (``topk`` leaves their order unspecified)."""
-    a, b = a.flatten(1).abs(), b.flatten(1).abs()
+    go to the earlier row-major position (``topk`` leaves their order unspecified). Maps of
+    any dtype, boolean ones included, are compared as float64 (as :func:`spearman` does)."""
+    a, b = a.flatten(1).double().abs(), b.flatten(1).double().abs()
     n = a.shape[1]
     kk = min(n, max(1, round(k * n)) if isinstance(k, float) else int(k))
 

@@ -106,11 +106,19 @@ class FaithfulnessCorrelation(RegionCurveMetric):
             )
         return self.subset_size
 
-    @torch.no_grad()
     def sample_correlations(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
     ) -> Tensor:
-        """Per-sample correlations ``(N,)`` without touching the states."""
+        """Per-sample correlations ``(N,)`` without touching the metric: its states and its
+        generator stay as they were (the subsets are those the next :meth:`update` draws)."""
+        with self._draws_kept():
+            return self._sample_correlations(x, attributions, target)
+
+    @torch.no_grad()
+    def _sample_correlations(
+        self, x: Tensor, attributions: Tensor, target: Tensor | int | None
+    ) -> Tensor:
+        """:meth:`sample_correlations`, drawing from (and advancing) the metric's generator."""
         x_nc, grid, scores, target = self._prepare(x, attributions, target)
         n, r = scores.shape
         k = self._size(r)
@@ -141,7 +149,7 @@ class FaithfulnessCorrelation(RegionCurveMetric):
 
     def update(self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None) -> None:
         """Add the correlations of a batch; ``target=None`` explains the predicted class."""
-        corr = self.sample_correlations(x, attributions, target)
+        corr = self._sample_correlations(x, attributions, target)
         self.correlation_sum += corr.sum().to(self.correlation_sum)
         self.count += corr.numel()
 

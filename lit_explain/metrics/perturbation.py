@@ -169,7 +169,16 @@ class RegionPerturbation(RegionCurveMetric):
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
     ) -> Tensor:
-        """Per-sample curves ``(N, steps + 1)`` without touching the states."""
+        """Per-sample curves ``(N, steps + 1)`` without touching the metric: its states and
+        its generator stay as they were (a random order or Gaussian noise draws what the
+        next :meth:`update` will draw)."""
+        with self._draws_kept():
+            return self._sample_curves(x, attributions, target)
+
+    def _sample_curves(
+        self, x: Tensor, attributions: Tensor, target: Tensor | int | None
+    ) -> Tensor:
+        """:meth:`sample_curves`, drawing from (and advancing) the metric's generator."""
         x_nc, grid, scores, target = self._prepare(x, attributions, target)
         steps = self.resolved_steps(grid.n_regions // self.regions_per_step)
         if steps * self.regions_per_step > grid.n_regions:
@@ -191,9 +200,11 @@ class RegionPerturbation(RegionCurveMetric):
 
         ``curves``: per-sample curves from :meth:`sample_curves` instead of ``x`` and
         ``attributions`` (so that the curves of several maps can be computed in shared model
-        calls and credited to each map's metric)."""
+        calls and credited to each map's metric). :meth:`sample_curves` does not advance the
+        generator: where the curves draw from it (:attr:`draws_at_random`) pass ``x`` and
+        ``attributions``, so that each batch gets draws of its own."""
         if curves is None:
-            curves = self.sample_curves(*_batch(x, attributions), target)
+            curves = self._sample_curves(*_batch(x, attributions), target)
         self._add_curves({"curve_sum": curves.sum(0)}, curves.shape[0])
 
     def curve(self) -> Tensor:
@@ -298,7 +309,16 @@ class InsertionDeletion(RegionCurveMetric):
     def sample_curves(
         self, x: Tensor, attributions: Tensor, target: Tensor | int | None = None
     ) -> dict[str, Tensor]:
-        """Per-sample ``{"insertion", "deletion"}`` curves ``(N, steps + 1)`` and ``"fraction"``."""
+        """Per-sample ``{"insertion", "deletion"}`` curves ``(N, steps + 1)`` and
+        ``"fraction"``, without touching the metric (its states and generator; see
+        :meth:`RegionPerturbation.sample_curves`)."""
+        with self._draws_kept():
+            return self._sample_curves(x, attributions, target)
+
+    def _sample_curves(
+        self, x: Tensor, attributions: Tensor, target: Tensor | int | None
+    ) -> dict[str, Tensor]:
+        """:meth:`sample_curves`, drawing from (and advancing) the metric's generator."""
         x_nc, grid, scores, target = self._prepare(x, attributions, target)
         n_regions = grid.n_regions
         steps = self.resolved_steps(n_regions)
@@ -319,8 +339,9 @@ class InsertionDeletion(RegionCurveMetric):
                curves: dict[str, Tensor] | None = None) -> None:
         """Add the curves of a batch; ``target=None`` explains the predicted class.
         ``curves``: per-sample curves from :meth:`sample_curves` instead of ``x`` and
-        ``attributions``."""
-        c = self.sample_curves(*_batch(x, attributions), target) if curves is None else curves
+        ``attributions`` (which do not advance the generator: see
+        :meth:`RegionPerturbation.update`)."""
+        c = self._sample_curves(*_batch(x, attributions), target) if curves is None else curves
         n = c["deletion"].shape[0]
         self._add_curves({"insertion_sum": c["insertion"].sum(0),
                           "deletion_sum": c["deletion"].sum(0),

@@ -316,7 +316,8 @@ def heatmap(
         ``"oranges"``.
     reduce_op : {"sum", "absmax", "mean"}
         How channels are combined: their sum (iNNvestigate's default), the signed value of
-        largest magnitude, or the mean.
+        largest magnitude, or the mean; in float64, so that the sum of a finite map stays
+        finite (a float16 map's could pass 65504). The colours come back in ``X``'s dtype.
     reduce_axis : int or None
         The channel axis of inputs with 4 or more axes (default 1, channels first). ``None``
         never reduces.
@@ -350,10 +351,12 @@ def heatmap(
     if not bool(torch.isfinite(T).all()):  # (they would make their samples blank)
         raise ValueError("heatmap of values with NaN or infinity: they have no colour; "
                          "drop or repair those samples")
+    dtype = T.dtype
     if T.ndim == 2:
         T = T[:, None, :]
     elif T.ndim >= 4 and reduce_axis is not None:
-        T = _reduce(T, reduce_op, reduce_axis)
+        # in float64, as the colours are: a float16 channel sum overflows at 65504
+        T = _reduce(T.double(), reduce_op, reduce_axis)
     if shared_absmax is not None:
         check_scale("shared_absmax", shared_absmax)
         absmax = shared_absmax
@@ -362,7 +365,7 @@ def heatmap(
     else:
         absmax = 1.0
     P = project(T, absmax=absmax, input_is_positive_only=input_is_positive_only)
-    rgb = cmap(P).movedim(-1, 1)  # (N, ..., 3) -> (N, 3, ...)
+    rgb = cmap(P).to(dtype).movedim(-1, 1)  # (N, ..., 3) -> (N, 3, ...), in X's dtype
     if alpha_cmap:
         rgb = torch.cat([rgb, torch.ones_like(rgb[:, :1])], 1)
     return _back(rgb, was_numpy)

@@ -51,6 +51,9 @@ KINDS = ("auto", "image", "sequence", "tabular", "tokens")
 Scale = float | Tensor | Mapping[str, float | Tensor] | None
 #: The quantile of ``|relevance|`` that :func:`robust_absmax` takes as a range.
 ROBUST_QUANTILE = 0.995
+#: The narrowest colour bar, in pixels at text scale 1: a grid too narrow for its colour
+#: bars is widened to hold them.
+MIN_COLORBAR_WIDTH = 48
 
 
 def robust_absmax(maps: Tensor, quantile: float = ROBUST_QUANTILE) -> float:
@@ -59,7 +62,7 @@ def robust_absmax(maps: Tensor, quantile: float = ROBUST_QUANTILE) -> float:
     A robust maximum: a few outlier pixels (at most ``1 - quantile`` of them) saturate
     instead of washing out every other value. 1.0 when the maps are all zero.
     """
-    values = maps.detach().abs().flatten().float()
+    values = maps.detach().abs().flatten().double()
     if values.numel() > 1_000_000:  # quantile() refuses huge inputs: a strided sample
         values = values[:: values.numel() // 1_000_000 + 1]
     value = float(torch.quantile(values, quantile)) if values.numel() else 0.0
@@ -219,15 +222,6 @@ def _image_cells(x: Tensor, maps: dict[str, Tensor], cmaps: dict[str, Colormap],
     shown = shown.expand(-1, 3, -1, -1)
     prepared: dict[str, Tensor] = {}
     for name, m in maps.items():
-        if m.ndim == 2 and m.shape[1] in (C * H * W, H * W):
-            m = m.reshape(N, -1, H, W)
-        if m.ndim > 4:  # (a volume's maps are sliced where the input is)
-            m = _middle_slices(m, channels=m.shape[1] == C)
-        if m.ndim not in (3, 4):
-            raise ValueError(
-                f"map {name!r} has shape {tuple(m.shape)}; for images {tuple(x.shape)} a map "
-                "must be (N, C, H, W), (N, H, W), or flat with C*H*W or H*W values per sample"
-            )
         if tuple(m.shape[-2:]) != (H, W):  # e.g. a hidden layer's map: stretch to the input
             m = F.interpolate(m if m.ndim == 4 else m[:, None], size=(H, W), mode="nearest")
         prepared[name] = m
@@ -407,6 +401,27 @@ def _token_map(name: str, m: Tensor, L: int) -> Tensor:
                      f"need (N, {L}) maps, or (N, {L}, E) / (N, E, {L}) summed over E")
 
 
+def _image_map(name: str, m: Tensor, shape: torch.Size) -> Tensor:
+    """An image map as ``(N, C', H', W')`` or ``(N, H', W')``, for inputs of ``shape``
+    ``(N, C, ..., H, W)``: a flat map takes the input's shape (with or without its channel
+    axis); a volume's map, with any channel count or without the channel axis, is sliced
+    where the input column is (:func:`_middle_slices`)."""
+    N, C, *spatial = shape
+    given = tuple(m.shape)
+    positions = math.prod(spatial)
+    if m.ndim == 2 and m.shape[1] in (C * positions, positions):
+        m = m.reshape(N, -1, *spatial)
+    if len(shape) > 4 and m.ndim in (len(shape) - 1, len(shape)):
+        m = _middle_slices(m, channels=m.ndim == len(shape))
+    if m.ndim not in (3, 4):
+        raise ValueError(
+            f"map {name!r} has shape {given}; for inputs of shape {tuple(shape)} a map needs "
+            f"{len(shape)} axes (N, C', ...) with any channel count C', {len(shape) - 1} "
+            f"without the channel axis, or flat {C * positions} or {positions} values per "
+            f"sample")
+    return m
+
+
 def _strip_map(name: str, m: Tensor, C: int, L: int) -> Tensor:
     """A map as ``(N, C, L)`` or, when already channel-reduced, ``(N, 1, L)``."""
     if m.ndim >= 2 and m[0].numel() == C * L:
@@ -459,8 +474,10 @@ def explanation_grid(
     maps : mapping of str to Tensor or ndarray
         Analyzer name -> attribution map of the same samples: the input's shape, or
         already channel-reduced (``(N, H, W)``, ``(N, L)``), or flat with as many values
-        per sample. Image maps of another spatial size (a hidden layer's) are stretched
-        to the input's size by nearest neighbour.
+        per sample. Image maps of another spatial size or channel count (a hidden
+        layer's) have their channels combined and are stretched to the input's size by
+        nearest neighbour; a volume's maps are shown by their middle slice, as the input
+        is. Float64 maps are drawn in float64, all others in float32.
     labels, predictions : (N,) ints, (N, K) scores (arg-maxed), or an (N, 1) column (class
         ids; a column of one logit per sample: class ``logit > 0``), optional
         Written left of each row as ``true: ...`` and ``pred: ...``; the prediction is
@@ -500,6 +517,7 @@ def explanation_grid(
     colorbar : bool
         Draw the colour map(s) as a bar at the bottom, with numbered ticks: the values when
         every analyzer shares one scale, else relative to each map's scale (``-1 ... 1``).
+        A grid narrower than its bars is widened to hold them.
     overlay : bool
         Image inputs: draw each heatmap over the grey input, as opaque as ``|R|`` is large
         relative to the scale (where the map is 0 the grey input shows unchanged).
@@ -532,12 +550,12 @@ def explanation_grid(
                 else {2: "tabular", 3: "sequence"}.get(x.ndim, "image"))
     if kind != "tokens":
         x = x.float()
-    given_ndim = x.ndim  # a volume (N, C, D, ..., H, W) is shown by its middle slice
     if kind == "image":
-        x = x[:, None] if x.ndim == 3 else _middle_slices(x, channels=True) if x.ndim > 4 \
-            else x
-        if x.ndim != 4:
+        x = x[:, None] if x.ndim == 3 else x
+        if x.ndim < 4:
             raise ValueError(f"kind='image' needs (N, C, H, W) or (N, H, W), got {tuple(x.shape)}")
+        image_shape = x.shape  # a volume (N, C, D, ..., H, W) is shown by its middle slice
+        x = _middle_slices(x, channels=True)
     elif kind == "tabular":
         x = x.reshape(len(x), 1, -1)
     elif kind == "sequence":
@@ -549,7 +567,8 @@ def explanation_grid(
     N = len(x)
     ms: dict[str, Tensor] = {}
     for name, m in maps.items():
-        t = _cpu(m, f"map {name!r}").float()
+        t = _cpu(m, f"map {name!r}")
+        t = t if t.dtype == torch.float64 else t.float()  # (float64 beyond float32's range)
         if t.ndim < 2 or t.shape[0] != N:
             raise ValueError(f"map {name!r} has shape {tuple(t.shape)}, but there are {N} inputs")
         if not bool(torch.isfinite(t).all()):  # (it would draw its samples blank)
@@ -558,13 +577,10 @@ def explanation_grid(
                              f"samples; a heatmap has no colour for them")
         if kind == "tokens":
             t = _token_map(name, t, x.shape[1])
-        elif kind != "image":
+        elif kind == "image":
+            t = _image_map(name, t, image_shape)
+        else:
             t = _strip_map(name, t, x.shape[1], x.shape[2])
-        elif given_ndim > 4 and t.ndim == given_ndim - 1:  # a volume's map without channels
-            t = _middle_slices(t, channels=False)  # the slice the input column shows
-        if kind == "image" and given_ndim <= 4 and t.ndim not in (3, 4):
-            raise ValueError(f"map {name!r} has shape {tuple(t.shape)}; for inputs of shape "
-                             f"{tuple(inputs.shape)} give (N, C, H, W) or (N, H, W) maps")
         ms[name] = t
     if isinstance(absmax, str):
         if absmax != "shared":
@@ -590,8 +606,8 @@ def explanation_grid(
         if masks is not None:  # outlined on the magnified inputs
             in_column = (upscale(shown, factor), 1)
             m = _cpu(masks, "masks")
-            if given_ndim > 4:  # a volume's masks: the slice the input column shows
-                m = _middle_slices(m, channels=m.ndim == given_ndim)
+            if len(image_shape) > 4:  # a volume's masks: the slice the input column shows
+                m = _middle_slices(m, channels=m.ndim == len(image_shape))
             _outline_masks(in_column[0], m, x.shape)
         map_columns = {name: (rgb, factor) for name, rgb in rgbs.items()}
     else:
@@ -636,8 +652,12 @@ def explanation_grid(
     # than two lines of labels, whose text then ran into the next rows)
     x_cells = pad + (label_w + 2 * pad if label_w else 0)
     width = x_cells + sum(w + 2 * pad for w in col_w)
-    top = pad + header_h + pad
     bar_h = line_h + 12 * s + 2 * pad if colorbar and ms else 0
+    shared = scales[0] if len(set(scales)) == 1 else None  # bar values only if all agree
+    bars = list({c.name: c for c in cms.values()}.values())  # each colour map once
+    if bar_h:
+        width = max(width, _colorbars_width(len(bars), shared, s, pad))
+    top = pad + header_h + pad
     step = max(ch, max((len(lines) for lines in row_text), default=0) * line_h) + 2 * pad
     height = top + N * step + bar_h
     img = canvas(height, width, WHITE)
@@ -668,8 +688,6 @@ def explanation_grid(
                 paste(img, upscale(cell, factor), cx, y)
         x0 += w + 2 * pad
     if bar_h:
-        shared = scales[0] if len(set(scales)) == 1 else None  # values only if all agree
-        bars = list({c.name: c for c in cms.values()}.values())  # each colour map once
         _colorbars(img, bars, shared, height - bar_h + pad, s, pad)
     img.clamp_(0, 1)  # in place: the canvas is ours
     if not as_uint8:
@@ -683,20 +701,31 @@ def explanation_grid(
     return out.permute(2, 0, 1)
 
 
+def _colorbar_note(absmax: float | None, s: int) -> tuple[str, int]:
+    """The note beside the colour bars, what their numbers are relative to (none when they
+    are the values), and the width it takes."""
+    note = "" if absmax is not None else "x each map's scale"
+    return note, text_width(note, s) + 8 * s if note else 0
+
+
+def _colorbars_width(n_bars: int, absmax: float | None, s: int, pad: int) -> int:
+    """The narrowest canvas that holds ``n_bars`` colour bars of :data:`MIN_COLORBAR_WIDTH`,
+    the room for their end labels and the note."""
+    return 2 * pad + n_bars * (MIN_COLORBAR_WIDTH + 24) * s + _colorbar_note(absmax, s)[1]
+
+
 def _colorbars(img: Tensor, bars: list[Colormap], absmax: float | None, y: int, s: int,
                pad: int) -> None:
     """Horizontal bars of the colour maps at height ``y``, side by side, with numbered ticks
     (:func:`colorbar_ticks`) and, when the maps have their own scales, what the numbers are
-    relative to."""
+    relative to. ``img`` is at least :func:`_colorbars_width` wide."""
     _, _, W = img.shape
-    note = "" if absmax is not None else "x each map's scale"
-    room = W - 2 * pad - (text_width(note, s) + 8 * s if note else 0)
+    note, note_w = _colorbar_note(absmax, s)
+    room = W - 2 * pad - note_w
     step = room // len(bars)
     bw = min(step - 24 * s, 160 * s)
-    if bw < 16:
-        return
     bh = 8 * s
-    x = (W - (step * len(bars) + (text_width(note, s) + 8 * s if note else 0))) // 2
+    x = (W - (step * len(bars) + note_w)) // 2
     for cmap in bars:
         x0 = x + (step - bw) // 2
         paste(img, cmap(torch.linspace(0, 1, bw)).T[:, None, :].expand(3, bh, bw), x0, y)

@@ -342,3 +342,38 @@ def test_a_mask_token_id_outside_the_vocabulary_or_the_id_dtype_is_named():
     with pytest.raises(ValueError, match="mask_token_id=300 does not fit .*uint8"):
         lm.PixelFlipping(lambda z: z.double().sum(1), mask_token_id=300).update(
             ids.to(torch.uint8), a)
+
+
+@pytest.mark.parametrize("cls", [lm.Sparseness, lm.Complexity])
+def test_an_empty_batch_adds_nothing_to_sparseness_and_complexity(cls):
+    # as in the localization metrics and AttributionDrift: no sample, no value
+    metric, alone = cls(), cls()
+    assert math.isnan(metric(torch.zeros(0, 1, 4, 4)))  # the batch's own value: no samples
+    one_hot = torch.zeros(2, 1, 4, 4)
+    one_hot[:, 0, 1, 2] = 1.0  # Gini (n-1)/n = 15/16, entropy 0
+    metric.update(one_hot)
+    alone.update(one_hot)
+    metric.update(torch.zeros(0, 1, 4, 4))
+    assert metric.compute() == alone.compute() == (15 / 16 if cls is lm.Sparseness else 0.0)
+
+
+@pytest.mark.parametrize("make, sample", [
+    (lambda m: lm.PixelFlipping(m, order="random", steps=16), "sample_curves"),
+    (lambda m: lm.PixelFlipping(m, perturbation="gaussian", steps=16), "sample_curves"),
+    (lambda m: lm.InsertionDeletion(m, insertion_baseline="gaussian"), "sample_curves"),
+    (lambda m: lm.FaithfulnessCorrelation(m, n_subsets=10), "sample_correlations"),
+])
+def test_per_sample_values_leave_the_metric_and_its_draws_untouched(make, sample):
+    # docs: sample_curves returns the curves "without touching the metric"
+    model = small_classifier()
+    x, a = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)
+    looked, alone = make(model), make(model)
+    for _ in range(2):  # before the first update (no generator yet) and after it
+        first = getattr(looked, sample)(x, a)
+        second = getattr(looked, sample)(x, a)  # the same draws: those of the next update
+        for key, value in as_dict(first).items():
+            torch.testing.assert_close(as_dict(second)[key], value)
+        looked.update(x, a)
+        alone.update(x, a)
+    for key, value in as_dict(alone.compute()).items():
+        torch.testing.assert_close(as_dict(looked.compute())[key], value)

@@ -259,3 +259,33 @@ def test_topk_intersection_breaks_ties_by_row_major_position():
     assert topk_intersection(a, b, 0.25).tolist() == [1.0]
     b[0, 63, 63] = 0.5  # now in b's top 1024, not in a's (which ends at row-major 1023)
     assert topk_intersection(a, b, 0.25).tolist() == [1023 / 1024]
+
+
+def test_sparseness_and_complexity_hold_up_to_float64s_largest_values():
+    # Gini: one-hot (n-1)/n; sorted a_i = i * c: sum (2i - 5) i c / (4 * 10 c) = 10/40;
+    # entropy of a constant map: log n, whatever the constant
+    big = torch.float64
+    one_hot = torch.tensor([[0.0, 0.0, 0.0, 1e308]], dtype=big)
+    ramp = torch.tensor([[4e307, 1e307, 3e307, 2e307]], dtype=big)
+    for maps, gini in ((one_hot, 0.75), (ramp, 0.25)):
+        s = Sparseness()
+        s.update(maps)
+        torch.testing.assert_close(s.compute(), torch.tensor(gini, dtype=big))
+    c, normalized = Complexity(), Complexity(normalized=True)
+    for metric in (c, normalized):
+        metric.update(torch.full((2, 4), 1e308, dtype=big))
+    torch.testing.assert_close(c.compute(), torch.tensor(math.log(4), dtype=big))
+    torch.testing.assert_close(normalized.compute(), torch.tensor(1.0, dtype=big))
+
+
+def test_drift_of_boolean_maps_is_the_drift_of_their_0_1_values():
+    a = torch.tensor([[True, False, True, False]])
+    b = torch.tensor([[True, True, False, False]])
+    # top 2 of a: {0, 2}; of b: {0, 1}; they share position 0
+    assert topk_intersection(a, b, 2).tolist() == [0.5]
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 1, 6, 6, generator=g) > 0.5, torch.rand(3, 1, 6, 6, generator=g) > 0.5
+    as_bool, as_float = AttributionDrift(top_k=0.25), AttributionDrift(top_k=0.25)
+    as_bool.update(a, b)
+    as_float.update(a.double(), b.double())
+    assert as_bool.compute() == as_float.compute()

@@ -135,3 +135,14 @@ def test_to_uint8_hwc_rounds_clips_and_moves_channels_last():
     assert out.dtype == np.uint8 and out.shape == (1, 4, 3)
     assert out[0, :, 0].tolist() == [0, 128, 255, 255]
     assert viz.to_uint8_hwc(torch.zeros(2, 3, 5, 6)).shape == (2, 5, 6, 3)
+
+
+def test_a_finite_map_whose_channel_sum_overflows_its_dtype_keeps_its_colours():
+    # float16 ends at 65504: channel sums of +-90000 are still dark red and dark blue
+    for value, dtype in ((30000.0, torch.float16), (2e38, torch.float32)):
+        maps = torch.full((1, 3, 2, 2), value, dtype=dtype)
+        maps[0, :, 0, 0] = -value
+        out = viz.heatmap(maps)
+        assert out.dtype == dtype
+        expected = rgb([DARK_BLUE, DARK_RED, DARK_RED, DARK_RED]).T.reshape(1, 3, 2, 2)
+        torch.testing.assert_close(out.float(), expected.float(), atol=1e-3, rtol=0)

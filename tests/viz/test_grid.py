@@ -230,3 +230,51 @@ def test_line_plot_takes_bfloat16_values():
     values = torch.tensor([1.0, 0.5, 0.25], dtype=torch.bfloat16)
     np.testing.assert_array_equal(viz.line_plot({"a": values}),
                                   viz.line_plot({"a": values.float()}))
+
+
+def test_flat_image_and_volume_maps_are_drawn_as_the_maps_they_flatten():
+    # docs: "flat with as many values per sample" (with or without the channel axis)
+    x, r = torch.rand(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for shaped in (r, r.sum(1)):
+        torch.testing.assert_close(viz.explanation_grid(x, {"g": shaped.flatten(1)}),
+                                   viz.explanation_grid(x, {"g": shaped}))
+    # a volume's flat map: the map of its middle slice, next to the middle slice of the input
+    volume, v = torch.rand(2, 2, 5, 8, 8), torch.randn(2, 2, 5, 8, 8)
+    for flat, middle in ((v.flatten(1), v[:, :, 2]), (v.sum(1).flatten(1), v.sum(1)[:, 2])):
+        torch.testing.assert_close(viz.explanation_grid(volume, {"g": flat}),
+                                   viz.explanation_grid(volume[:, :, 2], {"g": middle}))
+    with pytest.raises(ValueError, match=r"map 'g' has shape \(2, 7\); for inputs of shape "
+                                         r"\(2, 2, 5, 8, 8\).*flat 640 or 320 values"):
+        viz.explanation_grid(volume, {"g": torch.randn(2, 7)})
+
+
+def test_a_hidden_layers_volume_map_is_its_middle_slice_with_channels_combined():
+    # docs: a volume shows its middle slice; a map with another channel count (a hidden
+    # layer's) has its channels combined and is stretched, as an image's is
+    x = torch.rand(1, 1, 4, 8, 8)
+    hidden = torch.zeros(1, 3, 2, 4, 4)
+    hidden[:, 0] = 1.0  # all of it in hidden channel 0: the channel sum is +1 everywhere
+    image = viz.explanation_grid(x, {"m": hidden}, cmap="seismic", colorbar=False)
+    assert is_colour(image, DARK_RED).sum() == 64 * 64  # the whole 8x8 cell, magnified x8
+    x, h = torch.rand(2, 1, 4, 8, 8), torch.randn(2, 3, 2, 4, 4)
+    torch.testing.assert_close(viz.explanation_grid(x, {"m": h}),
+                               viz.explanation_grid(x[:, :, 2], {"m": h[:, :, 1]}))
+
+
+def test_a_finite_float64_map_beyond_float32s_range_is_drawn():
+    # colours do not depend on the scale of a map scaled per sample: 1e39 * r looks like r
+    x, r = torch.rand(2, 1, 4, 4), torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(viz.explanation_grid(x, {"g": 1e39 * r}),
+                               viz.explanation_grid(x, {"g": r}))
+    # the quantile scales with the map
+    assert viz.robust_absmax(1e39 * r) == pytest.approx(1e39 * viz.robust_absmax(r))
+
+
+def test_a_narrow_grid_is_widened_to_hold_its_colour_bar():
+    # one analyzer of 8x8 images, no labels: 148 pixels, narrower than the bar and its note
+    inputs, maps = torch.rand(2, 1, 8, 8), {"g": torch.randn(2, 1, 8, 8)}
+    without = viz.explanation_grid(inputs, maps, colorbar=False)
+    image = viz.explanation_grid(inputs, maps, cmap="seismic")
+    bar = image[:, without.shape[1] :]
+    assert is_colour(bar, DARK_RED, 0.02).any() and is_colour(bar, DARK_BLUE, 0.02).any()
+    assert torch.equal(image[:, : without.shape[1], : without.shape[2]], without)

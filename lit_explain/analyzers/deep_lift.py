@@ -72,15 +72,34 @@ def _vector_jacobian(call: OperationCall, source: Tensor, grad: Tensor) -> Tenso
     return result
 
 
-def _half_difference(tensor: Tensor) -> Tensor:
+#: What DeepLIFT needs of a model's batch layout, and what breaks it.
+LAYOUT = ("DeepLIFT runs the input and its reference as one batch [x; x₀] and pairs the two "
+          "halves of every tensor along its first axis, so the model must keep the batch "
+          "there, whole and in order, with no sample affecting another: a wrapper that runs "
+          "it in chunks or reorders the samples, a time-major (L, N, ...) layout or "
+          "statistics over the batch (a BatchNorm with track_running_stats=False) break "
+          "that. Analyse the model inside the wrapper (batch first), or use "
+          "integrated_gradients")
+
+
+def _halves(tensor: Tensor, call: OperationCall) -> tuple[Tensor, ...]:
+    """The x and reference halves of a ``[x; x₀]`` batch (refused where there are none)."""
+    if tensor.dim() == 0 or len(tensor) % 2:
+        raise NotAnalyzableModelError(
+            f"{call.where()} gets a tensor of shape {tuple(tensor.shape)}, whose first axis "
+            f"holds no [x; x₀] pairs: {LAYOUT}")
+    return tensor.detach().chunk(2)
+
+
+def _half_difference(tensor: Tensor, call: OperationCall) -> Tensor:
     """x-half minus reference half of a ``[x; x₀]`` batch."""
-    value, reference = tensor.detach().chunk(2)
+    value, reference = _halves(tensor, call)
     return value - reference
 
 
-def _differences(tensor: Tensor) -> tuple[Tensor, Tensor]:
+def _differences(tensor: Tensor, call: OperationCall) -> tuple[Tensor, Tensor]:
     """x-half minus reference half of a ``[x; x₀]`` batch, and where it is only rounding."""
-    value, reference = tensor.detach().chunk(2)
+    value, reference = _halves(tensor, call)
     delta = value - reference
     return delta, lost_in_rounding(delta, value, reference)
 
@@ -103,11 +122,11 @@ def rescale_rule(call: OperationCall) -> Tensor:
     source, output = call.args[0], call.run()
     if not differentiable(source):  # a function of parameters or constants only
         return output
-    delta_in, tiny = _differences(source)
+    delta_in, tiny = _differences(source, call)
     if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy
-        delta_out = _half_difference(output)
+        delta_out = _half_difference(output, call)
     else:
-        delta_out, tiny_out = _differences(output)
+        delta_out, tiny_out = _differences(output, call)
         tiny = tiny | (tiny_out & (delta_out != 0))
 
     def backward(grad: Tensor) -> Tensor:
@@ -153,7 +172,7 @@ def max_pool_rule(call: OperationCall) -> Tensor:
         # together, no difference of either; a value without a gradient (combined with a
         # differentiable tensor it is refused, read into Python the batch check sees it)
         return output.detach() if isinstance(output, Tensor) else output
-    (delta_in, same), delta_out = _differences(source), _differences(values)[0]
+    (delta_in, same), delta_out = _differences(source, call), _differences(values, call)[0]
 
     def to_winners(grad: Tensor) -> Tensor:  # max-pooling's own backward
         if winners is None:
@@ -218,7 +237,31 @@ class DeepLIFT(Analyzer):
                     "gradient (detach(), a torch.no_grad() region): DeepLIFT cannot account "
                     "for its difference to the reference, and a zero map would not sum to it")
             return self._no_path_to_input(x)
-        return (x - reference) * multiplier
+        result = (x - reference) * multiplier
+        self._check_summation_to_delta(result, seed * logits, seed * logits_of_reference)
+        return result
+
+    @staticmethod
+    def _check_summation_to_delta(result: Tensor, explained: Tensor,
+                                  explained_of_reference: Tensor) -> None:
+        """Raise unless each sample's map sums to the difference of its explained outputs
+        (``seed ⊙ logits``) to the reference's, up to rounding: 1e-3 of the terms'
+        magnitude, and 1000 ulps of the outputs' (a difference of 1e-8 between two outputs
+        of 0.1 is their rounding). It does for every model that keeps ``[x; x₀]`` apart in
+        its batch, by the rules' construction; a map of halves paired otherwise (see
+        :data:`LAYOUT`) sums to something else (100 % off)."""
+        explained, explained_of_reference = explained.detach(), explained_of_reference.detach()
+        total = result.detach().flatten(1).sum(1)
+        delta = (explained - explained_of_reference).sum(1)
+        outputs = (explained.abs() + explained_of_reference.abs()).sum(1)
+        tolerance = 1e-3 * (result.detach().abs().flatten(1).sum(1) + delta.abs()) + \
+            1e3 * torch.finfo(delta.dtype).eps * outputs
+        off = (total - delta).abs() > tolerance
+        if bool(off.any()):
+            i = int(off.nonzero()[0])
+            raise NotAnalyzableModelError(
+                f"the map of sample {i} sums to {float(total[i]):.6g}, not to its explained "
+                f"output's difference to the reference's, {float(delta[i]):.6g}: {LAYOUT}")
 
     def _check_stacking_changes_nothing(self, x: Tensor, reference: Tensor, logits: Tensor,
                                         logits_of_reference: Tensor) -> None:

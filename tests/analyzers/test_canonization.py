@@ -22,12 +22,13 @@ from zoo import ZOO
 
 import lit_explain as lx
 
-KERNELS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+KERNELS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+           nn.ConvTranspose3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 ANALYZERS = ("lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.alpha_1_beta_0",
              "lrp.sequential_preset_a", "lrp.sequential_preset_b", "lrp.w_square", "lrp.flat",
              "lrp.z_IB", "deep_taylor")
-MODELS = ("vgg16_bn", "resnet18", "bottleneck", "audio1d")
+MODELS = ("vgg16_bn", "resnet18", "bottleneck", "audio1d", "upsampler")
 
 
 def kernel_norm_pairs(model: nn.Module, x: Tensor) -> list[tuple[str, str]]:
@@ -69,8 +70,17 @@ def fused(model: nn.Module, x: Tensor) -> nn.Module:
             kernel, norm = modules[kernel_path], modules[norm_path]
             assert not norm.training and norm.track_running_stats
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            shape = (-1,) + (1,) * (kernel.weight.dim() - 1)
-            kernel.weight.mul_(scale.reshape(shape))
+            if isinstance(kernel, nn.modules.conv._ConvTransposeNd):
+                # weight (in, out / groups, ...): output channel g·(out / groups) + j is
+                # weight[inputs of group g, j]
+                groups, (inputs, per_group) = kernel.groups, kernel.weight.shape[:2]
+                for g in range(groups):
+                    rows = slice(g * inputs // groups, (g + 1) * inputs // groups)
+                    kernel.weight[rows] *= scale[g * per_group:(g + 1) * per_group].reshape(
+                        1, -1, *(1,) * (kernel.weight.dim() - 2))
+            else:
+                shape = (-1,) + (1,) * (kernel.weight.dim() - 1)
+                kernel.weight.mul_(scale.reshape(shape))
             bias = kernel.bias if kernel.bias is not None else torch.zeros_like(norm.bias)
             new_bias = (bias - norm.running_mean) * scale + norm.bias
             kernel.bias = nn.Parameter(new_bias)
@@ -81,7 +91,32 @@ def fused(model: nn.Module, x: Tensor) -> nn.Module:
     return fused_model.eval()
 
 
+class Upsampler(nn.Module):
+    """A decoder stage: grouped transposed convolutions, each followed by a BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1, groups=4),
+            nn.BatchNorm2d(8), nn.ReLU(),
+            nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+        for module in self.features:
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2.0)
+                nn.init.uniform_(module.weight, -1.5, 1.5)  # (negative scales too)
+                nn.init.uniform_(module.bias, -0.5, 0.5)
+
+    def forward(self, x):
+        return self.features(x)
+
+
 def zoo64(name: str) -> tuple[nn.Module, Tensor]:
+    if name == "upsampler":
+        return Upsampler().double().eval(), torch.randn(2, 3, 6, 6, dtype=torch.double)
     model, x = ZOO[name]()
     return model.double(), x.double()
 

@@ -872,6 +872,42 @@ def assert_sums_to_delta(model: nn.Module, x: torch.Tensor) -> None:
     torch.testing.assert_close(result.sum(1, keepdim=True), delta)
 
 
+class _Layout(nn.Module):
+    """A ReLU net behind a change of the batch layout that keeps its function (``how``):
+    run in two chunks (a hand-written DataParallel), its samples reordered and put back,
+    time-major ``(L, N, C)``; or a batch-statistics normalisation (samples affect each
+    other)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+        self.norm = nn.BatchNorm1d(6, track_running_stats=False)
+
+    def forward(self, x):
+        if self.how == "chunks":
+            return torch.cat([self.net(c) for c in x.chunk(2)])
+        if self.how == "reordered":
+            order = torch.arange(len(x) - 1, -1, -1)
+            return self.net(x[order])[torch.argsort(order)]
+        if self.how == "time-major":  # x: (N, L, C)
+            return self.net(x.transpose(0, 1)).mean(0)
+        if self.how == "batch statistics":
+            return self.net(torch.relu(self.norm(x)))
+        return self.net(x)
+
+
+@pytest.mark.parametrize("how", ["chunks", "reordered", "time-major", "batch statistics"])
+def test_deep_lift_refuses_a_model_that_moves_its_batch(how):
+    """[x; x₀] paired by halves of the batch axis: a model that moves them gave maps with no
+    error, 100 % off summation to delta (checked now), or torch's size error."""
+    x = torch.randn(4, 5, 6) if how == "time-major" else torch.randn(4, 6)
+    with pytest.raises(lx.NotAnalyzableModelError, match=r"\[x; x₀\].* first axis"):
+        lx.create_analyzer("deep_lift", _Layout(how).eval()).analyze(x)
+    assert_sums_to_delta(_Layout("plain").eval(), torch.randn(4, 6))
+
+
 class _BranchOnTheBatch(nn.Module):
     """Reads a value of the whole batch: ``threshold`` decides whether the branch differs
     between the input alone and the input stacked with a zero reference."""

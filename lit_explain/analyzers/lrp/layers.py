@@ -264,16 +264,20 @@ class KernelLayer(AffineLayer):
         return (channels, 1) if self.is_transposed else (channels, 0)
 
     def channels_scalable(self) -> bool:
-        """Whether the output channels are one axis of the weight (not so for grouped
-        transposed convolutions), so that :meth:`scaled_weight` can scale them."""
-        return not self.is_transposed or (_argument(self.call, 6, "groups") or 1) == 1
+        """``True``: :meth:`scaled_weight` scales every output channel."""
+        return True
 
     def scaled_weight(self, scale: Tensor) -> Tensor:
-        """The weight with output channel ``k`` multiplied by ``scale[k]`` (where
-        :meth:`channels_scalable`)."""
+        """The weight with output channel ``k`` multiplied by ``scale[k]``. A transposed
+        convolution's weight is ``(in, out / groups, ...)``: output channel ``g·(out /
+        groups) + j`` is ``weight[g-th group of inputs, j]``."""
+        weight = self.weight
         if not self.is_transposed:
-            return self.weight * scale.reshape(-1, *[1] * (self.weight.dim() - 1))
-        return self.weight * scale.reshape(1, -1, *[1] * (self.weight.dim() - 2))
+            return weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
+        groups = _argument(self.call, 6, "groups") or 1
+        grouped = weight.reshape(groups, len(weight) // groups, *weight.shape[1:])
+        return (grouped * scale.reshape(groups, 1, -1, *[1] * (weight.dim() - 2))
+                ).reshape(weight.shape)
 
 
 _TRANSPOSED = {torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d}
@@ -414,7 +418,7 @@ class FusedLayer(AffineLayer):
     def merge(cls, kernel: KernelLayer, norm: BatchNormLayer) -> FusedLayer | None:
         """The fused layer, or ``None`` where the BatchNorm's channels are not the kernel's
         output channels (a linear layer on more than two dimensions, an unbatched
-        convolution, grouped transposed convolutions)."""
+        convolution) or the kernel's weight has no output channel axis (a matrix product)."""
         if kernel.input.dim() != (2 if kernel.is_linear else kernel.weight.dim()):
             return None  # (unbatched, a BatchNorm's channels are the kernel's second axis)
         return cls(kernel, norm) if kernel.channels_scalable() else None

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import lightning as L
 import numpy as np
@@ -90,8 +90,10 @@ class ExplainCallback(Callback):
     """Explain fixed validation samples every epoch; log pictures, metrics and drift.
 
     The probe set (``num_samples`` validation samples, kept in the checkpoint) is taken from
-    the first validation epoch's batches. Every ``every_n_epochs`` epochs each analyzer
-    explains it on the model's device, and every logger of the Trainer gets:
+    the first validation epoch's batches, of the first validation dataloader only where there
+    are several (``pattern_source="val"`` collects from all of them). Every ``every_n_epochs``
+    epochs each analyzer explains it on the model's device, and every logger of the Trainer
+    gets:
 
     - ``explain/all``: one row per sample — the input, then one heatmap column per analyzer —
       with true and predicted labels (with one analyzer: ``explain/<analyzer>``;
@@ -107,6 +109,12 @@ class ExplainCallback(Callback):
 
     ``explain`` is the callback's ``name``. Under ``trainer.validate()`` the same pictures and
     metrics go under ``<name>_validate/...`` and the drift series is left alone.
+
+    Each ``fit`` is a run of its own: it starts afresh (new probe samples, preflight, drift and
+    patterns), unless a checkpoint resumes it. So does a ``validate()`` of another module than
+    the one of the callback's last run (another fold, or a model loaded from a checkpoint
+    into a new object); a ``validate()`` of the same module explains that run's probe samples,
+    whatever validation data it is given.
 
     TensorBoard, W&B and MLflow (``pip install lit-explain[mlflow]``) get images; other
     loggers (or none) get PNG files under their log directory. Pattern analyzers
@@ -173,9 +181,11 @@ class ExplainCallback(Callback):
         a column per analyzer; the cheap default), ``"each"`` (one picture per analyzer),
         or ``"both"``.
     curves_every_n_epochs:
-        Also plot the perturbation curves every this many epochs while training (``None``:
-        only at the end of training, the last explained epoch's; under ``validate()`` they
-        are always plotted). The metric values themselves are logged every explained epoch.
+        Also plot the perturbation curves while training: at the first explained epoch, then
+        at the first explained epoch at least this many epochs after the last plotted one
+        (counted as ``every_n_epochs`` counts; ``None``: only at the end of training, the last
+        explained epoch's; under ``validate()`` they are always plotted). The metric values
+        themselves are logged every explained epoch.
     class_names:
         Names of the classes, for the labels in the pictures.
     token_names:
@@ -185,7 +195,9 @@ class ExplainCallback(Callback):
         ``"warn"``: nothing the callback does stops ``fit``. An analyzer the model cannot
         support is dropped at the preflight; a failing analyzer, metric (each alone), logger
         or prediction, or a map with NaNs, warns once, naming the cause, and training goes
-        on. ``"raise"``: it raises (at the preflight: before the first training step).
+        on. ``"raise"``: it raises (at the preflight: before the first training step), the
+        error naming what raised it: the analyzer (in the message where it refuses the model,
+        in a note otherwise: Python 3.11+), the metric, the logger.
     name:
         Prefix of the logged tags and key of the checkpoint state: give two callbacks on one
         Trainer different names.
@@ -205,12 +217,17 @@ class ExplainCallback(Callback):
     measures the model, not the noise. Before the first training step (on the first sanity-check
     batch, or the first training batch where there is no sanity check and it is shaped like
     a validation batch) the preflight checks ``input_key``, ``target_key`` and ``mask_key``
-    against the batch (a bad key raises, naming the batch's keys) and tries every analyzer
-    and metric on one sample: under ``on_error="warn"`` one the model cannot support is
-    dropped with one warning, under ``"raise"`` it stops there. An analyzer that refuses the
-    model later (a pattern analyzer, which the preflight cannot try without patterns) is
-    dropped there alike. Under DDP every rank explains its own probe
-    samples, metrics and drift are reduced across ranks, and rank zero logs.
+    against the batch (a bad key raises, naming the batch's keys; a batch is read as a tuple
+    or list, a mapping or a tensor, and one of another type, such as a dataclass, raises
+    saying so) and tries every analyzer and metric on one sample: under ``on_error="warn"``
+    one the model cannot support is dropped with one warning, under ``"raise"`` it stops
+    there. Where it ran on a training batch, the keys are checked again on the first
+    validation batch (a key that fits the training batches and not the validation ones
+    raises there: at the first validation, after training steps, not before step 1). An
+    analyzer that refuses the model later (a pattern analyzer, which the preflight cannot try
+    without patterns) is dropped there alike (under ``"raise"``: raised there). Under DDP
+    every rank explains its own probe samples, metrics and drift are reduced across ranks,
+    and rank zero logs.
 
     Cost: one analysis per analyzer of the probe samples, one prediction forward, and for
     each perturbation metric ``num_samples x (steps + 1)`` forward passes per analyzer (the
@@ -305,13 +322,16 @@ class ExplainCallback(Callback):
         self._analyzers: dict[str, Analyzer] = {}
         self._metrics: ProbeMetrics | None = None
         self._rank = 0  # (this process's, for its own warnings under DDP)
+        self._module: nn.Module | None = None  # the module the run's state belongs to
         self._start_afresh()
 
     def _start_afresh(self) -> None:
         """The state of one run: probe samples, drift references, pattern statistics, what
-        the preflight dropped and what was warned. Made anew at every ``fit`` (a callback
-        reused for another run, a fold of a cross-validation, explains that run; before, its
-        stale state explained nothing there); a checkpoint restores it after this."""
+        the preflight dropped and what was warned. Made anew at every ``fit``, and at a
+        ``validate()`` of another module than the last run's (a callback reused for another
+        run, a fold of a cross-validation, explains that run; before, its stale state
+        explained nothing there, or the other run's samples); a checkpoint restores it after
+        this."""
         self.probe = ProbeCollector(*self._probe_options)
         self.drift = DriftTracker(self._drift_references)
         uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
@@ -319,10 +339,12 @@ class ExplainCallback(Callback):
         self.metric_specs = {name: dict(kwargs)
                              for name, kwargs in self._configured_metrics.items()}
         self._dropped: set[str] = set()
-        self._checked = False
+        self._checked = False  # whether the preflight ran
+        self._validation_keys_checked = False  # whether the keys fit a validation batch
         self._warned: set[str] = set()
         self._last_epoch: int | None = None  # the last epoch explained in fit
         self._last_curves: dict[str, Any] = {}  # the last explained epoch's curves, unplotted
+        self._last_curves_epoch: int | None = None  # the last epoch whose curves were plotted
 
     @property
     @override
@@ -333,8 +355,9 @@ class ExplainCallback(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage == "fit" or (self._module is not None and self._module is not pl_module):
             self._start_afresh()
+        self._module = pl_module
         self._analyzers = {name: self._create(name, kwargs, pl_module)
                            for name, kwargs in self.analyzer_specs.items()
                            if name not in self._dropped}
@@ -366,10 +389,13 @@ class ExplainCallback(Callback):
 
     def _check_analyzers(self, batch: Any, pl_module: L.LightningModule,
                          training_batch: bool) -> None:
-        if self._checked:
+        """The preflight, on the first batch the keys fit; and the keys on the first
+        validation batch, also where the preflight ran on a training batch (no sanity check):
+        the keys may fit the training batches and not the validation ones."""
+        if self._checked and (training_batch or self._validation_keys_checked):
             return
         try:
-            inputs, targets = check_batch(batch, self.input_key, self.target_key)
+            inputs, _ = check_batch(batch, self.input_key, self.target_key)
             if self.mask_key is not None:  # a configuration error: raised whatever on_error
                 check_masks(self._masks_in(batch), inputs, self.mask_key)  # says
             fits = True
@@ -379,9 +405,11 @@ class ExplainCallback(Callback):
             fits = False  # training batches may be shaped otherwise: the first validation
         # batch is checked instead (under DDP where one rank's does not fit: every rank's,
         # so that all of them run the preflight's reductions together)
+        if not training_batch:
+            self._validation_keys_checked = True
         if training_batch and distributed():
             fits = self._agree({("batch fits", ""): fits})["batch fits", ""]
-        if not fits:
+        if not fits or self._checked:
             return
         self._checked = True
         if self.patterns is not None:
@@ -415,7 +443,7 @@ class ExplainCallback(Callback):
             self.patterns.setup(pl_module)
         except (ValueError, NotAnalyzableModelError) as error:
             if self.on_error == "raise":
-                raise
+                self._raise("the pattern analyzers", error)
             for name in [n for n in self._analyzers if n.startswith("pattern.")]:
                 self._drop(name, error)
 
@@ -428,11 +456,7 @@ class ExplainCallback(Callback):
             try:
                 result = analyzer.analyze(sample)
             except Exception as error:
-                if self.on_error == "raise":
-                    if isinstance(error, NotAnalyzableModelError):
-                        raise NotAnalyzableModelError(f"analyzer {name!r}: {error}") from error
-                    raise
-                self._drop(name, error)
+                self._drop_or_raise(name, error)
             else:  # (the metrics are checked on a finite map: a map of NaN, which an epoch
                 # skips with a warning, would fail them)
                 if first_map is None and bool(torch.isfinite(result).all()):
@@ -440,8 +464,19 @@ class ExplainCallback(Callback):
         if first_map is not None and self._metrics is not None:
             self._check_metrics(sample, first_map, batch)
 
+    def _drop_or_raise(self, name: str, error: Exception) -> None:
+        """Drop analyzer ``name``, which cannot explain this model, with one warning; under
+        ``on_error="raise"`` raise ``error`` instead, naming the analyzer (a refusal of the
+        model in its message, any other error in a note)."""
+        if self.on_error == "warn":
+            self._drop(name, error)
+        elif isinstance(error, NotAnalyzableModelError):
+            raise NotAnalyzableModelError(f"analyzer {name!r}: {error}") from error
+        else:
+            self._raise(f"analyzer {name!r}", error)
+
     def _drop(self, name: str, error: Exception) -> None:
-        """Drop an analyzer that failed at the preflight, with one warning."""
+        """Drop an analyzer that cannot explain this model, with one warning."""
         del self._analyzers[name]
         self._dropped.add(name)
         if self._metrics is not None:
@@ -547,7 +582,7 @@ class ExplainCallback(Callback):
             return
         if not self.probe.ready:
             self.probe.finish()
-            self._say_what_the_probe_is()
+            self._say_what_the_probe_is(len(trainer.num_val_batches))
         if self.patterns is not None:
             self._guarded("pattern refresh", lambda: self.patterns.refresh(trainer))
         ready = self.probe.ready and bool(self._analyzers)
@@ -573,11 +608,14 @@ class ExplainCallback(Callback):
         return trainer.state.fn == "validate" or self._last_epoch is None or (
             trainer.current_epoch - self._last_epoch >= self.every_n_epochs)
 
-    def _say_what_the_probe_is(self) -> None:
-        """Warn once when the probe set is not what was asked for."""
+    def _say_what_the_probe_is(self, dataloaders: int) -> None:
+        """Warn once when the probe set is not what was asked for (``dataloaders``: how many
+        validation dataloaders the Trainer runs)."""
         got = 0 if self.probe.inputs is None else len(self.probe.inputs)
         if 0 < got < self.probe.num_samples:
-            self._warn_once("few samples", f"the validation set gave {got} samples, fewer than "
+            source = (f"the first of the {dataloaders} validation dataloaders (the probe set "
+                      f"is drawn from it only)" if dataloaders > 1 else "the validation set")
+            self._warn_once("few samples", f"{source} gave {got} samples, fewer than "
                             f"num_samples={self.probe.num_samples}: {got} are explained.")
         if self.probe.selection == "stratified" and got and self.probe.targets is None:
             self._warn_once("no labels", "sample_selection='stratified' needs labels, but the "
@@ -659,8 +697,9 @@ class ExplainCallback(Callback):
                 lambda metric, analyzer, error: self._warn_or_raise(
                     f"metric {metric!r}" + (f" of analyzer {analyzer!r}" if analyzer else ""),
                     error), self._agree)
-            curves_now = validating or (self.curves_every_n_epochs is not None and (
-                trainer.current_epoch % self.curves_every_n_epochs == 0))
+            curves_now = validating or self._curves_due(trainer.current_epoch)
+            if curves_now and not validating:
+                self._last_curves_epoch = trainer.current_epoch
             self._last_curves = {}
             for name, (values, curves) in scores.items():
                 scalars.update({f"{prefix}/{name}/{key}": v for key, v in values.items()})
@@ -672,6 +711,15 @@ class ExplainCallback(Callback):
                     else:  # plotted at the end of training
                         self._last_curves[tag] = (name, metric, curve)
         return time.perf_counter() - metrics_started
+
+    def _curves_due(self, epoch: int) -> bool:
+        """Whether ``epoch``'s curves are plotted while training (``curves_every_n_epochs``):
+        at the first explained epoch, then at the first one at least that many epochs after
+        the last plotted (counted as ``every_n_epochs`` counts, so that the epochs Lightning
+        validates at, with ``check_val_every_n_epoch``, are the ones that count)."""
+        return self.curves_every_n_epochs is not None and (
+            self._last_curves_epoch is None
+            or epoch - self._last_curves_epoch >= self.curves_every_n_epochs)
 
     def _drift(self, epoch: int, prefix: str, maps: dict[str, Tensor],
                scalars: dict[str, float]) -> None:
@@ -734,9 +782,7 @@ class ExplainCallback(Callback):
         try:
             return self._explain(self._analyzers[name])
         except NotAnalyzableModelError as error:
-            if self.on_error == "raise":
-                raise
-            self._drop(name, error)
+            self._drop_or_raise(name, error)
         except Exception as error:
             self._warn_or_raise(f"analyzer {name!r}", error)
         return None
@@ -821,13 +867,17 @@ class ExplainCallback(Callback):
 
     def _warn_or_raise(self, what: str, error: Exception) -> None:
         if self.on_error == "raise":
-            if hasattr(error, "add_note"):  # (Python 3.11+: the traceback says where)
-                error.add_note(f"ExplainCallback {self.name!r}: raised by {what}")
-            raise error
+            self._raise(what, error)
         self._warn_once(f"{what}: {type(error).__name__}",
                         f"{what} failed and is skipped ({type(error).__name__}: {error}); "
                         f"training goes on. Set on_error='raise' to stop instead.",
                         every_rank=True)
+
+    def _raise(self, what: str, error: Exception) -> NoReturn:
+        """Raise ``error`` with a note that the callback's ``what`` raised it."""
+        if hasattr(error, "add_note"):  # (Python 3.11+: the traceback says where)
+            error.add_note(f"ExplainCallback {self.name!r}: raised by {what}")
+        raise error
 
     def _warn_once(self, key: str, message: str, every_rank: bool = False) -> None:
         if key not in self._warned:
@@ -876,7 +926,8 @@ class ExplainCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = {"probe": self.probe.state_dict(), "drift": self.drift.state_dict(),
-                 "analyzers": sorted(self.analyzer_specs), "last_epoch": self._last_epoch}
+                 "analyzers": sorted(self.analyzer_specs), "last_epoch": self._last_epoch,
+                 "last_curves_epoch": self._last_curves_epoch}
         if self.patterns is not None:
             state["patterns"] = self.patterns.state_dict()
         return state
@@ -888,6 +939,7 @@ class ExplainCallback(Callback):
         configured; warn about the rest."""
         configured = set(self.analyzer_specs)
         self._last_epoch = state_dict.get("last_epoch")
+        self._last_curves_epoch = state_dict.get("last_curves_epoch")
         probe = state_dict.get("probe", {})
         saved_inputs = probe.get("inputs")
         drift = state_dict.get("drift", {})

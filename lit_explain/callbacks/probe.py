@@ -7,7 +7,7 @@ same for the rest of training (and across a resume, through the checkpoint).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,11 @@ def a(noun: str) -> str:
 
 
 def pick(batch: Any, key: int | str | None) -> Tensor | None:
-    """The part of a batch at ``key``: a tuple/list index or a dict key (``None``: none)."""
+    """The part of a batch at ``key``: a tuple/list index or a dict key (``None``: none).
+
+    Raises a ``KeyError`` for a key the batch lacks, and for a batch of another type (an
+    object with attributes, such as a dataclass), naming the types it reads.
+    """
     if key is None:
         return None
     if isinstance(batch, Tensor):
@@ -36,6 +40,11 @@ def pick(batch: Any, key: int | str | None) -> Tensor | None:
             raise KeyError(f"the batch is a mapping without key {key!r}; its keys are "
                            f"{sorted(batch, key=str)}")
         return batch[key]
+    if not isinstance(batch, Sequence):
+        raise KeyError(f"the batch is {a(type(batch).__name__)}, which has no parts to select "
+                       f"by key: a batch is read as a tuple or list (key: an index), a mapping "
+                       f"(key: a dict key) or a tensor (key: 0); make the DataLoader's "
+                       f"collate_fn return one of these")
     if not isinstance(key, int) or not -len(batch) <= key < len(batch):
         raise KeyError(f"index {key!r} is not valid for a batch of {len(batch)} parts")
     return batch[key]

@@ -38,7 +38,7 @@ from .forward import (
     select_output,
     without_checkpointing,
 )
-from .operations import Handler, OperationRules, Prepare, too_coarse
+from .operations import Handler, OperationRules, Prepare, tensor_attributes, too_coarse
 from .replay import Plan, Replayed
 from .softmax import check_ends_without_softmax
 from .validation import check_choice
@@ -65,7 +65,8 @@ ANALYSIS_LOCK = threading.RLock()
 def analysis_context(model: nn.Module) -> Iterator[None]:
     """Run an analysis without changing the model or the caller's autograd state.
 
-    Inside: every module in eval mode, no parameter requires grad (so no parameter's
+    Inside: every module in eval mode, no parameter (nor tensor the model holds as a plain
+    attribute, :func:`~.operations.tensor_attributes`) requires grad (so no parameter's
     ``.grad`` can be touched and no weight gradient is computed), grad enabled, inference
     mode off, autocast off (:mod:`~lit_explain.precision`), activation checkpoints run
     directly (see :mod:`.forward`) and compiled submodules eagerly (not recompiled for the
@@ -97,7 +98,9 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
                 f"made or loaded under torch.inference_mode(), which autograd cannot "
                 f"differentiate through: build or load the model outside inference mode (or "
                 f"clone its parameters there, under torch.no_grad())")
-        requires_grad = [param for _, _, param in parameters if param.requires_grad]
+        # (and the weights a model holds as plain tensors: otherwise activations to the rules)
+        requires_grad = [param for _, _, param in parameters if param.requires_grad] + [
+            t for module in modules for t in tensor_attributes(module) if t.requires_grad]
         backward_hooks = [(module, module._backward_hooks, module._backward_pre_hooks)
                           for module in modules
                           if module._backward_hooks or module._backward_pre_hooks]

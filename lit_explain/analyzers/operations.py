@@ -186,6 +186,19 @@ def too_coarse(subject: str, dtype: torch.dtype) -> NotAnalyzableModelError:
         f"(gradient, input_t_gradient, smoothgrad, integrated_gradients) work in {dtype}.")
 
 
+def tensor_attributes(module: nn.Module) -> list[Tensor]:
+    """The leaf tensors ``module`` holds outside its parameters and buffers: plain
+    attributes (``self.W = torch.randn(..., requires_grad=True)``, a from-scratch layer's
+    weights) and the items of a list, tuple or dict attribute; not a computed tensor (an
+    activation the forward keeps)."""
+    found = []
+    for value in vars(module).values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(
+            value, (list, tuple)) else (value,)
+        found.extend(t for t in items if isinstance(t, Tensor) and t.grad_fn is None)
+    return found
+
+
 def article(word: str) -> str:
     """``"a"`` or ``"an"`` for ``word``."""
     return "an" if word[:1] in "aeiou" else "a"
@@ -249,7 +262,7 @@ class _ForwardState:
     #: The model input's node in the autograd graph (``None``: it requires no grad).
     input_node: object = None
     kernel_calls: int = 0
-    buffers: frozenset[int] | None = None  # ids of the model's buffers
+    held: frozenset[int] | None = None  # ids of the model's buffers and tensor attributes
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
     provenance: Provenance = field(default_factory=Provenance)
     masks: Masks = field(default_factory=Masks)
@@ -539,17 +552,20 @@ class OperationRules(TorchFunctionMode):
             pending.extend(next_node for next_node, _ in node.next_functions)
         return False
 
-    def _buffers(self) -> frozenset[int]:
-        """The ids of the model's buffers (made at first use)."""
-        if self.state.buffers is None:
-            self.state.buffers = frozenset(id(t) for t in self.model.buffers())
-        return self.state.buffers
+    def _held(self) -> frozenset[int]:
+        """The ids of the model's buffers and tensor attributes (:func:`tensor_attributes`),
+        made at first use."""
+        if self.state.held is None:
+            self.state.held = frozenset(
+                [id(t) for t in self.model.buffers()]
+                + [id(t) for m in self.model.modules() for t in tensor_attributes(m)])
+        return self.state.held
 
     def _is_weight(self, t: Tensor) -> bool:
         """Whether ``t`` is a parameter or buffer of the model, a view of one, or a tensor
         computed from them alone in this forward pass (``self.query / math.sqrt(d)``)."""
         return self._is_parameter_made(t) or id(
-            t if t._base is None else t._base) in self._buffers()
+            t if t._base is None else t._base) in self._held()
 
     def _is_parameter_made(self, t: Tensor) -> bool:
         """Whether ``t`` is a parameter, a view of one, or computed from weights in this

@@ -272,6 +272,43 @@ def test_lrp_lets_go_of_kernel_outputs_the_model_let_go_of(name):
     assert model.alive and not any(model.alive)
 
 
+class _FromScratch(nn.Module):
+    """A ReLU net whose weights are registered parameters, or plain tensors that require
+    grad (the from-scratch style), directly or in a list; one gates by an elementwise
+    weight (``h * g``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        values = [torch.randn(8, 5), 0.1 * torch.randn(8), torch.rand(8) + 0.5,
+                  torch.randn(3, 8), 0.1 * torch.randn(3)]
+        if how == "parameters":
+            self.weights = nn.ParameterList(values)
+        else:
+            tensors = [v.requires_grad_() for v in values]
+            self.weights = tensors if how == "list" else None
+            self.w1, self.b1, self.g, self.w2, self.b2 = tensors
+
+    def forward(self, x):
+        w1, b1, g, w2, b2 = self.weights if self.weights is not None else (
+            self.w1, self.b1, self.g, self.w2, self.b2)
+        return torch.relu(x @ w1.T + b1) * g @ w2.T + b2
+
+
+@pytest.mark.parametrize("how", ["attributes", "list"])
+@pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
+                                  "lrp.sequential_preset_a", "deep_taylor", "deep_lift",
+                                  "guided_backprop"])
+def test_weights_held_as_plain_tensors_are_weights(name, how):
+    """They were activations to the rules: ``h * g`` and ``x @ W`` products of two, half
+    the relevance lost at each (LRP-z summed to 1/8 of Input×Gradient)."""
+    x = torch.randn(4, 5)
+    expected = lx.create_analyzer(name, _FromScratch("parameters").eval()).analyze(x)
+    model = _FromScratch(how).eval()
+    torch.testing.assert_close(lx.create_analyzer(name, model).analyze(x), expected)
+    assert all(t.requires_grad for t in (model.w1, model.g, model.b2))
+
+
 class _Casting(nn.Module):
     """A 16-bit model fed float32 data, which it casts itself (as Hugging Face models do)."""
 

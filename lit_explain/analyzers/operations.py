@@ -80,7 +80,8 @@ class OperationCall:
         The innermost module whose ``forward`` made the call (``None`` and ``""`` for
         calls made outside any submodule of the analyzed model).
     layer_index:
-        For kernel calls: their position among the kernel calls of this forward pass.
+        For kernel calls: their layer's number, counted from 0 in the order of the layers'
+        first calls in this forward pass (a layer called again keeps its number).
     is_input_layer:
         For kernel calls: the layer is fed by the model input through reshapes and input
         preprocessing only. For fused attention: one of its tensors is (then it has not
@@ -261,7 +262,8 @@ class _ForwardState:
     input_derived: dict[int, Tensor] = field(default_factory=dict)
     #: The model input's node in the autograd graph (``None``: it requires no grad).
     input_node: object = None
-    kernel_calls: int = 0
+    #: Layer numbers (:attr:`OperationCall.layer_index`) by weight (see ``_layer_index``).
+    layers: dict[object, int] = field(default_factory=dict)
     held: frozenset[int] | None = None  # ids of the model's buffers and tensor attributes
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
     provenance: Provenance = field(default_factory=Provenance)
@@ -627,16 +629,32 @@ class OperationRules(TorchFunctionMode):
             given = tensors_in(args, kwargs) if given is None else given
             call.is_input_layer = any(id(t) in self.state.input_derived for t in given)
         if kind == KERNEL or kind == WEIGHT_PRODUCT:
-            call.layer_index = self.state.kernel_calls
-            self.state.kernel_calls += 1
             given = tensors_in(args, kwargs) if given is None else given
             derived = self.state.input_derived
             if kind == KERNEL:  # (its input is its first tensor)
                 call.is_input_layer = bool(given) and id(given[0]) in derived
+                weight = args[1] if len(args) > 1 else kwargs.get("weight")
             else:
                 call.weight_index = weight_operand(func, args, kwargs, self._is_weight)
                 call.is_input_layer = any(id(t) in derived for t in given)
+                weight = None if call.weight_index is None else args[call.weight_index]
+            call.layer_index = self._layer_index(weight)
         return call
+
+    def _layer_index(self, weight: object) -> int:
+        """A kernel call's layer number: layers are numbered in the order of their first
+        call, and a layer called again (shared, or a network run chunk by chunk) keeps its
+        number. A layer is its weight where the model holds that (a parameter, buffer or
+        tensor attribute, or a view of one: which part of it, as attention's projections
+        are parts of one); a weight made for the call (a standardised or parametrised one)
+        makes each call a layer."""
+        layers = self.state.layers
+        base = weight if not isinstance(weight, Tensor) or weight._base is None else weight._base
+        held = isinstance(base, nn.Parameter) or (
+            isinstance(base, Tensor) and id(base) in self._held())
+        key = (id(base), weight.storage_offset(), weight.shape, weight.stride()) if held \
+            else object()
+        return layers.setdefault(key, len(layers))
 
     @contextmanager
     def tracking_modules(self) -> Iterator[OperationRules]:

@@ -396,6 +396,35 @@ def test_a_tensor_property_is_named_as_written():
     assert operation_name(torch.Tensor.real.__get__) == "torch.Tensor.real"
 
 
+class Chunked(nn.Module):
+    """A network run chunk by chunk (a hand-written data parallel): its layers are called
+    once per chunk."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.cat([self.net(chunk) for chunk in x.chunk(2)])
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("lrp.sequential_preset_b_flat_until_idx", {"until_layer_idx": 1}),
+    ("lrp", {"rule": "Epsilon", "until_layer_idx": 1, "until_layer_rule": "Flat"}),
+    ("lrp", {"rule": ["Flat", "Alpha1Beta0", "Epsilon"]}),
+])
+def test_a_layer_called_again_keeps_its_number(name, kwargs):
+    """Layers numbered by call gave the second chunk's samples other rules (maps 1–16× off
+    theirs alone), and a rule list was too short."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                        nn.Linear(8, 3)).double().eval()
+    x = torch.randn(4, 6, dtype=torch.double)
+    expected = lx.create_analyzer(name, net, **kwargs).analyze(x)
+    torch.testing.assert_close(lx.create_analyzer(name, Chunked(net), **kwargs).analyze(x),
+                               expected)
+
+
 def test_rule_specifications():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))

@@ -265,6 +265,8 @@ class _ForwardState:
     #: Layer numbers (:attr:`OperationCall.layer_index`) by weight (see ``_layer_index``).
     layers: dict[object, int] = field(default_factory=dict)
     held: frozenset[int] | None = None  # ids of the model's buffers and tensor attributes
+    #: Operations without a rule, in forward order: their error and their outputs' nodes.
+    refusals: list[tuple[Exception, list]] = field(default_factory=list)
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
     provenance: Provenance = field(default_factory=Provenance)
     masks: Masks = field(default_factory=Masks)
@@ -460,10 +462,15 @@ class OperationRules(TorchFunctionMode):
                 hint = (" If it turns the model's output into probabilities, explain the logits "
                         "instead: remove it from forward, or pass lit_explain.model_wo_softmax("
                         "model) for a trailing nn.Softmax.") if kind == SOFTMAX else ""
-                raise NotAnalyzableModelError(
+                error = NotAnalyzableModelError(
                     f"{self._call(func, args, kwargs, kind).where()} is {article(kind)} "
-                    f"{kind} operation, for which this analyzer has no rule. Supported "
-                    f"operation kinds: {sorted(set(self.handlers) | self.passthrough)}.{hint}")
+                    f"{kind} operation, for which this analyzer has no rule, and the "
+                    f"explained output depends on it. Supported operation kinds: "
+                    f"{sorted(set(self.handlers) | self.passthrough)}.{hint}")
+                # refused where the explained output uses it (see output): one it does not
+                # use (an auxiliary loss beside the logits) costs nothing
+                self.state.refusals.append(
+                    (error, [o.grad_fn for o in produced if differentiable(o)]))
         else:
             dtype = low_precision(tensors)
             if dtype is not None:  # (a 16-bit model fed float32, or autocast in forward)
@@ -541,18 +548,8 @@ class OperationRules(TorchFunctionMode):
         the input from it (not a weight that merely requires grad: a tensor the model holds
         with ``requires_grad=True``, fast weights computed before the forward pass, a module
         held unregistered)."""
-        if not differentiable(t) or self.state.input_node is None:
-            return False
-        seen, pending = set(), [t.grad_fn]
-        while pending:
-            node = pending.pop()
-            if node is None or node in seen:
-                continue
-            if node is self.state.input_node:
-                return True
-            seen.add(node)
-            pending.extend(next_node for next_node, _ in node.next_functions)
-        return False
+        return differentiable(t) and self.state.input_node is not None and \
+            self.state.input_node in _graph_nodes(t.grad_fn)
 
     def _held(self) -> frozenset[int]:
         """The ids of the model's buffers and tensor attributes (:func:`tensor_attributes`),
@@ -603,7 +600,15 @@ class OperationRules(TorchFunctionMode):
     def output(self, logits: Tensor) -> Tensor:
         """The explained output, through the input boundary where it is input-derived (it
         reaches the input through reshapes, selections and preprocessing only, and crossed
-        no other operation on the way: ``x[:, :2]`` as scores); the replay plan notes it."""
+        no other operation on the way: ``x[:, :2]`` as scores); the replay plan notes it.
+
+        Raises the first operation without a rule that it depends on (a replay of the same
+        data flow depends on the same ones)."""
+        if self.state.refusals:
+            reached = _graph_nodes(logits.grad_fn)
+            for error, nodes in self.state.refusals:
+                if any(node in reached for node in nodes):
+                    raise error
         crossed = self.input_boundary is not None and logits.requires_grad and \
             id(logits) in self.state.input_derived
         if self.plan is not None:
@@ -755,6 +760,18 @@ class _ReplaceGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return ctx.backward(grad), None, None
+
+
+def _graph_nodes(root: object) -> set:
+    """The autograd nodes ``root`` reaches (itself included)."""
+    seen, pending = set(), [root]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    return seen
 
 
 def with_gradient(source: Tensor, value: Tensor, backward: Callable[[Tensor], Tensor]) -> Tensor:

@@ -354,6 +354,35 @@ def test_a_compiled_model_gives_the_uncompiled_maps(backend):
                                    lx.create_analyzer(name, model).analyze(x))
 
 
+class _WithAuxiliaryOutput(nn.Module):
+    """Logits, an auxiliary value computed from them with operations no ReLU-only rule set
+    has (an entropy regulariser), and scores made the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        logits = self.net(x)
+        p = logits.softmax(1)
+        return {"logits": logits, "entropy": -(p * p.log()).sum(1), "scores": torch.tanh(logits)}
+
+
+@pytest.mark.parametrize("name", ["guided_backprop", "deconvnet", "deep_lift", "lrp.epsilon",
+                                  "lrp.alpha_2_beta_1"])
+def test_an_operation_without_a_rule_counts_only_where_the_explained_output_uses_it(name):
+    """An auxiliary output beside the logits made the ReLU-only methods refuse the model,
+    for operations the explained logits do not use."""
+    model, x = _WithAuxiliaryOutput().eval(), torch.randn(3, 6)
+    torch.testing.assert_close(lx.create_analyzer(name, model).analyze(x),
+                               lx.create_analyzer(name, model.net).analyze(x))
+    if name in ("guided_backprop", "deconvnet"):  # the first one the scores use
+        with pytest.raises(lx.NotAnalyzableModelError, match=r"tanh .*the explained output "
+                                                             r"depends on it"):
+            lx.create_analyzer(name, model, output_key="scores").analyze(x)
+
+
 class _RegionallyCompiled(nn.Module):
     """A convolution and a head each compiled on their own, ``fullgraph=True``."""
 

@@ -739,8 +739,9 @@ class ExplainCallback(Callback):
         # waits for it, so that no process tears the process group down under another.
         if self._last_epoch is None and trainer.enable_validation and self._analyzers:
             self._warn_once("nothing explained", "training ended before a validation ran "
-                            "(max_steps, max_time or an early stop before the first one): "
-                            "nothing was explained.")
+                            "(check_val_every_n_epoch above the epochs trained, max_steps, "
+                            "max_time or an early stop before the first one): nothing was "
+                            "explained.")
         if trainer.is_global_zero:
             self._plot_at_end(trainer)
         trainer.strategy.barrier("ExplainCallback.on_train_end")

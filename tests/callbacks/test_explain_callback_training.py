@@ -215,12 +215,15 @@ def test_a_pattern_analyzer_that_refuses_the_model_is_dropped_once(tmp_path):
     assert "pattern.net" not in callback._analyzers
 
 
-def test_training_that_ends_before_a_validation_says_nothing_was_explained(tmp_path):
+@pytest.mark.parametrize("stop", [{"max_steps": 2}, {"max_epochs": 2,
+                                                   "check_val_every_n_epoch": 3}])
+def test_training_that_ends_before_a_validation_says_nothing_was_explained(tmp_path, stop):
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
-    with pytest.warns(UserWarning, match="ended before a validation ran.*nothing was "
+    with pytest.warns(UserWarning, match="ended before a validation ran "
+                                         r"\(check_val_every_n_epoch .*, max_steps.*nothing was "
                                          "explained"):
-        make_trainer(tmp_path, [callback], max_steps=2, limit_train_batches=4,
-                     num_sanity_val_steps=0).fit(Regularised(), DigitsDataModule(batch_size=32))
+        make_trainer(tmp_path, [callback], limit_train_batches=4, num_sanity_val_steps=0,
+                     **stop).fit(Regularised(), DigitsDataModule(batch_size=32))
 
 
 def test_class_ids_of_a_label_column_and_of_one_logit():

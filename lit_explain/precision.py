@@ -1,4 +1,4 @@
-"""Full precision inside an autocast region.
+"""Full precision inside an autocast region, and where a forward computes in 16 bits.
 
 An analysis (and the pattern statistics) runs with autocast off: a map is the one of the
 model's own parameters and dtype, the same inside or outside a ``torch.autocast`` region
@@ -8,6 +8,7 @@ differed by about 25 % from its float32 maps.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -21,15 +22,19 @@ AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def low_precision(tensors: list[torch.Tensor]) -> torch.dtype | None:
-    """The 16-bit dtype an operation on ``tensors`` computes in: one of theirs, or
-    autocast's where an autocast region is open for their device (one entered inside a
-    model's forward: :func:`full_precision` turns off only those open before); ``None`` in
-    full precision."""
-    for t in tensors:
-        if t.dtype in LOW_PRECISION:
-            return t.dtype
-    if tensors:
+def low_precision(tensors: list[torch.Tensor], lowered_by_autocast: bool) -> torch.dtype | None:
+    """The 16-bit dtype an operation on ``tensors`` computes in: theirs, as torch promotes
+    them (float32 activations times a float16 buffer compute in float32), or, for an
+    operation autocast lowers (``lowered_by_autocast``: a matrix product, a convolution,
+    attention), autocast's where an autocast region is open for their device (one entered
+    inside a model's forward: :func:`full_precision` turns off only those open before);
+    ``None`` in full precision."""
+    dtypes = [t.dtype for t in tensors if t.is_floating_point()]
+    if dtypes:
+        dtype = functools.reduce(torch.promote_types, dtypes)
+        if dtype in LOW_PRECISION:
+            return dtype
+    if lowered_by_autocast and tensors:
         device_type = tensors[0].device.type
         if device_type in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
             return torch.get_autocast_dtype(device_type)

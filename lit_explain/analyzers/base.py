@@ -34,6 +34,7 @@ from .forward import (
     check_same_forward,
     final_softmax,
     forward_signature,
+    in_compiled_control_flow,
     refusing_compiled_control_flow,
     select_output,
     without_checkpointing,
@@ -69,9 +70,9 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     attribute, :func:`~.operations.tensor_attributes`) requires grad (so no parameter's
     ``.grad`` can be touched and no weight gradient is computed), grad enabled, inference
     mode off, autocast off (:mod:`~lit_explain.precision`), activation checkpoints run
-    directly (see :mod:`.forward`) and compiled submodules eagerly (not recompiled for the
-    analysis, see :mod:`~lit_explain.compiled`; a rule-based forward pass runs all compiled
-    code eagerly, see :meth:`Analyzer._forward`). The modules' backward hooks
+    directly (see :mod:`.forward`) and compiled submodules never compiled for the analysis
+    (see :mod:`~lit_explain.compiled`; a rule-based forward pass runs all compiled code
+    eagerly, see :meth:`Analyzer._forward`). The modules' backward hooks
     (``register_full_backward_hook``, ``register_full_backward_pre_hook``,
     ``register_backward_hook``) are set aside: they observe or change the gradients of
     training (a Grad-CAM extractor, gradient logging), and an analysis' backward pass is
@@ -104,6 +105,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
         backward_hooks = [(module, module._backward_hooks, module._backward_pre_hooks)
                           for module in modules
                           if module._backward_hooks or module._backward_pre_hooks]
+        compiled = holds_compiled(model)
         try:
             if training:
                 model.eval()  # through train(False), which a module may override
@@ -112,8 +114,20 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
             for module, _, _ in backward_hooks:  # (their handles hold the dicts: put back)
                 module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
             with torch.inference_mode(False), torch.enable_grad(), full_precision(), \
-                    without_checkpointing(), eager() if holds_compiled(model) else nullcontext():
+                    without_checkpointing(), \
+                    eager("eager_on_recompile") if compiled else nullcontext():
                 yield
+        except Exception as error:
+            if not compiled or isinstance(error, NotAnalyzableModelError) or \
+                    not in_compiled_control_flow(error):
+                raise
+            raise NotAnalyzableModelError(
+                "a compiled submodule of the model uses a control-flow operator such as "
+                "torch.cond, which torch runs only compiled, and an analysis runs compiled "
+                "submodules without compiling them for it (recompiling them for every "
+                "analysis used up the compiler's recompile limit, and failed training too): "
+                "analyse the model with that submodule uncompiled (its _orig_mod), which "
+                f"runs torch.cond ({type(error).__name__}: {str(error)[:200]})") from error
         finally:
             for module in training:
                 module.training = True

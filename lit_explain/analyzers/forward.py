@@ -274,7 +274,7 @@ def forward_signature(model: nn.Module, x: Tensor) -> tuple | None:
             tuple(x.shape), x.stride(), x.dtype, x.device)
 
 
-def _in_compiled_control_flow(error: BaseException) -> bool:
+def in_compiled_control_flow(error: BaseException) -> bool:
     """Whether ``error`` was raised from within torch's higher-order operators
     (``torch.cond``, ``torch.while_loop``, ``torch.map``): torch compiles or traces them
     whenever a function mode is active, and they fail with whatever error that meets."""
@@ -288,14 +288,14 @@ _HIGHER_ORDER_OPS = "/torch/_higher_order_ops/"
 @contextmanager
 def refusing_compiled_control_flow() -> Iterator[None]:
     """Turn the failure of a control-flow operator that runs only compiled under a function
-    mode (see :func:`_in_compiled_control_flow`), which every rule-based analysis runs,
+    mode (see :func:`in_compiled_control_flow`), which every rule-based analysis runs,
     into :class:`NotAnalyzableModelError`."""
     try:
         yield
     except NotAnalyzableModelError:
         raise
     except Exception as error:
-        if not _in_compiled_control_flow(error):
+        if not in_compiled_control_flow(error):
             raise
         raise NotAnalyzableModelError(
             "the model's forward uses a control-flow operator such as torch.cond or "
@@ -405,18 +405,23 @@ def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], T
         with torch.no_grad(), _SoftmaxOutputs() as mode:
             output = logits_of(model(x), len(x))
     except Exception as error:  # (torch.cond cannot run under the mode: not found)
-        if _in_compiled_control_flow(error):
+        if in_compiled_control_flow(error):
             return False
         raise
     return any(same_storage(output, t) for t in mode.outputs.values())
 
 
-def storage_key(t: Tensor) -> int | None:
-    """What ``t`` and every view of it (a reshape, an added axis, a slice) share: its
-    storage's address; ``None`` for an empty tensor, which holds none. No call an analysis
-    would see."""
+def values_key(t: Tensor) -> tuple[int, int] | None:
+    """What ``t`` and every view of it that holds all its values and no others (a reshape,
+    an added axis, a transpose, an expansion) share: the address of its first element and
+    the number of distinct elements; ``None`` for an empty tensor. A slice, or another part
+    of the same storage, differs. No call an analysis would see."""
     with torch._C.DisableTorchFunction():
-        return t.untyped_storage().data_ptr() if t.numel() else None
+        if not t.numel():
+            return None
+        distinct = math.prod(size for size, stride in zip(t.shape, t.stride(), strict=True)
+                             if stride)
+        return t.data_ptr(), distinct
 
 
 def same_storage(a: Tensor, b: Tensor) -> bool:

@@ -175,6 +175,8 @@ _INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
 #: input kinds, nor fused attention, whose parts cross it (its projections may be the input
 #: layer; a handler that runs it whole is told by ``is_input_layer``).
 _NOT_CROSSING = _INPUT_KINDS | {ATTENTION}
+#: Kinds whose operations autocast computes in 16 bits (matrix products and convolutions).
+_LOWERED_BY_AUTOCAST = frozenset({KERNEL, WEIGHT_PRODUCT, ATTENTION})
 
 def too_coarse(subject: str, dtype: torch.dtype) -> NotAnalyzableModelError:
     """The refusal of a rule-based analysis whose rules would run in 16-bit ``dtype``
@@ -472,7 +474,8 @@ class OperationRules(TorchFunctionMode):
                 self.state.refusals.append(
                     (error, [o.grad_fn for o in produced if differentiable(o)]))
         else:
-            dtype = low_precision(tensors)
+            dtype = low_precision(tensors, kind in _LOWERED_BY_AUTOCAST or (
+                kind == PRODUCT and func in MATRIX_PRODUCTS))
             if dtype is not None:  # (a 16-bit model fed float32, or autocast in forward)
                 raise too_coarse(f"{call.where()} computes in", dtype)
             twin = (func, args, kwargs) if in_place else out_of_place(func, args, kwargs)

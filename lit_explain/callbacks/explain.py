@@ -330,8 +330,8 @@ class ExplainCallback(Callback):
         the preflight dropped and what was warned. Made anew at every ``fit``, and at a
         ``validate()`` of another module than the last run's (a callback reused for another
         run, a fold of a cross-validation, explains that run; before, its stale state
-        explained nothing there, or the other run's samples); a checkpoint restores it after
-        this."""
+        explained nothing there, or the other run's samples), not at a ``test()`` or
+        ``predict()``, which explain nothing; a checkpoint restores it after this."""
         self.probe = ProbeCollector(*self._probe_options)
         self.drift = DriftTracker(self._drift_references)
         uses_patterns = any(name.startswith("pattern.") for name in self.analyzer_specs)
@@ -355,6 +355,8 @@ class ExplainCallback(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage not in ("fit", "validate"):  # (test and predict: nothing explained)
+            return
         if stage == "fit" or (self._module is not None and self._module is not pl_module):
             self._start_afresh()
         self._module = pl_module
@@ -414,7 +416,8 @@ class ExplainCallback(Callback):
         self._checked = True
         if self.patterns is not None:
             self._check_patterns(pl_module)
-        with _training_untouched(pl_module):
+        # (compiled submodules: never compiled for the callback, see lit_explain.compiled)
+        with eager("eager_on_recompile"), _training_untouched(pl_module):
             self._try_on_one_sample(inputs[:1], batch)
         self._agree_on_the_preflight()
 
@@ -598,7 +601,8 @@ class ExplainCallback(Callback):
                     "(every_n_epochs counts epochs): a run of one long epoch (an iterable "
                     "dataset with max_steps) is explained once."))
             return
-        with eager(), _training_untouched(pl_module):  # (compiled: through its Python code)
+        # (compiled submodules: never compiled for the callback, see lit_explain.compiled)
+        with eager("eager_on_recompile"), _training_untouched(pl_module):
             self._explain_and_log(trainer, pl_module)
         if trainer.state.fn != "validate":
             self._last_epoch = trainer.current_epoch

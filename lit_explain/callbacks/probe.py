@@ -7,7 +7,7 @@ same for the rest of training (and across a resume, through the checkpoint).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,11 +40,12 @@ def pick(batch: Any, key: int | str | None) -> Tensor | None:
             raise KeyError(f"the batch is a mapping without key {key!r}; its keys are "
                            f"{sorted(batch, key=str)}")
         return batch[key]
-    if not isinstance(batch, Sequence):
+    if isinstance(batch, (str, bytes)) or not (
+            hasattr(batch, "__getitem__") and hasattr(batch, "__len__")):
         raise KeyError(f"the batch is {a(type(batch).__name__)}, which has no parts to select "
-                       f"by key: a batch is read as a tuple or list (key: an index), a mapping "
-                       f"(key: a dict key) or a tensor (key: 0); make the DataLoader's "
-                       f"collate_fn return one of these")
+                       f"by key: a batch is read as a tuple, list or other sequence indexed by "
+                       f"position (key: an index), a mapping (key: a dict key) or a tensor "
+                       f"(key: 0); make the DataLoader's collate_fn return one of these")
     if not isinstance(key, int) or not -len(batch) <= key < len(batch):
         raise KeyError(f"index {key!r} is not valid for a batch of {len(batch)} parts")
     return batch[key]

@@ -364,6 +364,32 @@ def test_16_bit_models_get_the_gradient_methods_and_a_clear_refusal_of_rules(nam
             analyzer.analyze(x)
 
 
+class _HalfStatistics(nn.Module):
+    """A float32 CNN normalising its input with 16-bit statistics: torch computes
+    ``(x - mean) / std`` in float32, as every other operation."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.register_buffer("mean", torch.full((1, 2, 1, 1), 0.5, dtype=dtype))
+        self.register_buffer("std", torch.full((1, 2, 1, 1), 0.25, dtype=dtype))
+        self.net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(4 * 4 * 4, 3))
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.flat", "deep_taylor", "deep_lift",
+                                  "guided_backprop"])
+def test_16_bit_constants_in_float32_operations_are_no_16_bit_model(name):
+    """They were refused ("computes in torch.float16") though nothing computes in it."""
+    x = torch.randn(2, 2, 6, 6)
+    expected = lx.create_analyzer(name, _HalfStatistics(torch.float32).eval()).analyze(x)
+    torch.testing.assert_close(
+        lx.create_analyzer(name, _HalfStatistics(torch.float16).eval()).analyze(x), expected)
+
+
 class _Normalising(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -419,6 +419,51 @@ def test_analyses_recompile_no_compiled_submodule():
     assert counters["stats"]["unique_graphs"] == compiled
 
 
+class _CompiledCond(nn.Module):
+    """A compiled submodule that branches with torch.cond (which runs only compiled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.block = torch.compile(_Cond(), backend="eager")
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+def test_torch_cond_in_a_compiled_submodule_is_a_clear_error():
+    """An analysis compiles nothing for itself, and torch.cond runs only compiled: the
+    gradient methods, which ran it compiled, raised torch's own error."""
+    model, x = _CompiledCond().eval(), torch.rand(2, 6)
+    model(x)  # compiled and run, as in training
+    for name in ("gradient", "integrated_gradients", "lrp.epsilon"):
+        with pytest.raises(lx.NotAnalyzableModelError, match="torch.cond"):
+            lx.create_analyzer(name, model).analyze(x)
+    plain = nn.Sequential(model.block._orig_mod, model.head)  # (as the error advises)
+    expected = torch.autograd.grad(plain(x.requires_grad_())[:, 0].sum(), x)[0]
+    torch.testing.assert_close(lx.create_analyzer("gradient", plain, neuron_selection_mode=
+                                                  "index").analyze(x.detach(), 0), expected)
+
+
+def test_the_strongest_open_stance_holds_and_the_one_found_comes_back():
+    import torch._dynamo
+
+    from lit_explain.compiled import eager
+
+    def stance() -> str:
+        return torch._dynamo.eval_frame._stance.stance
+
+    with eager("eager_on_recompile"):
+        assert stance() == "eager_on_recompile"
+        with eager():
+            assert stance() == "force_eager"
+            with eager("eager_on_recompile"):
+                assert stance() == "force_eager"
+        assert stance() == "eager_on_recompile"
+    assert stance() == "default"
+
+
 class NormalizesInPlace(nn.Module):
     """Normalises its input in place, as some preprocessing code does."""
 

@@ -217,6 +217,37 @@ def test_cp_holds_a_gate_reshaped_after_its_non_linearity(form):
     assert analyzer.replayed
 
 
+class FusedGated(nn.Module):
+    """ReGLU/SwiGLU from one fused projection: value and gate are halves of one tensor, the
+    gate's activation in place on its half (bias-free, so LRP-0 is Input×Gradient with the
+    gate held)."""
+
+    def __init__(self, activation: nn.Module, hold: bool = False) -> None:
+        super().__init__()
+        self.activation, self.hold = activation, hold
+        self.both, self.down = nn.Linear(6, 16, bias=False), nn.Linear(8, 4, bias=False)
+
+    def forward(self, x):
+        h = self.both(x)
+        value, gate = h[:, :8], self.activation(h[:, 8:])
+        return self.down(value * (gate.detach() if self.hold else gate))
+
+
+@pytest.mark.parametrize("activation", [nn.SiLU, nn.ReLU])
+def test_cp_holds_a_gate_made_in_place_on_half_of_a_tensor_and_not_the_other_half(activation):
+    """The value half shares the gate's storage; taken for a gate too (its map 34–169 % off),
+    the product got the uniform rule."""
+    torch.manual_seed(0)
+    model = FusedGated(activation(inplace=True)).double().eval()
+    held = FusedGated(activation(), hold=True).double().eval()
+    held.load_state_dict(model.state_dict())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    expected = lx.create_analyzer("input_t_gradient", held).analyze(x)
+    analyzer = lx.create_analyzer("lrp.z", model, attention_rule="cp")
+    for _ in range(2):  # a full analysis, then its replay
+        torch.testing.assert_close(analyzer.analyze(x), expected)
+
+
 class TopKAttention(nn.Module):
     """Sparse attention: each query keeps its 3 top scores, the others masked with −inf by a
     mask of the scores themselves (``masked_fill`` or ``torch.where``), or by the same mask

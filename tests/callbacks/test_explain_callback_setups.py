@@ -78,7 +78,7 @@ def explain_warnings(record) -> list[str]:
             and "no logger" not in str(w.message)]
 
 
-# Defect A: under on_error="raise" every error names what raised it.
+# Under on_error="raise" every error names what raised it.
 
 class NeedsScale(Linear):
     """A model whose forward needs a second argument: the callback's model(x) fails."""
@@ -152,7 +152,7 @@ def test_under_raise_a_later_refusal_names_the_analyzer_that_raised_it(tmp_path)
     assert counter.steps == 4  # at the first explained epoch, after the first training epoch
 
 
-# Defect B: without a sanity check, the keys are checked on a validation batch too.
+# Without a sanity check, the keys are checked on a validation batch too.
 
 class Dicts(Dataset):
     def __init__(self, x, y) -> None:
@@ -191,7 +191,7 @@ def test_keys_that_fit_only_the_training_batches_raise_at_the_first_validation_b
     assert counter.steps == 4  # the preflight ran on training batch 1; validation after 4
 
 
-# Defect C: a batch of another type than tuple, list, mapping or tensor.
+# A batch of another type than a sequence, mapping or tensor.
 
 @dataclass
 class Pair:
@@ -209,14 +209,15 @@ def test_a_dataclass_batch_is_refused_naming_the_option_and_the_batch_types(tmp_
     callback = lx.ExplainCallback(analyzers=["gradient"], input_key="x", target_key="y")
     x, y = data()
     with pytest.raises(ValueError, match=r"^input_key='x' does not fit the validation batch: "
-                                         r"the batch is a Pair.*a tuple or list.*a mapping.*"
+                                         r"the batch is a Pair.*a tuple, list or other "
+                                         r"sequence.*a mapping.*"
                                          r"a tensor"):
         make_trainer(tmp_path, [counter, callback]).fit(
             Linear(), loader(x, y, collate_fn=pairs), loader(x, y, collate_fn=pairs))
     assert counter.steps == 0
 
 
-# Defect D: curves_every_n_epochs counts as every_n_epochs does, from the last plot.
+# curves_every_n_epochs counts as every_n_epochs does, from the last plot.
 
 def image_steps(log_dir: str, tag: str) -> list[int]:
     (event_file,) = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
@@ -248,7 +249,7 @@ def test_curves_are_plotted_every_k_epochs_of_those_explained(
     assert curves == [explained[i] for i in plotted]
 
 
-# Defect E: several validation dataloaders: the probe is the first one's samples.
+# Several validation dataloaders: the probe is the first one's samples.
 
 def test_with_several_validation_dataloaders_the_probe_is_the_first_ones_and_says_so(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=8)
@@ -263,7 +264,7 @@ def test_with_several_validation_dataloaders_the_probe_is_the_first_ones_and_say
         "from it only) gave 2 samples, fewer than num_samples=8: 2 are explained."]
 
 
-# Defect F: validate() of another model starts afresh, as fit does.
+# validate() of another model starts afresh, as fit does; test() and predict() do not.
 
 def test_validate_of_another_model_explains_its_own_validation_samples(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4)
@@ -282,3 +283,53 @@ def test_validate_of_another_model_explains_its_own_validation_samples(tmp_path)
     make_trainer(tmp_path, [callback]).validate(model_b, loader(x_b[8:], y_b[8:]),
                                                 verbose=False)
     assert torch.equal(callback.probe.inputs, x_b[:4])
+
+
+class Tested(Linear):
+    def test_step(self, batch, batch_idx):
+        x, y = batch_parts(batch)
+        self.log("test_loss", F.cross_entropy(self(x), y))
+
+
+def test_test_of_another_model_leaves_the_run_as_it_was(tmp_path):
+    """test() and predict() explain nothing: a test() of another model (one loaded from a
+    checkpoint) wiped the fit's probe samples and drift before a validate() of its model."""
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4)
+    x, y = data(16)
+    model = Tested()
+    make_trainer(tmp_path, [callback], max_epochs=2).fit(model, loader(x, y), loader(x, y))
+    probe, drift = callback.probe.inputs.clone(), dict(callback.drift.epochs)
+    make_trainer(tmp_path, [callback]).test(Tested(), loader(*data(16, seed=3)), verbose=False)
+    assert torch.equal(callback.probe.inputs, probe) and callback.drift.epochs == drift
+    make_trainer(tmp_path, [callback]).validate(model, loader(*data(16, seed=4)),
+                                                verbose=False)
+    assert torch.equal(callback.probe.inputs, probe)
+
+
+class Parts:
+    """A batch class of its own, indexed by position (not a registered Sequence)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.parts = (x, y)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.parts[index]
+
+    def __len__(self) -> int:
+        return 2
+
+
+class LogsItsBatchSize(Linear):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch_parts(batch)
+        self.log("val_loss", F.cross_entropy(self(x), y), batch_size=len(x))
+
+
+def test_a_batch_indexed_by_position_is_read_by_index(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4)
+    x, y = data(16)
+    collate = lambda samples: Parts(*torch.utils.data.default_collate(samples))  # noqa: E731
+    make_trainer(tmp_path, [callback]).fit(LogsItsBatchSize(), loader(x, y, collate_fn=collate),
+                                           loader(x, y, collate_fn=collate))
+    assert torch.equal(callback.probe.inputs, x[:4]) and torch.equal(callback.probe.targets,
+                                                                     y[:4])

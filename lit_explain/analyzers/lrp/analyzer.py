@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..base import Analyzer, NeuronSelection
 from ..errors import NotAnalyzableModelError
-from ..forward import same_storage, select_output, storage_key
+from ..forward import same_storage, select_output, values_key
 from ..kinds import (
     ACTIVATION,
     ATTENTION,
@@ -144,7 +144,7 @@ def _gated_product(call: OperationCall, rule: Callable[[OperationCall], Tensor],
     inputs = call.inputs
     for position, index in made.items():
         gate = gates.get(index)
-        if gate is None or not same_storage(_held(call, inputs[position]), gate):
+        if gate is None or values_key(_held(call, inputs[position])) != values_key(gate):
             raise Diverged(f"factor {position} of {call.where()} is not the gate made by "
                            f"call {index}")
     return rule(call)
@@ -346,14 +346,15 @@ class LRP(Analyzer):
         ReLU's (``relu_rule``), whose outputs are gates like those of the others (ReGLU)."""
         flow, cp = self.flow, self.attention_rule == "cp"
         # CP-LRP: the outputs of non-linearities (held constant) and the calls that made them,
-        # by storage: a view of a gate (gate.unsqueeze(-1), a per-head reshape) is the gate
+        # by their values (values_key): a view of a gate (gate.unsqueeze(-1), a per-head
+        # reshape) is the gate; the other half of a tensor gated in place by halves is not
         gates: dict[int | None, tuple[Tensor, int]] = {}
 
         def gate(rule: Callable[[OperationCall], Tensor]) -> Callable[[OperationCall], Tensor]:
             def handler(call: OperationCall) -> Tensor:
                 output = rule(call)
                 made = output if call.in_place_target is None else call.in_place_target
-                gates[storage_key(made)] = made, call.index
+                gates[values_key(made)] = made, call.index
                 if call.plan is not None:  # (a replay's products check their gates by it)
                     call.replay(_made_gate(handler_step(rule, call.kind), call.index,
                                            call.plan.held))
@@ -376,12 +377,12 @@ class LRP(Analyzer):
                     call.plan.unreplayable()
                 output = passed_through(call.elementwise_of, call.run(), flow)
                 if cp:
-                    gates[storage_key(output)] = output, call.index
+                    gates[values_key(output)] = output, call.index
                 return output
             made: dict[int, int] = {}  # position of a gate among the factors → its call
             if cp and call.func in ELEMENTWISE_PRODUCTS:
                 inputs = call.inputs
-                found = [gates.get(storage_key(_held(call, t))) for t in inputs]
+                found = [gates.get(values_key(_held(call, t))) for t in inputs]
                 made = {i: entry[1] for i, entry in enumerate(found) if entry is not None}
                 made = made if len(made) < len(inputs) else {}
             rule = partial(uniform_rule, flow=flow, held=frozenset(made))

@@ -143,9 +143,10 @@ class ExplainCallback(Callback):
     drift:
         Compare each epoch's maps with the ``"previous"`` and/or ``"first"`` explained epoch
         (``[]``: no drift).
-    input_key, target_key:
-        Where the input and the label sit in a batch: a tuple index or a dict key
-        (``target_key=None``: no labels).
+    input_key:
+        Where the input sits in a batch: a tuple index or a dict key.
+    target_key:
+        Where the label sits in a batch: a tuple index or a dict key (``None``: no labels).
     mask_key:
         Where ground-truth masks sit in a batch (tuple index or dict key; ``None``: no
         masks): boolean or {0, 1}, the input's shape or its spatial shape. They are kept with
@@ -163,19 +164,24 @@ class ExplainCallback(Callback):
     normalization:
         ``"per_sample"``: each heatmap uses its own range. ``"shared"``: one range per
         analyzer and epoch for all its samples (a robust maximum, see
-        :func:`lit_explain.viz.robust_absmax`), written on the colour bar, so that samples
-        compare and the magnitude over the epochs can be read off the numbers.
+        :func:`lit_explain.viz.robust_absmax`), written on the colour bar (in the column
+        header where several analyzers share a picture), so that samples compare and the
+        magnitude over the epochs can be read off the numbers.
     cmap:
         Colour map of the heatmaps (``lit_explain.viz.cmaps``). ``"auto"``: ``"seismic"``
         (red for, blue against, white 0) for signed maps, the one-sided ``"oranges"``
         (white 0) for maps without negative values (``|gradient|``, squared SmoothGrad).
     overlay:
         Draw each heatmap over the grey input image (where the map is 0 the input shows).
-    pattern_type, pattern_source, pattern_every_n_batches:
-        For pattern analyzers: iNNvestigate's pattern type, where the statistics come
-        from, ``"train"`` (training forward passes) or ``"val"`` (validation forward passes,
-        exact for the weights explained), and collecting from every n-th batch only
-        (default: 10 for ``"train"``, 1 for ``"val"``; see ``docs/patterns.md``).
+    pattern_type:
+        For pattern analyzers: iNNvestigate's pattern type (see ``docs/patterns.md``).
+    pattern_source:
+        For pattern analyzers: where the statistics come from, ``"train"`` (training
+        forward passes) or ``"val"`` (validation forward passes, exact for the weights
+        explained).
+    pattern_every_n_batches:
+        For pattern analyzers: collect from every n-th batch only (default: 10 for
+        ``"train"``, 1 for ``"val"``).
     grids:
         Which heatmap pictures to draw each explained epoch: ``"combined"`` (one picture,
         a column per analyzer; the cheap default), ``"each"`` (one picture per analyzer),

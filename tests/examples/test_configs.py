@@ -65,6 +65,29 @@ def test_fit_without_a_config_trains_the_demo_with_the_callback(tmp_path, monkey
     assert "explain/all" in tags  # one picture, a column per analyzer (grids="combined")
 
 
+def test_a_configs_callback_gets_the_class_defaults_of_what_it_leaves_unset(tmp_path,
+                                                                            monkeypatch):
+    """A config's ExplainCallback, first in its list, took the default callback's metrics
+    and stratified samples (configs/clever_hans.yaml explained 1 watermarked digit of 16)."""
+    import lightning as L
+
+    import lit_explain as lx
+    from lit_explain.cli import ExplainCLI
+
+    config = tmp_path / "one.yaml"
+    config.write_text("trainer:\n  logger: false\n  callbacks:\n"
+                      "    - class_path: lit_explain.ExplainCallback\n"
+                      "      init_args:\n        analyzers: [lrp.epsilon]\n")
+    monkeypatch.setattr(sys, "argv", ["lit-explain"])
+    cli = ExplainCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                     subclass_mode_data=True, args=["--config", str(config)], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, lx.ExplainCallback)]
+    expected = lx.ExplainCallback(analyzers=["lrp.epsilon"])
+    assert list(callback.analyzer_specs) == ["lrp.epsilon"]
+    assert callback.metric_specs == expected.metric_specs == {}
+    assert callback._probe_options == expected._probe_options
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"]])
 def test_help_says_how_to_turn_the_callback_on_and_points_to_configs(argv, capsys,
                                                                      monkeypatch):

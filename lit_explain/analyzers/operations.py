@@ -195,11 +195,20 @@ def tensor_attributes(module: nn.Module) -> list[Tensor]:
     weights) and the items of a list, tuple or dict attribute; not a computed tensor (an
     activation the forward keeps)."""
     found = []
-    for value in vars(module).values():
-        items = value.values() if isinstance(value, dict) else value if isinstance(
-            value, (list, tuple)) else (value,)
-        found.extend(t for t in items if isinstance(t, Tensor) and t.grad_fn is None)
+    for name, value in vars(module).items():
+        if name in _MODULE_INTERNALS:
+            continue
+        if isinstance(value, Tensor):
+            if value.grad_fn is None:
+                found.append(value)
+        elif isinstance(value, (list, tuple, dict)):
+            items = value.values() if isinstance(value, dict) else value
+            found.extend(t for t in items if isinstance(t, Tensor) and t.grad_fn is None)
     return found
+
+
+#: nn.Module's own attributes (parameters, buffers, submodules, hooks): no tensor attributes.
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 
 
 def article(word: str) -> str:

@@ -16,7 +16,8 @@ while the analysis runs, the model is called with ``e`` in place of the tokens: 
 pre-hook on the model hands the *tokens* to its ``forward`` (so masks and other token logic
 still see integers) and a forward hook on the embedding replaces by ``e`` the output of
 that call, and of any later call of it on ids equal to the tokens (a second use of them,
-whose relevance was lost), not of others, on other ids. An ``EmbeddingBag`` over a 2-D
+whose relevance was lost), not of others, on other ids. Another embedding table given the
+tokens themselves is refused: its relevance would be lost. An ``EmbeddingBag`` over a 2-D
 ``(N, L)`` input is reduced from ``e`` as it reduces (``"sum"``, ``"mean"`` or ``"max"``,
 ``per_sample_weights`` and ``padding_idx`` honoured), so each token keeps its own share.
 Batches of several stacked copies of ``e`` (Integrated Gradients' path, SmoothGrad's
@@ -30,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -310,8 +312,22 @@ def token_input(model: nn.Module, tokens: Tensor) -> Iterator[InputEmbedding]:
                 f"every input of this shape")
         return embedding.reduce(state["vectors"], ids)
 
+    def refuse_another_table(path: str, module: nn.Module, args: tuple, kwargs: dict,
+                             output: Tensor) -> None:
+        ids = args[0] if args else kwargs.get("input")
+        if state.get("calls") is not None and ids is state["tokens"]:
+            raise NotAnalyzableModelError(
+                f"the model embeds the input's ids with '{path}' ({type(module).__name__}) "
+                f"besides '{embedding.path}': an analysis starts at one embedding's output, "
+                f"and the other's relevance would be lost. Embed the ids with one table (an "
+                f"nn.Embedding as wide as both, its output split where the model uses them)")
+
+    others = [(path, module) for path, module in model.named_modules()
+              if isinstance(module, EMBEDDINGS) and module is not embedding.module]
     handles = [model.register_forward_pre_hook(take_vectors),
-               embedding.module.register_forward_hook(give_vectors, with_kwargs=True)]
+               embedding.module.register_forward_hook(give_vectors, with_kwargs=True),
+               *(module.register_forward_hook(partial(refuse_another_table, path),
+                                              with_kwargs=True) for path, module in others)]
     try:
         yield embedding
     finally:

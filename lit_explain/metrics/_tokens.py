@@ -28,8 +28,9 @@ __all__ = ["check_mask_token_id", "is_token_input", "token_replacement"]
 
 
 def is_token_input(x: Tensor) -> bool:
-    """Whether ``x`` holds token ids: an integer tensor (not bool, not float or complex)."""
-    return not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    """Whether ``x`` holds token ids: an integer or bool tensor (ids 0 and 1), as the
+    analyzers read it."""
+    return not (x.is_floating_point() or x.is_complex())
 
 
 def check_mask_token_id(value: object) -> int | None:
@@ -61,8 +62,9 @@ def token_replacement(x_nc: Tensor, mask_token_id: int | None) -> Tensor:
             f"mask_token_id= to the id that replaces a deleted token (a [MASK] or the "
             f"padding id), e.g. metrics={{'pixel_flipping': {{'mask_token_id': 0}}}} in "
             f"ExplainCallback")
-    if mask_token_id > torch.iinfo(x_nc.dtype).max:
+    largest = 1 if x_nc.dtype == torch.bool else torch.iinfo(x_nc.dtype).max
+    if mask_token_id > largest:
         raise ValueError(
             f"mask_token_id={mask_token_id} does not fit the inputs' id dtype {x_nc.dtype} "
-            f"(largest id {torch.iinfo(x_nc.dtype).max}); use an id of the model's vocabulary")
+            f"(largest id {largest}); use an id of the model's vocabulary")
     return torch.full_like(x_nc, mask_token_id)

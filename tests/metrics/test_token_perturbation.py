@@ -58,6 +58,26 @@ def test_pixel_flipping_deletes_the_most_relevant_tokens_first_by_the_mask_id():
                                                          dtype=torch.float64))
 
 
+class BoolBag(Bag):
+    """Two ids given as bools (a presence mask), looked up as 0 and 1."""
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.table(tokens.long()).sum(1)
+
+
+def test_bool_ids_are_tokens_as_the_analyzers_read_them():
+    """The analyzers read bool ids; the token metrics refused them, and the float path they
+    suggested failed inside torch."""
+    x = torch.tensor([[True, False, True, True]])  # class-1 contributions 1, 0, 1, 1
+    m = PixelFlipping(BoolBag(), mask_token_id=0)
+    m.update(x, torch.tensor([[0.3, 0.9, 0.1, 0.6]]), target=1)
+    # order 2 (id 0: removes 0), 4, 1, 3
+    torch.testing.assert_close(m.curve(), torch.tensor([3.0, 3.0, 2.0, 1.0, 0.0],
+                                                       dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"mask_token_id=2 does not fit .*\(largest id 1\)"):
+        PixelFlipping(BoolBag(), mask_token_id=2).update(x, torch.rand(1, 4), target=1)
+
+
 def test_a_mask_id_with_its_own_weight_replaces_rather_than_removes():
     # id 5 weighs 0.5: deleting token t changes the score by 0.5 - W[t]
     m = PixelFlipping(Bag(), mask_token_id=5, steps=2)

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.module import (
     register_module_forward_hook,
@@ -103,6 +104,12 @@ class OperationCall:
     in_place_target:
         For the out-of-place twin of an in-place call: the tensor the model's call writes
         (a copy of it stands in the twin's arguments, see :class:`OperationRules`).
+    input_support:
+        For a kernel call on a constant-padded input (``F.pad`` before the call: a causal
+        or "same" padding written out): 1 where the input holds the values it was padded
+        from, 0 at the padding. The rules that spread relevance by the weights alone (w²,
+        flat, z^B) leave the padding out, as they do a convolution's own padding (they gave
+        it relevance, which the padding's backward then dropped).
     index, plan:
         The call's position among the forward pass's calls, and the :class:`~.replay.Plan`
         the analysis records (``None``: none), which a handler whose rule depends on the
@@ -123,6 +130,7 @@ class OperationCall:
     parts: Callable[[tuple, dict], object] | None = None
     elementwise_of: Tensor | None = None
     in_place_target: Tensor | None = None
+    input_support: Tensor | None = None
     index: int = -1
     plan: Plan | None = None
 
@@ -276,6 +284,8 @@ class _ForwardState:
     #: Layer numbers (:attr:`OperationCall.layer_index`) by weight (see ``_layer_index``).
     layers: dict[object, int] = field(default_factory=dict)
     held: frozenset[int] | None = None  # ids of the model's buffers and tensor attributes
+    #: Constant-padded tensors (``F.pad``): id → the tensor and its support's maker.
+    padded: dict[int, tuple[Tensor, Callable[[], Tensor]]] = field(default_factory=dict)
     #: Operations without a rule, in forward order: their error and their outputs' nodes.
     refusals: list[tuple[Exception, list]] = field(default_factory=list)
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
@@ -508,6 +518,8 @@ class OperationRules(TorchFunctionMode):
         # (out = zeros_like(h); out[i] = h[i]): it passed the check above as an input
         self.state.provenance.add_made(produced if first is None else [*produced, first])
         self.state.masks.note(made, args, kwargs, output)
+        if func is F.pad and isinstance(output, Tensor):
+            self._note_padding(args, kwargs, output)
         self._note_weights(tensors, produced)
         if self.tracks_roots:
             self.state.roots.note(func, kind, given_tensors, produced)
@@ -523,6 +535,15 @@ class OperationRules(TorchFunctionMode):
             for o in [*produced, first] if in_place else produced:
                 self.state.input_derived[id(o)] = o
         return output
+
+    def _note_padding(self, args: tuple, kwargs: dict, output: Tensor) -> None:
+        """Note a constant padding's output and how to make its support (see
+        :attr:`OperationCall.input_support`)."""
+        source, pad = args[0], args[1] if len(args) > 1 else kwargs["pad"]
+        mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+        if mode == "constant" and differentiable(source):
+            self.state.padded[id(output)] = (output, lambda: F.pad(
+                torch.ones_like(source.detach()), pad))
 
     def _input_derived(self, tensors: list[Tensor]) -> bool | None:
         """Whether the differentiable ones among a call's tensors are all input-derived
@@ -651,6 +672,9 @@ class OperationRules(TorchFunctionMode):
             if kind == KERNEL:  # (its input is its first tensor)
                 call.is_input_layer = bool(given) and id(given[0]) in derived
                 weight = args[1] if len(args) > 1 else kwargs.get("weight")
+                padded = self.state.padded.get(id(given[0])) if given else None
+                if padded is not None and padded[0] is given[0]:
+                    call.input_support = padded[1]()
             else:
                 call.weight_index = weight_operand(func, args, kwargs, self._is_weight)
                 call.is_input_layer = any(id(t) in derived for t in given)

@@ -69,6 +69,13 @@ class AffineLayer:
         """The layer evaluated on ``x`` with ``weight`` and ``bias`` in place of its own."""
         raise NotImplementedError
 
+    def support(self, value: float) -> Tensor:
+        """``value`` at every element of the input that holds the model's values, 0 at a
+        constant padding written before the call (:attr:`OperationCall.input_support`)."""
+        filled = torch.full_like(self.input, value)
+        support = self.call.input_support
+        return filled if support is None else filled.mul_(support)
+
     def __call__(self, x: Tensor) -> Tensor:
         """The layer with its own parameters on input ``x``."""
         return self.run(x, self.weight, self.bias)

@@ -356,7 +356,7 @@ class WSquareRule(Rule):
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x = layer.input
-        ones = torch.ones_like(x)
+        ones = layer.support(1.0)  # (not a padding written before the layer)
         z = layer.run(gate(x, ones, ones), self.modified_weight(layer.weight))
         return flow.output(layer.output_value(), (z, safe(z.detach()), 1.0))
 
@@ -498,7 +498,7 @@ class BoundedRule(Rule):
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x, weight = layer.input, layer.weight
-        low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
+        low, high = layer.support(self.low), layer.support(self.high)
         y = layer.linear_term()
         z = (layer.product_term - layer.run(gate(x, low, low), weight.clamp(min=0))
              - layer.run(gate(x, high, high), weight.clamp(max=0)))

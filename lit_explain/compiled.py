@@ -25,12 +25,14 @@ from torch import nn
 
 
 def holds_compiled(model: nn.Module) -> bool:
-    """Whether a submodule of ``model`` is ``torch.compile``d (an ``OptimizedModule``)."""
+    """Whether ``model`` or a submodule of it is compiled: wrapped by ``torch.compile``
+    (an ``OptimizedModule``) or compiled in place (``module.compile()``)."""
     if "torch._dynamo" not in sys.modules:  # (nothing can have been compiled)
         return False
     from torch._dynamo.eval_frame import OptimizedModule
 
-    return any(isinstance(module, OptimizedModule) for module in model.modules())
+    return any(isinstance(module, OptimizedModule) or getattr(
+        module, "_compiled_call_impl", None) is not None for module in model.modules())
 
 
 def uncompiled(model: nn.Module) -> nn.Module:

@@ -23,15 +23,20 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def low_precision(tensors: list[torch.Tensor], lowered_by_autocast: bool) -> torch.dtype | None:
-    """The 16-bit dtype an operation on ``tensors`` computes in: theirs, as torch promotes
-    them (float32 activations times a float16 buffer compute in float32), or, for an
-    operation autocast lowers (``lowered_by_autocast``: a matrix product, a convolution,
-    attention), autocast's where an autocast region is open for their device (one entered
-    inside a model's forward: :func:`full_precision` turns off only those open before);
-    ``None`` in full precision."""
-    dtypes = [t.dtype for t in tensors if t.is_floating_point()]
-    if dtypes:
-        dtype = functools.reduce(torch.promote_types, dtypes)
+    """The 16-bit dtype an operation on ``tensors`` computes in: that of a differentiable
+    one (an activation: a LayerNorm of float16 activations computes in float16 whatever its
+    weight's dtype), or of all of them as torch promotes them (float32 activations times a
+    float16 buffer compute in float32); or, for an operation autocast lowers
+    (``lowered_by_autocast``: a matrix product, a convolution, attention, PReLU),
+    autocast's, where an autocast region is open for their device (one entered inside a
+    model's forward: :func:`full_precision` turns off only those open before); ``None`` in
+    full precision."""
+    floats = [t for t in tensors if t.is_floating_point()]
+    for t in floats:
+        if t.requires_grad and t.dtype in LOW_PRECISION:
+            return t.dtype
+    if floats:
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in floats))
         if dtype in LOW_PRECISION:
             return dtype
     if lowered_by_autocast and tensors:

@@ -122,6 +122,11 @@ def rescale_rule(call: OperationCall) -> Tensor:
     source, output = call.args[0], call.run()
     if not differentiable(source):  # a function of parameters or constants only
         return output
+    if len(call.inputs) > 1:  # (h ** e(x), prelu(h, w(x)): the rule has one input)
+        raise NotAnalyzableModelError(
+            f"{call.where()} is an elementwise operation of {len(call.inputs)} computed "
+            f"tensors; DeepLIFT's rescale rule is defined for one, and would give the others "
+            f"nothing")
     delta_in, tiny = _differences(source, call)
     if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy
         delta_out = _half_difference(output, call)

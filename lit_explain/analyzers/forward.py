@@ -411,6 +411,13 @@ def final_softmax(model: nn.Module, x: Tensor, logits_of: Callable[[Any, int], T
     return any(same_storage(output, t) for t in mode.outputs.values())
 
 
+def storage_key(t: Tensor) -> int | None:
+    """What ``t`` and every view of it share: its storage's address; ``None`` for an empty
+    tensor. No call an analysis would see."""
+    with torch._C.DisableTorchFunction():
+        return t.untyped_storage().data_ptr() if t.numel() else None
+
+
 def values_key(t: Tensor) -> tuple[int, int] | None:
     """What ``t`` and every view of it that holds all its values and no others (a reshape,
     an added axis, a transpose, an expansion) share: the address of its first element and

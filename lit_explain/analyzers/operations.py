@@ -183,8 +183,10 @@ _INPUT_KINDS = frozenset({STRUCTURE, INPUT_PREPROCESSING})
 #: input kinds, nor fused attention, whose parts cross it (its projections may be the input
 #: layer; a handler that runs it whole is told by ``is_input_layer``).
 _NOT_CROSSING = _INPUT_KINDS | {ATTENTION}
-#: Kinds whose operations autocast computes in 16 bits (matrix products and convolutions).
+#: Kinds whose operations autocast computes in 16 bits (matrix products and convolutions),
+#: and PReLU, which it lowers too.
 _LOWERED_BY_AUTOCAST = frozenset({KERNEL, WEIGHT_PRODUCT, ATTENTION})
+_PRELU = frozenset({F.prelu, torch.prelu})
 
 def too_coarse(subject: str, dtype: torch.dtype) -> NotAnalyzableModelError:
     """The refusal of a rule-based analysis whose rules would run in 16-bit ``dtype``
@@ -424,6 +426,13 @@ class OperationRules(TorchFunctionMode):
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         first = tensors[0] if tensors else None
+        if kind == KERNEL and handler is not None and self._from_input(
+                args[2] if len(args) > 2 else kwargs.get("bias")):
+            raise NotAnalyzableModelError(
+                f"{self._call(func, args, kwargs, kind).where()} is a kernel layer whose bias "
+                f"the forward computes from the input; its rule holds the bias constant and "
+                f"would give the bias's path no relevance. Add it after the layer "
+                f"(F.linear(h, W) + b(x)), where the add's rule shares the relevance")
         if self.state.provenance.made_unseen(tensors):
             raise NotAnalyzableModelError(
                 f"{self._call(func, args, kwargs, kind).where()} receives a tensor computed by "
@@ -488,13 +497,15 @@ class OperationRules(TorchFunctionMode):
                     f"{kind} operation, for which this analyzer has no rule, and the "
                     f"explained output depends on it. Supported operation kinds: "
                     f"{sorted(set(self.handlers) | self.passthrough)}.{hint}")
+                if first is not None and any(o is first for o in produced):
+                    raise error  # (in place, into a view of another tensor: not followed)
                 # refused where the explained output uses it (see output): one it does not
                 # use (an auxiliary loss beside the logits) costs nothing
                 self.state.refusals.append(
                     (error, [o.grad_fn for o in produced if differentiable(o)]))
         else:
             dtype = low_precision(tensors, kind in _LOWERED_BY_AUTOCAST or (
-                kind == PRODUCT and func in MATRIX_PRODUCTS))
+                kind == PRODUCT and func in MATRIX_PRODUCTS) or func in _PRELU)
             if dtype is not None:  # (a 16-bit model fed float32, or autocast in forward)
                 raise too_coarse(f"{call.where()} computes in", dtype)
             twin = (func, args, kwargs) if in_place else out_of_place(func, args, kwargs)
@@ -679,23 +690,31 @@ class OperationRules(TorchFunctionMode):
                 call.weight_index = weight_operand(func, args, kwargs, self._is_weight)
                 call.is_input_layer = any(id(t) in derived for t in given)
                 weight = None if call.weight_index is None else args[call.weight_index]
-            call.layer_index = self._layer_index(weight)
+            call.layer_index = self._layer_index(weight, module)
         return call
 
-    def _layer_index(self, weight: object) -> int:
+    def _layer_index(self, weight: object, module: nn.Module | None) -> int:
         """A kernel call's layer number: layers are numbered in the order of their first
         call, and a layer called again (shared, or a network run chunk by chunk) keeps its
         number. A layer is its weight where the model holds that (a parameter, buffer or
         tensor attribute, or a view of one: which part of it, as attention's projections
-        are parts of one); a weight made for the call (a standardised or parametrised one)
-        makes each call a layer."""
-        layers = self.state.layers
-        base = weight if not isinstance(weight, Tensor) or weight._base is None else weight._base
-        held = isinstance(base, nn.Parameter) or (
-            isinstance(base, Tensor) and id(base) in self._held())
-        key = (id(base), weight.storage_offset(), weight.shape, weight.stride()) if held \
-            else object()
-        return layers.setdefault(key, len(layers))
+        are parts of one); a weight made anew for each call is the module that makes it:
+        the module's attribute it is (the old ``weight_norm``'s hook), or, made in
+        ``forward`` (``parametrizations.weight_norm``, ``spectral_norm``, a standardised
+        weight), the module with the weight's shape."""
+        if not isinstance(weight, Tensor):  # (no weight found: a call of its own)
+            return self.state.layers.setdefault(object(), len(self.state.layers))
+        base = weight if weight._base is None else weight._base
+        part = (weight.storage_offset(), weight.shape, weight.stride())
+        attribute = None if isinstance(base, nn.Parameter) or module is None else next(
+            (name for name, value in vars(module).items() if value is base), None)
+        if attribute is not None:
+            key = (id(module), attribute, *part)
+        elif isinstance(base, nn.Parameter) or id(base) in self._held():
+            key = (id(base), *part)
+        else:
+            key = (id(module), weight.shape, weight.stride())
+        return self.state.layers.setdefault(key, len(self.state.layers))
 
     @contextmanager
     def tracking_modules(self) -> Iterator[OperationRules]:

@@ -364,6 +364,32 @@ def test_16_bit_models_get_the_gradient_methods_and_a_clear_refusal_of_rules(nam
             analyzer.analyze(x)
 
 
+class _HalfActivations(nn.Module):
+    """float16 activations normalised by a float32 LayerNorm (which computes in float16),
+    or a float32 model with a PReLU under autocast inside forward (which lowers it)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how, self.fc, self.norm = how, nn.Linear(4, 4), nn.LayerNorm(4)
+        self.act, self.head = nn.PReLU(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if self.how == "layer norm":
+            return self.head(self.norm(self.fc(x).half()).float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = self.act(x.to(torch.bfloat16))
+        return self.head(h.float())
+
+
+@pytest.mark.parametrize(("how", "dtype"), [("layer norm", "float16"), ("prelu", "bfloat16")])
+def test_16_bit_operations_with_float32_parameters_are_refused(how, dtype):
+    """torch computes them in 16 bits: maps 2e-4 to 2e-3 off, or misleading errors."""
+    with pytest.raises(lx.NotAnalyzableModelError, match=rf"computes in torch.{dtype}"):
+        lx.create_analyzer("lrp.epsilon", _HalfActivations(how).eval()).analyze(
+            torch.randn(3, 4))
+
+
 class _HalfStatistics(nn.Module):
     """A float32 CNN normalising its input with 16-bit statistics: torch computes
     ``(x - mean) / std`` in float32, as every other operation."""

@@ -383,27 +383,103 @@ def test_an_operation_without_a_rule_counts_only_where_the_explained_output_uses
             lx.create_analyzer(name, model, output_key="scores").analyze(x)
 
 
-class _RegionallyCompiled(nn.Module):
-    """A convolution and a head each compiled on their own, ``fullgraph=True``."""
+class _GatesHalfInPlace(nn.Module):
+    """An operation without a ReLU-only rule, in place on a slice of an activation."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.conv = torch.compile(nn.Conv2d(3, 4, 3, padding=1), backend="eager",
-                                  fullgraph=True)
-        self.fc = torch.compile(nn.Linear(4 * 8 * 8, 5), backend="eager", fullgraph=True)
+        self.fc, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h[:, :4].sigmoid_()
+        return self.head(torch.relu(h))
+
+
+@pytest.mark.parametrize("name", ["guided_backprop", "deconvnet"])
+def test_an_operation_without_a_rule_in_place_on_a_slice_is_refused(name):
+    """Left to the end of the forward, it was not found (a view's node): a plain gradient."""
+    with pytest.raises(lx.NotAnalyzableModelError, match="sigmoid_"):
+        lx.create_analyzer(name, _GatesHalfInPlace().eval()).analyze(torch.randn(2, 6))
+
+
+class _ComputedExponent(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how, self.fc, self.e, self.head = how, nn.Linear(4, 4), nn.Linear(4, 4), \
+            nn.Linear(4, 2)
+
+    def forward(self, x):
+        h, e = torch.sigmoid(self.fc(x)), torch.sigmoid(self.e(x))
+        return self.head(h ** e if self.how == "pow" else F.prelu(h, e.mean(0)))
+
+
+@pytest.mark.parametrize("how", ["pow", "prelu"])
+def test_deep_lift_refuses_an_elementwise_operation_of_two_computed_tensors(how):
+    """It gave the first one all of it and inputs reaching only the other 0 (the map still
+    summed to the difference)."""
+    with pytest.raises(lx.NotAnalyzableModelError, match="2 computed tensors"):
+        lx.create_analyzer("deep_lift", _ComputedExponent(how).eval()).analyze(torch.randn(3, 4))
+
+
+class _ComputedBias(nn.Module):
+    """A dense layer whose bias is computed from the input, as an argument or added."""
+
+    def __init__(self, added: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.added, self.fc, self.b, self.head = added, nn.Linear(6, 4), nn.Linear(6, 4), \
+            nn.Linear(4, 2)
+
+    def forward(self, x):
+        h, b = torch.relu(self.fc(x)), self.b(x)
+        weight = self.head.weight
+        return F.linear(h, weight) + b[:, :2] if self.added else F.linear(h, weight, b[:, :2])
+
+
+def test_a_kernel_layer_with_a_bias_computed_from_the_input():
+    """The LRP rules hold a bias constant: its path got no relevance (maps 70-100 % off);
+    refused, with the add form advised. The gradient-based rules keep it."""
+    x = torch.randn(3, 6)
+    with pytest.raises(lx.NotAnalyzableModelError, match=r"bias the forward computes from "
+                                                         r"the input.*F.linear\(h, W\) \+ b"):
+        lx.create_analyzer("lrp.epsilon", _ComputedBias(False).eval()).analyze(x)
+    for name in ("lrp.z", "deep_lift"):
+        lx.create_analyzer(name, _ComputedBias(True).eval()).analyze(x)
+    torch.testing.assert_close(
+        lx.create_analyzer("deep_lift", _ComputedBias(False).eval()).analyze(x),
+        lx.create_analyzer("deep_lift", _ComputedBias(True).eval()).analyze(x))
+
+
+class _RegionallyCompiled(nn.Module):
+    """A convolution and a head each compiled on their own, ``fullgraph=True``: wrapped by
+    ``torch.compile`` or compiled in place (``module.compile()``)."""
+
+    def __init__(self, in_place: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 5)
+        for name in ("conv", "fc"):
+            if in_place:  # (not fullgraph: dynamo skips torch.nn's own frames there)
+                getattr(self, name).compile(backend="eager")
+            else:
+                setattr(self, name, torch.compile(getattr(self, name), backend="eager",
+                                                  fullgraph=True))
 
     def forward(self, x):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-def test_analyses_recompile_no_compiled_submodule():
+@pytest.mark.parametrize("in_place", [False, True])
+def test_analyses_recompile_no_compiled_submodule(in_place):
     """Every analysis runs compiled submodules eagerly: the gradient methods ran them
     compiled and recompiled them for every analysis (frozen parameters, other batch sizes),
     until the recompile limit failed the analyses and the next training step."""
     from torch._dynamo.utils import counters
 
-    model = _RegionallyCompiled()
+    model = _RegionallyCompiled(in_place)
     for batch in (2, 8):  # training compiles what it runs
         model.train()
         model(torch.randn(batch, 3, 8, 8)).sum().backward()

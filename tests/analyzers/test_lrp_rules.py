@@ -408,17 +408,32 @@ class Chunked(nn.Module):
         return torch.cat([self.net(chunk) for chunk in x.chunk(2)])
 
 
+def reparametrized(net: nn.Sequential, how: str) -> nn.Sequential:
+    """``net`` with its linear layers' weights made anew at every call."""
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            if how == "weight_norm":
+                torch.nn.utils.parametrizations.weight_norm(layer)
+            elif how == "spectral_norm":
+                torch.nn.utils.parametrizations.spectral_norm(layer)
+            elif how == "weight_norm hook":
+                torch.nn.utils.weight_norm(layer)
+    return net
+
+
+@pytest.mark.parametrize("how", ["plain", "weight_norm", "spectral_norm", "weight_norm hook"])
 @pytest.mark.parametrize(("name", "kwargs"), [
     ("lrp.sequential_preset_b_flat_until_idx", {"until_layer_idx": 1}),
     ("lrp", {"rule": "Epsilon", "until_layer_idx": 1, "until_layer_rule": "Flat"}),
     ("lrp", {"rule": ["Flat", "Alpha1Beta0", "Epsilon"]}),
 ])
-def test_a_layer_called_again_keeps_its_number(name, kwargs):
+def test_a_layer_called_again_keeps_its_number(name, kwargs, how):
     """Layers numbered by call gave the second chunk's samples other rules (maps 1–16× off
-    theirs alone), and a rule list was too short."""
+    theirs alone), and a rule list was too short; so did layers whose weight is made anew
+    at every call, numbered by it."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
-                        nn.Linear(8, 3)).double().eval()
+    net = reparametrized(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                                       nn.Linear(8, 3)), how).double().eval()
     x = torch.randn(4, 6, dtype=torch.double)
     expected = lx.create_analyzer(name, net, **kwargs).analyze(x)
     torch.testing.assert_close(lx.create_analyzer(name, Chunked(net), **kwargs).analyze(x),

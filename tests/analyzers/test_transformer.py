@@ -248,6 +248,52 @@ def test_cp_holds_a_gate_made_in_place_on_half_of_a_tensor_and_not_the_other_hal
         torch.testing.assert_close(analyzer.analyze(x), expected)
 
 
+class SplitGates(nn.Module):
+    """One sigmoid made into two gates by chunking (as LSTM-style code does), each gating
+    a value; or a gate multiplied into in place, after which it is a gate no more."""
+
+    def __init__(self, how: str, hold: bool = False) -> None:
+        super().__init__()
+        self.how, self.hold = how, hold
+        self.g, self.v, self.w = (nn.Linear(6, 8, bias=False), nn.Linear(6, 4, bias=False),
+                                  nn.Linear(6, 4, bias=False))
+        self.down = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x):
+        gates = torch.sigmoid(self.g(x))
+        gates = gates.detach() if self.hold else gates
+        if self.how == "chunk":
+            i, f = gates.chunk(2, -1)
+            return self.down(i * self.v(x) + f * self.w(x))
+        i = gates[:, :4]
+        h = i * self.v(x) if self.how == "out of place" else i.mul_(self.v(x))
+        return self.down(h * self.w(x))
+
+
+def test_cp_holds_the_chunks_of_a_gate():
+    """A gate chunked after its sigmoid was no gate (maps 276 % off)."""
+    torch.manual_seed(0)
+    model, held = SplitGates("chunk").double().eval(), SplitGates("chunk", True).double().eval()
+    held.load_state_dict(model.state_dict())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    expected = lx.create_analyzer("input_t_gradient", held).analyze(x)
+    analyzer = lx.create_analyzer("lrp.z", model, attention_rule="cp")
+    for _ in range(2):  # a full analysis, then its replay
+        torch.testing.assert_close(analyzer.analyze(x), expected)
+
+
+def test_a_gate_multiplied_into_in_place_is_no_gate_after():
+    """The in-place product's result counted as the gate for the next product (42 % off)."""
+    torch.manual_seed(0)
+    model, twin = SplitGates("in place").double().eval(), SplitGates("out of place").double(
+        ).eval()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(
+        lx.create_analyzer("lrp.z", model, attention_rule="cp").analyze(x),
+        lx.create_analyzer("lrp.z", twin, attention_rule="cp").analyze(x))
+
+
 class TopKAttention(nn.Module):
     """Sparse attention: each query keeps its 3 top scores, the others masked with −inf by a
     mask of the scores themselves (``masked_fill`` or ``torch.where``), or by the same mask

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..base import Analyzer, NeuronSelection
 from ..errors import NotAnalyzableModelError
-from ..forward import same_storage, select_output, values_key
+from ..forward import same_storage, select_output, storage_key, values_key
 from ..kinds import (
     ACTIVATION,
     ATTENTION,
@@ -127,6 +127,15 @@ def _held(call: OperationCall, factor: Tensor) -> Tensor:
     return factor
 
 
+def _gate_key(t: Tensor, whole: bool) -> tuple:
+    """How a CP-LRP gate is found among a product's factors: a gate that owns its storage
+    (``whole``: a non-linearity's output) by it, so that every view of it (a reshape, a
+    chunk, a slice) is the gate; a gate made in place on a view of another tensor (an
+    activation on half of a fused projection) as that view exactly (see
+    :func:`~..forward.values_key`), the rest of the tensor being no gate."""
+    return ("storage", storage_key(t)) if whole else ("values", values_key(t))
+
+
 def _made_gate(step: Step, index: int, gates: dict[int, Any]) -> Step:
     """A CP-LRP gate's replay step: ``step``, its output kept for the products (by call)."""
     def made(func: Callable, args: tuple, kwargs: dict) -> Tensor:
@@ -137,14 +146,16 @@ def _made_gate(step: Step, index: int, gates: dict[int, Any]) -> Step:
 
 
 def _gated_product(call: OperationCall, rule: Callable[[OperationCall], Tensor],
-                   made: dict[int, int], gates: dict[int, Any]) -> Tensor:
+                   made: dict[int, tuple[int, bool]], gates: dict[int, Any]) -> Tensor:
     """A CP-LRP product replayed: ``rule`` where the gates among its factors (position →
-    the call that made the gate) are those calls' outputs in this forward pass; else the
-    data flow changed (a global flag swapped the factors) and the replay ends."""
+    the call that made the gate, and whether it owns its storage) are those calls' outputs
+    in this forward pass; else the data flow changed (a global flag swapped the factors)
+    and the replay ends."""
     inputs = call.inputs
-    for position, index in made.items():
+    for position, (index, whole) in made.items():
         gate = gates.get(index)
-        if gate is None or values_key(_held(call, inputs[position])) != values_key(gate):
+        if gate is None or _gate_key(_held(call, inputs[position]), whole) != _gate_key(
+                gate, whole):
             raise Diverged(f"factor {position} of {call.where()} is not the gate made by "
                            f"call {index}")
     return rule(call)
@@ -345,16 +356,22 @@ class LRP(Analyzer):
         activations, normalisations and attention (:mod:`.transformer`); under CP-LRP also
         ReLU's (``relu_rule``), whose outputs are gates like those of the others (ReGLU)."""
         flow, cp = self.flow, self.attention_rule == "cp"
-        # CP-LRP: the outputs of non-linearities (held constant) and the calls that made them,
-        # by their values (values_key): a view of a gate (gate.unsqueeze(-1), a per-head
-        # reshape) is the gate; the other half of a tensor gated in place by halves is not
-        gates: dict[int | None, tuple[Tensor, int]] = {}
+        # CP-LRP: the outputs of non-linearities (held constant), by _gate_key: the gate, the
+        # call that made it and whether it owns its storage
+        gates: dict[tuple, tuple[Tensor, int, bool]] = {}
+
+        def note_gate(made: Tensor, index: int) -> None:
+            whole = made._base is None
+            gates[_gate_key(made, whole)] = made, index, whole
+
+        def found_gate(t: Tensor) -> tuple[Tensor, int, bool] | None:
+            return gates.get(_gate_key(t, True)) or gates.get(_gate_key(t, False))
 
         def gate(rule: Callable[[OperationCall], Tensor]) -> Callable[[OperationCall], Tensor]:
             def handler(call: OperationCall) -> Tensor:
                 output = rule(call)
-                made = output if call.in_place_target is None else call.in_place_target
-                gates[values_key(made)] = made, call.index
+                note_gate(output if call.in_place_target is None else call.in_place_target,
+                          call.index)
                 if call.plan is not None:  # (a replay's products check their gates by it)
                     call.replay(_made_gate(handler_step(rule, call.kind), call.index,
                                            call.plan.held))
@@ -377,14 +394,19 @@ class LRP(Analyzer):
                     call.plan.unreplayable()
                 output = passed_through(call.elementwise_of, call.run(), flow)
                 if cp:
-                    gates[values_key(output)] = output, call.index
+                    note_gate(output, call.index)
                 return output
-            made: dict[int, int] = {}  # position of a gate among the factors → its call
+            # position of a gate among the factors → its call, and whether it owns its storage
+            made: dict[int, tuple[int, bool]] = {}
             if cp and call.func in ELEMENTWISE_PRODUCTS:
                 inputs = call.inputs
-                found = [gates.get(values_key(_held(call, t))) for t in inputs]
-                made = {i: entry[1] for i, entry in enumerate(found) if entry is not None}
+                found = [found_gate(_held(call, t)) for t in inputs]
+                made = {i: entry[1:] for i, entry in enumerate(found) if entry is not None}
                 made = made if len(made) < len(inputs) else {}
+                target = call.in_place_target
+                if target is not None:  # (a gate multiplied in place is a gate no more)
+                    for whole in (True, False):
+                        gates.pop(_gate_key(target, whole), None)
             rule = partial(uniform_rule, flow=flow, held=frozenset(made))
             if call.plan is not None:
                 call.replay(handler_step(partial(_gated_product, rule=rule, made=made,

@@ -24,15 +24,14 @@ import torch
 from torch import nn
 
 
-def holds_compiled(model: nn.Module) -> bool:
-    """Whether ``model`` or a submodule of it is compiled: wrapped by ``torch.compile``
-    (an ``OptimizedModule``) or compiled in place (``module.compile()``)."""
+def holds_compiled(modules: list[nn.Module]) -> bool:
+    """Whether one of ``modules`` (a model's) is compiled: wrapped by ``torch.compile`` (an
+    ``OptimizedModule``) or compiled in place (``module.compile()``)."""
     if "torch._dynamo" not in sys.modules:  # (nothing can have been compiled)
         return False
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    return any(isinstance(module, OptimizedModule) or getattr(
-        module, "_compiled_call_impl", None) is not None for module in model.modules())
+    wrapper = sys.modules["torch._dynamo"].eval_frame.OptimizedModule
+    return any(isinstance(module, wrapper) or getattr(module, "_compiled_call_impl", None)
+               is not None for module in modules)
 
 
 def uncompiled(model: nn.Module) -> nn.Module:

@@ -105,7 +105,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
         backward_hooks = [(module, module._backward_hooks, module._backward_pre_hooks)
                           for module in modules
                           if module._backward_hooks or module._backward_pre_hooks]
-        compiled = holds_compiled(model)
+        compiled = holds_compiled(modules)
         try:
             if training:
                 model.eval()  # through train(False), which a module may override

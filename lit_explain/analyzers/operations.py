@@ -205,20 +205,25 @@ def tensor_attributes(module: nn.Module) -> list[Tensor]:
     weights) and the items of a list, tuple or dict attribute; not a computed tensor (an
     activation the forward keeps)."""
     found = []
-    for name, value in vars(module).items():
-        if name in _MODULE_INTERNALS:
+    attributes = vars(module)
+    for name in attributes.keys() - _MODULE_INTERNALS:  # (once per module per analysis)
+        value = attributes[name]
+        kind = type(value)
+        if kind in _PLAIN:
             continue
         if isinstance(value, Tensor):
             if value.grad_fn is None:
                 found.append(value)
-        elif isinstance(value, (list, tuple, dict)):
-            items = value.values() if isinstance(value, dict) else value
+        elif kind in (list, tuple, dict):
+            items = value.values() if kind is dict else value
             found.extend(t for t in items if isinstance(t, Tensor) and t.grad_fn is None)
     return found
 
 
 #: nn.Module's own attributes (parameters, buffers, submodules, hooks): no tensor attributes.
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
+#: Types of the attributes that configure a layer (sizes, flags, names): no tensors in them.
+_PLAIN = frozenset({int, float, bool, str, type(None)})
 
 
 def article(word: str) -> str:

@@ -120,13 +120,14 @@ def rescale_rule(call: OperationCall) -> Tensor:
     both sides, a saturated sigmoid) keeps its exact multiplier 0.
     """
     source, output = call.args[0], call.run()
-    if not differentiable(source):  # a function of parameters or constants only
+    if not call.inputs:  # a function of parameters or constants only
         return output
-    if len(call.inputs) > 1:  # (h ** e(x), prelu(h, w(x)): the rule has one input)
+    if len(call.inputs) > 1 or not differentiable(source):  # (h ** e(x), 2 ** h)
         raise NotAnalyzableModelError(
-            f"{call.where()} is an elementwise operation of {len(call.inputs)} computed "
-            f"tensors; DeepLIFT's rescale rule is defined for one, and would give the others "
-            f"nothing")
+            f"{call.where()} is an elementwise operation of its arguments "
+            f"{[i for i, a in enumerate(call.args) if differentiable(a)]} computed from the "
+            f"input; DeepLIFT's rescale rule is defined for one computed tensor, its first "
+            f"argument (torch.pow(2, h): write torch.exp(h * math.log(2)))")
     delta_in, tiny = _differences(source, call)
     if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy
         delta_out = _half_difference(output, call)

@@ -104,12 +104,13 @@ class OperationCall:
     in_place_target:
         For the out-of-place twin of an in-place call: the tensor the model's call writes
         (a copy of it stands in the twin's arguments, see :class:`OperationRules`).
-    input_support:
+    input_support, input_padding:
         For a kernel call on a constant-padded input (``F.pad`` before the call: a causal
-        or "same" padding written out): 1 where the input holds the values it was padded
-        from, 0 at the padding. The rules that spread relevance by the weights alone (w²,
-        flat, z^B) leave the padding out, as they do a convolution's own padding (they gave
-        it relevance, which the padding's backward then dropped).
+        or "same" padding written out, not written over since): 1 where the input holds the
+        values it was padded from, 0 at the padding, and the padding's value. The rules that
+        spread relevance by the weights alone (w², flat, z^B) leave the padding out, as they
+        do a convolution's own padding (they gave it relevance, which the padding's backward
+        then dropped).
     index, plan:
         The call's position among the forward pass's calls, and the :class:`~.replay.Plan`
         the analysis records (``None``: none), which a handler whose rule depends on the
@@ -131,6 +132,7 @@ class OperationCall:
     elementwise_of: Tensor | None = None
     in_place_target: Tensor | None = None
     input_support: Tensor | None = None
+    input_padding: float = 0.0
     index: int = -1
     plan: Plan | None = None
 
@@ -208,14 +210,13 @@ def tensor_attributes(module: nn.Module) -> list[Tensor]:
     attributes = vars(module)
     for name in attributes.keys() - _MODULE_INTERNALS:  # (once per module per analysis)
         value = attributes[name]
-        kind = type(value)
-        if kind in _PLAIN:
+        if type(value) in _PLAIN:
             continue
         if isinstance(value, Tensor):
             if value.grad_fn is None:
                 found.append(value)
-        elif kind in (list, tuple, dict):
-            items = value.values() if kind is dict else value
+        elif isinstance(value, (list, tuple, dict)):  # (an OrderedDict, a namedtuple too)
+            items = value.values() if isinstance(value, dict) else value
             found.extend(t for t in items if isinstance(t, Tensor) and t.grad_fn is None)
     return found
 
@@ -224,6 +225,15 @@ def tensor_attributes(module: nn.Module) -> list[Tensor]:
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 #: Types of the attributes that configure a layer (sizes, flags, names): no tensors in them.
 _PLAIN = frozenset({int, float, bool, str, type(None)})
+
+
+def _hook_made(module: nn.Module | None, weight: Tensor) -> bool:
+    """Whether ``weight`` is an attribute of ``module`` that a forward pre-hook of it makes
+    before each call (the old ``torch.nn.utils.weight_norm`` and ``spectral_norm``)."""
+    if module is None or not module._forward_pre_hooks:
+        return False
+    names = {getattr(hook, "name", None) for hook in module._forward_pre_hooks.values()}
+    return any(vars(module).get(name) is weight for name in names if name is not None)
 
 
 def article(word: str) -> str:
@@ -288,11 +298,15 @@ class _ForwardState:
     input_derived: dict[int, Tensor] = field(default_factory=dict)
     #: The model input's node in the autograd graph (``None``: it requires no grad).
     input_node: object = None
-    #: Layer numbers (:attr:`OperationCall.layer_index`) by weight (see ``_layer_index``).
+    #: Layer numbers (:attr:`OperationCall.layer_index`) by weight (see ``_layer_index``),
+    #: and how many weights each module has made in its call running now.
     layers: dict[object, int] = field(default_factory=dict)
+    weights_made: dict[int, int] = field(default_factory=dict)
     held: frozenset[int] | None = None  # ids of the model's buffers and tensor attributes
-    #: Constant-padded tensors (``F.pad``): id → the tensor and its support's maker.
-    padded: dict[int, tuple[Tensor, Callable[[], Tensor]]] = field(default_factory=dict)
+    #: Constant-padded tensors (``F.pad``): id → the tensor, its version then, and the maker
+    #: of its support and padding value.
+    padded: dict[int, tuple[Tensor, int, Callable[[], tuple[Tensor, float]]]] = field(
+        default_factory=dict)
     #: Operations without a rule, in forward order: their error and their outputs' nodes.
     refusals: list[tuple[Exception, list]] = field(default_factory=list)
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
@@ -502,8 +516,9 @@ class OperationRules(TorchFunctionMode):
                     f"{kind} operation, for which this analyzer has no rule, and the "
                     f"explained output depends on it. Supported operation kinds: "
                     f"{sorted(set(self.handlers) | self.passthrough)}.{hint}")
-                if first is not None and any(o is first for o in produced):
-                    raise error  # (in place, into a view of another tensor: not followed)
+                if first is not None and first._base is not None and any(
+                        o is first for o in produced):
+                    raise error  # (in place into a view: its base's node is not followed)
                 # refused where the explained output uses it (see output): one it does not
                 # use (an auxiliary loss beside the logits) costs nothing
                 self.state.refusals.append(
@@ -557,9 +572,10 @@ class OperationRules(TorchFunctionMode):
         :attr:`OperationCall.input_support`)."""
         source, pad = args[0], args[1] if len(args) > 1 else kwargs["pad"]
         mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+        value = (args[3] if len(args) > 3 else kwargs.get("value")) or 0.0
         if mode == "constant" and differentiable(source):
-            self.state.padded[id(output)] = (output, lambda: F.pad(
-                torch.ones_like(source.detach()), pad))
+            self.state.padded[id(output)] = (output, output._version, lambda: (F.pad(
+                torch.ones_like(source.detach()), pad), value))
 
     def _input_derived(self, tensors: list[Tensor]) -> bool | None:
         """Whether the differentiable ones among a call's tensors are all input-derived
@@ -689,8 +705,10 @@ class OperationRules(TorchFunctionMode):
                 call.is_input_layer = bool(given) and id(given[0]) in derived
                 weight = args[1] if len(args) > 1 else kwargs.get("weight")
                 padded = self.state.padded.get(id(given[0])) if given else None
-                if padded is not None and padded[0] is given[0]:
-                    call.input_support = padded[1]()
+                # (not where the model wrote into it since: its own values, not padding)
+                if padded is not None and padded[0] is given[0] and \
+                        padded[1] == given[0]._version:
+                    call.input_support, call.input_padding = padded[2]()
             else:
                 call.weight_index = weight_operand(func, args, kwargs, self._is_weight)
                 call.is_input_layer = any(id(t) in derived for t in given)
@@ -703,22 +721,21 @@ class OperationRules(TorchFunctionMode):
         call, and a layer called again (shared, or a network run chunk by chunk) keeps its
         number. A layer is its weight where the model holds that (a parameter, buffer or
         tensor attribute, or a view of one: which part of it, as attention's projections
-        are parts of one); a weight made anew for each call is the module that makes it:
-        the module's attribute it is (the old ``weight_norm``'s hook), or, made in
-        ``forward`` (``parametrizations.weight_norm``, ``spectral_norm``, a standardised
-        weight), the module with the weight's shape."""
+        are parts of one). A weight made anew for each call is the module that makes it:
+        the attribute a hook of it computes before each call (the old ``weight_norm`` and
+        ``spectral_norm``), or, made in ``forward`` (``parametrizations.weight_norm``, a
+        merged LoRA or standardised weight), the module and the order of the weights it
+        made in that call of it."""
         if not isinstance(weight, Tensor):  # (no weight found: a call of its own)
             return self.state.layers.setdefault(object(), len(self.state.layers))
         base = weight if weight._base is None else weight._base
-        part = (weight.storage_offset(), weight.shape, weight.stride())
-        attribute = None if isinstance(base, nn.Parameter) or module is None else next(
-            (name for name, value in vars(module).items() if value is base), None)
-        if attribute is not None:
-            key = (id(module), attribute, *part)
-        elif isinstance(base, nn.Parameter) or id(base) in self._held():
-            key = (id(base), *part)
+        if isinstance(base, nn.Parameter) or id(base) in self._held() and not _hook_made(
+                module, base):
+            key = (id(base), weight.storage_offset(), weight.shape, weight.stride())
         else:
-            key = (id(module), weight.shape, weight.stride())
+            made = self.state.weights_made
+            key = (id(module), made.get(id(module), 0))
+            made[id(module)] = key[1] + 1
         return self.state.layers.setdefault(key, len(self.state.layers))
 
     @contextmanager
@@ -732,6 +749,7 @@ class OperationRules(TorchFunctionMode):
         def enter(module: nn.Module, args: tuple) -> None:
             if id(module) in paths and threading.get_ident() == thread:
                 stack.append(paths[id(module)])
+                self.state.weights_made.pop(id(module), None)
 
         def leave(module: nn.Module, args: tuple, output: object) -> None:
             if id(module) in paths and threading.get_ident() == thread:

@@ -295,6 +295,35 @@ class _FromScratch(nn.Module):
         return torch.relu(x @ w1.T + b1) * g @ w2.T + b2
 
 
+class _InContainers(_FromScratch):
+    """The from-scratch weights in an OrderedDict or a namedtuple attribute."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__("attributes")
+        from collections import OrderedDict, namedtuple
+
+        names = ["w1", "b1", "g", "w2", "b2"]
+        tensors = [getattr(self, name) for name in names]
+        for name in names:
+            delattr(self, name)
+        self.held = OrderedDict(zip(names, tensors, strict=True)) if how == "OrderedDict" \
+            else namedtuple("Weights", names)(*tensors)
+
+    def forward(self, x):
+        held = self.held if isinstance(self.held, dict) else self.held._asdict()
+        w1, b1, g, w2, b2 = held.values()
+        return torch.relu(x @ w1.T + b1) * g @ w2.T + b2
+
+
+@pytest.mark.parametrize("how", ["OrderedDict", "namedtuple"])
+def test_weights_held_in_other_containers_are_weights(how):
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(lx.create_analyzer("lrp.epsilon", _InContainers(how).eval()
+                                                  ).analyze(x),
+                               lx.create_analyzer("lrp.epsilon", _FromScratch("parameters")
+                                                  .eval()).analyze(x))
+
+
 @pytest.mark.parametrize("how", ["attributes", "list"])
 @pytest.mark.parametrize("name", ["lrp.z", "lrp.epsilon", "lrp.alpha_2_beta_1",
                                   "lrp.sequential_preset_a", "deep_taylor", "deep_lift",

@@ -404,6 +404,23 @@ def test_an_operation_without_a_rule_in_place_on_a_slice_is_refused(name):
         lx.create_analyzer(name, _GatesHalfInPlace().eval()).analyze(torch.randn(2, 6))
 
 
+class _AuxiliaryInPlace(_WithAuxiliaryOutput):
+    """The auxiliary value made by an operation without a ReLU-only rule, in place."""
+
+    def forward(self, x):
+        logits = self.net(x)
+        aux = logits.clone()
+        aux.sigmoid_()
+        return {"logits": logits, "aux": aux}
+
+
+@pytest.mark.parametrize("name", ["guided_backprop", "deconvnet", "lrp.epsilon"])
+def test_an_operation_without_a_rule_in_place_on_an_unexplained_output_counts_not(name):
+    model, x = _AuxiliaryInPlace().eval(), torch.randn(3, 6)
+    torch.testing.assert_close(lx.create_analyzer(name, model).analyze(x),
+                               lx.create_analyzer(name, model.net).analyze(x))
+
+
 class _ComputedExponent(nn.Module):
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -420,8 +437,20 @@ class _ComputedExponent(nn.Module):
 def test_deep_lift_refuses_an_elementwise_operation_of_two_computed_tensors(how):
     """It gave the first one all of it and inputs reaching only the other 0 (the map still
     summed to the difference)."""
-    with pytest.raises(lx.NotAnalyzableModelError, match="2 computed tensors"):
+    with pytest.raises(lx.NotAnalyzableModelError, match=r"arguments \[0, 1\] computed"):
         lx.create_analyzer("deep_lift", _ComputedExponent(how).eval()).analyze(torch.randn(3, 4))
+
+
+def test_deep_lift_refuses_a_constant_base_raised_to_a_computed_power():
+    """torch.pow(2, h): h got a plain gradient, and the summation check blamed the batch."""
+    model = nn.Sequential(nn.Linear(4, 4), _Pow2(), nn.Linear(4, 2)).eval()
+    with pytest.raises(lx.NotAnalyzableModelError, match=r"arguments \[1\] computed"):
+        lx.create_analyzer("deep_lift", model).analyze(torch.randn(3, 4))
+
+
+class _Pow2(nn.Module):
+    def forward(self, h):
+        return torch.pow(2.0, h)
 
 
 class _ComputedBias(nn.Module):

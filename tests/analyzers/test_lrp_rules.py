@@ -482,6 +482,96 @@ def test_a_zero_padding_written_before_a_layer_is_no_input(name, kwargs, causal)
         torch.testing.assert_close(analyzer.analyze(x), expected)
 
 
+class PaddedByHand(nn.Module):
+    """A 1-D CNN padded circularly by F.pad, or by hand: zeros written over with the values
+    from the other end (no padding left)."""
+
+    def __init__(self, by_hand: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.by_hand = by_hand
+        self.conv, self.head = nn.Conv1d(3, 4, 3, bias=False), nn.Linear(40, 2, bias=False)
+
+    def forward(self, x):
+        if self.by_hand:
+            p = F.pad(x, (1, 1))
+            p[..., 0], p[..., -1] = x[..., -1], x[..., 0]
+        else:
+            p = F.pad(x, (1, 1), mode="circular")
+        return self.head(torch.relu(self.conv(p)).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["lrp.w_square", "lrp.flat"])
+def test_a_padding_written_over_by_the_model_is_its_values(name):
+    x = torch.randn(3, 3, 10, dtype=torch.double)
+    torch.testing.assert_close(
+        lx.create_analyzer(name, PaddedByHand(True).double().eval()).analyze(x),
+        lx.create_analyzer(name, PaddedByHand(False).double().eval()).analyze(x))
+
+
+@pytest.mark.parametrize("value", [1.5, -1.0])
+def test_bounded_rule_gives_a_padding_of_any_value_nothing(value):
+    """The bounds at a padding are its value (z^B gave a non-zero padding relevance, which
+    its backward dropped: maps summed 2-18 % short of the logit)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConstantPad1d(1, value), nn.Conv1d(2, 3, 3, bias=False), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(24, 2, bias=False)).double().eval()
+    x = torch.rand(4, 2, 8, dtype=torch.double) * 2 - 1
+    analyzer = lx.create_analyzer("lrp.w_square", model, neuron_selection_mode="index",
+                                  input_layer_rule=(-3.0, 3.0))
+    for _ in range(2):  # the analysis and its replay
+        relevance = analyzer.analyze(x, 0)
+        torch.testing.assert_close(relevance.sum((1, 2)), model(x)[:, 0].detach())
+
+
+class TiedBlock(nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight  # (a plain tensor, held by each block)
+
+    def forward(self, h):
+        return torch.relu(F.linear(h, self.weight))
+
+
+class Merged(nn.Module):
+    """Two dense layers of one shape whose weights forward merges (LoRA), or a weight held
+    as a plain tensor by two blocks (tied)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.w1 = nn.Parameter(torch.randn(8, 8) / 3)
+        self.w2 = nn.Parameter(torch.randn(8, 8) / 3)
+        self.a, self.b = nn.Parameter(torch.randn(8, 2) / 3), nn.Parameter(torch.randn(2, 8) / 3)
+        self.out = nn.Linear(8, 3, bias=False)
+        tied = torch.randn(8, 8, requires_grad=True)
+        self.blocks = nn.ModuleList([TiedBlock(tied), TiedBlock(tied)])
+
+    def forward(self, x):
+        if self.how == "merged":
+            h = torch.relu(F.linear(x, self.w1 + self.a @ self.b))
+            h = torch.relu(F.linear(h, self.w2 + self.a @ self.b))
+        else:
+            h = self.blocks[1](self.blocks[0](x))
+        return self.out(h)
+
+
+def test_layers_with_merged_or_tied_weights_are_numbered_by_layer():
+    """Two merged weights of one shape got one number (maps 13-297 % off); a plain-tensor
+    weight tied between two calls got two where an nn.Parameter gets one."""
+    for how, expected in (("merged", [0, 1, 2]), ("tied", [0, 0, 1])):
+        assert layer_numbers(Merged(how).eval(), torch.randn(4, 8)) == expected, how
+
+
+def layer_numbers(model: nn.Module, x: torch.Tensor) -> list[int]:
+    """The layer number of each kernel call of ``model``'s forward pass, in order."""
+    seen: list[int] = []
+    lx.create_analyzer("lrp", model, rule=[
+        (lambda call: seen.append(call.layer_index) or True, "Z")]).analyze(x)
+    return seen
+
+
 def test_rule_specifications():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))

@@ -69,12 +69,16 @@ class AffineLayer:
         """The layer evaluated on ``x`` with ``weight`` and ``bias`` in place of its own."""
         raise NotImplementedError
 
-    def support(self, value: float) -> Tensor:
-        """``value`` at every element of the input that holds the model's values, 0 at a
-        constant padding written before the call (:attr:`OperationCall.input_support`)."""
+    def support(self, value: float, padding: float | None = 0.0) -> Tensor:
+        """``value`` at every element of the input that holds the model's values; at a
+        constant padding written before the call (:attr:`OperationCall.input_support`),
+        ``padding`` (``None``: the padding's own value)."""
         filled = torch.full_like(self.input, value)
         support = self.call.input_support
-        return filled if support is None else filled.mul_(support)
+        if support is None:
+            return filled
+        padding = self.call.input_padding if padding is None else padding
+        return filled.mul_(support).add_(support.sub(1).mul_(-padding))
 
     def __call__(self, x: Tensor) -> Tensor:
         """The layer with its own parameters on input ``x``."""

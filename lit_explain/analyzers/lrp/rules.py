@@ -498,7 +498,8 @@ class BoundedRule(Rule):
 
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x, weight = layer.input, layer.weight
-        low, high = layer.support(self.low), layer.support(self.high)
+        # (at a padding the bounds are its value: no term of it, no relevance to it)
+        low, high = layer.support(self.low, None), layer.support(self.high, None)
         y = layer.linear_term()
         z = (layer.product_term - layer.run(gate(x, low, low), weight.clamp(min=0))
              - layer.run(gate(x, high, high), weight.clamp(max=0)))

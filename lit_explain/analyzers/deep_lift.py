@@ -66,7 +66,7 @@ def _vector_jacobian(call: OperationCall, source: Tensor, grad: Tensor) -> Tenso
     """Ordinary gradient of the operation at ``source`` for the output gradient ``grad``."""
     with torch.enable_grad():
         leaf = source.detach().requires_grad_(True)
-        output = call.run(leaf, *call.args[1:])
+        output = call.replace_input(source, leaf).run()
         output = output if isinstance(output, Tensor) else output[0]  # (values, indices)
         (result,) = torch.autograd.grad(output, leaf, grad)
     return result
@@ -89,6 +89,11 @@ def _halves(tensor: Tensor, call: OperationCall) -> tuple[Tensor, ...]:
             f"{call.where()} gets a tensor of shape {tuple(tensor.shape)}, whose first axis "
             f"holds no [x; x₀] pairs: {LAYOUT}")
     return tensor.detach().chunk(2)
+
+
+def _first_argument(call: OperationCall) -> object:
+    """The operation's first argument, given by position or as ``input=``."""
+    return call.args[0] if call.args else call.kwargs.get("input")
 
 
 def _half_difference(tensor: Tensor, call: OperationCall) -> Tensor:
@@ -119,15 +124,16 @@ def rescale_rule(call: OperationCall) -> Tensor:
     difference of outputs is noise). A zero Δy with a resolved Δx (ReLU below zero on
     both sides, a saturated sigmoid) keeps its exact multiplier 0.
     """
-    source, output = call.args[0], call.run()
+    source, output = _first_argument(call), call.run()
     if not call.inputs:  # a function of parameters or constants only
         return output
     if len(call.inputs) > 1 or not differentiable(source):  # (h ** e(x), 2 ** h)
         raise NotAnalyzableModelError(
-            f"{call.where()} is an elementwise operation of its arguments "
-            f"{[i for i, a in enumerate(call.args) if differentiable(a)]} computed from the "
-            f"input; DeepLIFT's rescale rule is defined for one computed tensor, its first "
-            f"argument (torch.pow(2, h): write torch.exp(h * math.log(2)))")
+            f"{call.where()} is an elementwise operation of several tensors that require grad, "
+            f"or of one that is not its first argument; DeepLIFT's rescale rule is defined "
+            f"for one, the first (torch.pow(2, h): write torch.exp(h * math.log(2)); a "
+            f"weight that requires grad is frozen where the model registers its module, "
+            f"not in a plain list)")
     delta_in, tiny = _differences(source, call)
     if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy
         delta_out = _half_difference(output, call)
@@ -169,7 +175,7 @@ def max_pool_rule(call: OperationCall) -> Tensor:
     """Max-pooling: g·Δy goes to the winner for x where the output grew and to the winner
     for x₀ where it shrank (a winner whose Δx has Δy's sign and is at least as large),
     then is divided by Δx."""
-    source = call.args[0]
+    source = _first_argument(call)
     if not differentiable(source):
         return call.run()
     output, winners = _pool_with_winners(call)

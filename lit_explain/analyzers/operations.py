@@ -30,6 +30,7 @@ from torch.nn.modules.module import (
     register_module_forward_pre_hook,
 )
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from ..precision import low_precision
@@ -104,13 +105,14 @@ class OperationCall:
     in_place_target:
         For the out-of-place twin of an in-place call: the tensor the model's call writes
         (a copy of it stands in the twin's arguments, see :class:`OperationRules`).
-    input_support, input_padding:
+    input_support:
         For a kernel call on a constant-padded input (``F.pad`` before the call: a causal
-        or "same" padding written out, not written over since): 1 where the input holds the
-        values it was padded from, 0 at the padding, and the padding's value. The rules that
-        spread relevance by the weights alone (w², flat, z^B) leave the padding out, as they
-        do a convolution's own padding (they gave it relevance, which the padding's backward
-        then dropped).
+        or "same" padding written out; elementwise operations in place since keep it a
+        constant, a write of other values into it, ``p[..., 0] = x[..., -1]``, does not):
+        1 where the input holds the values it was padded from, 0 at the padding. The rules
+        that spread relevance by the weights alone (w², flat, z^B) leave the padding out, as
+        they do a convolution's own padding (they gave it relevance, which the padding's
+        backward then dropped).
     index, plan:
         The call's position among the forward pass's calls, and the :class:`~.replay.Plan`
         the analysis records (``None``: none), which a handler whose rule depends on the
@@ -132,7 +134,6 @@ class OperationCall:
     elementwise_of: Tensor | None = None
     in_place_target: Tensor | None = None
     input_support: Tensor | None = None
-    input_padding: float = 0.0
     index: int = -1
     plan: Plan | None = None
 
@@ -189,6 +190,9 @@ _NOT_CROSSING = _INPUT_KINDS | {ATTENTION}
 #: and PReLU, which it lowers too.
 _LOWERED_BY_AUTOCAST = frozenset({KERNEL, WEIGHT_PRODUCT, ATTENTION})
 _PRELU = frozenset({F.prelu, torch.prelu})
+#: Calls that write other values into a tensor (a padding written over is none).
+_WRITES = frozenset({Tensor.__setitem__, Tensor.copy_, Tensor.index_put_, Tensor.index_copy_,
+                     Tensor.masked_scatter_, Tensor.scatter_, Tensor.scatter_add_})
 
 def too_coarse(subject: str, dtype: torch.dtype) -> NotAnalyzableModelError:
     """The refusal of a rule-based analysis whose rules would run in 16-bit ``dtype``
@@ -204,8 +208,8 @@ def too_coarse(subject: str, dtype: torch.dtype) -> NotAnalyzableModelError:
 def tensor_attributes(module: nn.Module) -> list[Tensor]:
     """The leaf tensors ``module`` holds outside its parameters and buffers: plain
     attributes (``self.W = torch.randn(..., requires_grad=True)``, a from-scratch layer's
-    weights) and the items of a list, tuple or dict attribute; not a computed tensor (an
-    activation the forward keeps)."""
+    weights) and those in list, tuple or dict attributes, nested too; not a computed tensor
+    (an activation the forward keeps)."""
     found = []
     attributes = vars(module)
     for name in attributes.keys() - _MODULE_INTERNALS:  # (once per module per analysis)
@@ -215,9 +219,9 @@ def tensor_attributes(module: nn.Module) -> list[Tensor]:
         if isinstance(value, Tensor):
             if value.grad_fn is None:
                 found.append(value)
-        elif isinstance(value, (list, tuple, dict)):  # (an OrderedDict, a namedtuple too)
-            items = value.values() if isinstance(value, dict) else value
-            found.extend(t for t in items if isinstance(t, Tensor) and t.grad_fn is None)
+        elif isinstance(value, (list, tuple, dict)):  # (nested; an OrderedDict, a namedtuple)
+            found.extend(t for t in tree_leaves(value)
+                         if isinstance(t, Tensor) and t.grad_fn is None)
     return found
 
 
@@ -299,14 +303,13 @@ class _ForwardState:
     #: The model input's node in the autograd graph (``None``: it requires no grad).
     input_node: object = None
     #: Layer numbers (:attr:`OperationCall.layer_index`) by weight (see ``_layer_index``),
-    #: and how many weights each module has made in its call running now.
+    #: and the weights the forward pass made, in order.
     layers: dict[object, int] = field(default_factory=dict)
-    weights_made: dict[int, int] = field(default_factory=dict)
+    weights_made: list[Tensor] = field(default_factory=list)
     held: frozenset[int] | None = None  # ids of the model's buffers and tensor attributes
-    #: Constant-padded tensors (``F.pad``): id → the tensor, its version then, and the maker
-    #: of its support and padding value.
-    padded: dict[int, tuple[Tensor, int, Callable[[], tuple[Tensor, float]]]] = field(
-        default_factory=dict)
+    #: Constant-padded tensors (``F.pad``; not written into since): id → the tensor and the
+    #: maker of its support.
+    padded: dict[int, tuple[Tensor, Callable[[], Tensor]]] = field(default_factory=dict)
     #: Operations without a rule, in forward order: their error and their outputs' nodes.
     refusals: list[tuple[Exception, list]] = field(default_factory=list)
     weight_token: object = field(default_factory=object)  # marks tensors made from weights
@@ -502,6 +505,12 @@ class OperationRules(TorchFunctionMode):
             inputs = [(i, _snapshot(t)) for i, t in zip(held, tensors_in(args, kwargs),
                                                          strict=True)]
         in_place = gate is not None and gate.in_place  # (its func runs out of place)
+        if routed and tensors and kind != STRUCTURE:  # (casts and moves compute nothing)
+            dtype = low_precision(tensors, kind in _LOWERED_BY_AUTOCAST or (
+                kind == PRODUCT and func in MATRIX_PRODUCTS) or func in _PRELU)
+            if dtype is not None:
+                raise too_coarse(f"{self._call(func, args, kwargs, kind).where()} computes in",
+                                 dtype)
         if handler is None:
             output = func(*args, **kwargs)
             if in_place:
@@ -516,18 +525,15 @@ class OperationRules(TorchFunctionMode):
                     f"{kind} operation, for which this analyzer has no rule, and the "
                     f"explained output depends on it. Supported operation kinds: "
                     f"{sorted(set(self.handlers) | self.passthrough)}.{hint}")
+                # refused where the explained output uses it (see output): one it does not
+                # use (an auxiliary loss beside the logits) costs nothing; in place into a
+                # view, where its base's node (which the view's no longer reaches) is used
+                nodes = [o.grad_fn for o in produced if differentiable(o)]
                 if first is not None and first._base is not None and any(
                         o is first for o in produced):
-                    raise error  # (in place into a view: its base's node is not followed)
-                # refused where the explained output uses it (see output): one it does not
-                # use (an auxiliary loss beside the logits) costs nothing
-                self.state.refusals.append(
-                    (error, [o.grad_fn for o in produced if differentiable(o)]))
+                    nodes.append(first._base.grad_fn)
+                self.state.refusals.append((error, nodes))
         else:
-            dtype = low_precision(tensors, kind in _LOWERED_BY_AUTOCAST or (
-                kind == PRODUCT and func in MATRIX_PRODUCTS) or func in _PRELU)
-            if dtype is not None:  # (a 16-bit model fed float32, or autocast in forward)
-                raise too_coarse(f"{call.where()} computes in", dtype)
             twin = (func, args, kwargs) if in_place else out_of_place(func, args, kwargs)
             output = handler(call) if twin is None else self._in_place(call, handler, twin)
             produced = tensors_in(output)
@@ -551,6 +557,10 @@ class OperationRules(TorchFunctionMode):
         self.state.masks.note(made, args, kwargs, output)
         if func is F.pad and isinstance(output, Tensor):
             self._note_padding(args, kwargs, output)
+        elif func in _WRITES and self.state.padded and first is not None:  # (no padding now)
+            for written in (first, first._base):
+                if written is not None:
+                    self.state.padded.pop(id(written), None)
         self._note_weights(tensors, produced)
         if self.tracks_roots:
             self.state.roots.note(func, kind, given_tensors, produced)
@@ -572,10 +582,9 @@ class OperationRules(TorchFunctionMode):
         :attr:`OperationCall.input_support`)."""
         source, pad = args[0], args[1] if len(args) > 1 else kwargs["pad"]
         mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
-        value = (args[3] if len(args) > 3 else kwargs.get("value")) or 0.0
         if mode == "constant" and differentiable(source):
-            self.state.padded[id(output)] = (output, output._version, lambda: (F.pad(
-                torch.ones_like(source.detach()), pad), value))
+            self.state.padded[id(output)] = (output, lambda: F.pad(
+                torch.ones_like(source.detach()), pad))
 
     def _input_derived(self, tensors: list[Tensor]) -> bool | None:
         """Whether the differentiable ones among a call's tensors are all input-derived
@@ -705,10 +714,8 @@ class OperationRules(TorchFunctionMode):
                 call.is_input_layer = bool(given) and id(given[0]) in derived
                 weight = args[1] if len(args) > 1 else kwargs.get("weight")
                 padded = self.state.padded.get(id(given[0])) if given else None
-                # (not where the model wrote into it since: its own values, not padding)
-                if padded is not None and padded[0] is given[0] and \
-                        padded[1] == given[0]._version:
-                    call.input_support, call.input_padding = padded[2]()
+                if padded is not None and padded[0] is given[0]:
+                    call.input_support = padded[1]()
             else:
                 call.weight_index = weight_operand(func, args, kwargs, self._is_weight)
                 call.is_input_layer = any(id(t) in derived for t in given)
@@ -721,11 +728,11 @@ class OperationRules(TorchFunctionMode):
         call, and a layer called again (shared, or a network run chunk by chunk) keeps its
         number. A layer is its weight where the model holds that (a parameter, buffer or
         tensor attribute, or a view of one: which part of it, as attention's projections
-        are parts of one). A weight made anew for each call is the module that makes it:
-        the attribute a hook of it computes before each call (the old ``weight_norm`` and
-        ``spectral_norm``), or, made in ``forward`` (``parametrizations.weight_norm``, a
-        merged LoRA or standardised weight), the module and the order of the weights it
-        made in that call of it."""
+        are parts of one). A weight made anew for each call (by a hook of its module, the
+        old ``weight_norm`` and ``spectral_norm``, or in ``forward``:
+        ``parametrizations.weight_norm``, a merged LoRA or standardised weight) is its
+        values: made again with the same values (in a loop, for another chunk) it is the
+        same layer."""
         if not isinstance(weight, Tensor):  # (no weight found: a call of its own)
             return self.state.layers.setdefault(object(), len(self.state.layers))
         base = weight if weight._base is None else weight._base
@@ -734,8 +741,13 @@ class OperationRules(TorchFunctionMode):
             key = (id(base), weight.storage_offset(), weight.shape, weight.stride())
         else:
             made = self.state.weights_made
-            key = (id(module), made.get(id(module), 0))
-            made[id(module)] = key[1] + 1
+            with torch._C.DisableTorchFunction():  # (no call of the forward pass)
+                index = next((i for i, w in enumerate(made) if w.shape == weight.shape
+                              and w.dtype == weight.dtype and torch.equal(w, weight)), None)
+            if index is None:
+                index = len(made)
+                made.append(weight.detach())
+            key = ("made", index)
         return self.state.layers.setdefault(key, len(self.state.layers))
 
     @contextmanager
@@ -749,7 +761,6 @@ class OperationRules(TorchFunctionMode):
         def enter(module: nn.Module, args: tuple) -> None:
             if id(module) in paths and threading.get_ident() == thread:
                 stack.append(paths[id(module)])
-                self.state.weights_made.pop(id(module), None)
 
         def leave(module: nn.Module, args: tuple, output: object) -> None:
             if id(module) in paths and threading.get_ident() == thread:

@@ -315,11 +315,26 @@ class _InContainers(_FromScratch):
         return torch.relu(x @ w1.T + b1) * g @ w2.T + b2
 
 
-@pytest.mark.parametrize("how", ["OrderedDict", "namedtuple"])
+class _Nested(_FromScratch):
+    """The from-scratch weights as a list of (weight,) tuples."""
+
+    def __init__(self) -> None:
+        super().__init__("attributes")
+        names = ["w1", "b1", "g", "w2", "b2"]
+        self.held = [(getattr(self, name),) for name in names]
+        for name in names:
+            delattr(self, name)
+
+    def forward(self, x):
+        (w1,), (b1,), (g,), (w2,), (b2,) = self.held
+        return torch.relu(x @ w1.T + b1) * g @ w2.T + b2
+
+
+@pytest.mark.parametrize("how", ["OrderedDict", "namedtuple", "nested"])
 def test_weights_held_in_other_containers_are_weights(how):
     x = torch.randn(4, 5)
-    torch.testing.assert_close(lx.create_analyzer("lrp.epsilon", _InContainers(how).eval()
-                                                  ).analyze(x),
+    model = _Nested() if how == "nested" else _InContainers(how)
+    torch.testing.assert_close(lx.create_analyzer("lrp.epsilon", model.eval()).analyze(x),
                                lx.create_analyzer("lrp.epsilon", _FromScratch("parameters")
                                                   .eval()).analyze(x))
 
@@ -409,6 +424,25 @@ class _HalfActivations(nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             h = self.act(x.to(torch.bfloat16))
         return self.head(h.float())
+
+
+@pytest.mark.parametrize("name", ["deep_lift", "guided_backprop"])
+def test_a_16_bit_layer_is_refused_where_it_passes_gradients_too(name):
+    """DeepLIFT's summation check blamed the batch layout for a bfloat16 head."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), _Cast(torch.bfloat16),
+                          nn.Linear(4, 2).to(torch.bfloat16), _Cast(torch.float32)).eval()
+    with pytest.raises(lx.NotAnalyzableModelError, match="computes in torch.bfloat16"):
+        lx.create_analyzer(name, model).analyze(torch.randn(3, 4))
+
+
+class _Cast(nn.Module):
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.to(self.dtype)
 
 
 @pytest.mark.parametrize(("how", "dtype"), [("layer norm", "float16"), ("prelu", "bfloat16")])

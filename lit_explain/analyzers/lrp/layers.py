@@ -69,16 +69,17 @@ class AffineLayer:
         """The layer evaluated on ``x`` with ``weight`` and ``bias`` in place of its own."""
         raise NotImplementedError
 
-    def support(self, value: float, padding: float | None = 0.0) -> Tensor:
+    def support(self, value: float, at_padding: str = "zero") -> Tensor:
         """``value`` at every element of the input that holds the model's values; at a
-        constant padding written before the call (:attr:`OperationCall.input_support`),
-        ``padding`` (``None``: the padding's own value)."""
+        constant padding written before the call (:attr:`OperationCall.input_support`), 0
+        (``at_padding="zero"``) or the padding's own value (``"input"``)."""
         filled = torch.full_like(self.input, value)
         support = self.call.input_support
         if support is None:
             return filled
-        padding = self.call.input_padding if padding is None else padding
-        return filled.mul_(support).add_(support.sub(1).mul_(-padding))
+        filled = filled.mul_(support)
+        return filled if at_padding == "zero" else filled.add_(
+            self.input.detach() * (1 - support))
 
     def __call__(self, x: Tensor) -> Tensor:
         """The layer with its own parameters on input ``x``."""

@@ -499,7 +499,7 @@ class BoundedRule(Rule):
     def __call__(self, layer: AffineLayer, flow: Flow) -> Tensor:
         x, weight = layer.input, layer.weight
         # (at a padding the bounds are its value: no term of it, no relevance to it)
-        low, high = layer.support(self.low, None), layer.support(self.high, None)
+        low, high = layer.support(self.low, "input"), layer.support(self.high, "input")
         y = layer.linear_term()
         z = (layer.product_term - layer.run(gate(x, low, low), weight.clamp(min=0))
              - layer.run(gate(x, high, high), weight.clamp(max=0)))

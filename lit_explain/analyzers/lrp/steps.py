@@ -41,12 +41,10 @@ def layer_of(call: OperationCall, flow: Flow) -> KernelLayer | None:
 
 def _recall(call: OperationCall) -> Callable[[Callable, tuple, dict], OperationCall]:
     """The replayed call of the same kind (and weight position) as ``call``."""
-    kind, weight_index = call.kind, call.weight_index
-    support, padding = call.input_support, call.input_padding
+    kind, weight_index, support = call.kind, call.weight_index, call.input_support
     return lambda func, args, kwargs: OperationCall(func, args, kwargs, kind,
                                                     weight_index=weight_index,
-                                                    input_support=support,
-                                                    input_padding=padding)
+                                                    input_support=support)
 
 
 def kernel_rule_step(call: OperationCall, rule: Rule, flow: Flow) -> Step | None:

@@ -231,15 +231,6 @@ _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _PLAIN = frozenset({int, float, bool, str, type(None)})
 
 
-def _hook_made(module: nn.Module | None, weight: Tensor) -> bool:
-    """Whether ``weight`` is an attribute of ``module`` that a forward pre-hook of it makes
-    before each call (the old ``torch.nn.utils.weight_norm`` and ``spectral_norm``)."""
-    if module is None or not module._forward_pre_hooks:
-        return False
-    names = {getattr(hook, "name", None) for hook in module._forward_pre_hooks.values()}
-    return any(vars(module).get(name) is weight for name in names if name is not None)
-
-
 def article(word: str) -> str:
     """``"a"`` or ``"an"`` for ``word``."""
     return "an" if word[:1] in "aeiou" else "a"
@@ -303,9 +294,10 @@ class _ForwardState:
     #: The model input's node in the autograd graph (``None``: it requires no grad).
     input_node: object = None
     #: Layer numbers (:attr:`OperationCall.layer_index`) by weight (see ``_layer_index``),
-    #: and the weights the forward pass made, in order.
+    #: and the weights the forward pass made: id → the weight and the ids of the
+    #: parameters and buffers it is made from.
     layers: dict[object, int] = field(default_factory=dict)
-    weights_made: list[Tensor] = field(default_factory=list)
+    made_from: dict[int, tuple[Tensor, frozenset[int]]] = field(default_factory=dict)
     held: frozenset[int] | None = None  # ids of the model's buffers and tensor attributes
     #: Constant-padded tensors (``F.pad``; not written into since): id → the tensor and the
     #: maker of its support.
@@ -505,12 +497,14 @@ class OperationRules(TorchFunctionMode):
             inputs = [(i, _snapshot(t)) for i, t in zip(held, tensors_in(args, kwargs),
                                                          strict=True)]
         in_place = gate is not None and gate.in_place  # (its func runs out of place)
-        if routed and tensors and kind != STRUCTURE:  # (casts and moves compute nothing)
+        coarse = None  # (casts and moves compute nothing)
+        if routed and tensors and kind != STRUCTURE:
             dtype = low_precision(tensors, kind in _LOWERED_BY_AUTOCAST or (
                 kind == PRODUCT and func in MATRIX_PRODUCTS) or func in _PRELU)
-            if dtype is not None:
-                raise too_coarse(f"{self._call(func, args, kwargs, kind).where()} computes in",
-                                 dtype)
+            if dtype is not None:  # run as written, refused where the explained output uses it
+                coarse = too_coarse(f"{self._call(func, args, kwargs, kind).where()} "
+                                    f"computes in", dtype)
+                handler = None
         if handler is None:
             output = func(*args, **kwargs)
             if in_place:
@@ -525,14 +519,9 @@ class OperationRules(TorchFunctionMode):
                     f"{kind} operation, for which this analyzer has no rule, and the "
                     f"explained output depends on it. Supported operation kinds: "
                     f"{sorted(set(self.handlers) | self.passthrough)}.{hint}")
-                # refused where the explained output uses it (see output): one it does not
-                # use (an auxiliary loss beside the logits) costs nothing; in place into a
-                # view, where its base's node (which the view's no longer reaches) is used
-                nodes = [o.grad_fn for o in produced if differentiable(o)]
-                if first is not None and first._base is not None and any(
-                        o is first for o in produced):
-                    nodes.append(first._base.grad_fn)
-                self.state.refusals.append((error, nodes))
+                self._refuse_where_used(error, produced, first)
+            if coarse is not None:
+                self._refuse_where_used(coarse, produced, first)
         else:
             twin = (func, args, kwargs) if in_place else out_of_place(func, args, kwargs)
             output = handler(call) if twin is None else self._in_place(call, handler, twin)
@@ -557,7 +546,11 @@ class OperationRules(TorchFunctionMode):
         self.state.masks.note(made, args, kwargs, output)
         if func is F.pad and isinstance(output, Tensor):
             self._note_padding(args, kwargs, output)
-        elif func in _WRITES and self.state.padded and first is not None:  # (no padding now)
+        elif self.state.padded and first is not None and (func in _WRITES or (
+                out_of_place(func, args, kwargs) is not None and any(
+                    differentiable(t) for t in tensors[1:]))):
+            # other values written into a padding, or added to it: no padding now (an
+            # elementwise change in place by constants, relu_(), keeps it one)
             for written in (first, first._base):
                 if written is not None:
                     self.state.padded.pop(id(written), None)
@@ -576,6 +569,18 @@ class OperationRules(TorchFunctionMode):
             for o in [*produced, first] if in_place else produced:
                 self.state.input_derived[id(o)] = o
         return output
+
+    def _refuse_where_used(self, error: Exception, produced: list[Tensor],
+                           target: Tensor | None) -> None:
+        """Raise ``error`` at the end of the forward pass where the explained output uses
+        what the call produced (see :meth:`output`): an output it does not use (an auxiliary
+        loss beside the logits) costs nothing. In place into a view ``target``: where its
+        base is used (the view's node no longer reaches it)."""
+        nodes = [o.grad_fn for o in produced if differentiable(o)]
+        if target is not None and target._base is not None and any(
+                o is target for o in produced):
+            nodes.append(target._base.grad_fn)
+        self.state.refusals.append((error, nodes))
 
     def _note_padding(self, args: tuple, kwargs: dict, output: Tensor) -> None:
         """Note a constant padding's output and how to make its support (see
@@ -648,15 +653,35 @@ class OperationRules(TorchFunctionMode):
 
     def _note_weights(self, tensors: list[Tensor], produced: list[Tensor]) -> None:
         """Mark what a call computes from weights alone, a parameter among them (no
-        differentiable output)."""
+        differentiable output), and note for what it computes from the model's parameters
+        and buffers alone which ones (a weight made anew is its layer by them)."""
         for t in produced:  # (most calls: a differentiable output, nothing to mark)
             if t.requires_grad:
                 return
-        if produced and any(
-                self._is_parameter_made(t) for t in tensors) and all(
-                self._is_weight(t) for t in tensors):
-            for t in produced:
+        if not produced or not all(self._is_weight(t) or self._made(t) for t in tensors):
+            return
+        sources = frozenset().union(*(self._weight_sources(t) for t in tensors))
+        if not sources:  # (a constant made from nothing: torch.arange, torch.zeros)
+            return
+        weight = any(self._is_parameter_made(t) for t in tensors) and all(
+            self._is_weight(t) for t in tensors)
+        for t in produced:
+            if weight:
                 t._lit_explain_weight = self.state.weight_token
+            self.state.made_from[id(t)] = (t, sources)
+
+    def _made(self, t: Tensor) -> bool:
+        """Whether ``t`` (or what it views) was computed from the model's parameters and
+        buffers alone in this forward pass."""
+        base = t if t._base is None else t._base
+        entry = self.state.made_from.get(id(base))
+        return entry is not None and entry[0] is base
+
+    def _weight_sources(self, t: Tensor) -> frozenset[int]:
+        """The ids of the parameters and buffers ``t`` is computed from in this forward pass
+        (itself, where it is one)."""
+        base = t if t._base is None else t._base
+        return self.state.made_from[id(base)][1] if self._made(base) else frozenset({id(base)})
 
     @staticmethod
     def _in_place(call: OperationCall, handler: Handler,
@@ -728,26 +753,21 @@ class OperationRules(TorchFunctionMode):
         call, and a layer called again (shared, or a network run chunk by chunk) keeps its
         number. A layer is its weight where the model holds that (a parameter, buffer or
         tensor attribute, or a view of one: which part of it, as attention's projections
-        are parts of one). A weight made anew for each call (by a hook of its module, the
-        old ``weight_norm`` and ``spectral_norm``, or in ``forward``:
-        ``parametrizations.weight_norm``, a merged LoRA or standardised weight) is its
-        values: made again with the same values (in a loop, for another chunk) it is the
-        same layer."""
+        are parts of one). A weight made anew in the forward pass (by a hook of its module,
+        the old ``weight_norm`` and ``spectral_norm``, or in ``forward``:
+        ``parametrizations.weight_norm``, a merged LoRA or standardised weight) is the
+        parameters it is made from: made again from them (in a loop, for another chunk) it
+        is the same layer, and layers made from other parameters (a deep copy, another
+        adapter) are others, whatever their values."""
         if not isinstance(weight, Tensor):  # (no weight found: a call of its own)
             return self.state.layers.setdefault(object(), len(self.state.layers))
         base = weight if weight._base is None else weight._base
-        if isinstance(base, nn.Parameter) or id(base) in self._held() and not _hook_made(
-                module, base):
+        if self._made(base):
+            key = ("made", self.state.made_from[id(base)][1], weight.shape)
+        elif isinstance(base, nn.Parameter) or id(base) in self._held():
             key = (id(base), weight.storage_offset(), weight.shape, weight.stride())
-        else:
-            made = self.state.weights_made
-            with torch._C.DisableTorchFunction():  # (no call of the forward pass)
-                index = next((i for i, w in enumerate(made) if w.shape == weight.shape
-                              and w.dtype == weight.dtype and torch.equal(w, weight)), None)
-            if index is None:
-                index = len(made)
-                made.append(weight.detach())
-            key = ("made", index)
+        else:  # (made outside the forward pass and held nowhere: itself)
+            key = (id(base),)
         return self.state.layers.setdefault(key, len(self.state.layers))
 
     @contextmanager

@@ -426,6 +426,24 @@ class _HalfActivations(nn.Module):
         return self.head(h.float())
 
 
+class _HalfAuxiliary(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    def forward(self, x):
+        logits = self.net(x)
+        return {"logits": logits, "aux": torch.relu(logits.half())}
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "deep_taylor"])
+def test_a_16_bit_operation_on_an_unexplained_output_counts_not(name):
+    model, x = _HalfAuxiliary().eval(), torch.randn(3, 4)
+    torch.testing.assert_close(lx.create_analyzer(name, model).analyze(x),
+                               lx.create_analyzer(name, model.net).analyze(x))
+
+
 @pytest.mark.parametrize("name", ["deep_lift", "guided_backprop"])
 def test_a_16_bit_layer_is_refused_where_it_passes_gradients_too(name):
     """DeepLIFT's summation check blamed the batch layout for a bfloat16 head."""

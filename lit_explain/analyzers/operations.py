@@ -469,6 +469,22 @@ class OperationRules(TorchFunctionMode):
             if self.input_boundary is not None and (
                     kind not in _NOT_CROSSING or input_derived is False):
                 crossing = self._crossing(tensors)
+                if 0 in crossing and args and args[0] is first and out_of_place(
+                        func, args, kwargs) is not None:
+                    # in place: the model's tensor itself crosses (its copy would take the
+                    # call's values, and autograd would record the call on the copy)
+                    if first._base is not None:  # (its base would cross again, later)
+                        raise NotAnalyzableModelError(
+                            f"{self._call(func, args, kwargs, kind).where()} writes in place "
+                            f"into a view of a tensor the model input reaches through "
+                            f"reshapes and preprocessing only (p[..., :1].add_(x[..., -1:])), "
+                            f"which the relevance flow cannot follow: write it out of place "
+                            f"(torch.cat, or F.pad with mode='circular' for a wrap-around)")
+                    first.copy_(self.input_boundary(first.clone()))  # (its values now)
+                    self.state.input_derived.pop(id(first), None)
+                    crossing = crossing - {0}
+                    if plan is not None:
+                        plan.targets_crossing.add(index)
                 if crossing:
                     args, kwargs = crossed(args, kwargs, crossing, self.input_boundary)
                     tensors = tensors_in(args, kwargs)
@@ -762,10 +778,11 @@ class OperationRules(TorchFunctionMode):
         if not isinstance(weight, Tensor):  # (no weight found: a call of its own)
             return self.state.layers.setdefault(object(), len(self.state.layers))
         base = weight if weight._base is None else weight._base
+        part = (weight.storage_offset(), weight.shape, weight.stride())  # (which part of it)
         if self._made(base):
-            key = ("made", self.state.made_from[id(base)][1], weight.shape)
+            key = ("made", self.state.made_from[id(base)][1], base.shape, *part)
         elif isinstance(base, nn.Parameter) or id(base) in self._held():
-            key = (id(base), weight.storage_offset(), weight.shape, weight.stride())
+            key = (id(base), *part)
         else:  # (made outside the forward pass and held nowhere: itself)
             key = (id(base),)
         return self.state.layers.setdefault(key, len(self.state.layers))

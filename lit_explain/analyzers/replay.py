@@ -80,6 +80,8 @@ class Plan:
         #: Where the relevance flow's input boundary was crossed: call index → the positions
         #: (among the call's tensors, :func:`~.kinds.tensors_in`) that crossed it, and how.
         self.crossings: dict[int, frozenset[int]] = {}
+        #: In-place calls whose target, the model's tensor itself, crossed it before.
+        self.targets_crossing: set[int] = set()
         self.boundary: Callable[[Tensor], Tensor] | None = None
         #: Whether the explained output crossed the boundary (it is input-derived).
         self.output_crossed = False
@@ -211,6 +213,8 @@ class Replayed(TorchFunctionMode):
             raise Diverged(f"call {index} ({getattr(func, '__name__', func)}) gets tensors "
                            f"made elsewhere than recorded")
         given = args
+        if index in plan.targets_crossing:
+            args[0].copy_(plan.boundary(args[0].clone()))
         crossing = plan.crossings.get(index)
         if crossing is not None:  # where the recorded analysis crossed it, as it did
             args, kwargs = crossed(args, kwargs, crossing, plan.boundary)

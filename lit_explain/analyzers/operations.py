@@ -657,9 +657,10 @@ class OperationRules(TorchFunctionMode):
 
     def _is_weight(self, t: Tensor) -> bool:
         """Whether ``t`` is a parameter or buffer of the model, a view of one, or a tensor
-        computed from them alone in this forward pass (``self.query / math.sqrt(d)``)."""
+        computed from them alone in this forward pass (``self.query / math.sqrt(d)``,
+        ``self.basis * 0.1``)."""
         return self._is_parameter_made(t) or id(
-            t if t._base is None else t._base) in self._held()
+            t if t._base is None else t._base) in self._held() or self._made(t)
 
     def _is_parameter_made(self, t: Tensor) -> bool:
         """Whether ``t`` is a parameter, a view of one, or computed from weights in this

@@ -353,6 +353,31 @@ def test_weights_held_as_plain_tensors_are_weights(name, how):
     assert all(t.requires_grad for t in (model.w1, model.g, model.b2))
 
 
+class _BufferBasis(nn.Module):
+    """A dense layer written out with a buffer as its weight, scaled in forward or stored
+    scaled."""
+
+    def __init__(self, scaled_in_forward: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.scaled_in_forward = scaled_in_forward
+        basis = torch.randn(6, 6)
+        self.register_buffer("basis", basis if scaled_in_forward else basis * 0.1)
+        self.fc, self.out = nn.Linear(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        basis = self.basis * 0.1 if self.scaled_in_forward else self.basis
+        return self.out(torch.relu(torch.relu(self.fc(x)) @ basis))
+
+
+@pytest.mark.parametrize("name", ["lrp.alpha_2_beta_1", "deep_taylor"])
+def test_a_weight_computed_from_a_buffer_is_a_weight(name):
+    """As the docs say (it was a product with a constant: maps 42-112 % off)."""
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(lx.create_analyzer(name, _BufferBasis(True).eval()).analyze(x),
+                               lx.create_analyzer(name, _BufferBasis(False).eval()).analyze(x))
+
+
 class _Casting(nn.Module):
     """A 16-bit model fed float32 data, which it casts itself (as Hugging Face models do)."""
 

@@ -434,6 +434,5 @@ def values_key(t: Tensor) -> tuple[int, int] | None:
 def same_storage(a: Tensor, b: Tensor) -> bool:
     """Whether ``a`` and ``b`` are views of one storage (a softmax output and a slice of it);
     no call an analysis would see."""
-    with torch._C.DisableTorchFunction():
-        return a.numel() > 0 and b.numel() > 0 and \
-            a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    key = storage_key(a)
+    return key is not None and key == storage_key(b)

@@ -179,6 +179,17 @@ def test_a_gate_written_in_place_is_held_as_written_out_of_place(rule, how):
     assert analyzer.replayed
 
 
+def assert_cp_holds_the_gate(model: nn.Module, held: nn.Module, x: Tensor) -> None:
+    """LRP-0 under CP-LRP on ``model`` is Input×Gradient of ``held`` (the same weights, its
+    gates detached: constants), in a full analysis and in its replay."""
+    held.load_state_dict(model.state_dict())
+    expected = lx.create_analyzer("input_t_gradient", held).analyze(x)
+    analyzer = lx.create_analyzer("lrp.z", model, attention_rule="cp")
+    for _ in range(2):  # a full analysis, then its replay
+        torch.testing.assert_close(analyzer.analyze(x), expected)
+    assert analyzer.replayed
+
+
 class HeadGated(nn.Module):
     """Per-head output gates: ``sigmoid(g x)``, one per head, reshaped onto the head's
     features after (``form``: ``unsqueeze(-1)``, ``[..., None]``, ``view``) or before the
@@ -206,15 +217,9 @@ def test_cp_holds_a_gate_reshaped_after_its_non_linearity(form):
     """A view of a gate is the gate (CP's map was 6× its size off where the gate was
     reshaped after the sigmoid): LRP-0 under CP is Input×Gradient with the gate detached."""
     torch.manual_seed(0)
-    model = HeadGated(form).double().eval()
-    held = HeadGated(form, hold=True).double().eval()
-    held.load_state_dict(model.state_dict())
-    x = torch.randn(3, 5, 8, dtype=torch.float64)
-    expected = lx.create_analyzer("input_t_gradient", held).analyze(x)
-    analyzer = lx.create_analyzer("lrp.z", model, attention_rule="cp")
-    for _ in range(2):  # a full analysis, then its replay
-        torch.testing.assert_close(analyzer.analyze(x), expected)
-    assert analyzer.replayed
+    assert_cp_holds_the_gate(HeadGated(form).double().eval(),
+                             HeadGated(form, hold=True).double().eval(),
+                             torch.randn(3, 5, 8, dtype=torch.float64))
 
 
 class FusedGated(nn.Module):
@@ -238,14 +243,9 @@ def test_cp_holds_a_gate_made_in_place_on_half_of_a_tensor_and_not_the_other_hal
     """The value half shares the gate's storage; taken for a gate too (its map 34–169 % off),
     the product got the uniform rule."""
     torch.manual_seed(0)
-    model = FusedGated(activation(inplace=True)).double().eval()
-    held = FusedGated(activation(), hold=True).double().eval()
-    held.load_state_dict(model.state_dict())
-    x = torch.randn(3, 6, dtype=torch.float64)
-    expected = lx.create_analyzer("input_t_gradient", held).analyze(x)
-    analyzer = lx.create_analyzer("lrp.z", model, attention_rule="cp")
-    for _ in range(2):  # a full analysis, then its replay
-        torch.testing.assert_close(analyzer.analyze(x), expected)
+    assert_cp_holds_the_gate(FusedGated(activation(inplace=True)).double().eval(),
+                             FusedGated(activation(), hold=True).double().eval(),
+                             torch.randn(3, 6, dtype=torch.float64))
 
 
 class SplitGates(nn.Module):
@@ -273,13 +273,9 @@ class SplitGates(nn.Module):
 def test_cp_holds_the_chunks_of_a_gate():
     """A gate chunked after its sigmoid was no gate (maps 276 % off)."""
     torch.manual_seed(0)
-    model, held = SplitGates("chunk").double().eval(), SplitGates("chunk", True).double().eval()
-    held.load_state_dict(model.state_dict())
-    x = torch.randn(3, 6, dtype=torch.float64)
-    expected = lx.create_analyzer("input_t_gradient", held).analyze(x)
-    analyzer = lx.create_analyzer("lrp.z", model, attention_rule="cp")
-    for _ in range(2):  # a full analysis, then its replay
-        torch.testing.assert_close(analyzer.analyze(x), expected)
+    assert_cp_holds_the_gate(SplitGates("chunk").double().eval(),
+                             SplitGates("chunk", True).double().eval(),
+                             torch.randn(3, 6, dtype=torch.float64))
 
 
 def test_a_gate_multiplied_into_in_place_is_no_gate_after():

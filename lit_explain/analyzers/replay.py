@@ -22,11 +22,12 @@ parameter). The next analysis runs the forward pass under :class:`Replayed`, whi
 each call against the plan (its function, by identity, or equality: a property's getter is
 a new object at every read; and its tensors' sources), crosses the boundary where it was
 crossed and applies the steps: no kinds, no provenance, no module hooks. A forward pass that
-makes another call than recorded, or feeds a call from elsewhere (a flag in a global or a
+makes another call than recorded, feeds a call from elsewhere (a flag in a global or a
 nested config, which the forward signature does not see, that routes the input past a
-layer), raises :class:`Diverged`, and the analysis runs in full again: which layer is the
-input layer, where the input boundary is crossed and which calls are kernel layers follow
-from the data flow. A rule that depends on more than its call (an elementwise
+layer) or makes one in an autocast region (entered behind such a flag), raises
+:class:`Diverged`, and the analysis runs in full again: which layer is the input layer,
+where the input boundary is crossed and which calls are kernel layers follow from the data
+flow. A rule that depends on more than its call (an elementwise
 product of functions of one tensor, ``x * sigmoid(x)``, whose rule passes relevance to
 that tensor; DeepLIFT; the pattern analyzers), a gate by a mask, a held statistic, a kernel
 output that keeps two rules (used again after the BatchNorm merged with it) or the
@@ -41,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
+from torch._C import _is_any_autocast_enabled
 from torch.overrides import TorchFunctionMode
 
 from .kinds import QUERIES, replace_tensors, tensors_in
@@ -212,6 +214,10 @@ class Replayed(TorchFunctionMode):
         if self.flow.sources(args, kwargs) != plan.sources[index]:
             raise Diverged(f"call {index} ({getattr(func, '__name__', func)}) gets tensors "
                            f"made elsewhere than recorded")
+        if _is_any_autocast_enabled():  # (an autocast region behind a global flag: the
+            # full analysis refuses what it would compute in 16 bits)
+            raise Diverged(f"call {index} ({getattr(func, '__name__', func)}) runs in an "
+                           f"autocast region")
         given = args
         if index in plan.targets_crossing:
             args[0].copy_(plan.boundary(args[0].clone()))

@@ -178,6 +178,40 @@ def test_cp_gates_that_a_global_flag_moves_are_not_replayed_wrongly():
         SWAP[0] = False
 
 
+AUTOCAST = [False]
+
+
+class _AutocastBehindAFlag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST[0]):
+            h = F.relu(self.first(x))
+        return self.second(h.float())
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "guided_backprop"])
+def test_an_autocast_region_a_global_flag_opens_is_not_replayed(name):
+    """A replay of a plan recorded with the region closed ran the layer in bfloat16 with no
+    error (a map 5e-4 off); the full analysis refuses it, as a fresh analyzer does."""
+    torch.manual_seed(0)
+    model, x = _AutocastBehindAFlag().eval(), torch.randn(4, 8)
+    analyzer = lx.create_analyzer(name, model)
+    analyzer.analyze(x)
+    AUTOCAST[0] = True
+    try:
+        with pytest.raises(lx.NotAnalyzableModelError, match="bfloat16"):
+            analyzer.analyze(x)
+    finally:
+        AUTOCAST[0] = False
+    analyzer.analyze(x)
+    assert analyzer.replayed is False  # (recorded again after the refusal)
+    analyzer.analyze(x)
+    assert analyzer.replayed
+
+
 class _TwoOutputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()

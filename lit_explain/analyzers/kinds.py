@@ -116,7 +116,7 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
           Tensor_.pow_, F.elu_, F.leaky_relu_, F.prelu, torch.prelu,
           F.hardtanh_, F.threshold, F.rrelu, torch.erf, Tensor_.erf, torch.sin, Tensor_.sin,
           torch.cos, Tensor_.cos, F.tanhshrink, F.softshrink, F.hardshrink, torch.rsqrt,
-          Tensor_.rsqrt)
+          Tensor_.rsqrt, torch.reciprocal, Tensor_.reciprocal)
 _register(SOFTMAX, F.softmax, torch.softmax, Tensor_.softmax, F.log_softmax, torch.log_softmax,
           Tensor_.log_softmax)
 _register(NORMALIZATION, F.layer_norm, F.group_norm, F.rms_norm, F.normalize, F.instance_norm)
@@ -127,7 +127,8 @@ _register(ATTENTION, *DECOMPOSITIONS)
 #: differentiable tensors (kind ``PRODUCT``), linear in each when the other is a constant.
 ELEMENTWISE_PRODUCTS = frozenset({torch.mul, Tensor_.mul, Tensor_.mul_, Tensor_.__mul__,
                                   Tensor_.__imul__, Tensor_.__rmul__})
-#: Division: linear in the dividend; a quotient of two differentiable tensors has no rule.
+#: Division: linear in the dividend, an elementwise non-linearity of a divisor (``1 / t``,
+#: kind ``ACTIVATION``); a quotient of two differentiable tensors has no rule.
 _QUOTIENTS = {torch.div, Tensor_.div, Tensor_.div_, Tensor_.__truediv__, Tensor_.__itruediv__,
               Tensor_.__rtruediv__}
 #: Matrix products: with one differentiable operand, linear in it (kind ``LINEAR``), or a
@@ -343,10 +344,20 @@ def classify(func: Callable, args: tuple, kwargs: dict) -> str:
         return UNKNOWN if elementwise else MAX_POOL
     if func in _PRODUCTS:
         operands = [a for a in tensors_in(args, kwargs) if differentiable(a)]
+        if len(operands) == 1 and func in _QUOTIENTS and operands[0] is not _dividend(
+                func, args, kwargs):
+            return ACTIVATION  # (c / t: an elementwise non-linearity of t, as t.reciprocal())
         if len(operands) <= 1:
             return LINEAR
         return UNKNOWN if func in _QUOTIENTS else PRODUCT
     return UNKNOWN
+
+
+def _dividend(func: Callable, args: tuple, kwargs: dict) -> object:
+    """The dividend of a division call (``c / t`` calls ``t.__rtruediv__(c)``)."""
+    if func is Tensor_.__rtruediv__:
+        return args[1] if len(args) > 1 else None
+    return args[0] if args else kwargs.get("input")
 
 
 def weight_operand(func: Callable, args: tuple, kwargs: dict,

@@ -13,7 +13,7 @@ from reference_nets import (
     reference_model,
     relative_error,
 )
-from torch import nn
+from torch import Tensor, nn
 
 import lit_explain as lx
 from lit_explain.demo.models import ResNetStyle
@@ -340,3 +340,52 @@ def test_integrated_gradients_explains_the_neuron_chosen_at_the_input():
     ig = lx.create_analyzer("integrated_gradients", model, steps=8)
     # linear model: IG = (x − 0) ⊙ w_c for the class chosen at x, c = 0
     torch.testing.assert_close(ig.analyze(x), torch.tensor([[1.0, 0, 0, 0]]))
+
+
+class _Reciprocal(nn.Module):
+    """``1 / (1 + relu(h))``, written as a division by the tensor or as its reciprocal."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.first, self.second, self.spelling = nn.Linear(5, 6), nn.Linear(6, 3), spelling
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = 1.0 + F.relu(self.first(x))
+        inverse = {"slash": lambda: 1.0 / t, "div": lambda: torch.div(2.0, t) / 2,
+                   "method": lambda: t.reciprocal()}[self.spelling]()
+        return self.second(inverse)
+
+
+@pytest.mark.parametrize("spelling", ["slash", "div", "method"])
+@pytest.mark.parametrize("name", ["guided_backprop", "deconvnet"])
+def test_a_division_by_a_computed_tensor_is_no_linear_operation(spelling, name):
+    """``1 / t`` is a non-linearity of ``t``, as ``t.reciprocal()`` is: Guided Backprop and
+    Deconvnet (ReLU-only) refuse it in every spelling. ``1 / t`` was classed as linear and
+    passed its plain gradient with no error."""
+    torch.manual_seed(0)
+    model = _Reciprocal(spelling).eval()
+    with pytest.raises(lx.NotAnalyzableModelError, match="activation"):
+        lx.create_analyzer(name, model).analyze(torch.randn(4, 5))
+
+
+class _HandSigmoid(nn.Module):
+    def __init__(self, by_hand: bool) -> None:
+        super().__init__()
+        self.first, self.second, self.by_hand = nn.Linear(5, 6), nn.Linear(6, 3), by_hand
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.first(x)
+        return self.second(1 / (1 + torch.exp(-h)) if self.by_hand else torch.sigmoid(h))
+
+
+def test_deep_lift_of_a_sigmoid_written_as_a_division_is_the_sigmoid_one():
+    """DeepLIFT's rescale rule on ``1 / (1 + exp(-h))`` (each step an elementwise
+    non-linearity of one tensor: the chain's secants multiply to the sigmoid's) gives the
+    ``torch.sigmoid`` model's map. It raised, blaming the batch layout (34 % off delta)."""
+    torch.manual_seed(0)
+    hand = _HandSigmoid(by_hand=True).double().eval()
+    plain = _HandSigmoid(by_hand=False).double().eval()
+    plain.load_state_dict(hand.state_dict())
+    x = torch.randn(4, 5, dtype=torch.double)
+    torch.testing.assert_close(lx.create_analyzer("deep_lift", hand).analyze(x),
+                               lx.create_analyzer("deep_lift", plain).analyze(x))

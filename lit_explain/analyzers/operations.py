@@ -59,6 +59,7 @@ from .kinds import (
     operation_name,
     out_of_place,
     reads_values,
+    replace_tensors,
     tensors_in,
     weight_operand,
 )
@@ -570,6 +571,9 @@ class OperationRules(TorchFunctionMode):
             for written in (first, first._base):
                 if written is not None:
                     self.state.padded.pop(id(written), None)
+        elif self.state.padded and isinstance(output, Tensor) and output is not first and (
+                kind == STRUCTURE or func in ELEMENTWISE_AFFINE):
+            self._carry_padding(func, args, kwargs, tensors, output)
         self._note_weights(tensors, produced)
         if self.tracks_roots:
             self.state.roots.note(func, kind, given_tensors, produced)
@@ -606,6 +610,31 @@ class OperationRules(TorchFunctionMode):
         if mode == "constant" and differentiable(source):
             self.state.padded[id(output)] = (output, lambda: F.pad(
                 torch.ones_like(source.detach()), pad))
+
+    def _carry_padding(self, func: Callable, args: tuple, kwargs: dict, tensors: list[Tensor],
+                       output: Tensor) -> None:
+        """Carry a constant padding through a reshape, copy or selection of the padded
+        tensor, or an elementwise operation of it with constants (``F.pad(x) * 2``,
+        ``(F.pad(x) - mean) / std``, ``.permute()``, ``.clone()``): its output holds the
+        padding (so transformed) where the call put it. Where other floating-point tensors
+        join it (a concatenation), none is carried."""
+        floats = [t for t in tensors if t.is_floating_point()]
+        entry = self.state.padded.get(id(floats[0])) if len(floats) == 1 else None
+        if entry is None or entry[0] is not floats[0] or not differentiable(floats[0]):
+            return
+        source, support, shape = floats[0], entry[1], output.shape
+
+        def carried() -> Tensor | None:
+            held = support()
+            if held is None:
+                return None
+            if func in ELEMENTWISE_AFFINE:
+                return held.expand(shape)
+            swapped, named = replace_tensors(args, kwargs, lambda t: held if t is source else t)
+            made = func(*swapped, **named)
+            return made if isinstance(made, Tensor) and made.shape == shape else None
+
+        self.state.padded[id(output)] = (output, carried)
 
     def _input_derived(self, tensors: list[Tensor]) -> bool | None:
         """Whether the differentiable ones among a call's tensors are all input-derived

@@ -723,6 +723,31 @@ def _channels_last() -> tuple[nn.Module, Tensor]:
             x.contiguous(memory_format=torch.channels_last))
 
 
+class LoRALinear(nn.Linear):
+    """A LoRA layer as ``loralib`` writes it (``merge_weights=True``): ``train(False)`` merges
+    ``B @ A`` into the frozen weight, ``train(True)`` takes it out again, and the forward
+    adds the adapter's path only while it is not merged."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int = 2) -> None:
+        super().__init__(in_features, out_features)
+        self.lora_A = nn.Parameter(torch.randn(rank, in_features) * 0.1)
+        self.lora_B = nn.Parameter(torch.randn(out_features, rank) * 0.1)
+        self.weight.requires_grad = False
+        self.merged = False
+
+    def train(self, mode: bool = True) -> LoRALinear:
+        super().train(mode)
+        if mode == self.merged:  # (merge on eval, unmerge on train)
+            sign = -1.0 if mode else 1.0
+            self.weight.data += sign * (self.lora_B @ self.lora_A)
+            self.merged = not mode
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        return out if self.merged else out + x @ self.lora_A.T @ self.lora_B.T
+
+
 ZOO: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "vgg16_bn": lambda: _build(0, VGG16BN, (3, 32, 32)),
     "resnet18": lambda: _build(1, ResNet, (3, 32, 32)),

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
 from ..compiled import eager, holds_compiled, uncompiled
+from ..modes import eval_mode
 from ..precision import LOW_PRECISION, full_precision
 from .diagnostics import (
     OUTPUT_KEY,
@@ -85,10 +86,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
     torch's process-wide state) while another one analyses.
     """
     with ANALYSIS_LOCK:
-        # only the modules in train mode are switched (and back): a model validated in eval
-        # mode costs nothing here
         modules = list(model.modules())
-        training = [module for module in modules if module.training]
         parameters = [(module, name, param) for module in modules
                       for name, param in module._parameters.items() if param is not None]
         made_in_inference = next((f"{type(module).__name__}.{name}" for module, name, param
@@ -106,35 +104,33 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
                           for module in modules
                           if module._backward_hooks or module._backward_pre_hooks]
         compiled = holds_compiled(modules)
-        try:
-            if training:
-                model.eval()  # through train(False), which a module may override
-            for param in requires_grad:
-                param.requires_grad_(False)
-            for module, _, _ in backward_hooks:  # (their handles hold the dicts: put back)
-                module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
-            with torch.inference_mode(False), torch.enable_grad(), full_precision(), \
-                    without_checkpointing(), \
-                    eager("eager_on_recompile") if compiled else nullcontext():
-                yield
-        except Exception as error:
-            if not compiled or isinstance(error, NotAnalyzableModelError) or \
-                    not in_compiled_control_flow(error):
-                raise
-            raise NotAnalyzableModelError(
-                "a compiled submodule of the model uses a control-flow operator such as "
-                "torch.cond, which torch runs only compiled, and an analysis runs compiled "
-                "submodules without compiling them for it (recompiling them for every "
-                "analysis used up the compiler's recompile limit, and failed training too): "
-                "analyse the model with that submodule uncompiled (its _orig_mod), which "
-                f"runs torch.cond ({type(error).__name__}: {str(error)[:200]})") from error
-        finally:
-            for module in training:
-                module.training = True
-            for param in requires_grad:
-                param.requires_grad_(True)
-            for module, hooks, pre_hooks in backward_hooks:
-                module._backward_hooks, module._backward_pre_hooks = hooks, pre_hooks
+        with eval_mode(model):  # (the flags back after the rest)
+            try:
+                for param in requires_grad:
+                    param.requires_grad_(False)
+                for module, _, _ in backward_hooks:  # (their handles hold the dicts: put back)
+                    module._backward_hooks = OrderedDict()
+                    module._backward_pre_hooks = OrderedDict()
+                with torch.inference_mode(False), torch.enable_grad(), full_precision(), \
+                        without_checkpointing(), \
+                        eager("eager_on_recompile") if compiled else nullcontext():
+                    yield
+            except Exception as error:
+                if not compiled or isinstance(error, NotAnalyzableModelError) or \
+                        not in_compiled_control_flow(error):
+                    raise
+                raise NotAnalyzableModelError(
+                    "a compiled submodule of the model uses a control-flow operator such as "
+                    "torch.cond, which torch runs only compiled, and an analysis runs compiled "
+                    "submodules without compiling them for it (recompiling them for every "
+                    "analysis used up the compiler's recompile limit, and failed training too): "
+                    "analyse the model with that submodule uncompiled (its _orig_mod), which "
+                    f"runs torch.cond ({type(error).__name__}: {str(error)[:200]})") from error
+            finally:
+                for param in requires_grad:
+                    param.requires_grad_(True)
+                for module, hooks, pre_hooks in backward_hooks:
+                    module._backward_hooks, module._backward_pre_hooks = hooks, pre_hooks
 
 
 class Analyzer:

@@ -30,6 +30,7 @@ from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..compiled import eager
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
+from ..modes import eval_mode
 from ..patterns.statistics import PATTERN_TYPES
 from .agreement import FailedElsewhere, agreed, distributed
 from .evaluation import (
@@ -1010,16 +1011,13 @@ def _training_untouched(module: nn.Module) -> Iterator[None]:
     CPU and of the module's GPU, numpy's and Python's (a model drawing random numbers in eval
     mode, MC dropout or a jitter drawn with ``np.random``, would otherwise draw other numbers
     in training)."""
-    training = [m for m in module.modules() if m.training]
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
-        module.eval()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with eval_mode(module), torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else []):
             yield
     finally:
-        for m in training:
-            m.training = True
         np.random.set_state(numpy_state)
         random.setstate(python_state)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import modes
 from ..analyzers.validation import check_bool, check_number, check_positive_int, check_seed
 
 __all__ = [
@@ -128,13 +129,8 @@ def eval_mode(model: Callable[[Tensor], Tensor], enabled: bool = True) -> Iterat
     if not enabled or not isinstance(model, torch.nn.Module):
         yield
         return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with modes.eval_mode(model):
         yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def forward_scores(

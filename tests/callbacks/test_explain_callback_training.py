@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from test_explain_callback import make_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from zoo import LoRALinear
 
 import lit_explain as lx
 from lit_explain.callbacks.probe import ProbeCollector, class_ids
@@ -72,6 +73,41 @@ def test_training_is_bit_identical_with_the_callback(tmp_path, model_kwargs, tra
     assert all(torch.equal(without[k], with_callback[k]) for k in without)
     # (numpy's and Python's draws after fit are those without the callback)
     assert (np.random.rand(), random.random()) == draws_without
+
+
+class WithLoRA(Classifier):
+    """A dense net whose head is a LoRA layer as loralib writes it (merged in eval mode),
+    put back in train mode after validation through its own ``train()``."""
+
+    def __init__(self) -> None:
+        super().__init__(3e-3)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())
+        self.head = LoRALinear(32, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+    def on_validation_model_train(self) -> None:
+        self.train()
+
+
+def test_a_lora_layer_trains_with_the_callback_as_without(tmp_path):
+    """The preflight on the first training batch put the flags back by assignment: the
+    adapter stayed merged into the frozen weight and got no gradient for the epoch."""
+    trained = []
+    for callbacks in ([], [lx.ExplainCallback(analyzers=["gradient"], num_samples=4)]):
+        L.seed_everything(0, verbose=False)
+        model = WithLoRA()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make_trainer(tmp_path, callbacks, num_sanity_val_steps=0).fit(
+                model, DigitsDataModule(batch_size=32))
+        trained.append(model.head)
+    without, with_callback = trained
+    assert not with_callback.merged
+    # (merging and taking the adapter out again rounds the frozen weight in float32)
+    for name in ("weight", "lora_A", "lora_B"):
+        torch.testing.assert_close(getattr(with_callback, name), getattr(without, name))
 
 
 def explained_epochs(tmp_path, **trainer_kwargs) -> list[int]:

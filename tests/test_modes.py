@@ -1,0 +1,57 @@
+"""Every piece of work that switches the model to eval mode puts it back through the modules'
+own ``train(True)``: a LoRA layer as ``loralib`` writes it (``tests/zoo.py``) merges its
+adapter into the frozen weight in ``train(False)`` and must take it out again, or its
+adapter gets no gradient in the next training step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from zoo import LoRALinear
+
+import lit_explain as lx
+
+
+def lora_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), LoRALinear(8, 4)).train()
+
+
+def analyse(name: str) -> Callable[[nn.Module, torch.Tensor], object]:
+    return lambda model, x: lx.create_analyzer(name, model).analyze(x)
+
+
+WORK = {
+    "gradient": analyse("gradient"),
+    "lrp.epsilon": analyse("lrp.epsilon"),
+    "pattern statistics": lambda model, x: lx.PatternComputer(model).update(x),
+    "pixel flipping": lambda model, x: lx.metrics.PixelFlipping(model, steps=2).update(
+        x, torch.randn_like(x)),
+}
+
+
+@pytest.mark.parametrize("work", list(WORK))
+def test_work_in_eval_mode_leaves_a_lora_layer_training(work):
+    model, x = lora_model(), torch.randn(5, 6)
+    lora = model[2]
+    weight = lora.weight.detach().clone()
+    WORK[work](model, x)
+    assert all(module.training for module in model.modules())
+    assert not lora.merged  # (it stayed merged: a weight 0.03 off, no adapter gradient)
+    torch.testing.assert_close(lora.weight, weight)
+    model(x).square().sum().backward()
+    assert lora.lora_A.grad is not None and lora.lora_B.grad is not None
+
+
+def test_an_analysis_explains_the_merged_layer_in_eval_mode():
+    """In eval mode the layer computes with its adapter merged, the same function: the map is
+    the gradient of the model in eval mode, which autograd gives (the merged weight held)."""
+    model, x = lora_model(), torch.randn(5, 6)
+    reference = lora_model().eval()
+    inputs = x.clone().requires_grad_(True)
+    logits = reference(inputs)
+    (expected,) = torch.autograd.grad(logits.max(1).values.sum(), inputs)
+    torch.testing.assert_close(lx.create_analyzer("gradient", model).analyze(x), expected)

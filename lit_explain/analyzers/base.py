@@ -189,6 +189,10 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
     #: Constructor parameters that the fitted state replaces when an analyzer is saved.
     fitted_parameters: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _constructor_signature(cls)
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Analyzer:
         # Remember the constructor's arguments (those given and the defaults), so that
         # :meth:`save` can store what the analyzer was made with, however it was made.
@@ -387,6 +391,14 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
             warnings.warn(f"analyzer {self.name or type(self).__name__!r} needs no training; "
                           f"fit() does nothing", UserWarning, stacklevel=2)
         return self
+
+    def fit_generator(self, generator: Iterable[Any], steps_per_epoch: int | None = None,
+                      progress: bool = True, disable_no_training_warning: bool = False
+                      ) -> Analyzer:
+        """iNNvestigate 1.x's ``fit_generator``: :meth:`fit` on the batches of ``generator``
+        (``steps_per_epoch`` of them at most; ``None``: all)."""
+        return self.fit(generator, max_batches=steps_per_epoch, progress=progress,
+                        disable_no_training_warning=disable_no_training_warning)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the analyzer's name, parameters and fitted state to ``path`` (tensors and
@@ -664,3 +676,13 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         self._reversed_outputs.update(recorder.in_forward_order(recorder.outputs))
         if OUTPUT_KEY in recorder.outputs:
             self._reversed_outputs[OUTPUT_KEY] = recorder.outputs[OUTPUT_KEY]
+
+
+def _constructor_signature(cls: type) -> inspect.Signature:
+    """The signature of ``cls(...)``: its ``__init__``'s without ``self`` (inspect would
+    read :meth:`Analyzer.__new__`'s ``*args, **kwargs``, which record the arguments)."""
+    signature = inspect.signature(cls.__init__)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+Analyzer.__signature__ = _constructor_signature(Analyzer)

@@ -50,10 +50,12 @@ def _rule_types() -> tuple[dict[str, type], dict[str, Any]]:
 def encode(value: Any, where: str) -> Any:
     """``value`` as tensors and plain types; ``where`` names it in errors."""
     rule_classes, conditions = _rule_types()
+    if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float, str)):
+        # (np.float32(0.5), which create_analyzer takes as a number; np.float64 and np.str_
+        # are floats and strings too, which pickle as numpy's and would not load)
+        return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float)):
-        return value.item()  # (np.float32(0.5), which create_analyzer takes as a number)
     if isinstance(value, Tensor):  # (a copy: the state must not change with the analyzer)
         return value.detach().to("cpu", copy=True)
     if isinstance(value, (tuple, list)):

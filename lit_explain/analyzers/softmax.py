@@ -35,11 +35,18 @@ def model_wo_softmax(model: nn.Module) -> nn.Module:
     last module is a softmax becomes a new ``Sequential`` sharing all other modules, so the
     weights stay the very same tensors and the module names are kept. A model without a
     trailing softmax module is returned as is (a softmax called inside ``forward`` must be
-    removed from the model's code).
+    removed from the model's code). A ``Sequential`` subclass with a ``forward`` of its own
+    that ends in a softmax module is refused (``ValueError``): a plain ``Sequential`` of its
+    modules would drop that forward.
     """
     if isinstance(model, _SOFTMAX_MODULES):
         return nn.Identity()
     if isinstance(model, nn.Sequential) and len(model) > 0 and ends_with_softmax(model):
+        if type(model).forward is not nn.Sequential.forward:
+            raise ValueError(
+                f"{type(model).__name__} is an nn.Sequential with a forward of its own, which "
+                f"a plain Sequential of its modules would not run: remove the trailing softmax "
+                f"module from the model (or from the code of its forward) and pass that")
         *body, (name, last) = list(model.named_children())
         stripped = model_wo_softmax(last)
         if not isinstance(stripped, nn.Identity):

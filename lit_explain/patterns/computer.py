@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..analyzers.validation import check_bool, check_positive_int
 from ..compiled import uncompiled
 from ..modes import eval_mode
 from ..precision import full_precision
@@ -255,15 +256,32 @@ class PatternComputer:
             total = None
         if max_batches is not None:
             total = max_batches if total is None else min(total, max_batches)
-        device = next(iter(self.model.parameters())).device
         batches = dataloader if max_batches is None else itertools.islice(dataloader,
                                                                           max_batches)
         bar = tqdm(batches, total=total, desc="fitting patterns", disable=not progress,
                    leave=False)
-        for batch in bar:  # (islice pulls no batch beyond max_batches)
-            self.update(_first_input(batch).to(device))
+        for batch in self._batches(bar):  # (islice pulls no batch beyond max_batches)
+            self.update(batch)
         bar.close()
         return self.compute()
+
+    def compute_generator(self, generator: Iterable[Any], steps: int | None = None
+                          ) -> dict[str, Tensor]:
+        """iNNvestigate 1.x's ``compute_generator``: :meth:`fit` on the batches of
+        ``generator`` (``steps`` of them at most; ``None``: all)."""
+        return self.fit(generator, max_batches=steps)
+
+    def _batches(self, batches: Iterable[Any]) -> Iterator[Tensor]:
+        """The inputs of ``batches`` on the model's device; a ``ValueError`` where there are
+        none and no statistics were added before."""
+        device = next(iter(self.model.parameters())).device
+        empty = True
+        for batch in batches:
+            empty = False
+            yield _first_input(batch).to(device)
+        if empty and all(int(s.rows) == 0 for s in self.statistics.values()):
+            raise ValueError("the data held no batches, and PatternComputer has no statistics "
+                             "yet: give it a tensor of inputs or a non-empty DataLoader")
 
     # Hooks ----------------------------------------------------------------------------------
 
@@ -311,12 +329,23 @@ class PatternComputer:
 
     # Patterns and state -------------------------------------------------------------------
 
-    def compute(self, sync: bool = True) -> dict[str, Tensor]:
+    def compute(self, data: Tensor | Iterable[Any] | None = None, batch_size: int = 32, *,
+                sync: bool = True) -> dict[str, Tensor]:
         """The patterns: module path → tensor shaped like that module's weight.
 
         Layers that saw no data are left out. With ``sync`` and an initialized process group,
         the statistics of all ranks are summed first (a collective: call it on every rank).
+        ``data`` (iNNvestigate 1.x's ``compute(X, batch_size)``): inputs whose statistics
+        are added first, a tensor cut into batches of ``batch_size`` or an iterable of
+        batches (as :meth:`fit`, with no progress bar).
         """
+        if data is not None:
+            if isinstance(data, Tensor):
+                check_positive_int("batch_size", batch_size)
+                data = data.split(batch_size)
+            for batch in self._batches(data):
+                self.update(batch)
+        check_bool("sync", sync)
         self._flush()  # (a batch the hooks hold for a BatchNorm that has not come)
         statistics = self.synced_statistics() if sync else self.statistics
         if all(int(s.rows) == 0 for s in statistics.values()):

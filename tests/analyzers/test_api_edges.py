@@ -4,6 +4,7 @@ files and threads."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 
@@ -363,6 +364,23 @@ def test_model_wo_softmax_keeps_the_models_eval_flag():
     assert not lx.model_wo_softmax(model).training
 
 
+class NormalisingSequential(nn.Sequential):
+    def forward(self, x):
+        return super().forward((x - 0.5) / 0.25)
+
+
+def test_model_wo_softmax_refuses_a_sequential_with_a_forward_of_its_own():
+    """It became a plain Sequential of the same modules, without the subclass's forward
+    (its logits 1.43 off, with no error)."""
+    model = NormalisingSequential(nn.Linear(4, 3), nn.Softmax(dim=1))
+    with pytest.raises(ValueError, match="NormalisingSequential is an nn.Sequential with a "
+                                         "forward of its own"):
+        lx.model_wo_softmax(model)
+    plain = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1))  # (Sequential's forward)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(lx.model_wo_softmax(plain)(x), plain[0](x))
+
+
 def test_a_subclass_of_a_registered_analyzer_is_not_saved_as_its_parent(tmp_path):
     class Doubled(type(lx.create_analyzer("gradient", nn.Linear(4, 2)))):
         def _analyze(self, x, neuron_selection):
@@ -370,3 +388,13 @@ def test_a_subclass_of_a_registered_analyzer_is_not_saved_as_its_parent(tmp_path
 
     with pytest.raises(ValueError, match="Doubled is not a registered analyzer"):
         Doubled(nn.Linear(4, 2)).save(tmp_path / "a.pt")
+
+
+@pytest.mark.parametrize("name", sorted(lx.analyzer_registry))
+def test_every_analyzer_class_shows_its_constructor_signature(name):
+    """``inspect.signature`` (help(), IDEs, LightningCLI) read ``Analyzer.__new__``'s
+    ``(*args, **kwargs)`` for the classes without an ``__init__`` of their own."""
+    cls = lx.analyzer_registry[name]
+    parameters = list(inspect.signature(cls).parameters)
+    assert parameters[0] == "model"
+    assert parameters == list(inspect.signature(cls.__init__).parameters)[1:]

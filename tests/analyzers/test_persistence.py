@@ -175,6 +175,19 @@ def test_an_unknown_rule_and_a_numpy_number_are_handled_by_name(tmp_path):
                                integrated.analyze(x))
 
 
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("lrp.epsilon", {"epsilon": np.float64(0.25)}),
+    ("integrated_gradients", {"reference_inputs": np.float64(0.5)}),
+    ("lrp", {"rule": np.str_("Epsilon")})])
+def test_numpy_floats_and_strings_save_as_plain_values(tmp_path, name, kwargs):
+    """``np.float64`` and ``np.str_`` are floats and strings: they were saved as pickled
+    numpy objects, which loading refused as "not a saved lit_explain analyzer"."""
+    analyzer = lx.create_analyzer(name, cnn(), **kwargs)
+    x = torch.randn(2, 1, 10, 10)
+    torch.testing.assert_close(round_trip(analyzer, cnn(), tmp_path).analyze(x),
+                               analyzer.analyze(x))
+
+
 def test_a_compiled_model_saves_and_loads_as_the_module_it_compiled(tmp_path):
     model = cnn()
     compiled = torch.compile(model)  # (never run: its analyzers explain the module)

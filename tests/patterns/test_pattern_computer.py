@@ -358,3 +358,37 @@ def test_fitting_under_autocast_gives_the_full_precision_patterns():
         got = PatternComputer(model).fit(x, progress=False)
     for path, pattern in expected.items():
         torch.testing.assert_close(got[path], pattern)
+
+
+def test_the_innvestigate_1x_calls_add_their_data():
+    """``compute(X, batch_size)`` and ``compute_generator(generator, steps)`` (iNNvestigate
+    1.x's ``PatternComputer``) and an analyzer's ``fit_generator``: the patterns of one
+    update on all the data. ``compute(X)`` took X for ``sync`` (a raw torch error, or the
+    data ignored for the statistics held: patterns 6.17 off)."""
+    model = small_cnn()
+    x = torch.randn(24, 2, 6, 6)
+    whole = PatternComputer(model)
+    whole.update(x)
+    expected = whole.compute()
+    made = {
+        "compute(X)": PatternComputer(model).compute(x, batch_size=5),
+        "compute_generator": PatternComputer(model).compute_generator(iter(x.split(7))),
+        "fit_generator": lx.create_analyzer("pattern.net", model).fit_generator(
+            iter(x.split(7)), progress=False).patterns,
+    }
+    for patterns in made.values():
+        assert patterns.keys() == expected.keys()
+        for path, pattern in expected.items():
+            torch.testing.assert_close(patterns[path], pattern, rtol=1e-4, atol=1e-5)
+    partial = PatternComputer(model).compute_generator(iter(x.split(12)), steps=1)
+    first = PatternComputer(model)
+    first.update(x[:12])
+    torch.testing.assert_close(partial, first.compute())
+
+
+def test_no_data_and_a_sync_flag_of_another_type_are_named():
+    computer = PatternComputer(small_cnn())
+    with pytest.raises(ValueError, match="the data held no batches"):
+        computer.fit([], progress=False)
+    with pytest.raises(ValueError, match="sync=1 is not valid"):
+        computer.compute(sync=1)

@@ -24,7 +24,7 @@ the following ReLU sees, as if the BatchNorm were folded into the kernel layer (
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,12 +57,18 @@ from .statistics import PATTERN_TYPES, LayerStatistics, neuron_mask
 class _Pending:
     """A kernel layer's batch waiting one step for a BatchNorm that may read its output."""
 
-    __slots__ = ("path", "module", "x", "y", "mask", "output")
+    __slots__ = ("path", "module", "x", "y", "mask", "output", "version")
 
     def __init__(self, path: str, module: nn.Module, x: Tensor, y: Tensor,
                  mask: Tensor | None, output: Tensor) -> None:
         self.path, self.module, self.x, self.y, self.mask = path, module, x, y, mask
         self.output = output  # kept alive, so that its id is not reused while pending
+        self.version = _version(output)  # (changed in place since: not straight into a BN)
+
+
+def _version(t: Tensor) -> int | None:
+    """``t``'s version counter (``None`` for an inference tensor, which keeps none)."""
+    return None if t.is_inference() else t._version
 
 
 #: The calls a kernel layer's forward makes its output with: (input, weight, bias, ...).
@@ -101,6 +107,31 @@ class _KernelCalls(TorchFunctionMode):
                          f"call (it adds {len(self.calls)} calls, as a LoRA adapter does): "
                          f"it has no one weight to fit a pattern to. Fit patterns to the layers "
                          f"it is made of, or merge the adapter into the weight first")
+
+
+class _BatchNormCalls(TorchFunctionMode):
+    """Active while the model's forward runs: hands every ``F.batch_norm`` call (a
+    BatchNorm module's, or one the forward makes itself) to ``on_call(None, (input,),
+    output)``."""
+
+    def __init__(self, on_call: Callable[[None, tuple, Tensor], None]) -> None:
+        super().__init__()
+        self.on_call = on_call
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook of the model: open."""
+        self.__enter__()
+
+    def exit(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook of the model (also where its forward raises): close."""
+        self.__exit__(None, None, None)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if func is F.batch_norm:
+            self.on_call(None, (args[0] if args else kwargs["input"],), output)
+        return output
 
 
 def computes_its_weight(module: nn.Module) -> bool:
@@ -206,9 +237,12 @@ class PatternComputer:
             handles.append(module.register_forward_hook(
                 lambda m, args, out, path=path: self._on_kernel(path, m, args, out),
                 always_call=True))  # (also when forward raises: it ends _on_kernel_start's mode)
-        if self.pattern_type != "linear":
+        if self.pattern_type != "linear":  # (modules that call no F.batch_norm: SyncBatchNorm)
             handles += [module.register_forward_hook(self._on_batch_norm)
                         for module in self.model.modules() if is_batch_norm(module)]
+            calls = _BatchNormCalls(self._on_batch_norm)  # (and the forward's own calls)
+            handles += [self.model.register_forward_pre_hook(calls.enter),
+                        self.model.register_forward_hook(calls.exit, always_call=True)]
         return CollectionHandle(self, handles)
 
     @contextmanager
@@ -311,9 +345,10 @@ class PatternComputer:
         if self.pattern_type == "linear":
             self._flush()
 
-    def _on_batch_norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+    def _on_batch_norm(self, module: nn.Module | None, args: tuple, output: Tensor) -> None:
         pending = self._pending.get(id(args[0]))
-        if pending is not None and pending.output is args[0] and output.shape == args[0].shape:
+        if pending is not None and pending.output is args[0] and output.shape == args[0].shape \
+                and _version(args[0]) == pending.version:
             with torch.no_grad():
                 pending.mask = neuron_mask(self.pattern_type, output.detach())
             self._flush()

@@ -333,3 +333,19 @@ def test_a_batch_indexed_by_position_is_read_by_index(tmp_path):
                                            loader(x, y, collate_fn=collate))
     assert torch.equal(callback.probe.inputs, x[:4]) and torch.equal(callback.probe.targets,
                                                                      y[:4])
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp"])
+def test_a_validation_in_spawned_processes_says_that_it_starts_afresh(tmp_path, strategy):
+    """Under ddp_spawn, what fit() left in the callback stays in fit's processes: a later
+    validate() explained other samples and blamed pattern_source for the missing patterns."""
+    from lit_explain.demo import DigitsClassifier
+
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False,
+                        enable_progress_bar=False, default_root_dir=str(tmp_path))
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback.setup(trainer, DigitsClassifier(channels=4), "validate")
+    spawned = [w for w in caught if "runs each stage in new processes" in str(w.message)]
+    assert len(spawned) == (strategy == "ddp_spawn")

@@ -24,7 +24,7 @@ every layer against overflow, these keep the signal on the input's scale
   with which the layer's own linear map reproduces the output signal where it is not zero:
   ``c = ⟨P W(Aᵀs), s⟩ / ‖P W(Aᵀs)‖²``, ``P = [s ≠ 0]``. For one neuron (the paper's
   setting) ``c = 1`` exactly. Other linear operations with one input (average pooling,
-  interpolation, sums, means, scaling by a constant) use their gradient scaled the same way:
+  interpolation, sums, means) use their gradient scaled the same way:
   an average pool then copies the signal to its window, as its pattern (all ones) does.
 * **Residual adds** (``a + b``, ``torch.add``, ``out += x``, subtraction) split the signal
   in proportion to the summands' magnitudes, ``sᵢ = s · |zᵢ| / Σ|z|`` with ``zᵢ`` the
@@ -37,6 +37,9 @@ every layer against overflow, these keep the signal on the input's scale
   ``s = γ / √(var + ε)``. The pattern of a one-input neuron is exactly ``1/s``, whatever the
   data, so PatternNet divides the signal by ``s`` and PatternAttribution (``s · 1/s = 1``)
   passes it unchanged. This equals folding the BatchNorm into the kernel layer before it.
+  So does every elementwise ``y = a ⊙ x + b`` with constants (an input normalisation
+  ``(x − mean) / std`` in ``forward``, ``1 − x``, a BatchNorm written out), before or
+  after a kernel layer.
 
 PatternAttribution is conservative through kernel layers (``Σᵢ wᵢaᵢ = 1`` per neuron),
 BatchNorm, adds, pooling and interpolation, so its map sums to about the selected output;
@@ -71,7 +74,7 @@ from torch import Tensor, nn
 
 from .base import Analyzer, NeuronSelection
 from .errors import NotAnalyzableModelError
-from .kinds import BATCH_NORM, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
+from .kinds import BATCH_NORM, ELEMENTWISE_AFFINE, KERNEL, LINEAR, MAX_POOL, RELU, STRUCTURE
 from .operations import OperationCall, with_gradient
 from .registry import register
 
@@ -387,6 +390,26 @@ class _PatternBased(Analyzer):
         factor = self.batch_norm_factor(batch_norm_scale(call))
         return with_gradient(source, call.run(), lambda grad: grad * factor).clone()
 
+    def _elementwise_affine(self, call: OperationCall, index: int, source: Tensor,
+                            value: Tensor) -> Tensor:
+        """``y = a ⊙ x + b`` with constants ``a`` and ``b`` (input normalisation, a scaling,
+        a BatchNorm written out): one-input neurons, as a BatchNorm's, whose pattern is
+        ``1/a`` (see :meth:`batch_norm_factor`). The same as the net with ``a`` and ``b``
+        folded into the kernel layer before or after it."""
+        kwargs = {k: v for k, v in call.kwargs.items() if k != "inplace"}
+
+        def at(inputs: Tensor) -> Tensor:
+            args = list(call.args)
+            args[index] = inputs
+            return call.func(*args, **kwargs)
+
+        with torch.no_grad():
+            x = source.detach()
+            factor = self.batch_norm_factor(at(torch.ones_like(x)) - at(torch.zeros_like(x)))
+        shape = source.shape
+        return with_gradient(source, value,
+                             lambda grad: (grad * factor).sum_to_size(shape)).clone()
+
     def _linear(self, call: OperationCall) -> Tensor:
         """Adds of two tensors split the signal; other linear operations are normalised."""
         operands = [(i, a) for i, a in enumerate(call.args) if isinstance(a, Tensor)
@@ -404,9 +427,10 @@ class _PatternBased(Analyzer):
                        * self.summand_factor(c)
                        for z, c in zip(summands, coefficients, strict=True)]
             return _Split.apply(value.detach(), factors, *(a for _, a in operands)).clone()
-        if len(operands) != 1 or call.func in _ADDS or type(self).normalise is \
-                _PatternBased.normalise:
-            return value  # adds of constants pass the signal; plain gradient otherwise
+        if len(operands) == 1 and call.func in ELEMENTWISE_AFFINE:
+            return self._elementwise_affine(call, *operands[0], value)
+        if len(operands) != 1 or type(self).normalise is _PatternBased.normalise:
+            return value  # the plain gradient
         index, source = operands[0]
 
         def forward(inputs: Tensor) -> Tensor:

@@ -112,6 +112,42 @@ def test_batchnorm_acts_as_if_folded_into_the_conv_before_it(name):
     torch.testing.assert_close(results[0], results[1], rtol=1e-3, atol=1e-5)
 
 
+MEAN = torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1)
+STD = torch.tensor([0.25, -1.0, 4.0]).view(1, 3, 1, 1)  # (a negative one: 1 - x, say)
+
+
+class NormalisedInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.head = nn.Conv2d(3, 6, 3), nn.Linear(6 * 36, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv((x - MEAN) / STD)).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["pattern.net", "pattern.attribution"])
+def test_input_normalisation_in_forward_acts_as_if_folded_into_the_first_layer(name):
+    """An elementwise affine map with constants is a layer of one-input neurons, as a
+    BatchNorm: PatternNet divides the signal by its scale, PatternAttribution passes it.
+    PatternAttribution was divided by the std (214 % off the folded net), PatternNet by
+    its square."""
+    model = NormalisedInput().double().eval()
+    folded = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(6 * 36, 4)).double().eval()
+    weight, mean, std = model.conv.weight, MEAN.double(), STD.double()
+    with torch.no_grad():
+        folded[0].weight.copy_(weight / std)
+        folded[0].bias.copy_(model.conv.bias - (weight * mean / std).sum((1, 2, 3)))
+        folded[3].load_state_dict(model.head.state_dict())
+    data = mean + std.abs() * torch.randn(128, 3, 8, 8, dtype=torch.double)
+    x = data[:4]
+    torch.testing.assert_close(model(x), folded(x))
+    maps = [lx.create_analyzer(name, network, patterns=PatternComputer(network).compute(data))
+            .analyze(x) for network in (model, folded)]
+    torch.testing.assert_close(maps[0], maps[1])
+
+
 @pytest.mark.parametrize("name", ["pattern.net", "pattern.attribution"])
 def test_resnet_with_batchnorm_residual_adds_and_average_pooling(name):
     model = ResNetStyle(in_channels=1, num_classes=4, width=4).eval()

@@ -39,6 +39,7 @@ from .errors import NotAnalyzableModelError
 from .kinds import (
     ACTIVATION,
     ATTENTION,
+    CLAMPS,
     ELEMENTWISE_AFFINE,
     ELEMENTWISE_PRODUCTS,
     ELEMENTWISE_SCALINGS,
@@ -194,6 +195,12 @@ _PRELU = frozenset({F.prelu, torch.prelu})
 #: Calls that write other values into a tensor (a padding written over is none).
 _WRITES = frozenset({Tensor.__setitem__, Tensor.copy_, Tensor.index_put_, Tensor.index_copy_,
                      Tensor.masked_scatter_, Tensor.scatter_, Tensor.scatter_add_})
+
+def _nearest(args: tuple, kwargs: dict) -> bool:
+    """Whether an ``F.interpolate`` call resizes by nearest neighbours (copies values)."""
+    mode = args[3] if len(args) > 3 else kwargs.get("mode", "nearest")
+    return mode in ("nearest", "nearest-exact")
+
 
 def too_coarse(subject: str, dtype: torch.dtype) -> NotAnalyzableModelError:
     """The refusal of a rule-based analysis whose rules would run in 16-bit ``dtype``
@@ -656,16 +663,26 @@ class OperationRules(TorchFunctionMode):
         if kind == LINEAR and func in MATRIX_PRODUCTS and weight_operand(
                 func, args, kwargs, self._is_weight) is not None:
             return WEIGHT_PRODUCT
+        if func is F.interpolate and kind == LINEAR and _nearest(args, kwargs) and any(
+                id(t) in self.state.input_derived for t in tensors):
+            return STRUCTURE  # (copies of the input's values, as repeat_interleave makes)
+        if kind == ACTIVATION and func in CLAMPS and self._input_preprocessing(tensors):
+            return INPUT_PREPROCESSING  # (an elementwise operation with constants)
         if kind == LINEAR and func in ELEMENTWISE_AFFINE:
-            operands = [a for a in tensors if differentiable(a)]
-            # (a statistic of the input held constant is no constant: a normalisation
-            # written out, which F.rms_norm's rule sees as no preprocessing either)
-            if len(operands) == 1 and id(operands[0]) in self.state.input_derived and (
-                    INPUT_PREPROCESSING in self.handlers
-                    or INPUT_PREPROCESSING in self.passthrough) and not any(
-                    self.state.provenance.is_held(t) for t in tensors):
+            if self._input_preprocessing(tensors):
                 return INPUT_PREPROCESSING
         return kind
+
+    def _input_preprocessing(self, tensors: list[Tensor]) -> bool:
+        """Whether an elementwise call of ``tensors`` is input preprocessing, for handlers
+        that have a rule for it: its one differentiable tensor is input-derived, the others
+        constants."""
+        operands = [a for a in tensors if differentiable(a)]
+        # (a statistic of the input held constant is no constant: a normalisation written
+        # out, which F.rms_norm's rule sees as no preprocessing either)
+        return len(operands) == 1 and id(operands[0]) in self.state.input_derived and (
+            INPUT_PREPROCESSING in self.handlers or INPUT_PREPROCESSING in self.passthrough
+        ) and not any(self.state.provenance.is_held(t) for t in tensors)
 
     def _from_input(self, t: object) -> bool:
         """Whether ``t`` is computed from the model input with a gradient: autograd reaches

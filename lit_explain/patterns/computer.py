@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..analyzers.validation import check_bool, check_positive_int
 from ..compiled import uncompiled
 from ..modes import eval_mode
 from ..precision import full_precision
@@ -376,11 +375,16 @@ class PatternComputer:
         """
         if data is not None:
             if isinstance(data, Tensor):
-                check_positive_int("batch_size", batch_size)
+                if isinstance(batch_size, bool) or not isinstance(batch_size, int) or \
+                        batch_size < 1:
+                    raise ValueError(f"batch_size={batch_size!r} is not valid; expected an "
+                                     f"integer >= 1")
                 data = data.split(batch_size)
             for batch in self._batches(data):
                 self.update(batch)
-        check_bool("sync", sync)
+        if not isinstance(sync, bool):
+            raise ValueError(f"sync={sync!r} is not valid; expected True or False (the data "
+                             f"to add are compute's first argument)")
         self._flush()  # (a batch the hooks hold for a BatchNorm that has not come)
         statistics = self.synced_statistics() if sync else self.statistics
         if all(int(s.rows) == 0 for s in statistics.values()):

@@ -819,6 +819,46 @@ def test_a_convolution_with_a_padding_mode_stays_the_input_layer(mode, name, kwa
     torch.testing.assert_close(lx.create_analyzer(name, model, **kwargs).analyze(x), expected)
 
 
+class _ResizedOrClamped(nn.Module):
+    """A CNN whose input is clamped to [0, 1] or resized 2× by nearest neighbours first, or
+    written without the clamp, or with the resize as ``repeat_interleave``."""
+
+    PREPARE = {"clamp(0, 1)": lambda x: x.clamp(0, 1), "none": lambda x: x,
+               "nearest": lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
+               "repeat_interleave": lambda x: x.repeat_interleave(2, -1).repeat_interleave(2, -2)}
+
+    def __init__(self, prepare: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.prepare = prepare
+        self.first, self.second = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3)
+        self.head = nn.Linear(20, 6)
+
+    def forward(self, x):
+        h = F.relu(self.second(F.relu(self.first(self.PREPARE[self.prepare](x)))))
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize(("prepare", "twin", "size"), [
+    ("clamp(0, 1)", "none", 6), ("nearest", "repeat_interleave", 3)])
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("deep_taylor.bounded", {"low": 0.0, "high": 1.0}), ("lrp.z", {"input_layer_rule": (0, 1)}),
+    ("lrp.sequential_preset_a_flat", {}), ("lrp.alpha_2_beta_1", {"input_layer_rule": "Flat"})])
+def test_a_clamp_or_a_nearest_resize_of_the_input_keeps_the_input_layer(
+        name, kwargs, prepare, twin, size):
+    """A clamp to constant bounds is an elementwise operation with constants and a nearest
+    resize copies values: the first layer after them stays the input layer (its rule was
+    dropped with a warning that blamed a BatchNorm: maps 0.98-9.25× off)."""
+    x = torch.rand(2, 3, size, size, dtype=torch.double)  # (in [0, 1]: the clamp keeps it)
+    model = _ResizedOrClamped(prepare).double().eval()
+    reference = _ResizedOrClamped(twin).double().eval()
+    torch.testing.assert_close(model(x), reference(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "applies nowhere")
+        relevance = lx.create_analyzer(name, model, **kwargs).analyze(x)
+    torch.testing.assert_close(relevance, lx.create_analyzer(name, reference, **kwargs).analyze(x))
+
+
 class _MaxOverTime(nn.Module):
     """A 1-D convolution over a sequence and its maximum over time (a text CNN's pooling),
     written as ``pooling``."""

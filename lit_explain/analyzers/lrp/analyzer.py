@@ -337,8 +337,10 @@ class LRP(Analyzer):
         self._warned_no_input_layer = True
         warnings.warn(
             f"{self.name or type(self).__name__}: no kernel layer receives the model input "
-            f"through reshapes and elementwise operations with constants (an operation such "
-            f"as a BatchNorm comes first), so the input layer rule "
+            f"through reshapes, copies (a nearest resize, a padding) and elementwise "
+            f"operations with constants (a normalisation, a clamp): another operation comes "
+            f"first (a BatchNorm, a bilinear resize, a non-linear function), so the input "
+            f"layer rule "
             f"{type(self.rules.input_layer_rule).__name__} applies nowhere and the map is "
             f"that of the other rules", UserWarning, stacklevel=4)
 

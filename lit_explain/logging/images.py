@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -40,9 +41,12 @@ def log_images(loggers: Sequence[Logger], tag: str, images: Sequence[np.ndarray]
                captions: Sequence[str] | None = None, default_root: str = ".") -> None:
     """Log uint8 HWC RGB ``images`` under ``tag`` at ``step`` to each logger.
 
-    With no logger at all the images are written as PNG files under ``default_root``.
+    With no logger at all the images are written as PNG files under ``default_root``;
+    Lightning's ``DummyLogger`` (``fast_dev_run``) gets none.
     """
     for logger in loggers or [None]:
+        if isinstance(logger, DummyLogger):  # (fast_dev_run's: it keeps nothing)
+            continue
         if isinstance(logger, TensorBoardLogger):
             for index, image in enumerate(images):
                 name = _prefixed(logger, tag if len(images) == 1 else f"{tag}/{index}")

@@ -349,3 +349,19 @@ def test_a_validation_in_spawned_processes_says_that_it_starts_afresh(tmp_path, 
         callback.setup(trainer, DigitsClassifier(channels=4), "validate")
     spawned = [w for w in caught if "runs each stage in new processes" in str(w.message)]
     assert len(spawned) == (strategy == "ddp_spawn")
+
+
+def test_fast_dev_run_writes_no_files(tmp_path):
+    """fast_dev_run gives the Trainer Lightning's DummyLogger, which keeps nothing: the
+    pictures went to PNG files under default_root_dir as if there were no logger."""
+    from lit_explain.demo import DigitsClassifier, DigitsDataModule
+
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path),
+                        callbacks=[callback])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(DigitsClassifier(channels=4), DigitsDataModule(batch_size=16))
+    assert callback.probe.inputs is not None  # (it explained)
+    assert not [p for p in glob.glob(str(tmp_path / "**"), recursive=True) if p.endswith(".png")]

@@ -906,7 +906,9 @@ class ExplainCallback(Callback):
     def _warn(self, message: str, every_rank: bool = False) -> None:
         """Warn on rank zero, or (``every_rank``: a failure, which may happen on one rank's
         probe samples only) on the rank where it happens, which the message names."""
-        message = f"ExplainCallback: {message}"
+        # (its name where it is not the default: two callbacks on one Trainer say which)
+        message = f"ExplainCallback{'' if self.name == 'explain' else f' {self.name!r}'}: " \
+            f"{message}"
         if every_rank and distributed():
             warnings.warn(rank_prefixed_message(message, self._rank), UserWarning, stacklevel=3)
         else:

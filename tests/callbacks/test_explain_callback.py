@@ -244,6 +244,16 @@ def test_two_callbacks_with_the_same_settings_live_on_one_trainer_by_name(tmp_pa
         lx.ExplainCallback(name="a b")
 
 
+def test_a_named_callbacks_warnings_say_its_name(tmp_path):
+    """Two callbacks on one Trainer warned alike ("ExplainCallback: ..."), whichever warned."""
+    named = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, name="second")
+    with pytest.warns(UserWarning, match="ExplainCallback 'second': the Trainer has no logger"):
+        train(tmp_path, [named], max_epochs=1)
+    with pytest.warns(UserWarning, match="ExplainCallback: the Trainer has no logger"):
+        train(tmp_path, [lx.ExplainCallback(analyzers=["gradient"], num_samples=2)],
+              max_epochs=1)
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -10,18 +10,21 @@ assignment alone left such a layer merged, and its adapter got no gradient in tr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module, modules: Sequence[nn.Module] | None = None
+              ) -> Iterator[None]:
     """Every module of ``model`` in eval mode while open; afterwards each module's flag as
     it was, the modules that were in train mode and override ``train`` having run their own
-    ``train(True)`` again. A model already in eval mode is not touched."""
-    flags = [(module, module.training) for module in model.modules()]
+    ``train(True)`` again. A model already in eval mode is not touched. ``modules``: the
+    model's modules, where the caller has listed them already."""
+    flags = [(module, module.training) for module in (
+        model.modules() if modules is None else modules)]
     if not any(flag for _, flag in flags):
         yield
         return

@@ -104,7 +104,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
                           for module in modules
                           if module._backward_hooks or module._backward_pre_hooks]
         compiled = holds_compiled(modules)
-        with eval_mode(model):  # (the flags back after the rest)
+        with eval_mode(model, modules):  # (the flags back after the rest)
             try:
                 for param in requires_grad:
                     param.requires_grad_(False)

@@ -227,7 +227,10 @@ def tensor_attributes(module: nn.Module) -> list[Tensor]:
         if isinstance(value, Tensor):
             if value.grad_fn is None:
                 found.append(value)
-        elif isinstance(value, (list, tuple, dict)):  # (nested; an OrderedDict, a namedtuple)
+        elif isinstance(value, (list, tuple, dict)) and not all(  # (kernel_size=(3, 3))
+                type(item) in _PLAIN for item in (
+                    value.values() if isinstance(value, dict) else value)):
+            # (nested; an OrderedDict, a namedtuple)
             found.extend(t for t in tree_leaves(value)
                          if isinstance(t, Tensor) and t.grad_fn is None)
     return found

@@ -12,9 +12,10 @@ CNN with an :class:`lit_explain.ExplainCallback` that explains 16 watermarked va
 images every epoch with LRP (preset A), the gradient and Integrated Gradients and logs the
 watermark's share of the relevance, ``explain/<analyzer>/relevance_mass_accuracy`` (the
 relevance mass of the watermark mask; ``|R|``, so that evidence against counts too), plus
-the pointing game and the shortcut score. At the end the script prints those shares per
-epoch, and each model's accuracy on the validation images with the watermark removed: the
-confounded model's eights are then mostly missed, the control's are not.
+the pointing game (how often the map's maximum lies on the watermark). At the end the
+script prints those shares per epoch, and each model's accuracy on the validation images
+with the watermark removed: the confounded model's eights are then mostly missed, the
+control's are not.
 
 How to look at it
 -----------------
@@ -42,7 +43,7 @@ from lit_explain.demo.runs import example_parser, fit_example
 
 ANALYZERS = ["lrp.sequential_preset_a", "gradient", "integrated_gradients"]
 SHARE = "relevance_mass_accuracy"
-METRICS = {SHARE: {"values": "abs"}, "pointing_game": {}, "shortcut_score": {}}
+METRICS = {SHARE: {"values": "abs"}, "pointing_game": {}}
 RUNS = {"confounded": True, "control": False}
 
 

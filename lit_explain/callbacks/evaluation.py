@@ -25,8 +25,11 @@ DRIFT_REFERENCES = ("previous", "first")
 MAP_METRICS = tuple(sorted(name for name in metrics if name != "attribution_drift"))
 #: Localization metrics logged by default when the callback has masks (``mask_key``) and
 #: ``metrics`` names none (top-k intersection needs a ``k`` that fits the images: name it).
+#: The localization metrics scored where masks are given and none is named: each reads
+#: "higher = more relevance on the mask", for a mask of the object or of a shortcut alike
+#: (``shortcut_score``, the share outside an object mask, reads the other way: ask for it).
 DEFAULT_LOCALIZATION = ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game",
-                        "attribution_localisation", "shortcut_score")
+                        "attribution_localisation")
 
 
 @functools.cache

@@ -154,8 +154,9 @@ class ExplainCallback(Callback):
         the probe samples (and in the checkpoint), outlined on the input column of the
         pictures, and scored by the localization metrics
         (``lit_explain.metrics.localization_metrics``) named in ``metrics``, or by default
-        by relevance mass and rank accuracy, the pointing game, attribution localisation
-        and the shortcut score, as ``explain/<analyzer>/<metric>``.
+        by relevance mass and rank accuracy, the pointing game and attribution
+        localisation (``shortcut_score``, for object masks, where named), as
+        ``explain/<analyzer>/<metric>``.
     output_key:
         For a model that returns a tuple (an index) or a mapping (a key): the output to
         explain, for the analyzers, the metrics and the predicted labels. ``None``: the first

@@ -188,14 +188,16 @@ class RelevanceMassAccuracy(_MassShare):
 
 
 class ShortcutScore(_MassShare):
-    r"""The share of positive relevance that falls *outside* the mask.
+    r"""The share of positive relevance that falls *outside* the mask, a mask of the object
+    (where the evidence should lie).
 
     :math:`\sum_{i \notin M} R_i^+ / \sum_i R_i^+`, in [0, 1]: 0 when all evidence for the
     output lies on the object, 1 when all of it lies elsewhere — on a watermark, a border,
     a hospital tag (the "Clever Hans" shortcuts of Lapuschkin et al., "Unmasking Clever
     Hans predictors and assessing what machines really learn", Nature Communications
     10, 2019). ``higher_is_better = False``. Samples with an empty mask or no positive
-    relevance are skipped.
+    relevance are skipped. For a mask of the shortcut itself (the watermark), read
+    :class:`RelevanceMassAccuracy` instead: there a high share is the warning sign.
     """
 
     higher_is_better = False

@@ -956,9 +956,9 @@ class ExplainCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what still applies: the probe set (when ``num_samples`` is unchanged; new
-        samples start drift again) and the drift references of the analyzers that are still
-        configured; warn about the rest."""
+        """Restore what still applies: the probe set (when ``num_samples`` is unchanged and it
+        has masks where ``mask_key`` asks for them; new samples start drift again) and the
+        drift references of the analyzers that are still configured; warn about the rest."""
         configured = set(self.analyzer_specs)
         self._last_epoch = state_dict.get("last_epoch")
         self._last_curves_epoch = state_dict.get("last_curves_epoch")
@@ -977,6 +977,13 @@ class ExplainCallback(Callback):
                 f"the checkpoint's {len(saved_inputs)} probe samples do not match "
                 f"num_samples={self.probe.num_samples}: new ones are taken, and drift starts "
                 f"again from them (the saved references are maps of the old samples)"))
+            drift = {}
+        elif saved_inputs is not None and self.mask_key is not None and \
+                probe.get("masks") is None:
+            self._warn_once("resume probe", (
+                f"the checkpoint's probe samples have no masks, and mask_key="
+                f"{self.mask_key!r} is set now: new ones are taken with their masks, and "
+                f"drift starts again from them"))
             drift = {}
         else:
             self.probe.load_state_dict(probe)

@@ -205,6 +205,7 @@ class ProbeCollector:
         if self._candidates and self._first:  # labels of both kinds: as they came
             self._first += [part for parts in self._candidates.values() for part in parts]
             self._candidates = {}
+        _fill_missing_masks([self._first, *self._candidates.values()])
         if self._candidates:
             self.inputs, self.targets, self.masks = self._stratified()
         elif self._first:
@@ -245,3 +246,17 @@ class ProbeCollector:
         self.inputs = state.get("inputs")
         self.targets = state.get("targets")
         self.masks = state.get("masks")
+
+
+def _fill_missing_masks(lists: list[list[tuple[Tensor, Tensor | None, Tensor | None]]]
+                        ) -> None:
+    """Give the samples of batches without masks (``None``, where other batches have them:
+    a data set with masks for some samples) empty masks, in the lists of parts in place: the
+    localization metrics skip them, as they skip any empty mask."""
+    given = next((m for parts in lists for _, _, m in parts if m is not None), None)
+    if given is None:
+        return
+    for parts in lists:
+        for i, (x, y, m) in enumerate(parts):
+            if m is None:
+                parts[i] = (x, y, given.new_zeros((len(x), *given.shape[1:])))

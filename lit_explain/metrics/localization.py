@@ -86,7 +86,7 @@ def align_masks(attributions: Tensor, masks: Tensor, channel_reduce: str | None 
             return a.sum(1, keepdim=True), m
         return a, m.expand_as(a)
     raise ValueError(
-        f"masks of shape {tuple(masks.shape)} do not fit attributions of shape "
+        f"masks of shape {tuple(m.shape)} do not fit attributions of shape "
         f"{tuple(attributions.shape)}: give the map's shape, or its spatial shape "
         f"(N, *S) or (N, 1, *S)")
 
@@ -145,12 +145,6 @@ class _MassShare(_Localization):
 
     values: str = "raw"
 
-    def __init__(self, values: str = "raw", channel_reduce: str | None = "sum",
-                 **kwargs: object) -> None:
-        super().__init__(channel_reduce=channel_reduce, **kwargs)
-        check_choice("values", values, ("raw", "positive", "abs"))
-        self.values = values
-
     def _prepare(self, a: Tensor) -> Tensor:
         if self.values == "positive":
             return a.clamp_min(0)
@@ -183,6 +177,12 @@ class RelevanceMassAccuracy(_MassShare):
 
     higher_is_better = True
 
+    def __init__(self, values: str = "raw", channel_reduce: str | None = "sum",
+                 **kwargs: object) -> None:
+        super().__init__(channel_reduce=channel_reduce, **kwargs)
+        check_choice("values", values, ("raw", "positive", "abs"))
+        self.values = values
+
     def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         return self._inside_share(a, m)
 
@@ -201,9 +201,10 @@ class ShortcutScore(_MassShare):
     """
 
     higher_is_better = False
+    values = "positive"  # (always: the share of the evidence for the output)
 
     def __init__(self, channel_reduce: str | None = "sum", **kwargs: object) -> None:
-        super().__init__(values="positive", channel_reduce=channel_reduce, **kwargs)
+        super().__init__(channel_reduce=channel_reduce, **kwargs)
 
     def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         share, valid = self._inside_share(a, m)
@@ -354,7 +355,7 @@ class PointingGame(_Localization):
         ``(N, L)`` or ``(N, 1, L)``).
         """
         a, m = super()._align(attributions, masks)
-        shape, given = tuple(attributions.shape), tuple(masks.shape)
+        shape, given = tuple(attributions.shape), tuple(torch.as_tensor(masks).shape)
         image = a.dim() == 3 and (given == shape or given == (shape[0], 1, *shape[1:]))
         if a.dim() == 2 or image:
             a, m = a.unsqueeze(1), m.unsqueeze(1)

@@ -69,6 +69,21 @@ def test_stratified_probes_keep_their_masks_and_resume_from_the_checkpoint(tmp_p
     assert torch.equal(restored.probe.masks, masks)
 
 
+def test_a_resume_with_mask_key_takes_new_probe_samples_with_masks(tmp_path):
+    """A checkpoint's probe without masks was restored into a run that asks for them: no
+    localization metric was scored for the whole run, and the warning said "set mask_key"."""
+    without = lx.ExplainCallback(analyzers=["gradient"], num_samples=4, drift=[])
+    fit(tmp_path, without, CleverHansDigits())
+    assert without.probe.masks is None
+    with_masks = lx.ExplainCallback(analyzers=["gradient"], num_samples=4, mask_key=2,
+                                    metrics=["relevance_mass_accuracy"], drift=[])
+    with pytest.warns(UserWarning, match="probe samples have no masks, and mask_key=2"):
+        with_masks.load_state_dict(without.state_dict())
+    assert not with_masks.probe.ready
+    fit(tmp_path, with_masks, CleverHansDigits())
+    assert with_masks.probe.masks is not None and len(with_masks.probe.masks) == 4
+
+
 def masked_data(masks: torch.Tensor) -> L.LightningDataModule:
     images = torch.rand(16, 1, 8, 8)
     labels = torch.arange(16) % 10
@@ -109,3 +124,43 @@ def test_masks_are_outlined_on_the_input_column():
     green = torch.tensor(lx.viz.grid.MASK_OUTLINE)
     assert len(changed) > 0
     assert all(torch.allclose(with_mask[:, r, c], green) for r, c in changed.tolist())
+
+
+def _masks_for_half(items):
+    """A batch of dicts whose mask is None where none of its samples has one."""
+    x, y, m = (torch.stack(t) for t in zip(*items, strict=True))
+    return {"x": x, "y": y, "mask": m if m.any() else None}
+
+
+@pytest.mark.parametrize("selection", ["first", "stratified"])
+def test_samples_of_a_batch_without_masks_get_empty_ones(tmp_path, selection):
+    """A data set with masks for some samples: a batch whose mask is None stopped fit() with
+    a bare TypeError from the probe's concatenation. Its samples get empty masks, which the
+    localization metrics skip."""
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 4
+    masks = torch.zeros(16, 8, 8, dtype=torch.bool)
+    masks[:8, 2:5, 2:5] = True  # (the second batch of 8 has none)
+    loader = DataLoader(TensorDataset(x, y, masks), batch_size=8, collate_fn=_masks_for_half)
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=12,
+                                  sample_selection=selection, input_key="x", target_key="y",
+                                  mask_key="mask", metrics=["relevance_mass_accuracy"], drift=[])
+
+    class Dicts(DigitsClassifier):
+        def training_step(self, batch, index):
+            return super().training_step((batch["x"], batch["y"]), index)
+
+        def validation_step(self, batch, index):
+            return super().validation_step((batch["x"], batch["y"]), index)
+
+    trainer = L.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False,
+                        logger=False, enable_checkpointing=False, accelerator="cpu",
+                        default_root_dir=str(tmp_path), callbacks=[callback])
+    trainer.fit(Dicts(channels=4), loader, loader)
+    probe = callback.probe
+    assert probe.masks is not None and len(probe.masks) == len(probe.inputs) == 12
+    for sample, mask in zip(probe.inputs, probe.masks, strict=True):
+        given = next(i for i in range(16) if torch.equal(x[i], sample))
+        assert torch.equal(mask, masks[given])  # (empty where the batch had none)

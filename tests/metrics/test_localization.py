@@ -209,3 +209,27 @@ def test_odd_inputs_get_named_errors_or_their_numeric_meaning():
     metric = lm.PixelFlipping(lambda z: z @ torch.ones(3, 2))
     with pytest.raises(ValueError, match="target='a' is not valid"):
         metric.update(torch.randn(2, 3), torch.randn(2, 3), "a")
+
+
+def test_masks_given_as_lists_are_read_as_tensors():
+    """The pointing game read ``masks.shape`` of a list (an AttributeError), and every metric
+    did for a list of a wrong shape instead of the ValueError naming both shapes."""
+    a = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 2.0]]]])
+    masks = [[[1, 0], [0, 0]], [[1, 0], [0, 0]]]
+    pointing = lm.PointingGame()
+    torch.testing.assert_close(pointing.per_sample(a, masks),
+                               pointing.per_sample(a, torch.tensor(masks)))
+    assert pointing.per_sample(a, masks).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"masks of shape \(2, 2\) do not fit"):
+        lm.RelevanceMassAccuracy().update(a, [[1, 0], [0, 1]])
+
+
+def test_shortcut_score_takes_no_values_option():
+    """It always scores the positive relevance: ``values=`` raised a TypeError about a
+    private base class getting it "multiple" times, and the callback listed it as accepted."""
+    from lit_explain.callbacks.evaluation import build_metric
+
+    with pytest.raises(ValueError, match="values"):
+        lm.ShortcutScore(values="abs")
+    with pytest.raises(ValueError, match=r"it accepts \['channel_reduce'\]"):
+        build_metric("shortcut_score", torch.nn.Identity(), {"values": "abs"})

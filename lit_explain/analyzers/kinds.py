@@ -316,12 +316,17 @@ def differentiable(value: object) -> bool:
 _MAXIMA = {torch.max, Tensor_.max}
 
 
-#: Clamps: with a lower bound of 0 and no upper bound, ``clamp(min=0)`` is a ReLU; with
-#: constant bounds on the input, preprocessing
-CLAMPS = frozenset({torch.clamp, Tensor_.clamp, torch.clamp_, Tensor_.clamp_, torch.clip,
+#: Clamps: with a lower bound of 0 and no upper bound, ``clamp(min=0)`` is a ReLU
+_CLAMPS = frozenset({torch.clamp, Tensor_.clamp, torch.clamp_, Tensor_.clamp_, torch.clip,
                      Tensor_.clip, torch.clip_, Tensor_.clip_})
 _CLAMPS_MIN = frozenset({torch.clamp_min, Tensor_.clamp_min, torch.clamp_min_,
                          Tensor_.clamp_min_})
+
+
+#: Elementwise limits to constant bounds, whatever their spelling (with the ReLUs): of the
+#: model input, preprocessing.
+CLAMPS = frozenset({*_CLAMPS, *_CLAMPS_MIN, torch.clamp_max, Tensor_.clamp_max,
+                    torch.clamp_max_, Tensor_.clamp_max_, F.hardtanh, F.hardtanh_, F.relu6})
 
 
 def _clamps_at_zero(func: Callable, args: tuple, kwargs: dict) -> bool:
@@ -334,7 +339,7 @@ def _clamps_at_zero(func: Callable, args: tuple, kwargs: dict) -> bool:
 def classify(func: Callable, args: tuple, kwargs: dict) -> str:
     """The kind of a torch call: which rule family it belongs to."""
     kind = _KINDS.get(func)
-    if kind == ACTIVATION and (func in CLAMPS or func in _CLAMPS_MIN):
+    if kind == ACTIVATION and (func in _CLAMPS or func in _CLAMPS_MIN):
         return RELU if _clamps_at_zero(func, args, kwargs) else kind
     if kind is not None:
         return kind

@@ -196,6 +196,11 @@ _PRELU = frozenset({F.prelu, torch.prelu})
 _WRITES = frozenset({Tensor.__setitem__, Tensor.copy_, Tensor.index_put_, Tensor.index_copy_,
                      Tensor.masked_scatter_, Tensor.scatter_, Tensor.scatter_add_})
 
+#: Calls that fill in a value of their own (``masked_fill(mask, v)``, ``torch.where(c, x,
+#: v)``): a constant, whose positions a carried padding's support gives 0.
+_FILLS = frozenset({Tensor.masked_fill, torch.masked_fill, torch.where})
+
+
 def _nearest(args: tuple, kwargs: dict) -> bool:
     """Whether an ``F.interpolate`` call resizes by nearest neighbours (copies values)."""
     mode = args[3] if len(args) > 3 else kwargs.get("mode", "nearest")
@@ -577,10 +582,12 @@ class OperationRules(TorchFunctionMode):
                 out_of_place(func, args, kwargs) is not None and any(
                     differentiable(t) for t in tensors[1:]))):
             # other values written into a padding, or added to it: no padding now (an
-            # elementwise change in place by constants, relu_(), keeps it one)
-            for written in (first, first._base):
-                if written is not None:
-                    self.state.padded.pop(id(written), None)
+            # elementwise change in place by constants, relu_(), keeps it one), nor in a
+            # view of it or a tensor it views
+            storage = first.untyped_storage().data_ptr()
+            for key, (padded, _) in list(self.state.padded.items()):
+                if padded.untyped_storage().data_ptr() == storage:
+                    del self.state.padded[key]
         elif self.state.padded and isinstance(output, Tensor) and output is not first and (
                 kind == STRUCTURE or func in ELEMENTWISE_AFFINE):
             self._carry_padding(func, args, kwargs, tensors, output)
@@ -618,21 +625,28 @@ class OperationRules(TorchFunctionMode):
         source, pad = args[0], args[1] if len(args) > 1 else kwargs["pad"]
         mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
         if mode == "constant" and differentiable(source):
-            self.state.padded[id(output)] = (output, lambda: F.pad(
-                torch.ones_like(source.detach()), pad))
+            entry = self.state.padded.get(id(source))
+            inner = entry[1] if entry is not None and entry[0] is source else None
+
+            def support() -> Tensor:  # (of a padded tensor padded again: its own zeros too)
+                held = None if inner is None else inner()
+                return F.pad(torch.ones_like(source.detach()) if held is None else held, pad)
+
+            self.state.padded[id(output)] = (output, support)
 
     def _carry_padding(self, func: Callable, args: tuple, kwargs: dict, tensors: list[Tensor],
                        output: Tensor) -> None:
-        """Carry a constant padding through a reshape, copy or selection of the padded
-        tensor, or an elementwise operation of it with constants (``F.pad(x) * 2``,
-        ``(F.pad(x) - mean) / std``, ``.permute()``, ``.clone()``): its output holds the
-        padding (so transformed) where the call put it. Where other floating-point tensors
-        join it (a concatenation), none is carried."""
-        floats = [t for t in tensors if t.is_floating_point()]
-        entry = self.state.padded.get(id(floats[0])) if len(floats) == 1 else None
-        if entry is None or entry[0] is not floats[0] or not differentiable(floats[0]):
+        """Carry a constant padding through a reshape, copy, selection or concatenation of
+        the padded tensor with constants, or an elementwise operation of it with constants
+        (``F.pad(x) * 2``, ``(F.pad(x) - mean) / std``, ``.permute()``, ``.clone()``,
+        ``masked_fill``): its output holds the padding (so transformed) where the call put
+        it, and constants where it put those (no input either). Where another differentiable
+        tensor joins it, none is carried."""
+        operands = [t for t in tensors if differentiable(t)]
+        entry = self.state.padded.get(id(operands[0])) if len(operands) == 1 else None
+        if entry is None or entry[0] is not operands[0]:
             return
-        source, support, shape = floats[0], entry[1], output.shape
+        source, support, shape = operands[0], entry[1], output.shape
 
         def carried() -> Tensor | None:
             held = support()
@@ -640,7 +654,18 @@ class OperationRules(TorchFunctionMode):
                 return None
             if func in ELEMENTWISE_AFFINE:
                 return held.expand(shape)
-            swapped, named = replace_tensors(args, kwargs, lambda t: held if t is source else t)
+
+            def constant_zero(value: object) -> object:  # (the support of a constant: 0)
+                if not isinstance(value, Tensor) or not value.is_floating_point():
+                    return value
+                return held if value is source else torch.zeros_like(value)
+
+            swapped, named = replace_tensors(args, kwargs, constant_zero)
+            if func in _FILLS:  # (the value filled in: a constant, no input)
+                swapped = tuple(0.0 if isinstance(a, (int, float)) and not isinstance(
+                    a, bool) else a for a in swapped)
+                named = {k: 0.0 if k in ("value", "other", "input") and isinstance(
+                    v, (int, float)) else v for k, v in named.items()}
             made = func(*swapped, **named)
             return made if isinstance(made, Tensor) and made.shape == shape else None
 
@@ -666,10 +691,11 @@ class OperationRules(TorchFunctionMode):
         if kind == LINEAR and func in MATRIX_PRODUCTS and weight_operand(
                 func, args, kwargs, self._is_weight) is not None:
             return WEIGHT_PRODUCT
-        if func is F.interpolate and kind == LINEAR and _nearest(args, kwargs) and any(
-                id(t) in self.state.input_derived for t in tensors):
+        if func is F.interpolate and kind == LINEAR and _nearest(args, kwargs) and \
+                self._input_preprocessing(tensors):
             return STRUCTURE  # (copies of the input's values, as repeat_interleave makes)
-        if kind == ACTIVATION and func in CLAMPS and self._input_preprocessing(tensors):
+        if (kind == RELU or (kind == ACTIVATION and func in CLAMPS)) and \
+                self._input_preprocessing(tensors):
             return INPUT_PREPROCESSING  # (an elementwise operation with constants)
         if kind == LINEAR and func in ELEMENTWISE_AFFINE:
             if self._input_preprocessing(tensors):

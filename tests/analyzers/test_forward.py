@@ -824,6 +824,10 @@ class _ResizedOrClamped(nn.Module):
     written without the clamp, or with the resize as ``repeat_interleave``."""
 
     PREPARE = {"clamp(0, 1)": lambda x: x.clamp(0, 1), "none": lambda x: x,
+               "clamp_min(-0.5)": lambda x: x.clamp_min(-0.5),
+               "clamp_max(1.5)": lambda x: x.clamp_max(1.5),
+               "hardtanh(0, 1)": lambda x: F.hardtanh(x, 0, 1),
+               "clamp(min=0)": lambda x: x.clamp(min=0), "relu": F.relu,
                "nearest": lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
                "repeat_interleave": lambda x: x.repeat_interleave(2, -1).repeat_interleave(2, -2)}
 
@@ -840,7 +844,9 @@ class _ResizedOrClamped(nn.Module):
 
 
 @pytest.mark.parametrize(("prepare", "twin", "size"), [
-    ("clamp(0, 1)", "none", 6), ("nearest", "repeat_interleave", 3)])
+    ("clamp(0, 1)", "none", 6), ("clamp_min(-0.5)", "none", 6), ("clamp_max(1.5)", "none", 6),
+    ("hardtanh(0, 1)", "none", 6), ("clamp(min=0)", "none", 6), ("relu", "none", 6),
+    ("nearest", "repeat_interleave", 3)])
 @pytest.mark.parametrize(("name", "kwargs"), [
     ("deep_taylor.bounded", {"low": 0.0, "high": 1.0}), ("lrp.z", {"input_layer_rule": (0, 1)}),
     ("lrp.sequential_preset_a_flat", {}), ("lrp.alpha_2_beta_1", {"input_layer_rule": "Flat"})])

@@ -589,11 +589,19 @@ class PaddedThenChanged(nn.Module):
         self.how = how
         self.first, self.second = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 5, 3)
         self.head = nn.Linear(20, 6)
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(0.25))
+        self.border = F.pad(torch.zeros(1, 1, 4, 4), [1, 1, 1, 1], value=1.0).bool()
 
     def forward(self, x):
         pad = [1, 1, 1, 1]
         x = {"normalised, padded": lambda: F.pad((x - 0.5) / 0.25, pad, value=-2.0),
              "padded, normalised": lambda: (F.pad(x, pad) - 0.5) / 0.25,
+             "padded, normalised by buffers": lambda: (F.pad(x, pad) - self.mean) / self.std,
+             "padded, filled": lambda: torch.where(self.border, -2.0,
+                                                   F.pad((x - 0.5) / 0.25, pad, value=3.0)),
+             "padded twice": lambda: F.pad(F.pad((x - 0.5) / 0.25, [1, 1, 0, 0], value=-2.0),
+                                           [0, 0, 1, 1], value=-2.0),
              "padded, cloned": lambda: F.pad((x - 0.5) / 0.25, pad, value=-2.0).clone(),
              "padded, channels last": lambda: F.pad((x - 0.5) / 0.25, pad, value=-2.0).contiguous(
                  memory_format=torch.channels_last),
@@ -604,7 +612,9 @@ class PaddedThenChanged(nn.Module):
 
 
 @pytest.mark.parametrize("how", ["padded, normalised", "padded, cloned",
-                                 "padded, channels last", "padded, permuted twice"])
+                                 "padded, channels last", "padded, permuted twice",
+                                 "padded, normalised by buffers", "padded, filled",
+                                 "padded twice"])
 @pytest.mark.parametrize(("name", "kwargs"), [
     ("lrp.w_square", {}), ("lrp.flat", {}), ("deep_taylor.bounded", {"low": -2, "high": 2}),
     ("lrp.z", {"input_layer_rule": (-2.0, 2.0)})])
@@ -619,6 +629,26 @@ def test_a_padding_changed_out_of_place_stays_a_padding(name, kwargs, how):
     analyzer = lx.create_analyzer(name, model, **kwargs)
     for _ in range(2):  # the analysis and its replay
         torch.testing.assert_close(analyzer.analyze(x), expected)
+
+
+@pytest.mark.parametrize("name", ["lrp.w_square", "lrp.flat"])
+def test_a_view_of_a_padding_written_through_its_base_is_its_values(name):
+    """A view of the padded tensor carried the padding on after the model wrote the input's
+    values into its base (maps 38-74 % off the same function padded circularly)."""
+    torch.manual_seed(0)
+    conv, head = nn.Conv1d(3, 4, 3, bias=False), nn.Linear(32, 2, bias=False)
+
+    class ByHand(nn.Module):
+        def forward(self, x):
+            p = F.pad(x, (2, 0))
+            q = p.view(p.shape)
+            p[..., :2] = x[..., -2:]
+            return head(torch.relu(conv(q)).flatten(1))
+
+    circular = nn.Sequential(nn.CircularPad1d((2, 0)), conv, nn.ReLU(), nn.Flatten(), head)
+    x = torch.randn(3, 3, 8)
+    torch.testing.assert_close(lx.create_analyzer(name, ByHand()).analyze(x),
+                               lx.create_analyzer(name, circular).analyze(x))
 
 
 @pytest.mark.parametrize("value", [1.5, -1.0])

@@ -272,3 +272,41 @@ def test_weights_moved_or_copied_with_their_values_are_no_change(how):
         warnings.simplefilter("error", UserWarning)
         analyzer.analyze(data[:4])
         analyzer.analyze(data[4:8])
+
+
+def test_patternnet_normalises_a_nearest_resize_of_the_input():
+    """A nearest resize is a linear operation to PatternNet, normalised so that it
+    reproduces its output signal (docs/patterns.md): ``c · Lᵀs`` with ``c = ⟨P L Lᵀs, s⟩ /
+    ‖P L Lᵀs‖²``, computed here by hand from the signal ``s`` PatternNet sends into the
+    resized input. Taken for a copy, it passed the sum over copies (2-7× the map)."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 64, 5)).double().eval()
+
+    def resize(t):
+        return torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
+
+    class Resized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return self.body(resize(x))
+
+    model = Resized().eval()
+    data = torch.rand(32, 2, 5, 5, dtype=torch.double)
+    patterns = PatternComputer(model).compute(data)
+    x = data[:3]
+    selected = model(x).argmax(1)
+    body_patterns = {key.removeprefix("body."): p for key, p in patterns.items()}
+    signal = lx.create_analyzer("pattern.net", body, patterns=body_patterns,
+                                neuron_selection_mode="index").analyze(resize(x), selected)
+    point = x.clone().requires_grad_(True)
+    (back,) = torch.autograd.grad(resize(point), point, signal)
+    forward = resize(back)
+    kept = (signal != 0).double()
+    scale = (kept * forward * signal).flatten(1).sum(1) / (kept * forward ** 2).flatten(1).sum(1)
+    expected = back * scale.view(-1, 1, 1, 1)
+    torch.testing.assert_close(lx.create_analyzer("pattern.net", model, patterns=patterns)
+                               .analyze(x), expected)

@@ -124,15 +124,16 @@ def rescale_rule(call: OperationCall) -> Tensor:
     difference of outputs is noise). A zero Δy with a resolved Δx (ReLU below zero on
     both sides, a saturated sigmoid) keeps its exact multiplier 0.
     """
-    source, output = _first_argument(call), call.run()
+    output = call.run()
     if not call.inputs:  # a function of parameters or constants only
         return output
-    if len(call.inputs) > 1 or not differentiable(source):  # (h ** e(x), 2 ** h)
+    source = call.inputs[0]  # (wherever it stands: 2 ** h, torch.div(2.0, h))
+    if len(call.inputs) > 1 or source.shape != output.shape:  # (h ** e(x), c / h broadcast)
         raise NotAnalyzableModelError(
             f"{call.where()} is an elementwise operation of several tensors that require grad, "
-            f"or of one that is not its first argument; DeepLIFT's rescale rule is defined "
-            f"for one, the first (torch.pow(2, h): write torch.exp(h * math.log(2)); a "
-            f"weight that requires grad is frozen where the model registers its module, "
+            f"or one that broadcasts the tensor it is a function of to a larger shape; "
+            f"DeepLIFT's rescale rule is defined for a function of one tensor, elementwise "
+            f"(a weight that requires grad is frozen where the model registers its module, "
             f"not in a plain list)")
     delta_in, tiny = _differences(source, call)
     if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy

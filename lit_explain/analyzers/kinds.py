@@ -153,6 +153,19 @@ _POWERS = frozenset({torch.pow, Tensor_.pow, Tensor_.__pow__})
 _MAGNITUDES = frozenset({torch.square, Tensor_.square, torch.abs, Tensor_.abs})
 
 
+def is_reciprocal(func: Callable, args: tuple) -> bool:
+    """Whether an elementwise call makes a reciprocal of its computed tensor (of kind
+    ``ACTIVATION``: ``1 / s``, ``torch.div(c, s)``, ``s.reciprocal()``, ``s ** -1``,
+    ``s.rsqrt()``)."""
+    if func in _QUOTIENTS or func in _RECIPROCALS:
+        return True
+    return func in _POWERS and len(args) == 2 and isinstance(args[1], (int, float)) and \
+        args[1] < 0
+
+
+_RECIPROCALS = frozenset({torch.reciprocal, Tensor_.reciprocal, torch.rsqrt, Tensor_.rsqrt})
+
+
 def is_magnitude(func: Callable, args: tuple) -> bool:
     """Whether the call makes squares or absolute values of its input: ``x.pow(2)``,
     ``x ** 2``, ``x.square()``, ``x.abs()``, ``x * x``."""

@@ -54,6 +54,7 @@ from .kinds import (
     SOFTMAX,
     STATISTIC,
     STRUCTURE,
+    UNKNOWN,
     WEIGHT_PRODUCT,
     classify,
     differentiable,
@@ -598,6 +599,7 @@ class OperationRules(TorchFunctionMode):
             self.state.provenance.note_detached(made, tensors, produced)
         if holds and len(produced) == 1:
             self.state.provenance.note_statistic(func, kind, args, produced[0])
+            self.state.provenance.note_reciprocal(func, kind, args, produced[0])
         # preprocessing: its one differentiable operand is input-derived, wherever it stands;
         # a reshape, selection or concatenation of input-derived tensors and constants (a
         # class token put before the input): so is its output, or its target, in place
@@ -681,6 +683,9 @@ class OperationRules(TorchFunctionMode):
 
     def _kind(self, func, args: tuple, kwargs: dict, tensors: list[Tensor]) -> str:
         kind = classify(func, args, kwargs)
+        if kind == PRODUCT and self.holds_statistics and func in ELEMENTWISE_PRODUCTS and \
+                self.state.provenance.divides(args):
+            return UNKNOWN  # (a quotient written as a product: no rule, as e / e.sum())
         if kind == KERNEL and self._from_input(args[1] if len(args) > 1 else kwargs.get(
                 "weight")):
             # a layer whose weight the forward computes from the input (a hypernetwork, a

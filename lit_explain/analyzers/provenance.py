@@ -26,12 +26,14 @@ from torch import Tensor
 
 from .kinds import (
     ACTIVATION,
+    ELEMENTWISE_AFFINE,
     ELEMENTWISE_PRODUCTS,
     LINEAR,
     MEANS,
     SPREADS,
     differentiable,
     is_magnitude,
+    is_reciprocal,
     tensors_in,
 )
 
@@ -76,6 +78,7 @@ class Provenance:
         # weak reference per tensor, and no id of a freed tensor can be mistaken for it)
         self._token = object()
         self._statistics, self._magnitudes, self._held = _WeakSet(), _WeakSet(), _WeakSet()
+        self._reciprocals = _WeakSet()
 
     def add_made(self, tensors: Iterable[Tensor]) -> None:
         """Record the differentiable ones among ``tensors`` as made in sight."""
@@ -130,6 +133,25 @@ class Provenance:
     def is_held(self, t: Tensor) -> bool:
         """Whether ``t`` is a statistic held constant (a value of the input, no constant)."""
         return t in self._held
+
+    def note_reciprocal(self, func: Callable, kind: str, args: tuple, output: Tensor) -> None:
+        """Record ``output`` as a reciprocal where the call makes one of a computed tensor
+        (``1 / s``, ``s.reciprocal()``, ``s ** -1``, ``s.rsqrt()``), or scales or shifts
+        one by constants (``2 / s``, ``0.5 * r``)."""
+        if kind == ACTIVATION and is_reciprocal(func, args):
+            self._reciprocals.add(output)
+        elif self._reciprocals and kind == LINEAR and func in ELEMENTWISE_AFFINE and any(
+                t in self._reciprocals for t in tensors_in(args) if differentiable(t)):
+            self._reciprocals.add(output)
+
+    def divides(self, args: tuple) -> bool:
+        """Whether an elementwise product of two computed tensors divides one by the other:
+        one factor is a reciprocal of fewer elements than the other, which it broadcasts
+        over (``e * (1 / e.sum(-1, keepdim=True))``: the quotient ``e / e.sum(...)``)."""
+        factors = [t for t in tensors_in(args) if differentiable(t)]
+        return len(factors) == 2 and any(
+            t in self._reciprocals and t.numel() < other.numel()
+            for t, other in (factors, factors[::-1]))
 
     def note_statistic(self, func: Callable, kind: str, args: tuple, output: Tensor) -> None:
         """Record ``output`` of the call as a statistic, or as squares or absolute values."""

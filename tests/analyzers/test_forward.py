@@ -4,6 +4,7 @@ in-place operations, input preprocessing and a softmax in forward."""
 from __future__ import annotations
 
 import functools
+import math
 import re
 import types
 import warnings
@@ -481,16 +482,32 @@ def test_deep_lift_refuses_an_elementwise_operation_of_two_computed_tensors(how)
         lx.create_analyzer("deep_lift", _ComputedExponent(how).eval()).analyze(torch.randn(3, 4))
 
 
-def test_deep_lift_refuses_a_constant_base_raised_to_a_computed_power():
-    """torch.pow(2, h): h got a plain gradient, and the summation check blamed the batch."""
-    model = nn.Sequential(nn.Linear(4, 4), _Pow2(), nn.Linear(4, 2)).eval()
-    with pytest.raises(lx.NotAnalyzableModelError, match=r"not its first argument"):
-        lx.create_analyzer("deep_lift", model).analyze(torch.randn(3, 4))
+@pytest.mark.parametrize(("written", "twin"), [
+    (lambda h: torch.pow(2.0, h), lambda h: torch.exp(h * math.log(2.0))),
+    (lambda h: torch.div(2.0, 1.5 + torch.tanh(h)), lambda h: 2.0 * (1.5 + torch.tanh(h)) ** -1),
+    (lambda h: torch.full((4,), 2.0, dtype=h.dtype) / (1.5 + torch.tanh(h)),
+     lambda h: 2.0 * (1.5 + torch.tanh(h)) ** -1)],
+    ids=["2 ** h", "torch.div(2, t)", "tensor constant / t"])
+def test_deep_lift_rescales_a_function_of_one_tensor_wherever_it_stands(written, twin):
+    """torch.pow(2, h) first got a plain gradient (the summation check blamed the batch),
+    then was refused with torch.div(2.0, t), as operations of a tensor that is not their
+    first argument: the rescale rule holds for a function of one tensor at any position."""
+    torch.manual_seed(0)
+    first, head = nn.Linear(4, 4), nn.Linear(4, 2)
+    models = [nn.Sequential(first, _Applied(f), head).double().eval() for f in (written, twin)]
+    x = torch.randn(3, 4, dtype=torch.double)
+    torch.testing.assert_close(models[0](x), models[1](x))
+    maps = [lx.create_analyzer("deep_lift", model).analyze(x) for model in models]
+    torch.testing.assert_close(maps[0], maps[1])
 
 
-class _Pow2(nn.Module):
+class _Applied(nn.Module):
+    def __init__(self, function) -> None:
+        super().__init__()
+        self.function = function
+
     def forward(self, h):
-        return torch.pow(2.0, h)
+        return self.function(h)
 
 
 class _ComputedBias(nn.Module):

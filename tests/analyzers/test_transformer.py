@@ -943,3 +943,44 @@ def test_an_activation_written_out_conserves_relevance():
     relevance = lx.create_analyzer("lrp.epsilon", model, epsilon=1e-12).analyze(x)
     logits = model(x).detach()
     torch.testing.assert_close(relevance.sum(1), logits.max(1).values, rtol=1e-8, atol=1e-10)
+
+
+class _SoftmaxByHand(nn.Module):
+    """Single-head attention whose softmax is written out: a quotient, or a product with the
+    reciprocal of the sum; or a gate by a reciprocal of its own shape."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how, self.qk, self.v, self.head = how, nn.Linear(6, 12), nn.Linear(6, 6), \
+            nn.Linear(6, 2)
+
+    def forward(self, x):
+        q, k = self.qk(x).chunk(2, dim=-1)
+        e = torch.exp(q @ k.transpose(-2, -1))
+        s = e.sum(-1, keepdim=True)
+        weights = {"e / s": lambda: e / s, "e * (1 / s)": lambda: e * (1 / s),
+                   "e * s.reciprocal()": lambda: e * s.reciprocal(),
+                   "gate": lambda: e * (1 / (1 + e))}[self.how]()
+        return self.head((weights @ self.v(x)).mean(1))
+
+
+@pytest.mark.parametrize("attention_rule", ["attnlrp", "cp"])
+@pytest.mark.parametrize("how", ["e / s", "e * (1 / s)", "e * s.reciprocal()"])
+def test_a_division_by_a_sum_written_as_a_product_is_refused_as_the_quotient(
+        how, attention_rule):
+    """``e * (1 / e.sum())`` got the uniform rule of a product (its map 25 % off F.softmax's,
+    and not blocked under CP-LRP), where ``e / e.sum()`` is refused: no normalisation."""
+    model = _SoftmaxByHand(how).eval()
+    analyzer = lx.create_analyzer("lrp.epsilon", model, attention_rule=attention_rule)
+    with pytest.raises(lx.NotAnalyzableModelError, match="unknown operation"):
+        analyzer.analyze(torch.randn(3, 4, 6))
+
+
+def test_a_reciprocal_of_its_factors_shape_is_a_gate():
+    """A reciprocal as large as the other factor (a gate by a function written out) is a
+    product of two activations (the uniform rule), not refused as a quotient."""
+    model = _SoftmaxByHand("gate").double().eval()
+    x = torch.randn(3, 4, 6, dtype=torch.double)
+    relevance = lx.create_analyzer("lrp.z", model, neuron_selection_mode="index").analyze(x, 0)
+    assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0

@@ -19,21 +19,38 @@ from torch import nn
 @contextmanager
 def eval_mode(model: nn.Module, modules: Sequence[nn.Module] | None = None
               ) -> Iterator[None]:
-    """Every module of ``model`` in eval mode while open; afterwards each module's flag as
-    it was, the modules that were in train mode and override ``train`` having run their own
-    ``train(True)`` again. A model already in eval mode is not touched. ``modules``: the
-    model's modules, where the caller has listed them already."""
-    flags = [(module, module.training) for module in (
-        model.modules() if modules is None else modules)]
-    if not any(flag for _, flag in flags):
+    """Every module of ``model`` in eval mode while open; afterwards each module's flag and
+    each parameter's ``requires_grad`` as they were, the modules that override ``train``
+    and were in train mode, their whole subtree with them, having run their own
+    ``train(True)`` again (one with a submodule in eval mode: its overriding submodules whose
+    subtrees were in train mode). A model already in eval mode is not touched. ``modules``:
+    the model's modules, where the caller has listed them already."""
+    modules = list(model.modules()) if modules is None else modules
+    training = {module: module.training for module in modules}
+    if not any(training.values()):
         yield
         return
-    model.eval()
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     try:
+        model.eval()
         yield
     finally:
-        for module, flag in flags:
-            if flag and type(module).train is not nn.Module.train:
-                module.train(True)  # (recursive: the flags are set exactly below)
-        for module, flag in flags:
-            module.training = flag
+        try:
+            _train_again(model, training)
+        finally:  # (exactly, also where a train(True) raised; a train() may freeze too)
+            for module, flag in training.items():
+                module.training = flag
+            for param, flag in requires_grad:
+                param.requires_grad_(flag)
+
+
+def _train_again(module: nn.Module, training: dict[nn.Module, bool]) -> None:
+    """Run ``train(True)`` of the outermost modules under ``module`` that override it and
+    were in train mode with their whole subtree (its recursion would reach a submodule in
+    eval mode otherwise)."""
+    if type(module).train is not nn.Module.train and all(
+            training.get(m, False) for m in module.modules()):
+        module.train(True)
+        return
+    for child in module.children():
+        _train_again(child, training)

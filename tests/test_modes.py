@@ -55,3 +55,64 @@ def test_an_analysis_explains_the_merged_layer_in_eval_mode():
     logits = reference(inputs)
     (expected,) = torch.autograd.grad(logits.max(1).values.sum(), inputs)
     torch.testing.assert_close(lx.create_analyzer("gradient", model).analyze(x), expected)
+
+
+class Wrapper(nn.Module):
+    """Overrides ``train`` as DistributedDataParallel does (and a frozen-stage backbone,
+    which freezes its first layer in it)."""
+
+    def __init__(self, inner: nn.Module, freezes: bool = False) -> None:
+        super().__init__()
+        self.inner, self.freezes = inner, freezes
+
+    def train(self, mode: bool = True) -> Wrapper:
+        super().train(mode)
+        if self.freezes and mode:
+            self.inner[0].weight.requires_grad_(False)
+        return self
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class RefusesEval(nn.Module):
+    def train(self, mode: bool = True) -> RefusesEval:
+        if not mode:
+            raise RuntimeError("cannot switch to eval now")
+        return super().train(mode)
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("work", list(WORK))
+def test_a_submodule_in_eval_mode_is_left_as_it_was(work):
+    """The wrapper's own train(True) reached a LoRA layer the user had put in eval mode
+    (merged): it took the adapter out of its weight (0.054 off), its flag still eval."""
+    model, x = Wrapper(lora_model()).train(), torch.randn(5, 6)
+    lora = model.inner[2].eval()
+    weight = lora.weight.detach().clone()
+    WORK[work](model, x)
+    assert lora.merged and not lora.training
+    assert torch.equal(lora.weight, weight)
+
+
+@pytest.mark.parametrize("work", list(WORK))
+def test_requires_grad_comes_back_after_a_train_that_freezes(work):
+    """A train() that freezes a stage (mmdet's frozen_stages) froze, after the work, a
+    parameter the user had unfrozen since."""
+    model, x = Wrapper(lora_model(), freezes=True).train(), torch.randn(5, 6)
+    model.inner[0].weight.requires_grad_(True)
+    WORK[work](model, x)
+    assert model.inner[0].weight.requires_grad
+
+
+@pytest.mark.parametrize("work", ["gradient", "pattern statistics"])
+def test_the_flags_come_back_when_a_module_refuses_eval_mode(work):
+    """model.eval() ran before the work's own restoring began: the modules it had switched
+    before the one that raised stayed in eval mode."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), RefusesEval(),
+                          nn.Linear(8, 4)).train()
+    with pytest.raises(RuntimeError, match="cannot switch to eval now"):
+        WORK[work](model, torch.randn(5, 6))
+    assert all(module.training for module in model.modules())

@@ -314,6 +314,11 @@ class _PatternBased(Analyzer):
         """What a summand's share of the signal is multiplied by (its coefficient ``w``)."""
         raise NotImplementedError
 
+    def copies_factor(self, copies: int) -> float:
+        """What the signal of each of ``copies`` an elementwise map broadcasts one input
+        element to is multiplied by, before they are summed back onto it."""
+        raise NotImplementedError
+
     def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
         """Per row of the layer's first axis, how far the signal at its input (``signal_in``)
         outgrew its reference."""
@@ -406,6 +411,7 @@ class _PatternBased(Analyzer):
         with torch.no_grad():
             x = source.detach()
             factor = self.batch_norm_factor(at(torch.ones_like(x)) - at(torch.zeros_like(x)))
+            factor = factor * self.copies_factor(max(1, value.numel() // x.numel()))
         shape = source.shape
         return with_gradient(source, value,
                              lambda grad: (grad * factor).sum_to_size(shape)).clone()
@@ -539,6 +545,9 @@ class PatternNet(_PatternBased):
     def summand_factor(self, coefficient: float) -> float:
         return 1 / coefficient
 
+    def copies_factor(self, copies: int) -> float:
+        return 1 / copies  # (each copy estimates the one signal: their mean)
+
     def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
         signal = signal_in.reshape(len(signal_in), -1).norm(dim=1)
         reference = activation.reshape(len(activation), -1).norm(dim=1).to(signal.dtype)
@@ -565,6 +574,9 @@ class PatternAttribution(_PatternBased):
 
     def summand_factor(self, coefficient: float) -> float:
         return 1.0
+
+    def copies_factor(self, copies: int) -> float:
+        return 1.0  # (the copies' relevance sums back)
 
     def scale_ratio(self, signal_in: Tensor, activation: Tensor) -> Tensor:
         relevance = signal_in.abs().reshape(len(signal_in), -1).sum(1)

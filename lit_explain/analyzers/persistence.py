@@ -62,7 +62,8 @@ def encode(value: Any, where: str) -> Any:
         items = [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        return {k: encode(v, f"{where}[{k!r}]") for k, v in value.items()}
+        # (str keys: np.str_ ones pickle as numpy's and would not load)
+        return {str(k): encode(v, f"{where}[{k!r}]") for k, v in value.items()}
     if rule_classes.get(type(value).__name__) is type(value) and dataclasses.is_dataclass(value):
         fields = {f.name: encode(getattr(value, f.name), where)
                   for f in dataclasses.fields(value) if f.init}

@@ -376,12 +376,13 @@ class ExplainCallback(Callback):
         self._metric_names = tuple(self.metric_specs)  # (as configured: the same on every rank)
         self._rank = trainer.global_rank
         if stage == "validate" and getattr(getattr(trainer.strategy, "launcher", None),
-                                           "_start_method", None) in ("spawn", "forkserver"):
+                                           "_start_method", None) is not None:
             self._warn_once("spawned", (
-                "strategy='ddp_spawn' runs each stage in new processes: what an earlier fit() "
-                "left in the callback there (probe samples, patterns, drift) does not come "
-                "back, so this validation starts afresh. Use strategy='ddp' (or one device) to "
-                "explain fit's probe samples again."))
+                "strategy='ddp_spawn' (or 'ddp_fork', 'ddp_notebook') runs each stage in new "
+                "processes: what a fit() before this validation left in the callback there "
+                "(probe samples, patterns, drift) does not come back, so this validation starts "
+                "afresh. Use strategy='ddp' (or one device) to explain fit's probe samples "
+                "again."))
         if not trainer.loggers:
             self._warn_once("no logger", "the Trainer has no logger: pictures go to PNG files "
                             f"under {image_directory(None, trainer.default_root_dir)} and the "

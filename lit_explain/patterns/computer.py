@@ -56,18 +56,15 @@ from .statistics import PATTERN_TYPES, LayerStatistics, neuron_mask
 class _Pending:
     """A kernel layer's batch waiting one step for a BatchNorm that may read its output."""
 
-    __slots__ = ("path", "module", "x", "y", "mask", "output", "version")
+    __slots__ = ("path", "module", "x", "y", "mask", "output", "consumed")
 
     def __init__(self, path: str, module: nn.Module, x: Tensor, y: Tensor,
                  mask: Tensor | None, output: Tensor) -> None:
         self.path, self.module, self.x, self.y, self.mask = path, module, x, y, mask
         self.output = output  # kept alive, so that its id is not reused while pending
-        self.version = _version(output)  # (changed in place since: not straight into a BN)
-
-
-def _version(t: Tensor) -> int | None:
-    """``t``'s version counter (``None`` for an inference tensor, which keeps none)."""
-    return None if t.is_inference() else t._version
+        #: Whether a call other than a BatchNorm or an elementwise affine map with constants
+        #: has used the output (a ReLU, in place or not): the mask stays where it was read.
+        self.consumed = False
 
 
 #: The calls a kernel layer's forward makes its output with: (input, weight, bias, ...).
@@ -108,28 +105,30 @@ class _KernelCalls(TorchFunctionMode):
                          f"it is made of, or merge the adapter into the weight first")
 
 
-class _BatchNormCalls(TorchFunctionMode):
-    """Active while the model's forward runs: hands every ``F.batch_norm`` call (a
-    BatchNorm module's, or one the forward makes itself) to ``on_call(None, (input,),
-    output)``."""
+_DIVISIONS = frozenset({torch.div, Tensor.div, Tensor.div_, Tensor.__truediv__,
+                        Tensor.__itruediv__})
+#: Elementwise affine maps (a BatchNorm written out, ``h * scale + shift``, a layer scale),
+#: where one operand is a constant: the mask follows a kernel output through them.
+_AFFINE = frozenset({
+    torch.add, torch.sub, torch.mul, torch.div, Tensor.add, Tensor.sub, Tensor.mul, Tensor.div,
+    Tensor.__add__, Tensor.__radd__, Tensor.__sub__, Tensor.__rsub__, Tensor.__mul__,
+    Tensor.__rmul__, Tensor.__truediv__, Tensor.add_, Tensor.sub_, Tensor.mul_, Tensor.div_,
+    Tensor.__iadd__, Tensor.__isub__, Tensor.__imul__, Tensor.__itruediv__})
 
-    def __init__(self, on_call: Callable[[None, tuple, Tensor], None]) -> None:
+
+class _Calls(TorchFunctionMode):
+    """Active while a :class:`PatternComputer` collects: hands every call that makes a
+    tensor to ``on_call(func, args, kwargs, output)``."""
+
+    def __init__(self, on_call: Callable[[Callable, tuple, dict, Tensor], None]) -> None:
         super().__init__()
         self.on_call = on_call
-
-    def enter(self, module: nn.Module, args: tuple) -> None:
-        """Forward pre-hook of the model: open."""
-        self.__enter__()
-
-    def exit(self, module: nn.Module, args: tuple, output: object) -> None:
-        """Forward hook of the model (also where its forward raises): close."""
-        self.__exit__(None, None, None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         output = func(*args, **kwargs)
-        if func is F.batch_norm:
-            self.on_call(None, (args[0] if args else kwargs["input"],), output)
+        if isinstance(output, Tensor):
+            self.on_call(func, args, kwargs, output)
         return output
 
 
@@ -146,9 +145,11 @@ def computes_its_weight(module: nn.Module) -> bool:
 class CollectionHandle:
     """Returned by :meth:`PatternComputer.attach`; :meth:`remove` detaches the hooks."""
 
-    def __init__(self, computer: PatternComputer, handles: list) -> None:
+    def __init__(self, computer: PatternComputer, handles: list,
+                 calls: _Calls | None = None) -> None:
         self._computer = computer
         self._handles = handles
+        self._calls = calls
 
     def remove(self) -> None:
         """Finish the last pending layer and remove every hook (idempotent)."""
@@ -156,6 +157,9 @@ class CollectionHandle:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._calls is not None:
+            self._calls.__exit__(None, None, None)
+            self._calls = None
 
 
 class PatternComputer:
@@ -236,13 +240,13 @@ class PatternComputer:
             handles.append(module.register_forward_hook(
                 lambda m, args, out, path=path: self._on_kernel(path, m, args, out),
                 always_call=True))  # (also when forward raises: it ends _on_kernel_start's mode)
+        calls = None
         if self.pattern_type != "linear":  # (modules that call no F.batch_norm: SyncBatchNorm)
             handles += [module.register_forward_hook(self._on_batch_norm)
                         for module in self.model.modules() if is_batch_norm(module)]
-            calls = _BatchNormCalls(self._on_batch_norm)  # (and the forward's own calls)
-            handles += [self.model.register_forward_pre_hook(calls.enter),
-                        self.model.register_forward_hook(calls.exit, always_call=True)]
-        return CollectionHandle(self, handles)
+            calls = _Calls(self._on_call)  # (F.batch_norm calls, BatchNorms written out)
+            calls.__enter__()
+        return CollectionHandle(self, handles, calls)
 
     @contextmanager
     def collecting(self) -> Iterator[PatternComputer]:
@@ -310,8 +314,10 @@ class PatternComputer:
         device = next(iter(self.model.parameters())).device
         empty = True
         for batch in batches:
-            empty = False
-            yield _first_input(batch).to(device)
+            inputs = _first_input(batch)
+            if len(inputs):  # (an empty batch adds nothing)
+                empty = False
+                yield inputs.to(device)
         if empty and all(int(s.rows) == 0 for s in self.statistics.values()):
             raise ValueError("the data held no batches, and PatternComputer has no statistics "
                              "yet: give it a tensor of inputs or a non-empty DataLoader")
@@ -344,13 +350,42 @@ class PatternComputer:
         if self.pattern_type == "linear":
             self._flush()
 
-    def _on_batch_norm(self, module: nn.Module | None, args: tuple, output: Tensor) -> None:
+    def _on_batch_norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         pending = self._pending.get(id(args[0]))
-        if pending is not None and pending.output is args[0] and output.shape == args[0].shape \
-                and _version(args[0]) == pending.version:
-            with torch.no_grad():
-                pending.mask = neuron_mask(self.pattern_type, output.detach())
-            self._flush()
+        if pending is not None and pending.output is args[0]:
+            self._follow(pending, output)
+
+    def _on_call(self, func: Callable, args: tuple, kwargs: dict, output: Tensor) -> None:
+        """A call while collecting that uses a pending kernel output: the mask follows it
+        into ``F.batch_norm`` or an elementwise affine map with a constant (a BatchNorm
+        written out, ``h * scale + shift``); any other call (a ReLU, in place or not) is what
+        reads it, and the mask stays."""
+        if not self._pending:
+            return
+        pending = next((entry for t in (*args, *kwargs.values()) if isinstance(t, Tensor) and (
+            entry := self._pending.get(id(t))) is not None and entry.output is t), None)
+        if pending is None or pending.consumed:
+            return
+        source = pending.output
+        others = [a for a in args if a is not source]
+        if func is F.batch_norm or (func in _AFFINE and len(others) == 1 and (
+                not isinstance(others[0], Tensor) or others[0].numel() < source.numel())
+                and (func not in _DIVISIONS or args[0] is source)):
+            self._follow(pending, output)
+        else:
+            pending.consumed = True
+
+    def _follow(self, pending: _Pending, output: Tensor) -> None:
+        """Read the mask of ``pending``'s layer from ``output``, what its output became."""
+        if pending.consumed or output.shape != pending.output.shape:
+            pending.consumed = True
+            return
+        with torch.no_grad(), torch._C.DisableTorchFunction():
+            pending.mask = neuron_mask(self.pattern_type, output.detach())
+        if output is not pending.output:
+            del self._pending[id(pending.output)]
+            pending.output = output
+            self._pending[id(output)] = pending
 
     def _flush(self) -> None:
         pending, self._pending = list(self._pending.values()), {}
@@ -373,6 +408,9 @@ class PatternComputer:
         are added first, a tensor cut into batches of ``batch_size`` or an iterable of
         batches (as :meth:`fit`, with no progress bar).
         """
+        if isinstance(data, bool):
+            raise TypeError(f"compute(data={data}): data are inputs (a tensor or batches); "
+                            f"sync is a keyword: compute(sync={data})")
         if data is not None:
             if isinstance(data, Tensor):
                 if isinstance(batch_size, bool) or not isinstance(batch_size, int) or \

@@ -188,6 +188,18 @@ def test_numpy_floats_and_strings_save_as_plain_values(tmp_path, name, kwargs):
                                analyzer.analyze(x))
 
 
+def test_patterns_keyed_by_numpy_strings_save_as_plain_keys(tmp_path):
+    """Keys read from a numpy array are np.str_: they saved as numpy objects, which loading
+    refused."""
+    model = cnn()
+    patterns = lx.PatternComputer(model).compute(torch.randn(32, 1, 10, 10))
+    analyzer = lx.create_analyzer("pattern.attribution", model,
+                                  patterns={np.str_(k): v for k, v in patterns.items()})
+    x = torch.randn(2, 1, 10, 10)
+    torch.testing.assert_close(round_trip(analyzer, cnn(), tmp_path).analyze(x),
+                               analyzer.analyze(x))
+
+
 def test_a_compiled_model_saves_and_loads_as_the_module_it_compiled(tmp_path):
     model = cnn()
     compiled = torch.compile(model)  # (never run: its analyzers explain the module)

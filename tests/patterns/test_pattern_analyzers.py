@@ -310,3 +310,34 @@ def test_patternnet_normalises_a_nearest_resize_of_the_input():
     expected = back * scale.view(-1, 1, 1, 1)
     torch.testing.assert_close(lx.create_analyzer("pattern.net", model, patterns=patterns)
                                .analyze(x), expected)
+
+
+def test_patternnet_averages_an_input_broadcast_to_several_channels():
+    """``x * c`` with ``x`` of one channel and ``c`` of three: each channel's signal divided
+    by its scale estimates the one input's signal; their sum counted it thrice (PatternNet
+    3× the net with ``c`` folded into its first layer). PatternAttribution sums them."""
+    torch.manual_seed(4)
+    scale = torch.tensor([0.5, -2.0, 3.0], dtype=torch.double).view(1, 3, 1, 1)
+
+    class Broadcast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4 * 16, 3)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x * scale)).flatten(1))
+
+    model = Broadcast().double().eval()
+    folded = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(4 * 16, 3)).double().eval()
+    with torch.no_grad():
+        folded[0].weight.copy_((model.conv.weight * scale.view(1, 3, 1, 1)).sum(1, True))
+        folded[0].bias.copy_(model.conv.bias)
+        folded[3].load_state_dict(model.head.state_dict())
+    data = torch.randn(64, 1, 6, 6, dtype=torch.double)
+    x = data[:4]
+    torch.testing.assert_close(model(x), folded(x))
+    for name in ("pattern.net", "pattern.attribution"):
+        maps = [lx.create_analyzer(name, net, patterns=PatternComputer(net).compute(data))
+                .analyze(x) for net in (model, folded)]
+        torch.testing.assert_close(maps[0], maps[1])

@@ -127,3 +127,61 @@ def test_collector_for_a_submodule_uses_its_own_paths():
 def test_bad_configuration_fails_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PatternCallback(**kwargs)
+
+
+class WithBatchNorms(Tiny):
+    """Convolutions followed by an F.batch_norm call, by a ReLU in place and a BatchNorm
+    module, and by a BatchNorm written out (h * scale + shift); the steps call ``self.net``
+    (not ``self(x)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        norms = [nn.BatchNorm2d(4) for _ in range(3)]
+        for norm in norms:
+            with torch.no_grad():
+                norm.running_mean.uniform_(-1, 1)
+                norm.running_var.uniform_(0.5, 2)
+                norm.bias.uniform_(-1, 1)
+        self.net = _Blocks(norms)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self.net(x), y))
+
+
+class _Blocks(nn.Module):
+    def __init__(self, norms: list[nn.BatchNorm2d]) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (nn.Conv2d(1 if i == 0 else 4, 4, 3, padding=1)
+                                  for i in range(3))
+        self.norm_a, self.norm_b, self.norm_c = norms
+        self.head = nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        n = self.norm_a
+        h = F.relu(F.batch_norm(self.a(x), n.running_mean, n.running_var, n.weight, n.bias,
+                                False, 0.0, n.eps))
+        h = F.relu(self.norm_b(F.relu(self.b(h), inplace=True)))
+        n = self.norm_c
+        scale = n.weight / torch.sqrt(n.running_var + n.eps)
+        shift = n.bias - n.running_mean * scale
+        h = F.relu(self.c(h) * scale[:, None, None] + shift[:, None, None])
+        return self.head(h.flatten(1))
+
+
+def test_val_source_reads_the_masks_an_offline_fit_reads():
+    """Under trainer.validate()'s inference mode an in-place ReLU before a BatchNorm went
+    unseen (no version counter: the conv's pattern 50 % off an offline fit), and F.batch_norm
+    calls were seen only when the step called the LightningModule itself (56 % off). (That
+    the offline fit reads each mask where the ReLU does: test_pattern_computer.)"""
+    model = WithBatchNorms().eval()
+    callback = PatternCallback(source="val")
+    trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.validate(model, loaders()[1], verbose=False)
+    callback.collector.refresh(trainer)
+    offline = PatternComputer(model).fit(loaders()[1], progress=False)
+    assert set(callback.patterns) == set(offline)
+    for path, pattern in offline.items():
+        torch.testing.assert_close(callback.patterns[path], pattern, rtol=1e-4, atol=1e-6)

@@ -398,15 +398,18 @@ class ConvBatchNorm(nn.Module):
     """conv → (ReLU →) BatchNorm → ReLU → head, the BatchNorm a module or ``F.batch_norm``
     with the same buffers, the first ReLU in place or not."""
 
-    def __init__(self, relu_first: str | None = None, functional: bool = False) -> None:
+    def __init__(self, relu_first: str | None = None, functional: bool = False,
+                 written_out: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.conv, self.norm = nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4)
         self.head = nn.Linear(4 * 16, 3)
         self.relu_first, self.functional = relu_first, functional
+        self.written_out = written_out
         with torch.no_grad():
             self.norm.running_mean.uniform_(-1, 1)
             self.norm.running_var.uniform_(0.5, 2)
+            self.norm.weight.uniform_(-2, 2)
             self.norm.bias.uniform_(-1, 1)
 
     def forward(self, x):
@@ -414,23 +417,63 @@ class ConvBatchNorm(nn.Module):
         if self.relu_first is not None:
             h = F.relu(h, inplace=self.relu_first == "in place")
         n = self.norm
-        h = F.batch_norm(h, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0,
-                         n.eps) if self.functional else n(h)
+        if self.written_out:  # (torchvision's FrozenBatchNorm2d)
+            scale = n.weight / torch.sqrt(n.running_var + n.eps)
+            h = h * scale[:, None, None] + (n.bias - n.running_mean * scale)[:, None, None]
+        else:
+            h = F.batch_norm(h, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0,
+                             n.eps) if self.functional else n(h)
         return self.head(F.relu(h).flatten(1))
 
 
+@pytest.mark.parametrize("inference", [False, True])
 @pytest.mark.parametrize(("model", "twin"), [
     (ConvBatchNorm(functional=True), ConvBatchNorm()),
+    (ConvBatchNorm(written_out=True), ConvBatchNorm()),
     (ConvBatchNorm(relu_first="in place"), ConvBatchNorm(relu_first="out of place"))],
-    ids=["F.batch_norm", "in-place ReLU before the BatchNorm"])
-def test_the_mask_is_read_where_the_relu_after_the_layer_reads(model, twin):
+    ids=["F.batch_norm", "written out", "in-place ReLU before the BatchNorm"])
+def test_the_mask_is_read_where_the_relu_after_the_layer_reads(model, twin, inference):
     """A kernel output going straight into ``F.batch_norm`` takes its mask from the
     BatchNorm's output, as from the module's (it was read from the kernel output: the conv's
-    pattern 91 % off); one changed in place first (a ReLU) does not (it was read after the
-    BatchNorm: 35 % off)."""
-    model.eval(), twin.eval()
-    x = torch.randn(32, 2, 6, 6)
+    pattern 91 % off), and so does one into a BatchNorm written out (19 %); one changed in
+    place first (a ReLU) does not (it was read after the BatchNorm: 35 % off), also under
+    inference mode, which keeps no version counters (50 % off)."""
+    model, twin = model.double().eval(), twin.double().eval()
+    x = torch.randn(32, 2, 6, 6, dtype=torch.double)
     torch.testing.assert_close(model(x), twin(x))
     expected = PatternComputer(twin).compute(x)
-    for path, pattern in PatternComputer(model).compute(x).items():
+    computer = PatternComputer(model)
+    with torch.inference_mode(inference):  # (no version counters there: trainer.validate())
+        computer.update(x)
+    for path, pattern in computer.compute().items():
+        torch.testing.assert_close(pattern, expected[path])
+
+
+def test_a_forward_that_raises_before_the_collection_leaves_the_mode_stack_as_it_was():
+    """The mode that watches the forward's calls was entered by a pre-hook of the model and
+    left by an always-called hook: a pre-hook of the user's that raised first made it leave
+    a mode it never entered (the user's torch.device context: "pop from empty mode stack")."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    model = small_cnn()
+
+    def refuse(module, args):
+        raise ValueError("expected 3 channels")
+
+    model.register_forward_pre_hook(refuse)
+    with torch.device("cpu"):
+        depth = len(_get_current_function_mode_stack())
+        with pytest.raises(ValueError, match="expected 3 channels"):
+            PatternComputer(model).update(torch.randn(2, 2, 6, 6))
+        assert len(_get_current_function_mode_stack()) == depth
+
+
+def test_compute_names_a_bool_given_as_data_and_skips_empty_batches():
+    computer = PatternComputer(small_cnn())
+    with pytest.raises(TypeError, match=r"sync is a keyword: compute\(sync=False\)"):
+        computer.compute(False)
+    x = torch.randn(8, 2, 6, 6)
+    expected = PatternComputer(small_cnn()).compute(x)
+    for path, pattern in PatternComputer(small_cnn()).fit(
+            [x[:0], x, x[:0]], progress=False).items():  # (a raw reshape error before)
         torch.testing.assert_close(pattern, expected[path])

@@ -399,8 +399,11 @@ class _PatternBased(Analyzer):
                             value: Tensor) -> Tensor:
         """``y = a ⊙ x + b`` with constants ``a`` and ``b`` (input normalisation, a scaling,
         a BatchNorm written out): one-input neurons, as a BatchNorm's, whose pattern is
-        ``1/a`` (see :meth:`batch_norm_factor`). The same as the net with ``a`` and ``b``
-        folded into the kernel layer before or after it."""
+        ``1/a`` (see :meth:`batch_norm_factor`; the copies it broadcasts one element to
+        share it, :meth:`copies_factor`). The same map as the net with ``a`` and ``b`` folded
+        into the kernel layer before it (or, for PatternAttribution, after it; PatternNet's
+        layer normalisation then weighs that layer's channels by ``a``, as for a BatchNorm:
+        the same direction, another size per sample)."""
         kwargs = {k: v for k, v in call.kwargs.items() if k != "inplace"}
 
         def at(inputs: Tensor) -> Tensor:

@@ -108,7 +108,7 @@ _register(ACTIVATION, F.sigmoid, torch.sigmoid, Tensor_.sigmoid, F.tanh, torch.t
           F.hardtanh, F.relu6, F.mish, F.hardswish, F.hardsigmoid, F.logsigmoid, F.softsign,
           torch.exp, Tensor_.exp, torch.log, Tensor_.log, torch.abs, Tensor_.abs, torch.sqrt,
           Tensor_.sqrt, torch.square, Tensor_.square, torch.clamp, Tensor_.clamp, torch.pow,
-          Tensor_.pow, Tensor_.__pow__,
+          Tensor_.pow, Tensor_.__pow__, Tensor_.__rpow__,
           Tensor_.sigmoid_, Tensor_.tanh_, Tensor_.exp_, Tensor_.log_, Tensor_.abs_,
           Tensor_.sqrt_, Tensor_.clamp_, torch.clamp_, Tensor_.clamp_min, Tensor_.clamp_min_,
           Tensor_.clamp_max, Tensor_.clamp_max_, torch.clamp_min, torch.clamp_min_,

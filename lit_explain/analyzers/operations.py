@@ -202,6 +202,13 @@ _WRITES = frozenset({Tensor.__setitem__, Tensor.copy_, Tensor.index_put_, Tensor
 _FILLS = frozenset({Tensor.masked_fill, torch.masked_fill, torch.where})
 
 
+def _written_as_input(support: Callable[[], Tensor | None], written: Tensor
+                      ) -> Tensor | None:
+    """``support()`` with the positions in ``written`` (a write reached them) as input."""
+    held = support()
+    return None if held is None else torch.where(written, torch.ones_like(held), held)
+
+
 def _nearest(args: tuple, kwargs: dict) -> bool:
     """Whether an ``F.interpolate`` call resizes by nearest neighbours (copies values)."""
     mode = args[3] if len(args) > 3 else kwargs.get("mode", "nearest")
@@ -582,14 +589,10 @@ class OperationRules(TorchFunctionMode):
         elif self.state.padded and first is not None and (func in _WRITES or (
                 out_of_place(func, args, kwargs) is not None and any(
                     differentiable(t) for t in tensors[1:]))):
-            # other values written into a padding, or added to it: no padding now (an
-            # elementwise change in place by constants, relu_(), keeps it one), nor in a
-            # view of it or a tensor it views
-            storage = first.untyped_storage().data_ptr()
-            for key, (padded, _) in list(self.state.padded.items()):
-                if padded.untyped_storage().data_ptr() == storage:
-                    del self.state.padded[key]
-        elif self.state.padded and isinstance(output, Tensor) and output is not first and (
+            # other values written into a padding, or added to it: no padding there now (an
+            # elementwise change in place by constants, relu_(), keeps it one)
+            self._end_padding(func, args, first)
+        elif self.state.padded and output is not first and (
                 kind == STRUCTURE or func in ELEMENTWISE_AFFINE):
             self._carry_padding(func, args, kwargs, tensors, output)
         self._note_weights(tensors, produced)
@@ -636,24 +639,55 @@ class OperationRules(TorchFunctionMode):
 
             self.state.padded[id(output)] = (output, support)
 
+    def _end_padding(self, func: Callable, args: tuple, target: Tensor) -> None:
+        """The positions of every padded tensor (the target, its views, the tensor it views)
+        that a write into ``target`` reached hold values of the model's now: input, in the
+        support (``p[..., :2] = x[..., -2:]``, a wrap-around by hand). A write elsewhere in
+        the same memory (``p[..., 1:-1, 1:-1] *= 2``) leaves the padding one."""
+        with torch._C.DisableTorchFunction():  # (the engine's own reads)
+            region = target
+            if func is Tensor.__setitem__:
+                view = target[args[1]]
+                if view.untyped_storage().data_ptr() == target.untyped_storage().data_ptr():
+                    region = view  # (an advanced index copies: the whole target, then)
+            storage = target.untyped_storage()
+            mark = torch.zeros(storage.nbytes() // target.element_size(), dtype=torch.bool,
+                               device=target.device)
+            mark.as_strided(region.shape, region.stride(), region.storage_offset()).fill_(True)
+            for key, (padded, support) in list(self.state.padded.items()):
+                if padded.untyped_storage().data_ptr() != storage.data_ptr():
+                    continue
+                if padded.element_size() != target.element_size():
+                    del self.state.padded[key]
+                    continue
+                written = mark.as_strided(padded.shape, padded.stride(),
+                                          padded.storage_offset()).clone()
+                if bool(written.any()):
+                    self.state.padded[key] = (padded, functools.partial(
+                        _written_as_input, support, written))
+
     def _carry_padding(self, func: Callable, args: tuple, kwargs: dict, tensors: list[Tensor],
-                       output: Tensor) -> None:
+                       output: object) -> None:
         """Carry a constant padding through a reshape, copy, selection or concatenation of
         the padded tensor with constants, or an elementwise operation of it with constants
         (``F.pad(x) * 2``, ``(F.pad(x) - mean) / std``, ``.permute()``, ``.clone()``,
         ``masked_fill``): its output holds the padding (so transformed) where the call put
         it, and constants where it put those (no input either). Where another differentiable
-        tensor joins it, none is carried."""
+        tensor joins it, none is carried. Each part of a split (``chunk``, ``unbind``) holds
+        its part."""
         operands = [t for t in tensors if differentiable(t)]
         entry = self.state.padded.get(id(operands[0])) if len(operands) == 1 else None
         if entry is None or entry[0] is not operands[0]:
             return
-        source, support, shape = operands[0], entry[1], output.shape
+        source, support = operands[0], entry[1]
+        parts = [output] if isinstance(output, Tensor) else list(output) if isinstance(
+            output, (tuple, list)) and all(isinstance(o, Tensor) for o in output) else []
 
-        def carried() -> Tensor | None:
+        def carried(part: int) -> Tensor | None:
             held = support()
             if held is None:
                 return None
+            shape = parts[part].shape
             if func in ELEMENTWISE_AFFINE:
                 return held.expand(shape)
 
@@ -669,9 +703,11 @@ class OperationRules(TorchFunctionMode):
                 named = {k: 0.0 if k in ("value", "other", "input") and isinstance(
                     v, (int, float)) else v for k, v in named.items()}
             made = func(*swapped, **named)
-            return made if isinstance(made, Tensor) and made.shape == shape else None
+            made = made if isinstance(made, Tensor) else made[part]
+            return made if made.shape == shape else None
 
-        self.state.padded[id(output)] = (output, carried)
+        for part, tensor in enumerate(parts):
+            self.state.padded[id(tensor)] = (tensor, functools.partial(carried, part))
 
     def _input_derived(self, tensors: list[Tensor]) -> bool | None:
         """Whether the differentiable ones among a call's tensors are all input-derived

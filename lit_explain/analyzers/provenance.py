@@ -78,7 +78,7 @@ class Provenance:
         # weak reference per tensor, and no id of a freed tensor can be mistaken for it)
         self._token = object()
         self._statistics, self._magnitudes, self._held = _WeakSet(), _WeakSet(), _WeakSet()
-        self._reciprocals = _WeakSet()
+        self._sums, self._reciprocals = _WeakSet(), _WeakSet()
 
     def add_made(self, tensors: Iterable[Tensor]) -> None:
         """Record the differentiable ones among ``tensors`` as made in sight."""
@@ -135,19 +135,27 @@ class Provenance:
         return t in self._held
 
     def note_reciprocal(self, func: Callable, kind: str, args: tuple, output: Tensor) -> None:
-        """Record ``output`` as a reciprocal where the call makes one of a computed tensor
-        (``1 / s``, ``s.reciprocal()``, ``s ** -1``, ``s.rsqrt()``), or scales or shifts
-        one by constants (``2 / s``, ``0.5 * r``)."""
-        if kind == ACTIVATION and is_reciprocal(func, args):
+        """Record ``output`` as a sum where the call sums or averages a computed tensor (or
+        shifts or scales such a sum by constants: ``s + eps``), and as the reciprocal of a
+        sum where it makes one (``1 / s``, ``s.reciprocal()``, ``s ** -1``, ``s.rsqrt()``,
+        also scaled or shifted: ``2 / s``)."""
+        operands = [t for t in tensors_in(args) if differentiable(t)]
+        if len(operands) != 1:
+            return
+        if func in MEANS:
+            self._sums.add(output)
+        elif kind == ACTIVATION and is_reciprocal(func, args) and operands[0] in self._sums:
             self._reciprocals.add(output)
-        elif self._reciprocals and kind == LINEAR and func in ELEMENTWISE_AFFINE and any(
-                t in self._reciprocals for t in tensors_in(args) if differentiable(t)):
-            self._reciprocals.add(output)
+        elif kind == LINEAR and func in ELEMENTWISE_AFFINE:
+            for made in (self._sums, self._reciprocals):
+                if operands[0] in made:
+                    made.add(output)
 
     def divides(self, args: tuple) -> bool:
-        """Whether an elementwise product of two computed tensors divides one by the other:
-        one factor is a reciprocal of fewer elements than the other, which it broadcasts
-        over (``e * (1 / e.sum(-1, keepdim=True))``: the quotient ``e / e.sum(...)``)."""
+        """Whether an elementwise product of two computed tensors divides one by a sum: one
+        factor is the reciprocal of a sum, of fewer elements than the other, which it
+        broadcasts over (``e * (1 / e.sum(-1, keepdim=True))``: the quotient
+        ``e / e.sum(...)``; a gate ``h * (1 / (1 + exp(-g)))`` is none)."""
         factors = [t for t in tensors_in(args) if differentiable(t)]
         return len(factors) == 2 and any(
             t in self._reciprocals and t.numel() < other.numel()

@@ -484,10 +484,11 @@ def test_deep_lift_refuses_an_elementwise_operation_of_two_computed_tensors(how)
 
 @pytest.mark.parametrize(("written", "twin"), [
     (lambda h: torch.pow(2.0, h), lambda h: torch.exp(h * math.log(2.0))),
+    (lambda h: 2.0 ** h, lambda h: torch.exp(h * math.log(2.0))),
     (lambda h: torch.div(2.0, 1.5 + torch.tanh(h)), lambda h: 2.0 * (1.5 + torch.tanh(h)) ** -1),
     (lambda h: torch.full((4,), 2.0, dtype=h.dtype) / (1.5 + torch.tanh(h)),
      lambda h: 2.0 * (1.5 + torch.tanh(h)) ** -1)],
-    ids=["2 ** h", "torch.div(2, t)", "tensor constant / t"])
+    ids=["torch.pow(2, h)", "2 ** h", "torch.div(2, t)", "tensor constant / t"])
 def test_deep_lift_rescales_a_function_of_one_tensor_wherever_it_stands(written, twin):
     """torch.pow(2, h) first got a plain gradient (the summation check blamed the batch),
     then was refused with torch.div(2.0, t), as operations of a tensor that is not their

@@ -961,7 +961,8 @@ class _SoftmaxByHand(nn.Module):
         s = e.sum(-1, keepdim=True)
         weights = {"e / s": lambda: e / s, "e * (1 / s)": lambda: e * (1 / s),
                    "e * s.reciprocal()": lambda: e * s.reciprocal(),
-                   "gate": lambda: e * (1 / (1 + e))}[self.how]()
+                   "gate": lambda: e * (1 / (1 + e)),
+                   "squeeze-excitation gate": lambda: e * (1 / (1 + torch.exp(-s)))}[self.how]()
         return self.head((weights @ self.v(x)).mean(1))
 
 
@@ -977,10 +978,13 @@ def test_a_division_by_a_sum_written_as_a_product_is_refused_as_the_quotient(
         analyzer.analyze(torch.randn(3, 4, 6))
 
 
-def test_a_reciprocal_of_its_factors_shape_is_a_gate():
-    """A reciprocal as large as the other factor (a gate by a function written out) is a
-    product of two activations (the uniform rule), not refused as a quotient."""
-    model = _SoftmaxByHand("gate").double().eval()
+@pytest.mark.parametrize("how", ["gate", "squeeze-excitation gate"])
+def test_a_gate_by_a_reciprocal_is_no_quotient(how):
+    """A gate written as a reciprocal (a sigmoid by hand), as large as the other factor or
+    broadcast over it (a squeeze-excitation gate, refused by the first version of the
+    quotient check), is a product of two activations (the uniform rule): only the
+    reciprocal of a sum is a division."""
+    model = _SoftmaxByHand(how).double().eval()
     x = torch.randn(3, 4, 6, dtype=torch.double)
     relevance = lx.create_analyzer("lrp.z", model, neuron_selection_mode="index").analyze(x, 0)
     assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0

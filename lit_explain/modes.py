@@ -20,11 +20,12 @@ from torch import nn
 def eval_mode(model: nn.Module, modules: Sequence[nn.Module] | None = None
               ) -> Iterator[None]:
     """Every module of ``model`` in eval mode while open; afterwards each module's flag and
-    each parameter's ``requires_grad`` as they were, the modules that override ``train``
-    and were in train mode, their whole subtree with them, having run their own
-    ``train(True)`` again (one with a submodule in eval mode: its overriding submodules whose
-    subtrees were in train mode). A model already in eval mode is not touched. ``modules``:
-    the model's modules, where the caller has listed them already."""
+    each parameter's ``requires_grad`` as they were, the outermost modules that override
+    ``train`` and were in train mode having run their own ``train(True)`` again, and then
+    the submodules of theirs that were in eval mode their own ``train(False)`` (a LoRA layer
+    the user keeps merged inside a DDP wrapper stays merged; one training with its dropout
+    in eval mode unmerges). A model already in eval mode is not touched. ``modules``: the
+    model's modules, where the caller has listed them already."""
     modules = list(model.modules()) if modules is None else modules
     training = {module: module.training for module in modules}
     if not any(training.values()):
@@ -46,11 +47,19 @@ def eval_mode(model: nn.Module, modules: Sequence[nn.Module] | None = None
 
 def _train_again(module: nn.Module, training: dict[nn.Module, bool]) -> None:
     """Run ``train(True)`` of the outermost modules under ``module`` that override it and
-    were in train mode with their whole subtree (its recursion would reach a submodule in
-    eval mode otherwise)."""
-    if type(module).train is not nn.Module.train and all(
-            training.get(m, False) for m in module.modules()):
+    were in train mode, then ``train(False)`` of the outermost submodules of theirs that
+    were in eval mode (its recursion reached them)."""
+    if training.get(module, False) and type(module).train is not nn.Module.train:
         module.train(True)
+        _eval_again(module, training)
         return
     for child in module.children():
         _train_again(child, training)
+
+
+def _eval_again(module: nn.Module, training: dict[nn.Module, bool]) -> None:
+    for child in module.children():
+        if training.get(child, False):
+            _eval_again(child, training)
+        else:
+            child.train(False)

@@ -116,3 +116,16 @@ def test_the_flags_come_back_when_a_module_refuses_eval_mode(work):
     with pytest.raises(RuntimeError, match="cannot switch to eval now"):
         WORK[work](model, torch.randn(5, 6))
     assert all(module.training for module in model.modules())
+
+
+@pytest.mark.parametrize("work", list(WORK))
+def test_a_lora_layer_whose_dropout_is_in_eval_mode_trains_again(work):
+    """Its own train(True) did not run where a submodule of it was in eval mode (the usual
+    way of switching its dropout off): it stayed merged, its adapter without gradient."""
+    model, x = lora_model(), torch.randn(5, 6)
+    lora = model[2]
+    lora.dropout = nn.Dropout(0.1).eval()
+    weight = lora.weight.detach().clone()
+    WORK[work](model, x)
+    assert lora.training and not lora.merged and not lora.dropout.training
+    torch.testing.assert_close(lora.weight, weight)

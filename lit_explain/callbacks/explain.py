@@ -517,13 +517,17 @@ class ExplainCallback(Callback):
 
     def _check_metrics(self, sample: Tensor, maps: Tensor, batch: Any) -> None:
         """Try every metric on one sample's map; drop (or raise on) one that fails."""
-        masks = None if self.mask_key is None else self._masks_in(batch)[:1]
+        masks = None if self.mask_key is None else self._masks_in(batch)
+        specs = self._metrics.specs
+        if masks is None:  # (a batch without masks: the localization metrics wait for some)
+            specs = {name: kwargs for name, kwargs in specs.items()
+                     if name not in localization_metrics}
         with torch.inference_mode(False):
             sample, maps = sample.clone(), maps.detach().clone()
-            masks = None if masks is None else masks.clone()
+            masks = None if masks is None else masks[:1].clone()
             target = self._predict(sample).argmax(1)
             # (this rank's sample alone: no reduction across processes)
-            probe = ProbeMetrics(self._metrics.specs, self._selector, ["preflight"], sync=False)
+            probe = ProbeMetrics(specs, self._selector, ["preflight"], sync=False)
             failures: list[tuple[str, Exception]] = []
             probe.evaluate(sample, {"preflight": maps}, target, masks,
                            lambda metric, _, error: failures.append((metric, error)))

@@ -103,8 +103,11 @@ def check_masks(masks: Any, inputs: Tensor, key: int | str) -> None:
     """Check a batch's ground-truth masks against its inputs; raise with what is wrong.
 
     Masks are boolean or hold only 0 and 1, one per sample, of the input's shape or its
-    spatial shape (``(N, *S)`` or ``(N, 1, *S)`` for inputs ``(N, C, *S)``).
+    spatial shape (``(N, *S)`` or ``(N, 1, *S)`` for inputs ``(N, C, *S)``); ``None`` for a
+    batch none of whose samples has one (their masks are empty, see :class:`ProbeCollector`).
     """
+    if masks is None:
+        return
     if not isinstance(masks, Tensor):
         raise TypeError(f"mask_key={key!r} selects {a(type(masks).__name__)}, not a tensor")
     binary = masks.dtype == torch.bool or (

@@ -56,14 +56,15 @@ from .statistics import PATTERN_TYPES, LayerStatistics, neuron_mask
 class _Pending:
     """A kernel layer's batch waiting one step for a BatchNorm that may read its output."""
 
-    __slots__ = ("path", "module", "x", "y", "mask", "output", "consumed")
+    __slots__ = ("path", "module", "x", "y", "mask", "aliases", "consumed")
 
     def __init__(self, path: str, module: nn.Module, x: Tensor, y: Tensor,
                  mask: Tensor | None, output: Tensor) -> None:
         self.path, self.module, self.x, self.y, self.mask = path, module, x, y, mask
-        self.output = output  # kept alive, so that its id is not reused while pending
-        #: Whether a call other than a BatchNorm or an elementwise affine map with constants
-        #: has used the output (a ReLU, in place or not): the mask stays where it was read.
+        #: The layer's output and what carries its values on towards the activation (a
+        #: BatchNorm's output, ``output.contiguous()``), kept alive so that no id is reused.
+        self.aliases = [output]
+        #: Whether an activation read it (a ReLU, in place or not): the mask stays.
         self.consumed = False
 
 
@@ -113,7 +114,18 @@ _AFFINE = frozenset({
     torch.add, torch.sub, torch.mul, torch.div, Tensor.add, Tensor.sub, Tensor.mul, Tensor.div,
     Tensor.__add__, Tensor.__radd__, Tensor.__sub__, Tensor.__rsub__, Tensor.__mul__,
     Tensor.__rmul__, Tensor.__truediv__, Tensor.add_, Tensor.sub_, Tensor.mul_, Tensor.div_,
-    Tensor.__iadd__, Tensor.__isub__, Tensor.__imul__, Tensor.__itruediv__})
+    Tensor.__iadd__, Tensor.__isub__, Tensor.__imul__, Tensor.__itruediv__, torch.neg,
+    Tensor.neg, Tensor.__neg__})
+#: Calls that give a kernel output's values as they are (the mask follows them unchanged).
+_SAME_VALUES = frozenset({Tensor.detach, torch.detach, Tensor.contiguous, Tensor.clone,
+                          torch.clone, Tensor.to, Tensor.float, Tensor.double})
+#: Activations: where one reads a kernel output, its mask stays.
+_ACTIVATIONS = frozenset({
+    F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_, F.relu6, F.hardtanh,
+    F.hardtanh_, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.gelu, F.silu, F.mish,
+    torch.sigmoid, Tensor.sigmoid, torch.tanh, Tensor.tanh, torch.clamp, Tensor.clamp,
+    Tensor.clamp_, torch.clamp_min, Tensor.clamp_min, Tensor.clamp_min_, F.threshold,
+    F.threshold_})
 
 
 class _Calls(TorchFunctionMode):
@@ -142,24 +154,42 @@ def computes_its_weight(module: nn.Module) -> bool:
         getattr(own, "_conv_forward", None) is not getattr(base, "_conv_forward", None)
 
 
+def _leave(mode: TorchFunctionMode) -> None:
+    """Take ``mode`` off torch's function-mode stack, wherever it is (modes entered after
+    it and still open, a LightningModule's own, stay, in their order)."""
+    above = []
+    while torch._C._len_torch_function_stack():
+        top = torch._C._pop_torch_function_stack()
+        if top is mode:
+            break
+        above.append(top)
+    for other in reversed(above):
+        torch._C._push_on_torch_function_stack(other)
+
+
 class CollectionHandle:
     """Returned by :meth:`PatternComputer.attach`; :meth:`remove` detaches the hooks."""
 
     def __init__(self, computer: PatternComputer, handles: list,
-                 calls: _Calls | None = None) -> None:
+                 calls: _Calls | None = None, nested: bool = False) -> None:
         self._computer = computer
         self._handles = handles
         self._calls = calls
+        self._nested = nested
 
     def remove(self) -> None:
         """Finish the last pending layer and remove every hook (idempotent)."""
+        if self._nested:  # (the outer handle does it)
+            return
+        self._computer._attached = False
         self._computer._flush()
         for handle in self._handles:
             handle.remove()
         self._handles = []
         if self._calls is not None:
-            self._calls.__exit__(None, None, None)
+            _leave(self._calls)
             self._calls = None
+            self._computer._constants = {}
 
 
 class PatternComputer:
@@ -213,6 +243,9 @@ class PatternComputer:
             path: LayerStatistics.zeros(out_features(m), row_size(m), current_weight(m).device)
             for path, m in self.layers.items()}
         self._pending: dict[int, _Pending] = {}
+        self._attached = False
+        #: While collecting: the parameters, buffers and tensors made of them alone, by id.
+        self._constants: dict[int, Tensor] = {}
         #: module path -> the kernel calls of its forward, while it runs (layers with a
         #: forward of their own only: see :func:`computes_its_weight`)
         self._kernel_calls: dict[str, _KernelCalls] = {}
@@ -230,8 +263,11 @@ class PatternComputer:
         """Hook the model: every forward pass until ``handle.remove()`` adds statistics.
 
         The model's mode and output are untouched, so this is what a training loop uses to
-        collect from the forward passes it runs anyway.
+        collect from the forward passes it runs anyway. Attached already, it collects once
+        (the returned handle removes nothing).
         """
+        if self._attached:
+            return CollectionHandle(self, [], nested=True)
         handles = []
         for path, module in self.layers.items():
             if computes_its_weight(module):
@@ -244,8 +280,11 @@ class PatternComputer:
         if self.pattern_type != "linear":  # (modules that call no F.batch_norm: SyncBatchNorm)
             handles += [module.register_forward_hook(self._on_batch_norm)
                         for module in self.model.modules() if is_batch_norm(module)]
+            self._constants = {id(t): t for t in (*self.model.parameters(),
+                                                  *self.model.buffers())}
             calls = _Calls(self._on_call)  # (F.batch_norm calls, BatchNorms written out)
             calls.__enter__()
+        self._attached = True
         return CollectionHandle(self, handles, calls)
 
     @contextmanager
@@ -340,57 +379,78 @@ class PatternComputer:
             calls.weight_and_bias(module, output)
         self._calls_seen[path] = (weight.detach(), tuple(module.parameters()))
         self._flush()
-        with torch.no_grad():
+        # (out of sight of the function modes of other computers collecting at once: a
+        # computation of this one is no call of the model's)
+        with torch.no_grad(), torch._C.DisableTorchFunction():
             y = pre_activation(module, output, bias)
             mask = neuron_mask(self.pattern_type, output.detach())
-        x = args[0]
-        if self.pattern_type != "linear":  # held until the next layer or BatchNorm runs,
-            x = x.detach().clone()  # which the model may have changed it before (h += fc(h))
+            x = args[0]
+            if self.pattern_type != "linear":  # held until the next layer or BatchNorm runs,
+                x = x.detach().clone()  # which the model may change before (h += fc(h))
         self._pending[id(output)] = _Pending(path, module, x, y, mask, output)
         if self.pattern_type == "linear":
             self._flush()
 
     def _on_batch_norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        pending = self._pending.get(id(args[0]))
-        if pending is not None and pending.output is args[0]:
+        pending = self._pending_of(args[0])
+        if pending is not None:
             self._follow(pending, output)
 
+    def _pending_of(self, t: object) -> _Pending | None:
+        """The pending layer whose values ``t`` carries (its output or an alias of it)."""
+        if not isinstance(t, Tensor):
+            return None
+        entry = self._pending.get(id(t))
+        return entry if entry is not None and any(a is t for a in entry.aliases) else None
+
     def _on_call(self, func: Callable, args: tuple, kwargs: dict, output: Tensor) -> None:
-        """A call while collecting that uses a pending kernel output: the mask follows it
-        into ``F.batch_norm`` or an elementwise affine map with a constant (a BatchNorm
-        written out, ``h * scale + shift``); any other call (a ReLU, in place or not) is what
-        reads it, and the mask stays."""
-        if not self._pending:
+        """A call while collecting. Tensors made from parameters, buffers and numbers alone
+        are constants. Where a call uses a pending kernel output, the mask follows it into
+        ``F.batch_norm`` or an elementwise affine map with a constant (a BatchNorm written
+        out, ``h * scale + shift``), and stays where an activation reads it (a ReLU, in place
+        or not); copies carry it on; other calls (a statistic, a residual add) leave it."""
+        operands = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
+        if all(self._constant(t) for t in operands):
+            self._constants[id(output)] = output
             return
-        pending = next((entry for t in (*args, *kwargs.values()) if isinstance(t, Tensor) and (
-            entry := self._pending.get(id(t))) is not None and entry.output is t), None)
-        if pending is None or pending.consumed:
+        source = next((t for t in operands if self._pending_of(t) is not None), None)
+        if source is None:
             return
-        source = pending.output
-        others = [a for a in args if a is not source]
-        if func is F.batch_norm or (func in _AFFINE and len(others) == 1 and (
-                not isinstance(others[0], Tensor) or others[0].numel() < source.numel())
-                and (func not in _DIVISIONS or args[0] is source)):
+        pending = self._pending_of(source)
+        others = [a for a in (*args, *kwargs.values()) if a is not source]
+        if func is F.batch_norm or (func in _AFFINE and len(others) <= 1 and all(
+                self._constant(o) for o in others) and (
+                func not in _DIVISIONS or args[0] is source)):
             self._follow(pending, output)
-        else:
+        elif func in _SAME_VALUES and output.shape == source.shape and not pending.consumed:
+            self._alias(pending, output)
+        elif func in _ACTIVATIONS:
             pending.consumed = True
+
+    def _constant(self, value: object) -> bool:
+        """Whether ``value`` is a number or a tensor made of parameters and buffers alone."""
+        if isinstance(value, Tensor):
+            return self._constants.get(id(value)) is value
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     def _follow(self, pending: _Pending, output: Tensor) -> None:
         """Read the mask of ``pending``'s layer from ``output``, what its output became."""
-        if pending.consumed or output.shape != pending.output.shape:
-            pending.consumed = True
+        if pending.consumed or output.shape != pending.aliases[0].shape:
             return
         with torch.no_grad(), torch._C.DisableTorchFunction():
             pending.mask = neuron_mask(self.pattern_type, output.detach())
-        if output is not pending.output:
-            del self._pending[id(pending.output)]
-            pending.output = output
+        self._alias(pending, output)
+
+    def _alias(self, pending: _Pending, output: Tensor) -> None:
+        if not any(a is output for a in pending.aliases):
+            pending.aliases.append(output)
             self._pending[id(output)] = pending
 
     def _flush(self) -> None:
-        pending, self._pending = list(self._pending.values()), {}
-        for entry in pending:
-            with torch.no_grad(), full_precision():  # statistics in full precision
+        pending = list({id(entry): entry for entry in self._pending.values()}.values())
+        self._pending = {}
+        for entry in pending:  # (statistics in full precision; out of sight, as above)
+            with torch.no_grad(), full_precision(), torch._C.DisableTorchFunction():
                 sums = batch_sums(entry.module, entry.x, entry.y, entry.mask)
                 stats = self.statistics[entry.path] = self.statistics[entry.path].to(
                     entry.y.device)

@@ -132,8 +132,9 @@ def _masks_for_half(items):
     return {"x": x, "y": y, "mask": m if m.any() else None}
 
 
+@pytest.mark.parametrize("masked_first", [True, False])
 @pytest.mark.parametrize("selection", ["first", "stratified"])
-def test_samples_of_a_batch_without_masks_get_empty_ones(tmp_path, selection):
+def test_samples_of_a_batch_without_masks_get_empty_ones(tmp_path, selection, masked_first):
     """A data set with masks for some samples: a batch whose mask is None stopped fit() with
     a bare TypeError from the probe's concatenation. Its samples get empty masks, which the
     localization metrics skip."""
@@ -142,7 +143,9 @@ def test_samples_of_a_batch_without_masks_get_empty_ones(tmp_path, selection):
     torch.manual_seed(0)
     x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 4
     masks = torch.zeros(16, 8, 8, dtype=torch.bool)
-    masks[:8, 2:5, 2:5] = True  # (the second batch of 8 has none)
+    masks[:8, 2:5, 2:5] = True  # (the second batch of 8 has none; or the first)
+    if not masked_first:  # (the preflight met a batch without masks: a TypeError)
+        masks = masks.roll(8, 0)
     loader = DataLoader(TensorDataset(x, y, masks), batch_size=8, collate_fn=_masks_for_half)
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=12,
                                   sample_selection=selection, input_key="x", target_key="y",

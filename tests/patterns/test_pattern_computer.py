@@ -477,3 +477,60 @@ def test_compute_names_a_bool_given_as_data_and_skips_empty_batches():
     for path, pattern in PatternComputer(small_cnn()).fit(
             [x[:0], x, x[:0]], progress=False).items():  # (a raw reshape error before)
         torch.testing.assert_close(pattern, expected[path])
+
+
+def test_another_computer_or_a_read_of_the_output_leaves_the_mask_where_it_is_read():
+    """A second computer collecting at once (its hooks read the output, its pre-activation
+    subtracts the bias: the mask followed that), a pre-hook of the BatchNorm that reads its
+    input, and update() while attached sent the mask elsewhere (the conv's pattern 92 % off)."""
+    model = ConvBatchNorm().double().eval()
+    x = torch.randn(32, 2, 6, 6, dtype=torch.double)
+    expected = PatternComputer(model).compute(x)
+    first, second = PatternComputer(model), PatternComputer(model)
+    with first.collecting(), second.collecting():
+        model(x)
+    handle = model.norm.register_forward_pre_hook(lambda m, args: args[0].mean() and None)
+    read = PatternComputer(model)
+    read.update(x)
+    handle.remove()
+    nested = PatternComputer(model)
+    with nested.collecting():
+        nested.update(x)
+    for computer in (first, second, read, nested):
+        for path, pattern in computer.compute().items():
+            torch.testing.assert_close(pattern, expected[path])
+
+
+@pytest.mark.parametrize("written", [
+    lambda h, s, b: -(h * -s) + b, lambda h, s, b: torch.add(h * s, other=b),
+    lambda h, s, b: h.mul(s).add_(b)], ids=["negations", "other=", "in place"])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_a_batchnorm_after_a_linear_layer_written_out_any_way(written, batch):
+    """``h * scale + shift`` after a Linear layer, spelt three ways, also in batches of one
+    (where the scale is as large as the batch: it was taken for an activation, 42 % off):
+    the mask is read after it, as from nn.BatchNorm1d."""
+    torch.manual_seed(0)
+    linear, norm, head = nn.Linear(5, 6), nn.BatchNorm1d(6).eval(), nn.Linear(6, 2)
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.bias.uniform_(-1, 1)
+        norm.weight.uniform_(-2, 2)
+
+    class WrittenOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.norm, self.head = linear, norm, head
+
+        def forward(self, x):
+            n = self.norm
+            scale = n.weight / torch.sqrt(n.running_var + n.eps)
+            h = written(self.linear(x), scale, n.bias - n.running_mean * scale)
+            return self.head(torch.relu(h))
+
+    model = WrittenOut().double().eval()
+    module_form = nn.Sequential(linear, norm, nn.ReLU(), head).double().eval()
+    x = torch.randn(48, 5, dtype=torch.double)
+    torch.testing.assert_close(model(x), module_form(x))
+    expected = PatternComputer(module_form).compute(x)
+    patterns = PatternComputer(model).compute(x, batch_size=batch)
+    torch.testing.assert_close(patterns["linear"], expected["0"])

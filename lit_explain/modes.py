@@ -61,5 +61,6 @@ def _eval_again(module: nn.Module, training: dict[nn.Module, bool]) -> None:
     for child in module.children():
         if training.get(child, False):
             _eval_again(child, training)
-        else:
+        else:  # (and the modules in train mode inside it again: its recursion reached them)
             child.train(False)
+            _train_again(child, training)

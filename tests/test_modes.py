@@ -129,3 +129,15 @@ def test_a_lora_layer_whose_dropout_is_in_eval_mode_trains_again(work):
     WORK[work](model, x)
     assert lora.training and not lora.merged and not lora.dropout.training
     torch.testing.assert_close(lora.weight, weight)
+
+
+@pytest.mark.parametrize("work", list(WORK))
+def test_a_training_layer_inside_an_eval_module_inside_a_wrapper_trains_again(work):
+    """Putting the eval-mode part back through its own train(False) merged a LoRA layer
+    inside it that was training (its adapter then got no gradient)."""
+    encoder = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), LoRALinear(8, 4)).eval()
+    encoder[2].train()
+    model, x = Wrapper(encoder), torch.randn(5, 6)
+    model.training = True  # (the wrapper in train mode, the encoder in eval, its LoRA training)
+    WORK[work](model, x)
+    assert encoder[2].training and not encoder[2].merged and not encoder.training

@@ -202,11 +202,12 @@ _WRITES = frozenset({Tensor.__setitem__, Tensor.copy_, Tensor.index_put_, Tensor
 _FILLS = frozenset({Tensor.masked_fill, torch.masked_fill, torch.where})
 
 
-def _written_as_input(support: Callable[[], Tensor | None], written: Tensor
-                      ) -> Tensor | None:
-    """``support()`` with the positions in ``written`` (a write reached them) as input."""
+def _written(support: Callable[[], Tensor | None], written: Tensor, value: float
+             ) -> Tensor | None:
+    """``support()`` with the positions in ``written`` (a write reached them) as input
+    (``value`` 1) or padding (0: a constant written there)."""
     held = support()
-    return None if held is None else torch.where(written, torch.ones_like(held), held)
+    return None if held is None else torch.where(written, torch.full_like(held, value), held)
 
 
 def _nearest(args: tuple, kwargs: dict) -> bool:
@@ -642,18 +643,21 @@ class OperationRules(TorchFunctionMode):
     def _end_padding(self, func: Callable, args: tuple, target: Tensor) -> None:
         """The positions of every padded tensor (the target, its views, the tensor it views)
         that a write into ``target`` reached hold values of the model's now: input, in the
-        support (``p[..., :2] = x[..., -2:]``, a wrap-around by hand). A write elsewhere in
-        the same memory (``p[..., 1:-1, 1:-1] *= 2``) leaves the padding one."""
+        support (``p[..., :2] = x[..., -2:]``, a wrap-around by hand), or a constant written
+        there (``p[..., 0] = 1.0``): padding. A write elsewhere in the same memory
+        (``p[..., 1:-1, 1:-1] *= 2``) leaves the padding one."""
         with torch._C.DisableTorchFunction():  # (the engine's own reads)
-            region = target
-            if func is Tensor.__setitem__:
-                view = target[args[1]]
-                if view.untyped_storage().data_ptr() == target.untyped_storage().data_ptr():
-                    region = view  # (an advanced index copies: the whole target, then)
+            value = args[2] if func is Tensor.__setitem__ else \
+                args[1] if func is Tensor.copy_ else None
+            written_value = 0.0 if value is not None and not differentiable(value) else 1.0
             storage = target.untyped_storage()
             mark = torch.zeros(storage.nbytes() // target.element_size(), dtype=torch.bool,
                                device=target.device)
-            mark.as_strided(region.shape, region.stride(), region.storage_offset()).fill_(True)
+            region = mark.as_strided(target.shape, target.stride(), target.storage_offset())
+            if func is Tensor.__setitem__:  # (the positions its index reaches, however given)
+                region[args[1]] = True
+            else:
+                region.fill_(True)
             for key, (padded, support) in list(self.state.padded.items()):
                 if padded.untyped_storage().data_ptr() != storage.data_ptr():
                     continue
@@ -664,39 +668,46 @@ class OperationRules(TorchFunctionMode):
                                           padded.storage_offset()).clone()
                 if bool(written.any()):
                     self.state.padded[key] = (padded, functools.partial(
-                        _written_as_input, support, written))
+                        _written, support, written, written_value))
 
     def _carry_padding(self, func: Callable, args: tuple, kwargs: dict, tensors: list[Tensor],
                        output: object) -> None:
         """Carry a constant padding through a reshape, copy, selection or concatenation of
-        the padded tensor with constants, or an elementwise operation of it with constants
-        (``F.pad(x) * 2``, ``(F.pad(x) - mean) / std``, ``.permute()``, ``.clone()``,
-        ``masked_fill``): its output holds the padding (so transformed) where the call put
-        it, and constants where it put those (no input either). Where another differentiable
-        tensor joins it, none is carried. Each part of a split (``chunk``, ``unbind``) holds
-        its part."""
+        padded tensors (with constants, or with other tensors, whose values are input), or an
+        elementwise operation of one with constants (``F.pad(x) * 2``, ``(F.pad(x) - mean) /
+        std``, ``.permute()``, ``.clone()``, ``masked_fill``, ``torch.cat`` of the parts of a
+        split): its output holds the padding (so transformed) where the call put it, and
+        constants where it put those (no input either). Each part of a split (``chunk``,
+        ``unbind``) holds its part."""
         operands = [t for t in tensors if differentiable(t)]
-        entry = self.state.padded.get(id(operands[0])) if len(operands) == 1 else None
-        if entry is None or entry[0] is not operands[0]:
+        supports = {}
+        for t in operands:
+            entry = self.state.padded.get(id(t))
+            if entry is not None and entry[0] is t:
+                supports[id(t)] = entry[1]
+        if not supports or (func in ELEMENTWISE_AFFINE and len(operands) != 1):
             return
-        source, support = operands[0], entry[1]
         parts = [output] if isinstance(output, Tensor) else list(output) if isinstance(
             output, (tuple, list)) and all(isinstance(o, Tensor) for o in output) else []
 
         def carried(part: int) -> Tensor | None:
-            held = support()
-            if held is None:
-                return None
+            held = {}
+            for t in operands:  # (an operand without a padding: input everywhere)
+                support = supports.get(id(t))
+                held[id(t)] = torch.ones_like(t.detach()) if support is None else support()
+                if held[id(t)] is None:
+                    return None
             shape = parts[part].shape
             if func in ELEMENTWISE_AFFINE:
-                return held.expand(shape)
+                return held[id(operands[0])].expand(shape)
 
-            def constant_zero(value: object) -> object:  # (the support of a constant: 0)
+            def support_of(value: object) -> object:  # (of a constant: 0)
                 if not isinstance(value, Tensor) or not value.is_floating_point():
                     return value
-                return held if value is source else torch.zeros_like(value)
+                made = held.get(id(value))
+                return torch.zeros_like(value) if made is None else made
 
-            swapped, named = replace_tensors(args, kwargs, constant_zero)
+            swapped, named = replace_tensors(args, kwargs, support_of)
             if func in _FILLS:  # (the value filled in: a constant, no input)
                 swapped = tuple(0.0 if isinstance(a, (int, float)) and not isinstance(
                     a, bool) else a for a in swapped)

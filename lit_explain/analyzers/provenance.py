@@ -37,6 +37,10 @@ from .kinds import (
     tensors_in,
 )
 
+#: Maxima and minima over axes: what a normalisation by the largest value divides by, as by
+#: a sum (``h / h.amax(-1, keepdim=True)``).
+_MAXIMA = frozenset({torch.amax, torch.Tensor.amax, torch.amin, torch.Tensor.amin})
+
 #: What a refusal for code out of sight says after naming where.
 UNSEEN_CODE = ("TorchScript (torch.jit.script or trace), a custom torch.autograd.Function or "
                "a C++ extension, where the analyzer's rules cannot reach; the map would miss "
@@ -142,7 +146,7 @@ class Provenance:
         operands = [t for t in tensors_in(args) if differentiable(t)]
         if len(operands) != 1:
             return
-        if func in MEANS:
+        if func in MEANS or func in _MAXIMA:
             self._sums.add(output)
         elif kind == ACTIVATION and is_reciprocal(func, args) and operands[0] in self._sums:
             self._reciprocals.add(output)

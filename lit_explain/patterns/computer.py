@@ -24,6 +24,7 @@ the following ReLU sees, as if the BatchNorm were folded into the kernel layer (
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -116,6 +117,8 @@ _AFFINE = frozenset({
     Tensor.__rmul__, Tensor.__truediv__, Tensor.add_, Tensor.sub_, Tensor.mul_, Tensor.div_,
     Tensor.__iadd__, Tensor.__isub__, Tensor.__imul__, Tensor.__itruediv__, torch.neg,
     Tensor.neg, Tensor.__neg__})
+#: How many constants a collection holds before it forgets the freed ones.
+_CONSTANTS_HELD = 1024
 #: Calls that give a kernel output's values as they are (the mask follows them unchanged).
 _SAME_VALUES = frozenset({Tensor.detach, torch.detach, Tensor.contiguous, Tensor.clone,
                           torch.clone, Tensor.to, Tensor.float, Tensor.double})
@@ -176,19 +179,24 @@ class CollectionHandle:
         self._handles = handles
         self._calls = calls
         self._nested = nested
+        self._removed = False
 
     def remove(self) -> None:
-        """Finish the last pending layer and remove every hook (idempotent)."""
-        if self._nested:  # (the outer handle does it)
+        """Finish the last pending layer and remove every hook (idempotent: a handle
+        removed once leaves a later collection alone)."""
+        if self._nested or self._removed:  # (the outer handle does it)
             return
-        self._computer._attached = False
-        self._computer._flush()
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        if self._calls is not None:
-            _leave(self._calls)
-            self._calls = None
+        self._removed = True
+        try:
+            self._computer._flush()
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles = []
+            if self._calls is not None:
+                _leave(self._calls)
+                self._calls = None
+            self._computer._attached = False
             self._computer._constants = {}
 
 
@@ -244,8 +252,12 @@ class PatternComputer:
             for path, m in self.layers.items()}
         self._pending: dict[int, _Pending] = {}
         self._attached = False
-        #: While collecting: the parameters, buffers and tensors made of them alone, by id.
-        self._constants: dict[int, Tensor] = {}
+        #: Layers whose calls have no one weight (a LoRA adapter): their error, raised when
+        #: patterns are made, not in the model's forward (a training step's).
+        self._failures: dict[str, ValueError] = {}
+        #: While collecting: the parameters, buffers and tensors made of them alone, by id
+        #: (weakly: a collection may run for many steps).
+        self._constants: dict[int, weakref.ref] = {}
         #: module path -> the kernel calls of its forward, while it runs (layers with a
         #: forward of their own only: see :func:`computes_its_weight`)
         self._kernel_calls: dict[str, _KernelCalls] = {}
@@ -280,8 +292,8 @@ class PatternComputer:
         if self.pattern_type != "linear":  # (modules that call no F.batch_norm: SyncBatchNorm)
             handles += [module.register_forward_hook(self._on_batch_norm)
                         for module in self.model.modules() if is_batch_norm(module)]
-            self._constants = {id(t): t for t in (*self.model.parameters(),
-                                                  *self.model.buffers())}
+            self._constants = {id(t): weakref.ref(t) for t in (*self.model.parameters(),
+                                                               *self.model.buffers())}
             calls = _Calls(self._on_call)  # (F.batch_norm calls, BatchNorms written out)
             calls.__enter__()
         self._attached = True
@@ -375,8 +387,12 @@ class PatternComputer:
             calls.__exit__(None, None, None)
         if output is None:  # the forward raised
             return
-        weight, bias = (current_weight(module), module.bias) if calls is None else \
-            calls.weight_and_bias(module, output)
+        try:
+            weight, bias = (current_weight(module), module.bias) if calls is None else \
+                calls.weight_and_bias(module, output)
+        except ValueError as error:  # (raised by the patterns, not in the model's forward,
+            self._failures.setdefault(path, error)  # which may be a training step's)
+            return
         self._calls_seen[path] = (weight.detach(), tuple(module.parameters()))
         self._flush()
         # (out of sight of the function modes of other computers collecting at once: a
@@ -409,9 +425,13 @@ class PatternComputer:
         ``F.batch_norm`` or an elementwise affine map with a constant (a BatchNorm written
         out, ``h * scale + shift``), and stays where an activation reads it (a ReLU, in place
         or not); copies carry it on; other calls (a statistic, a residual add) leave it."""
-        operands = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
-        if all(self._constant(t) for t in operands):
-            self._constants[id(output)] = output
+        operands = [t for a in (*args, *kwargs.values()) for t in (
+            a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, Tensor)]
+        if all(self._constant(t) for t in operands):  # (torch.cat([h, g]): h and g's)
+            if len(self._constants) > _CONSTANTS_HELD:  # (a long collection: the dead)
+                self._constants = {k: r for k, r in self._constants.items()
+                                   if r() is not None}
+            self._constants[id(output)] = weakref.ref(output)
             return
         source = next((t for t in operands if self._pending_of(t) is not None), None)
         if source is None:
@@ -430,7 +450,8 @@ class PatternComputer:
     def _constant(self, value: object) -> bool:
         """Whether ``value`` is a number or a tensor made of parameters and buffers alone."""
         if isinstance(value, Tensor):
-            return self._constants.get(id(value)) is value
+            held = self._constants.get(id(value))
+            return held is not None and held() is value
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     def _follow(self, pending: _Pending, output: Tensor) -> None:
@@ -484,6 +505,8 @@ class PatternComputer:
             raise ValueError(f"sync={sync!r} is not valid; expected True or False (the data "
                              f"to add are compute's first argument)")
         self._flush()  # (a batch the hooks hold for a BatchNorm that has not come)
+        if self._failures:
+            raise next(iter(self._failures.values()))
         statistics = self.synced_statistics() if sync else self.statistics
         if all(int(s.rows) == 0 for s in statistics.values()):
             raise RuntimeError("PatternComputer has no statistics yet: call update(x) or "
@@ -493,7 +516,10 @@ class PatternComputer:
 
     def patterns_from(self, statistics: Mapping[str, LayerStatistics]) -> dict[str, Tensor]:
         """The patterns of given statistics (layers with data), each normalised against the
-        weight its layer's kernel call receives (see :meth:`_normalising_weight`)."""
+        weight its layer's kernel call receives (see :meth:`_normalising_weight`). Raises
+        the ``ValueError`` of a layer that has no one weight to fit a pattern to."""
+        if self._failures:
+            raise next(iter(self._failures.values()))
         patterns = {}
         for path, module in self.layers.items():
             if int(statistics[path].rows) == 0:
@@ -550,7 +576,7 @@ class PatternComputer:
 
     def reset(self) -> None:
         """Forget all statistics (the hooks, if attached, stay)."""
-        self._pending = {}
+        self._pending, self._failures = {}, {}
         with torch.inference_mode(False):
             for stats in self.statistics.values():
                 stats.zero_()

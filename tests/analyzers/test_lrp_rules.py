@@ -666,6 +666,17 @@ class PaddedHalves(nn.Module):
     def forward(self, x):
         if self.how == "apart":
             a, b = F.pad(x[:, :2], (1, 1), mode="circular"), F.pad(x[:, 2:], (1, 1))
+        elif self.how == "constant written":  # (the reference pads with that constant)
+            a = F.pad(x[:, :2], (1, 1), mode="circular")
+            b = F.pad(F.pad(x[:, 2:], (1, 0), value=1.0), (0, 1))
+        elif self.how == "constant filled in":
+            a = F.pad(x[:, :2], (1, 1), mode="circular")
+            b = F.pad(x[:, 2:], (1, 1))
+            b[..., 0] = 1.0
+        elif self.how == "indexed":  # (the wrap-around by an advanced index; b's rows
+            a = F.pad(x[:, :2], (1, 1))  # unbound and stacked again)
+            a[..., [0, -1]] = x[:, :2][..., [-1, 0]]
+            b = torch.stack(F.pad(x[:, 2:], (1, 1)).unbind(1), 1)
         elif self.how == "chunks":
             a, b = F.pad(x, (1, 1)).chunk(2, dim=1)
             a = F.pad(x[:, :2], (1, 1), mode="circular")
@@ -681,13 +692,17 @@ class PaddedHalves(nn.Module):
         return self.head(h.flatten(1))
 
 
-@pytest.mark.parametrize("how", ["wrapped", "chunks", "interior scaled"])
+@pytest.mark.parametrize(("how", "twin"), [
+    ("wrapped", "apart"), ("chunks", "apart"), ("interior scaled", "apart"),
+    ("indexed", "apart"), ("constant filled in", "constant written")])
 @pytest.mark.parametrize("name", ["lrp.w_square", "lrp.flat"])
-def test_a_write_into_padded_memory_changes_only_what_it_reaches(name, how):
+def test_a_write_into_padded_memory_changes_only_what_it_reaches(name, how, twin):
     """A write into one view of a padded tensor ended the padding of the other (35 % off);
-    chunks lost it (46 %); a write into the interior ended it whole (44 %)."""
+    chunks lost it (46 %); a write into the interior ended it whole (44 %); an advanced
+    index's write reached the whole tensor (7 %); a constant written into the padding made
+    it input (4-7 %); parts of a split joined again lost it (10 %)."""
     x = torch.randn(3, 4, 8, dtype=torch.double)
-    model, reference = PaddedHalves(how).double(), PaddedHalves("apart").double()
+    model, reference = PaddedHalves(how).double(), PaddedHalves(twin).double()
     torch.testing.assert_close(model(x), reference(x))
     expected = lx.create_analyzer(name, reference).analyze(x)
     analyzer = lx.create_analyzer(name, model)

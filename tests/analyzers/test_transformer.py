@@ -961,13 +961,15 @@ class _SoftmaxByHand(nn.Module):
         s = e.sum(-1, keepdim=True)
         weights = {"e / s": lambda: e / s, "e * (1 / s)": lambda: e * (1 / s),
                    "e * s.reciprocal()": lambda: e * s.reciprocal(),
+                   "e * (1 / e.amax())": lambda: e * (1 / e.amax(-1, keepdim=True)),
                    "gate": lambda: e * (1 / (1 + e)),
                    "squeeze-excitation gate": lambda: e * (1 / (1 + torch.exp(-s)))}[self.how]()
         return self.head((weights @ self.v(x)).mean(1))
 
 
 @pytest.mark.parametrize("attention_rule", ["attnlrp", "cp"])
-@pytest.mark.parametrize("how", ["e / s", "e * (1 / s)", "e * s.reciprocal()"])
+@pytest.mark.parametrize("how", ["e / s", "e * (1 / s)", "e * s.reciprocal()",
+                                 "e * (1 / e.amax())"])
 def test_a_division_by_a_sum_written_as_a_product_is_refused_as_the_quotient(
         how, attention_rule):
     """``e * (1 / e.sum())`` got the uniform rule of a product (its map 25 % off F.softmax's,

@@ -297,3 +297,16 @@ def test_a_one_logit_model_is_explained_and_scored(tmp_path):
         make_trainer(tmp_path, [callback], max_epochs=1).fit(Binary(),
                                                              DigitsDataModule(batch_size=32))
     assert callback.drift.first["lrp.epsilon"].shape == (4, 1, 8, 8)
+
+
+def test_a_pattern_analyzer_on_a_model_it_cannot_fit_is_dropped_not_fatal(tmp_path):
+    """Patterns collected from the training batches of a model with a LoRA layer (no one
+    weight to fit a pattern to): the refusal was raised in the training step's forward and
+    stopped fit() under on_error="warn"; it is raised where patterns are made, and warned."""
+    callback = lx.ExplainCallback(analyzers=["gradient", "pattern.attribution"], num_samples=4,
+                                  pattern_source="train", pattern_every_n_batches=1)
+    L.seed_everything(0, verbose=False)
+    with pytest.warns(UserWarning, match="not the output of one kernel call"):
+        make_trainer(tmp_path, [callback], num_sanity_val_steps=0).fit(
+            WithLoRA(), DigitsDataModule(batch_size=32))
+    assert callback.probe.inputs is not None  # (fit ran to its end, and explained)

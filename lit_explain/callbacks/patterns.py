@@ -178,8 +178,9 @@ class PatternCallback(Callback):
         forward passes (exact for the weights being explained).
     every_n_batches:
         Collect from every n-th batch only, to bound the cost. ``None``: every 10th training
-        batch (7-9% training-step overhead on the demo, where collecting from every batch
-        costs +86-94% on CPU), every validation batch.
+        batch (about +22% training-step overhead on the demo's CNN on one CPU thread, where
+        collecting from every batch costs about +216%: ``docs/patterns.md``), every
+        validation batch.
     module:
         Dotted path of the submodule to fit; ``""`` fits the LightningModule itself.
 

@@ -195,7 +195,8 @@ _LOWERED_BY_AUTOCAST = frozenset({KERNEL, WEIGHT_PRODUCT, ATTENTION})
 _PRELU = frozenset({F.prelu, torch.prelu})
 #: Calls that write other values into a tensor (a padding written over is none).
 _WRITES = frozenset({Tensor.__setitem__, Tensor.copy_, Tensor.index_put_, Tensor.index_copy_,
-                     Tensor.masked_scatter_, Tensor.scatter_, Tensor.scatter_add_})
+                     Tensor.masked_scatter_, Tensor.scatter_, Tensor.scatter_add_,
+                     Tensor.masked_fill_})
 
 #: Calls that fill in a value of their own (``masked_fill(mask, v)``, ``torch.where(c, x,
 #: v)``): a constant, whose positions a carried padding's support gives 0.
@@ -647,15 +648,21 @@ class OperationRules(TorchFunctionMode):
         there (``p[..., 0] = 1.0``): padding. A write elsewhere in the same memory
         (``p[..., 1:-1, 1:-1] *= 2``) leaves the padding one."""
         with torch._C.DisableTorchFunction():  # (the engine's own reads)
-            value = args[2] if func is Tensor.__setitem__ else \
+            value = args[2] if func in (Tensor.__setitem__, Tensor.masked_fill_) else \
                 args[1] if func is Tensor.copy_ else None
             written_value = 0.0 if value is not None and not differentiable(value) else 1.0
             storage = target.untyped_storage()
             mark = torch.zeros(storage.nbytes() // target.element_size(), dtype=torch.bool,
                                device=target.device)
             region = mark.as_strided(target.shape, target.stride(), target.storage_offset())
+            # (positions chosen by values, the input's: a replay would keep the first ones)
+            by_values = func is Tensor.masked_fill_ or (func is Tensor.__setitem__ and any(
+                isinstance(i, Tensor) for i in (
+                    args[1] if isinstance(args[1], tuple) else (args[1],))))
             if func is Tensor.__setitem__:  # (the positions its index reaches, however given)
                 region[args[1]] = True
+            elif func is Tensor.masked_fill_:
+                region.masked_fill_(args[1], True)
             else:
                 region.fill_(True)
             for key, (padded, support) in list(self.state.padded.items()):
@@ -669,6 +676,8 @@ class OperationRules(TorchFunctionMode):
                 if bool(written.any()):
                     self.state.padded[key] = (padded, functools.partial(
                         _written, support, written, written_value))
+                    if by_values and self.plan is not None:
+                        self.plan.unreplayable()
 
     def _carry_padding(self, func: Callable, args: tuple, kwargs: dict, tensors: list[Tensor],
                        output: object) -> None:

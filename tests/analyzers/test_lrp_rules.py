@@ -662,6 +662,7 @@ class PaddedHalves(nn.Module):
         self.how = how
         self.conv_a, self.conv_b = nn.Conv1d(2, 3, 3, bias=False), nn.Conv1d(2, 3, 3, bias=False)
         self.head = nn.Linear(48, 2, bias=False)
+        self.left = torch.arange(10) == 0
 
     def forward(self, x):
         if self.how == "apart":
@@ -673,6 +674,9 @@ class PaddedHalves(nn.Module):
             a = F.pad(x[:, :2], (1, 1), mode="circular")
             b = F.pad(x[:, 2:], (1, 1))
             b[..., 0] = 1.0
+        elif self.how == "constant filled in place":
+            a = F.pad(x[:, :2], (1, 1), mode="circular")
+            b = F.pad(x[:, 2:], (1, 1)).masked_fill_(self.left, 1.0)
         elif self.how == "indexed":  # (the wrap-around by an advanced index; b's rows
             a = F.pad(x[:, :2], (1, 1))  # unbound and stacked again)
             a[..., [0, -1]] = x[:, :2][..., [-1, 0]]
@@ -694,7 +698,8 @@ class PaddedHalves(nn.Module):
 
 @pytest.mark.parametrize(("how", "twin"), [
     ("wrapped", "apart"), ("chunks", "apart"), ("interior scaled", "apart"),
-    ("indexed", "apart"), ("constant filled in", "constant written")])
+    ("indexed", "apart"), ("constant filled in", "constant written"),
+    ("constant filled in place", "constant written")])
 @pytest.mark.parametrize("name", ["lrp.w_square", "lrp.flat"])
 def test_a_write_into_padded_memory_changes_only_what_it_reaches(name, how, twin):
     """A write into one view of a padded tensor ended the padding of the other (35 % off);
@@ -708,6 +713,26 @@ def test_a_write_into_padded_memory_changes_only_what_it_reaches(name, how, twin
     analyzer = lx.create_analyzer(name, model)
     for _ in range(2):  # the analysis and its replay
         torch.testing.assert_close(analyzer.analyze(x), expected)
+
+
+@pytest.mark.parametrize("name", ["lrp.w_square", "lrp.flat"])
+def test_a_constant_written_where_the_input_says_is_not_replayed_from_another_input(name):
+    """Positions of the padding chosen by the input's values (an index made of them): a
+    replay kept the first input's (maps 62-68 % off the second input's)."""
+    torch.manual_seed(0)
+    conv, head = nn.Conv1d(1, 3, 3, bias=False), nn.Linear(24, 2, bias=False)
+
+    class ByValue(nn.Module):
+        def forward(self, x):
+            p = F.pad(x, (1, 1))
+            p[torch.arange(len(x)), 0, x[:, 0].argmax(-1) + 1] = 0.0
+            return head(torch.relu(conv(p)).flatten(1))
+
+    model, analyzer = ByValue(), lx.create_analyzer(name, ByValue())
+    for seed in (1, 2):  # (another input: other positions)
+        x = torch.randn(3, 1, 8, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(analyzer.analyze(x), lx.create_analyzer(name, model)
+                                   .analyze(x))
 
 
 @pytest.mark.parametrize("value", [1.5, -1.0])

@@ -203,6 +203,11 @@ _WRITES = frozenset({Tensor.__setitem__, Tensor.copy_, Tensor.index_put_, Tensor
 _FILLS = frozenset({Tensor.masked_fill, torch.masked_fill, torch.where})
 
 
+#: Kinds through which a padding is carried (with the elementwise operations with constants):
+#: reshapes, copies and selections; elementwise functions of the padded tensor alone.
+_CARRYING = frozenset({STRUCTURE, ACTIVATION, RELU, INPUT_PREPROCESSING})
+
+
 def _written(support: Callable[[], Tensor | None], written: Tensor, value: float
              ) -> Tensor | None:
     """``support()`` with the positions in ``written`` (a write reached them) as input
@@ -593,10 +598,11 @@ class OperationRules(TorchFunctionMode):
                     differentiable(t) for t in tensors[1:]))):
             # other values written into a padding, or added to it: no padding there now (an
             # elementwise change in place by constants, relu_(), keeps it one)
-            self._end_padding(func, args, first)
+            self._end_padding(func, args, kwargs, first)
         elif self.state.padded and output is not first and (
-                kind == STRUCTURE or func in ELEMENTWISE_AFFINE):
-            self._carry_padding(func, args, kwargs, tensors, output)
+                kind in _CARRYING or func in ELEMENTWISE_AFFINE):
+            self._carry_padding(func, args, kwargs, tensors, output,
+                                func in ELEMENTWISE_AFFINE or kind != STRUCTURE)
         self._note_weights(tensors, produced)
         if self.tracks_roots:
             self.state.roots.note(func, kind, given_tensors, produced)
@@ -641,28 +647,35 @@ class OperationRules(TorchFunctionMode):
 
             self.state.padded[id(output)] = (output, support)
 
-    def _end_padding(self, func: Callable, args: tuple, target: Tensor) -> None:
+    def _end_padding(self, func: Callable, args: tuple, kwargs: dict, target: Tensor) -> None:
         """The positions of every padded tensor (the target, its views, the tensor it views)
         that a write into ``target`` reached hold values of the model's now: input, in the
         support (``p[..., :2] = x[..., -2:]``, a wrap-around by hand), or a constant written
         there (``p[..., 0] = 1.0``): padding. A write elsewhere in the same memory
         (``p[..., 1:-1, 1:-1] *= 2``) leaves the padding one."""
+        storage = target.untyped_storage()
+        if not any(padded.untyped_storage().data_ptr() == storage.data_ptr()
+                   for padded, _ in self.state.padded.values()):
+            return
+
+        def argument(i: int, name: str) -> object:
+            return args[i] if len(args) > i else kwargs.get(name)
+
         with torch._C.DisableTorchFunction():  # (the engine's own reads)
-            value = args[2] if func in (Tensor.__setitem__, Tensor.masked_fill_) else \
-                args[1] if func is Tensor.copy_ else None
+            index = argument(1, "mask") if func is Tensor.masked_fill_ else argument(1, "key")
+            value = argument(2, "value") if func in (Tensor.__setitem__, Tensor.masked_fill_) \
+                else argument(1, "src") if func is Tensor.copy_ else None
             written_value = 0.0 if value is not None and not differentiable(value) else 1.0
-            storage = target.untyped_storage()
             mark = torch.zeros(storage.nbytes() // target.element_size(), dtype=torch.bool,
                                device=target.device)
             region = mark.as_strided(target.shape, target.stride(), target.storage_offset())
-            # (positions chosen by values, the input's: a replay would keep the first ones)
-            by_values = func is Tensor.masked_fill_ or (func is Tensor.__setitem__ and any(
-                isinstance(i, Tensor) for i in (
-                    args[1] if isinstance(args[1], tuple) else (args[1],))))
+            by_values = False
             if func is Tensor.__setitem__:  # (the positions its index reaches, however given)
-                region[args[1]] = True
+                region[index] = True
+                by_values = self._computed(index)
             elif func is Tensor.masked_fill_:
-                region.masked_fill_(args[1], True)
+                region.masked_fill_(index, True)
+                by_values = self._computed(index)
             else:
                 region.fill_(True)
             for key, (padded, support) in list(self.state.padded.items()):
@@ -676,11 +689,21 @@ class OperationRules(TorchFunctionMode):
                 if bool(written.any()):
                     self.state.padded[key] = (padded, functools.partial(
                         _written, support, written, written_value))
-                    if by_values and self.plan is not None:
+                    if by_values and self.plan is not None:  # (a replay would keep these)
                         self.plan.unreplayable()
 
+    def _computed(self, index: object) -> bool:
+        """Whether an index or mask (or a tuple of them) holds a tensor the forward pass
+        computed, whose values may be the input's: positions that differ between inputs."""
+        if self.plan is None:  # (nothing is replayed)
+            return False
+        indices = index if isinstance(index, tuple) else (index,)
+        made = self.flow.made
+        return any(isinstance(i, Tensor) and (entry := made.get(id(i))) is not None
+                   and entry[0]() is i for i in indices)
+
     def _carry_padding(self, func: Callable, args: tuple, kwargs: dict, tensors: list[Tensor],
-                       output: object) -> None:
+                       output: object, elementwise: bool) -> None:
         """Carry a constant padding through a reshape, copy, selection or concatenation of
         padded tensors (with constants, or with other tensors, whose values are input), or an
         elementwise operation of one with constants (``F.pad(x) * 2``, ``(F.pad(x) - mean) /
@@ -689,12 +712,15 @@ class OperationRules(TorchFunctionMode):
         constants where it put those (no input either). Each part of a split (``chunk``,
         ``unbind``) holds its part."""
         operands = [t for t in tensors if differentiable(t)]
+        if self.plan is not None and self._computed(tuple(
+                t for t in tensors if not t.is_floating_point())):
+            self.plan.unreplayable()  # (a mask or index of the input's values, as above)
         supports = {}
         for t in operands:
             entry = self.state.padded.get(id(t))
             if entry is not None and entry[0] is t:
                 supports[id(t)] = entry[1]
-        if not supports or (func in ELEMENTWISE_AFFINE and len(operands) != 1):
+        if not supports or (elementwise and len(operands) != 1):
             return
         parts = [output] if isinstance(output, Tensor) else list(output) if isinstance(
             output, (tuple, list)) and all(isinstance(o, Tensor) for o in output) else []
@@ -707,7 +733,7 @@ class OperationRules(TorchFunctionMode):
                 if held[id(t)] is None:
                     return None
             shape = parts[part].shape
-            if func in ELEMENTWISE_AFFINE:
+            if elementwise:  # (with constants, or a function of it alone: f(c) is one)
                 return held[id(operands[0])].expand(shape)
 
             def support_of(value: object) -> object:  # (of a constant: 0)

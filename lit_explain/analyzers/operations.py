@@ -712,9 +712,6 @@ class OperationRules(TorchFunctionMode):
         constants where it put those (no input either). Each part of a split (``chunk``,
         ``unbind``) holds its part."""
         operands = [t for t in tensors if differentiable(t)]
-        if self.plan is not None and self._computed(tuple(
-                t for t in tensors if not t.is_floating_point())):
-            self.plan.unreplayable()  # (a mask or index of the input's values, as above)
         supports = {}
         for t in operands:
             entry = self.state.padded.get(id(t))
@@ -722,6 +719,8 @@ class OperationRules(TorchFunctionMode):
                 supports[id(t)] = entry[1]
         if not supports or (elementwise and len(operands) != 1):
             return
+        if self._computed(tuple(t for t in tensors if not t.is_floating_point())):
+            self.plan.unreplayable()  # (a mask or index of the input's values, as above)
         parts = [output] if isinstance(output, Tensor) else list(output) if isinstance(
             output, (tuple, list)) and all(isinstance(o, Tensor) for o in output) else []
 

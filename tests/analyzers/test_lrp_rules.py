@@ -754,12 +754,15 @@ class FilledAfterPadding(nn.Module):
              "input's mask, where": lambda: torch.where(by_values, 0.0, p),
              "input's mask, in place": lambda: p.masked_fill_(by_values, 0.0),
              "buffer mask, in place": lambda: p.masked_fill_(mask=self.fixed, value=0.0),
-             "relu": lambda: torch.relu(p)}[self.how]()
+             "relu": lambda: torch.relu(p),
+             "an index computed elsewhere": lambda: F.pad(x[..., torch.arange(8)], (1, 1))
+             }[self.how]()
         return self.head(torch.relu(self.conv(p)).flatten(1))
 
 
 @pytest.mark.parametrize("how", ["input's mask", "input's mask, where",
-                                 "input's mask, in place", "buffer mask, in place", "relu"])
+                                 "input's mask, in place", "buffer mask, in place", "relu",
+                                 "an index computed elsewhere"])
 @pytest.mark.parametrize("name", ["lrp.w_square", "lrp.flat"])
 def test_a_padding_filled_by_a_mask_is_replayed_only_where_the_mask_is_fixed(name, how):
     """masked_fill_ with keywords raised a bare IndexError in any model with a padding; a

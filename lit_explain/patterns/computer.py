@@ -433,10 +433,10 @@ class PatternComputer:
                                    if r() is not None}
             self._constants[id(output)] = weakref.ref(output)
             return
-        source = next((t for t in operands if self._pending_of(t) is not None), None)
-        if source is None:
+        pending, source = next(((p, t) for t in operands
+                                if (p := self._pending_of(t)) is not None), (None, None))
+        if pending is None:
             return
-        pending = self._pending_of(source)
         others = [a for a in (*args, *kwargs.values()) if a is not source]
         if func is F.batch_norm or (func in _AFFINE and len(others) <= 1 and all(
                 self._constant(o) for o in others) and (

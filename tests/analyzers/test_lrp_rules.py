@@ -677,8 +677,9 @@ class PaddedHalves(nn.Module):
         elif self.how == "constant filled in place":
             a = F.pad(x[:, :2], (1, 1), mode="circular")
             b = F.pad(x[:, 2:], (1, 1)).masked_fill_(self.left, 1.0)
-        elif self.how == "indexed":  # (the wrap-around by an advanced index; b's rows
-            a = F.pad(x[:, :2], (1, 1))  # unbound and stacked again)
+        elif self.how == "indexed":
+            # (the wrap-around by an advanced index; b's rows unbound and stacked again)
+            a = F.pad(x[:, :2], (1, 1))
             a[..., [0, -1]] = x[:, :2][..., [-1, 0]]
             b = torch.stack(F.pad(x[:, 2:], (1, 1)).unbind(1), 1)
         elif self.how == "chunks":

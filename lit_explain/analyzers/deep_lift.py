@@ -109,10 +109,15 @@ def _differences(tensor: Tensor, call: OperationCall) -> tuple[Tensor, Tensor]:
     return delta, lost_in_rounding(delta, value, reference)
 
 
-def _slope(call: OperationCall, source: Tensor, grad: Tensor) -> Tensor:
-    """f'(x) times ``grad`` on the input half: for ReLU its step, otherwise by autograd."""
+def _slope(call: OperationCall, source: Tensor, grad: Tensor,
+           composite: Tensor | None = None) -> Tensor:
+    """f'(x) times ``grad`` on the input half: for ReLU its step, otherwise by autograd; for
+    ``x * g(x)`` written out, through the graph of its parts' output ``composite``, whose
+    rules take their own slopes where x is within rounding of x₀."""
     if call.kind == RELU:
         return grad.chunk(2)[0] * (source.detach().chunk(2)[0] > 0)
+    if composite is not None:  # (x is no argument of the call)
+        return torch.autograd.grad(composite, source, grad)[0].chunk(2)[0]
     return _vector_jacobian(call, source, grad).chunk(2)[0]
 
 
@@ -122,19 +127,24 @@ def rescale_rule(call: OperationCall) -> Tensor:
     The gradient f'(x) replaces Δy/Δx where Δx or a non-zero Δy is within rounding of its
     operands (for Δy: a smooth f of nearly equal inputs, e.g. a sigmoid near 0.5, whose
     difference of outputs is noise). A zero Δy with a resolved Δx (ReLU below zero on
-    both sides, a saturated sigmoid) keeps its exact multiplier 0.
+    both sides, a saturated sigmoid) keeps its exact multiplier 0. A product of functions
+    of one tensor x (``x * sigmoid(x)``, GELU written out) is one such f of x.
     """
     output = call.run()
-    if not call.inputs:  # a function of parameters or constants only
-        return output
-    source = call.inputs[0]  # (wherever it stands: 2 ** h, torch.div(2.0, h))
-    if len(call.inputs) > 1 or source.shape != output.shape:  # (h ** e(x), c / h broadcast)
-        raise NotAnalyzableModelError(
-            f"{call.where()} is an elementwise operation of several tensors that require grad, "
-            f"or one that broadcasts the tensor it is a function of to a larger shape; "
-            f"DeepLIFT's rescale rule is defined for a function of one tensor, elementwise "
-            f"(a weight that requires grad is frozen where the model registers its module, "
-            f"not in a plain list)")
+    source = call.elementwise_of  # (x * g(x) written out: the parts' output, with its graph)
+    composite = output if source is not None else None
+    if source is None:
+        if not call.inputs:  # a function of parameters or constants only
+            return output
+        source = call.inputs[0]  # (wherever it stands: 2 ** h, torch.div(2.0, h))
+        if len(call.inputs) > 1 or source.shape != output.shape:  # (h ** e(x), c / h
+            # broadcast)
+            raise NotAnalyzableModelError(
+                f"{call.where()} is an elementwise operation of several tensors that require "
+                f"grad, or one that broadcasts the tensor it is a function of to a larger "
+                f"shape; DeepLIFT's rescale rule is defined for a function of one tensor, "
+                f"elementwise (a weight that requires grad is frozen where the model "
+                f"registers its module, not in a plain list)")
     delta_in, tiny = _differences(source, call)
     if call.kind == RELU:  # relu(a) − relu(b) is exact: no rounding check on Δy
         delta_out = _half_difference(output, call)
@@ -147,7 +157,7 @@ def rescale_rule(call: OperationCall) -> Tensor:
         ratio = delta_out / torch.where(tiny, torch.ones_like(delta_in), delta_in)
         multiplier = grad_x * ratio
         if bool(tiny.any()):
-            multiplier = torch.where(tiny, _slope(call, source, grad), multiplier)
+            multiplier = torch.where(tiny, _slope(call, source, grad, composite), multiplier)
         return torch.cat([multiplier, torch.zeros_like(multiplier)])
 
     return with_gradient(source, output, backward)

@@ -104,7 +104,7 @@ class OperationCall:
         For an elementwise product whose factors are all elementwise functions of one tensor
         (GELU written out, ``0.5 * x * (1 + tanh(...))``): that tensor, as the call's own
         tensors reach it (after the relevance flow's swaps); the product is one elementwise
-        function of it.
+        function of it, of kind ``"activation"``, whose rule takes this tensor as its input.
     in_place_target:
         For the out-of-place twin of an in-place call: the tensor the model's call writes
         (a copy of it stands in the twin's arguments, see :class:`OperationRules`).
@@ -413,8 +413,9 @@ class OperationRules(TorchFunctionMode):
         self.refuse_detached = refuse_detached
         # statistics held constant where they scale a tensor: analyzers with a rule for them
         self.holds_statistics = STATISTIC in handlers
-        # elementwise roots: for the handler of products (x * g(x) is elementwise in x)
-        self.tracks_roots = PRODUCT in handlers
+        # elementwise roots: x * g(x) is an elementwise function of x, for the analyzers
+        # with a rule for those
+        self.tracks_roots = ACTIVATION in handlers
         self.state = _ForwardState(input_derived={id(model_input): model_input})
         if model_input.requires_grad:  # (what a weight computed from the input reaches)
             self.state.input_node = torch.autograd.graph.get_gradient_edge(model_input).node
@@ -468,6 +469,12 @@ class OperationRules(TorchFunctionMode):
             tensors = tensors_in(args, kwargs)
         given_tensors = tensors  # (as the model passed them)
         kind = gate.kind if gate is not None else self._kind(func, args, kwargs, tensors)
+        root = self.state.roots.common(func, given_tensors) if (
+            kind == PRODUCT and self.tracks_roots) else None
+        if root is not None:  # x * g(x) written out: one elementwise function of x, whose
+            kind = ACTIVATION  # rule reads x, no argument of the call (nothing to replay)
+            if plan is not None:
+                plan.unreplayable()
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough
         first = tensors[0] if tensors else None
@@ -491,8 +498,6 @@ class OperationRules(TorchFunctionMode):
                 f"account for how that value differs between the input and the reference, and "
                 f"its map would not sum to the output's difference")
         held = [id(t) for t in tensors] if self.record is not None else []
-        root = self.state.roots.common(func, given_tensors) if (
-            kind == PRODUCT and self.tracks_roots) else None
         # (taken before the call: an in-place one may make its target differentiable)
         input_derived = self._input_derived(tensors) if kind == STRUCTURE else None
         if routed:

@@ -211,7 +211,7 @@ def test_unhandled_nonlinearity_is_an_error_naming_it(name):
 
         def forward(self, x):
             h = self.inner(x)
-            return self.out(h * torch.sigmoid(h))
+            return self.out(h * torch.sigmoid(x))  # (h * sigmoid(h) is elementwise in h)
 
     expected = "gelu" if name != "deep_lift" else "mul"
     with pytest.raises(lx.NotAnalyzableModelError, match=expected) as error:

@@ -937,6 +937,45 @@ def test_an_activation_written_out_is_one_elementwise_function(form, name, atten
     torch.testing.assert_close(result, expected, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("form", sorted(HAND_GELUS))
+def test_deep_lift_rescales_an_activation_written_out_as_one_function(form):
+    # DeepLIFT refused the product as a "product operation"; its rescale rule covers the
+    # whole elementwise function, as it does F.gelu's / F.silu's
+    hand, function = HAND_GELUS[form]
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    result = lx.create_analyzer("deep_lift", _MLP(hand).double()).analyze(x)
+    expected = lx.create_analyzer("deep_lift", _MLP(function).double()).analyze(x)
+    torch.testing.assert_close(result, expected, rtol=1e-9, atol=1e-12)
+
+
+class _SwappedSums(nn.Module):
+    """x → silu → the sum of both units → silu: for the reference x₀ = x with its two
+    features swapped, the sum is the same, and DeepLIFT takes the slope there."""
+
+    def __init__(self, activation) -> None:
+        super().__init__()
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 3.0 * self.activation(self.activation(x).sum(1, keepdim=True))
+
+
+def test_deep_lift_takes_the_slope_of_an_activation_written_out_where_it_needs_one():
+    hand, function = HAND_GELUS["silu"]
+    x = torch.tensor([[0.7, -1.3], [2.0, 0.4]], dtype=torch.float64)
+    reference = x.flip(1)
+    result = lx.create_analyzer("deep_lift", _SwappedSums(hand),
+                                reference_inputs=reference).analyze(x)
+    # by hand: the outer silu's Δ is 0, its multiplier silu'(s); the inner one's the secant
+    s = F.silu(x).sum(1, keepdim=True)
+    outer = torch.sigmoid(s) * (1 + s * (1 - torch.sigmoid(s)))
+    secant = (F.silu(x) - F.silu(reference)) / (x - reference)
+    torch.testing.assert_close(result, (x - reference) * secant * 3.0 * outer)
+    expected = lx.create_analyzer("deep_lift", _SwappedSums(function),
+                                  reference_inputs=reference).analyze(x)
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-15)
+
+
 def test_an_activation_written_out_conserves_relevance():
     model = _MLP(HAND_GELUS["new_gelu"][0]).double()
     x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))

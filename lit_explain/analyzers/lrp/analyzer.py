@@ -86,7 +86,6 @@ from .transformer import (
     held_constant,
     identity_rule,
     normalization_rule,
-    passed_through,
     softmax_rule,
     uniform_rule,
 )
@@ -391,13 +390,6 @@ class LRP(Analyzer):
             return output
 
         def product(call: OperationCall) -> Tensor:
-            if call.elementwise_of is not None:  # x * g(x): one elementwise function of x
-                if call.plan is not None:  # (the tensor x is no argument of the call)
-                    call.plan.unreplayable()
-                output = passed_through(call.elementwise_of, call.run(), flow)
-                if cp:
-                    note_gate(output, call.index)
-                return output
             # position of a gate among the factors → its call, and whether it owns its storage
             made: dict[int, tuple[int, bool]] = {}
             if cp and call.func in ELEMENTWISE_PRODUCTS:

@@ -64,7 +64,11 @@ def proportional_rule(flow: Flow, operation: Callable[..., Tensor], args: tuple,
 
 def identity_rule(call: OperationCall, flow: Flow) -> Tensor:
     """Elementwise non-linearity ``y = f(x)``: ``R_x = R_y`` (AttnLRP Eq. 9). Per unit of
-    tensor the gradient is multiplied by ``y / x`` (``x = 0``: the relevance is lost)."""
+    tensor the gradient is multiplied by ``y / x`` (``x = 0``: the relevance is lost). ``x``
+    is :attr:`~.operations.OperationCall.elementwise_of` where the call is a product of
+    functions of it (``x * sigmoid(x)``)."""
+    if call.elementwise_of is not None:
+        return passed_through(call.elementwise_of, call.run(), flow)
     inputs = call.inputs
     if not inputs:
         return call.run()

@@ -505,8 +505,11 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         """The explained output (see ``output_key``) of a model output, as (batch, K).
 
         Its first axis must be the samples: any other (a sequence-first (T, N, C) output, an
-        output reduced over the batch) would mix samples when flattened per sample."""
+        output reduced over the batch) would mix samples when flattened per sample. A batch
+        of one may have one number (``logits.squeeze()`` of a one-logit model)."""
         selected = select_output(output, self.output_key)
+        if selected.dim() == 0 and batch == 1:  # (its sample's logit, whatever made it)
+            return selected.reshape(1, 1)
         if selected.dim() == 0 or len(selected) != batch:
             raise ValueError(
                 f"the explained model output has shape {tuple(selected.shape)} for a batch of "

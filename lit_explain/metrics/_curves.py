@@ -290,6 +290,9 @@ class RegionCurveMetric(Metric):
         self.seed = seed
         self.use_eval_mode = use_eval_mode
         self._generator: torch.Generator | None = None
+        #: What the first update derived from its input (``region_shape=None``'s region,
+        #: insertion/deletion's regions per step), fixed until :meth:`reset`.
+        self._derived: dict[str, object] = {}
         self._in_forward = False
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         if self._STATES:
@@ -346,6 +349,14 @@ class RegionCurveMetric(Metric):
                          else incoming_state)
             points = int(state.get("points", 0))
             _same_points(torch.tensor([points, int(self.points)]))
+            derived = getattr(incoming_state, "_derived", {})
+            for name, value in derived.items():
+                if self._derived.get(name, value) != value:
+                    raise ValueError(
+                        f"cannot merge curves made with {name} {value!r} into a metric whose "
+                        f"curves have {self._derived[name]!r} (each derived from its first "
+                        f"input); give both the options explicitly")
+            self._derived = {**derived, **self._derived}
             for name in self._STATES:
                 theirs, size = state[name], getattr(self, name).numel()
                 if theirs.numel() != size:
@@ -370,24 +381,37 @@ class RegionCurveMetric(Metric):
             self._generator = make_generator(self.seed, device)
         return self._generator
 
+    def _pin(self, name: str, value: object, option: str) -> None:
+        """Fix ``value``, what ``name`` is for this input where ``option`` is ``None``: the
+        first update's holds until :meth:`reset`, and an input that needs another is refused
+        (its curves would add up with the others' but mean something else)."""
+        held = self._derived.setdefault(name, value)
+        if held != value:
+            raise ValueError(
+                f"{type(self).__name__}: inputs of this shape need {name} {value!r}, but the "
+                f"metric derived {held!r} from its first input ({option}=None); set {option}= "
+                f"to compare inputs of different shapes, or reset() the metric")
+
     @contextlib.contextmanager
     def _draws_kept(self) -> Iterator[None]:
-        """Leave the metric's generator as it was: what runs inside draws what the next
-        ``update`` will draw (the per-sample ``sample_*`` methods do not change the metric)."""
-        kept = self._generator
+        """Leave the metric's generator, and what it derived from inputs, as they were: what
+        runs inside draws what the next ``update`` will draw (the per-sample ``sample_*``
+        methods do not change the metric)."""
+        kept, derived = self._generator, dict(self._derived)
         state = None if kept is None else kept.get_state()
         try:
             yield
         finally:
             if kept is not None:
                 kept.set_state(state)
-            self._generator = kept
+            self._generator, self._derived = kept, derived
 
     def reset(self) -> None:
         """Reset the states and re-seed, so every epoch sees the same random draws."""
         super().reset()
         if not self._in_forward:
             self._generator = None
+            self._derived = {}
 
     def forward(self, *args: object, **kwargs: object) -> object:
         """torchmetrics' forward: ``update`` and the batch's own value. Its internal reset
@@ -413,6 +437,7 @@ class RegionCurveMetric(Metric):
             region = as_tuple(self.region_shape, x_nc.dim() - 2, "region_shape")
         else:  # one token per region; else derived from the shape
             region = (1,) * len(spatial) if tokens else default_region_shape(spatial)
+            self._pin("a region shape of", region, "region_shape")
         grid = RegionGrid(spatial, region)
         a = match_attributions(attributions.detach(), x_nc).to(ranking_dtype(attributions))
         if self.absolute:

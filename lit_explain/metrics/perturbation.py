@@ -323,6 +323,8 @@ class InsertionDeletion(RegionCurveMetric):
         n_regions = grid.n_regions
         steps = self.resolved_steps(n_regions)
         per_step = -(-n_regions // steps)
+        if self.steps is None:
+            self._pin("regions per step of", per_step, "steps")
         counts = (torch.arange(steps + 1, device=x.device) * per_step).clamp_max(n_regions)
         pixel_rank = region_ranks(scores, "morf", self.generator(x.device))
         pixel_rank = pixel_rank[:, grid.pixel_region(x.device)]

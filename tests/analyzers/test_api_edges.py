@@ -115,6 +115,30 @@ def test_an_output_whose_first_axis_is_not_the_samples_is_refused(name, model, s
         analyzer.analyze(batch())
 
 
+class OneLogitSqueezed(nn.Module):  # a binary classifier for BCEWithLogits: (N,) logits
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze()
+
+
+@pytest.mark.parametrize("name", ["gradient", "lrp.epsilon", "integrated_gradients",
+                                  "deep_lift"])
+def test_a_squeezed_logit_of_one_sample_is_its_logit(name):
+    # squeezed to a 0-d tensor for a batch of one: refused as an output reduced over the
+    # batch, which dropped every analyzer at the callback's one-sample preflight
+    model, x = OneLogitSqueezed().eval(), batch()
+    analyzer = lx.create_analyzer(name, model)
+    torch.testing.assert_close(analyzer.analyze(x[:1]), analyzer.analyze(x)[:1])
+    if name == "gradient":
+        leaf = x[:1].clone().requires_grad_(True)
+        torch.testing.assert_close(analyzer.analyze(x[:1]),
+                                   torch.autograd.grad(model(leaf), leaf)[0])
+
+
 class Decisions(nn.Module):
     """Returns its decisions (integer classes, bool labels) before the scores."""
 

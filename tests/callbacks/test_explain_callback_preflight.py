@@ -65,6 +65,39 @@ def test_an_unsupported_analyzer_is_dropped_with_one_warning_and_fit_finishes(tm
     assert tags["explain/gradient"] == 3 and "explain/guided_backprop" not in tags
 
 
+class EvenOrOdd(DigitsClassifier):
+    """One logit, squeezed to (N,) for BCEWithLogits: a batch of one gives a 0-d tensor."""
+
+    def __init__(self) -> None:
+        super().__init__(channels=4)
+        self.net[-1] = nn.Linear(self.net[-1].in_features, 1)
+
+    def forward(self, x):
+        return self.net(x).squeeze()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.binary_cross_entropy_with_logits(self(x), (y % 2).float())
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_a_model_squeezing_its_one_logit_keeps_its_analyzers(tmp_path):
+    # the preflight's one sample made a 0-d output, and every analyzer was dropped
+    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=4,
+                                  metrics=[])
+    L.seed_everything(0, verbose=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, [callback], TensorBoardLogger(str(tmp_path)),
+                               max_epochs=1)
+        trainer.fit(EvenOrOdd(), DigitsDataModule(batch_size=32))
+    assert explain_warnings(record) == []
+    assert list(callback._analyzers) == ["gradient", "lrp.epsilon"]
+    assert image_tags(trainer.logger.log_dir) == {"explain/all": 1}
+
+
 # Item 2: each metric alone; defaults fit the input.
 
 def test_a_metric_that_fails_for_one_analyzer_leaves_the_rest_alone():

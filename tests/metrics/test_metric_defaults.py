@@ -56,3 +56,33 @@ def test_derived_steps_are_fixed_by_the_first_input():
     assert metric.curve().shape == (17,)
     with pytest.raises(ValueError, match="need 64 steps.*has 16"):
         metric.update(torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8))
+
+
+def _pooled(t: torch.Tensor) -> torch.Tensor:  # any spatial size: channel means, 3 scores
+    return t.mean((2, 3))
+
+
+@pytest.mark.parametrize(("cls", "options", "first", "other", "message"), [
+    # 2x2 regions on 32x32, 4x4 on 64x64: 100 steps each, so the curves added up (47 % off)
+    (lm.RegionPerturbation, {}, 32, 64, r"region shape of \(4, 4\).*\(2, 2\).*region_shape="),
+    # 144 positions: 2 per step; 256: 3 per step, on one averaged fraction axis
+    (lm.InsertionDeletion, {}, 12, 16, "regions per step of 3.*derived 2.*steps="),
+])
+def test_derived_regions_are_fixed_by_the_first_input(cls, options, first, other, message):
+    def batch(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(side)
+        return torch.randn(2, 3, side, side, generator=g), torch.randn(2, 3, side, side,
+                                                                       generator=g)
+
+    metric = cls(_pooled, **options)
+    metric.sample_curves(*batch(other))  # (the per-sample curves fix nothing)
+    metric.update(*batch(first))
+    with pytest.raises(ValueError, match=message):
+        metric.update(*batch(other))
+    alone = cls(_pooled, **options)
+    alone.update(*batch(other))
+    with pytest.raises(ValueError, match="cannot merge"):
+        metric.merge_state(alone)
+    metric.reset()  # (until reset: then the next input derives them again)
+    metric.update(*batch(other))
+    torch.testing.assert_close(metric.compute(), alone.compute())

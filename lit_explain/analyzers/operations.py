@@ -271,15 +271,41 @@ class ElementwiseRoots:
     """Which tensor each output of a chain of elementwise operations is a function of (its
     *root*): ``0.5 * x``, ``x ** 3``, ``tanh(...)``, ``1 + ...`` and sums of such terms
     all have root ``x``. An elementwise product of factors of one root is one elementwise
-    function of it (see :attr:`OperationCall.elementwise_of`)."""
+    function of it (see :attr:`OperationCall.elementwise_of`), and so are a non-linearity
+    of a number added to it (``relu6(x + 3)``: :meth:`shifted_root`) and a map by numbers of
+    a non-linearity's output (``1 + exp(-x)``: :meth:`non_linear`).
+
+    Each mark holds the root, whether the chain passed a non-linearity, and whether it
+    added a number to the root with numbers alone (``None`` where a tensor constant, a
+    bias, took part: it takes its share of the relevance).
+    """
 
     def __init__(self) -> None:
         self._token = object()  # this pass's marks only
 
-    def _root(self, t: Tensor) -> Tensor:
+    def _mark(self, t: Tensor) -> tuple | None:
         mark = getattr(t, "_lit_explain_root", None)
-        root = mark[1]() if mark is not None and mark[0] is self._token else None
+        return mark if mark is not None and mark[0] is self._token else None
+
+    def _root(self, t: Tensor) -> Tensor:
+        mark = self._mark(t)
+        root = mark[1]() if mark is not None else None
         return t if root is None else root
+
+    def shifted_root(self, tensors: list[Tensor]) -> Tensor | None:
+        """The root of a non-linearity's one operand where numbers were added to the root on
+        the way (``relu6(x + 3)``, ``erf((x - mu) / s)``): the function is of the root."""
+        mark = self._mark(tensors[0]) if len(tensors) == 1 else None
+        return mark[1]() if mark is not None and mark[3] else None
+
+    def non_linear(self, func: Callable, tensors: list[Tensor]) -> bool:
+        """Whether the call maps the output of a chain through a non-linearity by numbers
+        alone (``1 - sigmoid(x)``, ``(1 + tanh(x)) / 2``): part of that elementwise
+        function, not an affine layer whose constant takes a share."""
+        if func not in ELEMENTWISE_AFFINE or len(tensors) != 1:
+            return False
+        mark = self._mark(tensors[0])
+        return mark is not None and mark[2]
 
     def common(self, func: Callable, tensors: list[Tensor]) -> Tensor | None:
         """The one root of an elementwise product's differentiable factors (two or more,
@@ -302,18 +328,30 @@ class ElementwiseRoots:
                 kind in _ELEMENTWISE_KINDS or func in ELEMENTWISE_AFFINE
                 or func in ELEMENTWISE_PRODUCTS):
             return
-        root = None  # (a plain loop: once per call of every analysed forward pass)
+        root, non_linear = None, kind == ACTIVATION  # (a plain loop: once per call of
+        shifted = func in _SHIFTS and len(tensors) == 1  # every analysed forward pass)
         for t in tensors:
-            if t.requires_grad and t.is_floating_point():
-                operand_root = self._root(t)
-                if root is None:
-                    root = operand_root
-                elif operand_root is not root:
-                    return
+            if not (t.requires_grad and t.is_floating_point()):
+                shifted = None  # (a tensor constant)
+                continue
+            operand_root = self._root(t)
+            mark = self._mark(t)
+            if mark is not None:
+                non_linear = non_linear or mark[2]
+                shifted = None if shifted is None or mark[3] is None else shifted or mark[3]
+            if root is None:
+                root = operand_root
+            elif operand_root is not root:
+                return
         if root is not None and produced[0].shape == root.shape:
-            produced[0]._lit_explain_root = (self._token, weakref.ref(root))
+            produced[0]._lit_explain_root = (self._token, weakref.ref(root), non_linear,
+                                             None if kind == ACTIVATION else shifted)
 
 
+#: Additions and subtractions (of a number, where :class:`ElementwiseRoots` sees them).
+_SHIFTS = frozenset({torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__iadd__,
+                     Tensor.__radd__, torch.sub, Tensor.sub, Tensor.sub_, Tensor.__sub__,
+                     Tensor.__isub__, Tensor.__rsub__})
 #: Kinds whose calls are elementwise functions of their operands.
 _ELEMENTWISE_KINDS = frozenset({ACTIVATION, RELU, INPUT_PREPROCESSING})
 
@@ -474,6 +512,13 @@ class OperationRules(TorchFunctionMode):
         if root is not None:  # x * g(x) written out: one elementwise function of x, whose
             kind = ACTIVATION  # rule reads x, no argument of the call (nothing to replay)
             if plan is not None:
+                plan.unreplayable()
+        elif kind == LINEAR and self.tracks_roots and self.state.roots.non_linear(func,
+                                                                                   tensors):
+            kind = ACTIVATION  # (1 + exp(-x): the 1 is part of the function, no bias)
+        elif kind == ACTIVATION and self.tracks_roots:  # (relu6(x + 3): a function of x)
+            root = self.state.roots.shifted_root(tensors)
+            if root is not None and plan is not None:
                 plan.unreplayable()
         handler = self.handlers.get(kind)
         routed = handler is not None or kind in self.passthrough

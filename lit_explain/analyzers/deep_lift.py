@@ -137,8 +137,7 @@ def rescale_rule(call: OperationCall) -> Tensor:
         if not call.inputs:  # a function of parameters or constants only
             return output
         source = call.inputs[0]  # (wherever it stands: 2 ** h, torch.div(2.0, h))
-        if len(call.inputs) > 1 or source.shape != output.shape:  # (h ** e(x), c / h
-            # broadcast)
+        if len(call.inputs) > 1 or source.shape != output.shape:  # (h ** e(x), c / h)
             raise NotAnalyzableModelError(
                 f"{call.where()} is an elementwise operation of several tensors that require "
                 f"grad, or one that broadcasts the tensor it is a function of to a larger "

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -275,28 +276,26 @@ class ElementwiseRoots:
     of a number added to it (``relu6(x + 3)``: :meth:`shifted_root`) and a map by numbers of
     a non-linearity's output (``1 + exp(-x)``: :meth:`non_linear`).
 
-    Each mark holds the root, whether the chain passed a non-linearity, and whether it
-    added a number to the root with numbers alone (``None`` where a tensor constant, a
-    bias, took part: it takes its share of the relevance).
+    Each output is marked with a :class:`_RootMark`.
     """
 
     def __init__(self) -> None:
         self._token = object()  # this pass's marks only
 
-    def _mark(self, t: Tensor) -> tuple | None:
+    def _mark(self, t: Tensor) -> _RootMark | None:
         mark = getattr(t, "_lit_explain_root", None)
-        return mark if mark is not None and mark[0] is self._token else None
+        return mark if mark is not None and mark.token is self._token else None
 
-    def _root(self, t: Tensor) -> Tensor:
-        mark = self._mark(t)
-        root = mark[1]() if mark is not None else None
+    def _root(self, t: Tensor, mark: _RootMark | None) -> Tensor:
+        """``t``'s root (``mark``: its mark), or ``t`` itself."""
+        root = mark.root() if mark is not None else None
         return t if root is None else root
 
     def shifted_root(self, tensors: list[Tensor]) -> Tensor | None:
         """The root of a non-linearity's one operand where numbers were added to the root on
         the way (``relu6(x + 3)``, ``erf((x - mu) / s)``): the function is of the root."""
         mark = self._mark(tensors[0]) if len(tensors) == 1 else None
-        return mark[1]() if mark is not None and mark[3] else None
+        return mark.root() if mark is not None and mark.shifted else None
 
     def non_linear(self, func: Callable, tensors: list[Tensor]) -> bool:
         """Whether the call maps the output of a chain through a non-linearity by numbers
@@ -305,7 +304,7 @@ class ElementwiseRoots:
         if func not in ELEMENTWISE_AFFINE or len(tensors) != 1:
             return False
         mark = self._mark(tensors[0])
-        return mark is not None and mark[2]
+        return mark is not None and mark.non_linear
 
     def common(self, func: Callable, tensors: list[Tensor]) -> Tensor | None:
         """The one root of an elementwise product's differentiable factors (two or more,
@@ -313,7 +312,7 @@ class ElementwiseRoots:
         operands = [t for t in tensors if differentiable(t)]
         if func not in ELEMENTWISE_PRODUCTS or len(operands) < 2:
             return None
-        roots = {id(r): r for r in map(self._root, operands)}
+        roots = {id(r): r for r in (self._root(t, self._mark(t)) for t in operands)}
         if len(roots) != 1:
             return None
         (root,) = roots.values()
@@ -334,18 +333,31 @@ class ElementwiseRoots:
             if not (t.requires_grad and t.is_floating_point()):
                 shifted = None  # (a tensor constant)
                 continue
-            operand_root = self._root(t)
             mark = self._mark(t)
+            operand_root = self._root(t, mark)
             if mark is not None:
-                non_linear = non_linear or mark[2]
-                shifted = None if shifted is None or mark[3] is None else shifted or mark[3]
+                non_linear = non_linear or mark.non_linear
+                shifted = None if shifted is None or mark.shifted is None else \
+                    shifted or mark.shifted
             if root is None:
                 root = operand_root
             elif operand_root is not root:
                 return
         if root is not None and produced[0].shape == root.shape:
-            produced[0]._lit_explain_root = (self._token, weakref.ref(root), non_linear,
-                                             None if kind == ACTIVATION else shifted)
+            produced[0]._lit_explain_root = _RootMark(
+                self._token, weakref.ref(root), non_linear,
+                None if kind == ACTIVATION else shifted)
+
+
+class _RootMark(NamedTuple):
+    """What :class:`ElementwiseRoots` knows of a tensor."""
+
+    token: object  # the pass that marked it
+    root: weakref.ref  # the tensor it is an elementwise function of
+    non_linear: bool  # whether the chain from the root passed a non-linearity
+    #: Whether the chain added a number to the root, with numbers alone (``None`` where a
+    #: tensor constant, a bias, took part: it takes its share of the relevance).
+    shifted: bool | None
 
 
 #: Additions and subtractions (of a number, where :class:`ElementwiseRoots` sees them).

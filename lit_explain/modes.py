@@ -6,13 +6,18 @@ the model in eval mode (BatchNorm running statistics, dropout off). They switch 
 more than set its flag: a LoRA layer written as ``loralib`` writes it merges its adapter into
 the frozen weight there, and unmerges it in ``train(True)``. Putting the flags back by
 assignment alone left such a layer merged, and its adapter got no gradient in training.
+:func:`training_untouched` also forks the random number generators, for work done in the
+middle of a training loop.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
+import torch
 from torch import nn
 
 
@@ -64,3 +69,22 @@ def _eval_again(module: nn.Module, training: dict[nn.Module, bool]) -> None:
         else:  # (and the modules in train mode inside it again: its recursion reached them)
             child.train(False)
             _train_again(child, training)
+
+
+@contextmanager
+def training_untouched(module: nn.Module) -> Iterator[None]:
+    """Work done in the middle of a training loop leaves training as it was: ``module`` in
+    eval mode (BatchNorm statistics and dropout untouched, also when the work runs on a
+    training batch), every module's flag put back, and the random number generators forked:
+    torch's of the CPU and of the module's GPU, numpy's and Python's (a model drawing random
+    numbers in eval mode, MC dropout or a jitter drawn with ``np.random``, would otherwise
+    draw other numbers in training)."""
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with eval_mode(module), torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)

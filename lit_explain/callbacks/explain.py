@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import numbers
-import random
 import re
 import time
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.callbacks import Callback
@@ -30,7 +27,7 @@ from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..compiled import eager
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
-from ..modes import eval_mode
+from ..modes import training_untouched
 from ..patterns.statistics import PATTERN_TYPES
 from .agreement import FailedElsewhere, agreed, distributed
 from .evaluation import (
@@ -433,7 +430,7 @@ class ExplainCallback(Callback):
         if self.patterns is not None:
             self._check_patterns(pl_module)
         # (compiled submodules: never compiled for the callback, see lit_explain.compiled)
-        with eager("eager_on_recompile"), _training_untouched(pl_module):
+        with eager("eager_on_recompile"), training_untouched(pl_module):
             self._try_on_one_sample(inputs[:1], batch)
         self._agree_on_the_preflight()
 
@@ -622,7 +619,7 @@ class ExplainCallback(Callback):
                     "dataset with max_steps) is explained once."))
             return
         # (compiled submodules: never compiled for the callback, see lit_explain.compiled)
-        with eager("eager_on_recompile"), _training_untouched(pl_module):
+        with eager("eager_on_recompile"), training_untouched(pl_module):
             self._explain_and_log(trainer, pl_module)
         if trainer.state.fn != "validate":
             self._last_epoch = trainer.current_epoch
@@ -1023,25 +1020,6 @@ def _names(option: str, names: Any) -> list[str] | None:
         raise TypeError(f"{option}={names!r} is not valid; give a list of names (strings), "
                         f"one per class or token id, or None")
     return [str(name) for name in names]
-
-
-@contextmanager
-def _training_untouched(module: nn.Module) -> Iterator[None]:
-    """The callback's own work leaves training as it was: ``module`` in eval mode (BatchNorm
-    statistics and dropout untouched, also when the preflight runs on a training batch),
-    every module's flag put back, and the random number generators forked: torch's of the
-    CPU and of the module's GPU, numpy's and Python's (a model drawing random numbers in eval
-    mode, MC dropout or a jitter drawn with ``np.random``, would otherwise draw other numbers
-    in training)."""
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
-        with eval_mode(module), torch.random.fork_rng(
-                devices=[device] if device.type == "cuda" else []):
-            yield
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
 
 
 def _count(n: int, noun: str) -> str:

@@ -185,6 +185,30 @@ def test_pattern_analyzers_on_a_model_built_in_configure_model(tmp_path):
     assert set(callback.drift.previous) == {"gradient", "pattern.attribution"}
 
 
+def test_val_patterns_under_mixed_precision_are_the_full_precision_fit(tmp_path):
+    # (the validation forward runs in bfloat16 autocast: see PatternCallback's test)
+    callback = lx.ExplainCallback(analyzers=["pattern.attribution"], num_samples=2,
+                                  pattern_source="val")
+    model = _BuiltLate()
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=[callback], max_epochs=1, limit_train_batches=2,
+                        limit_val_batches=2, precision="bf16-mixed", enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, logger=False,
+                        accelerator="cpu", default_root_dir=str(tmp_path))
+    data = DigitsDataModule(batch_size=16)
+    trainer.fit(model, data)
+    offline = lx.PatternComputer(model)
+    for batch, (x, _) in enumerate(data.val_dataloader()):
+        if batch == 2:
+            break
+        offline.update(x)
+    fitted = offline.compute()
+    assert set(callback.patterns.patterns) == set(fitted)
+    for path, pattern in fitted.items():
+        torch.testing.assert_close(callback.patterns.patterns[path], pattern, rtol=1e-4,
+                                   atol=1e-6)
+
+
 def test_pattern_analyzers_without_kernel_layers_are_dropped_not_fatal(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient", "pattern.net"], num_samples=2)
     with pytest.warns(UserWarning, match="'pattern.net' cannot explain this model.*no kernel"):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_explain.callbacks.patterns import PatternCallback, PatternCollector
+from lit_explain.callbacks.patterns import FullPrecisionRerun, PatternCallback, PatternCollector
 from lit_explain.patterns import PatternComputer
 
 
@@ -63,6 +63,63 @@ def test_val_source_equals_an_offline_fit_with_the_final_weights():
     for path, pattern in offline.items():
         torch.testing.assert_close(callback.patterns[path], pattern, rtol=1e-4, atol=1e-6)
     assert callback.collector.refreshed_at == (1, 8)
+
+
+class NormalisesInPlace(Tiny):
+    """Input normalisation in place inside ``forward``."""
+
+    def forward(self, x):
+        return self.net(x.sub_(0.5))
+
+
+def test_val_source_under_mixed_precision_equals_a_full_precision_offline_fit():
+    # the validation forward runs in bfloat16 autocast; the statistics come from each call of
+    # the model run again in float32 (from the 16-bit activations: 0.3-1.3 % off here)
+    model = NormalisesInPlace()
+    callback = PatternCallback(source="val")
+    fit(model, [callback], precision="bf16-mixed")
+    offline = PatternComputer(model)
+    for x, _ in loaders()[1]:
+        offline.update(x.clone())
+    for path, pattern in offline.compute().items():
+        torch.testing.assert_close(callback.patterns[path], pattern, rtol=1e-4, atol=1e-6)
+
+
+class DrawsInEval(NormalisesInPlace):
+    """Dropout drawn in eval mode too (MC dropout), after an in-place normalisation."""
+
+    def forward(self, x):
+        return self.net(F.dropout(x.sub_(0.5), 0.3, training=True))
+
+
+def test_the_full_precision_rerun_leaves_training_and_validation_unchanged():
+    runs = []
+    for callbacks in ([], [PatternCallback(source="val")]):
+        torch.manual_seed(1)
+        model = DrawsInEval()
+        trainer = fit(model, callbacks, precision="bf16-mixed")
+        runs.append((model.state_dict(), trainer.callback_metrics["val_loss"]))
+    (plain, plain_loss), (watched, watched_loss) = runs
+    for (name, a), b in zip(plain.items(), watched.values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(plain_loss, watched_loss)  # (its own input, not one shifted twice)
+
+
+class ValidatesThroughItsNet(Tiny):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self.net(x), y))
+
+
+def test_val_source_under_mixed_precision_warns_where_the_module_is_not_called(monkeypatch):
+    monkeypatch.setattr(FullPrecisionRerun, "warned", False)
+    model, callback = ValidatesThroughItsNet(), PatternCallback(source="val")
+    with pytest.warns(UserWarning, match=r"module= the path of the submodule"):
+        fit(model, [callback], precision="bf16-mixed")
+    assert callback.patterns == {}
+    fitted = PatternCallback(source="val", module="net")
+    fit(ValidatesThroughItsNet(), [fitted], precision="bf16-mixed")
+    assert set(fitted.patterns) == {"0", "3", "5"}
 
 
 def test_train_source_with_fixed_weights_equals_an_offline_fit_on_the_training_data():

@@ -89,11 +89,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     return attend(query, key, value, bias, scale, dropout_p, (~blocked).to(query.dtype))[0]
 
 
-def _projected(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int, heads: int
-               ) -> tuple[Tensor, ...]:
-    """``parts`` projections of ``x`` (L, N, E) by one ``F.linear`` with their weights
-    stacked, each split into heads, batch first: (N, H, L, head_dim)."""
-    output = F.linear(x.transpose(0, 1), weight, bias)  # batch first: relevance per sample
+def _projected(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int, heads: int,
+               linear: Callable[..., Tensor]) -> tuple[Tensor, ...]:
+    """``parts`` projections of ``x`` (L, N, E) by one ``linear`` (``F.linear``) call with
+    their weights stacked, each split into heads, batch first: (N, H, L, head_dim)."""
+    output = linear(x.transpose(0, 1), weight, bias)  # batch first: relevance per sample
     batch, length = output.shape[:2]
     return output.view(batch, length, parts, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
@@ -108,9 +108,13 @@ def multi_head_attention_forward(
         q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
         v_proj_weight: Tensor | None = None, static_k: Tensor | None = None,
         static_v: Tensor | None = None, average_attn_weights: bool = True,
-        is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        is_causal: bool = False, *, linear: Callable[..., Tensor] = F.linear,
+        attention: Callable[..., Tensor] = F.scaled_dot_product_attention
+        ) -> tuple[Tensor, Tensor | None]:
     """``F.multi_head_attention_forward`` through its parts (same arguments; inputs
-    sequence first, ``(L, N, E)``, or unbatched ``(L, E)``)."""
+    sequence first, ``(L, N, E)``, or unbatched ``(L, E)``). ``linear`` and ``attention``
+    make its ``F.linear`` and ``F.scaled_dot_product_attention`` calls (see
+    :data:`INJECTED`)."""
     if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None \
             or static_v is not None:
         raise NotAnalyzableModelError(
@@ -140,7 +144,7 @@ def multi_head_attention_forward(
     projected, start = [], 0
     for x, parts, weight in calls:
         part_bias = None if in_proj_bias is None else in_proj_bias[start:start + len(weight)]
-        projected += _projected(x, weight, part_bias, parts, num_heads)
+        projected += _projected(x, weight, part_bias, parts, num_heads, linear)
         start += len(weight)
     q, k, v = projected
     bias = _additive(attn_mask, q, keep=False)
@@ -156,9 +160,9 @@ def multi_head_attention_forward(
     if need_weights:
         output, attention = attend(q, k, v, bias, 1.0 / math.sqrt(head_dim), dropout_p)
     else:  # one call, which an analysis may run fused or through its parts in turn
-        output = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+        output = attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     output = output.transpose(1, 2).flatten(2)
-    output = F.linear(output, out_proj_weight, out_proj_bias).transpose(0, 1)
+    output = linear(output, out_proj_weight, out_proj_bias).transpose(0, 1)
     if unbatched:
         output = output.squeeze(1)
     if not need_weights:
@@ -172,4 +176,12 @@ def multi_head_attention_forward(
 DECOMPOSITIONS: dict[Callable, Callable] = {
     F.scaled_dot_product_attention: scaled_dot_product_attention,
     F.multi_head_attention_forward: multi_head_attention_forward,
+}
+
+#: Decompositions that take some of their calls as keyword arguments → those calls, by
+#: keyword: a replay hands them over with their rules and runs the rest of the parts as plain
+#: torch (see :class:`~.replay.Decomposed`).
+INJECTED: dict[Callable, dict[Callable, str]] = {
+    multi_head_attention_forward: {F.linear: "linear",
+                                   F.scaled_dot_product_attention: "attention"},
 }

@@ -156,9 +156,14 @@ class OperationCall:
         the handler of its own kind (:mod:`~.attention`)."""
         if self.parts is None:
             raise TypeError(f"{self.where()} has no decomposition into parts")
-        if self.plan is not None:  # (a replay runs the parts, each by its own step)
-            self.plan.add_parts(self.index, DECOMPOSITIONS[self.func])
-        return self.parts(self.args, self.kwargs)
+        if self.plan is None:
+            return self.parts(self.args, self.kwargs)
+        # (a replay runs the parts, each by its own step)
+        decomposed = self.plan.add_parts(self.index, DECOMPOSITIONS[self.func], self.args,
+                                         self.kwargs)
+        output = self.parts(self.args, self.kwargs)
+        decomposed.end = len(self.plan.funcs)
+        return output
 
     def replace_input(self, old: Tensor, new: Tensor) -> OperationCall:
         """This call with the argument ``old`` replaced by ``new``."""

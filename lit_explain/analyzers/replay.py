@@ -21,7 +21,9 @@ whose calls the plan holds next. The plan also holds where each call's tensors c
 parameter). The next analysis runs the forward pass under :class:`Replayed`, which checks
 each call against the plan (its function, by identity, or equality: a property's getter is
 a new object at every read; and its tensors' sources), crosses the boundary where it was
-crossed and applies the steps: no kinds, no provenance, no module hooks. A forward pass that
+crossed and applies the steps: no kinds, no provenance, no module hooks (attention whose
+parts have no rules but those of its projections and its attention core runs as plain
+torch, those calls by their steps: :class:`Decomposed`). A forward pass that
 makes another call than recorded, feeds a call from elsewhere (a flag in a global or a
 nested config, which the forward signature does not see, that routes the input past a
 layer) or makes one in an autocast region (entered behind such a flag), raises
@@ -38,13 +40,14 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import Tensor
 from torch._C import _is_any_autocast_enabled
 from torch.overrides import TorchFunctionMode
 
+from .attention import INJECTED
 from .kinds import QUERIES, replace_tensors, tensors_in
 
 #: How a replayed call runs: ``step(func, args, kwargs)`` returns its output with its rule.
@@ -71,9 +74,8 @@ class Plan:
         #: The calls in place: their target, as the model holds it, is theirs too.
         self.in_place: set[int] = set()
         self.steps: dict[int, Step] = {}
-        #: Fused calls run through their parts (attention), whose calls the plan holds next:
-        #: call index → the function that makes the parts.
-        self.parts: dict[int, Callable] = {}
+        #: Fused calls run through their parts (attention), whose calls the plan holds next.
+        self.parts: dict[int, Decomposed] = {}
         self.planned: set[int] = set()  # the handled calls given a step (or none: as written)
         #: What a step leaves for a later one in the same replay (a kernel layer for the
         #: BatchNorm merged with it, a CP-LRP gate for the products that hold it), by the
@@ -98,14 +100,92 @@ class Plan:
             self.steps[index] = step
         self.planned.add(index)
 
-    def add_parts(self, index: int, parts: Callable) -> None:
-        """Run call ``index`` through ``parts(*args, **kwargs)``, its calls replayed in turn."""
-        self.parts[index] = parts
+    def add_parts(self, index: int, parts: Callable, args: tuple, kwargs: dict) -> Decomposed:
+        """Run call ``index`` (``args``, ``kwargs``) through ``parts(*args, **kwargs)``, its
+        calls replayed in turn; the caller sets :attr:`Decomposed.end` once they ran."""
+        self.parts[index] = decomposed = Decomposed(index, parts, args, kwargs)
         self.planned.add(index)
+        return decomposed
 
     def unreplayable(self) -> None:
         """A rule met depends on more than its call: nothing to replay."""
         self.replayable = False
+
+
+def argument_signature(args: tuple, kwargs: dict) -> tuple:
+    """What decides which calls a decomposition's Python code makes: every argument's value,
+    a tensor's dtype, number of dimensions and the first argument that is the same tensor
+    (``query is key``) in its place."""
+    first: dict[int, int] = {}
+    values = [*args, *kwargs.values()]
+    return tuple(kwargs), tuple(
+        (v.dtype, v.dim(), first.setdefault(id(v), i)) if isinstance(v, Tensor) else v
+        for i, v in enumerate(values))
+
+
+class Decomposed:
+    """A fused call (attention) that the recorded analysis ran through its parts: the plan
+    holds the parts' calls after it, up to :attr:`end`.
+
+    Where the decomposition takes the calls that have rules as keyword arguments
+    (:data:`~.attention.INJECTED`) and every other part runs as written, a replay runs it
+    directly (:meth:`direct`): those calls by their steps, the rest as plain torch, with no
+    check of each part. The parts are the library's own code, whose calls follow from the
+    arguments' :func:`argument_signature` alone, which the replay compares with the
+    recorded one, and from the fused call's tensors, whose sources it checks.
+    """
+
+    def __init__(self, index: int, parts: Callable, args: tuple, kwargs: dict) -> None:
+        self.index, self.parts = index, parts
+        self.signature = argument_signature(args, kwargs)
+        #: The index after the parts' last call.
+        self.end = index + 1
+        self._direct: Callable[[tuple, dict], Any] | None | bool = False  # (not made yet)
+
+    def direct(self, plan: Plan) -> Callable[[tuple, dict], Any] | None:
+        """``run(args, kwargs)``, the call run directly, or ``None`` where a part needs the
+        replay (it runs in place, or has a rule or crosses the input boundary and is no
+        call the decomposition takes)."""
+        if self._direct is not False:
+            return self._direct
+        self._direct = None
+        injected = INJECTED.get(self.parts)
+        if injected is None:
+            return None
+        runs: dict[Callable, list[tuple[Step | None, frozenset[int] | None]]] = {
+            func: [] for func in injected}
+        for i in range(self.index + 1, self.end):
+            func = plan.funcs[i]
+            if func in injected:
+                runs[func].append((plan.steps.get(i), plan.crossings.get(i)))
+            elif i in plan.steps or i in plan.crossings or i in plan.parts:
+                return None
+            if i in plan.targets_crossing or i in plan.in_place:
+                return None
+        parts, boundary = self.parts, plan.boundary
+
+        def run(args: tuple, kwargs: dict) -> Any:
+            calls = {keyword: _replayed_in_turn(func, iter(runs[func]), boundary)
+                     for func, keyword in injected.items()}
+            return parts(*args, **kwargs, **calls)
+
+        self._direct = run
+        return run
+
+
+def _replayed_in_turn(func: Callable,
+                      runs: Iterator[tuple[Step | None, frozenset[int] | None]],
+                      boundary: Callable[[Tensor], Tensor] | None) -> Callable:
+    """``func`` whose successive calls run as the recorded ones did, by ``runs`` in turn:
+    ``(step, crossing)``, the call's step (``None``: as written) and the positions of its
+    tensors that cross the input boundary (``None``: none)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        step, crossing = next(runs)
+        if crossing is not None:
+            args, kwargs = crossed(args, kwargs, crossing, boundary)
+        return func(*args, **kwargs) if step is None else step(func, args, kwargs)
+
+    return call
 
 
 def stateless(handler: Callable) -> Callable:
@@ -228,12 +308,21 @@ class Replayed(TorchFunctionMode):
         if step is not None:
             output = step(func, args, kwargs)
         elif index in plan.parts:
-            with self:  # (a call runs with the mode popped: its parts must be seen)
-                output = plan.parts[index](*args, **kwargs)
+            output = self._through_parts(plan.parts[index], args, kwargs)
         else:
             output = func(*args, **kwargs)
         self.flow.note(index, output, given[0] if index in plan.in_place else None)
         return output
+
+    def _through_parts(self, decomposed: Decomposed, args: tuple, kwargs: dict) -> object:
+        """A fused call run directly where it can (:meth:`Decomposed.direct`), else with its
+        parts replayed in turn."""
+        direct = decomposed.direct(self.plan)
+        if direct is not None and argument_signature(args, kwargs) == decomposed.signature:
+            self.index = decomposed.end
+            return direct(args, kwargs)
+        with self:  # (a call runs with the mode popped: its parts must be seen)
+            return decomposed.parts(*args, **kwargs)
 
     def finish(self, logits: Tensor) -> Tensor:
         """Check that the forward pass made all the recorded calls; the explained output

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 import lit_explain as lx
 from lit_explain.analyzers.lrp import EpsilonRule
+from lit_explain.demo import TextTransformer, TinyViT
 
 ANALYZERS = [("lrp.alpha_2_beta_1", {}), ("lrp.epsilon", {}), ("lrp.z_plus", {}),
              ("lrp.sequential_preset_a", {}), ("lrp", {"rule": EpsilonRule(epsilon=0.5)}),
@@ -281,3 +282,68 @@ def test_attention_fed_by_kernel_outputs_is_replayed(how, name, kwargs):
     assert analyzer.replayed
     torch.testing.assert_close(replayed, lx.create_analyzer(name, model, **kwargs).analyze(
         x * 0.5))
+
+
+ATTENTION_ANALYZERS = [("lrp.epsilon", {}), ("lrp.epsilon", {"attention_rule": "cp"}),
+                       ("lrp.alpha_2_beta_1", {}), ("lrp.z_plus", {}),
+                       ("lrp.sequential_preset_a", {})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ATTENTION_ANALYZERS)
+@pytest.mark.parametrize("model_name", ["TinyViT", "TextTransformer", "projected"])
+def test_multi_head_attention_replayed_directly_gives_the_full_analysis_map(
+        model_name, name, kwargs):
+    """A replay runs nn.MultiheadAttention's parts as plain torch, its projections and its
+    attention core by their steps (the text encoder's first projection crossing the input
+    boundary), where no other part has a rule (CP-LRP's gates do: its parts are replayed)."""
+    torch.manual_seed(0)
+    if model_name == "TinyViT":
+        model, x = TinyViT().eval(), torch.rand(3, 1, 8, 8)
+    elif model_name == "TextTransformer":
+        model, x = TextTransformer().eval(), torch.randint(1, 40, (3, 16))
+        x[:, 12:] = 0
+    else:
+        model, x = _ProjectedAttention("mha").eval(), torch.randn(3, 8)
+    analyzer = lx.create_analyzer(name, model, **kwargs)
+    analyzer.analyze(x)
+    plan = analyzer._plan
+    assert [d.direct(plan) is not None for d in plan.parts.values()] == [
+        kwargs.get("attention_rule") != "cp"] * len(plan.parts)
+    other = x.flip(0)
+    replayed = analyzer.analyze(other)
+    assert analyzer.replayed
+    torch.testing.assert_close(replayed, lx.create_analyzer(name, model, **kwargs).analyze(
+        other), rtol=1e-5, atol=1e-6 * float(replayed.abs().max()))
+
+
+class _WeightsBehindAFlag(nn.Module):
+    """Attention whose arguments a global flag changes (need_weights), and with them the calls
+    its decomposition makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.out = nn.Linear(2, 8), nn.Linear(8, 3)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x.view(len(x), 4, 2))
+        a = self.attention(h, h, h, need_weights=FLAG[0])[0]
+        return self.out((a + h).mean(1))
+
+
+FLAG = [False]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ATTENTION_ANALYZERS[:3])
+def test_attention_whose_arguments_a_global_flag_changes_is_not_replayed_wrongly(name, kwargs):
+    torch.manual_seed(0)
+    model, x = _WeightsBehindAFlag().double().eval(), torch.randn(3, 8, dtype=torch.double)
+    FLAG[0] = False
+    analyzer = lx.create_analyzer(name, model, **kwargs)
+    analyzer.analyze(x)
+    FLAG[0] = True
+    try:
+        torch.testing.assert_close(analyzer.analyze(x),
+                                   lx.create_analyzer(name, model, **kwargs).analyze(x))
+    finally:
+        FLAG[0] = False

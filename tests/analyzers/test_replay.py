@@ -286,7 +286,7 @@ def test_attention_fed_by_kernel_outputs_is_replayed(how, name, kwargs):
 
 ATTENTION_ANALYZERS = [("lrp.epsilon", {}), ("lrp.epsilon", {"attention_rule": "cp"}),
                        ("lrp.alpha_2_beta_1", {}), ("lrp.z_plus", {}),
-                       ("lrp.sequential_preset_a", {})]
+                       ("lrp.sequential_preset_a", {}), ("lrp.sequential_preset_a_flat", {})]
 
 
 @pytest.mark.parametrize(("name", "kwargs"), ATTENTION_ANALYZERS)
@@ -295,7 +295,8 @@ def test_multi_head_attention_replayed_directly_gives_the_full_analysis_map(
         model_name, name, kwargs):
     """A replay runs nn.MultiheadAttention's parts as plain torch, its projections and its
     attention core by their steps (the text encoder's first projection crossing the input
-    boundary), where no other part has a rule (CP-LRP's gates do: its parts are replayed)."""
+    boundary), where no other part has a rule (relevance as itself, which the flat rule
+    needs, runs the attention core through its parts, with rules: replayed one by one)."""
     torch.manual_seed(0)
     if model_name == "TinyViT":
         model, x = TinyViT().eval(), torch.rand(3, 1, 8, 8)
@@ -308,7 +309,7 @@ def test_multi_head_attention_replayed_directly_gives_the_full_analysis_map(
     analyzer.analyze(x)
     plan = analyzer._plan
     assert [d.direct(plan) is not None for d in plan.parts.values()] == [
-        kwargs.get("attention_rule") != "cp"] * len(plan.parts)
+        not name.endswith("_flat")] * len(plan.parts)
     other = x.flip(0)
     replayed = analyzer.analyze(other)
     assert analyzer.replayed

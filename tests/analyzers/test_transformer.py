@@ -24,6 +24,7 @@ from lit_explain.analyzers.attention import (
 )
 from lit_explain.analyzers.conservation import conservation_report
 from lit_explain.analyzers.lrp.rules import Flow
+from lit_explain.analyzers.lrp.transformer import ATTENTION_RULES
 
 
 def lrp_z(analyzer_kwargs: dict, model: nn.Module, x: Tensor, absolute: bool) -> Tensor:
@@ -459,17 +460,20 @@ class _Attention(nn.Module):
     "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                          reason="needs a CUDA device"))])
 def test_attention_as_gradient_equals_its_parts(computed, mask, device):
-    # AttnLRP runs F.scaled_dot_product_attention as one operation, Q, K and V's gradients scaled
-    # by their shares; the reverse-pass diagnostics make it run through its parts (matmuls,
-    # softmax: the rules checked against LXT). Both must give one map, whichever of Q, K, V
-    # are computed from the input (the shares depend on it).
+    # AttnLRP and CP-LRP run F.scaled_dot_product_attention as one operation, Q, K and V's
+    # gradients scaled by their shares; the reverse-pass diagnostics make it run through its
+    # parts (matmuls, softmax: the rules checked against LXT). Both must give one map,
+    # whichever of Q, K, V are computed from the input (the shares depend on it).
     torch.manual_seed(0)
     model, x = _Attention(computed, mask).double().eval(), torch.randn(2, 5, 4).double()
     model, x = model.to(device), x.to(device)  # CPU: plain torch parts; CUDA: torch's kernel
-    fused = lx.create_analyzer("lrp.epsilon", model).analyze(x)
-    parts = lx.create_analyzer("lrp.epsilon", model, reverse_check_finite=True).analyze(x)
-    assert fused.abs().sum() > 0
-    torch.testing.assert_close(fused, parts, rtol=1e-9, atol=1e-12)
+    for rule in ATTENTION_RULES:
+        fused = lx.create_analyzer("lrp.epsilon", model, attention_rule=rule).analyze(x)
+        parts = lx.create_analyzer("lrp.epsilon", model, attention_rule=rule,
+                                   reverse_check_finite=True).analyze(x)
+        # (under CP-LRP only V takes relevance: none where V is a constant)
+        assert (fused.abs().sum() > 0) == (rule != "cp" or "v" in computed)
+        torch.testing.assert_close(fused, parts, rtol=1e-9, atol=1e-12)
 
 
 def test_scaled_dot_product_attention_parts_equal_torch():

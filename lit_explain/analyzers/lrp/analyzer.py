@@ -408,13 +408,13 @@ class LRP(Analyzer):
                                          PRODUCT))
             return rule(call)
 
-        # Per unit of tensor AttnLRP makes attention its own gradient, Q, K, V's scaled; the
-        # reverse-pass diagnostics observe the softmax, so they get the parts
-        fused = flow.relative and not cp and not self.reverse.active
+        # Per unit of tensor AttnLRP and CP-LRP make attention its own gradient, Q, K, V's
+        # scaled; the reverse-pass diagnostics observe the softmax, so they get the parts
+        fused = flow.relative and not self.reverse.active
 
         def attention(call: OperationCall) -> object:  # (each path plans its replay)
             if fused and call.func is F.scaled_dot_product_attention:
-                return attention_as_gradient(call)
+                return attention_as_gradient(call, cp)
             return through_parts(call)
 
         handlers = {ACTIVATION: activation, SOFTMAX: softmax, PRODUCT: product,

@@ -119,14 +119,16 @@ def _softmax_dim(call: OperationCall, x: Tensor) -> int:
     return (0 if x.dim() in (0, 1, 3) else 1) if dim is None else dim
 
 
-def attention_as_gradient(call: OperationCall) -> Tensor:
-    """``F.scaled_dot_product_attention`` under AttnLRP with relevance per unit of tensor: its
-    own gradient with the gradients of Q, K and V scaled (LXT's efficient path does the same).
+def attention_as_gradient(call: OperationCall, cp: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention`` under AttnLRP (or, ``cp``, CP-LRP) with relevance per
+    unit of tensor: its own gradient with the gradients of Q, K and V scaled (LXT's efficient
+    path does the same).
 
     Per unit, the softmax rule is softmax's own gradient and the uniform rule a product's own
     gradient times ``1/2``, so the rules of the parts make the attention's ordinary backward
     with Q, K and V's gradients scaled by their shares: ``1/4`` for Q and K, ``1/2`` for V
-    (and for a computed float mask, which takes its share of the scores' half).
+    (and for a computed float mask, which takes its share of the scores' half). Under CP-LRP
+    the attention weights are constants: V takes all of it, Q, K and the mask nothing.
     No part meets the analysis on its own. On a GPU the call runs as the model made it (a
     fused kernel); on a CPU as its parts in plain torch, which is faster there (torch's CPU
     kernel took 6× as long, forward and backward, at 256 × 4 heads × 33 tokens × 8). With
@@ -140,23 +142,31 @@ def attention_as_gradient(call: OperationCall) -> Tensor:
                for i, n in enumerate(names)]
     if dropout or call.is_input_layer or not all(differentiable(t) for t in tensors):
         return call.decompose()
-    call.replay(attention_with_shares)  # (in a replay: a function of the call alone)
-    return attention_with_shares(call.func, call.args, call.kwargs)
+    shared = functools.partial(attention_with_shares, shares=CP_SHARES if cp else SHARES)
+    call.replay(shared)  # (in a replay: a function of the call alone)
+    return shared(call.func, call.args, call.kwargs)
 
 
-def attention_with_shares(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+#: The shares of Q, K, V and a computed float mask in attention's relevance, by AttnLRP and by
+#: CP-LRP (see :func:`attention_as_gradient`).
+SHARES, CP_SHARES = (0.25, 0.25, 0.5, 0.5), (0.0, 0.0, 1.0, 0.0)
+
+
+def attention_with_shares(func: Callable, args: tuple, kwargs: dict,
+                          shares: tuple[float, float, float, float] = SHARES) -> Tensor:
     """``func`` (``F.scaled_dot_product_attention``) with the gradients of Q, K, V and a
-    computed float mask scaled by their shares (see :func:`attention_as_gradient`)."""
+    computed float mask multiplied by their ``shares`` (0: detached)."""
     args, kwargs = list(args), dict(kwargs)
-    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
-    shares = [(0, "query", 0.25), (1, "key", 0.25), (2, "value", 0.5)]
-    if differentiable(mask):  # added to the scores: it takes the scores' half (the z-rule)
-        shares.append((3, "attn_mask", 0.5))
-    for i, name, share in shares:
+    names = ("query", "key", "value", "attn_mask")
+    for i, (name, share) in enumerate(zip(names, shares, strict=True)):
+        tensor = args[i] if len(args) > i else kwargs.get(name)
+        if not differentiable(tensor) or share == 1.0:
+            continue
+        shared = tensor.detach() if share == 0.0 else scale_gradient(tensor, share)
         if len(args) > i:
-            args[i] = scale_gradient(args[i], share)
+            args[i] = shared
         else:
-            kwargs[name] = scale_gradient(kwargs[name], share)
+            kwargs[name] = shared
     query = args[0] if args else kwargs["query"]
     return (func if query.is_cuda else scaled_dot_product_attention)(*args, **kwargs)
 

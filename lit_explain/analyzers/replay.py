@@ -38,6 +38,7 @@ reverse-pass diagnostics leave nothing to replay.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Callable, Iterator
@@ -48,7 +49,7 @@ from torch._C import _is_any_autocast_enabled
 from torch.overrides import TorchFunctionMode
 
 from .attention import INJECTED
-from .kinds import QUERIES, replace_tensors, tensors_in
+from .kinds import replace_tensors, tensors_in
 
 #: How a replayed call runs: ``step(func, args, kwargs)`` returns its output with its rule.
 Step = Callable[[Callable, tuple, dict], Any]
@@ -106,6 +107,12 @@ class Plan:
         self.parts[index] = decomposed = Decomposed(index, parts, args, kwargs)
         self.planned.add(index)
         return decomposed
+
+    @functools.cached_property
+    def special(self) -> frozenset[int]:
+        """The calls a replay does more with than run and check them (taken once recorded)."""
+        return frozenset().union(self.steps, self.parts, self.crossings,
+                                 self.targets_crossing, self.in_place)
 
     def unreplayable(self) -> None:
         """A rule met depends on more than its call: nothing to replay."""
@@ -283,21 +290,26 @@ class Replayed(TorchFunctionMode):
         index = self.index
         self.index = index + 1
         plan = self.plan
-        funcs = plan.funcs
         kwargs = kwargs or {}
         # (equal, not only the same: a property's getter, x.shape, is a new object each time)
-        if index >= len(funcs) or (funcs[index] is not func and funcs[index] != func):
+        if index >= len(plan.funcs) or (
+                (recorded := plan.funcs[index]) is not func and recorded != func):
             raise Diverged(f"call {index} is {getattr(func, '__name__', func)}, not the "
                            f"recorded one")
-        if func in QUERIES:  # (no tensor made, no rule)
+        sources = plan.sources[index]
+        if sources is None:  # (a query of a tensor's metadata: no tensor made, no rule)
             return func(*args, **kwargs)
-        if self.flow.sources(args, kwargs) != plan.sources[index]:
+        if self.flow.sources(args, kwargs) != sources:
             raise Diverged(f"call {index} ({getattr(func, '__name__', func)}) gets tensors "
                            f"made elsewhere than recorded")
         if _is_any_autocast_enabled():  # (an autocast region behind a global flag: the
             # full analysis refuses what it would compute in 16 bits)
             raise Diverged(f"call {index} ({getattr(func, '__name__', func)}) runs in an "
                            f"autocast region")
+        if index not in plan.special:  # (most calls)
+            output = func(*args, **kwargs)
+            self.flow.note(index, output)
+            return output
         given = args
         if index in plan.targets_crossing:
             args[0].copy_(plan.boundary(args[0].clone()))

@@ -45,7 +45,11 @@ def safe(z: Tensor) -> Tensor:
     """``z`` with ε where it is 0 (a new tensor): iNNvestigate's safe division, for
     denominators of either sign. Subnormal values count as 0: their reciprocal overflows (a
     float32 softmax output of ``exp(−89)`` made a map of NaN)."""
-    return torch.where(z.abs() < torch.finfo(z.dtype).tiny, SAFE_EPSILON, z)
+    # (z + ε·[|z| < tiny], at a third of torch.where's cost: exactly ε where |z| < tiny in
+    # float32, float64 and bfloat16, whose subnormals are far below ε's precision; the rules
+    # refuse float16, where ε itself is subnormal)
+    zero = torch.abs(z).lt_(torch.finfo(z.dtype).tiny)
+    return torch.add(z, zero, alpha=SAFE_EPSILON)
 
 
 def unchanged(y: Tensor) -> Tensor:

@@ -491,6 +491,8 @@ class OperationRules(TorchFunctionMode):
             return self._route(func, args, kwargs, index)
         plan.sources.append(self.flow.sources(args, kwargs))
         output = self._route(func, args, kwargs, index)
+        if index in plan.parts:
+            self.flow.passed_by_parts(plan.parts[index], args, kwargs)
         target = None
         if args and out_of_place(func, args, kwargs) is not None:
             plan.in_place.add(index)

@@ -147,6 +147,10 @@ class Decomposed:
         self.signature = argument_signature(args, kwargs)
         #: The index after the parts' last call.
         self.end = index + 1
+        #: The call's own tensors that a part returned as they were (a float mask's
+        #: ``.to(dtype)``), by position among them (:func:`~.kinds.tensors_in`) → the source
+        #: that part gave them, which the model's later calls got them from.
+        self.passed: list[tuple[int, object]] = []
         self._direct: Callable[[tuple, dict], Any] | None | bool = False  # (not made yet)
 
     def direct(self, plan: Plan) -> Callable[[tuple, dict], Any] | None:
@@ -240,6 +244,21 @@ class DataFlow:
         self.made: dict[int, tuple[weakref.ref, object]] = {
             id(model_input): (weakref.ref(model_input), MODEL_INPUT)}
 
+    def passed_by_parts(self, decomposed: Decomposed, args: tuple, kwargs: dict) -> None:
+        """Note which of a fused call's tensors (``args``, ``kwargs``) its parts returned as
+        they were (:attr:`Decomposed.passed`), once they ran."""
+        decomposed.passed = [
+            (position, source) for position, source in enumerate(self.sources(args, kwargs))
+            if isinstance(source, tuple) and decomposed.index < source[0] < decomposed.end]
+
+    def restate(self, tensors: list[Tensor], passed: list[tuple[int, object]]) -> None:
+        """The tensors at the positions ``passed`` names as made by the parts that returned
+        them as they were, as the recorded analysis saw them (a direct run of the parts
+        notes none)."""
+        for position, source in passed:
+            t = tensors[position]
+            self.made[id(t)] = (weakref.ref(t), source)
+
     def sources(self, args: tuple, kwargs: dict) -> list:
         """The sources of the tensors among a call's arguments (:func:`~.kinds.tensors_in`),
         in order."""
@@ -310,7 +329,7 @@ class Replayed(TorchFunctionMode):
             output = func(*args, **kwargs)
             self.flow.note(index, output)
             return output
-        given = args
+        given, given_kwargs = args, kwargs
         if index in plan.targets_crossing:
             args[0].copy_(plan.boundary(args[0].clone()))
         crossing = plan.crossings.get(index)
@@ -320,7 +339,9 @@ class Replayed(TorchFunctionMode):
         if step is not None:
             output = step(func, args, kwargs)
         elif index in plan.parts:
-            output = self._through_parts(plan.parts[index], args, kwargs)
+            decomposed = plan.parts[index]
+            output = self._through_parts(decomposed, args, kwargs)
+            self.flow.restate(tensors_in(given, given_kwargs), decomposed.passed)
         else:
             output = func(*args, **kwargs)
         self.flow.note(index, output, given[0] if index in plan.in_place else None)

@@ -1354,3 +1354,27 @@ def test_positively_homogeneous_rules_scale_with_the_input(name, scale):
     analyzer = lx.create_analyzer(name, model)
     torch.testing.assert_close(analyzer.analyze(x * scale) / scale, analyzer.analyze(x),
                                rtol=1e-9, atol=1e-12)
+
+
+class _CastOutput(nn.Module):
+    def __init__(self, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.dtype = dtype
+        self.hidden, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(torch.relu(self.hidden(x)))
+        return y if self.dtype is None else y.to(self.dtype)
+
+
+@pytest.mark.parametrize("name", ["deep_taylor", "lrp.z_plus", "lrp.epsilon"])
+def test_an_output_cast_to_16_bits_gives_the_map_of_the_float32_output(name):
+    # (the relevance per unit of the selected logit, 1/ε where a logit is 0 (Deep Taylor
+    # clamps them), overflowed float16: a map of NaN)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    expected = lx.create_analyzer(name, _CastOutput(None)).analyze(x)
+    for dtype in (torch.float16, torch.bfloat16):
+        got = lx.create_analyzer(name, _CastOutput(dtype)).analyze(x)
+        torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-3 * float(
+            expected.abs().max()))

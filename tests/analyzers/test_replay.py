@@ -348,3 +348,41 @@ def test_attention_whose_arguments_a_global_flag_changes_is_not_replayed_wrongly
                                    lx.create_analyzer(name, model, **kwargs).analyze(x))
     finally:
         FLAG[0] = False
+
+
+class _MaskedStack(nn.Module):
+    """A float mask held as a buffer, given to attention twice and used again after it; a
+    two-layer nn.TransformerEncoder, which hands one float mask to every layer."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.embed, self.out = nn.Linear(3, 8), nn.Linear(8, 4)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(
+            8, 2, 16, dropout=0.0, batch_first=True), 2, enable_nested_tensor=False)
+        self.register_buffer("mask", torch.randn(5, 5))
+        self.register_buffer("causal", torch.ones(5, 5, dtype=torch.bool).triu(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        if self.how == "encoder":
+            return self.out(self.encoder(h, mask=self.causal, is_causal=True).mean(1))
+        a = self.attention(h, h, h, need_weights=False, attn_mask=self.mask)[0]
+        a = self.attention(a, a, a, need_weights=False, attn_mask=self.mask)[0]
+        return self.out(torch.relu(a + self.mask.mean()).mean(1))
+
+
+@pytest.mark.parametrize("how", ["twice", "encoder"])
+def test_a_mask_attention_passes_on_unchanged_keeps_the_replay(how):
+    """Attention's parts return a float mask as it is (its ``.to(dtype)``); a direct replay of
+    them, which sees no part, still gives the mask the source the recording saw (a replay lost
+    at the next use of the mask: every analysis was a full one again)."""
+    torch.manual_seed(0)
+    model, x = _MaskedStack(how).double().eval(), torch.randn(3, 5, 3, dtype=torch.double)
+    analyzer = lx.create_analyzer("lrp.epsilon", model)
+    analyzer.analyze(x)
+    replayed = analyzer.analyze(x.flip(0))
+    assert analyzer.replayed
+    torch.testing.assert_close(replayed, lx.create_analyzer("lrp.epsilon", model).analyze(
+        x.flip(0)))

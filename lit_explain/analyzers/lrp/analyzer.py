@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...precision import LOW_PRECISION
 from ..base import Analyzer, NeuronSelection
 from ..errors import NotAnalyzableModelError
 from ..forward import same_storage, select_output, storage_key, values_key
@@ -298,7 +299,13 @@ class LRP(Analyzer):
 
     def _seed(self, logits: Tensor, indices: Tensor | None) -> Tensor:
         seed = super()._seed(logits, indices)  # the relevance R: the selected logit's value
-        return seed * safe_reciprocal(logits.detach()) if self.flow.relative else seed
+        if not self.flow.relative:
+            return seed
+        # R / logit, 1 or 0, in float32 at least: 1/ε overflows float16 (a model whose output
+        # is cast to it made a map of NaN)
+        held = logits.detach()
+        held = held.float() if held.dtype in LOW_PRECISION else held
+        return (seed * safe_reciprocal(held)).to(logits.dtype)
 
     def _analyze(self, x: Tensor, neuron_selection: NeuronSelection) -> Tensor:
         outputs = KernelOutputs(self.flow, self.canonize)

@@ -581,7 +581,7 @@ class ExplainCallback(Callback):
                                 outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         if self.patterns is not None:
-            self.patterns.batch_end()
+            self.patterns.batch_end(finished=True)
         if trainer.sanity_checking or dataloader_idx != 0 or self.probe.ready:
             return
         self.probe.add(pick(batch, self.input_key), pick(batch, self.target_key),

@@ -9,9 +9,9 @@ Two sources (Kindermans et al. 2018 fit their patterns offline, after training):
 * ``source="val"`` hooks the validation forward passes: fewer samples, but exact for the
   weights being explained, in eval mode, as an offline fit on the validation set would be.
   Under mixed precision (``precision="16-mixed"``/``"bf16-mixed"``), whose validation
-  forward runs in autocast, each call of the fitted module is run again in full precision
-  for the statistics (:class:`FullPrecisionRerun`): its 16-bit activations made the patterns
-  up to 66 % off an offline fit.
+  forward runs in autocast, each call of the module that holds the fitted layers is run
+  again in float32 for the statistics (:class:`FullPrecisionRerun`): its 16-bit activations
+  made the patterns up to 66 % off an offline fit.
 
 :class:`PatternCollector` does the work and is what :class:`~lit_explain.ExplainCallback`
 reuses for its pattern analyzers; :class:`PatternCallback` is a thin Lightning wrapper.
@@ -19,6 +19,7 @@ reuses for its pattern analyzers; :class:`PatternCallback` is a thin Lightning w
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
@@ -80,6 +81,7 @@ class PatternCollector:
         self.patterns: dict[str, Tensor] = {}
         self.refreshed_at: tuple[int, int] | None = None  # (epoch, global step)
         self._handle: CollectionHandle | FullPrecisionRerun | None = None
+        self._scratch: PatternComputer | None = None  # (for FullPrecisionRerun)
 
     def target(self, pl_module: nn.Module) -> nn.Module:
         """The module whose kernel layers get patterns."""
@@ -113,16 +115,21 @@ class PatternCollector:
             return
         self.setup(pl_module)
         if stage == "val" and str(trainer.precision).endswith("-mixed"):
-            self._handle = FullPrecisionRerun(self.target(pl_module), self.computer,
-                                              self.module)
+            if self._scratch is None or self._scratch.model is not self.computer.model:
+                self._scratch = PatternComputer(self.computer.model, self.pattern_type)
+            self._handle = FullPrecisionRerun(self.computer, self._scratch)
         else:
             self._handle = self.computer.attach()
 
-    def batch_end(self) -> None:
-        """Remove the hooks (idempotent)."""
+    def batch_end(self, finished: bool = False) -> None:
+        """Remove the hooks (idempotent); ``finished``: the batch ended normally (not by an
+        exception, nor unsampled)."""
         if self._handle is not None:
             handle, self._handle = self._handle, None
-            handle.remove()
+            if isinstance(handle, FullPrecisionRerun):
+                handle.remove(finished)
+            else:
+                handle.remove()
 
     def epoch_start(self, trainer: L.Trainer, stage: str) -> None:
         """Start a new window of statistics when the source's epoch starts."""
@@ -140,7 +147,8 @@ class PatternCollector:
         statistics = self.computer.synced_statistics()
         if all(int(s.rows) == 0 for s in statistics.values()):
             return None
-        self.patterns = self.computer.patterns_from(statistics)
+        with torch.inference_mode(False):  # (normal tensors, also under trainer.validate())
+            self.patterns = self.computer.patterns_from(statistics)
         self.refreshed_at = (trainer.current_epoch, trainer.global_step)
         return self.patterns
 
@@ -160,46 +168,75 @@ class PatternCollector:
 
 
 class FullPrecisionRerun:
-    """Collects the statistics of every call of ``module`` from that call run again, before
-    it, in full precision (autocast off), on copies of its arguments (a forward may change
-    its input in place), without gradients and with the random number generators forked:
+    """Collects the statistics of every call of the smallest module that holds all of the
+    computer's layers (the ``self.net`` a ``validation_step`` calls directly, or the fitted
+    module itself) from that call run again, before it, in full precision (autocast off):
     the statistics of a validation forward in autocast, from the model's own float32
-    computation. A batch in which ``module`` was not called (a ``validation_step`` that calls
-    a submodule of the fitted module directly) adds nothing, with a warning, once."""
+    computation. The rerun gets copies of the call's tensors (a forward may change its
+    input in place), runs without gradients, with torch's, numpy's and Python's random
+    number generators forked, and is the only forward the computer collects from (through
+    ``scratch``, a computer of the same model and pattern type, merged once the rerun
+    succeeded); a call made inside another collector's rerun is not run again. A rerun that
+    fails adds nothing, with a warning (once per process), as does a validation batch that
+    calls none of the module."""
 
-    warned = False
+    running = False  # (a rerun in progress, of any collector)
+    warned: set[str] = set()
 
-    def __init__(self, module: nn.Module, computer: PatternComputer, path: str) -> None:
-        self.module, self.computer, self.path = module, computer, path
-        self.calls = 0
-        self._running = False
-        self._handle = module.register_forward_pre_hook(self._rerun, with_kwargs=True)
+    def __init__(self, computer: PatternComputer, scratch: PatternComputer) -> None:
+        self.computer, self.scratch = computer, scratch
+        self.path = common_container(list(computer.layers))
+        self.module = computer.model.get_submodule(self.path)
+        self.calls, self.failed = 0, False
+        self._handle = self.module.register_forward_pre_hook(self._rerun, with_kwargs=True)
 
     def _rerun(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._running:  # (the rerun's own call)
+        if FullPrecisionRerun.running:  # (the call of a rerun: ours, or another collector's)
             return
-        self._running = True
+        self.calls += 1
+        FullPrecisionRerun.running = True
         try:
             with torch.no_grad():
                 args, kwargs = apply_to_collection((args, kwargs), Tensor, torch.clone)
+            self.scratch.reset()
             with training_untouched(module), torch.no_grad(), full_precision(), \
-                    self.computer.collecting():
+                    self.scratch.collecting():
                 module(*args, **kwargs)
+            self.computer.merge(self.scratch)
+        except Exception as error:  # (training goes on: the batch adds nothing)
+            self.failed = True
+            self._warn("failed", f"the float32 rerun of {self._name()} for the pattern "
+                                 f"statistics failed ({type(error).__name__}: {error}); the "
+                                 f"validation batches it fails on add nothing to them")
         finally:
-            self._running = False
-        self.calls += 1
+            FullPrecisionRerun.running = False
 
-    def remove(self) -> None:
-        """Remove the hook; warn (once per process) where ``module`` was never called."""
+    def remove(self, finished: bool = False) -> None:
+        """Remove the hook; where the validation batch ``finished`` without calling the
+        module (nor a rerun failing), warn (once per process)."""
         self._handle.remove()
-        if not self.calls and not FullPrecisionRerun.warned:
-            FullPrecisionRerun.warned = True
-            name = f"the submodule {self.path!r}" if self.path else "the LightningModule"
-            rank_zero_warn(
-                f"pattern statistics from validation under mixed precision are collected from "
-                f"calls of {name} run again in full precision, and a validation batch called "
-                f"none (its validation_step calls a part of it directly): that batch adds "
-                f"nothing. Give module= the path of the submodule validation_step calls")
+        if finished and not self.calls:
+            self._warn("not called", f"pattern statistics from validation under mixed "
+                                     f"precision come from each call of {self._name()} run "
+                                     f"again in float32, and a validation batch called none "
+                                     f"(its validation_step calls its layers one by one): such "
+                                     f"a batch adds nothing. Call {self._name()} whole in "
+                                     f"validation_step, or validate in float32")
+
+    def _name(self) -> str:
+        return f"the submodule {self.path!r}" if self.path else "the fitted module"
+
+    @classmethod
+    def _warn(cls, what: str, message: str) -> None:
+        if what not in cls.warned:
+            cls.warned.add(what)
+            rank_zero_warn(message)
+
+
+def common_container(paths: list[str]) -> str:
+    """The path of the smallest module that holds all the modules at ``paths`` (``""``: the
+    root)."""
+    return ".".join(os.path.commonprefix([path.split(".")[:-1] for path in paths]))
 
 
 def compiled_part(pl_module: nn.Module) -> str | None:
@@ -301,7 +338,7 @@ class PatternCallback(Callback):
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                 outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
-        self.collector.batch_end()
+        self.collector.batch_end(finished=True)
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -582,9 +582,12 @@ class PatternComputer:
                 stats.zero_()
 
     def merge(self, other: PatternComputer | Mapping[str, Any]) -> PatternComputer:
-        """Add another computer's statistics (or its :meth:`state_dict`) into this one."""
+        """Add another computer's statistics (or its :meth:`state_dict`) into this one; from
+        a computer also the failures it met (layers with no one weight)."""
         state = other.state_dict() if isinstance(other, PatternComputer) else other
         statistics = self._check_state(state)
+        if isinstance(other, PatternComputer):
+            self._failures.update(other._failures)
         with torch.inference_mode(False):
             for path, stats in statistics.items():
                 self.statistics[path].add_(stats)

@@ -105,21 +105,81 @@ def test_the_full_precision_rerun_leaves_training_and_validation_unchanged():
     assert torch.equal(plain_loss, watched_loss)  # (its own input, not one shifted twice)
 
 
+def offline_val_patterns(model, batches=None):
+    offline = PatternComputer(model)
+    for batch, (x, _) in enumerate(loaders()[1]):
+        if batches is None or batch in batches:
+            offline.update(x.clone())
+    return offline.compute()
+
+
+def assert_patterns_equal(patterns, expected):
+    assert set(patterns) == set(expected)
+    for path, pattern in expected.items():
+        torch.testing.assert_close(patterns[path], pattern, rtol=1e-4, atol=1e-6)
+
+
 class ValidatesThroughItsNet(Tiny):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", F.cross_entropy(self.net(x), y))
 
 
-def test_val_source_under_mixed_precision_warns_where_the_module_is_not_called(monkeypatch):
-    monkeypatch.setattr(FullPrecisionRerun, "warned", False)
+def test_val_source_under_mixed_precision_reruns_the_module_validation_step_calls():
+    # (the smallest module holding the layers, self.net, is rerun: also called directly)
     model, callback = ValidatesThroughItsNet(), PatternCallback(source="val")
-    with pytest.warns(UserWarning, match=r"module= the path of the submodule"):
-        fit(model, [callback], precision="bf16-mixed")
+    fit(model, [callback], precision="bf16-mixed")
+    assert_patterns_equal(callback.patterns, offline_val_patterns(model))
+
+
+def test_two_val_collectors_under_mixed_precision_each_collect_once_per_batch():
+    # (nested reruns counted batches again: patterns 24 % off with different samplings)
+    model = Tiny()
+    every, sampled = PatternCallback(source="val"), PatternCallback(source="val",
+                                                                    every_n_batches=2)
+    fit(model, [every, sampled], precision="bf16-mixed")
+    assert_patterns_equal(every.patterns, offline_val_patterns(model))
+    assert_patterns_equal(sampled.patterns, offline_val_patterns(model, batches={0}))
+
+
+class LayerByLayer(Tiny):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        for layer in self.net:
+            x = layer(x)
+        self.log("val_loss", F.cross_entropy(x, y))
+
+
+class _AutocastOnly(nn.ReLU):
+    def forward(self, x):
+        if not torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("a bfloat16-only kernel")
+        return super().forward(x)
+
+
+class FailsInFloat32(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[1] = _AutocastOnly()
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (LayerByLayer, r"its layers one by one.*Call the submodule 'net' whole"),
+    (FailsInFloat32, r"float32 rerun of the submodule 'net'.*RuntimeError: a bfloat16-only")])
+def test_val_source_under_mixed_precision_warns_where_it_collects_nothing(monkeypatch, model,
+                                                                         message):
+    monkeypatch.setattr(FullPrecisionRerun, "warned", set())
+    callback = PatternCallback(source="val")
+    with pytest.warns(UserWarning, match=message):
+        fit(model(), [callback], precision="bf16-mixed")  # (training goes on)
     assert callback.patterns == {}
-    fitted = PatternCallback(source="val", module="net")
-    fit(ValidatesThroughItsNet(), [fitted], precision="bf16-mixed")
-    assert set(fitted.patterns) == {"0", "3", "5"}
+
+
+def test_val_patterns_after_validate_are_normal_tensors():
+    model, callback = Tiny(), PatternCallback(source="val")
+    trainer = fit(model, [callback], epochs=1)
+    trainer.validate(model, loaders()[1], verbose=False)  # (under torch.inference_mode())
+    assert not any(p.is_inference() for p in callback.patterns.values())
 
 
 def test_train_source_with_fixed_weights_equals_an_offline_fit_on_the_training_data():

@@ -490,9 +490,8 @@ reverse_check_min_max_values, reverse_project_bottleneck_layers:
         start = logits.detach() if self.seed_with_value else torch.ones_like(logits)
         if indices is None:
             return start
-        mask = torch.zeros_like(logits)
-        mask.scatter_(1, indices[:, None], 1.0)
-        return start * mask
+        selected = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, indices[:, None], True)
+        return torch.where(selected, start, 0.0)  # (an infinite output not selected: 0, no NaN)
 
     # One forward, one (possibly rule-modified) backward ---------------------------------
 

@@ -9,7 +9,7 @@ Two sources (Kindermans et al. 2018 fit their patterns offline, after training):
 * ``source="val"`` hooks the validation forward passes: fewer samples, but exact for the
   weights being explained, in eval mode, as an offline fit on the validation set would be.
   Under mixed precision (``precision="16-mixed"``/``"bf16-mixed"``), whose validation
-  forward runs in autocast, each call of the module that holds the fitted layers is run
+  forward runs in autocast, each outermost call of a module that holds fitted layers is run
   again in float32 for the statistics (:class:`FullPrecisionRerun`): its 16-bit activations
   made the patterns up to 66 % off an offline fit.
 
@@ -19,7 +19,6 @@ reuses for its pattern analyzers; :class:`PatternCallback` is a thin Lightning w
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import lightning as L
@@ -33,7 +32,7 @@ from typing_extensions import override
 from ..analyzers.validation import check_choice, check_positive_int
 from ..modes import training_untouched
 from ..patterns import PATTERN_TYPES, CollectionHandle, PatternComputer
-from ..precision import full_precision
+from ..precision import LOW_PRECISION, full_precision
 
 SOURCES = ("train", "val")
 #: ``every_n_batches`` by source when not given: a tenth of the training batches bounds the
@@ -168,63 +167,72 @@ class PatternCollector:
 
 
 class FullPrecisionRerun:
-    """Collects the statistics of every call of the smallest module that holds all of the
-    computer's layers (the ``self.net`` a ``validation_step`` calls directly, or the fitted
-    module itself) from that call run again, before it, in full precision (autocast off):
-    the statistics of a validation forward in autocast, from the model's own float32
-    computation. The rerun gets copies of the call's tensors (a forward may change its
-    input in place), runs without gradients, with torch's, numpy's and Python's random
-    number generators forked, and is the only forward the computer collects from (through
-    ``scratch``, a computer of the same model and pattern type, merged once the rerun
-    succeeded); a call made inside another collector's rerun is not run again. A rerun that
-    fails adds nothing, with a warning (once per process), as does a validation batch that
-    calls none of the module."""
+    """Collects the statistics of a validation forward in autocast from the model's own
+    float32 computation: every outermost call of a module that holds fitted layers (the
+    fitted module, the ``self.net`` a ``validation_step`` calls directly, a layer called on
+    its own) is run again first, in float32 (autocast off), and only that run is collected.
+
+    The rerun gets copies of the call's tensors (a forward may change its input in place; in
+    float32 where autocast made them 16-bit: a layer called on its own gets its input so),
+    runs without gradients, with torch's, numpy's and Python's random number generators
+    forked, into ``scratch`` (a computer of the same model and pattern type, merged once the
+    rerun succeeded); calls made inside a rerun, ours or another collector's, are not run
+    again. A rerun that fails adds nothing, with a warning (once per process), as does a
+    validation batch that calls none of the fitted layers."""
 
     running = False  # (a rerun in progress, of any collector)
     warned: set[str] = set()
 
     def __init__(self, computer: PatternComputer, scratch: PatternComputer) -> None:
         self.computer, self.scratch = computer, scratch
-        self.path = common_container(list(computer.layers))
-        self.module = computer.model.get_submodule(self.path)
-        self.calls, self.failed = 0, False
-        self._handle = self.module.register_forward_pre_hook(self._rerun, with_kwargs=True)
+        self.calls, self._depth = 0, 0  # (reruns; holders' calls open now)
+        handles = []
+        for module in holders(computer.model, list(computer.layers)):
+            handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True,
+                                                            prepend=True))
+            handles.append(module.register_forward_hook(self._leave, always_call=True))
+        self._handles = handles
+
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if FullPrecisionRerun.running:  # (a call of a rerun: ours, or another collector's)
+            return
+        if not self._depth:  # (the outermost call: its rerun covers the calls inside it)
+            self._rerun(module, args, kwargs)
+        self._depth += 1
+
+    def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not FullPrecisionRerun.running:
+            self._depth -= 1
 
     def _rerun(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if FullPrecisionRerun.running:  # (the call of a rerun: ours, or another collector's)
-            return
         self.calls += 1
         FullPrecisionRerun.running = True
         try:
-            with torch.no_grad():
-                args, kwargs = apply_to_collection((args, kwargs), Tensor, torch.clone)
+            with torch.no_grad():  # (copies; float32 where autocast made 16-bit tensors)
+                args, kwargs = apply_to_collection((args, kwargs), Tensor, _float32_copy)
             self.scratch.reset()
             with training_untouched(module), torch.no_grad(), full_precision(), \
                     self.scratch.collecting():
                 module(*args, **kwargs)
             self.computer.merge(self.scratch)
         except Exception as error:  # (training goes on: the batch adds nothing)
-            self.failed = True
-            self._warn("failed", f"the float32 rerun of {self._name()} for the pattern "
-                                 f"statistics failed ({type(error).__name__}: {error}); the "
-                                 f"validation batches it fails on add nothing to them")
+            self._warn("failed", f"the float32 rerun of {type(module).__name__} for the "
+                                 f"pattern statistics failed ({type(error).__name__}: "
+                                 f"{error}); the validation batches it fails on add nothing "
+                                 f"to them")
         finally:
             FullPrecisionRerun.running = False
 
     def remove(self, finished: bool = False) -> None:
-        """Remove the hook; where the validation batch ``finished`` without calling the
-        module (nor a rerun failing), warn (once per process)."""
-        self._handle.remove()
+        """Remove the hooks; where the validation batch ``finished`` without calling any
+        fitted layer, warn (once per process)."""
+        for handle in self._handles:
+            handle.remove()
         if finished and not self.calls:
-            self._warn("not called", f"pattern statistics from validation under mixed "
-                                     f"precision come from each call of {self._name()} run "
-                                     f"again in float32, and a validation batch called none "
-                                     f"(its validation_step calls its layers one by one): such "
-                                     f"a batch adds nothing. Call {self._name()} whole in "
-                                     f"validation_step, or validate in float32")
-
-    def _name(self) -> str:
-        return f"the submodule {self.path!r}" if self.path else "the fitted module"
+            self._warn("not called", "pattern statistics from validation under mixed "
+                                     "precision come from the fitted layers' calls run again "
+                                     "in float32, and a validation batch called none of them: "
+                                     "it adds nothing")
 
     @classmethod
     def _warn(cls, what: str, message: str) -> None:
@@ -233,10 +241,20 @@ class FullPrecisionRerun:
             rank_zero_warn(message)
 
 
-def common_container(paths: list[str]) -> str:
-    """The path of the smallest module that holds all the modules at ``paths`` (``""``: the
-    root)."""
-    return ".".join(os.path.commonprefix([path.split(".")[:-1] for path in paths]))
+def _float32_copy(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in LOW_PRECISION else t.clone()
+
+
+def holders(model: nn.Module, paths: list[str]) -> list[nn.Module]:
+    """``model`` and every module on the way to the modules at ``paths``, those included."""
+    found = {"": model}
+    for path in paths:
+        parts = path.split(".")
+        for end in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:end])
+            if prefix not in found:
+                found[prefix] = model.get_submodule(prefix)
+    return list({id(module): module for module in found.values()}.values())
 
 
 def compiled_part(pl_module: nn.Module) -> str | None:

@@ -1378,3 +1378,18 @@ def test_an_output_cast_to_16_bits_gives_the_map_of_the_float32_output(name):
         got = lx.create_analyzer(name, _CastOutput(dtype)).analyze(x)
         torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-3 * float(
             expected.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "deep_taylor", "guided_backprop", "gradient"])
+def test_an_infinite_output_not_explained_leaves_the_map_finite(name):
+    # (a float16 output that overflows: the starting gradient was logits * one-hot, inf * 0)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    models = [_CastOutput(None), _CastOutput(torch.float16)]
+    for model in models:
+        with torch.no_grad():
+            model.head.bias[0] = 7e4
+    expected, got = (lx.create_analyzer(name, model, neuron_selection_mode="index").analyze(
+        x, neuron_selection=1) for model in models)
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-3 * float(
+        expected.abs().max()))

@@ -142,12 +142,63 @@ def test_two_val_collectors_under_mixed_precision_each_collect_once_per_batch():
     assert_patterns_equal(sampled.patterns, offline_val_patterns(model, batches={0}))
 
 
+class _StandardisedConv(nn.Conv2d):
+    """Weight standardisation: the layer's call gets another weight than ``module.weight``."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class StandardisedConv(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[0] = _StandardisedConv(1, 4, 3, padding=1)
+
+
+class LayersInAList(Tiny):
+    """Layers held by an nn.ModuleList, which is never called, and a layer called again
+    outside the Sequential that holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(3, 3), nn.Linear(3, 3)])
+
+    def forward(self, x):
+        h = self.net(x)
+        for block in self.blocks:
+            h = F.relu(block(h))
+        return h + self.net[5](F.relu(self.net[3](x.flatten(1).repeat(1, 4))))
+
+
+@pytest.mark.parametrize("model", [StandardisedConv, LayersInAList])
+def test_val_source_under_mixed_precision_on_layers_held_and_called_otherwise(model):
+    # (the weight a layer's call got is the rerun's, and every call of a fitted layer is in
+    # the rerun of the outermost module call holding it)
+    model, callback = model(), PatternCallback(source="val")
+    fit(model, [callback], precision="bf16-mixed")
+    assert_patterns_equal(callback.patterns, offline_val_patterns(model))
+
+
 class LayerByLayer(Tiny):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         for layer in self.net:
             x = layer(x)
         self.log("val_loss", F.cross_entropy(x, y))
+
+
+def test_val_source_under_mixed_precision_reruns_layers_called_on_their_own():
+    # (each layer's call is the outermost: rerun in float32 on its input as the autocast
+    # forward made it, bfloat16 activations of the layers before)
+    model, callback = LayerByLayer(), PatternCallback(source="val")
+    fit(model, [callback], precision="bf16-mixed")
+    expected = offline_val_patterns(model)
+    assert set(callback.patterns) == set(expected)
+    for path, pattern in expected.items():
+        torch.testing.assert_close(callback.patterns[path], pattern, rtol=0.05, atol=0.05 * float(
+            pattern.abs().max()))
 
 
 class _AutocastOnly(nn.ReLU):
@@ -163,9 +214,14 @@ class FailsInFloat32(Tiny):
         self.net[1] = _AutocastOnly()
 
 
+class ValidatesWithoutTheModel(Tiny):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", batch[0].mean())
+
+
 @pytest.mark.parametrize(("model", "message"), [
-    (LayerByLayer, r"its layers one by one.*Call the submodule 'net' whole"),
-    (FailsInFloat32, r"float32 rerun of the submodule 'net'.*RuntimeError: a bfloat16-only")])
+    (ValidatesWithoutTheModel, r"a validation batch called none of them"),
+    (FailsInFloat32, r"float32 rerun of FailsInFloat32.*RuntimeError: a bfloat16-only kernel")])
 def test_val_source_under_mixed_precision_warns_where_it_collects_nothing(monkeypatch, model,
                                                                          message):
     monkeypatch.setattr(FullPrecisionRerun, "warned", set())

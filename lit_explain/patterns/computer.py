@@ -586,7 +586,12 @@ class PatternComputer:
         a computer also what its forward passes showed: the failures it met (layers with no
         one weight) and the weight each layer's call received (see
         :meth:`_normalising_weight`), its forward passes being the last collected."""
-        state = other.state_dict() if isinstance(other, PatternComputer) else other
+        state = other
+        if isinstance(other, PatternComputer):  # (its tensors themselves: added, not kept)
+            other._flush()
+            state = {"pattern_type": other.pattern_type,
+                     "statistics": {path: dict(s.tensors()) for path, s in
+                                    other.statistics.items()}}
         statistics = self._check_state(state)
         if isinstance(other, PatternComputer):
             self._failures.update(other._failures)

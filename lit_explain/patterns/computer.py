@@ -583,8 +583,8 @@ class PatternComputer:
 
     def merge(self, other: PatternComputer | Mapping[str, Any]) -> PatternComputer:
         """Add another computer's statistics (or its :meth:`state_dict`) into this one; from
-        a computer also what its forward passes showed: the failures it met (layers with no
-        one weight) and the weight each layer's call received (see
+        a computer also the failures it met (layers with no one weight) and, where it
+        collected from this computer's model, the weight each layer's call received (see
         :meth:`_normalising_weight`), its forward passes being the last collected."""
         state = other
         if isinstance(other, PatternComputer):  # (its tensors themselves: added, not kept)
@@ -595,7 +595,8 @@ class PatternComputer:
         statistics = self._check_state(state)
         if isinstance(other, PatternComputer):
             self._failures.update(other._failures)
-            self._calls_seen.update(other._calls_seen)
+            if other.model is self.model:  # (another model's calls got its own weights)
+                self._calls_seen.update(other._calls_seen)
         with torch.inference_mode(False):
             for path, stats in statistics.items():
                 self.statistics[path].add_(stats)

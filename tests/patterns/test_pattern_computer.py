@@ -599,3 +599,28 @@ def test_a_layer_without_one_weight_is_refused_when_patterns_are_made():
         model(torch.randn(5, 6))  # (no error in the forward)
     with pytest.raises(ValueError, match="not the output of one kernel call"):
         computer.compute()
+
+
+class _Standardised(nn.Linear):
+    """A layer whose call gets another weight than ``module.weight``."""
+
+    def forward(self, x):
+        w = self.weight
+        return F.linear(x, (w - w.mean(1, keepdim=True)) / w.std(1, keepdim=True), self.bias)
+
+
+def test_a_merge_takes_the_weights_calls_got_from_its_own_model_only():
+    torch.manual_seed(0)
+    model, other = (nn.Sequential(_Standardised(4, 3), nn.ReLU()) for _ in range(2))
+    x = torch.randn(30, 4)
+    own, theirs = PatternComputer(model), PatternComputer(other)
+    own.update(x[:15])
+    theirs.update(x[15:])
+    # a computer of the same model that has seen no forward takes the calls' weights along
+    # (a layer with a forward of its own needs them); another model's are not this model's
+    fresh = PatternComputer(model).merge(own)
+    torch.testing.assert_close(fresh.compute()["0"], own.compute()["0"])
+    expected = PatternComputer(model)
+    expected.update(x[:15])
+    expected.merge(theirs.state_dict())  # (statistics only)
+    torch.testing.assert_close(own.merge(theirs).compute()["0"], expected.compute()["0"])

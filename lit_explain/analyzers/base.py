@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
 from ..compiled import eager, holds_compiled, uncompiled
-from ..modes import eval_mode
+from ..modes import eval_mode, explaining
 from ..precision import LOW_PRECISION, full_precision
 from .diagnostics import (
     OUTPUT_KEY,
@@ -112,7 +112,7 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
                     module._backward_hooks = OrderedDict()
                     module._backward_pre_hooks = OrderedDict()
                 with torch.inference_mode(False), torch.enable_grad(), full_precision(), \
-                        without_checkpointing(), \
+                        without_checkpointing(), explaining(), \
                         eager("eager_on_recompile") if compiled else nullcontext():
                     yield
             except Exception as error:

@@ -27,7 +27,7 @@ from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..compiled import eager
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
-from ..modes import training_untouched
+from ..modes import explaining, training_untouched
 from ..patterns.statistics import PATTERN_TYPES
 from .agreement import FailedElsewhere, agreed, distributed
 from .evaluation import (
@@ -430,7 +430,7 @@ class ExplainCallback(Callback):
         if self.patterns is not None:
             self._check_patterns(pl_module)
         # (compiled submodules: never compiled for the callback, see lit_explain.compiled)
-        with eager("eager_on_recompile"), training_untouched(pl_module):
+        with eager("eager_on_recompile"), training_untouched(pl_module), explaining():
             self._try_on_one_sample(inputs[:1], batch)
         self._agree_on_the_preflight()
 
@@ -619,7 +619,7 @@ class ExplainCallback(Callback):
                     "dataset with max_steps) is explained once."))
             return
         # (compiled submodules: never compiled for the callback, see lit_explain.compiled)
-        with eager("eager_on_recompile"), training_untouched(pl_module):
+        with eager("eager_on_recompile"), training_untouched(pl_module), explaining():
             self._explain_and_log(trainer, pl_module)
         if trainer.state.fn != "validate":
             self._last_epoch = trainer.current_epoch

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ..analyzers.validation import check_choice, check_positive_int
-from ..modes import training_untouched
+from ..modes import is_explaining, training_untouched
 from ..patterns import PATTERN_TYPES, CollectionHandle, PatternComputer
 from ..precision import LOW_PRECISION, full_precision
 
@@ -194,14 +194,14 @@ class FullPrecisionRerun:
         self._handles = handles
 
     def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if FullPrecisionRerun.running:  # (a call of a rerun: ours, or another collector's)
-            return
+        if FullPrecisionRerun.running or is_explaining():  # (a call of a rerun, ours or
+            return  # another collector's, or of the library's own work: no data)
         if not self._depth:  # (the outermost call: its rerun covers the calls inside it)
             self._rerun(module, args, kwargs)
         self._depth += 1
 
     def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
-        if not FullPrecisionRerun.running:
+        if not (FullPrecisionRerun.running or is_explaining()):
             self._depth -= 1
 
     def _rerun(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -216,10 +216,9 @@ class FullPrecisionRerun:
                 module(*args, **kwargs)
             self.computer.merge(self.scratch)
         except Exception as error:  # (training goes on: the batch adds nothing)
-            self._warn("failed", f"the float32 rerun of {type(module).__name__} for the "
-                                 f"pattern statistics failed ({type(error).__name__}: "
-                                 f"{error}); the validation batches it fails on add nothing "
-                                 f"to them")
+            self._warn("failed", f"the float32 rerun of a call of {type(module).__name__} "
+                                 f"for the pattern statistics raised ({type(error).__name__}: "
+                                 f"{error}): such a call adds nothing to them")
         finally:
             FullPrecisionRerun.running = False
 

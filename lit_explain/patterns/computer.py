@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..compiled import uncompiled
-from ..modes import eval_mode
+from ..modes import eval_mode, is_explaining
 from ..precision import full_precision
 from .layers import (
     KERNEL_LAYERS,
@@ -376,6 +376,8 @@ class PatternComputer:
     # Hooks ----------------------------------------------------------------------------------
 
     def _on_kernel_start(self, path: str) -> None:
+        if is_explaining():  # (the library's own forward passes are no data: see modes)
+            return
         calls = _KernelCalls()
         calls.__enter__()
         self._kernel_calls[path] = calls
@@ -385,7 +387,7 @@ class PatternComputer:
         calls = self._kernel_calls.pop(path, None)
         if calls is not None:
             calls.__exit__(None, None, None)
-        if output is None:  # the forward raised
+        if output is None or is_explaining():  # the forward raised, or is none of the data
             return
         try:
             weight, bias = (current_weight(module), module.bias) if calls is None else \
@@ -408,6 +410,8 @@ class PatternComputer:
             self._flush()
 
     def _on_batch_norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if is_explaining():
+            return
         pending = self._pending_of(args[0])
         if pending is not None:
             self._follow(pending, output)
@@ -425,6 +429,8 @@ class PatternComputer:
         ``F.batch_norm`` or an elementwise affine map with a constant (a BatchNorm written
         out, ``h * scale + shift``), and stays where an activation reads it (a ReLU, in place
         or not); copies carry it on; other calls (a statistic, a residual add) leave it."""
+        if is_explaining():
+            return
         operands = [t for a in (*args, *kwargs.values()) for t in (
             a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, Tensor)]
         if all(self._constant(t) for t in operands):  # (torch.cat([h, g]): h and g's)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import lit_explain as lx
 from lit_explain.callbacks.patterns import FullPrecisionRerun, PatternCallback, PatternCollector
 from lit_explain.patterns import PatternComputer
 
@@ -181,6 +182,26 @@ def test_val_source_under_mixed_precision_on_layers_held_and_called_otherwise(mo
     assert_patterns_equal(callback.patterns, offline_val_patterns(model))
 
 
+class ExplainsInValidation(Tiny):
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        lx.create_analyzer("integrated_gradients", self.net, steps=4).analyze(batch[0])
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_val_statistics_leave_out_the_librarys_own_forward_passes(precision, tmp_path,
+                                                                   monkeypatch):
+    # (an analysis in validation_step, the ExplainCallback's preflight on the first validation
+    # batch after the pattern hooks are on: 120 % and 43 % off)
+    monkeypatch.chdir(tmp_path)  # (the callback's pictures, with no logger)
+    model = ExplainsInValidation()
+    patterns = PatternCallback(source="val")
+    explain = lx.ExplainCallback(analyzers=["gradient"], num_samples=4)
+    trainer = fit(model, [patterns, explain], epochs=1, precision=precision)
+    trainer.validate(model, loaders()[1], verbose=False)
+    assert_patterns_equal(patterns.patterns, offline_val_patterns(model))
+
+
 class LayerByLayer(Tiny):
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -221,7 +242,7 @@ class ValidatesWithoutTheModel(Tiny):
 
 @pytest.mark.parametrize(("model", "message"), [
     (ValidatesWithoutTheModel, r"a validation batch called none of them"),
-    (FailsInFloat32, r"float32 rerun of FailsInFloat32.*RuntimeError: a bfloat16-only kernel")])
+    (FailsInFloat32, r"rerun of a call of FailsInFloat32.*RuntimeError: a bfloat16-only kernel")])
 def test_val_source_under_mixed_precision_warns_where_it_collects_nothing(monkeypatch, model,
                                                                          message):
     monkeypatch.setattr(FullPrecisionRerun, "warned", set())

@@ -8,7 +8,7 @@ the frozen weight there, and unmerges it in ``train(True)``. Putting the flags b
 assignment alone left such a layer merged, and its adapter got no gradient in training.
 :func:`training_untouched` also forks the random number generators, for work done in the
 middle of a training loop; :func:`explaining` marks the forward passes that are the library's
-own work.
+own work; :func:`unmaterialized` finds a lazy module that has not run yet.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 
 @contextmanager
@@ -113,3 +114,10 @@ def explaining() -> Iterator[None]:
 def is_explaining() -> bool:
     """Whether :func:`explaining` is open in this thread."""
     return getattr(_explaining, "depth", 0) > 0
+
+
+def unmaterialized(model: nn.Module) -> str | None:
+    """The path of a module of ``model`` whose parameters are uninitialised (a lazy module
+    takes its shapes from its first input), if any."""
+    return next((path for path, module in model.named_modules()
+                 if any(is_lazy(p) for p in module.parameters(recurse=False))), None)

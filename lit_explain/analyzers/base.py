@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
+from torch.nn.parameter import is_lazy
 
 from ..compiled import eager, holds_compiled, uncompiled
 from ..modes import eval_mode, explaining
@@ -89,6 +90,12 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
         modules = list(model.modules())
         parameters = [(module, name, param) for module in modules
                       for name, param in module._parameters.items() if param is not None]
+        lazy = next((f"{type(module).__name__}.{name}" for module, name, param in parameters
+                     if is_lazy(param)), None)
+        if lazy is not None:
+            raise ValueError(f"the model's parameter {lazy} is uninitialised (a lazy module "
+                             f"takes its shapes from its first input): run one forward pass "
+                             f"of the model before analysing it")
         made_in_inference = next((f"{type(module).__name__}.{name}" for module, name, param
                                   in parameters if param.is_inference()), None)
         if made_in_inference is not None:  # (before any flag is switched)

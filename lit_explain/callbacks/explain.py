@@ -27,7 +27,7 @@ from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..compiled import eager
 from ..logging.images import image_directory, log_images, log_scalars
 from ..metrics import localization_metrics
-from ..modes import explaining, training_untouched
+from ..modes import explaining, training_untouched, unmaterialized
 from ..patterns.statistics import PATTERN_TYPES
 from .agreement import FailedElsewhere, agreed, distributed
 from .evaluation import (
@@ -424,8 +424,8 @@ class ExplainCallback(Callback):
             self._validation_keys_checked = True
         if training_batch and distributed():
             fits = self._agree({("batch fits", ""): fits})["batch fits", ""]
-        if not fits or self._checked:
-            return
+        if not fits or self._checked or unmaterialized(pl_module) is not None:
+            return  # (a lazy module: its first forward gives its shapes; a later batch)
         self._checked = True
         if self.patterns is not None:
             self._check_patterns(pl_module)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ..analyzers.validation import check_choice, check_positive_int
-from ..modes import is_explaining, training_untouched
+from ..modes import is_explaining, training_untouched, unmaterialized
 from ..patterns import PATTERN_TYPES, CollectionHandle, PatternComputer
 from ..precision import LOW_PRECISION, full_precision
 
@@ -92,7 +92,8 @@ class PatternCollector:
 
     def setup(self, pl_module: nn.Module) -> None:
         """Create the computer for ``pl_module`` (fails early for a model without kernels, or
-        one that runs compiled: see :func:`compiled_part`)."""
+        one that runs compiled: see :func:`compiled_part`); none yet while a lazy module of
+        it has not run (no shapes)."""
         compiled = compiled_part(pl_module)
         if compiled is not None:
             raise ValueError(
@@ -103,6 +104,8 @@ class PatternCollector:
                 f"compiled run, or fit the patterns with lit_explain.PatternComputer on the "
                 f"uncompiled module and analyse with them there")
         target = self.target(pl_module)
+        if unmaterialized(target) is not None:  # (a lazy module: its first forward gives
+            return  # its shapes; a later batch makes the computer)
         if self.computer is None or self.computer.model is not target:
             self.computer = PatternComputer(target, self.pattern_type)
 
@@ -113,6 +116,8 @@ class PatternCollector:
         if stage != self.source or trainer.sanity_checking or batch_idx % self.every_n_batches:
             return
         self.setup(pl_module)
+        if self.computer is None:  # (not yet: see setup)
+            return
         if stage == "val" and str(trainer.precision).endswith("-mixed"):
             if self._scratch is None or self._scratch.model is not self.computer.model:
                 self._scratch = PatternComputer(self.computer.model, self.pattern_type)

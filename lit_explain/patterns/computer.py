@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..compiled import uncompiled
-from ..modes import eval_mode, is_explaining
+from ..modes import eval_mode, is_explaining, unmaterialized
 from ..precision import full_precision
 from .layers import (
     KERNEL_LAYERS,
@@ -242,6 +242,11 @@ class PatternComputer:
                              f"{list(PATTERN_TYPES)}")
         self.model = uncompiled(model)
         self.pattern_type = pattern_type
+        lazy = unmaterialized(self.model)
+        if lazy is not None:
+            raise ValueError(f"'{lazy}' ({type(self.model.get_submodule(lazy)).__name__}) has "
+                             f"uninitialised parameters (a lazy module takes its shapes from "
+                             f"its first input): run one forward pass before fitting patterns")
         self.layers = kernel_layers(self.model)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no kernel layer (nn.Linear, "

@@ -422,3 +422,10 @@ def test_every_analyzer_class_shows_its_constructor_signature(name):
     parameters = list(inspect.signature(cls).parameters)
     assert parameters[0] == "model"
     assert parameters == list(inspect.signature(cls.__init__).parameters)[1:]
+
+
+@pytest.mark.parametrize("name", ["gradient", "lrp.epsilon"])
+def test_a_lazy_module_that_has_not_run_is_named(name):
+    model = torch.nn.Sequential(torch.nn.LazyLinear(3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"LazyLinear.weight is uninitialised.*forward pass"):
+        lx.create_analyzer(name, model).analyze(torch.randn(2, 4))

@@ -209,6 +209,27 @@ def test_val_patterns_under_mixed_precision_are_the_full_precision_fit(tmp_path)
                                    atol=1e-6)
 
 
+class _Lazy(Classifier):
+    """A lazy layer, which takes its shapes from its first input (no forward yet)."""
+
+    def __init__(self) -> None:
+        super().__init__(learning_rate=1e-2)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(16),
+                                       torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def test_a_lazy_module_is_explained_once_it_has_run(tmp_path):
+    # (the preflight on the first batch, before any forward, dropped every analyzer with
+    # torch's error; the pattern statistics stopped fit)
+    callback = lx.ExplainCallback(analyzers=["gradient", "pattern.attribution"], num_samples=2,
+                                  pattern_source="val")
+    fit(_Lazy(), callback, tmp_path)
+    assert set(callback.drift.previous) == {"gradient", "pattern.attribution"}
+
+
 def test_pattern_analyzers_without_kernel_layers_are_dropped_not_fatal(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient", "pattern.net"], num_samples=2)
     with pytest.warns(UserWarning, match="'pattern.net' cannot explain this model.*no kernel"):

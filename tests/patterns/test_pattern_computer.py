@@ -624,3 +624,11 @@ def test_a_merge_takes_the_weights_calls_got_from_its_own_model_only():
     expected.update(x[:15])
     expected.merge(theirs.state_dict())  # (statistics only)
     torch.testing.assert_close(own.merge(theirs).compute()["0"], expected.compute()["0"])
+
+
+def test_a_lazy_module_that_has_not_run_is_named():
+    model = nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"'0' \(LazyLinear\) has uninitialised parameters"):
+        PatternComputer(model)
+    model(torch.randn(2, 4))
+    assert set(PatternComputer(model).layers) == {"0", "2"}

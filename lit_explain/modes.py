@@ -97,14 +97,16 @@ _explaining = threading.local()
 
 
 @contextmanager
-def explaining() -> Iterator[None]:
-    """While open (in this thread), forward passes are the library's own work: an analysis,
-    the callback's explaining and metrics. Pattern statistics leave them out: their hooks stay
-    on the model for a whole validation batch, in which the callback's preflight, or an
-    analysis the user runs in ``validation_step``, makes forward passes of other inputs (a
-    preflight's made the patterns 43 % off, Integrated Gradients' 120 %)."""
+def explaining(own_work: bool = True) -> Iterator[None]:
+    """While open (in this thread), forward passes are the library's own work (``own_work``):
+    an analysis, the callback's explaining, a metric's perturbed inputs. Pattern statistics
+    leave them out: their hooks stay on the model for a whole validation batch, in which the
+    callback's preflight, or an analysis or metric the user runs in ``validation_step``, makes
+    forward passes of other inputs (a preflight's made the patterns 43 % off, Integrated
+    Gradients' 120 %). ``own_work=False`` marks data again inside such work
+    (:meth:`~lit_explain.PatternComputer.update` called from an analysed forward)."""
     depth = getattr(_explaining, "depth", 0)
-    _explaining.depth = depth + 1
+    _explaining.depth = depth + 1 if own_work else 0
     try:
         yield
     finally:

@@ -19,7 +19,7 @@ from torch.nn.modules import module as module_hooks
 from torch.nn.parameter import is_lazy
 
 from ..compiled import eager, holds_compiled, uncompiled
-from ..modes import eval_mode, explaining
+from ..modes import eval_mode, explaining, unmaterialized
 from ..precision import LOW_PRECISION, full_precision
 from .diagnostics import (
     OUTPUT_KEY,
@@ -90,12 +90,14 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
         modules = list(model.modules())
         parameters = [(module, name, param) for module in modules
                       for name, param in module._parameters.items() if param is not None]
-        lazy = next((f"{type(module).__name__}.{name}" for module, name, param in parameters
-                     if is_lazy(param)), None)
-        if lazy is not None:
-            raise ValueError(f"the model's parameter {lazy} is uninitialised (a lazy module "
-                             f"takes its shapes from its first input): run one forward pass "
-                             f"of the model before analysing it")
+        if any(is_lazy(param) for _, _, param in parameters):
+            lazy = unmaterialized(model)
+            raise ValueError(
+                f"'{lazy}' ({type(model.get_submodule(lazy)).__name__}) is a lazy module that "
+                f"has not run: its parameters are uninitialised (made from its first input). "
+                f"Run one forward pass of the model before analysing it, or, for a lazy "
+                f"module the forward never runs (a head for another task), analyse the "
+                f"submodule that computes the output")
         made_in_inference = next((f"{type(module).__name__}.{name}" for module, name, param
                                   in parameters if param.is_inference()), None)
         if made_in_inference is not None:  # (before any flag is switched)

@@ -424,8 +424,18 @@ class ExplainCallback(Callback):
             self._validation_keys_checked = True
         if training_batch and distributed():
             fits = self._agree({("batch fits", ""): fits})["batch fits", ""]
-        if not fits or self._checked or unmaterialized(pl_module) is not None:
-            return  # (a lazy module: its first forward gives its shapes; a later batch)
+        if not fits or self._checked:
+            return
+        lazy = unmaterialized(pl_module)
+        if lazy is not None:  # (a lazy module: its first forward gives its shapes; a later
+            if pl_module.global_step:  # batch) ... one that training does not run
+                self._warn_once("lazy", (
+                    f"the model's lazy module '{lazy}' has not run after "
+                    f"{pl_module.global_step} training steps, and nothing is explained before "
+                    f"it has (its parameters are uninitialised): a lazy module the forward "
+                    f"never runs (a head for another task) keeps the callback waiting. Run it "
+                    f"once, or remove it"))
+            return
         self._checked = True
         if self.patterns is not None:
             self._check_patterns(pl_module)

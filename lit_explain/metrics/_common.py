@@ -125,12 +125,15 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 
 @contextlib.contextmanager
 def eval_mode(model: Callable[[Tensor], Tensor], enabled: bool = True) -> Iterator[None]:
-    """Put every submodule in eval mode, restore each module's own flag afterwards."""
-    if not enabled or not isinstance(model, torch.nn.Module):
-        yield
-        return
-    with modes.eval_mode(model):
-        yield
+    """Put every submodule in eval mode, restore each module's own flag afterwards; the
+    metric's forward passes are the library's own work meanwhile (no pattern statistics'
+    data, see :func:`~lit_explain.modes.explaining`)."""
+    with modes.explaining():
+        if not enabled or not isinstance(model, torch.nn.Module):
+            yield
+            return
+        with modes.eval_mode(model):
+            yield
 
 
 def forward_scores(

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..compiled import uncompiled
-from ..modes import eval_mode, is_explaining, unmaterialized
+from ..modes import eval_mode, explaining, is_explaining, unmaterialized
 from ..precision import full_precision
 from .layers import (
     KERNEL_LAYERS,
@@ -321,7 +321,8 @@ class PatternComputer:
         """
         # (in full precision, as the statistics: under autocast the model's bfloat16
         # activations made patterns 1.4 % off)
-        with eval_mode(self.model), torch.no_grad(), full_precision(), self.collecting():
+        with eval_mode(self.model), torch.no_grad(), full_precision(), explaining(False), \
+                self.collecting():  # (its data, also inside an analysis: see modes)
             return self.model(x)
 
     def fit(self, dataloader: Iterable[Any], max_batches: int | None = None,

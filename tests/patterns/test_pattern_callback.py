@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lit_explain as lx
+import lit_explain.metrics as lm
 from lit_explain.callbacks.patterns import FullPrecisionRerun, PatternCallback, PatternCollector
 from lit_explain.patterns import PatternComputer
 
@@ -185,7 +186,9 @@ def test_val_source_under_mixed_precision_on_layers_held_and_called_otherwise(mo
 class ExplainsInValidation(Tiny):
     def validation_step(self, batch, batch_idx):
         super().validation_step(batch, batch_idx)
-        lx.create_analyzer("integrated_gradients", self.net, steps=4).analyze(batch[0])
+        maps = lx.create_analyzer("integrated_gradients", self.net, steps=4).analyze(batch[0])
+        metric = lm.PixelFlipping(self.net, steps=4)  # (its perturbed inputs are no data)
+        metric.update(batch[0], maps)
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])

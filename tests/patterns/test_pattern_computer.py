@@ -632,3 +632,20 @@ def test_a_lazy_module_that_has_not_run_is_named():
         PatternComputer(model)
     model(torch.randn(2, 4))
     assert set(PatternComputer(model).layers) == {"0", "2"}
+
+
+def test_an_update_called_inside_an_analysis_collects():
+    # (the analysis' own forward passes are no data, the update's are)
+    model = small_cnn()
+    other = torch.randn(8, 2, 6, 6)
+    computer, expected = PatternComputer(model), PatternComputer(model)
+    expected.update(other)
+    analysed = nn.Sequential(nn.Linear(3, 3))
+
+    def collect(module, args, output):
+        computer.update(other)
+
+    analysed.register_forward_hook(collect)
+    lx.create_analyzer("gradient", analysed).analyze(torch.randn(2, 3))
+    for path, pattern in expected.compute().items():
+        torch.testing.assert_close(computer.compute()[path], pattern)

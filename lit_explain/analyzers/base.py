@@ -92,12 +92,14 @@ def analysis_context(model: nn.Module) -> Iterator[None]:
                       for name, param in module._parameters.items() if param is not None]
         if any(is_lazy(param) for _, _, param in parameters):
             lazy = unmaterialized(model)
+            kind = type(model.get_submodule(lazy)).__name__
             raise ValueError(
-                f"'{lazy}' ({type(model.get_submodule(lazy)).__name__}) is a lazy module that "
-                f"has not run: its parameters are uninitialised (made from its first input). "
-                f"Run one forward pass of the model before analysing it, or, for a lazy "
-                f"module the forward never runs (a head for another task), analyse the "
-                f"submodule that computes the output")
+                (f"'{lazy}' ({kind}) is a lazy module that has not run" if lazy else
+                 f"the model ({kind}) is a lazy module that has not run") +
+                ": its parameters are uninitialised (made from its first input). Run one "
+                "forward pass of the model before analysing it" + (
+                    ", or, for a lazy module the forward never runs (a head for another "
+                    "task), analyse the submodule that computes the output" if lazy else ""))
         made_in_inference = next((f"{type(module).__name__}.{name}" for module, name, param
                                   in parameters if param.is_inference()), None)
         if made_in_inference is not None:  # (before any flag is switched)

@@ -345,6 +345,7 @@ class ExplainCallback(Callback):
                              for name, kwargs in self._configured_metrics.items()}
         self._dropped: set[str] = set()
         self._checked = False  # whether the preflight ran
+        self._lazy_validation_waits = 0  # validation batches the preflight waited at (lazy)
         self._validation_keys_checked = False  # whether the keys fit a validation batch
         self._warned: set[str] = set()
         self._last_epoch: int | None = None  # the last epoch explained in fit
@@ -428,13 +429,15 @@ class ExplainCallback(Callback):
             return
         lazy = unmaterialized(pl_module)
         if lazy is not None:  # (a lazy module: its first forward gives its shapes; a later
-            if pl_module.global_step:  # batch) ... one that training does not run
+            # batch) ... one that neither training nor a validation batch ran
+            self._lazy_validation_waits += not training_batch
+            if pl_module.global_step and self._lazy_validation_waits > 1:
                 self._warn_once("lazy", (
-                    f"the model's lazy module '{lazy}' has not run after "
-                    f"{pl_module.global_step} training steps, and nothing is explained before "
-                    f"it has (its parameters are uninitialised): a lazy module the forward "
-                    f"never runs (a head for another task) keeps the callback waiting. Run it "
-                    f"once, or remove it"))
+                    f"the model's lazy module '{lazy}' has not run in {pl_module.global_step} "
+                    f"training steps nor in a validation batch, and nothing is explained "
+                    f"before it has (its parameters are uninitialised): a lazy module the "
+                    f"forward never runs (a head for another task) keeps the callback waiting. "
+                    f"Run it once, or remove it"))
             return
         self._checked = True
         if self.patterns is not None:
@@ -822,8 +825,10 @@ class ExplainCallback(Callback):
     def _explain(self, analyzer: Analyzer) -> Tensor:
         if analyzer.name.startswith("pattern."):
             if not (self.patterns and self.patterns.patterns):
-                hint = (" (pattern_source='train' collects from training batches, which "
-                        "trainer.validate() does not run: use pattern_source='val')"
+                hint = (f" (pattern_source='train' collects from the sampled training "
+                        f"batches, pattern_every_n_batches={self.patterns.every_n_batches}, "
+                        f"of which trainer.validate() runs none: there, use "
+                        f"pattern_source='val')"
                         if self.patterns and self.patterns.source == "train" else "")
                 raise RuntimeError(f"no patterns yet: no statistics were collected{hint}")
             analyzer.patterns = self.patterns.patterns

@@ -81,7 +81,7 @@ class PatternCollector:
         self.refreshed_at: tuple[int, int] | None = None  # (epoch, global step)
         self._handle: CollectionHandle | FullPrecisionRerun | None = None
         self._scratch: PatternComputer | None = None  # (for FullPrecisionRerun)
-        self._lazy_warned = False
+        self._lazy_warned: str | None = None  # (the lazy module last warned about)
 
     def target(self, pl_module: nn.Module) -> nn.Module:
         """The module whose kernel layers get patterns."""
@@ -118,12 +118,13 @@ class PatternCollector:
             return
         self.setup(pl_module)
         if self.computer is None:  # (not yet: see setup)
-            if not self._lazy_warned:
-                self._lazy_warned = True
-                rank_zero_warn(f"pattern statistics wait for the lazy module "
-                               f"'{unmaterialized(self.target(pl_module))}', which has not run "
-                               f"(its parameters are uninitialised): the batches before its "
-                               f"first forward, that one included, add nothing")
+            lazy = unmaterialized(self.target(pl_module))
+            if lazy != self._lazy_warned:  # (once per module: another may be the one left)
+                self._lazy_warned = lazy
+                rank_zero_warn(f"pattern statistics wait for the lazy module '{lazy}', which "
+                               f"has not run (its parameters are uninitialised): the batches "
+                               f"before its first forward, that one included, add nothing "
+                               f"(a lazy module the forward never runs keeps them waiting)")
             return
         if stage == "val" and str(trainer.precision).endswith("-mixed"):
             if self._scratch is None or self._scratch.model is not self.computer.model:

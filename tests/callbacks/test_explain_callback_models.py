@@ -230,6 +230,29 @@ def test_a_lazy_module_is_explained_once_it_has_run(tmp_path):
     assert set(callback.drift.previous) == {"gradient", "pattern.attribution"}
 
 
+class _UnusedLazyHead(_Lazy):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.LazyLinear(3)  # (for another task: never run here)
+
+
+def test_a_lazy_module_that_never_runs_is_named_where_the_callbacks_wait(tmp_path):
+    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
+    patterns = lx.PatternCallback(source="train", every_n_batches=1)
+    with pytest.warns(UserWarning) as record:
+        L.seed_everything(0, verbose=False)
+        L.Trainer(callbacks=[callback, patterns], max_epochs=2, limit_train_batches=2,
+                  limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False,
+                  enable_checkpointing=False, logger=False, accelerator="cpu",
+                  default_root_dir=str(tmp_path)).fit(_UnusedLazyHead(),
+                                                      DigitsDataModule(batch_size=16))
+    messages = [str(w.message) for w in record]
+    assert any("lazy module 'head' has not run in" in m for m in messages)
+    waits = [m for m in messages if m.startswith("pattern statistics wait")]
+    assert waits and "'head'" in waits[-1]  # (net.1 ran in the sanity check's forward)
+    assert patterns.patterns == {}
+
+
 def test_pattern_analyzers_without_kernel_layers_are_dropped_not_fatal(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient", "pattern.net"], num_samples=2)
     with pytest.warns(UserWarning, match="'pattern.net' cannot explain this model.*no kernel"):

@@ -105,10 +105,9 @@ class PatternCollector:
                 f"compiled run, or fit the patterns with lit_explain.PatternComputer on the "
                 f"uncompiled module and analyse with them there")
         target = self.target(pl_module)
-        if unmaterialized(target) is not None:  # (a lazy module: its first forward gives
-            return  # its shapes; a later batch makes the computer)
-        if self.computer is None or self.computer.model is not target:
-            self.computer = PatternComputer(target, self.pattern_type)
+        if (self.computer is None or self.computer.model is not target) and \
+                unmaterialized(target) is None:  # (a lazy module: its first forward gives
+            self.computer = PatternComputer(target, self.pattern_type)  # its shapes; later)
 
     def batch_start(self, trainer: L.Trainer, pl_module: nn.Module, stage: str,
                     batch_idx: int) -> None:

@@ -15,13 +15,15 @@ from lit_explain.demo import Classifier, DigitsDataModule, digits_cnn
 ANALYZERS = ["gradient", "lrp.epsilon", "lrp.sequential_preset_a"]
 
 
-def fit(model: L.LightningModule | torch.nn.Module, callback: lx.ExplainCallback, tmp_path):
+def fit(model: L.LightningModule | torch.nn.Module, callback: L.Callback | list[L.Callback],
+        tmp_path, **trainer_options):
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(callbacks=[callback], max_epochs=1, limit_train_batches=2,
-                        limit_val_batches=1,
+    options = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
+               **trainer_options}
+    trainer = L.Trainer(callbacks=callback if isinstance(callback, list) else [callback],
                         enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, logger=False, accelerator="cpu",
-                        default_root_dir=str(tmp_path))
+                        default_root_dir=str(tmp_path), **options)
     trainer.fit(model, DigitsDataModule(batch_size=16))
     return trainer
 
@@ -190,13 +192,9 @@ def test_val_patterns_under_mixed_precision_are_the_full_precision_fit(tmp_path)
     callback = lx.ExplainCallback(analyzers=["pattern.attribution"], num_samples=2,
                                   pattern_source="val")
     model = _BuiltLate()
-    L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(callbacks=[callback], max_epochs=1, limit_train_batches=2,
-                        limit_val_batches=2, precision="bf16-mixed", enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, logger=False,
-                        accelerator="cpu", default_root_dir=str(tmp_path))
+    fit(model, callback, tmp_path, limit_val_batches=2, precision="bf16-mixed")
     data = DigitsDataModule(batch_size=16)
-    trainer.fit(model, data)
+    data.setup("fit")
     offline = lx.PatternComputer(model)
     for batch, (x, _) in enumerate(data.val_dataloader()):
         if batch == 2:
@@ -240,12 +238,8 @@ def test_a_lazy_module_that_never_runs_is_named_where_the_callbacks_wait(tmp_pat
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2)
     patterns = lx.PatternCallback(source="train", every_n_batches=1)
     with pytest.warns(UserWarning) as record:
-        L.seed_everything(0, verbose=False)
-        L.Trainer(callbacks=[callback, patterns], max_epochs=2, limit_train_batches=2,
-                  limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, logger=False, accelerator="cpu",
-                  default_root_dir=str(tmp_path)).fit(_UnusedLazyHead(),
-                                                      DigitsDataModule(batch_size=16))
+        fit(_UnusedLazyHead(), [callback, patterns], tmp_path, max_epochs=2,
+            limit_val_batches=2)
     messages = [str(w.message) for w in record]
     assert any("lazy module 'head' has not run in" in m for m in messages)
     waits = [m for m in messages if m.startswith("pattern statistics wait")]

@@ -136,6 +136,51 @@ def _gate_key(t: Tensor, whole: bool) -> tuple:
     return ("storage", storage_key(t)) if whole else ("values", values_key(t))
 
 
+#: The autograd nodes (``Backward`` and its number left out) of calls that copy, move or
+#: select values and fill in constants: through them a CP-LRP gate's values stay the gate's.
+_COPYING_NODES = frozenset({
+    "Clone", "ToCopy", "Copy", "Cat", "Stack", "Index", "IndexSelect", "Gather",
+    "MaskedSelect", "MaskedFill", "Where", "View", "UnsafeView", "ReshapeAlias", "Alias",
+    "AsStrided", "Permute", "T", "Transpose", "Expand", "Slice", "Select", "Narrow",
+    "Diagonal", "Squeeze", "Unsqueeze", "Split", "SplitWithSizes", "Unbind", "Repeat", "Flip",
+    "Roll", "ConstantPadNd", "CopySlices"})
+#: The nodes of elementwise arithmetic, which maps a gate by constants where it has one
+#: differentiable operand (``gate * mask``, ``gate / scale``, ``gate + shift``).
+_ARITHMETIC_NODES = frozenset({"Mul", "Div", "Add", "Sub", "Neg"})
+
+
+def _copied_gate(call: OperationCall, factor: Tensor, gates: list[Tensor]) -> bool:
+    """Whether the values of ``factor``, a factor of the CP-LRP product ``call`` that is no
+    gate nor a view of one, are copies of ``gates`` or maps of them by constants
+    (``g.clone()``, ``g.t().contiguous()``, ``torch.cat`` of gates, an index, a mask): its
+    autograd graph, followed through such calls only, reaches the gates' nodes (as they are
+    now: a gate made in place has the node of its copy into the model's tensor) and nothing
+    else. Refused where it reaches both: the product would hold part of a factor constant."""
+    gate_nodes = {gate.grad_fn for gate in gates}
+    pending, seen, gate, other = [factor.grad_fn], set(), False, False
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:  # (None: a constant among the copied values)
+            continue
+        seen.add(node)
+        name = type(node).__name__.rstrip("0123456789").removesuffix("Backward")
+        operands = [next_node for next_node, _ in node.next_functions if next_node is not None]
+        if node in gate_nodes:
+            gate = True
+        elif name in _COPYING_NODES or (name in _ARITHMETIC_NODES and len(operands) == 1):
+            pending.extend(operands)
+        else:
+            other = True
+    if gate and other:
+        raise NotAnalyzableModelError(
+            f"{call.where()} multiplies a tensor made of both a gate's values (the output of a "
+            f"non-linearity, which CP-LRP holds constant in a product) and other values (by "
+            f"torch.cat, an in-place write, ...): the rule would hold only part of that factor "
+            f"constant. Multiply the gate and the rest separately, or use "
+            f"attention_rule='attnlrp'")
+    return gate
+
+
 def _made_gate(step: Step, index: int, gates: dict[int, Any]) -> Step:
     """A CP-LRP gate's replay step: ``step``, its output kept for the products (by call)."""
     def made(func: Callable, args: tuple, kwargs: dict) -> Tensor:
@@ -399,16 +444,23 @@ class LRP(Analyzer):
         def product(call: OperationCall) -> Tensor:
             # position of a gate among the factors → its call, and whether it owns its storage
             made: dict[int, tuple[int, bool]] = {}
+            copies: set[int] = set()  # (positions of gates' copies)
             if cp and call.func in ELEMENTWISE_PRODUCTS:
                 inputs = call.inputs
                 found = [found_gate(_held(call, t)) for t in inputs]
                 made = {i: entry[1:] for i, entry in enumerate(found) if entry is not None}
-                made = made if len(made) < len(inputs) else {}
+                held = [made for made, _, _ in gates.values()]
+                copies = {i for i, entry in enumerate(found) if entry is None and
+                          _copied_gate(call, _held(call, inputs[i]), held)}
+                if len(made) + len(copies) == len(inputs):
+                    made, copies = {}, set()
+                if copies and call.plan is not None:  # (a replay finds gates by storage)
+                    call.plan.unreplayable()
                 target = call.in_place_target
                 if target is not None:  # (a gate multiplied in place is a gate no more)
                     for whole in (True, False):
                         gates.pop(_gate_key(target, whole), None)
-            rule = partial(uniform_rule, flow=flow, held=frozenset(made))
+            rule = partial(uniform_rule, flow=flow, held=frozenset(made) | copies)
             if call.plan is not None:
                 call.replay(handler_step(partial(_gated_product, rule=rule, made=made,
                                                  gates=call.plan.held) if made else rule,

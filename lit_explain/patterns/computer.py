@@ -44,6 +44,7 @@ from .layers import (
     current_weight,
     is_batch_norm,
     kernel_layers,
+    layout,
     note_normalised_for,
     out_features,
     pre_activation,
@@ -604,6 +605,8 @@ class PatternComputer:
             state = {"pattern_type": other.pattern_type,
                      "statistics": {path: dict(s.tensors()) for path, s in
                                     other.statistics.items()}}
+            if other.model is not self.model:  # (the same model's layers are these)
+                state["layouts"] = other._layouts()
         statistics = self._check_state(state)
         if isinstance(other, PatternComputer):
             self._failures.update(other._failures)
@@ -619,7 +622,12 @@ class PatternComputer:
         self._flush()
         return {"pattern_type": self.pattern_type,
                 "statistics": {path: {name: t.detach().clone() for name, t in s.tensors()}
-                               for path, s in self.statistics.items()}}
+                               for path, s in self.statistics.items()},
+                "layouts": self._layouts()}
+
+    def _layouts(self) -> dict[str, list]:
+        """Each layer's :func:`~.layers.layout`, by path."""
+        return {path: layout(module) for path, module in self.layers.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the statistics by those of :meth:`state_dict`."""
@@ -636,6 +644,13 @@ class PatternComputer:
         if set(layers) != set(self.layers):
             raise ValueError(f"statistics for layers {sorted(layers)} do not match this "
                              f"model's kernel layers {sorted(self.layers)}")
+        given = state.get("layouts")  # (none: this model's, or saved before they were kept)
+        layouts = {} if given is None else self._layouts()
+        for path, layer in (given or {}).items():
+            if layer != layouts.get(path):
+                raise ValueError(f"the statistics of layer '{path}' are of another layer: "
+                                 f"{layer} (class, weight shape, convolution geometry), this "
+                                 f"model's is {layouts.get(path)}")
         statistics = {path: LayerStatistics(**layers[path]) for path in self.layers}
         for path, stats in statistics.items():  # all checked before any is changed
             for name, tensor in self.statistics[path].tensors():

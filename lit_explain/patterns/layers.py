@@ -140,6 +140,17 @@ def row_size(module: nn.Module) -> int:
     return current_weight(module).numel() // out_features(module)
 
 
+def layout(module: nn.Module) -> list:
+    """What a layer's statistics are statistics of, as plain types: its class, its weight's
+    shape and a convolution's stride, padding, dilation, groups and padding mode (a 3×3 and
+    a 1×9 convolution have statistics of one shape)."""
+    geometry = [list(value) if isinstance(value, tuple) else value
+                for value in (getattr(module, name, None) for name in
+                              ("stride", "padding", "dilation", "groups", "output_padding",
+                               "padding_mode"))]
+    return [type(module).__name__, list(current_weight(module).shape), *geometry]
+
+
 def weight_rows(module: nn.Module, weight: Tensor) -> Tensor:
     """``weight`` (or a tensor shaped like it) as one row per neuron: ``(out, row_size)``.
 

@@ -246,6 +246,31 @@ def test_a_failed_load_or_merge_changes_nothing():
                    for n, t in s.items())
 
 
+def conv_net(kernel: tuple[int, int], stride: int = 1) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 3, kernel, stride=stride), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
+
+
+@pytest.mark.parametrize("other", [((1, 9), 1), ((3, 3), 2)], ids=["1x9 kernel", "stride 2"])
+def test_statistics_of_another_layer_of_the_same_shape_are_refused(other):
+    """A 3×3 convolution's statistics have the shape of a 1×9 one's, and of a strided one's:
+    merged or loaded, they made patterns of neither layer."""
+    x = torch.randn(4, 1, 9, 9, generator=torch.Generator().manual_seed(0))
+    computer, foreign = (PatternComputer(model) for model in (conv_net((3, 3)),
+                                                              conv_net(*other)))
+    for fitted in (computer, foreign):
+        fitted.fit([x], progress=False)
+    before = computer.state_dict()
+    for action, given in ((computer.merge, foreign), (computer.merge, foreign.state_dict()),
+                          (computer.load_state_dict, foreign.state_dict())):
+        with pytest.raises(ValueError, match=r"layer '0' are of another layer: \['Conv2d'"):
+            action(given)
+    after = computer.state_dict()
+    assert all(torch.equal(t, after["statistics"][p][n])
+               for p, s in before["statistics"].items() for n, t in s.items())
+    computer.merge({k: v for k, v in before.items() if k != "layouts"})  # (saved before)
+
+
 def test_fit_pulls_no_batch_beyond_max_batches():
     pulled = []
 

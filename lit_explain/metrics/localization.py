@@ -20,7 +20,8 @@ over them (``channel_reduce=None``).
 
 A sample whose mask is empty has nothing to localize: it is *skipped* — left out of the
 mean and counted in ``skipped`` — never a NaN in the sum. So is a sample whose map has no
-relevance to share out (a zero denominator in the mass-based scores). ``compute()`` is the
+relevance to share out (a zero denominator in the mass-based scores, or one of rounding
+errors only: a signed map whose relevance cancels out). ``compute()`` is the
 mean over the scored samples; NaN only when no sample could be scored at all (as before
 any update, like every metric here). Maps holding NaN or infinite values are refused with a
 ``ValueError`` naming the metric: such a map has no ordering and no mass to share.
@@ -140,6 +141,23 @@ class _Localization(Metric):
         return self.value_sum / self.count
 
 
+def _per_peak(a: Tensor) -> Tensor:
+    """Flat rows ``a`` each divided by its largest magnitude (where not 0): the shares of
+    relevance stay as they are, and the sums finite (a float64 map of values near the
+    largest float summed to infinity, and scored a share of 0)."""
+    a = a if a.is_floating_point() else a.double()
+    peak = a.abs().amax(1, keepdim=True)
+    return a / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+
+def _rounding_of_sum(a: Tensor) -> Tensor:
+    """How far from 0 the float sum of each row of ``a`` may land when its exact sum is 0
+    (the bound of a pairwise sum's rounding: ``log2(n)·ε·Σ|a|``): a signed map whose
+    relevance cancels out has a total of rounding errors only (5.6e-17 for a map of tenths),
+    whose share means nothing (it was 1.8e15)."""
+    return a.abs().sum(1) * (torch.finfo(a.dtype).eps * max(1.0, math.log2(a.shape[1])))
+
+
 class _MassShare(_Localization):
     """Share of (optionally transformed) relevance that falls inside the mask."""
 
@@ -153,10 +171,10 @@ class _MassShare(_Localization):
         return a
 
     def _inside_share(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        a, m = a.flatten(1), m.flatten(1)
+        a, m = _per_peak(a.flatten(1)), m.flatten(1)
         total = a.sum(1)
         inside = (a * m).sum(1)
-        valid = m.any(1) & (total != 0)
+        valid = m.any(1) & (total.abs() > _rounding_of_sum(a))
         return inside / torch.where(valid, total, torch.ones_like(total)), valid
 
 
@@ -171,8 +189,8 @@ class RelevanceMassAccuracy(_MassShare):
     negative relevance is large; ``"positive"`` (only positive relevance, as in the paper's
     experiments) and ``"abs"`` keep it in [0, 1]. 1: all relevance in the mask.
     ``higher_is_better = True`` for an object mask (for a shortcut mask, such as a
-    watermark, a high value is the warning sign). Samples with an empty mask or a zero
-    total are skipped.
+    watermark, a high value is the warning sign). Samples with an empty mask or a total of
+    0 (up to the rounding of its sum: a signed map whose relevance cancels out) are skipped.
     """
 
     higher_is_better = True
@@ -406,7 +424,7 @@ class AttributionLocalisation(_Localization):
         return a.abs() if self.absolute else a.clamp_min(0)
 
     def _score(self, a: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        a, m = a.flatten(1), m.flatten(1)
+        a, m = _per_peak(a.flatten(1)), m.flatten(1)
         total = a.sum(1)
         size = m.sum(1).double()
         ratio = size / a.shape[1]

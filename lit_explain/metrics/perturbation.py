@@ -251,8 +251,10 @@ class InsertionDeletion(RegionCurveMetric):
     makes it small (**lower is better**). *Insertion* starts from ``insertion_baseline``
     (a blurred copy) and puts the most relevant regions back first — a faithful map makes
     the area large (**higher is better**). Curves have ``steps + 1`` points over the
-    fraction of regions changed, from 0 to 1 (``ceil(R / steps)`` regions per step), and
-    the AUC is the trapezoid rule over that fraction. Scores are softmax probabilities by
+    fraction of regions changed, from 0 to 1 (``ceil(R / steps)`` regions per step); each
+    sample's area is the trapezoid rule over its fraction, and the AUC their mean (inputs of
+    different sizes have different fractions: the area under their mean curve over the
+    mean fraction was neither's). Scores are softmax probabilities by
     default, as in the paper (the sigmoid of a one-output model); the model must return
     logits (``softmax=False`` for a model that returns probabilities).
 
@@ -299,6 +301,9 @@ class InsertionDeletion(RegionCurveMetric):
         check_perturbation("deletion_baseline", deletion_baseline)
         self.insertion_baseline = insertion_baseline
         self.deletion_baseline = deletion_baseline
+        for name in _AREAS:  # the sums of the samples' areas
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64),
+                           dist_reduce_fx="sum")
 
     @property
     def draws_at_random(self) -> bool:
@@ -348,23 +353,26 @@ class InsertionDeletion(RegionCurveMetric):
         self._add_curves({"insertion_sum": c["insertion"].sum(0),
                           "deletion_sum": c["deletion"].sum(0),
                           "fraction_sum": c["fraction"] * n}, n)
+        for curve, area in zip(("insertion", "deletion"), _AREAS, strict=True):
+            total = torch.trapezoid(c[curve].double(), c["fraction"].double()).sum()
+            setattr(self, area, getattr(self, area) + total.to(getattr(self, area)))
 
     def curves(self) -> dict[str, Tensor]:
         """Mean ``{"insertion", "deletion", "fraction"}`` curves ``(steps + 1,)`` for
-        plotting; empty before any update."""
+        plotting (of inputs of different sizes: over their mean fraction); empty before any
+        update."""
         return {name.removesuffix("_sum"): self._mean_curve(name) for name in self._STATES}
 
     def compute(self) -> dict[str, Tensor]:
-        """``{"insertion_auc", "deletion_auc"}``: trapezoid areas of the mean curves; NaN
-        before any update."""
-        c = self.curves()
-        if c["fraction"].numel() == 0:
-            nan = torch.tensor(math.nan, dtype=torch.float64, device=c["fraction"].device)
-            return {"insertion_auc": nan, "deletion_auc": nan.clone()}
-        return {
-            "insertion_auc": torch.trapezoid(c["insertion"], c["fraction"]),
-            "deletion_auc": torch.trapezoid(c["deletion"], c["fraction"]),
-        }
+        """``{"insertion_auc", "deletion_auc"}``: the mean of the samples' trapezoid areas;
+        NaN before any update."""
+        count = self.count.to(self.insertion_area.device)
+        return {f"{name.removesuffix('_area')}_auc": getattr(self, name) / count
+                for name in _AREAS}  # (0 / 0: NaN before any update)
+
+
+#: InsertionDeletion's states of summed areas.
+_AREAS = ("insertion_area", "deletion_area")
 
 
 def _is_gaussian(perturbation: object) -> bool:

@@ -140,6 +140,27 @@ def test_a_map_without_relevance_is_skipped_by_the_mass_scores():
     assert int(metric.skipped) == 1 and int(metric.count) == 0
 
 
+def test_mass_shares_of_maps_near_the_largest_float_are_shares():
+    """[1e308, 1e308, 0, 0] with the first in the mask: half of the mass by hand; its sum
+    overflowed to inf, and the shares were 0 (1 for the shortcut score)."""
+    a = torch.tensor([[1e308, 1e308, 0.0, 0.0]], dtype=torch.float64)
+    m = torch.tensor([[True, False, False, False]])
+    for metric in (lm.RelevanceMassAccuracy(), lm.AttributionLocalisation(),
+                   lm.ShortcutScore()):
+        metric.update(a, m)
+        assert float(metric.compute()) == 0.5, type(metric).__name__
+
+
+def test_a_signed_map_whose_relevance_cancels_out_is_skipped_by_the_mass_scores():
+    """[0.1, 0.2, -0.3, 0] sums to 5.6e-17 in floats, rounding only: its share was 1.8e15,
+    and the mean with a sample of 0.5 was 9e14."""
+    metric = lm.RelevanceMassAccuracy()
+    metric.update(torch.tensor([[0.1, 0.2, -0.3, 0.0], [1.0, 1.0, 0.0, 0.0]],
+                               dtype=torch.float64),
+                  torch.tensor([[True, False, False, False]] * 2))
+    assert (float(metric.compute()), int(metric.skipped)) == (0.5, 1)
+
+
 def test_spatial_masks_sum_the_channels_or_broadcast_over_them():
     a = torch.stack([MAP, 2 * MAP, -MAP])[None]  # (1, 3, 3, 3); channel sum is 2 * MAP
     for mask in (MASK[None], MASK[None, None], MASK[None].float()):

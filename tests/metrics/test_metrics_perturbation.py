@@ -198,6 +198,29 @@ def test_insertion_deletion_on_the_linear_model(linear_setup):
     torch.testing.assert_close(curves["insertion"][-1], logit)
 
 
+def test_insertion_deletion_areas_of_inputs_of_two_sizes_are_each_on_its_own_axis():
+    """3 and 4 features, steps=2: fractions (0, 2/3, 1) and (0, 1/2, 1). By hand, on the sum
+    of the features with the features as the map, deletion's curves are (6, 1, 0) and
+    (10, 3, 0), areas 2.5 and 4; insertion's (0, 5, 6) and (0, 7, 10), areas 3.5 and 6. The
+    area under the mean curve over the mean fraction was 0.2–0.4 % off."""
+    def model(z):
+        return torch.stack([z.sum(1), torch.zeros(len(z), dtype=z.dtype)], 1)
+
+    small, large = torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    expected = {"insertion_auc": (3.5 + 6.0) / 2, "deletion_auc": (2.5 + 4.0) / 2}
+
+    def metric():
+        return InsertionDeletion(model, steps=2, softmax=False, insertion_baseline="zeros")
+
+    together, apart = metric(), [metric(), metric()]
+    for x, alone in ((small, apart[0]), (large, apart[1])):
+        together.update(x, x, 0)
+        alone.update(x, x, 0)
+    apart[0].merge_state(apart[1])
+    for m in (together, apart[0]):
+        assert {k: float(v) for k, v in m.compute().items()} == pytest.approx(expected)
+
+
 def test_insertion_deletion_defaults_on_images():
     m = InsertionDeletion(tiny_cnn(), steps=4)
     m.update(torch.rand(3, 3, 8, 8), torch.rand(3, 1, 8, 8))

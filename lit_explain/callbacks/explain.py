@@ -108,10 +108,6 @@ class ExplainCallback(Callback):
     ``explain`` is the callback's ``name``. Under ``trainer.validate()`` the same pictures and
     metrics go under ``<name>_validate/...`` and the drift series is left alone.
 
-    The metric and drift values are also put into ``trainer.callback_metrics`` under the same
-    names, so that ``ModelCheckpoint`` and ``EarlyStopping`` can monitor them
-    (``monitor="explain/lrp.epsilon/pixel_flipping"``, say).
-
     Each ``fit`` is a run of its own: it starts afresh (new probe samples, preflight, drift and
     patterns), unless a checkpoint resumes it. So does a ``validate()`` of another module than
     the one of the callback's last run (another fold, or a model loaded from a checkpoint
@@ -710,9 +706,6 @@ class ExplainCallback(Callback):
         if trainer.is_global_zero:
             self._log_images(trainer, {k: v for k, v in plots.items() if v is not None})
         progress(1, close=True)
-        # for ModelCheckpoint and EarlyStopping to monitor, on every rank (they agree on them)
-        trainer.callback_metrics.update({key: torch.tensor(value, dtype=torch.float32)
-                                         for key, value in scalars.items()})
         seconds = time.perf_counter() - started
         if trainer.is_global_zero:  # every scalar of the epoch in one write
             scalars.update({f"{prefix}/time_s": seconds,

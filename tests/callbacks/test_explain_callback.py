@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 
@@ -79,27 +78,6 @@ def test_works_in_trainer_validate_under_inference_mode(tmp_path):
     # explain_validate/gradient as a PNG file for the CSV logger (one analyzer: no .../all);
     # under validate() the tags are the callback's name + "_validate"
     assert [os.path.basename(p) for p in pngs] == ["explain_validate_gradient_step000000.png"]
-
-
-def test_early_stopping_and_checkpoints_monitor_the_callbacks_values(tmp_path):
-    """The metric and drift values were logged only: EarlyStopping on one stopped the run
-    with 'not available'. They are in callback_metrics, as the logger got them."""
-    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4,
-                                  metrics=["pixel_flipping"])
-    monitor = "explain/gradient/pixel_flipping"
-    stopping = L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=5)
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(str(tmp_path / "best"), monitor=monitor)
-    logger = CSVLogger(str(tmp_path))
-    _, trainer = train(tmp_path, [callback, stopping, checkpoint], logger,
-                       enable_checkpointing=True)
-    rows = list(csv.DictReader(open(os.path.join(logger.log_dir, "metrics.csv"))))
-    logged = {key: float(row[key]) for row in rows for key in row
-              if key.startswith("explain/gradient/") and row[key]}  # (the last epoch's)
-    assert {monitor, "explain/gradient/drift_first_ssim"} <= logged.keys()
-    assert {key: float(trainer.callback_metrics[key]) for key in logged} == pytest.approx(
-        logged)
-    assert float(checkpoint.best_model_score) == pytest.approx(
-        min(float(row[monitor]) for row in rows if row[monitor]))
 
 
 def test_skips_the_sanity_check(tmp_path):

@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from .. import viz
 from ..analyzers import Analyzer, NotAnalyzableModelError, analyzers, create_analyzer
-from ..analyzers.forward import OutputSelector
+from ..analyzers.forward import OutputSelector, select_output
 from ..analyzers.registry import parameters_of
 from ..analyzers.validation import check_bool, check_choice, check_positive_int
 from ..compiled import eager
@@ -106,7 +106,9 @@ class ExplainCallback(Callback):
       (all of it, and the metrics' share), also written as one log line.
 
     ``explain`` is the callback's ``name``. Under ``trainer.validate()`` the same pictures and
-    metrics go under ``<name>_validate/...`` and the drift series is left alone.
+    metrics go under ``<name>_validate/...`` and the drift series is left alone. Each
+    validation's are logged at the step Lightning logs that validation's own metrics at
+    (``val_loss``); the plots made at the end of training at the last explained one's.
 
     Each ``fit`` is a run of its own: it starts afresh (new probe samples, preflight, drift and
     patterns), unless a checkpoint resumes it. So does a ``validate()`` of another module than
@@ -222,9 +224,10 @@ class ExplainCallback(Callback):
     measures the model, not the noise. Before the first training step (on the first sanity-check
     batch, or the first training batch where there is no sanity check and it is shaped like
     a validation batch) the preflight checks ``input_key``, ``target_key`` and ``mask_key``
-    against the batch (a bad key raises, naming the batch's keys; a batch is read as a tuple
-    or list, a mapping or a tensor, and one of another type, such as a dataclass, raises
-    saying so) and tries every analyzer and metric on one sample: under ``on_error="warn"``
+    against the batch, and ``output_key`` against the model's output for one sample (a bad
+    key raises, naming the valid ones; a batch is read as a tuple or list, a mapping or a
+    tensor, and one of another type, such as a dataclass, raises saying so) and tries every
+    analyzer and metric on one sample: under ``on_error="warn"``
     one the model cannot support is dropped with one warning, under ``"raise"`` it stops
     there. Where it ran on a training batch, the keys are checked again on the first
     validation batch (a key that fits the training batches and not the validation ones
@@ -351,6 +354,9 @@ class ExplainCallback(Callback):
         self._last_epoch: int | None = None  # the last epoch explained in fit
         self._last_curves: dict[str, Any] = {}  # the last explained epoch's curves, unplotted
         self._last_curves_epoch: int | None = None  # the last epoch whose curves were plotted
+        #: The step the last epoch explained in this fit was logged at (the end-of-training
+        #: plots go there: its curves, the drift up to it).
+        self._last_step: int | None = None
 
     @property
     @override
@@ -477,7 +483,16 @@ class ExplainCallback(Callback):
                 self._drop(name, error)
 
     def _try_on_one_sample(self, sample: Tensor, batch: Any) -> None:
-        """The preflight proper: every analyzer and metric on one sample."""
+        """The preflight proper: ``output_key`` (a configuration error, raised whatever
+        ``on_error`` says: a key the output lacks made every analyzer fail, each dropped with
+        advice to remove it), then every analyzer and metric on one sample."""
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                output = self._selector.model(sample.clone())
+        except Exception:  # (the model's own failure: each analyzer meets it and says so)
+            output = None
+        if output is not None:
+            select_output(output, self.output_key)
         first_map = None
         for name, analyzer in list(self._analyzers.items()):
             if name.startswith("pattern."):
@@ -635,7 +650,7 @@ class ExplainCallback(Callback):
         with eager("eager_on_recompile"), training_untouched(pl_module), explaining():
             self._explain_and_log(trainer, pl_module)
         if trainer.state.fn != "validate":
-            self._last_epoch = trainer.current_epoch
+            self._last_epoch, self._last_step = trainer.current_epoch, _logging_step(trainer)
 
     def _due(self, trainer: L.Trainer) -> bool:
         """Whether this validation is explained (see ``every_n_epochs``)."""
@@ -711,7 +726,7 @@ class ExplainCallback(Callback):
             scalars.update({f"{prefix}/time_s": seconds,
                             f"{prefix}/metrics_time_s": metrics_seconds})
             self._to_each_logger(trainer, lambda loggers: log_scalars(loggers, scalars,
-                                                                      trainer.global_step))
+                                                                      _logging_step(trainer)))
         rank_zero_info(f"ExplainCallback {self.name!r}, epoch {trainer.current_epoch}: "
                        f"{_count(len(maps), 'analyzer')} ({', '.join(maps)}) x "
                        f"{_count(len(inputs), 'sample')} in {seconds:.2f} s, of which "
@@ -792,11 +807,12 @@ class ExplainCallback(Callback):
             self.patterns.batch_end()
 
     def _plot_at_end(self, trainer: L.Trainer) -> None:
+        step = _logging_step(trainer) if self._last_step is None else self._last_step
         for tag, (name, metric, curve) in self._last_curves.items():
             plot = self._guarded("plot", lambda n=name, m=metric, c=curve: _curve_plot(n, m, *c))
             if plot is not None:
                 self._to_each_logger(trainer, lambda loggers, t=tag, p=plot: log_images(
-                    loggers, t, [viz.to_uint8_hwc(p)], trainer.global_step,
+                    loggers, t, [viz.to_uint8_hwc(p)], step,
                     captions=[f"{t}, last explained epoch"],
                     default_root=trainer.default_root_dir))
         self._last_curves = {}
@@ -808,7 +824,7 @@ class ExplainCallback(Callback):
             if plot is not None:
                 self._to_each_logger(trainer, lambda loggers, n=name, p=plot: log_images(
                     loggers, f"{self.name}/{n}/drift", [viz.to_uint8_hwc(p)],
-                    trainer.global_step, captions=[f"{n}: drift over the epochs"],
+                    step, captions=[f"{n}: drift over the epochs"],
                     default_root=trainer.default_root_dir))
 
     def _explained_by(self, name: str) -> Tensor | None:
@@ -874,7 +890,7 @@ class ExplainCallback(Callback):
     def _log_images(self, trainer: L.Trainer, images: dict[str, Tensor]) -> None:
         for tag, image in images.items():
             self._to_each_logger(trainer, lambda loggers, t=tag, i=image: log_images(
-                loggers, t, [viz.to_uint8_hwc(i)], trainer.global_step,
+                loggers, t, [viz.to_uint8_hwc(i)], _logging_step(trainer),
                 captions=[f"{t}, epoch {trainer.current_epoch}"],
                 default_root=trainer.default_root_dir))
 
@@ -1039,6 +1055,15 @@ def _names(option: str, names: Any) -> list[str] | None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs at now (its validation metrics, ``val_loss``, at this
+    validation's): the batches that stepped the optimizers, as Lightning's own
+    ``LearningRateMonitor`` logs. ``global_step`` counts optimizer steps, one more than that
+    at an epoch's end validation (its explanation was drawn on the next epoch) and one per
+    optimizer with several."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 def _progress(trainer: L.Trainer, total: int, description: str) -> Callable[..., None]:

@@ -146,11 +146,17 @@ def test_tuple_and_mapping_outputs_explain_the_logits(tmp_path, mapping):
         torch.testing.assert_close(callback.last[name], expected)
 
 
-def test_a_wrong_output_key_warns_and_training_goes_on(tmp_path):
-    callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=4, output_key="probs")
-    with pytest.warns(UserWarning, match="output_key='probs'"):
-        trainer = fit(WithAux(mapping=True), callback, tmp_path)
-    assert trainer.current_epoch == 1  # fit ran to the end
+def test_a_wrong_output_key_is_a_configuration_error_before_training(tmp_path):
+    """As a wrong input_key: each analyzer was dropped with a warning to remove it (the
+    key was the fault), and the run explained nothing."""
+    callback = lx.ExplainCallback(analyzers=["gradient", "lrp.epsilon"], num_samples=4,
+                                  output_key="probs")
+    model = WithAux(mapping=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"output_key='probs' is not a key of the model's "
+                                         r"output; valid keys: \['features', 'logits'\]"):
+        fit(model, callback, tmp_path)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untrained
 
 
 class _BuiltLate(Classifier):

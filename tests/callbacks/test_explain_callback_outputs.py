@@ -20,17 +20,20 @@ from lit_explain.callbacks.probe import ProbeCollector
 from lit_explain.demo import DigitsClassifier, DigitsDataModule
 
 
-def scalar_series(log_dir: str) -> dict[str, list[float]]:
+def scalar_series(log_dir: str, steps: bool = False) -> dict[str, list[float]]:
+    """Each scalar's values (``steps``: the steps they were logged at)."""
     (event_file,) = glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))
     events = EventAccumulator(event_file)
     events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {tag: [e.step if steps else e.value for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
 
 
+# (4 training batches an epoch: Lightning logs epoch k's validation at step 4k + 3)
 @pytest.mark.parametrize("curves_every_n_epochs, curve_steps", [
-    (None, [12]),    # the default: the last epoch's curve, once, at the end of training
-    (2, [4, 12]),    # epochs 0 and 2; the last is not plotted twice
-    (1, [4, 8, 12])])
+    (None, [11]),    # the default: the last epoch's curve, once, at the end of training
+    (2, [3, 11]),    # epochs 0 and 2; the last is not plotted twice
+    (1, [3, 7, 11])])
 def test_metrics_drift_and_their_plots_reach_tensorboard(tmp_path, curves_every_n_epochs,
                                                          curve_steps):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
@@ -48,6 +51,10 @@ def test_metrics_drift_and_their_plots_reach_tensorboard(tmp_path, curves_every_
     assert len(previous) == 2 and len(first) == 2
     assert previous[0] == pytest.approx(first[0])
     assert all(-1 <= value <= 1 for value in previous)
+    # at the steps of the validation they explain (they were one later: on the next epoch)
+    steps = scalar_series(logger.log_dir, steps=True)
+    assert steps["explain/gradient/pixel_flipping"] == steps["val_loss"] == [3, 7, 11]
+    assert steps["explain/gradient/drift_first_spearman"] == [7, 11]
     tags = image_tags(logger.log_dir)
     (event_file,) = glob.glob(os.path.join(logger.log_dir, "events.out.tfevents.*"))
     events = EventAccumulator(event_file, size_guidance={"images": 0})
@@ -106,8 +113,8 @@ def test_a_logger_without_images_gets_png_files_and_scalars(tmp_path):
     train(tmp_path, [callback], logger, max_epochs=2)
     pngs = sorted(os.path.basename(p) for p in glob.glob(
         os.path.join(logger.log_dir, "explain", "*.png")))
-    assert pngs == ["explain_gradient_drift_step000008.png", "explain_gradient_step000004.png",
-                    "explain_gradient_step000008.png"]
+    assert pngs == ["explain_gradient_drift_step000007.png", "explain_gradient_step000003.png",
+                    "explain_gradient_step000007.png"]
     with open(os.path.join(logger.log_dir, "metrics.csv")) as handle:
         assert "explain/gradient/complexity" in handle.readline()
 

@@ -65,9 +65,11 @@ def test_example_logs_one_grid_per_analyzer_and_epoch(name, tmp_path, capsys):
     drifts = {f"explain/{a}/drift" for a in example.ANALYZERS}  # drift is on by default
     assert set(images) == grids | curves | drifts
     for tag in grids:
-        assert [e.step for e in images[tag]] == [2, 4], tag  # each epoch, at the global step
+        # each epoch (of two batches), at val_loss's step (the epoch's last batch)
+        assert [e.step for e in images[tag]] == [1, 3], tag
     for tag in curves | drifts:
-        assert [e.step for e in images[tag]] == [4], tag  # once, at the end of training
+        # once, at the end of training, at the last explained epoch's step
+        assert [e.step for e in images[tag]] == [3], tag
     for events in images.values():
         for event in events:
             assert png_size(event.encoded_image_string) == (event.width, event.height)

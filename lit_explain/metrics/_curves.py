@@ -474,7 +474,7 @@ class RegionCurveMetric(Metric):
         """What each position becomes when perturbed: ``mask_token_id`` for token inputs
         (see :mod:`~lit_explain.metrics._tokens`), else :func:`replacement_values`."""
         if is_token_input(x_nc) or self.mask_token_id is not None:
-            return token_replacement(x_nc, self.mask_token_id)
+            return token_replacement(x_nc, self.mask_token_id, type(self).__name__)
         return replacement_values(
             x_nc,
             grid,

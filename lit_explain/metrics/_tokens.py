@@ -21,6 +21,8 @@ input of the model's shape and the curves of all analyzers batch together.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -43,8 +45,9 @@ def check_mask_token_id(value: object) -> int | None:
     return value
 
 
-def token_replacement(x_nc: Tensor, mask_token_id: int | None) -> Tensor:
-    """What every token of ``x_nc`` becomes once deleted: ``mask_token_id``, same dtype.
+def token_replacement(x_nc: Tensor, mask_token_id: int | None, metric: str) -> Tensor:
+    """What every token of ``x_nc`` becomes once deleted: ``mask_token_id``, same dtype
+    (``metric``: the class name of the metric that asks, for the errors' example).
 
     Called for integer inputs and whenever ``mask_token_id`` is set. Raises ``ValueError``
     naming the option when integer inputs come without one, or when ``mask_token_id`` is
@@ -57,11 +60,12 @@ def token_replacement(x_nc: Tensor, mask_token_id: int | None) -> Tensor:
             f"float replacement with perturbation= (or insertion_baseline=/"
             f"deletion_baseline=)")
     if mask_token_id is None:
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", metric).lower()  # (the callback's name for it)
         raise ValueError(
             f"token inputs ({x_nc.dtype} ids) cannot be perturbed by a float baseline; set "
             f"mask_token_id= to the id that replaces a deleted token (a [MASK] or the "
-            f"padding id), e.g. metrics={{'pixel_flipping': {{'mask_token_id': 0}}}} in "
-            f"ExplainCallback")
+            f"padding id), e.g. {metric}(..., mask_token_id=0), or "
+            f"metrics={{'{name}': {{'mask_token_id': 0}}}} in ExplainCallback")
     largest = 1 if x_nc.dtype == torch.bool else torch.iinfo(x_nc.dtype).max
     if mask_token_id > largest:
         raise ValueError(

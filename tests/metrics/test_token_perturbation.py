@@ -123,9 +123,11 @@ def test_exact_token_contributions_correlate_perfectly_with_their_deletion():
 
 
 def test_token_inputs_without_a_mask_id_are_refused_naming_the_option():
-    with pytest.raises(ValueError, match="mask_token_id="):
+    """Each metric's example is its own (insertion_deletion's named pixel_flipping)."""
+    with pytest.raises(ValueError, match=r"PixelFlipping\(\.\.\., mask_token_id=0\), or "
+                                         r"metrics=\{'pixel_flipping': \{'mask_token_id'"):
         PixelFlipping(Bag()).update(X, A, target=1)
-    with pytest.raises(ValueError, match="mask_token_id="):
+    with pytest.raises(ValueError, match=r"metrics=\{'insertion_deletion': \{'mask_token_id'"):
         InsertionDeletion(Bag()).update(X, A, target=1)
 
 

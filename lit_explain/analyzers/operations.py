@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -1045,7 +1046,11 @@ class OperationRules(TorchFunctionMode):
         handles = [register_module_forward_pre_hook(enter),
                    register_module_forward_hook(leave, always_call=True)]
         try:
-            with self:
+            with self, warnings.catch_warnings():
+                # (torch warns at each compiled submodule's call that global hooks fire for
+                # it too: these, which count on it)
+                warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` "
+                                        r"when there are global hooks")
                 yield self
         finally:
             for handle in handles:

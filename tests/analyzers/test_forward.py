@@ -582,6 +582,16 @@ def test_analyses_recompile_no_compiled_submodule(in_place):
     assert counters["stats"]["unique_graphs"] == compiled
 
 
+def test_a_rule_based_analysis_of_compiled_submodules_raises_no_warning_about_its_hooks():
+    """torch warned at each compiled submodule's call that global module hooks fire for it
+    too: the analysis' own, which expect it (three times in a 2-epoch callback run)."""
+    model = _RegionallyCompiled()
+    model(torch.randn(2, 3, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lx.create_analyzer("lrp.epsilon", model.eval()).analyze(torch.randn(2, 3, 8, 8))
+
+
 class _CompiledCond(nn.Module):
     """A compiled submodule that branches with torch.cond (which runs only compiled)."""
 

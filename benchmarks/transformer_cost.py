@@ -2,8 +2,10 @@
 
 Interleaved best-of timing in one run (each round times every method once, in turn; the
 best round counts): a plain forward and ``torch.autograd.grad`` of the top logit to the
-input (the embedding output for the text model), ``lrp.epsilon`` (AttnLRP) and
-``lrp.epsilon`` with ``attention_rule="cp"``, and — where ``lxt`` 2.1 is importable — LXT's
+input (the embedding output for the text model), ``lrp.epsilon`` (AttnLRP),
+``lrp.epsilon`` with ``attention_rule="cp"``, ``lrp.z`` (AttnLRP with the z-rule on the
+linear layers, whose relevance per unit is their own gradient: what ``lrp.epsilon`` costs
+beyond it is the ε rule's), and — where ``lxt`` 2.1 is importable — LXT's
 efficient path (Gradient × Input with its ``identity_rule_implicit``, ``divide_gradient``
 and ``stop_gradient``, written into a functional copy of the model the way LXT patches
 ``vision_transformer``). Models: :class:`lit_explain.demo.TinyViT` (8×8, 2×2 patches,
@@ -97,6 +99,7 @@ def gradient_to_input(forward, x: Tensor) -> Tensor:
 def methods(model, x: Tensor, tokens: Tensor | None, rules) -> dict:
     attn = lx.create_analyzer("lrp.epsilon", model)
     cp = lx.create_analyzer("lrp.epsilon", model, attention_rule="cp")
+    z = lx.create_analyzer("lrp.z", model)
     source = x if tokens is None else tokens
     plain = (lambda e: model(e)) if tokens is None else None
     if tokens is not None:  # the plain gradient at the embedding output
@@ -108,7 +111,8 @@ def methods(model, x: Tensor, tokens: Tensor | None, rules) -> dict:
                 handle.remove()
     table = {"forward + gradient": lambda: gradient_to_input(plain, x),
              "lrp.epsilon (AttnLRP)": lambda: attn.analyze(source),
-             "lrp.epsilon (CP-LRP)": lambda: cp.analyze(source)}
+             "lrp.epsilon (CP-LRP)": lambda: cp.analyze(source),
+             "lrp.z (AttnLRP)": lambda: z.analyze(source)}
     if rules is not None:
         if tokens is None:
             table["LXT 2.1 efficient (AttnLRP)"] = lambda: gradient_to_input(

@@ -166,15 +166,19 @@ def rescale_rule(call: OperationCall) -> Tensor:
 #: positional arguments.
 _WITH_INDICES = {torch.max_pool1d: F.max_pool1d, torch.max_pool2d: F.max_pool2d,
                  torch.max_pool3d: F.max_pool3d}
-_POOLS = {*_WITH_INDICES, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
-          F.adaptive_max_pool2d, F.adaptive_max_pool3d}
+#: The max-poolings that give their winners' indices → how many spatial axes they pool.
+_POOLS = {torch.max_pool1d: 1, F.max_pool1d: 1, F.adaptive_max_pool1d: 1,
+          torch.max_pool2d: 2, F.max_pool2d: 2, F.adaptive_max_pool2d: 2,
+          torch.max_pool3d: 3, F.max_pool3d: 3, F.adaptive_max_pool3d: 3}
 
 
 def _pool_with_winners(call: OperationCall) -> tuple[Tensor, Tensor | None]:
     """The pooling's output and, where the call can give them, the flat spatial index of
     each output's winner (``None``: routed by autograd instead)."""
-    if call.kwargs.get("return_indices") or len(call.args) > 6 or call.func not in _POOLS:
-        # the model asked for indices itself, or a reduction (amax, max over a dimension)
+    if call.kwargs.get("return_indices") or len(call.args) > 6 or call.func not in _POOLS \
+            or _first_argument(call).dim() != _POOLS[call.func] + 2:
+        # the model asked for indices itself, a reduction (amax, max over a dimension), or an
+        # input without a batch axis (torch's (C, H, W)), whose indices are per leading axis
         return call.run(), None
     func = _WITH_INDICES.get(call.func, call.func)
     output, winners = func(*call.args, **{**call.kwargs, "return_indices": True})

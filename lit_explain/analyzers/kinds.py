@@ -272,7 +272,9 @@ def out_of_place(func: Callable, args: tuple,
         return _INPLACE_OPERATORS[func], args, kwargs
     name = getattr(func, "__name__", "")
     if name.endswith("_") and not name.startswith("_"):
-        owner = Tensor_ if getattr(Tensor_, name, None) is func else torch
+        # (F.elu_, F.hardtanh_ and F.leaky_relu_ are torch._C._nn's, with no torch.elu)
+        owner = next((o for o in (Tensor_, torch._C._nn) if getattr(o, name, None) is func),
+                     torch)
         twin = getattr(owner, name[:-1], None)
         return (twin, args, kwargs) if twin is not None else None
     index = _inplace_parameter(func)

@@ -37,29 +37,11 @@ def _takes_model(name: str) -> bool:
     return "model" in inspect.signature(metrics[name].__init__).parameters
 
 
-def _accepted(name: str) -> list[str]:
-    """The keyword parameters of metric ``name`` (through ``**kwargs`` to its bases)."""
-    accepted: set[str] = set()
-    for klass in metrics[name].__mro__:
-        init = vars(klass).get("__init__")
-        if init is None or klass is Metric:
-            continue
-        parameters = inspect.signature(init).parameters
-        accepted |= {p for p, v in parameters.items() if p not in ("self", "model")
-                     and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)}
-        if not any(v.kind is v.VAR_KEYWORD for v in parameters.values()):
-            break
-    return sorted(accepted)
-
-
 def build_metric(name: str, model: nn.Module, kwargs: Mapping[str, Any]) -> Metric:
     """Metric ``name`` for ``model`` with ``kwargs``; a bad keyword or value raises the
     metric's own error type with the metric's name and the parameters it accepts."""
-    try:
-        return (create_metric(name, model, **kwargs) if _takes_model(name)
-                else create_metric(name, **kwargs))
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"metric {name!r}: {error} (it accepts {_accepted(name)})") from error
+    return (create_metric(name, model, **kwargs) if _takes_model(name)
+            else create_metric(name, **kwargs))
 
 
 def normalize_metrics(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]

@@ -20,6 +20,8 @@ and calls the model under ``torch.no_grad()`` ``batch_size`` inputs at a time.
 
 from __future__ import annotations
 
+import inspect
+
 from torchmetrics import Metric
 
 from .complexity import Complexity, Sparseness
@@ -53,6 +55,7 @@ __all__ = [
     "Sparseness",
     "TopKIntersection",
     "create_metric",
+    "metric_parameters",
     "localization_metrics",
     "metrics",
 ]
@@ -85,6 +88,22 @@ localization_metrics: tuple[str, ...] = (
 )
 
 
+def metric_parameters(name: str) -> list[str]:
+    """The keyword parameters of the metric registered as ``name`` (through ``**kwargs`` to
+    its bases, up to torchmetrics' ``Metric``)."""
+    accepted: set[str] = set()
+    for klass in metrics[name].__mro__:
+        init = vars(klass).get("__init__")
+        if init is None or klass is Metric:
+            continue
+        parameters = inspect.signature(init).parameters
+        accepted |= {p for p, v in parameters.items() if p not in ("self", "model")
+                     and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)}
+        if not any(v.kind is v.VAR_KEYWORD for v in parameters.values()):
+            break
+    return sorted(accepted)
+
+
 def create_metric(name: str, *args: object, **kwargs: object) -> Metric:
     """Instantiate the metric registered as ``name`` with the given arguments.
 
@@ -92,9 +111,17 @@ def create_metric(name: str, *args: object, **kwargs: object) -> Metric:
     ------
     KeyError
         If ``name`` is unknown; the message lists the valid names.
+    TypeError, ValueError
+        For a bad keyword or value, naming the metric and the parameters it accepts
+        (torchmetrics' own message named neither: ``Unexpected keyword arguments: `foo```).
     """
     try:
         cls = metrics[name]
     except KeyError:
         raise KeyError(f"unknown metric {name!r}; valid names: {sorted(metrics)}") from None
-    return cls(*args, **kwargs)
+    try:
+        return cls(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        accepted = metric_parameters(name)
+        raise type(error)(f"metric {name!r}: {error} (it accepts "
+                          f"{accepted or 'no parameters'})") from error

@@ -377,3 +377,15 @@ def test_per_sample_values_leave_the_metric_and_its_draws_untouched(make, sample
         alone.update(x, a)
     for key, value in as_dict(alone.compute()).items():
         torch.testing.assert_close(as_dict(looked.compute())[key], value)
+
+
+def test_create_metric_names_the_metric_and_what_it_accepts_for_an_unknown_keyword():
+    """torchmetrics' own message named neither: 'Unexpected keyword arguments: `foo`'."""
+    with pytest.raises(ValueError, match=r"metric 'top_k_intersection': .*`foo`.* \(it "
+                                         r"accepts \['absolute', 'channel_reduce', "
+                                         r"'concept_influence', 'k'\]\)"):
+        lm.create_metric("top_k_intersection", foo=1)
+    assert lm.metric_parameters("top_k_intersection") == [
+        "absolute", "channel_reduce", "concept_influence", "k"]
+    with pytest.raises(ValueError, match=r"metric 'sparseness': .*\(it accepts no parameters\)"):
+        lm.create_metric("sparseness", foo=1)

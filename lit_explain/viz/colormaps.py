@@ -24,6 +24,7 @@ Alber et al., "iNNvestigate neural networks!", JMLR 20(93), 2019.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -202,17 +203,24 @@ def _back(Y: Tensor, was_numpy: bool) -> ArrayLike:
     return Y.detach().cpu().numpy().astype(np.float32) if was_numpy else Y
 
 
-def check_scale(option: str, scale: Any, n: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``scale`` is a finite number above 0, or several (with
-    ``n``: one, or one per sample of ``n``)."""
+def check_scale(option: str, scale: Any, n: int | None = None, zero: bool = False) -> None:
+    """Raise ``ValueError`` unless ``scale`` is a finite number above 0 (``zero``: or 0), or
+    several (with ``n``: one, or one per sample of ``n``)."""
     values = torch.as_tensor(scale.detach().cpu() if isinstance(scale, Tensor)
                              else np.asarray(scale, dtype=np.float64), dtype=torch.float64)
     if n is not None and (values.ndim > 1 or (values.ndim == 1 and len(values) not in (1, n))):
         raise ValueError(f"{option} has shape {tuple(values.shape)}; give one number or one "
                          f"per sample ({n})")
-    if not bool((torch.isfinite(values) & (values > 0)).all()):
+    if not bool((torch.isfinite(values) & ((values >= 0) if zero else (values > 0))).all()):
         raise ValueError(f"{option}={scale!r} is not valid; a scale must be a finite number "
-                         f"above 0")
+                         f"{'of 0 or more (0: not rescaled)' if zero else 'above 0'}")
+
+
+def _check_axis(option: str, axis: int, T: Tensor) -> None:
+    """Raise ``ValueError`` unless ``axis`` is an axis of ``T`` other than the batch's."""
+    if not -T.ndim <= axis < T.ndim or axis % T.ndim == 0:
+        raise ValueError(f"{option}={axis!r} is not valid for values shaped {tuple(T.shape)}; "
+                         f"give an axis from 1 to {T.ndim - 1} (or -{T.ndim - 1} to -1)")
 
 
 def _per_sample(value: Any, X: Tensor) -> Tensor:
@@ -260,6 +268,8 @@ def project(
         Same shape as ``X``.
     """
     T, was_numpy = _to_tensor(X)
+    if absmax is not None:
+        check_scale("absmax", absmax, zero=True)
     if absmax is None:
         if T.ndim == 0 or T.numel() == 0:
             a = T.abs()
@@ -355,6 +365,7 @@ def heatmap(
     if T.ndim == 2:
         T = T[:, None, :]
     elif T.ndim >= 4 and reduce_axis is not None:
+        _check_axis("reduce_axis", reduce_axis, T)
         # in float64, as the colours are: a float16 channel sum overflows at 65504
         T = _reduce(T.double(), reduce_op, reduce_axis)
     if shared_absmax is not None:
@@ -424,6 +435,11 @@ def gamma(
     Tensor or ndarray
         Same shape as ``X``.
     """
+    if not (isinstance(gamma, numbers.Real) and math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma={gamma!r} is not valid; give a finite number above 0 (below "
+                         f"1 lifts faint relevance, 1 changes nothing)")
+    if maxamp is not None:
+        check_scale("maxamp", maxamp)
     T, was_numpy = _to_tensor(X)
     D = T - minamp
     if maxamp is None:
@@ -478,9 +494,8 @@ def clip_quantile(
     elif channel_axis is None:
         V = T.reshape(T.shape[0], -1)
     else:
+        _check_axis("channel_axis", channel_axis, T)
         ax = channel_axis % T.ndim
-        if ax == 0:
-            raise ValueError("channel_axis must not be the batch axis 0")
         V = T.movedim(ax, 1).reshape(T.shape[0], T.shape[ax], -1)
     lo = _quantile_along_last(V, low_q / 100)
     hi = _quantile_along_last(V, high_q / 100)

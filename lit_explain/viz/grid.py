@@ -541,6 +541,11 @@ def explanation_grid(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; valid ones: {', '.join(map(repr, KINDS))}")
+    if not isinstance(maps, Mapping):
+        raise TypeError(f"maps must be a mapping of analyzer names to their maps "
+                        f"({{'gradient': R}}), got {type(maps).__name__}")
+    if isinstance(cell_size, bool) or not isinstance(cell_size, int) or cell_size < 1:
+        raise ValueError(f"cell_size={cell_size!r} is not valid; give a positive int (pixels)")
     x = _cpu(inputs, "inputs")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"inputs must be a batch (N, ...) with N >= 1, got {tuple(x.shape)}")

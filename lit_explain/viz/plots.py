@@ -72,6 +72,9 @@ def line_figure(
         raise ValueError(f"size {size!r} leaves no room for the plot (at least (60, 80))")
     if y_range is not None and not float(y_range[1]) > float(y_range[0]):
         raise ValueError(f"y_range must be (low, high) with low < high, got {y_range!r}")
+    if not isinstance(curves, Mapping):
+        raise TypeError(f"curves must be a mapping of labels to their values (or (x, y) "
+                        f"pairs), {{'gradient': [...]}}, got {type(curves).__name__}")
     data = {name: _as_xy(v, x, name) for name, v in curves.items()}
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)

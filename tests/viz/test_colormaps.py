@@ -146,3 +146,24 @@ def test_a_finite_map_whose_channel_sum_overflows_its_dtype_keeps_its_colours():
         assert out.dtype == dtype
         expected = rgb([DARK_BLUE, DARK_RED, DARK_RED, DARK_RED]).T.reshape(1, 3, 2, 2)
         torch.testing.assert_close(out.float(), expected.float(), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda R: viz.project(R, absmax=-1), r"absmax=-1 is not valid; .* of 0 or more"),
+    (lambda R: viz.gamma(R, gamma=-1), r"gamma=-1 is not valid; give a finite number above 0"),
+    (lambda R: viz.gamma(R, maxamp=float("nan")), r"maxamp=nan is not valid"),
+    (lambda R: viz.clip_quantile(R, 1, channel_axis=7),
+     r"channel_axis=7 is not valid for values shaped \(2, 3, 4, 4\); give an axis from 1 to 3"),
+    (lambda R: viz.clip_quantile(R, 1, channel_axis=0), r"channel_axis=0 is not valid"),
+    (lambda R: viz.heatmap(R, reduce_axis=5), r"reduce_axis=5 is not valid .* from 1 to 3"),
+    (lambda R: viz.explanation_grid(R, R), r"maps must be a mapping .* got Tensor"),
+    (lambda R: viz.explanation_grid(R, {"gradient": R}, cell_size=0),
+     r"cell_size=0 is not valid; give a positive int"),
+    (lambda R: viz.line_plot([1.0, 2.0]), r"curves must be a mapping .* got list"),
+])
+def test_bad_values_and_types_are_named(call, message):
+    """They were taken without a word (a negative scale, an exponent that blows the values
+    up, channel_axis=7 read as 3) or failed with Python's or torch's bare errors."""
+    R = torch.randn(2, 3, 4, 4)
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(R)

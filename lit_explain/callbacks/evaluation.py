@@ -47,6 +47,11 @@ def build_metric(name: str, model: nn.Module, kwargs: Mapping[str, Any]) -> Metr
 def normalize_metrics(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]
                       ) -> dict[str, dict[str, Any]]:
     """Check metric names and keywords (by building each once); return ``{name: kwargs}``."""
+    spec = spec if isinstance(spec, (str, Mapping)) else list(spec)
+    if isinstance(spec, list) and not all(isinstance(name, str) for name in spec):
+        raise TypeError(f"metrics={spec!r} is not valid; give metric names (a list of str) or "
+                        f"a mapping of names to their parameters; valid names: "
+                        f"{list(MAP_METRICS)}")
     specs = {spec: {}} if isinstance(spec, str) else (
         dict(spec) if isinstance(spec, Mapping) else {name: {} for name in spec})
     for name, kwargs in specs.items():

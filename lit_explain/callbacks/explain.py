@@ -58,6 +58,11 @@ def normalize_analyzers(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]
     elif isinstance(spec, Mapping):
         specs = dict(spec)
     elif isinstance(spec, Iterable) and all(isinstance(name, str) for name in spec):
+        repeated = sorted({name for name in spec if list(spec).count(name) > 1})
+        if repeated:
+            raise ValueError(f"analyzers lists {repeated} more than once; give each name once "
+                             f"(for two settings of one method, use two callbacks with "
+                             f"different names)")
         specs = {name: {} for name in spec}
     else:
         raise TypeError(f"analyzers={spec!r} is not valid; give analyzer names (a list of str) "

@@ -47,7 +47,8 @@ def pick(batch: Any, key: int | str | None) -> Tensor | None:
                        f"position (key: an index), a mapping (key: a dict key) or a tensor "
                        f"(key: 0); make the DataLoader's collate_fn return one of these")
     if not isinstance(key, int) or not -len(batch) <= key < len(batch):
-        raise KeyError(f"index {key!r} is not valid for a batch of {len(batch)} parts")
+        raise KeyError(f"index {key!r} is not valid for a batch of {len(batch)} parts "
+                       f"(indices 0 to {len(batch) - 1}, or -{len(batch)} to -1)")
     return batch[key]
 
 

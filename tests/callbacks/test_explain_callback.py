@@ -123,6 +123,13 @@ def test_bad_configuration_fails_at_construction():
         lx.ExplainCallback(analyzers={"gradient": 3})
     with pytest.raises(ValueError, match=r"'lrp.z': neuron_selection_mode='index' needs"):
         lx.ExplainCallback(analyzers={"lrp.z": {"neuron_selection_mode": "index"}})
+    # (an analyzer named twice was merged into one without a word; a metric name in a list
+    # failed with Python's "unhashable type: 'list'")
+    with pytest.raises(ValueError, match=r"analyzers lists \['gradient'\] more than once"):
+        lx.ExplainCallback(analyzers=["gradient", "lrp.z", "gradient"])
+    with pytest.raises(TypeError, match=r"metrics=\[\['pixel_flipping'\]\] is not valid; give "
+                                        r"metric names .* valid names: \["):
+        lx.ExplainCallback(metrics=[["pixel_flipping"]])
 
 
 def test_numpy_integers_are_options_and_become_ints():

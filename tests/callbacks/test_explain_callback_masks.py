@@ -105,7 +105,8 @@ def test_bad_masks_fail_at_the_preflight_even_with_on_error_warn(tmp_path, masks
 def test_a_mask_key_the_batch_lacks_is_named(tmp_path):
     callback = lx.ExplainCallback(analyzers=["gradient"], num_samples=2, mask_key=3)
     with pytest.raises(ValueError, match=r"mask_key=3 does not fit the validation batch: "
-                                         r"index 3 is not valid for a batch of 3 parts"):
+                                         r"index 3 is not valid for a batch of 3 parts "
+                                         r"\(indices 0 to 2, or -3 to -1\)"):
         fit(tmp_path, callback, masked_data(torch.zeros(16, 8, 8, dtype=torch.bool)))
 
 

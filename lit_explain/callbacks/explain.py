@@ -6,6 +6,7 @@ import numbers
 import re
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
@@ -58,7 +59,7 @@ def normalize_analyzers(spec: Sequence[str] | Mapping[str, Mapping[str, Any]]
     elif isinstance(spec, Mapping):
         specs = dict(spec)
     elif isinstance(spec, Iterable) and all(isinstance(name, str) for name in spec):
-        repeated = sorted({name for name in spec if list(spec).count(name) > 1})
+        repeated = sorted(name for name, count in Counter(spec).items() if count > 1)
         if repeated:
             raise ValueError(f"analyzers lists {repeated} more than once; give each name once "
                              f"(for two settings of one method, use two callbacks with "

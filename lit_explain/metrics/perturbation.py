@@ -353,9 +353,9 @@ class InsertionDeletion(RegionCurveMetric):
         self._add_curves({"insertion_sum": c["insertion"].sum(0),
                           "deletion_sum": c["deletion"].sum(0),
                           "fraction_sum": c["fraction"] * n}, n)
-        for curve, area in zip(("insertion", "deletion"), _AREAS, strict=True):
-            total = torch.trapezoid(c[curve].double(), c["fraction"].double()).sum()
-            setattr(self, area, getattr(self, area) + total.to(getattr(self, area)))
+        for curve, name in zip(("insertion", "deletion"), _AREAS, strict=True):
+            area = getattr(self, name)
+            area += torch.trapezoid(c[curve].double(), c["fraction"].double()).sum().to(area)
 
     def curves(self) -> dict[str, Tensor]:
         """Mean ``{"insertion", "deletion", "fraction"}`` curves ``(steps + 1,)`` for

@@ -186,11 +186,16 @@ class _Functional(Classifier):
         return F.linear(x.flatten(1), self.weight)
 
 
-def test_pattern_analyzers_on_a_model_built_in_configure_model(tmp_path):
+def assert_gradient_and_patterns_explain(model: L.LightningModule, tmp_path) -> None:
+    """Both analyzers explain every epoch of a fit (their maps reach the drift)."""
     callback = lx.ExplainCallback(analyzers=["gradient", "pattern.attribution"], num_samples=2,
                                   pattern_source="val")
-    fit(_BuiltLate(), callback, tmp_path)
+    fit(model, callback, tmp_path)
     assert set(callback.drift.previous) == {"gradient", "pattern.attribution"}
+
+
+def test_pattern_analyzers_on_a_model_built_in_configure_model(tmp_path):
+    assert_gradient_and_patterns_explain(_BuiltLate(), tmp_path)
 
 
 def test_val_patterns_under_mixed_precision_are_the_full_precision_fit(tmp_path):
@@ -228,10 +233,7 @@ class _Lazy(Classifier):
 def test_a_lazy_module_is_explained_once_it_has_run(tmp_path):
     # (the preflight on the first batch, before any forward, dropped every analyzer with
     # torch's error; the pattern statistics stopped fit)
-    callback = lx.ExplainCallback(analyzers=["gradient", "pattern.attribution"], num_samples=2,
-                                  pattern_source="val")
-    fit(_Lazy(), callback, tmp_path)
-    assert set(callback.drift.previous) == {"gradient", "pattern.attribution"}
+    assert_gradient_and_patterns_explain(_Lazy(), tmp_path)
 
 
 class _UnusedLazyHead(_Lazy):

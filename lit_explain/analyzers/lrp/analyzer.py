@@ -449,7 +449,7 @@ class LRP(Analyzer):
                 inputs = call.inputs
                 found = [found_gate(_held(call, t)) for t in inputs]
                 made = {i: entry[1:] for i, entry in enumerate(found) if entry is not None}
-                held = [made for made, _, _ in gates.values()]
+                held = [gate for gate, _, _ in gates.values()]
                 copies = {i for i, entry in enumerate(found) if entry is None and
                           _copied_gate(call, _held(call, inputs[i]), held)}
                 if len(made) + len(copies) == len(inputs):
